@@ -1,0 +1,183 @@
+//! The acceptance path shared by SMTP and the send API: DKIM-sign outbound mail, write the
+//! body durably, commit its metadata (mailbox entries and queue rows) through the storage
+//! writer's group commit, then hint the queue. When [`Acceptor::accept`] returns `Ok`, the
+//! message is durable and may be acknowledged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::actors::{QueueHandle, WriterHandle};
+use crate::config::Config;
+use crate::store::{AcceptedMessage, BlobError, RemoteRecipient, Stores, now_millis, partition_of};
+
+/// Why a message was not accepted. Every case is temporary for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The body could not be written.
+    #[error("cannot store message body: {0}")]
+    Blob(#[from] BlobError),
+    /// The metadata could not be committed.
+    #[error("{0}")]
+    Commit(#[from] crate::actors::CommitError),
+}
+
+/// A message ready to be made durable.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Acceptance id.
+    pub id: String,
+    /// Envelope sender (empty for the null sender).
+    pub envelope_from: String,
+    /// Local users receiving it.
+    pub local_recipients: Vec<i64>,
+    /// Remote recipients.
+    pub remote_recipients: Vec<String>,
+    /// The full message as it will be stored (trace headers included).
+    pub data: Vec<u8>,
+    /// Sign with the From domain's DKIM key when the message leaves.
+    pub sign: bool,
+}
+
+/// Makes messages durable. Cheap to clone.
+#[derive(Clone)]
+pub struct Acceptor {
+    config: Arc<Config>,
+    stores: Stores,
+    writer: WriterHandle,
+    queue: QueueHandle,
+}
+
+impl Acceptor {
+    /// An acceptor writing through `writer` and hinting `queue`.
+    pub fn new(
+        config: Arc<Config>,
+        stores: Stores,
+        writer: WriterHandle,
+        queue: QueueHandle,
+    ) -> Self {
+        Self {
+            config,
+            stores,
+            writer,
+            queue,
+        }
+    }
+
+    /// The stores.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// The queue partition of a domain.
+    pub fn partition_of(&self, domain: &str) -> u32 {
+        partition_of(domain, self.config.queue.partitions)
+    }
+
+    /// Stores `incoming` durably. Returns the stored size.
+    pub async fn accept(&self, incoming: Incoming) -> Result<usize, AcceptError> {
+        let Incoming {
+            id,
+            envelope_from,
+            local_recipients,
+            remote_recipients,
+            mut data,
+            sign,
+        } = incoming;
+        if sign && !remote_recipients.is_empty() {
+            data = self.dkim_sign(data).await;
+        }
+        let summary = crate::message::summarize(&data);
+        let key = self.stores.blobs.key_for(&data);
+        let started = Instant::now();
+        self.stores.blobs.put(&key, &data).await?;
+        metrics::histogram!("mairust_storage_blob_write_seconds")
+            .record(started.elapsed().as_secs_f64());
+
+        let remote: Vec<RemoteRecipient> = remote_recipients
+            .into_iter()
+            .map(|recipient| {
+                let domain = recipient
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_ascii_lowercase())
+                    .unwrap_or_default();
+                RemoteRecipient {
+                    partition: self.partition_of(&domain),
+                    domain,
+                    recipient,
+                }
+            })
+            .collect();
+        let mut partitions: Vec<u32> = remote.iter().map(|r| r.partition).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let received_at = now_millis();
+        let lifetime =
+            i64::try_from(self.config.delivery.max_queue_lifetime.as_millis()).unwrap_or(i64::MAX);
+        let size = data.len();
+        self.writer
+            .commit(AcceptedMessage {
+                id,
+                blob_key: key,
+                size: size as i64,
+                received_at,
+                envelope_from,
+                summary,
+                local_recipients,
+                remote_recipients: remote,
+                expires_at: received_at.saturating_add(lifetime),
+            })
+            .await?;
+        for partition in partitions {
+            self.queue.hint(partition);
+        }
+        Ok(size)
+    }
+
+    /// Prepends a DKIM signature when the From domain has a key; mail goes out unsigned (and
+    /// a warning is logged) if signing fails, rather than not at all.
+    async fn dkim_sign(&self, data: Vec<u8>) -> Vec<u8> {
+        let Some(domain) = crate::message::from_domain(&data) else {
+            return data;
+        };
+        let key = match self.stores.queue.dkim_key(&domain).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return data,
+            Err(error) => {
+                tracing::warn!(%domain, %error, "cannot load DKIM key; sending unsigned");
+                return data;
+            }
+        };
+        let data = Arc::new(data);
+        let to_sign = data.clone();
+        let cipher = self.stores.cipher.clone();
+        let header =
+            tokio::task::spawn_blocking(move || crate::dkim::sign(&key, &to_sign, cipher.as_ref()))
+                .await;
+        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone());
+        match header {
+            Ok(Ok(header)) => {
+                let mut out = Vec::with_capacity(header.len() + data.len());
+                out.extend_from_slice(header.as_bytes());
+                out.extend_from_slice(&data);
+                out
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%domain, %error, "DKIM signing failed; sending unsigned");
+                data
+            }
+            Err(error) => {
+                tracing::error!(%domain, %error, "DKIM signing task failed; sending unsigned");
+                data
+            }
+        }
+    }
+}
+
+/// A unique, roughly time-ordered id: 12 hex digits of milliseconds and 8 random.
+pub fn new_id() -> String {
+    format!(
+        "{:012x}{:08x}",
+        now_millis() & 0xffff_ffff_ffff,
+        rand::random::<u32>()
+    )
+}

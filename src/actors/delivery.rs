@@ -1,0 +1,357 @@
+//! Delivery workers: route a destination domain, open SMTP connections (bounded per
+//! destination host), send a batch of messages over each, and report every recipient's
+//! result to the partition queue. Also builds bounces for failed recipients.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::QueueHandle;
+use crate::acceptance::new_id;
+use crate::config::{Config, DeliveryTls};
+use crate::smtp::client::{ClientConfig, Credentials, TlsPolicy, Transaction};
+use crate::smtp::dsn::{self, FailedRecipient};
+use crate::smtp::outbound;
+use crate::smtp::routing::{RouteError, Router};
+use crate::store::{
+    AcceptedMessage, QueueEntry, RecipientLookup, RemoteRecipient, Stores, now_millis, partition_of,
+};
+
+/// Everything delivery needs, shared by all partitions of a node.
+pub struct DeliveryContext {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Metadata, queue and blobs.
+    pub stores: Stores,
+    /// MX or smarthost routing.
+    pub router: Router,
+    /// Connections per destination host.
+    pub limiter: DestinationLimiter,
+    /// TLS for STARTTLS to remote servers.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Hints for bounces queued to other partitions.
+    pub queue: QueueHandle,
+    /// The group commit that records results.
+    pub writer: super::WriterHandle,
+}
+
+/// The result of one queue row's attempt.
+#[derive(Debug, Clone)]
+pub struct EntryResult {
+    /// The row as it was scheduled.
+    pub entry: QueueEntry,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The server's reply or our reason.
+    pub detail: String,
+    /// Enhanced status code (`5.1.1`), when known.
+    pub status: Option<String>,
+    /// The host that answered.
+    pub remote_mta: Option<String>,
+}
+
+/// Outcome of an attempt for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the remote server.
+    Delivered,
+    /// Retry later.
+    Temporary,
+    /// Give up and bounce.
+    Permanent,
+}
+
+/// Caps concurrent connections per destination host, across all partitions of this node.
+#[derive(Debug)]
+pub struct DestinationLimiter {
+    per_host: usize,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl DestinationLimiter {
+    /// At most `per_host` connections to one host.
+    pub fn new(per_host: usize) -> Self {
+        Self {
+            per_host: per_host.max(1),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for a connection slot to `host`.
+    pub async fn acquire(&self, host: &str) -> OwnedSemaphorePermit {
+        let semaphore = {
+            let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+            if hosts.len() > 10_000 {
+                hosts.retain(|_, s| s.available_permits() < self.per_host);
+            }
+            hosts
+                .entry(host.to_ascii_lowercase())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+                .clone()
+        };
+        // The semaphore is never closed.
+        match semaphore.acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => unreachable!("destination semaphores are never closed"),
+        }
+    }
+}
+
+/// Splits one domain's rows into connection batches of at most `per_connection` messages.
+pub fn batches(entries: Vec<QueueEntry>, per_connection: usize) -> Vec<Vec<QueueEntry>> {
+    let mut by_message: Vec<(String, Vec<QueueEntry>)> = Vec::new();
+    for e in entries {
+        match by_message.iter_mut().find(|(m, _)| *m == e.message_id) {
+            Some((_, list)) => list.push(e),
+            None => by_message.push((e.message_id.clone(), vec![e])),
+        }
+    }
+    by_message
+        .chunks(per_connection.max(1))
+        .map(|chunk| chunk.iter().flat_map(|(_, e)| e.iter().cloned()).collect())
+        .collect()
+}
+
+fn all(entries: &[QueueEntry], outcome: Outcome, detail: &str, status: &str) -> Vec<EntryResult> {
+    entries
+        .iter()
+        .map(|entry| EntryResult {
+            entry: entry.clone(),
+            outcome,
+            detail: detail.to_string(),
+            status: Some(status.to_string()),
+            remote_mta: None,
+        })
+        .collect()
+}
+
+fn client_config(config: &Config) -> ClientConfig {
+    ClientConfig {
+        helo_name: config.server.hostname.clone(),
+        tls: match config.delivery.tls {
+            DeliveryTls::Opportunistic => TlsPolicy::Opportunistic,
+            DeliveryTls::Required => TlsPolicy::Required,
+            DeliveryTls::None => TlsPolicy::Disabled,
+        },
+        tls_available: true,
+        auth: config
+            .delivery
+            .relay_auth
+            .as_ref()
+            .filter(|_| config.delivery.relay_host.is_some())
+            .map(|a| Credentials {
+                username: a.username.clone(),
+                password: a.password.clone(),
+            }),
+        allow_plain_auth: false,
+    }
+}
+
+/// Attempts delivery of `entries` (all for `domain`) and reports each row's result.
+pub async fn deliver(
+    ctx: &DeliveryContext,
+    domain: &str,
+    entries: Vec<QueueEntry>,
+) -> Vec<EntryResult> {
+    let destinations = match ctx.router.route(domain).await {
+        Ok(d) => d,
+        Err(RouteError::Permanent(reason)) => {
+            let status = if reason.contains("null MX") {
+                "5.1.10"
+            } else {
+                "5.1.2"
+            };
+            return all(&entries, Outcome::Permanent, &reason, status);
+        }
+        Err(RouteError::Temporary(reason)) => {
+            return all(&entries, Outcome::Temporary, &reason, "4.4.3");
+        }
+    };
+
+    // One transaction per message: its recipients in this domain.
+    let mut groups: Vec<(Transaction, Vec<QueueEntry>)> = Vec::new();
+    let mut results = Vec::new();
+    for e in entries {
+        if let Some((tx, list)) = groups
+            .iter_mut()
+            .find(|(_, list)| list[0].message_id == e.message_id)
+        {
+            tx.rcpt_to.push(e.recipient.clone());
+            list.push(e);
+            continue;
+        }
+        match ctx.stores.blobs.get(&e.blob_key).await {
+            Ok(body) => {
+                let smtputf8 = !e.sender.is_ascii() || !e.recipient.is_ascii();
+                let body_8bit = !body.is_ascii();
+                groups.push((
+                    Transaction {
+                        mail_from: e.sender.clone(),
+                        rcpt_to: vec![e.recipient.clone()],
+                        body: Arc::from(body),
+                        smtputf8,
+                        body_8bit,
+                    },
+                    vec![e],
+                ));
+            }
+            Err(error) => {
+                tracing::error!(message = %e.message_id, %error, "message body unavailable for delivery");
+                results.extend(all(
+                    std::slice::from_ref(&e),
+                    Outcome::Temporary,
+                    &format!("message body unavailable: {error}"),
+                    "4.3.0",
+                ));
+            }
+        }
+    }
+    if groups.is_empty() {
+        return results;
+    }
+
+    let mut last_error = String::from("no destination could be reached");
+    for dest in &destinations {
+        let _permit = ctx.limiter.acquire(&dest.host).await;
+        for addr in &dest.addrs {
+            let transactions: Vec<Transaction> = groups.iter().map(|(t, _)| t.clone()).collect();
+            match outbound::send(
+                ctx,
+                *addr,
+                &dest.host,
+                client_config(&ctx.config),
+                transactions,
+            )
+            .await
+            {
+                Err(error) => {
+                    tracing::info!(host = %dest.host, %addr, %error, "cannot deliver via this host; trying the next");
+                    last_error = format!("{} [{addr}]: {error}", dest.host);
+                }
+                Ok(per_transaction) => {
+                    for ((_, list), rcpt_results) in groups.iter().zip(per_transaction) {
+                        for entry in list {
+                            let r = rcpt_results
+                                .iter()
+                                .find(|r| r.recipient.eq_ignore_ascii_case(&entry.recipient));
+                            results.push(match r {
+                                Some(r) => EntryResult {
+                                    entry: entry.clone(),
+                                    outcome: match r.outcome {
+                                        crate::smtp::client::Outcome::Delivered => {
+                                            Outcome::Delivered
+                                        }
+                                        crate::smtp::client::Outcome::Temporary => {
+                                            Outcome::Temporary
+                                        }
+                                        crate::smtp::client::Outcome::Permanent => {
+                                            Outcome::Permanent
+                                        }
+                                    },
+                                    detail: r.reply.to_string(),
+                                    status: r.reply.status.map(|(a, b, c)| format!("{a}.{b}.{c}")),
+                                    remote_mta: Some(dest.host.clone()),
+                                },
+                                None => EntryResult {
+                                    entry: entry.clone(),
+                                    outcome: Outcome::Temporary,
+                                    detail: "no result reported for this recipient".into(),
+                                    status: Some("4.3.0".into()),
+                                    remote_mta: Some(dest.host.clone()),
+                                },
+                            });
+                        }
+                    }
+                    return results;
+                }
+            }
+        }
+    }
+    for (_, list) in &groups {
+        results.extend(all(list, Outcome::Temporary, &last_error, "4.4.1"));
+    }
+    results
+}
+
+/// Builds the bounce for `failed` recipients of `entry`'s message, stores its body, and
+/// returns it ready to commit with the failure. `None` for the null sender (never bounce a
+/// bounce) or when the sender cannot be reached.
+pub async fn bounce(
+    ctx: &DeliveryContext,
+    entry: &QueueEntry,
+    failed: &[FailedRecipient],
+) -> Option<AcceptedMessage> {
+    if entry.sender.is_empty() {
+        return None;
+    }
+    let original = ctx
+        .stores
+        .blobs
+        .get(&entry.blob_key)
+        .await
+        .unwrap_or_default();
+    let id = new_id();
+    let hostname = &ctx.config.server.hostname;
+    let data = dsn::build(&dsn::Report {
+        reporting_mta: hostname,
+        original_sender: &entry.sender,
+        original_id: &entry.message_id,
+        arrival: entry.received_at,
+        dsn_id: &id,
+        original: &original,
+        recipients: failed,
+    });
+    let (local, remote) = match ctx.stores.meta.lookup_recipient(&entry.sender).await {
+        Ok(RecipientLookup::Local { user_id, .. }) => (vec![user_id], vec![]),
+        Ok(RecipientLookup::NotHosted) => {
+            let domain = entry
+                .sender
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default();
+            (
+                vec![],
+                vec![RemoteRecipient {
+                    recipient: entry.sender.clone(),
+                    partition: partition_of(&domain, ctx.config.queue.partitions),
+                    domain,
+                }],
+            )
+        }
+        Ok(RecipientLookup::UnknownUser) => {
+            tracing::warn!(sender = %entry.sender, "no bounce: the sender's hosted address does not exist");
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(sender = %entry.sender, %error, "no bounce: sender lookup failed");
+            return None;
+        }
+    };
+    let key = ctx.stores.blobs.key_for(&data);
+    if let Err(error) = ctx.stores.blobs.put(&key, &data).await {
+        tracing::error!(%error, "cannot store bounce body");
+        return None;
+    }
+    let now = now_millis();
+    Some(AcceptedMessage {
+        id,
+        blob_key: key,
+        size: data.len() as i64,
+        received_at: now,
+        envelope_from: String::new(),
+        summary: crate::message::summarize(&data),
+        local_recipients: local,
+        remote_recipients: remote,
+        expires_at: now + ctx.config.delivery.max_queue_lifetime.as_millis() as i64,
+    })
+}
+
+/// Wakes the partitions that received bounces.
+pub fn hint_bounces(ctx: &DeliveryContext, bounces: &[AcceptedMessage]) {
+    for b in bounces {
+        for r in &b.remote_recipients {
+            ctx.queue.hint(r.partition);
+        }
+    }
+}

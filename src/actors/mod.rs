@@ -1,0 +1,14 @@
+//! The actor tree: a root supervisor that restarts its children with backoff, the storage
+//! writers that turn concurrent acceptances into group commits, and the partitioned delivery
+//! queue (manager, one actor per owned partition, delivery workers).
+
+pub mod delivery;
+pub mod partition;
+pub mod purger;
+pub mod queue_manager;
+pub mod storage_writer;
+pub mod supervisor;
+
+pub use queue_manager::{QueueHandle, QueueManager, QueueMsg};
+pub use storage_writer::{CommitError, StorageWriter, WriterHandle, WriterMsg};
+pub use supervisor::{ChildSpec, RootSupervisor, SupervisorMsg};

@@ -1,0 +1,482 @@
+//! One partition's queue: schedules its due rows, hands them to delivery workers grouped by
+//! destination domain, and records each recipient's result under its lease epoch.
+//!
+//! Rows being delivered are tracked in memory only (`in_flight`): if the process dies, they
+//! are still pending in the database and the next owner delivers them. That is the one window
+//! for a duplicate: a remote server answered `250` and the process died before the result was
+//! committed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::delivery::{self, DeliveryContext, EntryResult, Outcome};
+use super::storage_writer::CommitError;
+use crate::smtp::dsn::FailedRecipient;
+use crate::store::{AcceptedMessage, EntryUpdate, Lease, QueueEntry, QueueStatus, now_millis};
+
+/// Messages to a partition queue.
+pub enum PartitionMsg {
+    /// Look for due rows.
+    Wake,
+    /// A delivery worker for a domain finished.
+    Done(String, Vec<EntryResult>),
+    /// Make a row due now.
+    Retry(i64, RpcReplyPort<Result<(), QueueOpError>>),
+    /// Cancel a row, bouncing it if asked.
+    Cancel(i64, bool, RpcReplyPort<Result<(), QueueOpError>>),
+}
+
+/// Why a queue operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueOpError {
+    /// No such row in this partition.
+    #[error("queue entry {0} not found")]
+    NotFound(i64),
+    /// The row is delivered, failed or cancelled already.
+    #[error("queue entry {0} is {1} and can no longer change")]
+    Finished(i64, &'static str),
+    /// A delivery of the row is in progress.
+    #[error("queue entry {0} is being delivered right now; try again in a moment")]
+    InFlight(i64),
+    /// This node does not own the partition.
+    #[error("partition {0} is not owned by this node")]
+    NotOwned(u32),
+    /// The queue is restarting or has no owner.
+    #[error("the delivery queue is unavailable; try again")]
+    Unavailable,
+    /// The database failed.
+    #[error("queue storage error: {0}")]
+    Store(String),
+}
+
+/// The partition actor.
+pub struct PartitionQueue;
+
+/// Arguments of a partition actor.
+pub struct PartitionArgs {
+    /// What delivery needs.
+    pub ctx: Arc<DeliveryContext>,
+    /// The lease that fences every change.
+    pub lease: Lease,
+}
+
+/// A partition actor's state.
+pub struct PartitionState {
+    ctx: Arc<DeliveryContext>,
+    lease: Lease,
+    in_flight: HashSet<i64>,
+    workers: HashMap<String, usize>,
+    running: Arc<Workers>,
+    timer: Option<tokio::task::JoinHandle<()>>,
+    _poll: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PartitionState {
+    fn drop(&mut self) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        self._poll.abort();
+    }
+}
+
+/// Lease loss ends the actor with this reason, which the manager recognises.
+const LEASE_LOST: &str = "lease lost";
+
+/// How long a stopping partition waits for its delivery workers to record their results.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Commits `updates` (and bounce messages) under the lease through the storage writer's
+/// group commit, retrying transient errors.
+async fn apply(
+    ctx: &DeliveryContext,
+    lease: &Lease,
+    updates: &[EntryUpdate],
+    bounces: &[AcceptedMessage],
+) -> Result<(), CommitError> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        match ctx
+            .writer
+            .apply(lease, updates.to_vec(), bounces.to_vec())
+            .await
+        {
+            Err(CommitError::LeaseLost(partition)) => {
+                return Err(CommitError::LeaseLost(partition));
+            }
+            Err(error) if attempt < 4 => {
+                tracing::warn!(partition = lease.partition, %error, attempt, "queue update failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Turns delivery results into row updates and bounces and commits them under `lease`.
+async fn record(
+    ctx: &DeliveryContext,
+    lease: &Lease,
+    results: &[EntryResult],
+) -> Result<(), CommitError> {
+    let now = now_millis();
+    let mut updates = Vec::with_capacity(results.len());
+    let mut failures: HashMap<String, (QueueEntry, Vec<FailedRecipient>)> = HashMap::new();
+    for r in results {
+        let attempts = r.entry.attempts + 1;
+        let mut update = EntryUpdate {
+            id: r.entry.id,
+            status: QueueStatus::Delivered,
+            attempts,
+            next_attempt_at: r.entry.next_attempt_at,
+            last_error: None,
+        };
+        let failed = match r.outcome {
+            Outcome::Delivered => {
+                metrics::counter!("mairust_delivery_attempts_total", "result" => "delivered")
+                    .increment(1);
+                metrics::histogram!("mairust_delivery_latency_seconds")
+                    .record((now - r.entry.received_at).max(0) as f64 / 1000.0);
+                tracing::info!(id = r.entry.id, message = %r.entry.message_id, recipient = %r.entry.recipient, mta = r.remote_mta.as_deref().unwrap_or(""), reply = %r.detail, "delivered");
+                None
+            }
+            Outcome::Temporary if now < r.entry.expires_at => {
+                metrics::counter!("mairust_delivery_attempts_total", "result" => "deferred")
+                    .increment(1);
+                let wait = ctx.config.delivery.retry_after(attempts);
+                update.status = QueueStatus::Deferred;
+                update.next_attempt_at = now + wait.as_millis() as i64;
+                update.last_error = Some(r.detail.clone());
+                tracing::info!(id = r.entry.id, recipient = %r.entry.recipient, attempts, retry_in_s = wait.as_secs(), error = %r.detail, "delivery deferred");
+                None
+            }
+            Outcome::Temporary => Some(FailedRecipient {
+                recipient: r.entry.recipient.clone(),
+                status: "4.4.7".into(),
+                diagnostic: format!(
+                    "delivery time expired after {attempts} attempts; last error: {}",
+                    r.detail
+                ),
+                remote_mta: r.remote_mta.clone(),
+            }),
+            Outcome::Permanent => Some(FailedRecipient {
+                recipient: r.entry.recipient.clone(),
+                status: r.status.clone().unwrap_or_else(|| "5.0.0".into()),
+                diagnostic: r.detail.clone(),
+                remote_mta: r.remote_mta.clone(),
+            }),
+        };
+        if let Some(failed) = failed {
+            metrics::counter!("mairust_delivery_attempts_total", "result" => "failed").increment(1);
+            tracing::warn!(id = r.entry.id, recipient = %r.entry.recipient, attempts, error = %failed.diagnostic, "delivery failed");
+            update.status = QueueStatus::Failed;
+            update.last_error = Some(failed.diagnostic.clone());
+            failures
+                .entry(r.entry.message_id.clone())
+                .or_insert_with(|| (r.entry.clone(), Vec::new()))
+                .1
+                .push(failed);
+        }
+        updates.push(update);
+    }
+    let mut bounces = Vec::new();
+    for (entry, failed) in failures.values() {
+        if let Some(bounce) = delivery::bounce(ctx, entry, failed).await {
+            bounces.push(bounce);
+        }
+    }
+    apply(ctx, lease, &updates, &bounces).await?;
+    metrics::counter!("mairust_bounces_total").increment(bounces.len() as u64);
+    delivery::hint_bounces(ctx, &bounces);
+    Ok(())
+}
+
+/// Counts running delivery workers so that a stopping partition can wait for them.
+#[derive(Default)]
+struct Workers {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Workers {
+    fn start(&self) {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn finish(&self) {
+        if self
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.idle.notify_waiters();
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl PartitionQueue {
+    async fn wake(myself: &ActorRef<PartitionMsg>, state: &mut PartitionState) {
+        let ctx = state.ctx.clone();
+        let partition = state.lease.partition;
+        let due = match ctx
+            .stores
+            .queue
+            .due_entries(partition, ctx.config.queue.batch_size)
+            .await
+        {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(partition, %error, "cannot read due queue entries");
+                Self::schedule(myself, state, Duration::from_secs(5));
+                return;
+            }
+        };
+        let mut by_domain: HashMap<String, Vec<QueueEntry>> = HashMap::new();
+        for entry in due {
+            if !state.in_flight.contains(&entry.id) {
+                by_domain
+                    .entry(entry.domain.clone())
+                    .or_default()
+                    .push(entry);
+            }
+        }
+        // At most `concurrency_per_destination` connections per domain; rows beyond that wait
+        // for a worker to finish and then leave together over one connection.
+        let per_connection = ctx.config.delivery.max_messages_per_connection;
+        let limit = ctx.config.delivery.concurrency_per_destination;
+        for (domain, entries) in by_domain {
+            let active = state.workers.get(&domain).copied().unwrap_or(0);
+            let batches = delivery::batches(entries, per_connection);
+            for batch in batches.into_iter().take(limit.saturating_sub(active)) {
+                for e in &batch {
+                    state.in_flight.insert(e.id);
+                }
+                *state.workers.entry(domain.clone()).or_default() += 1;
+                let ctx = ctx.clone();
+                let me = myself.clone();
+                let domain = domain.clone();
+                let lease = state.lease.clone();
+                let workers = state.running.clone();
+                workers.start();
+                tokio::spawn(async move {
+                    let results = delivery::deliver(&ctx, &domain, batch).await;
+                    if let Err(ractor::MessagingErr::SendErr(PartitionMsg::Done(_, results))) =
+                        me.send_message(PartitionMsg::Done(domain, results))
+                    {
+                        // The partition is stopping: record the results here, while the lease
+                        // is still held, so nothing delivered is delivered again.
+                        if let Err(error) = record(&ctx, &lease, &results).await {
+                            tracing::warn!(partition = lease.partition, %error, "cannot record results after stop");
+                        }
+                    }
+                    workers.finish();
+                });
+            }
+        }
+        match ctx.stores.queue.next_due(partition).await {
+            Ok(Some(at)) => {
+                let wait = at - now_millis();
+                if wait > 0 {
+                    Self::schedule(myself, state, Duration::from_millis(wait as u64));
+                }
+                // Due now but in flight: the worker's Done wakes us.
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(partition, %error, "cannot read next due time");
+                Self::schedule(myself, state, Duration::from_secs(5));
+            }
+        }
+    }
+
+    fn schedule(myself: &ActorRef<PartitionMsg>, state: &mut PartitionState, after: Duration) {
+        if let Some(t) = state.timer.take() {
+            t.abort();
+        }
+        let me = myself.clone();
+        state.timer = Some(tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = me.send_message(PartitionMsg::Wake);
+        }));
+    }
+
+    async fn done(
+        myself: &ActorRef<PartitionMsg>,
+        state: &mut PartitionState,
+        results: Vec<EntryResult>,
+    ) -> Result<(), ActorProcessingErr> {
+        let result = record(&state.ctx, &state.lease, &results).await;
+        for r in &results {
+            state.in_flight.remove(&r.entry.id);
+        }
+        match result {
+            Ok(()) => {}
+            Err(CommitError::LeaseLost(_)) => {
+                tracing::warn!(
+                    partition = state.lease.partition,
+                    "lease lost while recording results"
+                );
+                myself.stop(Some(LEASE_LOST.into()));
+                return Ok(());
+            }
+            Err(error) => {
+                // The rows stay pending and will be retried: a duplicate is possible, a loss not.
+                tracing::error!(partition = state.lease.partition, %error, "cannot record delivery results");
+            }
+        }
+        myself.send_message(PartitionMsg::Wake)?;
+        Ok(())
+    }
+
+    async fn owned_pending(state: &PartitionState, id: i64) -> Result<QueueEntry, QueueOpError> {
+        if state.in_flight.contains(&id) {
+            return Err(QueueOpError::InFlight(id));
+        }
+        let entry = state
+            .ctx
+            .stores
+            .queue
+            .queue_entry(id)
+            .await
+            .map_err(|e| QueueOpError::Store(e.to_string()))?
+            .filter(|e| e.partition == state.lease.partition)
+            .ok_or(QueueOpError::NotFound(id))?;
+        if !entry.status.is_pending() {
+            return Err(QueueOpError::Finished(id, entry.status.as_str()));
+        }
+        Ok(entry)
+    }
+
+    async fn retry(state: &PartitionState, id: i64) -> Result<(), QueueOpError> {
+        let entry = Self::owned_pending(state, id).await?;
+        let update = EntryUpdate {
+            id,
+            status: entry.status,
+            attempts: entry.attempts,
+            next_attempt_at: now_millis(),
+            last_error: entry.last_error,
+        };
+        apply(&state.ctx, &state.lease, &[update], &[])
+            .await
+            .map_err(|e| QueueOpError::Store(e.to_string()))
+    }
+
+    async fn cancel(state: &PartitionState, id: i64, bounce: bool) -> Result<(), QueueOpError> {
+        let entry = Self::owned_pending(state, id).await?;
+        let reason = "delivery cancelled by the administrator".to_string();
+        let update = EntryUpdate {
+            id,
+            status: QueueStatus::Cancelled,
+            attempts: entry.attempts,
+            next_attempt_at: entry.next_attempt_at,
+            last_error: Some(reason.clone()),
+        };
+        let mut bounces = Vec::new();
+        if bounce {
+            let failed = [FailedRecipient {
+                recipient: entry.recipient.clone(),
+                status: "5.0.0".into(),
+                diagnostic: reason,
+                remote_mta: None,
+            }];
+            bounces.extend(delivery::bounce(&state.ctx, &entry, &failed).await);
+        }
+        apply(&state.ctx, &state.lease, &[update], &bounces)
+            .await
+            .map_err(|e| QueueOpError::Store(e.to_string()))?;
+        metrics::counter!("mairust_bounces_total").increment(bounces.len() as u64);
+        delivery::hint_bounces(&state.ctx, &bounces);
+        Ok(())
+    }
+}
+
+impl Actor for PartitionQueue {
+    type Msg = PartitionMsg;
+    type State = PartitionState;
+    type Arguments = PartitionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: PartitionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Hints can be lost (for example across nodes), so poll as a backstop.
+        let poll = myself.send_interval(args.ctx.config.queue.poll_interval, || PartitionMsg::Wake);
+        myself.send_message(PartitionMsg::Wake)?;
+        Ok(PartitionState {
+            ctx: args.ctx,
+            lease: args.lease,
+            in_flight: HashSet::new(),
+            workers: HashMap::new(),
+            running: Arc::default(),
+            timer: None,
+            _poll: poll,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if tokio::time::timeout(DRAIN_TIMEOUT, state.running.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                partition = state.lease.partition,
+                "delivery workers still running at stop; their rows will be retried"
+            );
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PartitionMsg::Wake => Self::wake(&myself, state).await,
+            PartitionMsg::Done(domain, results) => {
+                if let Some(n) = state.workers.get_mut(&domain) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        state.workers.remove(&domain);
+                    }
+                }
+                Self::done(&myself, state, results).await?
+            }
+            PartitionMsg::Retry(id, reply) => {
+                let result = Self::retry(state, id).await;
+                let ok = result.is_ok();
+                let _ = reply.send(result);
+                if ok {
+                    Self::wake(&myself, state).await;
+                }
+            }
+            PartitionMsg::Cancel(id, bounce, reply) => {
+                let _ = reply.send(Self::cancel(state, id, bounce).await);
+            }
+        }
+        Ok(())
+    }
+}

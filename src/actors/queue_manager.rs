@@ -1,0 +1,373 @@
+//! The queue manager: holds this node's partition leases and runs one partition-queue actor
+//! per owned partition.
+//!
+//! Every tick (a third of the lease lifetime) it renews all its leases in one statement; a
+//! partition whose lease did not renew is lost (another node took over), and its actor is
+//! stopped. Then it tries to acquire each partition it should own (on a single node: all) that
+//! is free or expired. A partition actor that fails is restarted with the same lease at the
+//! next tick. On stop it stops its partition actors and releases their leases at once, so a
+//! graceful shutdown hands partitions over without waiting for expiry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::supervisor::ActorSlot;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::delivery::DeliveryContext;
+use super::partition::{PartitionArgs, PartitionMsg, PartitionQueue, QueueOpError};
+use crate::store::{Lease, QueueStatus};
+
+/// Messages to the queue manager.
+pub enum QueueMsg {
+    /// Renew and acquire leases, refresh queue metrics.
+    Tick,
+    /// New work in a partition.
+    Hint(u32),
+    /// Make a row due now (through its partition's owner).
+    Retry(u32, i64, RpcReplyPort<Result<(), QueueOpError>>),
+    /// Cancel a row, optionally bouncing it.
+    Cancel(u32, i64, bool, RpcReplyPort<Result<(), QueueOpError>>),
+    /// The partitions this node owns.
+    Owned(RpcReplyPort<Vec<u32>>),
+}
+
+/// The manager actor.
+pub struct QueueManager;
+
+/// Arguments of the manager.
+pub struct QueueManagerArgs {
+    /// What delivery needs.
+    pub ctx: Arc<DeliveryContext>,
+    /// Lease owner name of this process.
+    pub node_id: String,
+}
+
+struct Owned {
+    lease: Lease,
+    actor: Option<ActorRef<PartitionMsg>>,
+}
+
+/// The manager's state.
+pub struct QueueManagerState {
+    ctx: Arc<DeliveryContext>,
+    node_id: String,
+    owned: HashMap<u32, Owned>,
+    ticks: u64,
+}
+
+impl QueueManager {
+    async fn start_partition(
+        myself: &ActorRef<QueueMsg>,
+        state: &QueueManagerState,
+        lease: &Lease,
+    ) -> Option<ActorRef<PartitionMsg>> {
+        let args = PartitionArgs {
+            ctx: state.ctx.clone(),
+            lease: lease.clone(),
+        };
+        match Actor::spawn_linked(None, PartitionQueue, args, myself.get_cell()).await {
+            Ok((actor, _)) => Some(actor),
+            Err(error) => {
+                tracing::error!(partition = lease.partition, %error, "cannot start partition queue");
+                None
+            }
+        }
+    }
+
+    async fn tick(myself: &ActorRef<QueueMsg>, state: &mut QueueManagerState) {
+        let ctx = state.ctx.clone();
+        let ttl = ctx.config.queue.lease_ttl;
+        match ctx.stores.queue.renew_leases(&state.node_id, ttl).await {
+            Ok(held) => {
+                let held: HashMap<u32, Lease> =
+                    held.into_iter().map(|l| (l.partition, l)).collect();
+                state.owned.retain(|partition, owned| {
+                    let kept = held.get(partition) == Some(&owned.lease);
+                    if !kept {
+                        tracing::warn!(partition, "partition lease lost; stopping its queue");
+                        if let Some(actor) = owned.actor.take() {
+                            actor.stop(Some("lease lost".into()));
+                        }
+                    }
+                    kept
+                });
+                // Leases held but not tracked (for example after this actor restarted) are
+                // adopted rather than left to expire.
+                for (partition, lease) in held {
+                    state
+                        .owned
+                        .entry(partition)
+                        .or_insert(Owned { lease, actor: None });
+                }
+            }
+            Err(error) => {
+                // Keep going: the leases stay valid until they expire, and the partition actors'
+                // own fenced writes fail if they do.
+                tracing::warn!(%error, "cannot renew partition leases");
+                return;
+            }
+        }
+        for partition in 0..ctx.config.queue.partitions {
+            if state.owned.contains_key(&partition) {
+                continue;
+            }
+            match ctx
+                .stores
+                .queue
+                .acquire_lease(partition, &state.node_id, ttl)
+                .await
+            {
+                Ok(Some(lease)) => {
+                    tracing::info!(partition, epoch = lease.epoch, "partition acquired");
+                    state.owned.insert(partition, Owned { lease, actor: None });
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(partition, %error, "cannot acquire partition lease");
+                    break;
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        for (partition, owned) in &state.owned {
+            if owned.actor.is_none() {
+                missing.push((*partition, owned.lease.clone()));
+            }
+        }
+        for (partition, lease) in missing {
+            let actor = Self::start_partition(myself, state, &lease).await;
+            if let Some(owned) = state.owned.get_mut(&partition) {
+                owned.actor = actor;
+            }
+        }
+        state.ticks += 1;
+        if state.ticks % 5 == 1 {
+            update_depth_metrics(&ctx).await;
+        }
+    }
+
+    fn forward(
+        state: &QueueManagerState,
+        partition: u32,
+    ) -> Result<&ActorRef<PartitionMsg>, QueueOpError> {
+        state
+            .owned
+            .get(&partition)
+            .and_then(|o| o.actor.as_ref())
+            .ok_or(QueueOpError::NotOwned(partition))
+    }
+}
+
+async fn update_depth_metrics(ctx: &DeliveryContext) {
+    match ctx.stores.queue.queue_depth().await {
+        Ok(rows) => {
+            let mut by_status: HashMap<QueueStatus, i64> = HashMap::new();
+            for (partition, status, count) in rows {
+                *by_status.entry(status).or_default() += count;
+                if status.is_pending() {
+                    metrics::gauge!("mairust_queue_partition_depth", "partition" => partition.to_string(), "status" => status.as_str())
+                        .set(count as f64);
+                }
+            }
+            for status in [
+                QueueStatus::Queued,
+                QueueStatus::Deferred,
+                QueueStatus::Delivered,
+                QueueStatus::Failed,
+                QueueStatus::Cancelled,
+            ] {
+                metrics::gauge!("mairust_queue_depth", "status" => status.as_str())
+                    .set(by_status.get(&status).copied().unwrap_or(0) as f64);
+            }
+        }
+        Err(error) => tracing::debug!(%error, "cannot read queue depth"),
+    }
+}
+
+impl Actor for QueueManager {
+    type Msg = QueueMsg;
+    type State = QueueManagerState;
+    type Arguments = QueueManagerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: QueueManagerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        args.ctx
+            .stores
+            .queue
+            .ensure_partition_count(args.ctx.config.queue.partitions)
+            .await?;
+        let period = (args.ctx.config.queue.lease_ttl / 3).max(Duration::from_millis(200));
+        myself.send_interval(period, || QueueMsg::Tick);
+        myself.send_message(QueueMsg::Tick)?;
+        Ok(QueueManagerState {
+            ctx: args.ctx,
+            node_id: args.node_id,
+            owned: HashMap::new(),
+            ticks: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            QueueMsg::Tick => Self::tick(&myself, state).await,
+            QueueMsg::Hint(partition) => {
+                if let Ok(actor) = Self::forward(state, partition) {
+                    let _ = actor.send_message(PartitionMsg::Wake);
+                }
+            }
+            QueueMsg::Retry(partition, id, reply) => match Self::forward(state, partition) {
+                Ok(actor) => {
+                    let _ = actor.send_message(PartitionMsg::Retry(id, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            QueueMsg::Cancel(partition, id, bounce, reply) => match Self::forward(state, partition)
+            {
+                Ok(actor) => {
+                    let _ = actor.send_message(PartitionMsg::Cancel(id, bounce, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            QueueMsg::Owned(reply) => {
+                let mut owned: Vec<u32> = state.owned.keys().copied().collect();
+                owned.sort_unstable();
+                let _ = reply.send(owned);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_default())
+            }
+            _ => return Ok(()),
+        };
+        let Some(partition) = state
+            .owned
+            .iter()
+            .find(|(_, o)| {
+                o.actor
+                    .as_ref()
+                    .is_some_and(|a| a.get_id() == cell.get_id())
+            })
+            .map(|(p, _)| *p)
+        else {
+            return Ok(());
+        };
+        if reason == "lease lost" {
+            // The next tick re-acquires it if it is free again.
+            state.owned.remove(&partition);
+        } else {
+            if let Some(owned) = state.owned.get_mut(&partition) {
+                owned.actor = None;
+            }
+            metrics::counter!("mairust_actor_restarts_total", "actor" => "partition_queue")
+                .increment(1);
+            tracing::error!(partition, reason = %reason, "partition queue exited; restarting at next tick");
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for (_, owned) in state.owned.drain() {
+            if let Some(actor) = owned.actor {
+                let _ = actor
+                    .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+                    .await;
+            }
+            if let Err(error) = state.ctx.stores.queue.release_lease(&owned.lease).await {
+                tracing::warn!(partition = owned.lease.partition, %error, "cannot release lease");
+            }
+        }
+        tracing::info!("partition leases released");
+        Ok(())
+    }
+}
+
+/// The current queue manager's address, replaced on restart.
+#[derive(Clone, Default)]
+pub struct QueueHandle(ActorSlot<QueueMsg>);
+
+impl QueueHandle {
+    /// Publishes a new manager (from its spawn function).
+    pub fn set(&self, manager: ActorRef<QueueMsg>) {
+        self.0.set(manager);
+    }
+
+    fn current(&self) -> Option<ActorRef<QueueMsg>> {
+        self.0.get()
+    }
+
+    /// Tells the partition's owner that new work is due (best effort: owners also poll).
+    pub fn hint(&self, partition: u32) {
+        if let Some(manager) = self.current() {
+            let _ = manager.send_message(QueueMsg::Hint(partition));
+        }
+    }
+
+    /// Makes a row due now.
+    pub async fn retry(&self, partition: u32, id: i64) -> Result<(), QueueOpError> {
+        let manager = self.current().ok_or(QueueOpError::Unavailable)?;
+        manager
+            .call(
+                |reply| QueueMsg::Retry(partition, id, reply),
+                Some(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|_| QueueOpError::Unavailable)?
+            .success_or(QueueOpError::Unavailable)?
+    }
+
+    /// Cancels a row.
+    pub async fn cancel(&self, partition: u32, id: i64, bounce: bool) -> Result<(), QueueOpError> {
+        let manager = self.current().ok_or(QueueOpError::Unavailable)?;
+        manager
+            .call(
+                |reply| QueueMsg::Cancel(partition, id, bounce, reply),
+                Some(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|_| QueueOpError::Unavailable)?
+            .success_or(QueueOpError::Unavailable)?
+    }
+
+    /// Partitions owned by this node.
+    pub async fn owned(&self) -> Vec<u32> {
+        let Some(manager) = self.current() else {
+            return Vec::new();
+        };
+        match manager
+            .call(QueueMsg::Owned, Some(Duration::from_secs(5)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(owned)) => owned,
+            _ => Vec::new(),
+        }
+    }
+}

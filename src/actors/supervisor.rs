@@ -1,0 +1,295 @@
+//! The root supervisor.
+//!
+//! ractor stops a parent when a child exits unless the parent restarts it itself; this is the
+//! one place that does so. Each child is described by a [`ChildSpec`] whose `spawn` function
+//! builds it (and publishes its new address, if others send to it). A child that fails or
+//! stops on its own is restarted after an exponential backoff (100 ms doubling to 30 s, reset
+//! once a child has run for a minute), counted in `mairust_actor_restarts_total{actor}` and
+//! logged. Once the supervisor is stopping, children are not restarted.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+
+/// The current address of a supervised actor. The child's spawn function replaces it on every
+/// restart, so holders never keep a dead address.
+pub struct ActorSlot<M>(Arc<std::sync::RwLock<Option<ActorRef<M>>>>);
+
+impl<M> Clone for ActorSlot<M> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<M> Default for ActorSlot<M> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<M: ractor::Message> ActorSlot<M> {
+    /// Publishes a new address.
+    pub fn set(&self, actor: ActorRef<M>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(actor);
+    }
+
+    /// The current address, if the actor has started.
+    pub fn get(&self) -> Option<ActorRef<M>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Builds a child linked to the given supervisor.
+pub type SpawnFn = Arc<
+    dyn Fn(ActorCell) -> Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A supervised child: a stable name (for logs and metrics) and how to (re)build it.
+#[derive(Clone)]
+pub struct ChildSpec {
+    /// Name in logs and in the `actor` label of the restart counter.
+    pub name: &'static str,
+    /// Builds the child.
+    pub spawn: SpawnFn,
+}
+
+impl ChildSpec {
+    /// A spec from a name and an async spawn function.
+    pub fn new<F, Fut>(name: &'static str, spawn: F) -> Self
+    where
+        F: Fn(ActorCell) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<ActorCell, SpawnErr>> + Send + 'static,
+    {
+        Self {
+            name,
+            spawn: Arc::new(move |sup| Box::pin(spawn(sup))),
+        }
+    }
+}
+
+/// Messages to the root supervisor.
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// Rebuild the named child (sent to itself after the backoff).
+    Restart(&'static str),
+}
+
+/// The root of the actor tree.
+pub struct RootSupervisor;
+
+/// Restart bookkeeping for one child.
+struct ChildState {
+    started: Instant,
+    consecutive_failures: u32,
+}
+
+/// The supervisor's state.
+pub struct SupervisorState {
+    specs: Vec<ChildSpec>,
+    running: HashMap<ActorId, &'static str>,
+    children: HashMap<&'static str, ChildState>,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_START
+        .saturating_mul(1u32 << failures.min(16))
+        .min(BACKOFF_MAX)
+}
+
+impl RootSupervisor {
+    async fn start_child(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        spec: &ChildSpec,
+    ) -> Result<(), SpawnErr> {
+        let cell = (spec.spawn)(myself.get_cell()).await?;
+        state.running.insert(cell.get_id(), spec.name);
+        let child = state.children.entry(spec.name).or_insert(ChildState {
+            started: Instant::now(),
+            consecutive_failures: 0,
+        });
+        child.started = Instant::now();
+        tracing::debug!(actor = spec.name, "actor started");
+        Ok(())
+    }
+
+    fn schedule_restart(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        name: &'static str,
+    ) {
+        let Some(child) = state.children.get_mut(name) else {
+            return;
+        };
+        if child.started.elapsed() >= STABLE_AFTER {
+            child.consecutive_failures = 0;
+        }
+        let delay = backoff(child.consecutive_failures);
+        child.consecutive_failures += 1;
+        metrics::counter!("mairust_actor_restarts_total", "actor" => name).increment(1);
+        tracing::warn!(
+            actor = name,
+            delay_ms = delay.as_millis() as u64,
+            attempt = child.consecutive_failures,
+            "restarting actor"
+        );
+        myself.send_after(delay, move || SupervisorMsg::Restart(name));
+    }
+}
+
+impl Actor for RootSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = Vec<ChildSpec>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        specs: Vec<ChildSpec>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            specs: specs.clone(),
+            running: HashMap::new(),
+            children: HashMap::new(),
+        };
+        for spec in &specs {
+            Self::start_child(&myself, &mut state, spec)
+                .await
+                .map_err(|e| format!("cannot start {}: {e}", spec.name))?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Restart(name) => {
+                let Some(spec) = state.specs.iter().find(|s| s.name == name).cloned() else {
+                    return Ok(());
+                };
+                if let Err(error) = Self::start_child(&myself, state, &spec).await {
+                    tracing::error!(actor = name, %error, "actor restart failed");
+                    Self::schedule_restart(&myself, state, name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(name) = state.running.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        tracing::error!(actor = name, reason = %reason, "supervised actor exited");
+        Self::schedule_restart(&myself, state, name);
+        Ok(())
+    }
+
+    /// Stops the children gracefully (their `post_stop` runs: the queue releases its
+    /// leases), rather than letting ractor kill them with the supervisor.
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.running.clear();
+        myself
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(30)))
+            .await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Flaky;
+
+    impl Actor for Flaky {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+        async fn handle(
+            &self,
+            _: ActorRef<()>,
+            _: (),
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            panic!("injected failure");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(30), BACKOFF_MAX);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_child_is_restarted() {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let current: Arc<std::sync::Mutex<Option<ActorRef<()>>>> = Arc::default();
+        let spec = {
+            let starts = starts.clone();
+            let current = current.clone();
+            ChildSpec::new("flaky", move |sup| {
+                let starts = starts.clone();
+                let current = current.clone();
+                async move {
+                    let (actor, _) = Actor::spawn_linked(None, Flaky, (), sup).await?;
+                    starts.fetch_add(1, Ordering::SeqCst);
+                    *current.lock().expect("lock") = Some(actor.clone());
+                    Ok(actor.get_cell())
+                }
+            })
+        };
+        let (root, handle) = Actor::spawn(None, RootSupervisor, vec![spec])
+            .await
+            .expect("root starts");
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        for round in 1..=2 {
+            let child = current.lock().expect("lock").clone().expect("child");
+            child.send_message(()).expect("send");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while starts.load(Ordering::SeqCst) <= round {
+                assert!(Instant::now() < deadline, "child was not restarted");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        root.stop(None);
+        handle.await.expect("root stops");
+    }
+}

@@ -1,0 +1,413 @@
+//! Administration: domains, users, and bearer tokens.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody};
+use crate::auth;
+use crate::store::{Domain, User, now_millis};
+
+/// A list of items.
+#[derive(Serialize, ToSchema)]
+pub struct Items<T> {
+    /// The items.
+    pub items: Vec<T>,
+}
+
+/// Body of `POST /api/v1/domains`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDomain {
+    /// Domain name, e.g. `example.com`.
+    pub name: String,
+}
+
+/// Body of `POST /api/v1/users`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// Address in a hosted domain (admins may use any domain).
+    pub email: String,
+    /// At least 8 characters.
+    pub password: String,
+    /// Mailbox quota in bytes; absent means unlimited.
+    pub quota_bytes: Option<i64>,
+    /// Grants administration rights.
+    #[serde(default)]
+    pub is_admin: bool,
+}
+
+/// Body of `PUT /api/v1/users/{email}/password`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPassword {
+    /// At least 8 characters.
+    pub password: String,
+}
+
+/// Body of `POST /api/v1/tokens`.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// A label for the token.
+    pub name: Option<String>,
+    /// Lifetime such as `1h` or `30d`; default `api.token_ttl`.
+    pub ttl: Option<String>,
+}
+
+/// A new bearer token; it is shown only once.
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// Send as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Expiry, RFC 3339.
+    pub expires_at: String,
+}
+
+/// Body of `POST /api/v1/domains/{name}/dkim`.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DkimRequest {
+    /// `ed25519` (default) or `rsa` (2048 bits).
+    pub algorithm: Option<crate::dkim::Algorithm>,
+    /// Selector; default `mairust` followed by the date.
+    pub selector: Option<String>,
+}
+
+/// A domain's DKIM key and the DNS record to publish.
+#[derive(Serialize, ToSchema)]
+pub struct DkimResponse {
+    /// Signing domain.
+    pub domain: String,
+    /// Selector.
+    pub selector: String,
+    /// `ed25519` or `rsa`.
+    pub algorithm: String,
+    /// Name of the TXT record, e.g. `sel._domainkey.example.com`.
+    pub dns_name: String,
+    /// Value of the TXT record.
+    pub dns_value: String,
+}
+
+/// Checks a domain name (RFC 1035 letters, digits, hyphens; dots between labels).
+pub fn validate_domain(name: &str) -> Result<String, ApiError> {
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(name)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{name}` is not a valid domain name"
+        )))
+    }
+}
+
+/// Checks an email address (`local@domain`, no spaces or control characters).
+pub fn validate_email(email: &str) -> Result<String, ApiError> {
+    let email = email.trim().to_ascii_lowercase();
+    let invalid = || ApiError::bad_request(format!("`{email}` is not a valid email address"));
+    let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
+    if local.is_empty()
+        || local.len() > 64
+        || local
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>()[],;:\\\"@".contains(c))
+    {
+        return Err(invalid());
+    }
+    validate_domain(domain).map_err(|_| invalid())?;
+    Ok(email)
+}
+
+fn validate_password(password: &str) -> Result<(), ApiError> {
+    if password.chars().count() < 8 {
+        return Err(ApiError::bad_request(
+            "password must be at least 8 characters",
+        ));
+    }
+    if password.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "password must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+async fn hash(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(ApiError::unavailable)?
+        .map_err(ApiError::unavailable)
+}
+
+/// Adds a hosted domain.
+#[utoipa::path(post, path = "/api/v1/domains", tag = "admin", request_body = NewDomain,
+    responses((status = 201, body = Domain), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn add_domain(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewDomain>,
+) -> ApiResult<(StatusCode, Json<Domain>)> {
+    caller.require_admin()?;
+    let name = validate_domain(&body.name)?;
+    let domain = state.stores.meta.add_domain(&name).await?;
+    tracing::info!(domain = %domain.name, by = %caller.0.email, "domain added");
+    Ok((StatusCode::CREATED, Json(domain)))
+}
+
+/// Lists hosted domains.
+#[utoipa::path(get, path = "/api/v1/domains", tag = "admin",
+    responses((status = 200, body = Items<Domain>)), security(("basic" = []), ("bearer" = [])))]
+pub async fn list_domains(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<Json<Items<Domain>>> {
+    caller.require_admin()?;
+    Ok(Json(Items {
+        items: state.stores.meta.list_domains().await?,
+    }))
+}
+
+/// Removes a domain that has no users.
+#[utoipa::path(delete, path = "/api/v1/domains/{name}", tag = "admin",
+    params(("name" = String, Path, description = "Domain name")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn delete_domain(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    state.stores.meta.delete_domain(&name).await?;
+    tracing::info!(domain = %name, by = %caller.0.email, "domain deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Adds a user.
+#[utoipa::path(post, path = "/api/v1/users", tag = "admin", request_body = NewUser,
+    responses((status = 201, body = User), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn add_user(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewUser>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    caller.require_admin()?;
+    let email = validate_email(&body.email)?;
+    validate_password(&body.password)?;
+    if body.quota_bytes.is_some_and(|q| q < 0) {
+        return Err(ApiError::bad_request("quota_bytes must not be negative"));
+    }
+    let hashed = hash(body.password).await?;
+    let user = state
+        .stores
+        .meta
+        .add_user(&email, &hashed, body.is_admin, body.quota_bytes)
+        .await?;
+    tracing::info!(user = %user.email, by = %caller.0.email, "user added");
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// Lists users.
+#[utoipa::path(get, path = "/api/v1/users", tag = "admin",
+    responses((status = 200, body = Items<User>)), security(("basic" = []), ("bearer" = [])))]
+pub async fn list_users(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<Json<Items<User>>> {
+    caller.require_admin()?;
+    Ok(Json(Items {
+        items: state.stores.meta.list_users().await?,
+    }))
+}
+
+/// Deletes a user and their mailbox.
+#[utoipa::path(delete, path = "/api/v1/users/{email}", tag = "admin",
+    params(("email" = String, Path, description = "User's address")),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("basic" = []), ("bearer" = [])))]
+pub async fn delete_user(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(email): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    if email.eq_ignore_ascii_case(&caller.0.email) {
+        return Err(ApiError::bad_request("you cannot delete your own account"));
+    }
+    let orphans = state.stores.meta.delete_user(&email).await?;
+    state.stores.delete_blobs(&orphans).await;
+    tracing::info!(user = %email, by = %caller.0.email, "user deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sets a user's password (admins for anyone, users for themselves).
+#[utoipa::path(put, path = "/api/v1/users/{email}/password", tag = "admin", request_body = NewPassword,
+    params(("email" = String, Path, description = "User's address")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn set_password(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(email): ApiPath<String>,
+    ApiJson(body): ApiJson<NewPassword>,
+) -> ApiResult<StatusCode> {
+    if !email.eq_ignore_ascii_case(&caller.0.email) {
+        caller.require_admin()?;
+    }
+    validate_password(&body.password)?;
+    let hashed = hash(body.password).await?;
+    state.stores.meta.set_password(&email, &hashed).await?;
+    tracing::info!(user = %email, by = %caller.0.email, "password changed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issues a bearer token for the caller.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "auth", request_body(content = TokenRequest, description = "optional"),
+    responses((status = 201, body = TokenResponse), (status = 401, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn create_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<TokenResponse>)> {
+    let request: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let ttl = match request.ttl.as_deref() {
+        None => state.config.api.token_ttl,
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| ApiError::bad_request(format!("invalid ttl `{text}`: {e}")))?,
+    };
+    if ttl.is_zero() || ttl > Duration::from_secs(366 * 24 * 3600) {
+        return Err(ApiError::bad_request("ttl must be between 1s and 366d"));
+    }
+    let token = auth::random_secret(32);
+    let expires_at = now_millis().saturating_add(ttl.as_millis() as i64);
+    let name = request.name.unwrap_or_else(|| "api".into());
+    state
+        .stores
+        .meta
+        .add_token(caller.0.id, &auth::token_hash(&token), &name, expires_at)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenResponse {
+            token,
+            expires_at: crate::message::rfc3339(expires_at),
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_and_email_validation() {
+        assert_eq!(
+            validate_domain("Example.COM.").expect("valid"),
+            "example.com"
+        );
+        assert!(validate_domain("bad_domain.com").is_err());
+        assert!(validate_domain("-x.com").is_err());
+        assert!(validate_domain("a..b").is_err());
+        assert_eq!(
+            validate_email("Bob@Example.test").expect("valid"),
+            "bob@example.test"
+        );
+        assert!(validate_email("no-at-sign").is_err());
+        assert!(validate_email("a b@example.test").is_err());
+        assert!(validate_email("a@b@example.test").is_err());
+        assert!(validate_email("x@bad domain").is_err());
+    }
+}
+
+/// Creates (or replaces) the domain's DKIM key; outbound mail from the domain is signed.
+#[utoipa::path(post, path = "/api/v1/domains/{name}/dkim", tag = "admin",
+    params(("name" = String, Path, description = "Hosted domain")),
+    request_body(content = DkimRequest, description = "optional"),
+    responses((status = 201, body = DkimResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn create_dkim_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<DkimResponse>)> {
+    caller.require_admin()?;
+    let request: DkimRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DkimRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let domain = validate_domain(&name)?;
+    if !state
+        .stores
+        .meta
+        .list_domains()
+        .await?
+        .iter()
+        .any(|d| d.name == domain)
+    {
+        return Err(ApiError::not_found(format!("domain {domain} not found")));
+    }
+    let selector = request
+        .selector
+        .unwrap_or_else(|| format!("mairust{}", chrono::Utc::now().format("%Y%m%d")));
+    if selector.is_empty()
+        || !selector
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::bad_request(
+            "selector may contain only letters, digits, '-' and '_'",
+        ));
+    }
+    let algorithm = request.algorithm.unwrap_or(crate::dkim::Algorithm::Ed25519);
+    let key = {
+        let (domain, selector) = (domain.clone(), selector.clone());
+        let cipher = state.stores.cipher.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::dkim::generate(&domain, &selector, algorithm, cipher.as_ref())
+        })
+        .await
+        .map_err(ApiError::unavailable)?
+        .map_err(ApiError::unavailable)?
+    };
+    state.stores.queue.put_dkim_key(&key).await?;
+    let (dns_name, dns_value) = crate::dkim::dns_record(&key);
+    tracing::info!(domain = %domain, selector = %selector, algorithm = %key.algorithm, by = %caller.0.email, "DKIM key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(DkimResponse {
+            domain,
+            selector,
+            algorithm: key.algorithm,
+            dns_name,
+            dns_value,
+        }),
+    ))
+}

@@ -1,0 +1,279 @@
+//! The signed-in user's own mail. Another user's message is indistinguishable from a missing
+//! one (404).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
+use crate::message::{self, AttachmentInfo};
+use crate::store::MailboxItem;
+
+/// Query of `GET /api/v1/messages`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Folder; default `INBOX`.
+    pub folder: Option<String>,
+    /// Page size; default 50, capped at `api.max_page_size`.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A message in a listing.
+#[derive(Serialize, ToSchema)]
+pub struct MessageListItem {
+    /// Message id.
+    pub id: String,
+    /// `From:`.
+    pub from: String,
+    /// `To:` addresses.
+    pub to: Vec<String>,
+    /// Decoded subject.
+    pub subject: String,
+    /// `Date:` (or arrival time), RFC 3339.
+    pub date: String,
+    /// Size in bytes as stored.
+    pub size: i64,
+    /// Read flag.
+    pub seen: bool,
+    /// Whether the message has attachments.
+    pub has_attachments: bool,
+}
+
+/// A page of messages.
+#[derive(Serialize, ToSchema)]
+pub struct MessagePage {
+    /// Newest first.
+    pub items: Vec<MessageListItem>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A whole message.
+#[derive(Serialize, ToSchema)]
+pub struct MessageDetail {
+    /// Message id.
+    pub id: String,
+    /// `From:`.
+    pub from: String,
+    /// `To:` addresses.
+    pub to: Vec<String>,
+    /// `Cc:` addresses.
+    pub cc: Vec<String>,
+    /// Decoded subject.
+    pub subject: String,
+    /// `Date:` (or arrival time), RFC 3339.
+    pub date: String,
+    /// `Message-ID:` without brackets.
+    pub message_id: Option<String>,
+    /// Plain-text body.
+    pub text: Option<String>,
+    /// HTML body.
+    pub html: Option<String>,
+    /// Attachments; fetch one at `/attachments/{n}`.
+    pub attachments: Vec<AttachmentInfo>,
+    /// Read flag.
+    pub seen: bool,
+    /// Arrival time, RFC 3339.
+    pub received_at: String,
+    /// Size in bytes as stored.
+    pub size: i64,
+}
+
+/// Body of `PATCH /api/v1/messages/{id}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessagePatch {
+    /// New read flag.
+    pub seen: Option<bool>,
+}
+
+fn date_of(item: &MailboxItem) -> String {
+    message::rfc3339(item.summary.date.unwrap_or(item.received_at))
+}
+
+fn list_item(item: MailboxItem) -> MessageListItem {
+    MessageListItem {
+        id: item.id.to_string(),
+        date: date_of(&item),
+        from: item.summary.from,
+        to: item.summary.to,
+        subject: item.summary.subject,
+        size: item.size,
+        seen: item.seen,
+        has_attachments: item.summary.has_attachments,
+    }
+}
+
+fn parse_id(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>()
+        .map_err(|_| ApiError::not_found(format!("message {id} not found")))
+}
+
+async fn load(state: &ApiState, caller: &Caller, id: &str) -> ApiResult<(MailboxItem, Vec<u8>)> {
+    let item = state
+        .stores
+        .meta
+        .get_mailbox_item(caller.0.id, parse_id(id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("message {id} not found")))?;
+    let raw = state.stores.blobs.get(&item.blob_key).await?;
+    Ok((item, raw))
+}
+
+/// Lists the caller's messages, newest first.
+#[utoipa::path(get, path = "/api/v1/messages", tag = "messages", params(ListQuery),
+    responses((status = 200, body = MessagePage), (status = 400, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<Json<MessagePage>> {
+    let limit = query
+        .limit
+        .unwrap_or(50)
+        .clamp(1, state.config.api.max_page_size);
+    let folder = query.folder.as_deref().unwrap_or("INBOX");
+    let page = state
+        .stores
+        .meta
+        .list_mailbox(caller.0.id, folder, limit, query.cursor.as_deref())
+        .await?;
+    Ok(Json(MessagePage {
+        items: page.items.into_iter().map(list_item).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// One of the caller's messages, decoded.
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "Message id")),
+    responses((status = 200, body = MessageDetail), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn get(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<MessageDetail>> {
+    let (item, raw) = load(&state, &caller, &id).await?;
+    let content = message::content(&raw);
+    Ok(Json(MessageDetail {
+        id: item.id.to_string(),
+        date: date_of(&item),
+        received_at: message::rfc3339(item.received_at),
+        from: item.summary.from,
+        to: item.summary.to,
+        cc: item.summary.cc,
+        subject: item.summary.subject,
+        message_id: item.summary.message_id,
+        text: content.text,
+        html: content.html,
+        attachments: content.attachments,
+        seen: item.seen,
+        size: item.size,
+    }))
+}
+
+/// The message exactly as stored.
+#[utoipa::path(get, path = "/api/v1/messages/{id}/raw", tag = "messages",
+    params(("id" = String, Path, description = "Message id")),
+    responses((status = 200, content_type = "message/rfc822", body = Vec<u8>), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn raw(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    let (_, raw) = load(&state, &caller, &id).await?;
+    Ok(([(header::CONTENT_TYPE, "message/rfc822")], raw).into_response())
+}
+
+/// The `n`-th attachment (from 0), decoded.
+#[utoipa::path(get, path = "/api/v1/messages/{id}/attachments/{n}", tag = "messages",
+    params(("id" = String, Path, description = "Message id"), ("n" = usize, Path, description = "Attachment index from 0")),
+    responses((status = 200, description = "The attachment's bytes with its content type"), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn attachment(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath((id, n)): ApiPath<(String, usize)>,
+) -> ApiResult<Response> {
+    let (_, raw) = load(&state, &caller, &id).await?;
+    let (info, bytes) = message::attachment(&raw, n)
+        .ok_or_else(|| ApiError::not_found(format!("message {id} has no attachment {n}")))?;
+    let filename = info
+        .filename
+        .unwrap_or_else(|| format!("attachment-{n}"))
+        .replace(['"', '\\', '\r', '\n'], "_");
+    let content_type = header::HeaderValue::from_str(&info.content_type)
+        .unwrap_or(header::HeaderValue::from_static("application/octet-stream"));
+    let disposition =
+        header::HeaderValue::from_str(&format!("attachment; filename=\"{filename}\""))
+            .unwrap_or(header::HeaderValue::from_static("attachment"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// Updates flags.
+#[utoipa::path(patch, path = "/api/v1/messages/{id}", tag = "messages", request_body = MessagePatch,
+    params(("id" = String, Path, description = "Message id")),
+    responses((status = 200, body = MessageListItem), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn patch(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<MessagePatch>,
+) -> ApiResult<Json<MessageListItem>> {
+    let numeric = parse_id(&id)?;
+    if let Some(seen) = body.seen
+        && !state
+            .stores
+            .meta
+            .set_seen(caller.0.id, numeric, seen)
+            .await?
+    {
+        return Err(ApiError::not_found(format!("message {id} not found")));
+    }
+    let item = state
+        .stores
+        .meta
+        .get_mailbox_item(caller.0.id, numeric)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("message {id} not found")))?;
+    Ok(Json(list_item(item)))
+}
+
+/// Deletes a message from the caller's mailbox.
+#[utoipa::path(delete, path = "/api/v1/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "Message id")),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn delete(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let orphans = state
+        .stores
+        .meta
+        .delete_mailbox_item(caller.0.id, parse_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("message {id} not found")))?;
+    state.stores.delete_blobs(&orphans).await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,327 @@
+//! The REST API (under `/api/v1`), health, metrics and the OpenAPI document.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod messages;
+pub mod queue;
+pub mod send;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use metrics_exporter_prometheus::PrometheusHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Deserialize;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+
+use crate::acceptance::Acceptor;
+use crate::actors::{QueueHandle, WriterHandle};
+use crate::config::Config;
+use crate::smtp::Faults;
+use crate::store::{StoreError, Stores, User};
+use error::{ApiError, ApiJson, ApiResult};
+
+/// How long a verified Basic credential is trusted without running argon2 again.
+const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Metadata and blobs.
+    pub stores: Stores,
+    /// The Prometheus recorder's handle.
+    pub metrics: PrometheusHandle,
+    /// The storage writer (for the fault hook).
+    pub writer: WriterHandle,
+    /// The acceptance path (for the send API).
+    pub acceptor: Acceptor,
+    /// The delivery queue's owner (for queue operations).
+    pub queue: QueueHandle,
+    /// Test-only fault hooks.
+    pub faults: Arc<Faults>,
+    /// Verified (email, password, stored hash) triples, by digest.
+    credentials: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl ApiState {
+    /// State for the handlers.
+    pub fn new(
+        config: Arc<Config>,
+        stores: Stores,
+        metrics: PrometheusHandle,
+        writer: WriterHandle,
+        acceptor: Acceptor,
+        queue: QueueHandle,
+        faults: Arc<Faults>,
+    ) -> Self {
+        Self {
+            config,
+            stores,
+            metrics,
+            writer,
+            acceptor,
+            queue,
+            faults,
+            credentials: Arc::default(),
+        }
+    }
+
+    /// Checks Basic credentials. The account is read from the database on every request, so
+    /// deletions and password changes (also from the CLI or another node) apply at once; only
+    /// the deliberately slow argon2 check is skipped when this exact password already matched
+    /// this exact stored hash within the last minute.
+    pub async fn authenticate(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let Some(creds) = self.stores.meta.credentials(email).await? else {
+            // Same cost as a wrong password, so unknown users are not revealed by timing.
+            let _ = crate::auth::authenticate(self.stores.meta.as_ref(), email, password).await?;
+            return Ok(None);
+        };
+        let key = crate::auth::token_hash(&format!("{email}\0{password}\0{}", creds.password_hash));
+        let cached = self
+            .credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < CREDENTIAL_CACHE_TTL);
+        if cached {
+            return Ok(Some(creds.user));
+        }
+        let hash = creds.password_hash.clone();
+        let password_owned = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            crate::auth::verify_password(&password_owned, &hash)
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            return Ok(None);
+        }
+        let mut cache = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(key, Instant::now());
+        Ok(Some(creds.user))
+    }
+}
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "MaiRust API", description = "Mail engine REST API. Errors are `{\"error\": {\"code\", \"message\"}}`."),
+    paths(
+        health::health, health::live, health::ready, health::metrics,
+        admin::create_token,
+        admin::add_domain, admin::list_domains, admin::delete_domain, admin::create_dkim_key,
+        admin::add_user, admin::list_users, admin::delete_user, admin::set_password,
+        messages::list, messages::get, messages::raw, messages::attachment, messages::patch, messages::delete,
+        send::send,
+        queue::list, queue::get, queue::retry, queue::cancel,
+    ),
+    modifiers(&SecuritySchemes)
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /api/v1/openapi.json")
+}
+
+/// Body of the test-only fault endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRequest {
+    /// `storage_writer` or `smtp_session`.
+    target: String,
+}
+
+/// Test hook (only with `server.fault_injection`): makes an actor fail.
+async fn inject_fault(
+    State(state): State<ApiState>,
+    caller: auth::Caller,
+    ApiJson(body): ApiJson<FaultRequest>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    if !state.config.server.fault_injection {
+        return Err(ApiError::not_found("fault injection is disabled"));
+    }
+    match body.target.as_str() {
+        "storage_writer" => state.writer.inject_fault().map_err(ApiError::unavailable)?,
+        "smtp_session" => state
+            .faults
+            .panic_next_session
+            .store(true, Ordering::SeqCst),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown target `{other}`; use storage_writer or smtp_session"
+            )));
+        }
+    }
+    tracing::warn!(target = %body.target, "fault injected");
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn count_requests(request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    metrics::counter!(
+        "mairust_api_requests_total",
+        "method" => method,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+/// All routes.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .route("/tokens", post(admin::create_token))
+        .route("/domains", get(admin::list_domains).post(admin::add_domain))
+        .route(
+            "/domains/{name}",
+            axum::routing::delete(admin::delete_domain),
+        )
+        .route("/domains/{name}/dkim", post(admin::create_dkim_key))
+        .route("/users", get(admin::list_users).post(admin::add_user))
+        .route("/users/{email}", axum::routing::delete(admin::delete_user))
+        .route("/users/{email}/password", put(admin::set_password))
+        .route("/messages", get(messages::list))
+        .route(
+            "/messages/{id}",
+            get(messages::get)
+                .patch(messages::patch)
+                .delete(messages::delete),
+        )
+        .route("/messages/{id}/raw", get(messages::raw))
+        .route("/messages/{id}/attachments/{n}", get(messages::attachment))
+        .route("/send", post(send::send))
+        .route("/queue", get(queue::list))
+        .route("/queue/{id}", get(queue::get).delete(queue::cancel))
+        .route("/queue/{id}/retry", post(queue::retry))
+        .route("/debug/faults", post(inject_fault));
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .nest("/api/v1", v1)
+        .fallback(not_found)
+        .layer(middleware::from_fn(count_requests))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.smtp.max_message_size.saturating_mul(2),
+        ))
+        .with_state(state)
+}
+
+/// Messages to the API server actor.
+pub enum ApiServerMsg {
+    /// The HTTP server stopped with this error.
+    Failed(String),
+}
+
+/// The API server actor: binds the port and runs axum; it fails (and is restarted) if the
+/// server stops.
+pub struct ApiServer;
+
+/// Arguments of the API server.
+pub struct ApiServerArgs {
+    /// Handler state.
+    pub state: ApiState,
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// Flips to true on shutdown.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Aborts the server task with the actor.
+pub struct ServerTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ServerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Actor for ApiServer {
+    type Msg = ApiServerMsg;
+    type State = ServerTask;
+    type Arguments = ApiServerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ApiServerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot listen on {} for the API: {e}; check server.bind and server.api_port",
+                    args.addr
+                )
+            })?;
+        tracing::info!(addr = %args.addr, "API listening");
+        let app = router(args.state);
+        let mut shutdown = args.shutdown;
+        let task = tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(e) = result {
+                let _ = myself.send_message(ApiServerMsg::Failed(e.to_string()));
+            }
+        });
+        Ok(ServerTask(task))
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ApiServerMsg::Failed(error) = message;
+        Err(format!("API server stopped: {error}").into())
+    }
+}

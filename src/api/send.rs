@@ -1,0 +1,319 @@
+//! `POST /api/v1/send`: compose a message and accept it like SMTP submission: local
+//! recipients get it in their mailbox, remote ones through the queue.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::Engine;
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::text::Text;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::admin::validate_email;
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::acceptance::{Incoming, new_id};
+use crate::store::RecipientLookup;
+
+/// An attachment of a message to send.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendAttachment {
+    /// File name.
+    pub filename: String,
+    /// MIME type; default `application/octet-stream`.
+    pub content_type: Option<String>,
+    /// The bytes, base64.
+    pub content_base64: String,
+}
+
+/// Body of `POST /api/v1/send`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// Sender: the caller's own address (admins: any address in a hosted domain).
+    pub from: String,
+    /// Recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Copy recipients.
+    #[serde(default)]
+    pub cc: Vec<String>,
+    /// Blind copy recipients (not shown in the headers).
+    #[serde(default)]
+    pub bcc: Vec<String>,
+    /// Subject.
+    #[serde(default)]
+    pub subject: String,
+    /// Plain-text body.
+    pub text: Option<String>,
+    /// HTML body.
+    pub html: Option<String>,
+    /// Attachments.
+    #[serde(default)]
+    pub attachments: Vec<SendAttachment>,
+    /// Extra headers (not the structural ones such as From or Content-Type).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Answer of `POST /api/v1/send`.
+#[derive(Serialize, ToSchema)]
+pub struct SendResponse {
+    /// The `Message-ID:` of the new message, without brackets.
+    pub message_id: String,
+    /// Acceptance id (as in Received headers and the queue).
+    pub id: String,
+    /// Remote recipients, queued for delivery.
+    pub queued: Vec<String>,
+    /// Local recipients, already in their mailboxes.
+    pub delivered: Vec<String>,
+}
+
+/// Headers the API composes itself and callers may not set.
+const RESERVED_HEADERS: &[&str] = &[
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "sender",
+    "received",
+    "return-path",
+    "dkim-signature",
+];
+
+fn no_line_breaks(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` must not contain CR, LF or NUL (header injection)"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_header_name(name: &str) -> Result<(), ApiError> {
+    let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if !token {
+        return Err(ApiError::bad_request(format!(
+            "`{name}` is not a valid header name"
+        )));
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("content-") {
+        return Err(ApiError::bad_request(format!(
+            "header `{name}` is set by the server; use the request fields instead"
+        )));
+    }
+    Ok(())
+}
+
+/// Composes and sends a message.
+#[utoipa::path(post, path = "/api/v1/send", tag = "messages", request_body = SendRequest,
+    responses((status = 202, body = SendResponse), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn send(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<SendRequest>,
+) -> ApiResult<(StatusCode, Json<SendResponse>)> {
+    no_line_breaks("from", &req.from)?;
+    no_line_breaks("subject", &req.subject)?;
+    let from = validate_email(&req.from)?;
+    let meta = state.stores.meta.as_ref();
+    if !from.eq_ignore_ascii_case(&caller.0.email) {
+        let domain = from.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+        let hosted = meta.list_domains().await?.iter().any(|d| d.name == domain);
+        if !(caller.0.is_admin && hosted) {
+            return Err(ApiError::forbidden(format!(
+                "you may send only as {} (administrators: any address in a hosted domain)",
+                caller.0.email
+            )));
+        }
+    }
+    let mut envelope: Vec<String> = Vec::new();
+    for (field, list) in [("to", &req.to), ("cc", &req.cc), ("bcc", &req.bcc)] {
+        for address in list {
+            no_line_breaks(field, address)?;
+            let address = validate_email(address)?;
+            if !envelope.contains(&address) {
+                envelope.push(address);
+            }
+        }
+    }
+    if envelope.is_empty() {
+        return Err(ApiError::bad_request(
+            "give at least one recipient in to, cc or bcc",
+        ));
+    }
+    if envelope.len() > state.config.smtp.max_recipients {
+        return Err(ApiError::bad_request(format!(
+            "too many recipients (at most {})",
+            state.config.smtp.max_recipients
+        )));
+    }
+    for (name, value) in &req.headers {
+        validate_header_name(name)?;
+        no_line_breaks(name, value)?;
+    }
+    let mut attachments = Vec::with_capacity(req.attachments.len());
+    for a in &req.attachments {
+        no_line_breaks("attachments.filename", &a.filename)?;
+        let content_type = a
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into());
+        no_line_breaks("attachments.content_type", &content_type)?;
+        if !content_type.contains('/') {
+            return Err(ApiError::bad_request(format!(
+                "`{content_type}` is not a MIME type"
+            )));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(a.content_base64.trim())
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "attachment `{}` is not valid base64: {e}",
+                    a.filename
+                ))
+            })?;
+        attachments.push((content_type, a.filename.clone(), bytes));
+    }
+
+    let mut local = Vec::new();
+    let mut remote = Vec::new();
+    let mut delivered = Vec::new();
+    for address in &envelope {
+        match meta.lookup_recipient(address).await? {
+            RecipientLookup::Local {
+                user_id,
+                over_quota,
+            } => {
+                if over_quota {
+                    return Err(ApiError::new(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "mailbox_full",
+                        format!("mailbox of {address} is full"),
+                    ));
+                }
+                local.push(user_id);
+                delivered.push(address.clone());
+            }
+            RecipientLookup::UnknownUser => {
+                return Err(ApiError::bad_request(format!(
+                    "{address} does not exist in its hosted domain"
+                )));
+            }
+            RecipientLookup::NotHosted => remote.push(address.clone()),
+        }
+    }
+
+    let hostname = &state.config.server.hostname;
+    let id = new_id();
+    let message_id = format!("{id}@{hostname}");
+    let mut builder = MessageBuilder::new()
+        .from(Address::new_address(None::<&str>, from.as_str()))
+        .subject(req.subject.as_str())
+        .message_id(message_id.as_str())
+        .date(chrono::Utc::now().timestamp());
+    if !req.to.is_empty() {
+        builder = builder.to(req
+            .to
+            .iter()
+            .map(|a| a.trim().to_string())
+            .collect::<Vec<_>>());
+    }
+    if !req.cc.is_empty() {
+        builder = builder.cc(req
+            .cc
+            .iter()
+            .map(|a| a.trim().to_string())
+            .collect::<Vec<_>>());
+    }
+    for (name, value) in &req.headers {
+        builder = builder.header(name.as_str(), Text::new(value.as_str()));
+    }
+    match (&req.text, &req.html) {
+        (None, None) => builder = builder.text_body(""),
+        (text, html) => {
+            if let Some(text) = text {
+                builder = builder.text_body(text.as_str());
+            }
+            if let Some(html) = html {
+                builder = builder.html_body(html.as_str());
+            }
+        }
+    }
+    for (content_type, filename, bytes) in attachments {
+        builder = builder.attachment(content_type, filename, bytes);
+    }
+    let body = builder
+        .write_to_vec()
+        .map_err(|e| ApiError::bad_request(format!("cannot compose the message: {e}")))?;
+    let mut data = format!(
+        "Received: from api (authenticated user {}) by {hostname} (MaiRust) with HTTP id {id};\r\n\t{}\r\n",
+        caller.0.email,
+        chrono::Utc::now().to_rfc2822()
+    )
+    .into_bytes();
+    data.extend_from_slice(&body);
+    if data.len() > state.config.smtp.max_message_size {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the message is {} bytes; the limit is {}",
+                data.len(),
+                state.config.smtp.max_message_size
+            ),
+        ));
+    }
+    local.sort_unstable();
+    local.dedup();
+    state
+        .acceptor
+        .accept(Incoming {
+            id: id.clone(),
+            envelope_from: from.clone(),
+            local_recipients: local,
+            remote_recipients: remote.clone(),
+            data,
+            sign: true,
+        })
+        .await
+        .map_err(ApiError::unavailable)?;
+    tracing::info!(id = %id, from = %from, recipients = envelope.len(), "message submitted over the API");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SendResponse {
+            message_id,
+            id,
+            queued: remote,
+            delivered,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injection_and_reserved_headers_are_refused() {
+        assert!(no_line_breaks("subject", "hi\r\nBcc: x@y").is_err());
+        assert!(no_line_breaks("subject", "fine").is_ok());
+        assert!(validate_header_name("X-Campaign").is_ok());
+        assert!(validate_header_name("Content-Type").is_err());
+        assert!(validate_header_name("From").is_err());
+        assert!(validate_header_name("Bad Name").is_err());
+        assert!(validate_header_name("Bad:Name").is_err());
+    }
+}

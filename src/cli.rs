@@ -1,0 +1,451 @@
+//! The command line: `serve`, admin helpers and `healthcheck`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use std::io::IsTerminal;
+
+use crate::config::{Config, StorageBackend};
+use crate::store::{SqlStore, Stores};
+
+/// MaiRust mail engine.
+#[derive(Debug, Parser)]
+#[command(name = "mairust", version, about)]
+pub struct Cli {
+    /// Configuration file (default /etc/mairust/config.yaml if present).
+    #[arg(long, short, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server with the roles in `server.roles`.
+    Serve,
+    /// Manage hosted domains.
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// Manage user accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Exit 0 if the local server's /health/ready answers 200 (for images without curl).
+    Healthcheck {
+        /// Address to probe; default 127.0.0.1 on server.api_port.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// Validate the configuration and print it.
+    CheckConfig,
+    /// Export or import the metadata database.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Move message bodies between blob backends.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+    /// Master key for encryption at rest.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `mairust db ...`
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Write the configured database to a portable dump (consistent while the server runs).
+    Export {
+        /// New directory for the dump.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Load a dump into an empty database.
+    Import {
+        /// The dump directory.
+        #[arg(long)]
+        input: PathBuf,
+        /// Target database URL (`sqlite://...` or `postgres://...`); default `database.url`.
+        #[arg(long)]
+        target: Option<String>,
+        /// Replace the contents of a non-empty target.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `mairust storage ...`
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Copy every message body from one backend to the other (re-runnable).
+    Migrate {
+        /// Source backend.
+        #[arg(long, value_parser = ["fs", "s3"])]
+        from: String,
+        /// Target backend.
+        #[arg(long, value_parser = ["fs", "s3"])]
+        to: String,
+        /// Copies in flight at once.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+    },
+}
+
+/// `mairust key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print a new random master key.
+    Generate,
+    /// Encrypt a secret for the config file (`delivery.relay_auth.password`) with the master key.
+    Seal {
+        /// The secret; read from MAIRUST_SECRET when not given.
+        #[arg(long, env = "MAIRUST_SECRET", hide_env_values = true)]
+        value: String,
+    },
+    /// Re-encrypt all data under a new master key (stop the server first; re-runnable).
+    Rotate {
+        /// The new key (the current one comes from MAIRUST_MASTER_KEY, if data is encrypted).
+        #[arg(long, env = "MAIRUST_NEW_MASTER_KEY")]
+        new_key: String,
+    },
+}
+
+/// `mairust domain ...`
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Host a domain.
+    Add {
+        /// Domain name.
+        name: String,
+    },
+    /// List hosted domains.
+    List,
+    /// Stop hosting a domain (it must have no users).
+    Remove {
+        /// Domain name.
+        name: String,
+    },
+}
+
+/// `mairust user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user; prints a generated password unless --password is given.
+    Add {
+        /// Email address in a hosted domain.
+        email: String,
+        /// Password (at least 8 characters).
+        #[arg(long, env = "MAIRUST_NEW_USER_PASSWORD")]
+        password: Option<String>,
+        /// Make the user an administrator.
+        #[arg(long)]
+        admin: bool,
+        /// Mailbox quota in bytes.
+        #[arg(long)]
+        quota_bytes: Option<i64>,
+    },
+    /// List users.
+    List,
+    /// Delete a user and their mailbox.
+    Remove {
+        /// Email address.
+        email: String,
+    },
+    /// Set a user's password.
+    Passwd {
+        /// Email address.
+        email: String,
+        /// New password (at least 8 characters).
+        #[arg(long, env = "MAIRUST_NEW_USER_PASSWORD")]
+        password: String,
+    },
+}
+
+/// Parses the command line and runs it; errors are printed with their causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Key(KeyCommand::Generate) = cli.command {
+        println!("{}", crate::store::crypto::Cipher::generate_master_key());
+        return Ok(());
+    }
+    crate::tls::install_crypto_provider();
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Healthcheck { addr } => healthcheck(
+            addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], config.server.api_port))),
+        ),
+        Command::CheckConfig => {
+            println!("{config:#?}");
+            Ok(())
+        }
+        command => {
+            crate::telemetry::init_logging(&config.log)?;
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            runtime.block_on(async move {
+                match command {
+                    Command::Serve => crate::server::serve(config).await,
+                    Command::Domain(cmd) => domain(&config, cmd).await,
+                    Command::User(cmd) => user(&config, cmd).await,
+                    Command::Db(cmd) => db(&config, cmd).await,
+                    Command::Storage(cmd) => storage(&config, cmd).await,
+                    Command::Key(cmd) => key(&config, cmd).await,
+                    Command::Healthcheck { .. } | Command::CheckConfig => Ok(()),
+                }
+            })
+        }
+    }
+}
+
+async fn domain(config: &Config, cmd: DomainCommand) -> anyhow::Result<()> {
+    let stores = Stores::open(config).await?;
+    let meta = stores.meta.as_ref();
+    match cmd {
+        DomainCommand::Add { name } => {
+            let name = crate::api::admin::validate_domain(&name)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            meta.add_domain(&name).await?;
+            println!("added domain {name}");
+        }
+        DomainCommand::List => {
+            for d in meta.list_domains().await? {
+                println!("{}", d.name);
+            }
+        }
+        DomainCommand::Remove { name } => {
+            meta.delete_domain(&name).await?;
+            println!("removed domain {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
+    let stores = Stores::open(config).await?;
+    let meta = stores.meta.as_ref();
+    match cmd {
+        UserCommand::Add {
+            email,
+            password,
+            admin,
+            quota_bytes,
+        } => {
+            let email = crate::api::admin::validate_email(&email)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let (password, generated) = match password {
+                Some(p) => (p, false),
+                None => (crate::auth::random_secret(18), true),
+            };
+            if password.len() < 8 {
+                anyhow::bail!("password must be at least 8 characters");
+            }
+            meta.add_user(
+                &email,
+                &crate::auth::hash_password(&password)?,
+                admin,
+                quota_bytes,
+            )
+            .await?;
+            if generated {
+                println!("added user {email} with password {password}");
+            } else {
+                println!("added user {email}");
+            }
+        }
+        UserCommand::List => {
+            for u in meta.list_users().await? {
+                println!(
+                    "{}\t{}\t{} bytes used",
+                    u.email,
+                    if u.is_admin { "admin" } else { "user" },
+                    u.used_bytes
+                );
+            }
+        }
+        UserCommand::Remove { email } => {
+            let orphans = meta.delete_user(&email).await?;
+            stores.delete_blobs(&orphans).await;
+            println!("removed user {email}");
+        }
+        UserCommand::Passwd { email, password } => {
+            if password.len() < 8 {
+                anyhow::bail!("password must be at least 8 characters");
+            }
+            meta.set_password(&email, &crate::auth::hash_password(&password)?)
+                .await?;
+            println!("password changed for {email}");
+        }
+    }
+    Ok(())
+}
+
+async fn db(config: &Config, cmd: DbCommand) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::Export { output } => {
+            let store = SqlStore::connect(&config.database).await?;
+            let manifest = crate::store::dump::export(&store, &output).await?;
+            println!(
+                "exported schema version {} to {}:",
+                manifest.schema_version,
+                output.display()
+            );
+            for (table, rows) in &manifest.tables {
+                println!("  {table}: {rows} rows");
+            }
+        }
+        DbCommand::Import {
+            input,
+            target,
+            force,
+        } => {
+            let database = crate::config::DatabaseConfig {
+                url: target.unwrap_or_else(|| config.database.url.clone()),
+                ..config.database.clone()
+            };
+            let store = SqlStore::connect(&database).await?;
+            let manifest = crate::store::dump::import(&store, &input, force).await?;
+            let rows: u64 = manifest.tables.values().sum();
+            println!(
+                "imported {rows} rows in {} tables into {}; counts verified",
+                manifest.tables.len(),
+                redact(&database.url)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn storage(config: &Config, cmd: StorageCommand) -> anyhow::Result<()> {
+    let StorageCommand::Migrate { from, to, parallel } = cmd;
+    if from == to {
+        anyhow::bail!("--from and --to are both `{from}`; nothing to migrate");
+    }
+    let kind = |name: &str| match name {
+        "s3" => StorageBackend::S3,
+        _ => StorageBackend::Fs,
+    };
+    let deadline = tokio::time::Instant::now() + config.server.startup_timeout;
+    let options = &config.storage.options;
+    let source = Stores::backend_of(kind(&from), options, deadline).await?;
+    let target = Stores::backend_of(kind(&to), options, deadline).await?;
+    let store = SqlStore::connect(&config.database).await?;
+    let cipher = config
+        .security
+        .master_key
+        .as_deref()
+        .map(crate::store::crypto::Cipher::from_master_key)
+        .transpose()?;
+    let keys = crate::store::blob_migrate::referenced_keys(&store).await?;
+    println!(
+        "migrating {} message bodies from {from} to {to}",
+        keys.len()
+    );
+    let summary = crate::store::blob_migrate::migrate(
+        keys,
+        source,
+        target,
+        cipher,
+        parallel,
+        std::io::stderr().is_terminal(),
+    )
+    .await;
+    println!(
+        "copied {} ({} bytes), already there {}, failed {}",
+        summary.copied,
+        summary.bytes,
+        summary.skipped,
+        summary.failed.len()
+    );
+    for (key, reason) in summary.failed.iter().take(20) {
+        println!("  failed {key}: {reason}");
+    }
+    if !summary.failed.is_empty() {
+        anyhow::bail!(
+            "{} bodies were not migrated; fix the cause and run the command again (it skips what is done)",
+            summary.failed.len()
+        );
+    }
+    println!("done: set storage.backend (STORAGE_BACKEND) to `{to}` and restart");
+    Ok(())
+}
+
+async fn key(config: &Config, cmd: KeyCommand) -> anyhow::Result<()> {
+    let new_key = match cmd {
+        KeyCommand::Generate => return Ok(()),
+        KeyCommand::Seal { value } => {
+            let key = config
+                .security
+                .master_key
+                .as_deref()
+                .context("set MAIRUST_MASTER_KEY (or security.master_key) to seal a secret")?;
+            let cipher = crate::store::crypto::Cipher::from_master_key(key)?;
+            println!("{}", cipher.seal_secret(value.as_bytes()));
+            return Ok(());
+        }
+        KeyCommand::Rotate { new_key } => new_key,
+    };
+    let new = crate::store::crypto::Cipher::from_master_key(&new_key)?;
+    let old = config
+        .security
+        .master_key
+        .as_deref()
+        .map(crate::store::crypto::Cipher::from_master_key)
+        .transpose()?;
+    let deadline = tokio::time::Instant::now() + config.server.startup_timeout;
+    let store = SqlStore::connect(&config.database).await?;
+    let blobs = Stores::blob_backend(config, deadline).await?;
+    let done = crate::store::rekey::rotate(&store, blobs, old.as_ref(), &new).await?;
+    println!(
+        "re-encrypted {} bodies ({} already done) and {} secrets; start the server with the new MAIRUST_MASTER_KEY",
+        done.bodies, done.already, done.secrets
+    );
+    Ok(())
+}
+
+/// A database URL without its password, for output.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A minimal HTTP/1.1 GET of /health/ready, so that images need no curl.
+fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {addr}; is the api role running?"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /health/ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) == Some("200") {
+        println!("ready");
+        Ok(())
+    } else {
+        anyhow::bail!("not ready: {status}")
+    }
+}

@@ -1,0 +1,766 @@
+//! Configuration: built-in defaults < YAML file < environment.
+//!
+//! Every key can be set from the environment as `MAIRUST_<SECTION>__<KEY>` (nested keys add more
+//! `__`), and the names operators already use elsewhere work as they are (`DATABASE_URL`,
+//! `STORAGE_BACKEND`, `LOG_LEVEL`, `MAIRUST_ADMIN_EMAIL`, ...). Unknown keys and bad values are
+//! errors that name the key, so a typo never silently falls back to a default.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/mairust/config.yaml";
+
+/// Environment variables read under their conventional names, and the key each one sets.
+const ENV_ALIASES: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("STORAGE_BACKEND", "storage.backend"),
+    ("S3_BUCKET", "storage.options.bucket"),
+    ("S3_REGION", "storage.options.region"),
+    ("S3_ENDPOINT", "storage.options.endpoint"),
+    ("S3_ACCESS_KEY", "storage.options.access_key"),
+    ("S3_SECRET_KEY", "storage.options.secret_key"),
+    ("LOG_LEVEL", "log.level"),
+    ("MAIRUST_ADMIN_EMAIL", "admin.email"),
+    ("MAIRUST_ADMIN_PASSWORD", "admin.password"),
+    ("MAIRUST_MASTER_KEY", "security.master_key"),
+];
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named file could not be read or is not valid YAML.
+    #[error("cannot read config file {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: config::ConfigError,
+    },
+    /// A key is unknown or its value has the wrong type.
+    #[error("invalid configuration at `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The layers could not be merged.
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+}
+
+/// The whole configuration of a MaiRust process.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners, host name and roles.
+    pub server: ServerConfig,
+    /// The metadata database.
+    pub database: DatabaseConfig,
+    /// Where message bodies live.
+    pub storage: StorageConfig,
+    /// Certificate for STARTTLS.
+    pub tls: TlsConfig,
+    /// SMTP limits and policies.
+    pub smtp: SmtpConfig,
+    /// Outbound delivery.
+    pub delivery: DeliveryConfig,
+    /// The partitioned delivery queue.
+    pub queue: QueueConfig,
+    /// REST API settings.
+    pub api: ApiConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The bootstrap administrator.
+    pub admin: AdminConfig,
+    /// Secrets.
+    pub security: SecurityConfig,
+}
+
+/// A part of MaiRust that a process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// SMTP listeners (MX and submission).
+    Smtp,
+    /// Delivery queue partitions.
+    Queue,
+    /// REST API, health and metrics.
+    Api,
+    /// The web UI's static files.
+    Web,
+}
+
+/// `server` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Name used in the SMTP greeting, EHLO reply, Received headers and Message-IDs.
+    pub hostname: String,
+    /// Address every listener binds to.
+    pub bind: IpAddr,
+    /// MX port (mail for hosted domains only).
+    pub smtp_port: u16,
+    /// Submission port (AUTH required).
+    pub submission_port: u16,
+    /// REST API, health and metrics port.
+    pub api_port: u16,
+    /// Directory for generated state (the self-signed certificate).
+    pub data_dir: PathBuf,
+    /// Roles this process runs; default all.
+    pub roles: Vec<Role>,
+    /// Test-only: lets an admin make an actor fail through the API, to exercise supervision.
+    pub fault_injection: bool,
+    /// How long start-up keeps retrying an unreachable database or S3 endpoint.
+    #[serde(deserialize_with = "duration")]
+    pub startup_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            hostname: default_hostname(),
+            bind: IpAddr::from([0, 0, 0, 0]),
+            smtp_port: 25,
+            submission_port: 587,
+            api_port: 8080,
+            data_dir: PathBuf::from("/var/lib/mairust"),
+            roles: vec![Role::Smtp, Role::Queue, Role::Api, Role::Web],
+            fault_injection: false,
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+fn default_hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl ServerConfig {
+    /// Whether this process runs `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// `database` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://...`.
+    pub url: String,
+    /// Connection pool size.
+    pub max_connections: u32,
+    /// Most messages committed in one group commit.
+    pub max_batch: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite:///var/lib/mairust/db/mairust.db".into(),
+            max_connections: 8,
+            max_batch: 256,
+        }
+    }
+}
+
+/// Blob store kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Local filesystem.
+    Fs,
+    /// S3-compatible object store.
+    S3,
+}
+
+/// `storage` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Which backend stores bodies.
+    pub backend: StorageBackend,
+    /// Backend options; both backends' keys may be present.
+    pub options: StorageOptions,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Fs,
+            options: StorageOptions::default(),
+        }
+    }
+}
+
+/// `storage.options`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageOptions {
+    /// Root directory of the fs backend.
+    pub path: PathBuf,
+    /// S3 bucket.
+    pub bucket: Option<String>,
+    /// S3 region.
+    pub region: Option<String>,
+    /// S3 endpoint URL (MinIO and other S3-compatible servers).
+    pub endpoint: Option<String>,
+    /// S3 access key.
+    pub access_key: Option<String>,
+    /// S3 secret key.
+    pub secret_key: Option<String>,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/lib/mairust/mail"),
+            bucket: None,
+            region: None,
+            endpoint: None,
+            access_key: None,
+            secret_key: None,
+        }
+    }
+}
+
+/// `tls` section: both set, or neither (a self-signed certificate is generated).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `smtp` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Largest message accepted, in bytes (advertised in SIZE).
+    pub max_message_size: usize,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included.
+    pub max_line_length: usize,
+    /// Bad commands before the connection is closed.
+    pub max_errors: usize,
+    /// Idle time allowed while waiting for a command.
+    #[serde(deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// Idle time allowed while receiving message data.
+    #[serde(deserialize_with = "duration")]
+    pub data_timeout: Duration,
+    /// Concurrent connections over all listeners.
+    pub max_connections: usize,
+    /// Concurrent connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Answer VRFY (never revealing whether a user exists).
+    pub vrfy: bool,
+    /// Allow AUTH without TLS (only for testing).
+    pub allow_insecure_auth: bool,
+    /// Delay added per recent AUTH failure from the same address.
+    #[serde(deserialize_with = "duration")]
+    pub auth_failure_delay: Duration,
+    /// Failures from one address allowed before the delay starts.
+    pub auth_failures_free: u32,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_length: 2048,
+            max_errors: 20,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            vrfy: false,
+            allow_insecure_auth: false,
+            auth_failure_delay: Duration::from_secs(1),
+            auth_failures_free: 3,
+        }
+    }
+}
+
+/// TLS policy for outbound delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryTls {
+    /// STARTTLS when offered, else plain text.
+    Opportunistic,
+    /// STARTTLS or no delivery (temporary failure).
+    Required,
+    /// Never STARTTLS.
+    None,
+}
+
+/// `delivery.relay_auth`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayAuth {
+    /// Smarthost user.
+    pub username: String,
+    /// Smarthost password.
+    pub password: String,
+}
+
+/// `delivery` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Smarthost `host:port`; unset means MX routing.
+    pub relay_host: Option<String>,
+    /// Credentials for the smarthost.
+    pub relay_auth: Option<RelayAuth>,
+    /// STARTTLS policy.
+    pub tls: DeliveryTls,
+    /// DNS servers (`ip:port`) for MX lookups; empty means the system resolver.
+    pub dns_servers: Vec<std::net::SocketAddr>,
+    /// Waits between attempts; the last one repeats.
+    #[serde(deserialize_with = "durations")]
+    pub retry_intervals: Vec<Duration>,
+    /// After this long undelivered mail bounces.
+    #[serde(deserialize_with = "duration")]
+    pub max_queue_lifetime: Duration,
+    /// Concurrent connections to one destination host.
+    pub concurrency_per_destination: usize,
+    /// Port of MX hosts (25; other values are for tests).
+    pub port: u16,
+    /// Timeout of a TCP connect.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Timeout of each command reply.
+    #[serde(deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// Timeout of the reply after the message data.
+    #[serde(deserialize_with = "duration")]
+    pub data_timeout: Duration,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: usize,
+    /// How long delivered, failed and cancelled rows stay visible in the queue API.
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        Self {
+            relay_host: None,
+            relay_auth: None,
+            tls: DeliveryTls::Opportunistic,
+            dns_servers: Vec::new(),
+            retry_intervals: vec![
+                minutes(5),
+                minutes(10),
+                minutes(30),
+                minutes(60),
+                minutes(120),
+                minutes(240),
+            ],
+            max_queue_lifetime: Duration::from_secs(5 * 24 * 3600),
+            concurrency_per_destination: 4,
+            port: 25,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            max_messages_per_connection: 50,
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The wait after the `attempt`-th failed attempt (1-based); the last interval repeats.
+    pub fn retry_after(&self, attempt: u32) -> Duration {
+        let i = (attempt.max(1) as usize - 1).min(self.retry_intervals.len().saturating_sub(1));
+        self.retry_intervals
+            .get(i)
+            .copied()
+            .unwrap_or(Duration::from_secs(300))
+    }
+}
+
+/// `queue` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Number of partitions; fixed once mail is queued.
+    pub partitions: u32,
+    /// Lease lifetime: how long a dead owner blocks its partitions.
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+    /// How often a partition looks for due mail without a hint.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// Most rows a partition takes per scan.
+    pub batch_size: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 64,
+            lease_ttl: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(30),
+            batch_size: 200,
+        }
+    }
+}
+
+/// `api` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Largest page a list endpoint returns.
+    pub max_page_size: u32,
+    /// Lifetime of bearer tokens.
+    #[serde(deserialize_with = "duration")]
+    pub token_ttl: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_page_size: 200,
+            token_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON, or text when stdout is a terminal.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// `log` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// `admin` section: the account created on first start.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Admin's email address.
+    pub email: Option<String>,
+    /// Admin's password.
+    pub password: Option<String>,
+}
+
+/// `security` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Master key for encryption at rest.
+    pub master_key: Option<String>,
+}
+
+impl Config {
+    /// Loads defaults, then `path` (or the default path if it exists), then the process
+    /// environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment, for tests.
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        if let Some(file) = file {
+            // Read it ourselves so that a missing file is an error naming the file.
+            let text = std::fs::read_to_string(&file).map_err(|e| ConfigError::File {
+                path: file.clone(),
+                source: config::ConfigError::Foreign(Box::new(e)),
+            })?;
+            let parsed = config::Config::builder()
+                .add_source(config::File::from_str(&text, config::FileFormat::Yaml))
+                .build()
+                .map_err(|source| ConfigError::File {
+                    path: file.clone(),
+                    source,
+                })?;
+            builder = builder.add_source(parsed);
+        }
+
+        let mut generic = HashMap::new();
+        for (name, value) in env {
+            if let Some((_, key)) = ENV_ALIASES.iter().find(|(alias, _)| *alias == name) {
+                builder = builder.set_override(*key, value)?;
+            } else if let Some(rest) = name.strip_prefix("MAIRUST_")
+                && rest.contains("__")
+            {
+                generic.insert(name.clone(), value);
+            }
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("MAIRUST")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("server.roles")
+                .with_list_parse_key("delivery.retry_intervals")
+                .with_list_parse_key("delivery.dns_servers")
+                .try_parsing(true)
+                .source(Some(generic)),
+        );
+
+        let merged = builder.build()?;
+        let config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Invalid {
+                key,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.server.hostname.trim().is_empty() {
+            return Err(invalid("server.hostname", "must not be empty"));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid("tls", "set both `cert` and `key`, or neither"));
+        }
+        if self.smtp.max_line_length < 512 {
+            return Err(invalid(
+                "smtp.max_line_length",
+                "must be at least 512 (RFC 5321 §4.5.3.1.4)",
+            ));
+        }
+        if self.smtp.max_recipients == 0 || self.smtp.max_message_size == 0 {
+            return Err(invalid(
+                "smtp",
+                "max_recipients and max_message_size must be positive",
+            ));
+        }
+        if self.database.max_connections == 0 || self.database.max_batch == 0 {
+            return Err(invalid(
+                "database",
+                "max_connections and max_batch must be positive",
+            ));
+        }
+        if let Some(relay) = &self.delivery.relay_host
+            && crate::smtp::routing::parse_host_port(relay, 25).is_none()
+        {
+            return Err(invalid(
+                "delivery.relay_host",
+                "must be `host` or `host:port`",
+            ));
+        }
+        if self.delivery.retry_intervals.is_empty() {
+            return Err(invalid(
+                "delivery.retry_intervals",
+                "needs at least one interval",
+            ));
+        }
+        if self.delivery.concurrency_per_destination == 0
+            || self.delivery.max_messages_per_connection == 0
+        {
+            return Err(invalid(
+                "delivery",
+                "concurrency_per_destination and max_messages_per_connection must be positive",
+            ));
+        }
+        if self.queue.partitions == 0 || self.queue.partitions > 4096 {
+            return Err(invalid("queue.partitions", "must be between 1 and 4096"));
+        }
+        if self.queue.lease_ttl < Duration::from_secs(1) {
+            return Err(invalid("queue.lease_ttl", "must be at least 1s"));
+        }
+        if !(self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A list of durations (`["5m", "10m"]`, or `5m,10m` from the environment).
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    struct One(#[serde(deserialize_with = "duration")] Duration);
+    Ok(Vec::<One>::deserialize(d)?
+        .into_iter()
+        .map(|o| o.0)
+        .collect())
+}
+
+/// Reads durations written as `30s`, `5m`, `1h 30m`, or a bare number of seconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => match t.trim().parse::<u64>() {
+            Ok(s) => Ok(Duration::from_secs(s)),
+            Err(_) => humantime::parse_duration(t.trim()).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{t}` is not a duration ({e}); write e.g. 30s, 5m, 1h"
+                ))
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn yaml(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::load_from(None, env(&[])).expect("defaults load");
+        assert_eq!(c.server.smtp_port, 25);
+        assert_eq!(c.server.submission_port, 587);
+        assert_eq!(c.server.api_port, 8080);
+        assert_eq!(c.storage.backend, StorageBackend::Fs);
+        assert_eq!(c.database.url, "sqlite:///var/lib/mairust/db/mairust.db");
+        assert_eq!(c.server.roles.len(), 4);
+    }
+
+    #[test]
+    fn file_then_environment_override() {
+        let f = yaml(
+            "server:\n  hostname: mx.example.test\n  bind: 127.0.0.1\n  smtp_port: 2525\n\
+             storage:\n  backend: fs\n  options:\n    path: /tmp/x\n",
+        );
+        let c = Config::load_from(
+            Some(f.path()),
+            env(&[
+                ("MAIRUST_SERVER__SMTP_PORT", "2626"),
+                ("DATABASE_URL", "sqlite://./t.db"),
+                ("MAIRUST_ADMIN_EMAIL", "root@example.test"),
+                ("MAIRUST_SMTP__COMMAND_TIMEOUT", "30s"),
+                ("MAIRUST_SERVER__ROLES", "smtp,api"),
+                ("LOG_LEVEL", "debug"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.server.hostname, "mx.example.test");
+        assert_eq!(c.server.smtp_port, 2626);
+        assert_eq!(c.database.url, "sqlite://./t.db");
+        assert_eq!(c.admin.email.as_deref(), Some("root@example.test"));
+        assert_eq!(c.smtp.command_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.roles, vec![Role::Smtp, Role::Api]);
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.storage.options.path, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let f = yaml("server:\n  smtp_prot: 25\n");
+        let err = Config::load_from(Some(f.path()), env(&[])).expect_err("must fail");
+        let text = err.to_string();
+        assert!(text.contains("smtp_prot"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_in_environment_is_named() {
+        let err =
+            Config::load_from(None, env(&[("MAIRUST_SERVER__NOPE", "1")])).expect_err("must fail");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = Config::load_from(None, env(&[("MAIRUST_SERVER__SMTP_PORT", "seventy")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("smtp_port"), "{err}");
+        let err = Config::load_from(None, env(&[("MAIRUST_SMTP__DATA_TIMEOUT", "soon")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("data_timeout"), "{err}");
+        let err =
+            Config::load_from(None, env(&[("STORAGE_BACKEND", "tape")])).expect_err("must fail");
+        assert!(err.to_string().contains("backend"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let err = Config::load_from(Some(Path::new("/nonexistent/mairust.yaml")), env(&[]))
+            .expect_err("must fail");
+        assert!(
+            err.to_string().contains("/nonexistent/mairust.yaml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shipped_dev_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dev.yaml");
+        let c = Config::load_from(Some(&path), env(&[])).expect("dev.yaml loads");
+        assert!(
+            c.server.smtp_port >= 1024,
+            "dev config uses unprivileged ports"
+        );
+    }
+}

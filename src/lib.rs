@@ -1,0 +1,19 @@
+//! MaiRust: a mail engine that receives mail over SMTP, stores it durably and serves it over
+//! a REST API, in one binary.
+//!
+//! The promise everything serves: a `250` after DATA (or BDAT LAST) means the body is fsynced
+//! in the blob store and its metadata committed.
+
+pub mod acceptance;
+pub mod actors;
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod dkim;
+pub mod message;
+pub mod server;
+pub mod smtp;
+pub mod store;
+pub mod telemetry;
+pub mod tls;

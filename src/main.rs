@@ -1,0 +1,5 @@
+//! The `mairust` binary.
+
+fn main() -> std::process::ExitCode {
+    mairust::cli::main()
+}

@@ -1,0 +1,314 @@
+//! `mairust serve`: opens storage, builds the actor tree for the configured roles, and runs
+//! until SIGTERM or SIGINT, then drains connections and stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ractor::Actor;
+
+use crate::acceptance::Acceptor;
+use crate::actors::delivery::{DeliveryContext, DestinationLimiter};
+use crate::actors::queue_manager::QueueManagerArgs;
+use crate::actors::storage_writer::WriterArgs;
+use crate::actors::{
+    ChildSpec, QueueHandle, QueueManager, RootSupervisor, StorageWriter, WriterHandle,
+};
+use crate::api::{ApiServer, ApiServerArgs, ApiState};
+use crate::auth::{FailureThrottle, hash_password, random_secret, verify_password};
+use crate::config::{Config, Role};
+use crate::smtp::listener::{ListenerArgs, SmtpListener};
+use crate::smtp::routing::Router;
+use crate::smtp::{ConnectionLimits, Faults, ListenerKind, SmtpContext};
+use crate::store::Stores;
+use crate::store::crypto::Cipher;
+use crate::{telemetry, tls};
+
+/// How long shutdown waits for open SMTP sessions to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Decrypts `delivery.relay_auth.password` when it was written sealed (`mairust key seal`), so
+/// the smarthost password need not sit in plain text in a config file or environment.
+fn unseal_relay_password(config: &mut Config, cipher: Option<&Cipher>) -> anyhow::Result<()> {
+    let Some(auth) = config.delivery.relay_auth.as_mut() else {
+        return Ok(());
+    };
+    if !Cipher::is_sealed_secret(&auth.password) {
+        return Ok(());
+    }
+    let cipher = cipher.context(
+        "delivery.relay_auth.password is encrypted but no master key is set; set MAIRUST_MASTER_KEY",
+    )?;
+    let plain = cipher.open_secret(&auth.password).context(
+        "cannot decrypt delivery.relay_auth.password with this master key; seal it again with `mairust key seal`",
+    )?;
+    auth.password = String::from_utf8(plain)
+        .context("delivery.relay_auth.password decrypts to invalid UTF-8; seal it again")?;
+    Ok(())
+}
+
+/// Runs the server until a termination signal.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    tls::install_crypto_provider();
+    let metrics = telemetry::init_metrics()?;
+    let mut config = config;
+    std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}; check server.data_dir",
+            config.server.data_dir.display()
+        )
+    })?;
+    let stores = Stores::open(&config).await?;
+    unseal_relay_password(&mut config, stores.cipher.as_ref())?;
+    let config = Arc::new(config);
+    bootstrap_admin(&config, &stores).await?;
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let writer = WriterHandle::default();
+    let queue = QueueHandle::default();
+    let acceptor = Acceptor::new(
+        config.clone(),
+        stores.clone(),
+        writer.clone(),
+        queue.clone(),
+    );
+    let faults = Arc::new(Faults::default());
+    let limits = ConnectionLimits::new(
+        config.smtp.max_connections,
+        config.smtp.max_connections_per_ip,
+    );
+    let mut specs = vec![writer_spec(&config, &stores, &writer)];
+
+    if config.server.has_role(Role::Smtp) {
+        let cert = tls::ensure_certificate(&config)?;
+        let tls_acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert)?);
+        let ctx = Arc::new(SmtpContext {
+            config: config.clone(),
+            stores: stores.clone(),
+            acceptor: acceptor.clone(),
+            tls: Some(tls_acceptor),
+            throttle: FailureThrottle::new(
+                config.smtp.auth_failure_delay,
+                config.smtp.auth_failures_free,
+            ),
+            limits: limits.clone(),
+            shutdown: shutdown_rx.clone(),
+            faults: faults.clone(),
+        });
+        for (name, kind, port) in [
+            ("smtp_listener", ListenerKind::Mx, config.server.smtp_port),
+            (
+                "submission_listener",
+                ListenerKind::Submission,
+                config.server.submission_port,
+            ),
+        ] {
+            let ctx = ctx.clone();
+            let addr = SocketAddr::new(config.server.bind, port);
+            specs.push(ChildSpec::new(name, move |sup| {
+                let args = ListenerArgs {
+                    ctx: ctx.clone(),
+                    kind,
+                    addr,
+                };
+                async move {
+                    let (actor, _) = Actor::spawn_linked(None, SmtpListener, args, sup).await?;
+                    Ok(actor.get_cell())
+                }
+            }));
+        }
+    }
+
+    if config.server.has_role(Role::Queue) {
+        let ctx = Arc::new(DeliveryContext {
+            config: config.clone(),
+            stores: stores.clone(),
+            router: Router::new(&config.delivery)?,
+            limiter: DestinationLimiter::new(config.delivery.concurrency_per_destination),
+            tls: tls::outbound_client_config(),
+            queue: queue.clone(),
+            writer: writer.clone(),
+        });
+        let node_id = node_id(&config);
+        tracing::info!(node_id = %node_id, partitions = config.queue.partitions, "queue role enabled");
+        let queue = queue.clone();
+        specs.push(ChildSpec::new("queue_manager", move |sup| {
+            let args = QueueManagerArgs {
+                ctx: ctx.clone(),
+                node_id: node_id.clone(),
+            };
+            let queue = queue.clone();
+            async move {
+                let (actor, _) = Actor::spawn_linked(None, QueueManager, args, sup).await?;
+                queue.set(actor.clone());
+                Ok(actor.get_cell())
+            }
+        }));
+        specs.push(purge_spec(&config, &stores));
+    }
+
+    if config.server.has_role(Role::Api) {
+        let state = ApiState::new(
+            config.clone(),
+            stores.clone(),
+            metrics,
+            writer.clone(),
+            acceptor.clone(),
+            queue.clone(),
+            faults.clone(),
+        );
+        let addr = SocketAddr::new(config.server.bind, config.server.api_port);
+        let shutdown = shutdown_rx.clone();
+        specs.push(ChildSpec::new("api_server", move |sup| {
+            let args = ApiServerArgs {
+                state: state.clone(),
+                addr,
+                shutdown: shutdown.clone(),
+            };
+            async move {
+                let (actor, _) = Actor::spawn_linked(None, ApiServer, args, sup).await?;
+                Ok(actor.get_cell())
+            }
+        }));
+    }
+
+    let (root, root_handle) = Actor::spawn(None, RootSupervisor, specs)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", startup_error(&e)))?;
+    tracing::info!(
+        hostname = %config.server.hostname,
+        roles = ?config.server.roles,
+        "MaiRust started"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: draining connections");
+    let _ = shutdown_tx.send(true);
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while limits.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    root.stop(Some("shutdown".into()));
+    let _ = root_handle.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// ractor wraps a child's startup error in the root's; show the innermost message.
+fn startup_error(e: &ractor::SpawnErr) -> String {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message = s.to_string();
+        source = s.source();
+    }
+    format!("cannot start: {message}")
+}
+
+/// This process's name as a lease owner: the host name plus a per-process suffix, so that a
+/// restarted process never mistakes a dead predecessor's leases for its own.
+fn node_id(config: &Config) -> String {
+    format!("{}-{:08x}", config.server.hostname, rand::random::<u32>())
+}
+
+/// Periodically deletes finished queue rows older than `delivery.retention`, and the messages
+/// and blobs nothing refers to any more.
+fn purge_spec(config: &Config, stores: &Stores) -> ChildSpec {
+    let stores = stores.clone();
+    let retention = config.delivery.retention;
+    ChildSpec::new("queue_purger", move |sup| {
+        let stores = stores.clone();
+        async move {
+            let (actor, _) = Actor::spawn_linked(
+                None,
+                crate::actors::purger::Purger,
+                crate::actors::purger::PurgerArgs { stores, retention },
+                sup,
+            )
+            .await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+fn writer_spec(config: &Config, stores: &Stores, writer: &WriterHandle) -> ChildSpec {
+    let store = stores.meta.clone();
+    let max_batch = config.database.max_batch;
+    let writer = writer.clone();
+    ChildSpec::new("storage_writer", move |sup| {
+        let args = WriterArgs {
+            store: store.clone(),
+            max_batch,
+        };
+        let writer = writer.clone();
+        async move {
+            let (actor, _) = Actor::spawn_linked(None, StorageWriter, args, sup).await?;
+            writer.set(actor.clone());
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+/// Makes sure an administrator exists.
+///
+/// With `admin.email` and `admin.password` set, that account exists and has that password
+/// (idempotent). Without them, if there is no admin yet, one is created with a generated
+/// password that is logged once.
+pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result<()> {
+    let meta = stores.meta.as_ref();
+    match (&config.admin.email, &config.admin.password) {
+        (Some(email), Some(password)) => {
+            if password.len() < 8 {
+                anyhow::bail!(
+                    "MAIRUST_ADMIN_PASSWORD (admin.password) must be at least 8 characters"
+                );
+            }
+            match meta.credentials(email).await? {
+                Some(creds) if creds.user.is_admin => {
+                    if !verify_password(password, &creds.password_hash) {
+                        meta.set_password(email, &hash_password(password)?).await?;
+                        tracing::info!(email = %email, "bootstrap admin password updated from configuration");
+                    }
+                }
+                Some(_) => anyhow::bail!(
+                    "admin.email {email} belongs to an existing non-admin user; choose another address"
+                ),
+                None => {
+                    meta.add_user(email, &hash_password(password)?, true, None)
+                        .await?;
+                    tracing::info!(email = %email, "bootstrap admin created");
+                }
+            }
+        }
+        (None, None) => {
+            if !meta.admin_exists().await? {
+                let email = format!("admin@{}", config.server.hostname);
+                let password = random_secret(18);
+                meta.add_user(&email, &hash_password(&password)?, true, None)
+                    .await?;
+                tracing::warn!(
+                    email = %email,
+                    password = %password,
+                    "created the first admin account with a generated password; it is shown only \
+                     this once: sign in and change it (PUT /api/v1/users/{{email}}/password)"
+                );
+            }
+        }
+        _ => anyhow::bail!(
+            "set both MAIRUST_ADMIN_EMAIL and MAIRUST_ADMIN_PASSWORD (admin.email, admin.password), or neither"
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,1346 @@
+//! The SMTP client session for outbound delivery, as a state machine with no I/O.
+//!
+//! # Contract
+//!
+//! The driver owns the socket and the timers. It creates a session, [`push`]es the
+//! transactions to send (several per connection reuse it) and calls [`finish`] when no more
+//! will come. Then it loops:
+//!
+//! 1. drain [`poll_event`]: on [`ClientEvent::StartTls`] write all pending output, do the TLS
+//!    handshake and call [`tls_started`] (or [`handle_disconnect`] if it failed);
+//!    [`ClientEvent::TransactionDone`] carries each transaction's per-recipient results, in
+//!    the order of `push`; [`ClientEvent::SessionFailed`] says why the connection gave up;
+//! 2. write everything [`poll_output`] returns;
+//! 3. stop when [`is_done`];
+//! 4. read, with the data timeout while [`expects_data_reply`] and the command timeout
+//!    otherwise, and feed the bytes to [`handle_input`], or call [`handle_timeout`] /
+//!    [`handle_disconnect`].
+//!
+//! Every transaction is reported exactly once, also when the connection fails: recipients not
+//! finished by then get a temporary failure. Replies decide outcomes per recipient: `2xx`
+//! delivered, `4xx` temporary, `5xx` permanent. With PIPELINING, MAIL, the RCPTs and DATA go
+//! out in one write. A body needing 8BITMIME is sent even when the server does not offer it
+//! (most servers accept it; downgrading would change the signed content).
+//!
+//! [`push`]: ClientSession::push
+//! [`finish`]: ClientSession::finish
+//! [`poll_event`]: ClientSession::poll_event
+//! [`poll_output`]: ClientSession::poll_output
+//! [`tls_started`]: ClientSession::tls_started
+//! [`handle_input`]: ClientSession::handle_input
+//! [`handle_timeout`]: ClientSession::handle_timeout
+//! [`handle_disconnect`]: ClientSession::handle_disconnect
+//! [`is_done`]: ClientSession::is_done
+//! [`expects_data_reply`]: ClientSession::expects_data_reply
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+/// Most unparsed server input kept before the session gives up.
+const MAX_INPUT: usize = 1024 * 1024;
+
+/// When to use STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// When offered; otherwise in clear.
+    Opportunistic,
+    /// Always; a server without it gets a temporary failure.
+    Required,
+    /// Never.
+    Disabled,
+}
+
+/// Credentials for a smarthost.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// How the client behaves.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Our name in EHLO/HELO.
+    pub helo_name: String,
+    /// STARTTLS policy.
+    pub tls: TlsPolicy,
+    /// Whether the driver can do TLS at all.
+    pub tls_available: bool,
+    /// AUTH for a smarthost.
+    pub auth: Option<Credentials>,
+    /// Allow AUTH without TLS.
+    pub allow_plain_auth: bool,
+}
+
+/// One message to send.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// Envelope sender; empty for the null sender.
+    pub mail_from: String,
+    /// Envelope recipients.
+    pub rcpt_to: Vec<String>,
+    /// The message, CRLF lines, not dot-stuffed.
+    pub body: Arc<[u8]>,
+    /// Needs SMTPUTF8.
+    pub smtputf8: bool,
+    /// Contains 8-bit data.
+    pub body_8bit: bool,
+}
+
+/// A server reply (or one we made up for a local failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The code.
+    pub code: u16,
+    /// Enhanced status code, if given.
+    pub status: Option<(u8, u16, u16)>,
+    /// The text, lines joined with spaces.
+    pub text: String,
+}
+
+impl Reply {
+    fn local(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Self {
+        Self {
+            code,
+            status: Some(status),
+            text: text.into(),
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        match self.code {
+            200..=299 => Outcome::Delivered,
+            500..=599 => Outcome::Permanent,
+            _ => Outcome::Temporary,
+        }
+    }
+
+    fn is_positive(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        if let Some((a, b, c)) = self.status {
+            write!(f, " {a}.{b}.{c}")?;
+        }
+        if !self.text.is_empty() {
+            write!(f, " {}", self.text)?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the server.
+    Delivered,
+    /// Try again later.
+    Temporary,
+    /// Refused for good.
+    Permanent,
+}
+
+/// One recipient's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientResult {
+    /// The recipient.
+    pub recipient: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The deciding reply.
+    pub reply: Reply,
+}
+
+/// What the driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Write out pending output, do the TLS handshake, then call `tls_started`.
+    StartTls,
+    /// A transaction finished (index in push order).
+    TransactionDone {
+        /// Position in push order.
+        index: usize,
+        /// One result per recipient, in order.
+        results: Vec<RecipientResult>,
+    },
+    /// The connection gave up; unfinished transactions were reported before this.
+    SessionFailed {
+        /// The server reply that caused it, if any.
+        reply: Option<Reply>,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    AuthPlain,
+    AuthLoginUser,
+    AuthLoginPass,
+    AuthFinal,
+    Mail,
+    Rcpt(usize),
+    Data,
+    DataEnd,
+    /// Reply to a "." sent only to close a DATA nobody should have opened.
+    DataDiscard,
+    Rset,
+    Quit,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Capabilities {
+    pipelining: bool,
+    starttls: bool,
+    size: Option<usize>,
+    smtputf8: bool,
+    eightbit: bool,
+    auth_plain: bool,
+    auth_login: bool,
+}
+
+impl Capabilities {
+    fn parse(lines: &[String]) -> Self {
+        let mut caps = Self::default();
+        for line in lines.iter().skip(1) {
+            let upper = line.to_ascii_uppercase();
+            let mut words = upper.split_whitespace();
+            match words.next() {
+                Some("PIPELINING") => caps.pipelining = true,
+                Some("STARTTLS") => caps.starttls = true,
+                Some("SMTPUTF8") => caps.smtputf8 = true,
+                Some("8BITMIME") => caps.eightbit = true,
+                Some("SIZE") => {
+                    caps.size = words.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0)
+                }
+                Some("AUTH") => {
+                    for mech in words {
+                        match mech {
+                            "PLAIN" => caps.auth_plain = true,
+                            "LOGIN" => caps.auth_login = true,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+struct Current {
+    index: usize,
+    tx: Transaction,
+    results: Vec<Option<Reply>>,
+    mail: Option<Reply>,
+    data: Option<Reply>,
+}
+
+impl Current {
+    fn accepted(&self) -> bool {
+        self.mail.as_ref().is_some_and(Reply::is_positive)
+            && self.results.iter().flatten().any(Reply::is_positive)
+    }
+}
+
+/// The client session.
+pub struct ClientSession {
+    config: ClientConfig,
+    caps: Capabilities,
+    input: Vec<u8>,
+    lines: Vec<String>,
+    output: Vec<u8>,
+    events: VecDeque<ClientEvent>,
+    expect: VecDeque<Expect>,
+    queue: VecDeque<(usize, Transaction)>,
+    current: Option<Current>,
+    pushed: usize,
+    finished: bool,
+    ready: bool,
+    tls: bool,
+    tls_tried: bool,
+    waiting_tls: bool,
+    authenticated: bool,
+    quit_sent: bool,
+    failed: bool,
+    done: bool,
+}
+
+fn needs_utf8(tx: &Transaction) -> bool {
+    tx.smtputf8 || !tx.mail_from.is_ascii() || tx.rcpt_to.iter().any(|r| !r.is_ascii())
+}
+
+fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
+    let mut line_start = true;
+    for &b in body {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    if !body.is_empty() && !body.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+/// Splits `123-text`/`123 text` lines; `None` when the line is not a reply line.
+fn reply_line(line: &str) -> Option<(u16, bool, &str)> {
+    let bytes = line.as_bytes();
+    if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let code: u16 = line[..3].parse().ok()?;
+    if !(200..600).contains(&code) {
+        return None;
+    }
+    match bytes.get(3) {
+        None => Some((code, true, "")),
+        Some(b' ') => Some((code, true, &line[4..])),
+        Some(b'-') => Some((code, false, &line[4..])),
+        _ => None,
+    }
+}
+
+fn enhanced_status(text: &str) -> Option<((u8, u16, u16), &str)> {
+    let (first, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let mut parts = first.split('.');
+    let class: u8 = parts.next()?.parse().ok()?;
+    let subject: u16 = parts.next()?.parse().ok()?;
+    let detail: u16 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || !(2..=5).contains(&class) {
+        return None;
+    }
+    Some(((class, subject, detail), rest))
+}
+
+impl ClientSession {
+    /// A session waiting for the server's greeting.
+    pub fn new(config: ClientConfig) -> Self {
+        Self {
+            config,
+            caps: Capabilities::default(),
+            input: Vec::new(),
+            lines: Vec::new(),
+            output: Vec::new(),
+            events: VecDeque::new(),
+            expect: VecDeque::from([Expect::Greeting]),
+            queue: VecDeque::new(),
+            current: None,
+            pushed: 0,
+            finished: false,
+            ready: false,
+            tls: false,
+            tls_tried: false,
+            waiting_tls: false,
+            authenticated: false,
+            quit_sent: false,
+            failed: false,
+            done: false,
+        }
+    }
+
+    /// Queues a transaction.
+    pub fn push(&mut self, tx: Transaction) {
+        let index = self.pushed;
+        self.pushed += 1;
+        if self.failed || self.done {
+            let reply = Reply::local(451, (4, 4, 2), "connection already closed");
+            self.report_all_rcpts(index, &tx, &reply);
+            return;
+        }
+        self.queue.push_back((index, tx));
+        self.maybe_start();
+    }
+
+    /// No more transactions will be pushed.
+    pub fn finish(&mut self) {
+        self.finished = true;
+        self.maybe_start();
+    }
+
+    /// Bytes from the server.
+    pub fn handle_input(&mut self, data: &[u8]) {
+        if self.done {
+            return;
+        }
+        self.input.extend_from_slice(data);
+        while !self.waiting_tls && !self.done {
+            let Some(pos) = self.input.iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            let raw: Vec<u8> = self.input.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
+            let Some((code, last, text)) = reply_line(&line).map(|(c, l, t)| (c, l, t.to_string()))
+            else {
+                self.fail(
+                    None,
+                    format!("invalid reply from server: {line:.80}"),
+                    (4, 4, 0),
+                );
+                return;
+            };
+            self.lines.push(text);
+            if last {
+                let lines = std::mem::take(&mut self.lines);
+                self.on_reply(code, lines);
+            }
+        }
+        if self.input.len() > MAX_INPUT {
+            self.fail(None, "server sent an over-long reply".into(), (4, 4, 0));
+        }
+    }
+
+    /// Output to write to the server.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Vec<u8>> {
+        (!self.output.is_empty()).then(|| std::mem::take(&mut self.output))
+    }
+
+    /// The next event for the driver.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// The TLS handshake after [`ClientEvent::StartTls`] succeeded.
+    pub fn tls_started(&mut self) {
+        if !self.waiting_tls {
+            return;
+        }
+        self.waiting_tls = false;
+        self.tls = true;
+        self.caps = Capabilities::default();
+        self.input.clear();
+        self.command(&format!("EHLO {}", self.config.helo_name), Expect::Ehlo);
+    }
+
+    /// The read timer fired.
+    pub fn handle_timeout(&mut self) {
+        self.abort("timeout waiting for the server");
+    }
+
+    /// The connection was lost (or the TLS handshake failed).
+    pub fn handle_disconnect(&mut self) {
+        if self.quit_sent && self.current.is_none() && self.queue.is_empty() {
+            self.done = true;
+            return;
+        }
+        self.abort("connection lost");
+    }
+
+    /// Whether the driver should close the connection.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Whether the next reply is the one after the message data (longer timeout).
+    pub fn expects_data_reply(&self) -> bool {
+        self.expect.front() == Some(&Expect::DataEnd)
+    }
+
+    /// Whether TLS is active.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    fn send_line(&mut self, line: &str) {
+        self.output.extend_from_slice(line.as_bytes());
+        self.output.extend_from_slice(b"\r\n");
+    }
+
+    /// Sends a command and records which reply answers it.
+    fn command(&mut self, line: &str, expect: Expect) {
+        self.send_line(line);
+        self.expect.push_back(expect);
+    }
+
+    /// Gives up because the server refused `what`.
+    fn refused(&mut self, what: &str, reply: Reply, status: (u8, u16, u16)) {
+        let reason = format!("{what} refused: {reply}");
+        self.fail(Some(reply), reason, status);
+    }
+
+    fn abort(&mut self, reason: &str) {
+        if self.done {
+            return;
+        }
+        if !self.failed {
+            self.fail_transactions(&Reply::local(451, (4, 4, 2), reason));
+            self.events.push_back(ClientEvent::SessionFailed {
+                reply: None,
+                reason: reason.to_string(),
+            });
+        }
+        self.failed = true;
+        self.done = true;
+        self.expect.clear();
+    }
+
+    /// Gives up on this connection: every unfinished transaction fails with `reply` (or a
+    /// temporary failure), then QUIT.
+    fn fail(&mut self, server_reply: Option<Reply>, reason: String, status: (u8, u16, u16)) {
+        if self.failed || self.done {
+            return;
+        }
+        let reply = Reply::local(451, status, reason.clone());
+        self.fail_transactions(&reply);
+        self.failed = true;
+        self.events.push_back(ClientEvent::SessionFailed {
+            reply: server_reply,
+            reason,
+        });
+        self.expect.clear();
+        self.quit();
+    }
+
+    fn fail_transactions(&mut self, reply: &Reply) {
+        if let Some(current) = self.current.take() {
+            let results = current
+                .tx
+                .rcpt_to
+                .iter()
+                .zip(&current.results)
+                .map(|(rcpt, r)| match r {
+                    Some(r) if !r.is_positive() || current.data.is_some() => RecipientResult {
+                        recipient: rcpt.clone(),
+                        outcome: r.outcome(),
+                        reply: r.clone(),
+                    },
+                    _ => RecipientResult {
+                        recipient: rcpt.clone(),
+                        outcome: Outcome::Temporary,
+                        reply: reply.clone(),
+                    },
+                })
+                .collect();
+            self.events.push_back(ClientEvent::TransactionDone {
+                index: current.index,
+                results,
+            });
+        }
+        while let Some((index, tx)) = self.queue.pop_front() {
+            self.report_all_rcpts(index, &tx, reply);
+        }
+    }
+
+    fn report_all_rcpts(&mut self, index: usize, tx: &Transaction, reply: &Reply) {
+        let results = tx
+            .rcpt_to
+            .iter()
+            .map(|r| RecipientResult {
+                recipient: r.clone(),
+                outcome: reply.outcome(),
+                reply: reply.clone(),
+            })
+            .collect();
+        self.events
+            .push_back(ClientEvent::TransactionDone { index, results });
+    }
+
+    fn quit(&mut self) {
+        if !self.quit_sent && !self.done {
+            self.quit_sent = true;
+            self.command("QUIT", Expect::Quit);
+        }
+    }
+
+    fn on_reply(&mut self, code: u16, lines: Vec<String>) {
+        let (status, text) = match lines.first().and_then(|l| enhanced_status(l)) {
+            Some((status, rest)) => (Some(status), rest.to_string()),
+            None => (None, lines.first().cloned().unwrap_or_default()),
+        };
+        let mut text = text;
+        for more in lines.iter().skip(1) {
+            let more = enhanced_status(more).map(|(_, rest)| rest).unwrap_or(more);
+            if !more.is_empty() && code >= 400 {
+                text.push(' ');
+                text.push_str(more);
+            }
+        }
+        let reply = Reply { code, status, text };
+        let Some(expect) = self.expect.pop_front() else {
+            self.fail(
+                Some(reply),
+                "unexpected reply from server".into(),
+                (4, 4, 0),
+            );
+            return;
+        };
+        match expect {
+            Expect::Greeting => {
+                if reply.code == 220 {
+                    self.command(&format!("EHLO {}", self.config.helo_name), Expect::Ehlo);
+                } else {
+                    self.refused("greeting", reply, (4, 4, 0));
+                }
+            }
+            Expect::Ehlo => {
+                if reply.is_positive() {
+                    self.caps = Capabilities::parse(&lines);
+                    self.after_hello();
+                } else if reply.code >= 500 {
+                    self.command(&format!("HELO {}", self.config.helo_name), Expect::Helo);
+                } else {
+                    self.refused("EHLO", reply, (4, 4, 0));
+                }
+            }
+            Expect::Helo => {
+                if reply.is_positive() {
+                    self.caps = Capabilities::default();
+                    self.after_hello();
+                } else {
+                    self.refused("HELO", reply, (4, 4, 0));
+                }
+            }
+            Expect::StartTls => {
+                if reply.code == 220 {
+                    self.waiting_tls = true;
+                    self.events.push_back(ClientEvent::StartTls);
+                } else {
+                    self.tls_tried = true;
+                    self.after_hello();
+                }
+            }
+            Expect::AuthPlain | Expect::AuthFinal => {
+                if reply.code == 235 {
+                    self.authenticated = true;
+                    self.ready = true;
+                    self.maybe_start();
+                } else {
+                    self.refused("smarthost AUTH", reply, (4, 7, 0));
+                }
+            }
+            Expect::AuthLoginUser | Expect::AuthLoginPass => {
+                let Some(creds) = self.config.auth.clone() else {
+                    return;
+                };
+                if reply.code == 334 {
+                    let secret = if expect == Expect::AuthLoginUser {
+                        creds.username
+                    } else {
+                        creds.password
+                    };
+                    self.send_line(&B64.encode(secret));
+                    self.expect.push_back(if expect == Expect::AuthLoginUser {
+                        Expect::AuthLoginPass
+                    } else {
+                        Expect::AuthFinal
+                    });
+                } else {
+                    self.refused("smarthost AUTH", reply, (4, 7, 0));
+                }
+            }
+            Expect::Mail => {
+                let ok = reply.is_positive();
+                if let Some(current) = self.current.as_mut() {
+                    current.mail = Some(reply.clone());
+                }
+                if !ok {
+                    if !self.caps.pipelining {
+                        self.end_transaction(false);
+                    }
+                } else if !self.caps.pipelining {
+                    self.send_rcpt(0);
+                }
+            }
+            Expect::Rcpt(i) => {
+                let count = match self.current.as_mut() {
+                    Some(current) => {
+                        if let Some(slot) = current.results.get_mut(i) {
+                            *slot = Some(reply.clone());
+                        }
+                        current.tx.rcpt_to.len()
+                    }
+                    None => 0,
+                };
+                if !self.caps.pipelining {
+                    if i + 1 < count {
+                        self.send_rcpt(i + 1);
+                    } else if self.current.as_ref().is_some_and(Current::accepted) {
+                        self.command("DATA", Expect::Data);
+                    } else {
+                        self.end_transaction(true);
+                    }
+                }
+            }
+            Expect::Data => {
+                let accepted = self.current.as_ref().is_some_and(Current::accepted);
+                if reply.code == 354 {
+                    if accepted {
+                        let mut out = std::mem::take(&mut self.output);
+                        if let Some(current) = &self.current {
+                            dot_stuff(&current.tx.body, &mut out);
+                        }
+                        self.output = out;
+                        self.expect.push_back(Expect::DataEnd);
+                    } else {
+                        self.command(".", Expect::DataDiscard);
+                    }
+                } else {
+                    if accepted && let Some(current) = self.current.as_mut() {
+                        current.data = Some(reply.clone());
+                    }
+                    self.end_transaction(true);
+                }
+            }
+            Expect::DataDiscard => self.end_transaction(true),
+            Expect::DataEnd => {
+                if let Some(current) = self.current.as_mut() {
+                    current.data = Some(reply);
+                }
+                self.end_transaction(false);
+            }
+            Expect::Rset => self.maybe_start(),
+            Expect::Quit => self.done = true,
+        }
+    }
+
+    /// EHLO/HELO done: STARTTLS, then AUTH, then transactions.
+    fn after_hello(&mut self) {
+        let can_tls = self.config.tls != TlsPolicy::Disabled && self.config.tls_available;
+        if !self.tls && !self.tls_tried && can_tls && self.caps.starttls {
+            self.command("STARTTLS", Expect::StartTls);
+            return;
+        }
+        if !self.tls && self.config.tls == TlsPolicy::Required {
+            self.fail(
+                None,
+                "TLS required but not available from the server".into(),
+                (4, 7, 10),
+            );
+            return;
+        }
+        if let Some(creds) = self.config.auth.clone()
+            && !self.authenticated
+        {
+            if !self.tls && !self.config.allow_plain_auth {
+                self.fail(
+                    None,
+                    "smarthost AUTH requires TLS, which the server does not offer".into(),
+                    (4, 7, 10),
+                );
+            } else if self.caps.auth_plain {
+                let token = B64.encode(format!("\0{}\0{}", creds.username, creds.password));
+                self.command(&format!("AUTH PLAIN {token}"), Expect::AuthPlain);
+            } else if self.caps.auth_login {
+                self.command("AUTH LOGIN", Expect::AuthLoginUser);
+            } else {
+                self.fail(
+                    None,
+                    "smarthost does not offer AUTH PLAIN or LOGIN".into(),
+                    (4, 7, 0),
+                );
+            }
+            return;
+        }
+        self.ready = true;
+        self.maybe_start();
+    }
+
+    /// Starts the next transaction, or QUITs, when the connection is idle.
+    fn maybe_start(&mut self) {
+        while self.ready && !self.failed && self.current.is_none() && self.expect.is_empty() {
+            let Some((index, tx)) = self.queue.pop_front() else {
+                if self.finished {
+                    self.quit();
+                }
+                return;
+            };
+            if let Some(limit) = self.caps.size
+                && tx.body.len() > limit
+            {
+                let reply = Reply::local(
+                    552,
+                    (5, 3, 4),
+                    format!("message too big for the server (limit {limit} bytes)"),
+                );
+                self.report_all_rcpts(index, &tx, &reply);
+                continue;
+            }
+            let utf8 = needs_utf8(&tx);
+            if utf8 && !self.caps.smtputf8 {
+                let reply = Reply::local(
+                    553,
+                    (5, 6, 7),
+                    "the server does not support SMTPUTF8 addresses",
+                );
+                self.report_all_rcpts(index, &tx, &reply);
+                continue;
+            }
+            let mut mail = format!("MAIL FROM:<{}>", tx.mail_from);
+            if self.caps.size.is_some() {
+                mail.push_str(&format!(" SIZE={}", tx.body.len()));
+            }
+            if tx.body_8bit && self.caps.eightbit {
+                mail.push_str(" BODY=8BITMIME");
+            }
+            if utf8 {
+                mail.push_str(" SMTPUTF8");
+            }
+            let count = tx.rcpt_to.len();
+            self.current = Some(Current {
+                index,
+                results: vec![None; count],
+                tx,
+                mail: None,
+                data: None,
+            });
+            self.command(&mail, Expect::Mail);
+            if self.caps.pipelining {
+                for i in 0..count {
+                    self.send_rcpt(i);
+                }
+                self.command("DATA", Expect::Data);
+            }
+        }
+    }
+
+    fn send_rcpt(&mut self, i: usize) {
+        let Some(rcpt) = self
+            .current
+            .as_ref()
+            .and_then(|c| c.tx.rcpt_to.get(i))
+            .cloned()
+        else {
+            return;
+        };
+        self.command(&format!("RCPT TO:<{rcpt}>"), Expect::Rcpt(i));
+    }
+
+    /// Reports the current transaction; `rset` when the server may hold an open transaction.
+    fn end_transaction(&mut self, rset: bool) {
+        let Some(current) = self.current.take() else {
+            return;
+        };
+        let missing = Reply::local(451, (4, 3, 0), "no reply for this recipient");
+        let results = current
+            .tx
+            .rcpt_to
+            .iter()
+            .enumerate()
+            .map(|(i, rcpt)| {
+                let reply = match (
+                    &current.mail,
+                    current.results.get(i).cloned().flatten(),
+                    &current.data,
+                ) {
+                    (Some(mail), _, _) if !mail.is_positive() => mail.clone(),
+                    (_, Some(r), Some(data)) if r.is_positive() => data.clone(),
+                    (_, Some(r), None) if r.is_positive() => {
+                        Reply::local(451, (4, 3, 0), "message data was not sent")
+                    }
+                    (_, Some(r), _) => r,
+                    _ => missing.clone(),
+                };
+                RecipientResult {
+                    recipient: rcpt.clone(),
+                    outcome: reply.outcome(),
+                    reply,
+                }
+            })
+            .collect();
+        self.events.push_back(ClientEvent::TransactionDone {
+            index: current.index,
+            results,
+        });
+        if rset && current.mail.as_ref().is_some_and(Reply::is_positive) {
+            self.command("RSET", Expect::Rset);
+        } else {
+            self.maybe_start();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::session::{Answer, Event, PeerInfo, ServerSession, SessionConfig};
+    use proptest::prelude::*;
+
+    fn config() -> ClientConfig {
+        ClientConfig {
+            helo_name: "out.example.test".into(),
+            tls: TlsPolicy::Opportunistic,
+            tls_available: true,
+            auth: None,
+            allow_plain_auth: false,
+        }
+    }
+
+    fn tx(rcpts: &[&str], body: &[u8]) -> Transaction {
+        Transaction {
+            mail_from: "a@here.test".into(),
+            rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
+            body: Arc::from(body.to_vec()),
+            smtputf8: false,
+            body_8bit: false,
+        }
+    }
+
+    /// Feeds server lines one by one and collects output and events.
+    fn script(c: &mut ClientSession, server: &[&str]) -> (String, Vec<ClientEvent>) {
+        let mut out = String::new();
+        let mut events = Vec::new();
+        for line in server {
+            c.handle_input(format!("{line}\r\n").as_bytes());
+            while let Some(o) = c.poll_output() {
+                out.push_str(&String::from_utf8_lossy(&o));
+            }
+            while let Some(e) = c.poll_event() {
+                if e == ClientEvent::StartTls {
+                    c.tls_started();
+                    while let Some(o) = c.poll_output() {
+                        out.push_str(&String::from_utf8_lossy(&o));
+                    }
+                }
+                events.push(e);
+            }
+        }
+        (out, events)
+    }
+
+    /// Per transaction: its index and each recipient's (address, outcome, reply code).
+    type Outcomes = Vec<(usize, Vec<(String, Outcome, u16)>)>;
+
+    fn outcomes(events: &[ClientEvent]) -> Outcomes {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::TransactionDone { index, results } => Some((
+                    *index,
+                    results
+                        .iter()
+                        .map(|r| (r.recipient.clone(), r.outcome, r.reply.code))
+                        .collect(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pipelined_transaction_with_mixed_recipients() {
+        let mut c = ClientSession::new(config());
+        c.push(tx(
+            &["ok@r.test", "temp@r.test", "bad@r.test"],
+            b"Subject: x\r\n\r\n.dot\r\n",
+        ));
+        c.finish();
+        let (out, events) = script(
+            &mut c,
+            &[
+                "220 mx ESMTP",
+                "250-mx",
+                "250-PIPELINING",
+                "250 SIZE 1000",
+                "250 2.1.0 ok",
+                "250 2.1.5 ok",
+                "451 4.2.0 later",
+                "550 5.1.1 unknown",
+                "354 go",
+                "250 2.0.0 queued",
+                "221 bye",
+            ],
+        );
+        assert!(out.contains("EHLO out.example.test\r\n"));
+        assert!(out.contains("MAIL FROM:<a@here.test> SIZE=20\r\nRCPT TO:<ok@r.test>\r\nRCPT TO:<temp@r.test>\r\nRCPT TO:<bad@r.test>\r\nDATA\r\n"), "{out}");
+        assert!(out.contains("Subject: x\r\n\r\n..dot\r\n.\r\n"), "{out}");
+        assert!(out.ends_with("QUIT\r\n"));
+        assert_eq!(
+            outcomes(&events),
+            vec![(
+                0,
+                vec![
+                    ("ok@r.test".into(), Outcome::Delivered, 250),
+                    ("temp@r.test".into(), Outcome::Temporary, 451),
+                    ("bad@r.test".into(), Outcome::Permanent, 550),
+                ]
+            )]
+        );
+        assert!(c.is_done());
+    }
+
+    #[test]
+    fn helo_fallback_and_one_command_at_a_time() {
+        let mut c = ClientSession::new(config());
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        c.finish();
+        let (out, events) = script(
+            &mut c,
+            &[
+                "220 old", "502 what", "250 old", "250 ok", "250 ok", "354 go", "250 ok", "221 bye",
+            ],
+        );
+        assert!(out.contains("HELO out.example.test\r\nMAIL FROM:<a@here.test>\r\nRCPT TO:<x@r.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"), "{out}");
+        assert_eq!(outcomes(&events)[0].1[0].1, Outcome::Delivered);
+    }
+
+    #[test]
+    fn greeting_refusal_fails_everything_temporarily() {
+        let mut c = ClientSession::new(config());
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        c.push(tx(&["y@r.test"], b"hi\r\n"));
+        c.finish();
+        let (out, events) = script(&mut c, &["554 go away", "221 bye"]);
+        assert_eq!(out, "QUIT\r\n");
+        let o = outcomes(&events);
+        assert_eq!(o.len(), 2);
+        assert!(o.iter().all(|(_, r)| r[0].1 == Outcome::Temporary));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::SessionFailed { .. }))
+        );
+        assert!(c.is_done());
+    }
+
+    #[test]
+    fn starttls_then_ehlo_again_and_required_tls_missing() {
+        let mut c = ClientSession::new(ClientConfig {
+            tls: TlsPolicy::Required,
+            ..config()
+        });
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        c.finish();
+        let (out, _) = script(
+            &mut c,
+            &["220 mx", "250-mx", "250 STARTTLS", "220 go ahead", "250 mx"],
+        );
+        assert!(
+            out.contains("STARTTLS\r\nEHLO out.example.test\r\nMAIL FROM"),
+            "{out}"
+        );
+        assert!(c.is_tls());
+
+        let mut c = ClientSession::new(ClientConfig {
+            tls: TlsPolicy::Required,
+            ..config()
+        });
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        c.finish();
+        let (out, events) = script(&mut c, &["220 mx", "250 mx"]);
+        assert_eq!(out, "EHLO out.example.test\r\nQUIT\r\n");
+        let o = outcomes(&events);
+        assert_eq!(o[0].1[0].1, Outcome::Temporary);
+        assert!(events.iter().any(|e| matches!(e, ClientEvent::SessionFailed { reason, .. } if reason.contains("TLS required"))));
+    }
+
+    #[test]
+    fn opportunistic_tls_refused_continues_in_clear() {
+        let mut c = ClientSession::new(config());
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        c.finish();
+        let (out, _) = script(&mut c, &["220 mx", "250-mx", "250 STARTTLS", "454 not now"]);
+        assert!(
+            out.ends_with("STARTTLS\r\nMAIL FROM:<a@here.test>\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn auth_plain_and_login() {
+        let creds = Some(Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        });
+        let mut c = ClientSession::new(ClientConfig {
+            auth: creds.clone(),
+            allow_plain_auth: true,
+            ..config()
+        });
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        let (out, _) = script(
+            &mut c,
+            &["220 mx", "250-mx", "250 AUTH PLAIN LOGIN", "235 ok"],
+        );
+        assert!(
+            out.contains(&format!("AUTH PLAIN {}\r\nMAIL FROM", B64.encode("\0u\0p"))),
+            "{out}"
+        );
+
+        let mut c = ClientSession::new(ClientConfig {
+            auth: creds.clone(),
+            allow_plain_auth: true,
+            ..config()
+        });
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        let (out, _) = script(
+            &mut c,
+            &[
+                "220 mx",
+                "250-mx",
+                "250 AUTH LOGIN",
+                "334 VXNlcm5hbWU6",
+                "334 UGFzc3dvcmQ6",
+                "235 ok",
+            ],
+        );
+        assert!(
+            out.contains("AUTH LOGIN\r\ndQ==\r\ncA==\r\nMAIL FROM"),
+            "{out}"
+        );
+
+        let mut c = ClientSession::new(ClientConfig {
+            auth: creds,
+            allow_plain_auth: true,
+            ..config()
+        });
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        let (_, events) = script(
+            &mut c,
+            &["220 mx", "250-mx", "250 AUTH PLAIN", "535 5.7.8 no"],
+        );
+        assert_eq!(outcomes(&events)[0].1[0].1, Outcome::Temporary);
+    }
+
+    #[test]
+    fn size_and_smtputf8_are_checked_before_sending() {
+        let mut c = ClientSession::new(config());
+        c.push(tx(&["x@r.test"], &[b'a'; 100]));
+        let mut utf8 = tx(&["jürgen@r.test"], b"hi\r\n");
+        utf8.smtputf8 = true;
+        c.push(utf8);
+        c.finish();
+        let (out, events) = script(&mut c, &["220 mx", "250-mx", "250 SIZE 50"]);
+        assert!(!out.contains("MAIL FROM"), "{out}");
+        let o = outcomes(&events);
+        assert_eq!(o[0].1[0].2, 552);
+        assert_eq!(o[1].1[0].2, 553);
+        assert!(o.iter().all(|(_, r)| r[0].1 == Outcome::Permanent));
+    }
+
+    #[test]
+    fn no_accepted_recipient_sends_no_body_and_resets() {
+        let mut c = ClientSession::new(config());
+        c.push(tx(&["bad@r.test"], b"secret\r\n"));
+        c.push(tx(&["ok@r.test"], b"second\r\n"));
+        c.finish();
+        let (out, events) = script(
+            &mut c,
+            &[
+                "220 mx",
+                "250-mx",
+                "250 PIPELINING",
+                "250 ok",
+                "550 no",
+                "554 no valid recipients",
+                "250 reset",
+                "250 ok",
+                "250 ok",
+                "354 go",
+                "250 ok",
+                "221 bye",
+            ],
+        );
+        assert!(!out.contains("secret"));
+        assert!(out.contains("RSET\r\nMAIL FROM"), "{out}");
+        let o = outcomes(&events);
+        assert_eq!(o[0].1[0].1, Outcome::Permanent);
+        assert_eq!(o[1].1[0].1, Outcome::Delivered);
+    }
+
+    #[test]
+    fn final_reply_decides_for_accepted_recipients() {
+        for (code, outcome) in [
+            ("451 4.3.0 later", Outcome::Temporary),
+            ("554 5.6.0 rejected", Outcome::Permanent),
+        ] {
+            let mut c = ClientSession::new(config());
+            c.push(tx(&["x@r.test"], b"hi\r\n"));
+            let (_, events) = script(
+                &mut c,
+                &[
+                    "220 mx",
+                    "250 PIPELINING",
+                    "250 ok",
+                    "250 ok",
+                    "354 go",
+                    code,
+                ],
+            );
+            assert_eq!(outcomes(&events)[0].1[0].1, outcome);
+        }
+    }
+
+    #[test]
+    fn disconnect_and_timeout_fail_unfinished_work_temporarily() {
+        let mut c = ClientSession::new(config());
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        c.push(tx(&["y@r.test"], b"hi\r\n"));
+        let _ = script(&mut c, &["220 mx", "250 mx", "250 ok", "250 ok", "354 go"]);
+        assert!(c.expects_data_reply());
+        c.handle_disconnect();
+        let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        let o = outcomes(&events);
+        assert_eq!(o.len(), 2);
+        assert!(o.iter().all(|(_, r)| r[0].1 == Outcome::Temporary));
+        assert!(c.is_done());
+
+        let mut c = ClientSession::new(config());
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        c.handle_timeout();
+        let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert_eq!(outcomes(&events)[0].1[0].1, Outcome::Temporary);
+        assert!(c.is_done());
+    }
+
+    #[test]
+    fn garbage_replies_fail_the_session() {
+        let mut c = ClientSession::new(config());
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        c.handle_input(b"HTTP/1.1 400 Bad Request\r\n");
+        let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::SessionFailed { .. }))
+        );
+        assert_eq!(outcomes(&events)[0].1[0].1, Outcome::Temporary);
+    }
+
+    /// Runs a client against the real server session in memory; returns stored bodies and
+    /// the client's events.
+    fn pair(
+        transactions: Vec<Transaction>,
+        pipelining_server_tls: bool,
+    ) -> (Vec<Vec<u8>>, Vec<ClientEvent>) {
+        let mut server = ServerSession::new(
+            SessionConfig {
+                hostname: "mx.r.test".into(),
+                tls_available: pipelining_server_tls,
+                max_message_size: 1 << 20,
+                ..SessionConfig::default()
+            },
+            PeerInfo {
+                ip: [127, 0, 0, 1].into(),
+            },
+        );
+        let mut client = ClientSession::new(config());
+        for t in transactions {
+            client.push(t);
+        }
+        client.finish();
+        let mut stored = Vec::new();
+        let mut events = Vec::new();
+        for _ in 0..10_000 {
+            let mut progressed = false;
+            while let Some(ev) = server.poll_event() {
+                progressed = true;
+                match ev {
+                    Event::StartTls => server.tls_started(),
+                    Event::Message { data, .. } => {
+                        stored.push(data);
+                        server.answer(Answer::Accept);
+                    }
+                    _ => server.answer(Answer::Accept),
+                }
+            }
+            while let Some(out) = server.poll_output() {
+                progressed = true;
+                client.handle_input(&out);
+            }
+            while let Some(ev) = client.poll_event() {
+                progressed = true;
+                if ev == ClientEvent::StartTls {
+                    client.tls_started();
+                }
+                events.push(ev);
+            }
+            while let Some(out) = client.poll_output() {
+                progressed = true;
+                server.handle_input(&out);
+            }
+            if client.is_done() || !progressed {
+                break;
+            }
+        }
+        (stored, events)
+    }
+
+    #[test]
+    fn pair_with_the_real_server_delivers_bodies_byte_for_byte() {
+        let bodies: Vec<&[u8]> = vec![
+            b".leading dot\r\n..two\r\n.\r\nend\r\n",
+            b"",
+            b"no final newline",
+            b"Subject: s\r\n\r\nbody\r\n",
+        ];
+        let txs: Vec<_> = bodies.iter().map(|b| tx(&["x@r.test"], b)).collect();
+        let (stored, events) = pair(txs, true);
+        assert_eq!(stored.len(), 4, "{events:?}");
+        assert_eq!(stored[0], bodies[0]);
+        assert_eq!(stored[1], b"");
+        assert_eq!(stored[2], b"no final newline\r\n");
+        assert_eq!(stored[3], bodies[3]);
+        assert!(
+            outcomes(&events)
+                .iter()
+                .all(|(_, r)| r[0].1 == Outcome::Delivered)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_server_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2000), split in 1usize..64) {
+            let mut c = ClientSession::new(config());
+            c.push(tx(&["x@r.test", "y@r.test"], b"hi\r\n"));
+            c.finish();
+            for chunk in data.chunks(split) {
+                c.handle_input(chunk);
+                let _ = c.poll_output();
+                while let Some(e) = c.poll_event() {
+                    if e == ClientEvent::StartTls { c.tls_started(); }
+                }
+            }
+            c.handle_disconnect();
+            let reported: usize = std::iter::from_fn(|| c.poll_event()).filter(|e| matches!(e, ClientEvent::TransactionDone { .. })).count();
+            prop_assert!(reported <= 1);
+        }
+
+        #[test]
+        fn splitting_server_input_changes_nothing(split in 1usize..40) {
+            let script = b"220 mx\r\n250-mx\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n250 ok\r\n221 bye\r\n";
+            let run = |chunk: usize| {
+                let mut c = ClientSession::new(config());
+                c.push(tx(&["x@r.test", "y@r.test"], b"hi\r\n"));
+                c.finish();
+                let mut out = Vec::new();
+                let mut events = Vec::new();
+                for part in script.chunks(chunk) {
+                    c.handle_input(part);
+                    while let Some(o) = c.poll_output() { out.extend(o); }
+                    while let Some(e) = c.poll_event() { events.push(e); }
+                }
+                (out, events)
+            };
+            prop_assert_eq!(run(split), run(script.len()));
+        }
+
+        #[test]
+        fn bodies_round_trip_through_the_real_server(lines in proptest::collection::vec("[ -~]{0,20}", 0..20)) {
+            let mut body = Vec::new();
+            for l in &lines { body.extend_from_slice(l.as_bytes()); body.extend_from_slice(b"\r\n"); }
+            let (stored, _) = pair(vec![tx(&["x@r.test"], &body)], false);
+            prop_assert_eq!(stored, vec![body]);
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! One outbound SMTP connection: the driver that owns the socket, the timers and the TLS
+//! upgrade around the sans-I/O [`ClientSession`].
+
+use std::net::SocketAddr;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::client::{
+    ClientConfig, ClientEvent, ClientSession, Outcome, RecipientResult, Transaction,
+};
+use crate::actors::delivery::DeliveryContext;
+
+/// The connection, plain or after STARTTLS.
+type Stream = super::stream::Stream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+fn server_name(host: &str, addr: SocketAddr) -> ServerName<'static> {
+    ServerName::try_from(host.trim_end_matches('.').to_string())
+        .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()))
+}
+
+/// Sends `transactions` over one connection to `addr`. Returns each transaction's recipient
+/// results in order, or `Err` when the host failed before answering any recipient (connect
+/// error, refused greeting, TLS failure): then the caller tries the next host.
+pub async fn send(
+    ctx: &DeliveryContext,
+    addr: SocketAddr,
+    host: &str,
+    config: ClientConfig,
+    transactions: Vec<Transaction>,
+) -> Result<Vec<Vec<RecipientResult>>, String> {
+    let delivery = &ctx.config.delivery;
+    let tcp = tokio::time::timeout(delivery.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connection timed out".to_string())?
+        .map_err(|e| format!("connection failed: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let count = transactions.len();
+    let mut session = ClientSession::new(config);
+    for tx in transactions {
+        session.push(tx);
+    }
+    session.finish();
+
+    let mut stream = Stream::Plain(tcp);
+    let mut results: Vec<Vec<RecipientResult>> = vec![Vec::new(); count];
+    let mut failure: Option<String> = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while let Some(event) = session.poll_event() {
+            match event {
+                ClientEvent::StartTls => {
+                    flush(&mut session, &mut stream).await;
+                    match upgrade(ctx, host, addr, &mut stream).await {
+                        Ok(()) => session.tls_started(),
+                        Err(e) => {
+                            failure = Some(format!("TLS handshake failed: {e}"));
+                            session.handle_disconnect();
+                        }
+                    }
+                }
+                ClientEvent::TransactionDone { index, results: r } => {
+                    if let Some(slot) = results.get_mut(index) {
+                        *slot = r;
+                    }
+                }
+                ClientEvent::SessionFailed { reply, reason } => {
+                    failure = Some(match reply {
+                        Some(reply) => format!("{reason}: {reply}"),
+                        None => reason,
+                    });
+                }
+            }
+        }
+        if !flush(&mut session, &mut stream).await {
+            session.handle_disconnect();
+            continue;
+        }
+        if session.is_done() {
+            break;
+        }
+        let timeout = if session.expects_data_reply() {
+            delivery.data_timeout
+        } else {
+            delivery.command_timeout
+        };
+        match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+            Err(_) => session.handle_timeout(),
+            Ok(Ok(0)) | Ok(Err(_)) => session.handle_disconnect(),
+            Ok(Ok(n)) => session.handle_input(&buf[..n]),
+        }
+    }
+    let _ = stream.shutdown().await;
+    // After a session failure, only a definitive answer (delivered or refused) counts as the
+    // host having dealt with the mail; otherwise the next host gets a chance.
+    let answered = results
+        .iter()
+        .flatten()
+        .any(|r| r.outcome != Outcome::Temporary);
+    match failure {
+        Some(reason) if !answered => Err(reason),
+        _ => Ok(results),
+    }
+}
+
+/// Writes everything the session has queued; false if the connection broke.
+async fn flush(session: &mut ClientSession, stream: &mut Stream) -> bool {
+    let mut wrote = false;
+    while let Some(out) = session.poll_output() {
+        if stream.write_all(&out).await.is_err() {
+            return false;
+        }
+        wrote = true;
+    }
+    !wrote || stream.flush().await.is_ok()
+}
+
+async fn upgrade(
+    ctx: &DeliveryContext,
+    host: &str,
+    addr: SocketAddr,
+    stream: &mut Stream,
+) -> Result<(), String> {
+    let Some(tcp) = stream.take_plain() else {
+        return Err("STARTTLS on a connection that is not plain TCP".into());
+    };
+    let connector = tokio_rustls::TlsConnector::from(ctx.tls.clone());
+    let tls = tokio::time::timeout(
+        ctx.config.delivery.command_timeout,
+        connector.connect(server_name(host, addr), tcp),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    *stream = Stream::Tls(Box::new(tls));
+    Ok(())
+}

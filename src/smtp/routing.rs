@@ -1,0 +1,245 @@
+//! Where mail for a domain goes: a configured smarthost, or the domain's MX hosts (RFC 5321
+//! §5.1) with the A/AAAA fallback when there is no MX, and null MX (RFC 7505) as a permanent
+//! failure.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+
+use crate::config::DeliveryConfig;
+
+/// One host to try, with its addresses in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// Host name (TLS server name and concurrency key).
+    pub host: String,
+    /// Addresses to try.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Why no destination was found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The domain cannot receive mail; bounce now.
+    #[error("{0}")]
+    Permanent(String),
+    /// DNS trouble; retry later.
+    #[error("{0}")]
+    Temporary(String),
+}
+
+/// Splits `host[:port]` (IPv6 in brackets); `None` when malformed.
+pub fn parse_host_port(text: &str, default_port: u16) -> Option<(String, u16)> {
+    let text = text.trim();
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host.to_string(), port));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            Some((host.to_string(), port.parse().ok()?)).filter(|(h, _)| !h.is_empty())
+        }
+        Some(_) => None,
+        None if !text.is_empty() => Some((text.to_string(), default_port)),
+        None => None,
+    }
+}
+
+/// Resolves destinations for recipient domains.
+pub struct Router {
+    resolver: TokioResolver,
+    relay: Option<(String, u16)>,
+    mx_port: u16,
+}
+
+impl Router {
+    /// A router for the delivery configuration.
+    pub fn new(config: &DeliveryConfig) -> anyhow::Result<Self> {
+        let resolver = if config.dns_servers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read the system DNS configuration: {e}; set delivery.dns_servers"
+                    )
+                })?
+                .build()
+        } else {
+            let servers = config
+                .dns_servers
+                .iter()
+                .map(|addr| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            let mut options = ResolverOpts::default();
+            options.attempts = 2;
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+            .with_options(options)
+            .build()
+        }
+        .map_err(|e| anyhow::anyhow!("cannot build the DNS resolver: {e}"))?;
+        let relay = config
+            .relay_host
+            .as_deref()
+            .map(|r| {
+                parse_host_port(r, 25)
+                    .ok_or_else(|| anyhow::anyhow!("delivery.relay_host `{r}` is not host:port"))
+            })
+            .transpose()?;
+        Ok(Self {
+            resolver,
+            relay,
+            mx_port: config.port,
+        })
+    }
+
+    /// Whether mail goes to a smarthost.
+    pub fn relay(&self) -> Option<&(String, u16)> {
+        self.relay.as_ref()
+    }
+
+    /// The hosts to try for `domain`, best first.
+    pub async fn route(&self, domain: &str) -> Result<Vec<Destination>, RouteError> {
+        if let Some((host, port)) = &self.relay {
+            let addrs = self.addresses(host, *port).await?;
+            return Ok(vec![Destination {
+                host: host.clone(),
+                addrs,
+            }]);
+        }
+        if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+            let ip: IpAddr = literal
+                .trim_start_matches("IPv6:")
+                .parse()
+                .map_err(|_| RouteError::Permanent(format!("invalid address literal {domain}")))?;
+            return Ok(vec![Destination {
+                host: literal.to_string(),
+                addrs: vec![SocketAddr::new(ip, self.mx_port)],
+            }]);
+        }
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        match self.resolver.mx_lookup(fqdn.as_str()).await {
+            Ok(lookup) => {
+                let mut mxs: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
+                        _ => None,
+                    })
+                    .collect();
+                if mxs.iter().any(|(_, host)| host == "." || host.is_empty()) {
+                    return Err(RouteError::Permanent(format!(
+                        "{domain} does not accept mail (null MX, RFC 7505)"
+                    )));
+                }
+                if mxs.is_empty() {
+                    return self.implicit_mx(domain, &fqdn).await;
+                }
+                mxs.sort_by_key(|(pref, _)| *pref);
+                let mut out = Vec::new();
+                let mut last_error = None;
+                for (_, host) in mxs {
+                    match self.addresses(&host, self.mx_port).await {
+                        Ok(addrs) => out.push(Destination {
+                            host: host.trim_end_matches('.').to_string(),
+                            addrs,
+                        }),
+                        Err(e) => last_error = Some(e),
+                    }
+                }
+                if out.is_empty() {
+                    return Err(RouteError::Temporary(format!(
+                        "no MX host of {domain} has an address: {}",
+                        last_error.map(|e| e.to_string()).unwrap_or_default()
+                    )));
+                }
+                Ok(out)
+            }
+            Err(e) if e.is_nx_domain() => Err(RouteError::Permanent(format!(
+                "domain {domain} does not exist"
+            ))),
+            Err(e) if e.is_no_records_found() => self.implicit_mx(domain, &fqdn).await,
+            Err(e) => Err(RouteError::Temporary(format!(
+                "MX lookup for {domain} failed: {e}"
+            ))),
+        }
+    }
+
+    /// No MX: the domain itself is the mail host (RFC 5321 §5.1).
+    async fn implicit_mx(&self, domain: &str, fqdn: &str) -> Result<Vec<Destination>, RouteError> {
+        let addrs = self.addresses(fqdn, self.mx_port).await?;
+        Ok(vec![Destination {
+            host: domain.to_string(),
+            addrs,
+        }])
+    }
+
+    async fn addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, RouteError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let name = if host.ends_with('.') {
+            host.to_string()
+        } else {
+            format!("{host}.")
+        };
+        match self.resolver.lookup_ip(name.as_str()).await {
+            Ok(ips) => {
+                let addrs: Vec<SocketAddr> =
+                    ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+                if addrs.is_empty() {
+                    Err(RouteError::Temporary(format!("{host} has no address")))
+                } else {
+                    Ok(addrs)
+                }
+            }
+            Err(e) if e.is_nx_domain() => {
+                Err(RouteError::Permanent(format!("host {host} does not exist")))
+            }
+            Err(e) => Err(RouteError::Temporary(format!(
+                "address lookup for {host} failed: {e}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(
+            parse_host_port("127.0.0.1:2526", 25),
+            Some(("127.0.0.1".into(), 2526))
+        );
+        assert_eq!(
+            parse_host_port("smtp.example.com", 25),
+            Some(("smtp.example.com".into(), 25))
+        );
+        assert_eq!(
+            parse_host_port("[::1]:2525", 25),
+            Some(("::1".into(), 2525))
+        );
+        assert_eq!(parse_host_port("[::1]", 25), Some(("::1".into(), 25)));
+        assert_eq!(parse_host_port("host:notaport", 25), None);
+        assert_eq!(parse_host_port(":25", 25), None);
+        assert_eq!(parse_host_port("", 25), None);
+    }
+}

@@ -1,0 +1,315 @@
+//! `mairust db export` and `mairust db import`: a portable, versioned dump of the metadata
+//! database, to move an installation from SQLite to PostgreSQL (or back).
+//!
+//! A dump is a directory with `manifest.json` (format version, schema version, row count per
+//! table) and one `<table>.jsonl` file per table, one JSON object per row. Every column is an
+//! integer, a string or null, the same on both databases. The export reads all tables in one
+//! read-only transaction (a snapshot: consistent while the server runs). The import runs the
+//! target's migrations, refuses a non-empty target unless forced, inserts every table in one
+//! transaction, resets PostgreSQL's identity sequences, and verifies the row counts before it
+//! commits: it succeeds completely or changes nothing.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::{Column, Executor, Row};
+
+use super::sql::{Dialect, SqlStore};
+
+/// Version of the dump format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Tables in dependency order (parents first); `id` tables have an identity column.
+const TABLES: &[(&str, bool)] = &[
+    ("settings", false),
+    ("domains", true),
+    ("users", true),
+    ("api_tokens", true),
+    ("messages", false),
+    ("mailbox_entries", true),
+    ("queue", true),
+    ("partition_leases", false),
+    ("dkim_keys", false),
+];
+
+/// `manifest.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Dump format version.
+    pub format_version: u32,
+    /// Latest migration applied in the exported database.
+    pub schema_version: i64,
+    /// Rows per table.
+    pub tables: BTreeMap<String, u64>,
+    /// When the export was taken (RFC 3339).
+    pub exported_at: String,
+    /// `sqlite` or `postgres`.
+    pub source: String,
+}
+
+async fn schema_version(conn: &mut sqlx::AnyConnection) -> anyhow::Result<i64> {
+    let row = sqlx::query("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+        .fetch_one(&mut *conn)
+        .await
+        .context("cannot read the schema version")?;
+    Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
+}
+
+fn value_of(row: &sqlx::any::AnyRow, i: usize) -> Value {
+    if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+        return v.map(Value::from).unwrap_or(Value::Null);
+    }
+    match row.try_get::<Option<String>, _>(i) {
+        Ok(Some(s)) => Value::from(s),
+        _ => Value::Null,
+    }
+}
+
+/// Exports the database behind `store` into `dir` (created; must be empty or absent).
+pub async fn export(store: &SqlStore, dir: &Path) -> anyhow::Result<Manifest> {
+    if dir.exists() && dir.read_dir()?.next().is_some() {
+        bail!("{} is not empty; choose a new directory", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut conn = store.pool().acquire().await?;
+    let begin = match store.dialect() {
+        Dialect::Sqlite => "BEGIN",
+        Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    };
+    conn.execute(begin).await?;
+    let result = async {
+        let schema_version = schema_version(&mut conn).await?;
+        let mut tables = BTreeMap::new();
+        for (table, has_id) in TABLES {
+            let order = if *has_id { " ORDER BY id" } else { "" };
+            let rows = sqlx::query(&format!("SELECT * FROM {table}{order}"))
+                .fetch_all(&mut *conn)
+                .await
+                .with_context(|| format!("cannot read table {table}"))?;
+            let path = dir.join(format!("{table}.jsonl"));
+            let mut out = BufWriter::new(std::fs::File::create(&path)?);
+            for row in &rows {
+                let mut object = Map::new();
+                for (i, column) in row.columns().iter().enumerate() {
+                    object.insert(column.name().to_string(), value_of(row, i));
+                }
+                serde_json::to_writer(&mut out, &Value::Object(object))?;
+                out.write_all(b"\n")?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            tables.insert(table.to_string(), rows.len() as u64);
+        }
+        anyhow::Ok(Manifest {
+            format_version: FORMAT_VERSION,
+            schema_version,
+            tables,
+            exported_at: chrono::Utc::now().to_rfc3339(),
+            source: format!("{:?}", store.dialect()).to_lowercase(),
+        })
+    }
+    .await;
+    let _ = conn.execute("ROLLBACK").await;
+    let manifest = result?;
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    Ok(manifest)
+}
+
+/// Imports the dump in `dir` into the (migrated) database behind `store`.
+pub async fn import(store: &SqlStore, dir: &Path, force: bool) -> anyhow::Result<Manifest> {
+    let manifest: Manifest = serde_json::from_slice(
+        &std::fs::read(dir.join("manifest.json"))
+            .with_context(|| format!("{} has no manifest.json; is it a dump?", dir.display()))?,
+    )
+    .context("manifest.json is not a valid dump manifest")?;
+    if manifest.format_version != FORMAT_VERSION {
+        bail!(
+            "dump format version {} is not supported (this build reads version {FORMAT_VERSION})",
+            manifest.format_version
+        );
+    }
+    let mut tx = store.begin().await?;
+    let target_version = schema_version(&mut tx).await?;
+    if manifest.schema_version > target_version {
+        bail!(
+            "the dump's schema version {} is newer than this build's {target_version}; upgrade mairust first",
+            manifest.schema_version
+        );
+    }
+    let mut existing = 0i64;
+    for (table, _) in TABLES {
+        let n: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        existing += n;
+    }
+    if existing > 0 {
+        if !force {
+            bail!(
+                "the target database is not empty ({existing} rows); import into an empty database or pass --force to replace its contents"
+            );
+        }
+        for (table, _) in TABLES.iter().rev() {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    for (table, has_id) in TABLES {
+        let path = dir.join(format!("{table}.jsonl"));
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("the dump has no {}", path.display()))?;
+        let mut count = 0u64;
+        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Value::Object(row) = serde_json::from_str::<Value>(&line)
+                .with_context(|| format!("{}:{}: invalid JSON", path.display(), n + 1))?
+            else {
+                bail!("{}:{}: a row must be a JSON object", path.display(), n + 1);
+            };
+            // NULL is written as a literal rather than bound: an untyped NULL takes the
+            // column's type on PostgreSQL, where a bound one would need the right Rust type.
+            let columns: Vec<&String> = row.keys().collect();
+            let mut placeholders = Vec::with_capacity(columns.len());
+            let mut bound = Vec::with_capacity(columns.len());
+            for column in &columns {
+                match &row[*column] {
+                    Value::Null => placeholders.push("NULL".to_string()),
+                    value => {
+                        bound.push((*column, value));
+                        placeholders.push(format!("${}", bound.len()));
+                    }
+                }
+            }
+            let sql = format!(
+                "INSERT INTO {table} ({}) VALUES ({})",
+                columns
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (column, value) in bound {
+                query = match value {
+                    Value::Number(v) => query.bind(v.as_i64().with_context(|| {
+                        format!("{}:{}: `{column}` is not an integer", path.display(), n + 1)
+                    })?),
+                    Value::String(s) => query.bind(s.clone()),
+                    other => bail!(
+                        "{}:{}: `{column}` has an unsupported value {other}",
+                        path.display(),
+                        n + 1
+                    ),
+                };
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("{}:{}: insert failed", path.display(), n + 1))?;
+            count += 1;
+        }
+        let expected = manifest.tables.get(*table).copied().unwrap_or(0);
+        let stored: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        if count != expected || stored as u64 != expected {
+            bail!(
+                "table {table}: the manifest says {expected} rows, the file has {count}, the database {stored}; nothing was imported"
+            );
+        }
+        if *has_id && store.dialect() == Dialect::Postgres {
+            sqlx::query(&format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+            ))
+            .fetch_one(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::store::MetadataStore;
+
+    async fn store(dir: &Path, name: &str) -> SqlStore {
+        SqlStore::connect(&DatabaseConfig {
+            url: format!("sqlite://{}/{name}.db", dir.display()),
+            ..DatabaseConfig::default()
+        })
+        .await
+        .expect("connect")
+    }
+
+    #[tokio::test]
+    async fn export_then_import_round_trips_and_refuses_non_empty_targets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = store(dir.path(), "a").await;
+        source.add_domain("example.test").await.expect("domain");
+        source
+            .add_user("bob@example.test", "hash", false, Some(1000))
+            .await
+            .expect("user");
+        let dump = dir.path().join("dump");
+        let manifest = export(&source, &dump).await.expect("export");
+        assert_eq!(manifest.tables["domains"], 1);
+        assert_eq!(manifest.tables["users"], 1);
+        assert!(manifest.schema_version >= 2);
+
+        let target = store(dir.path(), "b").await;
+        import(&target, &dump, false).await.expect("import");
+        let users = target.list_users().await.expect("users");
+        assert_eq!(users[0].email, "bob@example.test");
+        assert_eq!(users[0].quota_bytes, Some(1000));
+        // New rows continue after the imported ids.
+        let carol = target
+            .add_user("carol@example.test", "hash", false, None)
+            .await
+            .expect("new user");
+        assert!(carol.id > users[0].id);
+
+        let err = import(&target, &dump, false).await.expect_err("non-empty");
+        assert!(err.to_string().contains("not empty"), "{err}");
+        import(&target, &dump, true).await.expect("forced");
+        assert_eq!(target.list_users().await.expect("users").len(), 1);
+        assert!(
+            export(&source, &dump).await.is_err(),
+            "existing dump directory"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_dump_imports_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = store(dir.path(), "a").await;
+        source.add_domain("example.test").await.expect("domain");
+        source.add_domain("other.test").await.expect("domain");
+        let dump = dir.path().join("dump");
+        export(&source, &dump).await.expect("export");
+        let domains = dump.join("domains.jsonl");
+        let text = std::fs::read_to_string(&domains).expect("read");
+        std::fs::write(&domains, text.lines().next().unwrap_or_default()).expect("truncate");
+        let target = store(dir.path(), "b").await;
+        let err = import(&target, &dump, false)
+            .await
+            .expect_err("count mismatch");
+        assert!(err.to_string().contains("domains"), "{err}");
+        assert!(target.list_domains().await.expect("domains").is_empty());
+    }
+}

@@ -1,0 +1,134 @@
+//! The filesystem blob store.
+//!
+//! A body is written to a temporary file, fsynced, renamed into place and the directory
+//! fsynced, so after `put` returns the body survives a crash of the process or the machine.
+//! Keys fan out over two directory levels (`ab/cd/abcd…`) to keep directories small.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::blob::{BlobError, BlobStore, is_valid_key};
+
+/// Bodies under a root directory.
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+impl FsBlobStore {
+    /// Opens (creating it if needed) the store rooted at `root`.
+    pub fn open(root: &Path) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(root.join("tmp")).map_err(|e| {
+            BlobError::Io(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create blob directory {}: {e}; check storage.options.path and its permissions",
+                    root.display()
+                ),
+            ))
+        })?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, BlobError> {
+        if !is_valid_key(key) {
+            return Err(BlobError::InvalidKey(key.to_string()));
+        }
+        Ok(self.root.join(&key[0..2]).join(&key[2..4]).join(key))
+    }
+
+    fn put_sync(root: &Path, path: &Path, data: &[u8]) -> Result<(), BlobError> {
+        if path.exists() {
+            return Ok(());
+        }
+        let dir = path
+            .parent()
+            .ok_or_else(|| BlobError::InvalidKey(path.display().to_string()))?;
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(root.join("tmp"))?;
+        tmp.write_all(data)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| BlobError::Io(e.error))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for FsBlobStore {
+    async fn put(&self, key: &str, data: &[u8]) -> Result<(), BlobError> {
+        let path = self.path_of(key)?;
+        let root = self.root.clone();
+        let data = data.to_vec();
+        tokio::task::spawn_blocking(move || Self::put_sync(&root, &path, &data))
+            .await
+            .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(data) => Ok(data),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(BlobError::NotFound(key.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn contains(&self, key: &str) -> Result<bool, BlobError> {
+        Ok(tokio::fs::try_exists(self.path_of(key)?).await?)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn health(&self) -> Result<(), BlobError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
+            let mut probe = tempfile::NamedTempFile::new_in(root.join("tmp"))?;
+            probe.write_all(b"health")?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::blob_key;
+
+    #[tokio::test]
+    async fn put_get_delete_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsBlobStore::open(dir.path()).expect("open");
+        let body = b"Subject: hi\r\n\r\nbody\r\n";
+        let key = blob_key(body);
+        store.put(&key, body).await.expect("put");
+        store.put(&key, body).await.expect("second put is a no-op");
+        assert_eq!(store.get(&key).await.expect("get"), body);
+        store.delete(&key).await.expect("delete");
+        assert!(matches!(store.get(&key).await, Err(BlobError::NotFound(_))));
+        store.delete(&key).await.expect("deleting twice is fine");
+        store.health().await.expect("healthy");
+    }
+
+    #[tokio::test]
+    async fn rejects_keys_that_are_not_content_addresses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsBlobStore::open(dir.path()).expect("open");
+        assert!(matches!(
+            store.get("../../etc/passwd").await,
+            Err(BlobError::InvalidKey(_))
+        ));
+    }
+}

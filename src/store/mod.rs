@@ -1,0 +1,455 @@
+//! Storage: message metadata in a SQL database and message bodies in a blob store.
+//!
+//! The two halves meet in the acceptance path: a body is written (and fsynced) to the blob
+//! store first, then its metadata is committed; only then does SMTP answer `250`. A crash in
+//! between leaves at worst an unreferenced blob, never a reference to a missing body.
+
+pub mod blob;
+pub mod blob_migrate;
+pub mod crypto;
+pub mod dump;
+pub mod fs;
+pub mod queue;
+pub mod rekey;
+pub mod s3;
+pub mod sql;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use blob::{BlobError, BlobStore, blob_key};
+pub use queue::{
+    DkimKeyRecord, EntryUpdate, Lease, QueueEntry, QueueFilter, QueueStatus, QueueStore,
+    partition_of,
+};
+pub use sql::SqlStore;
+
+use crate::config::{Config, StorageBackend};
+
+/// Milliseconds since the Unix epoch, the one time format stored.
+pub type Millis = i64;
+
+/// The current time in [`Millis`].
+pub fn now_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Why a metadata operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique name is already taken.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request is malformed (for example an address without a domain).
+    #[error("{0}")]
+    Invalid(String),
+    /// The thing is still in use (for example a domain that has users).
+    #[error("{0}")]
+    InUse(String),
+    /// The database failed or is unreachable.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The partition's lease is no longer held with this epoch: another node took over.
+    #[error("lease on partition {partition} lost")]
+    LeaseLost {
+        /// The partition.
+        partition: u32,
+    },
+    /// Schema migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A hosted domain.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Domain {
+    /// Domain name, lower case.
+    pub name: String,
+    /// Creation time, ms since the epoch.
+    pub created_at: Millis,
+}
+
+/// An account.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct User {
+    /// Internal id.
+    #[serde(skip)]
+    pub id: i64,
+    /// Login and mailbox address, lower case.
+    pub email: String,
+    /// May manage domains, users and the queue.
+    pub is_admin: bool,
+    /// Mailbox quota; `None` is unlimited.
+    pub quota_bytes: Option<i64>,
+    /// Bytes currently stored for this user.
+    pub used_bytes: i64,
+    /// Creation time, ms since the epoch.
+    pub created_at: Millis,
+}
+
+/// A user together with their password hash, for authentication.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The account.
+    pub user: User,
+    /// PHC-format argon2id hash.
+    pub password_hash: String,
+}
+
+/// What a recipient address resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientLookup {
+    /// An existing user of a hosted domain.
+    Local {
+        /// The user's id.
+        user_id: i64,
+        /// Whether the mailbox is at or over its quota.
+        over_quota: bool,
+    },
+    /// The domain is hosted but has no such user.
+    UnknownUser,
+    /// The domain is not hosted here.
+    NotHosted,
+}
+
+/// The header fields the API lists, parsed once at acceptance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageSummary {
+    /// `From:` as display text.
+    pub from: String,
+    /// `To:` addresses as display text.
+    pub to: Vec<String>,
+    /// `Cc:` addresses as display text.
+    pub cc: Vec<String>,
+    /// Decoded `Subject:`.
+    pub subject: String,
+    /// `Date:` in ms since the epoch, if present and valid.
+    pub date: Option<Millis>,
+    /// `Message-ID:` without angle brackets.
+    pub message_id: Option<String>,
+    /// Whether any MIME part is an attachment.
+    pub has_attachments: bool,
+}
+
+/// A message whose body is durable in the blob store, ready for its metadata commit.
+#[derive(Debug, Clone)]
+pub struct AcceptedMessage {
+    /// Acceptance id (shown in the 250 reply and the Received header).
+    pub id: String,
+    /// Blob key of the body.
+    pub blob_key: String,
+    /// Body size in bytes.
+    pub size: i64,
+    /// Acceptance time.
+    pub received_at: Millis,
+    /// SMTP envelope sender (empty for the null sender).
+    pub envelope_from: String,
+    /// Parsed header fields.
+    pub summary: MessageSummary,
+    /// Users whose INBOX receives the message.
+    pub local_recipients: Vec<i64>,
+    /// Recipients in other domains: one queue row each.
+    pub remote_recipients: Vec<RemoteRecipient>,
+    /// When undelivered queue rows expire (bounce).
+    pub expires_at: Millis,
+}
+
+/// A recipient that goes through the delivery queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRecipient {
+    /// The address.
+    pub recipient: String,
+    /// Its domain, lower case.
+    pub domain: String,
+    /// The queue partition of the domain.
+    pub partition: u32,
+}
+
+/// One durable write for the storage writer's group commit.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Store an accepted message: its row, mailbox entries and queue rows.
+    Accept(AcceptedMessage),
+    /// A partition owner's changes, fenced by its lease, with any bounces they create.
+    Apply {
+        /// The owner's lease.
+        lease: Lease,
+        /// Row changes.
+        updates: Vec<EntryUpdate>,
+        /// Messages to store with them (bounces).
+        new_messages: Vec<AcceptedMessage>,
+    },
+}
+
+/// One message in a user's mailbox.
+#[derive(Debug, Clone)]
+pub struct MailboxItem {
+    /// Mailbox entry id (the API's message id).
+    pub id: i64,
+    /// Folder name.
+    pub folder: String,
+    /// Read flag.
+    pub seen: bool,
+    /// Body size in bytes.
+    pub size: i64,
+    /// Acceptance time.
+    pub received_at: Millis,
+    /// Blob key of the body.
+    pub blob_key: String,
+    /// Parsed header fields.
+    pub summary: MessageSummary,
+}
+
+/// One page of a listing; `next_cursor` is set when more items follow.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// Items of this page.
+    pub items: Vec<T>,
+    /// Opaque cursor for the next page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page from `limit + 1` fetched rows: the extra row only says that more follow, and
+    /// the cursor is the id of the page's last item.
+    pub(crate) fn from_rows(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) -> Self {
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|i| id(i).to_string())
+        } else {
+            None
+        };
+        Self { items, next_cursor }
+    }
+}
+
+/// The id below which a listing continues (`i64::MAX` for the first page).
+pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<i64, StoreError> {
+    match cursor {
+        None => Ok(i64::MAX),
+        Some(c) => c
+            .parse::<i64>()
+            .map_err(|_| StoreError::Invalid(format!("invalid cursor `{c}`"))),
+    }
+}
+
+/// Metadata storage, implemented for SQLite and PostgreSQL.
+#[async_trait::async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Answers only when the database does.
+    async fn health(&self) -> Result<(), StoreError>;
+
+    /// Adds a hosted domain.
+    async fn add_domain(&self, name: &str) -> Result<Domain, StoreError>;
+    /// All hosted domains, by name.
+    async fn list_domains(&self) -> Result<Vec<Domain>, StoreError>;
+    /// Removes a domain that has no users.
+    async fn delete_domain(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Adds an account; the domain of a non-admin must be hosted.
+    async fn add_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        is_admin: bool,
+        quota_bytes: Option<i64>,
+    ) -> Result<User, StoreError>;
+    /// All accounts, by email.
+    async fn list_users(&self) -> Result<Vec<User>, StoreError>;
+    /// An account and its password hash.
+    async fn credentials(&self, email: &str) -> Result<Option<Credentials>, StoreError>;
+    /// Replaces a password hash.
+    async fn set_password(&self, email: &str, password_hash: &str) -> Result<(), StoreError>;
+    /// Removes an account, its mailbox and tokens; returns blob keys no longer referenced.
+    async fn delete_user(&self, email: &str) -> Result<Vec<String>, StoreError>;
+    /// Whether any admin account exists.
+    async fn admin_exists(&self) -> Result<bool, StoreError>;
+
+    /// Stores a bearer token's hash for a user.
+    async fn add_token(
+        &self,
+        user_id: i64,
+        token_hash: &str,
+        name: &str,
+        expires_at: Millis,
+    ) -> Result<(), StoreError>;
+    /// The user owning an unexpired token.
+    async fn user_by_token(&self, token_hash: &str) -> Result<Option<User>, StoreError>;
+
+    /// Resolves an address for RCPT TO.
+    async fn lookup_recipient(&self, address: &str) -> Result<RecipientLookup, StoreError>;
+
+    /// Commits `ops` in one transaction, each in its own savepoint: the outer error means
+    /// nothing was committed; otherwise each op's result says whether it is durable.
+    async fn write_batch(&self, ops: &[WriteOp])
+    -> Result<Vec<Result<(), StoreError>>, StoreError>;
+
+    /// A page of a user's folder, newest first.
+    async fn list_mailbox(
+        &self,
+        user_id: i64,
+        folder: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<MailboxItem>, StoreError>;
+    /// One message of a user's mailbox.
+    async fn get_mailbox_item(
+        &self,
+        user_id: i64,
+        id: i64,
+    ) -> Result<Option<MailboxItem>, StoreError>;
+    /// Sets the read flag; false if there is no such message for this user.
+    async fn set_seen(&self, user_id: i64, id: i64, seen: bool) -> Result<bool, StoreError>;
+    /// Deletes a message from a user's mailbox; `Some(keys)` lists blobs no longer referenced.
+    async fn delete_mailbox_item(
+        &self,
+        user_id: i64,
+        id: i64,
+    ) -> Result<Option<Vec<String>>, StoreError>;
+    /// A value from the settings table.
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Stores a value in the settings table.
+    async fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Total stored messages (one per acceptance), for tests and status.
+    async fn count_messages(&self) -> Result<i64, StoreError>;
+}
+
+/// The two halves of storage, shared by every part of the process.
+#[derive(Clone)]
+pub struct Stores {
+    /// Metadata.
+    pub meta: Arc<dyn MetadataStore>,
+    /// The delivery queue (same database as `meta`).
+    pub queue: Arc<dyn QueueStore>,
+    /// Bodies (encrypted when a master key is set).
+    pub blobs: Arc<dyn BlobStore>,
+    /// Encryption at rest, when `security.master_key` is set.
+    pub cipher: Option<crypto::Cipher>,
+}
+
+/// Runs `connect` until it succeeds or `deadline` passes, logging each failed attempt and
+/// backing off from 0.5 s to 5 s.
+pub async fn retry_until<T, E, F, Fut>(
+    deadline: tokio::time::Instant,
+    what: &str,
+    mut connect: F,
+) -> anyhow::Result<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = std::time::Duration::from_millis(500);
+    let mut attempt = 1u32;
+    loop {
+        match connect().await {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                let now = tokio::time::Instant::now();
+                if now + delay > deadline {
+                    anyhow::bail!(
+                        "{what} still unusable after {attempt} attempt(s) within \
+                         server.startup_timeout: {error}"
+                    );
+                }
+                tracing::warn!(backend = what, attempt, %error, retry_in_ms = delay.as_millis() as u64, "backend not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Name of the setting holding the master key's check value.
+const KEY_CHECK: &str = "security.key_check";
+
+/// Refuses to run with a master key other than the one the data was encrypted with, or
+/// without a key when data is encrypted; records the key's check value on first use.
+async fn check_master_key(
+    meta: &dyn MetadataStore,
+    cipher: Option<&crypto::Cipher>,
+) -> anyhow::Result<()> {
+    let stored = meta.setting(KEY_CHECK).await?;
+    match (stored, cipher) {
+        (None, None) => {}
+        (None, Some(c)) => meta.set_setting(KEY_CHECK, c.check_value()).await?,
+        (Some(v), Some(c)) if v == c.check_value() => {}
+        (Some(_), Some(_)) => anyhow::bail!(
+            "MAIRUST_MASTER_KEY (security.master_key) is not the key this data was encrypted \
+             with; use the original key (or `mairust key rotate` to change it)"
+        ),
+        (Some(_), None) => anyhow::bail!(
+            "this data is encrypted at rest: set MAIRUST_MASTER_KEY (security.master_key) to \
+             the master key"
+        ),
+    }
+    Ok(())
+}
+
+impl Stores {
+    /// Opens (and migrates) the configured database and blob store, retrying with backoff
+    /// until `server.startup_timeout` (backends in containers start in any order), and checks
+    /// the master key against the data.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let deadline = tokio::time::Instant::now() + config.server.startup_timeout;
+        let sql = Arc::new(
+            retry_until(deadline, "database", || SqlStore::connect(&config.database)).await?,
+        );
+        let backend = Self::blob_backend(config, deadline).await?;
+        let cipher = match &config.security.master_key {
+            Some(key) => Some(crypto::Cipher::from_master_key(key)?),
+            None => None,
+        };
+        check_master_key(sql.as_ref(), cipher.as_ref()).await?;
+        let blobs: Arc<dyn BlobStore> = match &cipher {
+            Some(c) => Arc::new(crypto::EncryptedBlobStore::new(backend, c.clone())),
+            None => backend,
+        };
+        Ok(Self {
+            meta: sql.clone(),
+            queue: sql,
+            blobs,
+            cipher,
+        })
+    }
+
+    /// The configured blob backend, without encryption.
+    pub async fn blob_backend(
+        config: &Config,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<Arc<dyn BlobStore>> {
+        Self::backend_of(config.storage.backend, &config.storage.options, deadline).await
+    }
+
+    /// A blob backend of the given kind from `options`, without encryption.
+    pub async fn backend_of(
+        kind: StorageBackend,
+        options: &crate::config::StorageOptions,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<Arc<dyn BlobStore>> {
+        Ok(match kind {
+            StorageBackend::Fs => Arc::new(fs::FsBlobStore::open(&options.path)?),
+            StorageBackend::S3 => {
+                let s3 = s3::S3BlobStore::new(options)?;
+                retry_until(deadline, "S3", || s3.verify()).await?;
+                Arc::new(s3)
+            }
+        })
+    }
+
+    /// Deletes blobs the metadata no longer references. Failures only leak space, so they are
+    /// logged, not returned.
+    pub async fn delete_blobs(&self, keys: &[String]) {
+        for key in keys {
+            if let Err(error) = self.blobs.delete(key).await {
+                tracing::warn!(%key, %error, "could not delete an unreferenced blob");
+            }
+        }
+    }
+}

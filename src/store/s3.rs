@@ -1,0 +1,189 @@
+//! The S3 blob store (any S3-compatible endpoint; path-style addressing for MinIO and the
+//! like), through object_store.
+//!
+//! `put` returns once the PUT is acknowledged, which is S3's durability point. Keys fan out
+//! like the filesystem store's (`ab/cd/<key>`). At start the store writes and reads back a
+//! probe object, so a missing bucket, bad credentials or an unreachable endpoint stop the start
+//! with a clear error; readiness checks read the probe again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+use super::blob::{BlobError, BlobStore, is_valid_key};
+use crate::config::StorageOptions;
+
+/// Key of the object written at start and read by health checks.
+const PROBE: &str = "mairust/probe";
+
+/// Bodies in an S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3BlobStore {
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+}
+
+fn backend(e: object_store::Error) -> BlobError {
+    BlobError::Backend(e.to_string())
+}
+
+fn path_of(key: &str) -> Result<Path, BlobError> {
+    if !is_valid_key(key) {
+        return Err(BlobError::InvalidKey(key.to_string()));
+    }
+    Ok(Path::from(format!("{}/{}/{key}", &key[0..2], &key[2..4])))
+}
+
+impl S3BlobStore {
+    /// Builds the client from `storage.options` (no I/O yet).
+    pub fn new(options: &StorageOptions) -> Result<Self, BlobError> {
+        let bucket = options
+            .bucket
+            .clone()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| {
+                BlobError::Config(
+                    "storage.options.bucket (S3_BUCKET) is required for the s3 backend".into(),
+                )
+            })?;
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_region(options.region.clone().unwrap_or_else(|| "us-east-1".into()))
+            .with_virtual_hosted_style_request(false)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(60)),
+            )
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(30),
+                ..RetryConfig::default()
+            });
+        if let Some(endpoint) = &options.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let (Some(key), Some(secret)) = (&options.access_key, &options.secret_key) {
+            builder = builder
+                .with_access_key_id(key)
+                .with_secret_access_key(secret);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| BlobError::Config(format!("invalid S3 settings: {e}")))?;
+        Ok(Self {
+            store: Arc::new(store),
+            bucket,
+        })
+    }
+
+    /// Lists the bucket, then writes and reads back the probe object: proves the endpoint
+    /// answers, the credentials work and the bucket exists.
+    pub async fn verify(&self) -> Result<(), BlobError> {
+        // Listing first: some S3-compatible servers create a missing bucket on PUT instead of
+        // answering NoSuchBucket, which would hide a typo in the bucket name.
+        self.store
+            .list_with_delimiter(Some(&Path::from("mairust")))
+            .await
+            .map_err(|e| self.explain(e))?;
+        let probe = Path::from(PROBE);
+        self.store
+            .put(&probe, PutPayload::from_static(b"mairust"))
+            .await
+            .map_err(|e| self.explain(e))?;
+        self.store.head(&probe).await.map_err(|e| self.explain(e))?;
+        Ok(())
+    }
+
+    fn explain(&self, e: object_store::Error) -> BlobError {
+        let text = e.to_string();
+        // The transport's cause (refused, DNS) sits deep in the source chain, not in Display.
+        let chain = format!("{e:?}");
+        let hint =
+            if text.contains("NoSuchBucket") || matches!(e, object_store::Error::NotFound { .. }) {
+                format!("bucket `{}` does not exist; create it first", self.bucket)
+            } else if text.contains("403")
+                || text.contains("InvalidAccessKeyId")
+                || text.contains("SignatureDoesNotMatch")
+                || text.contains("AccessDenied")
+            {
+                "access denied: check S3_ACCESS_KEY and S3_SECRET_KEY".to_string()
+            } else if ["onnect", "dns error", "timed out", "error sending request"]
+                .iter()
+                .any(|needle| chain.contains(needle))
+            {
+                "the S3 endpoint is unreachable: check S3_ENDPOINT".to_string()
+            } else {
+                "S3 request failed".to_string()
+            };
+        BlobError::Backend(format!("{hint} ({text})"))
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for S3BlobStore {
+    async fn put(&self, key: &str, data: &[u8]) -> Result<(), BlobError> {
+        self.store
+            .put(&path_of(key)?, PutPayload::from(data.to_vec()))
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
+        match self.store.get(&path_of(key)?).await {
+            Ok(result) => Ok(result.bytes().await.map_err(backend)?.to_vec()),
+            Err(object_store::Error::NotFound { .. }) => Err(BlobError::NotFound(key.to_string())),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn contains(&self, key: &str) -> Result<bool, BlobError> {
+        match self.store.head(&path_of(key)?).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        match self.store.delete(&path_of(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn health(&self) -> Result<(), BlobError> {
+        self.store
+            .head(&Path::from(PROBE))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.explain(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_fan_out_and_are_validated() {
+        let key = crate::store::blob_key(b"x");
+        assert_eq!(
+            path_of(&key).expect("valid").as_ref(),
+            format!("{}/{}/{key}", &key[..2], &key[2..4])
+        );
+        assert!(path_of("../x").is_err());
+    }
+
+    #[test]
+    fn a_bucket_is_required() {
+        let err = S3BlobStore::new(&StorageOptions::default()).expect_err("no bucket");
+        assert!(err.to_string().contains("S3_BUCKET"), "{err}");
+    }
+}

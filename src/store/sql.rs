@@ -1,0 +1,729 @@
+//! The metadata store over SQLite or PostgreSQL.
+//!
+//! Both databases run the same queries through sqlx's `Any` driver: every column is text or a
+//! 64-bit integer (times in ms, flags as 0/1), placeholders are `$n`, and the few places
+//! where the dialects differ go through [`Dialect`]. Each database keeps its own migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, Connection};
+use sqlx::{AnyPool, Executor, Row};
+
+use super::{
+    AcceptedMessage, Credentials, Domain, MailboxItem, MessageSummary, MetadataStore, Millis, Page,
+    RecipientLookup, StoreError, User, WriteOp, now_millis,
+};
+use crate::config::DatabaseConfig;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which SQL database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Embedded SQLite in WAL mode.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Dialect {
+    /// The dialect of a `database.url`.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// SQL for "now" in ms since the epoch, from the database's clock: lease times must not
+    /// depend on the clocks of the nodes.
+    pub(crate) fn now_ms(self) -> &'static str {
+        match self {
+            Self::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Self::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// Row lock for a fencing check; SQLite's write lock is already exclusive.
+    pub(crate) fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// SQLite takes its write lock up front so that a transaction that reads before it
+    /// writes cannot fail with SQLITE_BUSY half-way.
+    pub(crate) fn begin(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN",
+        }
+    }
+}
+
+/// A transaction on either database.
+pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Metadata in a SQL database.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const USER_COLUMNS: &str = "id, email, is_admin, quota_bytes, used_bytes, created_at";
+const MAILBOX_COLUMNS: &str = "e.id, e.folder, e.seen, e.created_at, m.size, m.blob_key, \
+     m.from_addr, m.to_addrs, m.cc_addrs, m.subject, m.date, m.message_id, m.has_attachments";
+
+impl SqlStore {
+    /// Connects, creating the SQLite file and its directory if needed, and migrates.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(&config.url).ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "database.url `{}` must start with sqlite:// or postgres://",
+                config.url
+            ))
+        })?;
+        let mut url = config.url.clone();
+        if dialect == Dialect::Sqlite {
+            url = prepare_sqlite_url(&url)?;
+        }
+        let options = AnyConnectOptions::from_str(&url)?;
+        // One direct connection first: it fails at once with the real cause (refused, bad
+        // password, unknown database) where the pool would wait out its acquire timeout and
+        // report only that.
+        match tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => conn.close().await?,
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => {
+                return Err(StoreError::Invalid(format!(
+                    "no answer from the database within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            // Recycle connections so a database failover or restart is picked up.
+            .idle_timeout(Duration::from_secs(600))
+            .max_lifetime(Duration::from_secs(1800));
+        if dialect == Dialect::Sqlite {
+            pool = pool.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // FULL: a commit is on disk when it returns, which the 250 promise needs.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await?;
+        match dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Self { pool, dialect })
+    }
+
+    /// The dialect in use.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The underlying pool, for export and import.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(self.pool.begin_with(self.dialect.begin()).await?)
+    }
+
+    /// Deletes messages that no mailbox and no queue entry refer to any more; returns the
+    /// blob keys that became unreferenced.
+    pub(crate) async fn delete_orphans(
+        tx: &mut Tx,
+        message_ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        for id in message_ids {
+            let deleted = sqlx::query(
+                "DELETE FROM messages WHERE id = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM mailbox_entries WHERE message_id = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM queue WHERE message_id = $1) RETURNING blob_key",
+            )
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(row) = deleted {
+                let key: String = row.try_get(0)?;
+                // Another message may carry the same body (same content address).
+                let shared: i64 = sqlx::query("SELECT COUNT(*) FROM messages WHERE blob_key = $1")
+                    .bind(&key)
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .try_get(0)?;
+                if shared == 0 {
+                    keys.push(key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// Adds `mode=rwc` (create if missing) and creates the file's directory.
+fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or_default();
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Err(StoreError::Invalid(format!(
+            "database.url `{url}` names no SQLite file; write sqlite:///absolute/path.db or sqlite://./relative.db"
+        )));
+    }
+    if let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot create database directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(if rest.contains("mode=") {
+        url.to_string()
+    } else if rest.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    })
+}
+
+fn flag(v: bool) -> i64 {
+    i64::from(v)
+}
+
+fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+        quota_bytes: row.try_get("quota_bytes")?,
+        used_bytes: row.try_get("used_bytes")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn mailbox_item_from_row(row: &AnyRow) -> Result<MailboxItem, sqlx::Error> {
+    let list = |col: &str| -> Result<Vec<String>, sqlx::Error> {
+        let text: String = row.try_get(col)?;
+        serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    };
+    Ok(MailboxItem {
+        id: row.try_get("id")?,
+        folder: row.try_get("folder")?,
+        seen: row.try_get::<i64, _>("seen")? != 0,
+        size: row.try_get("size")?,
+        received_at: row.try_get("created_at")?,
+        blob_key: row.try_get("blob_key")?,
+        summary: MessageSummary {
+            from: row.try_get("from_addr")?,
+            to: list("to_addrs")?,
+            cc: list("cc_addrs")?,
+            subject: row.try_get("subject")?,
+            date: row.try_get("date")?,
+            message_id: row.try_get("message_id")?,
+            has_attachments: row.try_get::<i64, _>("has_attachments")? != 0,
+        },
+    })
+}
+
+/// Inserts an accepted message: its row, one mailbox entry per local recipient (with quota
+/// usage), and one queue row per remote recipient.
+pub(crate) async fn insert_accepted(
+    conn: &mut sqlx::AnyConnection,
+    m: &AcceptedMessage,
+) -> Result<(), StoreError> {
+    let s = &m.summary;
+    sqlx::query(
+        "INSERT INTO messages (id, blob_key, size, received_at, envelope_from, from_addr, \
+         to_addrs, cc_addrs, subject, date, message_id, has_attachments) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&m.id)
+    .bind(&m.blob_key)
+    .bind(m.size)
+    .bind(m.received_at)
+    .bind(&m.envelope_from)
+    .bind(&s.from)
+    .bind(serde_json::to_string(&s.to).unwrap_or_else(|_| "[]".into()))
+    .bind(serde_json::to_string(&s.cc).unwrap_or_else(|_| "[]".into()))
+    .bind(&s.subject)
+    .bind(s.date)
+    .bind(&s.message_id)
+    .bind(flag(s.has_attachments))
+    .execute(&mut *conn)
+    .await?;
+    for user_id in &m.local_recipients {
+        sqlx::query(
+            "INSERT INTO mailbox_entries (user_id, message_id, folder, seen, created_at) \
+             VALUES ($1, $2, 'INBOX', 0, $3)",
+        )
+        .bind(user_id)
+        .bind(&m.id)
+        .bind(m.received_at)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE users SET used_bytes = used_bytes + $1 WHERE id = $2")
+            .bind(m.size)
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for r in &m.remote_recipients {
+        sqlx::query(
+            "INSERT INTO queue (message_id, sender, recipient, domain, partition, status, attempts, \
+             next_attempt_at, created_at, expires_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $6, $7, $6)",
+        )
+        .bind(&m.id)
+        .bind(&m.envelope_from)
+        .bind(&r.recipient)
+        .bind(&r.domain)
+        .bind(i64::from(r.partition))
+        .bind(m.received_at)
+        .bind(m.expires_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn domain_of(email: &str) -> Option<&str> {
+    email.rsplit_once('@').map(|(_, d)| d)
+}
+
+#[async_trait::async_trait]
+impl MetadataStore for SqlStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn add_domain(&self, name: &str) -> Result<Domain, StoreError> {
+        let name = name.trim().to_ascii_lowercase();
+        let created_at = now_millis();
+        match sqlx::query("INSERT INTO domains (name, created_at) VALUES ($1, $2)")
+            .bind(&name)
+            .bind(created_at)
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => Ok(Domain { name, created_at }),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict(format!("domain {name}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list_domains(&self) -> Result<Vec<Domain>, StoreError> {
+        let rows = sqlx::query("SELECT name, created_at FROM domains ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Domain {
+                    name: r.try_get(0)?,
+                    created_at: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_domain(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.trim().to_ascii_lowercase();
+        let mut tx = self.begin().await?;
+        let users: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM users u JOIN domains d ON u.domain_id = d.id WHERE d.name = $1",
+        )
+        .bind(&name)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        if users > 0 {
+            return Err(StoreError::InUse(format!(
+                "domain {name} still has {users} user(s); delete them first"
+            )));
+        }
+        let done = sqlx::query("DELETE FROM domains WHERE name = $1")
+            .bind(&name)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("domain {name}")));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        is_admin: bool,
+        quota_bytes: Option<i64>,
+    ) -> Result<User, StoreError> {
+        let email = email.trim().to_ascii_lowercase();
+        let domain = domain_of(&email)
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| StoreError::Invalid(format!("`{email}` is not an email address")))?;
+        let domain_id: Option<i64> = sqlx::query("SELECT id FROM domains WHERE name = $1")
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if domain_id.is_none() && !is_admin {
+            return Err(StoreError::Invalid(format!(
+                "domain {domain} is not hosted here; add it first"
+            )));
+        }
+        let created_at = now_millis();
+        let row = sqlx::query(&format!(
+            "INSERT INTO users (email, domain_id, password_hash, is_admin, quota_bytes, used_bytes, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6) RETURNING {USER_COLUMNS}"
+        ))
+        .bind(&email)
+        .bind(domain_id)
+        .bind(password_hash)
+        .bind(flag(is_admin))
+        .bind(quota_bytes)
+        .bind(created_at)
+        .fetch_one(&self.pool)
+        .await;
+        match row {
+            Ok(row) => Ok(user_from_row(&row)?),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("user {email}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY email"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn credentials(&self, email: &str) -> Result<Option<Credentials>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1"
+        ))
+        .bind(email.trim().to_ascii_lowercase())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Credentials {
+                user: user_from_row(&r)?,
+                password_hash: r.try_get("password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_password(&self, email: &str, password_hash: &str) -> Result<(), StoreError> {
+        let email = email.trim().to_ascii_lowercase();
+        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE email = $2")
+            .bind(password_hash)
+            .bind(&email)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {email}")));
+        }
+        Ok(())
+    }
+
+    async fn delete_user(&self, email: &str) -> Result<Vec<String>, StoreError> {
+        let email = email.trim().to_ascii_lowercase();
+        let mut tx = self.begin().await?;
+        let id: i64 = sqlx::query("SELECT id FROM users WHERE email = $1")
+            .bind(&email)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("user {email}")))?
+            .try_get(0)?;
+        let message_ids: Vec<String> =
+            sqlx::query("SELECT DISTINCT message_id FROM mailbox_entries WHERE user_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+        sqlx::query("DELETE FROM mailbox_entries WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let keys = Self::delete_orphans(&mut tx, &message_ids).await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    async fn admin_exists(&self) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM users WHERE is_admin = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(n > 0)
+    }
+
+    async fn add_token(
+        &self,
+        user_id: i64,
+        token_hash: &str,
+        name: &str,
+        expires_at: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (user_id, token_hash, name, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(user_id)
+        .bind(token_hash)
+        .bind(name)
+        .bind(now_millis())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn user_by_token(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.email, u.is_admin, u.quota_bytes, u.used_bytes, u.created_at \
+             FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.token_hash = $1 AND t.expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(now_millis())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn lookup_recipient(&self, address: &str) -> Result<RecipientLookup, StoreError> {
+        let address = address.trim().to_ascii_lowercase();
+        let Some(domain) = domain_of(&address) else {
+            return Ok(RecipientLookup::NotHosted);
+        };
+        let hosted = sqlx::query("SELECT 1 FROM domains WHERE name = $1")
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if !hosted {
+            return Ok(RecipientLookup::NotHosted);
+        }
+        let row = sqlx::query("SELECT id, quota_bytes, used_bytes FROM users WHERE email = $1")
+            .bind(&address)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            None => RecipientLookup::UnknownUser,
+            Some(r) => {
+                let quota: Option<i64> = r.try_get(1)?;
+                let used: i64 = r.try_get(2)?;
+                RecipientLookup::Local {
+                    user_id: r.try_get(0)?,
+                    over_quota: quota.is_some_and(|q| used >= q),
+                }
+            }
+        })
+    }
+
+    async fn write_batch(
+        &self,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let dialect = self.dialect();
+        let mut tx = self.begin().await?;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            // Each op in its own savepoint: one failing op (a lost lease) leaves the others.
+            let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+            let result = match op {
+                WriteOp::Accept(m) => insert_accepted(&mut savepoint, m).await,
+                WriteOp::Apply {
+                    lease,
+                    updates,
+                    new_messages,
+                } => {
+                    super::queue::apply_fenced(
+                        &mut savepoint,
+                        dialect,
+                        lease,
+                        updates,
+                        new_messages,
+                    )
+                    .await
+                }
+            };
+            match result {
+                Ok(()) => savepoint.commit().await?,
+                Err(_) => savepoint.rollback().await?,
+            }
+            results.push(result);
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn list_mailbox(
+        &self,
+        user_id: i64,
+        folder: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<MailboxItem>, StoreError> {
+        let before = super::parse_cursor(cursor)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
+             WHERE e.user_id = $1 AND e.folder = $2 AND e.id < $3 ORDER BY e.id DESC LIMIT $4"
+        ))
+        .bind(user_id)
+        .bind(folder)
+        .bind(before)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows
+            .iter()
+            .map(mailbox_item_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_rows(items, limit, |i| i.id))
+    }
+
+    async fn get_mailbox_item(
+        &self,
+        user_id: i64,
+        id: i64,
+    ) -> Result<Option<MailboxItem>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
+             WHERE e.user_id = $1 AND e.id = $2"
+        ))
+        .bind(user_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(mailbox_item_from_row).transpose()?)
+    }
+
+    async fn set_seen(&self, user_id: i64, id: i64, seen: bool) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE mailbox_entries SET seen = $1 WHERE user_id = $2 AND id = $3")
+                .bind(flag(seen))
+                .bind(user_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_mailbox_item(
+        &self,
+        user_id: i64,
+        id: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut tx = self.begin().await?;
+        let Some(row) = sqlx::query(
+            "SELECT e.message_id, m.size FROM mailbox_entries e JOIN messages m \
+             ON m.id = e.message_id WHERE e.user_id = $1 AND e.id = $2",
+        )
+        .bind(user_id)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let message_id: String = row.try_get(0)?;
+        let size: i64 = row.try_get(1)?;
+        sqlx::query("DELETE FROM mailbox_entries WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE users SET used_bytes = CASE WHEN used_bytes > $1 THEN used_bytes - $1 ELSE 0 END \
+             WHERE id = $2",
+        )
+        .bind(size)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        let keys = Self::delete_orphans(&mut tx, &[message_id]).await?;
+        tx.commit().await?;
+        Ok(Some(keys))
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+    }
+
+    async fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn count_messages(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM messages")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
+    }
+}

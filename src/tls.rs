@@ -1,0 +1,176 @@
+//! TLS for STARTTLS: the configured certificate, or a self-signed one generated at first start
+//! and kept in the data directory so that it stays the same across restarts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Config;
+
+/// Installs the process-wide rustls crypto provider (ring). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Paths of the certificate and key in use, and whether they were generated.
+#[derive(Debug, Clone)]
+pub struct CertPaths {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Finds or creates the certificate: `tls.cert`/`tls.key` when set, otherwise
+/// `<data_dir>/tls/{cert,key}.pem`, generated for `server.hostname` if missing.
+pub fn ensure_certificate(config: &Config) -> anyhow::Result<CertPaths> {
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        return Ok(CertPaths {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
+    let dir = config.server.data_dir.join("tls");
+    let paths = CertPaths {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    if paths.cert.exists() && paths.key.exists() {
+        return Ok(paths);
+    }
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create TLS directory {}", dir.display()))?;
+    let generated = rcgen::generate_simple_self_signed(vec![config.server.hostname.clone()])
+        .context("cannot generate a self-signed certificate")?;
+    write_private(&paths.key, generated.key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(&paths.cert, generated.cert.pem())
+        .with_context(|| format!("cannot write {}", paths.cert.display()))?;
+    tracing::info!(
+        cert = %paths.cert.display(),
+        hostname = %config.server.hostname,
+        "generated a self-signed TLS certificate; set tls.cert and tls.key to use your own"
+    );
+    Ok(paths)
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}
+
+/// A rustls server configuration from PEM files.
+pub fn server_config(paths: &CertPaths) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
+        .with_context(|| format!("cannot read certificate {}", paths.cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("invalid PEM in {}", paths.cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("no certificate found in {}", paths.cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&paths.key)
+        .with_context(|| format!("cannot read private key {}", paths.key.display()))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("certificate and private key do not match")?;
+    Ok(Arc::new(config))
+}
+
+/// TLS for outbound STARTTLS. Certificates are not verified: opportunistic and "required"
+/// TLS protect against passive eavesdropping (like Postfix's `may` and `encrypt` levels);
+/// MX names come from unauthenticated DNS, so verifying them against WebPKI would add no
+/// protection without DANE or MTA-STS. Handshake signatures are still checked.
+pub fn outbound_client_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_no_client_auth()
+        });
+    match config {
+        Ok(config) => Arc::new(config),
+        // The ring provider supports the default versions; this cannot fail.
+        Err(e) => unreachable!("ring provider rejected default TLS versions: {e}"),
+    }
+}
+
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificate_is_reused() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::load_from(None, Vec::new()).expect("defaults");
+        config.server.data_dir = dir.path().to_path_buf();
+        config.server.hostname = "mx.example.test".into();
+        let first = ensure_certificate(&config).expect("generate");
+        let pem = std::fs::read(&first.cert).expect("cert");
+        server_config(&first).expect("usable");
+        let second = ensure_certificate(&config).expect("reuse");
+        assert_eq!(std::fs::read(&second.cert).expect("cert"), pem);
+    }
+}

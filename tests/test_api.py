@@ -1,0 +1,394 @@
+"""REST API: health and metrics endpoints, the OpenAPI document, authentication (Basic and
+bearer tokens, admin-only endpoints), domain and user management, and the JSON error shape
+for bad input and unknown routes."""
+
+import re
+import time
+
+import requests
+
+from conftest import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    DOMAIN,
+    USER_PASSWORD,
+    assert_error,
+    basic,
+    setup_domain_and_user,
+)
+
+PROM_SAMPLE = re.compile(
+    r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? '
+    r"(-?[0-9.eE+-]+|NaN|\+Inf|-Inf)( -?[0-9]+)?$"
+)
+
+
+# ---------------------------------------------------------------------- health, metrics, docs
+
+
+def test_health_endpoints_report_backends(srv):
+    for path in ("/health", "/health/ready"):
+        r = requests.get(srv.base_url + path, timeout=5)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["status"] == "ok"
+        assert body["checks"] == {"database": "ok", "blob_store": "ok"}
+        assert isinstance(body["version"], str) and body["version"]
+    r = requests.get(srv.base_url + "/health/live", timeout=5)
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok"}
+
+
+def test_health_needs_no_credentials_but_api_does(srv):
+    assert requests.get(srv.base_url + "/health/ready", timeout=5).status_code == 200
+    assert_error(srv.anon().get("/api/v1/domains"), 401, "unauthorized")
+
+
+def test_metrics_are_prometheus_text_with_mairust_metrics(srv):
+    # Make some traffic so that request counters exist.
+    srv.api().get("/api/v1/domains")
+    srv.anon().get("/api/v1/domains")
+    r = requests.get(srv.base_url + "/metrics", timeout=5)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    names = set()
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            assert re.match(r"^# (TYPE|HELP) [a-zA-Z_:][a-zA-Z0-9_:]* ", line), line
+            continue
+        assert PROM_SAMPLE.match(line), f"not a Prometheus sample: {line!r}"
+        names.add(line.split("{")[0].split(" ")[0])
+    assert any(n.startswith("mairust_") for n in names), names
+    assert re.search(r"^# TYPE mairust_\w+ (counter|gauge|histogram|summary)", text, re.M)
+    # The API counts its requests by status.
+    assert (srv.metric_value("mairust_api_requests_total", {"status": "401"}) or 0) >= 1
+    assert (srv.metric_value("mairust_api_requests_total", {"status": "200"}) or 0) >= 1
+
+
+def test_openapi_document_lists_the_endpoints(srv):
+    r = requests.get(srv.base_url + "/api/v1/openapi.json", timeout=5)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    doc = r.json()
+    assert str(doc.get("openapi", "")).startswith("3."), doc.get("openapi")
+    paths = doc["paths"]
+    for p in (
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/api/v1/tokens",
+        "/api/v1/domains",
+        "/api/v1/domains/{name}",
+        "/api/v1/users",
+        "/api/v1/users/{email}",
+        "/api/v1/users/{email}/password",
+        "/api/v1/messages",
+        "/api/v1/messages/{id}",
+        "/api/v1/messages/{id}/raw",
+        "/api/v1/messages/{id}/attachments/{n}",
+    ):
+        assert p in paths, f"{p} missing from {sorted(paths)}"
+    assert {"get", "post"} <= set(paths["/api/v1/domains"])
+    assert {"get", "patch", "delete"} <= set(paths["/api/v1/messages/{id}"])
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["basic"]["scheme"].lower() == "basic"
+    assert schemes["bearer"]["scheme"].lower() == "bearer"
+
+
+# ---------------------------------------------------------------------- authentication
+
+
+def test_missing_credentials_are_401_json(srv):
+    r = srv.anon().get("/api/v1/messages")
+    err = assert_error(r, 401, "unauthorized")
+    assert "Basic" in r.headers.get("www-authenticate", ""), r.headers
+    assert err["message"]
+
+
+def test_wrong_password_and_unknown_user_are_401(srv):
+    assert_error(srv.api(ADMIN_EMAIL, "not-the-password").get("/api/v1/domains"), 401)
+    assert_error(srv.api("nobody@admin.test", ADMIN_PASSWORD).get("/api/v1/domains"), 401)
+    # Malformed Authorization headers are 401 too, not 400 or 500.
+    for header in ("Basic !!!notbase64", "Basic " + "dXNlcg==", "Digest abc", "Bearer"):
+        r = srv.anon().get("/api/v1/messages", headers={"Authorization": header})
+        assert_error(r, 401)
+
+
+def test_admin_endpoints_are_forbidden_to_users(srv):
+    setup_domain_and_user(srv)
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    assert bob.get("/api/v1/messages").status_code == 200
+    assert_error(bob.get("/api/v1/domains"), 403, "forbidden")
+    assert_error(bob.post("/api/v1/domains", json={"name": "evil.test"}), 403, "forbidden")
+    assert_error(bob.get("/api/v1/users"), 403, "forbidden")
+    assert_error(
+        bob.post("/api/v1/users", json={"email": f"mallory@{DOMAIN}", "password": "x" * 12}),
+        403,
+    )
+    assert_error(bob.delete(f"/api/v1/domains/{DOMAIN}"), 403)
+    assert_error(bob.delete(f"/api/v1/users/{ADMIN_EMAIL}"), 403)
+    assert_error(bob.post("/api/v1/debug/faults", json={"target": "smtp_session"}), 403)
+    # Nothing changed.
+    assert [d["name"] for d in srv.api().get("/api/v1/domains").json()["items"]] == [DOMAIN]
+
+
+def test_bearer_token_works_and_garbage_token_is_401(srv):
+    setup_domain_and_user(srv)
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    r = bob.post("/api/v1/tokens", json={"name": "cli", "ttl": "1h"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert set(body) == {"token", "expires_at"}
+    assert len(body["token"]) >= 20
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", body["expires_at"]), body
+
+    with_token = srv.api(token=body["token"])
+    assert with_token.get("/api/v1/messages").status_code == 200
+    # The token carries the user's rights, not more.
+    assert_error(with_token.get("/api/v1/domains"), 403)
+
+    assert_error(srv.api(token="garbage-" + body["token"]).get("/api/v1/messages"), 401)
+    assert_error(srv.api(token="x").get("/api/v1/messages"), 401)
+
+    # An admin token (empty body is allowed) works on admin endpoints.
+    r = srv.api().post("/api/v1/tokens")
+    assert r.status_code == 201, r.text
+    assert srv.api(token=r.json()["token"]).get("/api/v1/domains").status_code == 200
+
+
+def test_expired_token_is_401(srv):
+    r = srv.api().post("/api/v1/tokens", json={"ttl": "1s"})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    assert srv.api(token=token).get("/api/v1/domains").status_code == 200
+    time.sleep(1.3)
+    assert_error(srv.api(token=token).get("/api/v1/domains"), 401)
+
+
+def test_token_request_validation(srv):
+    admin = srv.api()
+    assert_error(admin.post("/api/v1/tokens", json={"ttl": "soon"}), 400, "bad_request")
+    assert_error(admin.post("/api/v1/tokens", json={"ttl": "0s"}), 400)
+    assert_error(admin.post("/api/v1/tokens", json={"bogus": 1}), 400)
+    assert_error(srv.anon().post("/api/v1/tokens"), 401)
+
+
+# ---------------------------------------------------------------------- domains
+
+
+def test_domains_crud(srv):
+    admin = srv.api()
+    assert admin.get("/api/v1/domains").json() == {"items": []}
+
+    created = admin.add_domain("Example.ORG")
+    assert created["name"] == "example.org"
+    assert isinstance(created["created_at"], int)
+    admin.add_domain("b.example.test")
+    names = [d["name"] for d in admin.get("/api/v1/domains").json()["items"]]
+    assert sorted(names) == ["b.example.test", "example.org"]
+
+    assert_error(admin.post("/api/v1/domains", json={"name": "example.org"}), 409, "conflict")
+    assert_error(admin.post("/api/v1/domains", json={"name": "EXAMPLE.org."}), 409, "conflict")
+
+    r = admin.delete("/api/v1/domains/b.example.test")
+    assert r.status_code == 204, r.text
+    names = [d["name"] for d in admin.get("/api/v1/domains").json()["items"]]
+    assert names == ["example.org"]
+    assert_error(admin.delete("/api/v1/domains/b.example.test"), 404, "not_found")
+
+
+def test_invalid_domain_names_are_400(srv):
+    admin = srv.api()
+    for bad in ("", "bad_domain.test", "-x.test", "a..b", "spa ce.test", "x" * 64 + ".test", "ü.test"):
+        assert_error(admin.post("/api/v1/domains", json={"name": bad}), 400, "bad_request")
+    assert_error(admin.post("/api/v1/domains", json={"name": 42}), 400)
+    assert admin.get("/api/v1/domains").json() == {"items": []}
+
+
+def test_domain_with_users_cannot_be_deleted(srv):
+    setup_domain_and_user(srv)
+    admin = srv.api()
+    assert_error(admin.delete(f"/api/v1/domains/{DOMAIN}"), 409, "conflict")
+    assert [d["name"] for d in admin.get("/api/v1/domains").json()["items"]] == [DOMAIN]
+    # Once the user is gone the domain can go.
+    assert admin.delete(f"/api/v1/users/bob@{DOMAIN}").status_code == 204
+    assert admin.delete(f"/api/v1/domains/{DOMAIN}").status_code == 204
+
+
+def test_delete_missing_domain_is_404(srv):
+    assert_error(srv.api().delete("/api/v1/domains/nothing.test"), 404, "not_found")
+
+
+# ---------------------------------------------------------------------- users
+
+
+def test_users_crud(srv):
+    admin = srv.api()
+    admin.add_domain(DOMAIN)
+    user = admin.add_user(f"Bob@{DOMAIN}", USER_PASSWORD, quota_bytes=1_000_000)
+    assert user["email"] == f"bob@{DOMAIN}"
+    assert user["is_admin"] is False
+    assert user["quota_bytes"] == 1_000_000
+    assert user["used_bytes"] == 0
+    assert isinstance(user["created_at"], int)
+    assert not any("pass" in k or "hash" in k for k in user), user
+
+    users = admin.get("/api/v1/users").json()["items"]
+    assert sorted(u["email"] for u in users) == sorted([ADMIN_EMAIL, f"bob@{DOMAIN}"])
+    assert all(not any("pass" in k or "hash" in k for k in u) for u in users)
+    assert [u["is_admin"] for u in users if u["email"] == ADMIN_EMAIL] == [True]
+
+    # The new user can sign in.
+    assert srv.api(f"bob@{DOMAIN}", USER_PASSWORD).get("/api/v1/messages").status_code == 200
+
+    assert admin.delete(f"/api/v1/users/bob@{DOMAIN}").status_code == 204
+    assert_error(srv.api(f"bob@{DOMAIN}", USER_PASSWORD).get("/api/v1/messages"), 401)
+    assert_error(admin.delete(f"/api/v1/users/bob@{DOMAIN}"), 404, "not_found")
+    assert [u["email"] for u in admin.get("/api/v1/users").json()["items"]] == [ADMIN_EMAIL]
+
+
+def test_user_validation_errors(srv):
+    admin = srv.api()
+    admin.add_domain(DOMAIN)
+    for bad in ("no-at-sign", f"a b@{DOMAIN}", f"@{DOMAIN}", "bob@", f"a@b@{DOMAIN}", "bob@bad_domain"):
+        assert_error(
+            admin.post("/api/v1/users", json={"email": bad, "password": USER_PASSWORD}), 400, "bad_request"
+        )
+    assert_error(
+        admin.post("/api/v1/users", json={"email": f"bob@{DOMAIN}", "password": "short"}), 400, "bad_request"
+    )
+    assert_error(
+        admin.post("/api/v1/users", json={"email": "bob@unhosted.test", "password": USER_PASSWORD}),
+        400,
+        "bad_request",
+    )
+    assert_error(
+        admin.post(
+            "/api/v1/users",
+            json={"email": f"bob@{DOMAIN}", "password": USER_PASSWORD, "quota_bytes": -1},
+        ),
+        400,
+    )
+    assert_error(admin.post("/api/v1/users", json={"email": f"bob@{DOMAIN}"}), 400)
+    assert [u["email"] for u in admin.get("/api/v1/users").json()["items"]] == [ADMIN_EMAIL]
+
+    admin.add_user(f"bob@{DOMAIN}")
+    assert_error(
+        admin.post("/api/v1/users", json={"email": f"BOB@{DOMAIN}", "password": USER_PASSWORD}),
+        409,
+        "conflict",
+    )
+
+
+def test_password_change(srv):
+    setup_domain_and_user(srv, users=("bob", "carol"))
+    admin = srv.api()
+    bob_old = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    assert bob_old.get("/api/v1/messages").status_code == 200  # also primes any credential cache
+
+    # Too short is refused and changes nothing.
+    r = admin.put(f"/api/v1/users/bob@{DOMAIN}/password", json={"password": "short"})
+    assert_error(r, 400)
+    assert bob_old.get("/api/v1/messages").status_code == 200
+
+    r = admin.put(f"/api/v1/users/bob@{DOMAIN}/password", json={"password": "new-password-456"})
+    assert r.status_code == 204, r.text
+    assert_error(srv.api(f"bob@{DOMAIN}", USER_PASSWORD).get("/api/v1/messages"), 401)
+    bob = srv.api(f"bob@{DOMAIN}", "new-password-456")
+    assert bob.get("/api/v1/messages").status_code == 200
+
+    # A user may change their own password, but not someone else's.
+    r = bob.put(f"/api/v1/users/bob@{DOMAIN}/password", json={"password": "third-password-789"})
+    assert r.status_code == 204, r.text
+    assert_error(srv.api(f"bob@{DOMAIN}", "new-password-456").get("/api/v1/messages"), 401)
+    bob = srv.api(f"bob@{DOMAIN}", "third-password-789")
+    assert_error(bob.put(f"/api/v1/users/carol@{DOMAIN}/password", json={"password": "hijacked-pass"}), 403)
+    assert srv.api(f"carol@{DOMAIN}", USER_PASSWORD).get("/api/v1/messages").status_code == 200
+
+    assert_error(admin.put("/api/v1/users/nobody@example.test/password", json={"password": "whatever-123"}), 404)
+
+
+def test_admin_cannot_delete_own_account(srv):
+    assert_error(srv.api().delete(f"/api/v1/users/{ADMIN_EMAIL}"), 400)
+    assert srv.api().get("/api/v1/users").status_code == 200
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_bad_json_is_400_json_error(srv):
+    admin = srv.api()
+    r = admin.post(
+        "/api/v1/domains", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert_error(r, 400, "bad_request")
+    r = admin.post("/api/v1/domains", data=b"", headers={"Content-Type": "application/json"})
+    assert_error(r, 400, "bad_request")
+    r = admin.post("/api/v1/domains", json="example.test")
+    assert_error(r, 400, "bad_request")
+    r = admin.post("/api/v1/users", data=b'{"email": "a@b.test", "password": ', headers={"Content-Type": "application/json"})
+    assert_error(r, 400)
+
+
+def test_unknown_fields_are_400(srv):
+    admin = srv.api()
+    r = admin.post("/api/v1/domains", json={"name": "example.test", "color": "red"})
+    err = assert_error(r, 400, "bad_request")
+    assert "color" in err["message"], err
+    assert admin.get("/api/v1/domains").json() == {"items": []}
+    admin.add_domain(DOMAIN)
+    r = admin.post(
+        "/api/v1/users",
+        json={"email": f"bob@{DOMAIN}", "password": USER_PASSWORD, "admin": True},
+    )
+    assert_error(r, 400, "bad_request")
+    assert [u["email"] for u in admin.get("/api/v1/users").json()["items"]] == [ADMIN_EMAIL]
+
+
+def test_bad_query_parameters_are_400(srv):
+    admin = srv.api()
+    assert_error(admin.get("/api/v1/messages", params={"cursor": "not-a-cursor"}), 400)
+    assert_error(admin.get("/api/v1/messages", params={"limit": "lots"}), 400)
+    assert_error(admin.get("/api/v1/messages", params={"sort": "up"}), 400)
+
+
+def test_unknown_routes_are_404_json(srv):
+    for path in ("/nope", "/api/v1/nope", "/api/v2/messages", "/api/v1/messages/1/nope"):
+        assert_error(srv.api().get(path), 404, "not_found")
+    assert_error(srv.anon().get("/nope"), 404, "not_found")
+
+
+def test_unknown_message_ids_are_404(srv):
+    admin = srv.api()
+    for mid in ("1", "999999", "abc", "-1"):
+        assert_error(admin.get(f"/api/v1/messages/{mid}"), 404, "not_found")
+        assert_error(admin.get(f"/api/v1/messages/{mid}/raw"), 404, "not_found")
+        assert_error(admin.delete(f"/api/v1/messages/{mid}"), 404, "not_found")
+        assert_error(admin.patch(f"/api/v1/messages/{mid}", json={"seen": True}), 404, "not_found")
+
+
+def test_fault_endpoint_is_off_by_default(srv):
+    r = srv.api().post("/api/v1/debug/faults", json={"target": "storage_writer"})
+    assert_error(r, 404)
+    # And the storage writer is unaffected: the server still answers and stores.
+    assert requests.get(srv.base_url + "/health/ready", timeout=5).status_code == 200
+
+
+def test_basic_header_built_by_hand(srv):
+    """Clients that build the header themselves (curl -u, scripts) get the same answer."""
+    r = requests.get(
+        srv.base_url + "/api/v1/users",
+        headers={"Authorization": basic(ADMIN_EMAIL, ADMIN_PASSWORD)},
+        timeout=5,
+    )
+    assert r.status_code == 200
+    r = requests.get(
+        srv.base_url + "/api/v1/users",
+        headers={"Authorization": basic(ADMIN_EMAIL, ADMIN_PASSWORD + "x")},
+        timeout=5,
+    )
+    assert_error(r, 401)

@@ -1,0 +1,590 @@
+"""Outbound delivery: the partitioned queue, the SMTP client, retries, bounces, DKIM, and the
+queue and send APIs, against real receiving SMTP servers (aiosmtpd) on loopback and a real DNS
+server (dnsmasq) for MX routing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import email
+import email.policy
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AioSMTP
+
+from conftest import (
+    ADMIN_EMAIL,
+    DOMAIN,
+    USER_PASSWORD,
+    Server,
+    free_ports,
+    run_cli,
+    setup_domain_and_user,
+    simple_message,
+)
+
+REMOTE = "remote.test"
+
+
+class Receiver:
+    """A real SMTP server (aiosmtpd) that records what it receives.
+
+    Behaviour by recipient local part: `reject*` gets `550 5.1.1` at RCPT; `tempfail*` gets
+    `451 4.3.0` at RCPT while `self.tempfail_left` > 0 (then accepts); `always451*` always
+    gets `451`. With `tls_cert` it offers STARTTLS.
+    """
+
+    def __init__(
+        self,
+        tls_cert: tuple[Path, Path] | None = None,
+        require_tls: bool = False,
+        credentials: tuple[str, str] | None = None,
+    ):
+        self.messages: list[dict] = []
+        self.sessions: set[int] = set()
+        self.tempfail_left = 1
+        self.data_delay = 0.0
+        self.lock = threading.Lock()
+        self.port = free_ports(1)[0]
+        kwargs = {}
+        if tls_cert:
+            import ssl
+
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(tls_cert[0]), str(tls_cert[1]))
+            kwargs = {"tls_context": ctx, "require_starttls": require_tls}
+        self.logins: list[str] = []
+        if credentials:
+            from aiosmtpd.smtp import AuthResult
+
+            def authenticator(server, session, envelope, mechanism, auth_data):
+                ok = (auth_data.login.decode(), auth_data.password.decode()) == credentials
+                self.logins.append(f"{mechanism}:{auth_data.login.decode()}:{ok}")
+                return AuthResult(success=ok, handled=False)
+
+            kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
+        self.controller = Controller(
+            self, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=True, **kwargs
+        )
+        self.controller.start()
+
+    def stop(self):
+        with contextlib.suppress(Exception):
+            self.controller.stop()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        with self.lock:
+            self.sessions.add(id(session))
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0]
+        if local.startswith("reject"):
+            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        if local.startswith("always451"):
+            return "451 4.3.0 Try again later"
+        if local.startswith("tempfail"):
+            with self.lock:
+                if self.tempfail_left > 0:
+                    self.tempfail_left -= 1
+                    return "451 4.3.0 Greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:
+            import asyncio
+
+            await asyncio.sleep(self.data_delay)
+        with self.lock:
+            self.messages.append(
+                {
+                    "mail_from": envelope.mail_from,
+                    "rcpt_tos": list(envelope.rcpt_tos),
+                    "content": bytes(envelope.original_content or envelope.content),
+                    "tls": session.ssl is not None,
+                    "session": id(session),
+                }
+            )
+        return "250 2.0.0 Message accepted for delivery"
+
+    def wait(self, n: int, timeout: float = 15.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.messages) >= n:
+                    return list(self.messages)
+            time.sleep(0.05)
+        with self.lock:
+            raise AssertionError(f"expected {n} messages, got {len(self.messages)}")
+
+
+class Dns:
+    """dnsmasq on a loopback port serving MX and A records for the test domains."""
+
+    def __init__(self, root: Path, records: list[str]):
+        binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+        if not Path(binary).exists():
+            pytest.skip("dnsmasq is not installed")
+        self.port = free_ports(1)[0]
+        self.log = open(root / "dnsmasq.log", "wb")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                f"--port={self.port}",
+                "--pid-file=",
+                *records,
+            ],
+            stdout=self.log,
+            stderr=self.log,
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    s.bind(("127.0.0.1", self.port))
+                except OSError:
+                    return  # taken: dnsmasq is listening
+            time.sleep(0.05)
+        raise AssertionError("dnsmasq did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=5)
+        self.log.close()
+
+
+@pytest.fixture
+def receiver():
+    made: list[Receiver] = []
+
+    def make(**kwargs) -> Receiver:
+        r = Receiver(**kwargs)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.stop()
+
+
+def delivery_overrides(**delivery) -> dict:
+    base = {
+        "retry_intervals": ["1s"],
+        "connect_timeout": "2s",
+        "command_timeout": "10s",
+        "data_timeout": "10s",
+    }
+    base.update(delivery)
+    return {"delivery": base, "queue": {"lease_ttl": "2s", "poll_interval": "1s"}}
+
+
+def relay_server(server, rcv: Receiver, **delivery) -> Server:
+    srv = server(delivery_overrides(relay_host=f"127.0.0.1:{rcv.port}", **delivery))
+    setup_domain_and_user(srv, users=("bob", "carol"))
+    return srv
+
+
+def submit(srv: Server, to: list[str], subject: str, sender: str = f"bob@{DOMAIN}", body: str = "Hello.\r\n") -> None:
+    msg = (
+        f"From: {sender}\r\nTo: {', '.join(to)}\r\nSubject: {subject}\r\n\r\n{body}"
+    ).encode()
+    with contextlib.closing(srv.submission(sender, USER_PASSWORD)) as s:
+        s.sendmail(sender, to, msg)
+
+
+def queue_items(srv: Server, **params) -> list[dict]:
+    r = srv.api().get("/api/v1/queue", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+def wait_queue(srv: Server, predicate, timeout: float = 15.0, **params) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    items: list[dict] = []
+    while time.monotonic() < deadline:
+        items = queue_items(srv, **params)
+        if predicate(items):
+            return items
+        time.sleep(0.1)
+    raise AssertionError(f"queue never matched; last: {items}")
+
+
+def parse(raw: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def test_submission_to_a_remote_domain_goes_through_the_relay(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    submit(srv, [f"alice@{REMOTE}", f"carol@{DOMAIN}"], "over the relay")
+    got = rcv.wait(1)
+    assert got[0]["mail_from"] == f"bob@{DOMAIN}"
+    assert got[0]["rcpt_tos"] == [f"alice@{REMOTE}"]
+    msg = parse(got[0]["content"])
+    assert msg["Subject"] == "over the relay"
+    assert "mx.example.test" in msg["Received"]
+    # The local recipient got it directly, not through the queue.
+    assert [m["subject"] for m in srv.api(f"carol@{DOMAIN}", USER_PASSWORD).all_messages()] == ["over the relay"]
+    items = wait_queue(srv, lambda i: i and i[0]["status"] == "delivered")
+    assert len(items) == 1
+    item = items[0]
+    assert item["recipient"] == f"alice@{REMOTE}" and item["domain"] == REMOTE
+    assert item["attempts"] == 1 and item["last_error"] is None
+    assert item["owner"] and 0 <= item["partition"] < 64
+    time.sleep(1.0)
+    assert len(rcv.messages) == 1, "delivered exactly once"
+
+
+def test_port_25_still_refuses_relaying(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    with contextlib.closing(srv.smtp()) as s:
+        s.mail("someone@elsewhere.test")
+        code, msg = s.rcpt(f"alice@{REMOTE}")
+    assert code == 554 and b"5.7.1" in msg
+
+
+def test_mx_routing_through_a_real_dns_server(server, receiver, tmp_path):
+    rcv = receiver()
+    dns = Dns(
+        tmp_path,
+        [
+            f"--mx-host={REMOTE},mx1.{REMOTE},10",
+            f"--address=/mx1.{REMOTE}/127.0.0.1",
+            "--address=/nowhere.test/",
+        ],
+    )
+    try:
+        srv = server(delivery_overrides(dns_servers=[f"127.0.0.1:{dns.port}"], port=rcv.port))
+        setup_domain_and_user(srv, users=("bob",))
+        submit(srv, [f"alice@{REMOTE}"], "via MX")
+        got = rcv.wait(1)
+        assert got[0]["rcpt_tos"] == [f"alice@{REMOTE}"]
+        # A domain that does not exist fails at once and bounces.
+        submit(srv, ["x@nowhere.test"], "to nowhere")
+        items = wait_queue(srv, lambda i: i and i[0]["status"] == "failed", domain="nowhere.test")
+        assert "does not exist" in items[0]["last_error"]
+        bounces = srv.api(f"bob@{DOMAIN}", USER_PASSWORD).wait_messages(1)
+        assert bounces[0]["subject"] == "Undelivered Mail Returned to Sender"
+    finally:
+        dns.stop()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "rcv.pem", tmp_path / "rcv.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-subj", "/CN=mx.remote.test", "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def test_starttls_to_the_receiver(server, receiver, tmp_path):
+    rcv = receiver(tls_cert=self_signed(tmp_path), require_tls=True)
+    srv = relay_server(server, rcv, tls="required")
+    submit(srv, [f"alice@{REMOTE}"], "encrypted")
+    got = rcv.wait(1)
+    assert got[0]["tls"] is True
+
+
+def test_smarthost_auth_after_starttls(server, receiver, tmp_path):
+    rcv = receiver(tls_cert=self_signed(tmp_path), credentials=("relayuser", "relay-secret"))
+    srv = relay_server(server, rcv, relay_auth={"username": "relayuser", "password": "relay-secret"})
+    submit(srv, [f"alice@{REMOTE}"], "authenticated relay")
+    got = rcv.wait(1)
+    assert got[0]["tls"] is True
+    assert any(login.endswith(":relayuser:True") for login in rcv.logins), rcv.logins
+
+
+def test_smarthost_password_sealed_with_the_master_key(server, receiver, tmp_path):
+    rcv = receiver(tls_cert=self_signed(tmp_path), credentials=("relayuser", "relay-secret"))
+    key = run_cli(["key", "generate"]).stdout.strip()
+    sealed = run_cli(["key", "seal", "--value", "relay-secret"], env={"MAIRUST_MASTER_KEY": key})
+    assert sealed.returncode == 0, sealed.stderr
+    password = sealed.stdout.strip()
+    assert password.startswith("enc:v1:") and "relay-secret" not in password
+    overrides = delivery_overrides(
+        relay_host=f"127.0.0.1:{rcv.port}",
+        relay_auth={"username": "relayuser", "password": password},
+    )
+    # Without the key the sealed password is useless, and start-up says why.
+    locked = server(overrides, start=False)
+    with pytest.raises(Exception) as err:
+        locked.start()
+    assert "relay_auth.password is encrypted" in str(err.value)
+    srv = server(overrides, env={"MAIRUST_MASTER_KEY": key})
+    setup_domain_and_user(srv, users=("bob", "carol"))
+    submit(srv, [f"alice@{REMOTE}"], "sealed relay password")
+    assert rcv.wait(1)[0]["tls"] is True
+    assert any(login.endswith(":relayuser:True") for login in rcv.logins), rcv.logins
+
+
+def test_smarthost_auth_failure_defers(server, receiver, tmp_path):
+    rcv = receiver(tls_cert=self_signed(tmp_path), credentials=("relayuser", "relay-secret"))
+    srv = relay_server(server, rcv, relay_auth={"username": "relayuser", "password": "wrong"})
+    submit(srv, [f"alice@{REMOTE}"], "bad relay password")
+    items = wait_queue(srv, lambda i: i and i[0]["status"] == "deferred")
+    assert "AUTH" in items[0]["last_error"]
+    assert rcv.messages == []
+
+
+def test_required_tls_without_starttls_defers(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv, tls="required")
+    submit(srv, [f"alice@{REMOTE}"], "needs tls")
+    items = wait_queue(srv, lambda i: i and i[0]["status"] == "deferred")
+    assert "TLS" in items[0]["last_error"]
+    assert rcv.messages == []
+
+
+def test_temporary_failure_then_success(server, receiver):
+    rcv = receiver()
+    rcv.tempfail_left = 1
+    srv = relay_server(server, rcv)
+    submit(srv, [f"tempfail@{REMOTE}"], "greylisted")
+    items = wait_queue(srv, lambda i: i and i[0]["status"] == "delivered", timeout=20)
+    assert items[0]["attempts"] == 2
+    assert len(rcv.wait(1)) == 1
+
+
+def test_permanent_failure_bounces_to_the_local_sender(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    submit(srv, [f"reject@{REMOTE}", f"alice@{REMOTE}"], "partly undeliverable")
+    rcv.wait(1)
+    items = wait_queue(
+        srv, lambda i: len(i) == 2 and {x["status"] for x in i} == {"delivered", "failed"}
+    )
+    failed = [x for x in items if x["status"] == "failed"][0]
+    assert failed["recipient"] == f"reject@{REMOTE}"
+    assert "550 5.1.1" in failed["last_error"]
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    bounce = bob.wait_messages(1)[0]
+    assert bounce["subject"] == "Undelivered Mail Returned to Sender"
+    raw = bob.get(f"/api/v1/messages/{bounce['id']}/raw").content
+    dsn = parse(raw)
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    parts = [p.get_content_type() for p in dsn.iter_parts()]
+    assert parts == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    text = raw.decode(errors="replace")
+    assert f"Final-Recipient: rfc822; reject@{REMOTE}" in text
+    assert "Status: 5.1.1" in text
+    assert "Subject: partly undeliverable" in text
+    assert f"alice@{REMOTE}" not in text.split("message/delivery-status")[1].split("rfc822-headers")[0], \
+        "only the failed recipient is reported"
+
+
+def test_expiry_bounces_with_4_4_7(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv, max_queue_lifetime="3s")
+    submit(srv, [f"always451@{REMOTE}"], "never accepted")
+    items = wait_queue(srv, lambda i: i and i[0]["status"] == "failed", timeout=20)
+    assert items[0]["attempts"] >= 2
+    assert "expired" in items[0]["last_error"]
+    bounce = srv.api(f"bob@{DOMAIN}", USER_PASSWORD).wait_messages(1)[0]
+    raw = srv.api(f"bob@{DOMAIN}", USER_PASSWORD).get(f"/api/v1/messages/{bounce['id']}/raw").text
+    assert "Status: 4.4.7" in raw
+
+
+def test_null_sender_failures_never_bounce(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    # Admins may send as any hosted address; a bounce-like message from <> cannot be sent over
+    # the API, so take the route a DSN takes: a failed DSN must not create another DSN.
+    submit(srv, [f"reject@{REMOTE}"], "first failure")
+    wait_queue(srv, lambda i: any(x["status"] == "failed" for x in i))
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    assert len(bob.wait_messages(1)) == 1
+    # Now a message whose sender is remote and whose delivery fails: its DSN is queued to the
+    # remote sender with the null sender, and that DSN's own failure bounces nowhere.
+    admin = srv.api()
+    r = admin.post("/api/v1/send", json={
+        "from": f"bob@{DOMAIN}", "to": [f"reject2@{REMOTE}"], "subject": "x", "text": "y"})
+    assert r.status_code == 202, r.text
+    time.sleep(2)
+    null_sender = [x for x in queue_items(srv) if x["sender"] == ""]
+    assert null_sender == [], "local senders get DSNs locally, never through the queue"
+
+
+def test_queue_api_retry_and_cancel(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv, retry_intervals=["1h"])
+    submit(srv, [f"always451@{REMOTE}"], "stuck one")
+    submit(srv, [f"always451b@{REMOTE}"], "stuck two")
+    items = wait_queue(srv, lambda i: len(i) == 2 and all(x["status"] == "deferred" for x in i))
+    admin = srv.api()
+    first, second = sorted(items, key=lambda x: int(x["id"]))
+    assert admin.get(f"/api/v1/queue/{first['id']}").json()["status"] == "deferred"
+    assert queue_items(srv, status="delivered") == []
+    assert len(queue_items(srv, status="deferred", domain=REMOTE)) == 2
+    assert admin.get("/api/v1/queue", params={"status": "bogus"}).status_code == 400
+    # Retry makes it due now: another attempt happens at once.
+    r = admin.post(f"/api/v1/queue/{first['id']}/retry")
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 10
+    while admin.get(f"/api/v1/queue/{first['id']}").json()["attempts"] < 2:
+        assert time.monotonic() < deadline, "retry did not cause an attempt"
+        time.sleep(0.1)
+    # Cancel without and with a bounce.
+    r = admin.delete(f"/api/v1/queue/{first['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    r = admin.delete(f"/api/v1/queue/{second['id']}", params={"bounce": "true"})
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    bounces = srv.api(f"bob@{DOMAIN}", USER_PASSWORD).wait_messages(1)
+    assert len(bounces) == 1 and bounces[0]["subject"] == "Undelivered Mail Returned to Sender"
+    # Finished rows cannot change; unknown rows are 404; users may not see the queue.
+    assert admin.post(f"/api/v1/queue/{first['id']}/retry").status_code == 409
+    assert admin.get("/api/v1/queue/999999").status_code == 404
+    assert srv.api(f"bob@{DOMAIN}", USER_PASSWORD).get("/api/v1/queue").status_code == 403
+
+
+def test_send_api_with_attachments(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    pdf = b"%PDF-1.4 pretend"
+    r = bob.post("/api/v1/send", json={
+        "from": f"bob@{DOMAIN}",
+        "to": [f"alice@{REMOTE}"],
+        "cc": [f"carol@{DOMAIN}"],
+        "bcc": [f"hidden@{REMOTE}"],
+        "subject": "Report ✓",
+        "text": "See attached.",
+        "html": "<p>See attached.</p>",
+        "attachments": [{"filename": "r.pdf", "content_type": "application/pdf",
+                          "content_base64": base64.b64encode(pdf).decode()}],
+        "headers": {"X-Campaign": "q4"},
+    })
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert sorted(body["queued"]) == sorted([f"alice@{REMOTE}", f"hidden@{REMOTE}"])
+    assert body["delivered"] == [f"carol@{DOMAIN}"]
+    got = rcv.wait(1)
+    assert sorted(got[0]["rcpt_tos"]) == sorted([f"alice@{REMOTE}", f"hidden@{REMOTE}"])
+    msg = parse(got[0]["content"])
+    assert msg["Subject"] == "Report ✓"
+    assert msg["X-Campaign"] == "q4"
+    assert "hidden" not in got[0]["content"].decode(errors="replace"), "Bcc is not in the headers"
+    assert msg["Message-ID"].strip("<>") == body["message_id"]
+    atts = [p for p in msg.iter_attachments()]
+    assert atts[0].get_filename() == "r.pdf" and atts[0].get_content() == pdf
+    carol = srv.api(f"carol@{DOMAIN}", USER_PASSWORD)
+    item = carol.wait_messages(1)[0]
+    detail = carol.get(f"/api/v1/messages/{item['id']}").json()
+    assert detail["attachments"][0]["filename"] == "r.pdf"
+    assert carol.get(f"/api/v1/messages/{item['id']}/attachments/0").content == pdf
+
+
+def test_send_api_refuses_bad_input(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    ok = {"from": f"bob@{DOMAIN}", "to": [f"alice@{REMOTE}"], "subject": "s", "text": "t"}
+    for bad in (
+        {**ok, "subject": "hi\r\nBcc: victim@x.test"},
+        {**ok, "to": ["a@x.test\r\nRCPT TO:<b@y.test>"]},
+        {**ok, "headers": {"X-Ok": "v\nInjected: yes"}},
+        {**ok, "headers": {"Content-Type": "text/html"}},
+        {**ok, "to": []},
+        {**ok, "to": ["not an address"]},
+        {**ok, "attachments": [{"filename": "a", "content_base64": "!!!"}]},
+    ):
+        r = bob.post("/api/v1/send", json=bad)
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["error"]["code"] == "bad_request"
+    r = bob.post("/api/v1/send", json={**ok, "from": f"carol@{DOMAIN}"})
+    assert r.status_code == 403
+    # Admins may send as any hosted address, not as outsiders.
+    admin = srv.api()
+    assert admin.post("/api/v1/send", json={**ok, "from": f"carol@{DOMAIN}"}).status_code == 202
+    assert admin.post("/api/v1/send", json={**ok, "from": "x@elsewhere.test"}).status_code == 403
+    assert srv.anon().post("/api/v1/send", json=ok).status_code == 401
+
+
+def test_dkim_signature_verifies_on_the_received_copy(server, receiver):
+    dkim = pytest.importorskip("dkim")
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    admin = srv.api()
+    for algorithm in ("ed25519", "rsa"):
+        r = admin.post(f"/api/v1/domains/{DOMAIN}/dkim", json={"algorithm": algorithm, "selector": f"s{algorithm}"})
+        assert r.status_code == 201, r.text
+        record = r.json()
+        assert record["dns_name"] == f"s{algorithm}._domainkey.{DOMAIN}"
+        assert record["dns_value"].startswith(f"v=DKIM1; k={algorithm}; p=")
+        subject = f"signed {algorithm}"
+        submit(srv, [f"alice@{REMOTE}"], subject)
+        got = [m for m in rcv.wait(1 if algorithm == "ed25519" else 2) if subject.encode() in m["content"]][0]
+        raw = got["content"]
+        assert raw.startswith(b"DKIM-Signature:") or b"\nDKIM-Signature:" in raw
+        txt = record["dns_value"].encode()
+
+        def dnsfunc(name, timeout=5, _txt=txt, _name=record["dns_name"]):
+            return _txt if name.decode().rstrip(".") == _name else None
+
+        assert dkim.verify(raw, dnsfunc=dnsfunc), f"{algorithm} signature does not verify"
+        tampered = raw.replace(b"Hello.", b"Hellp.")
+        assert not dkim.verify(tampered, dnsfunc=dnsfunc)
+    assert admin.post("/api/v1/domains/unknown.test/dkim", json={}).status_code == 404
+
+
+def test_deferred_mail_survives_sigkill_and_is_retried_after_restart(server, receiver):
+    rcv = receiver()
+    rcv.tempfail_left = 1000
+    srv = relay_server(server, rcv, retry_intervals=["1s"])
+    submit(srv, [f"tempfail@{REMOTE}"], "crash survivor")
+    wait_queue(srv, lambda i: i and i[0]["status"] == "deferred")
+    srv.kill()
+    rcv.tempfail_left = 0
+    srv.start()
+    items = wait_queue(srv, lambda i: i and i[0]["status"] == "delivered", timeout=30)
+    assert items[0]["attempts"] >= 2
+    got = rcv.wait(1)
+    assert len(got) == 1 and b"crash survivor" in got[0]["content"]
+
+
+def test_connections_are_reused_for_queued_mail(server, receiver):
+    rcv = receiver()
+    rcv.data_delay = 0.4
+    srv = relay_server(server, rcv, concurrency_per_destination=1)
+    for i in range(6):
+        submit(srv, [f"alice@{REMOTE}"], f"batch {i}")
+    got = rcv.wait(6, timeout=30)
+    assert len(got) == 6
+    assert len({m["session"] for m in got}) < 6, "several messages shared a connection"
+
+
+def test_queue_metrics(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    submit(srv, [f"alice@{REMOTE}"], "metered")
+    rcv.wait(1)
+    wait_queue(srv, lambda i: i and i[0]["status"] == "delivered")
+    deadline = time.monotonic() + 10
+    while True:
+        text = srv.metrics()
+        if 'mairust_delivery_attempts_total{result="delivered"} 1' in text:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+    assert "mairust_delivery_latency_seconds_bucket" in text
+    assert "mairust_queue_depth" in text
