@@ -257,12 +257,8 @@ impl Actor for QueueManager {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_default())
-            }
-            _ => return Ok(()),
+        let Some((cell, reason)) = super::supervisor::child_exit(event) else {
+            return Ok(());
         };
         let Some(partition) = state
             .owned

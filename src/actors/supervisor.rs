@@ -43,6 +43,18 @@ impl<M: ractor::Message> ActorSlot<M> {
     }
 }
 
+/// The child and the reason, when `event` says a child stopped or failed (a normal stop
+/// without a reason reads "stopped").
+pub fn child_exit(event: SupervisionEvent) -> Option<(ActorCell, String)> {
+    match event {
+        SupervisionEvent::ActorFailed(cell, error) => Some((cell, error.to_string())),
+        SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            Some((cell, reason.unwrap_or_else(|| "stopped".into())))
+        }
+        _ => None,
+    }
+}
+
 /// Builds a child linked to the given supervisor.
 pub type SpawnFn = Arc<
     dyn Fn(ActorCell) -> Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>
@@ -196,12 +208,8 @@ impl Actor for RootSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some((cell, reason)) = child_exit(event) else {
+            return Ok(());
         };
         let Some(name) = state.running.remove(&cell.get_id()) else {
             return Ok(());
