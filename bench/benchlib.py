@@ -45,10 +45,46 @@ def api(port, method, path, body=None, auth=ADMIN):
         return json.loads(r.read() or b"null")
 
 
-class MaiRust:
-    """A `mairust serve` on a fresh data directory; `extra_yaml` is appended to the config."""
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-    def __init__(self, binary, extra_yaml=""):
+
+class Services:
+    """A throwaway PostgreSQL and s3s-fs (scripts/services.sh), for the postgres-s3 variants."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="mairust-bench-services-")
+        subprocess.run([os.path.join(REPO, "scripts", "services.sh"), "start", self.dir],
+                       check=True, stdout=subprocess.DEVNULL)
+        self.env = {}
+        with open(os.path.join(self.dir, "env")) as f:
+            for line in f:
+                key, _, value = line.strip().removeprefix("export ").partition("=")
+                self.env[key] = value
+
+    def backend_yaml(self, name):
+        """Config lines for a fresh database and bucket called `name`."""
+        pg = self.env["MAIRUST_TEST_PG_URL"]
+        subprocess.run(["psql", pg, "-q", "-c", f'CREATE DATABASE "{name}"'], check=True)
+        os.makedirs(os.path.join(self.env["MAIRUST_TEST_S3_ROOT"], name))
+        return (
+            f"database: {{url: \"{pg}/{name}\"}}\n"
+            f"storage: {{backend: s3, options: {{bucket: {name}, region: us-east-1, "
+            f"endpoint: \"{self.env['MAIRUST_TEST_S3_ENDPOINT']}\", "
+            f"access_key: {self.env['MAIRUST_TEST_S3_ACCESS_KEY']}, "
+            f"secret_key: {self.env['MAIRUST_TEST_S3_SECRET_KEY']}}}}}\n"
+        )
+
+    def stop(self):
+        subprocess.run([os.path.join(REPO, "scripts", "services.sh"), "stop", self.dir],
+                       stdout=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class MaiRust:
+    """A `mairust serve` on a fresh data directory; `extra_yaml` is appended to the config,
+    `backend_yaml` replaces the embedded database and storage, `env` adds variables."""
+
+    def __init__(self, binary, extra_yaml="", backend_yaml=None, env=None):
         self.dir = tempfile.mkdtemp(prefix="mairust-bench-")
         self.smtp_port, self.submission_port, self.api_port = free_port(), free_port(), free_port()
         config = os.path.join(self.dir, "config.yaml")
@@ -57,11 +93,15 @@ class MaiRust:
                 f"server: {{hostname: bench.test, bind: 127.0.0.1, smtp_port: {self.smtp_port}, "
                 f"submission_port: {self.submission_port}, api_port: {self.api_port}, "
                 f"data_dir: {self.dir}/data}}\n"
-                f"database: {{url: \"sqlite://{self.dir}/data/db/mairust.db\"}}\n"
-                f"storage: {{backend: fs, options: {{path: {self.dir}/data/mail}}}}\n"
-                f"log: {{level: warn, format: json}}\n" + extra_yaml
+                + (
+                    backend_yaml
+                    or f"database: {{url: \"sqlite://{self.dir}/data/db/mairust.db\"}}\n"
+                    f"storage: {{backend: fs, options: {{path: {self.dir}/data/mail}}}}\n"
+                )
+                + "log: {level: warn, format: json}\n"
+                + extra_yaml
             )
-        env = dict(os.environ, MAIRUST_ADMIN_EMAIL=ADMIN[0], MAIRUST_ADMIN_PASSWORD=ADMIN[1])
+        env = dict(os.environ, MAIRUST_ADMIN_EMAIL=ADMIN[0], MAIRUST_ADMIN_PASSWORD=ADMIN[1], **(env or {}))
         self.log = open(os.path.join(self.dir, "server.log"), "w")
         self.proc = subprocess.Popen(
             [binary, "serve", "--config", config], env=env, stdout=self.log, stderr=self.log

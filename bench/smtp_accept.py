@@ -6,7 +6,9 @@ messages over M parallel SMTP sessions (one transaction per message, sessions re
 prints accepted messages per second and p50/p99 acceptance latency (end of DATA to 250).
 The same load is then run in the same run against Postfix's `smtp-sink` (accepts and
 discards, stores nothing): the ratio MaiRust/smtp-sink says how much of the client-side
-ceiling the durable path keeps.
+ceiling the durable path keeps. `--variants` picks the backends measured: the embedded ones
+(SQLite + files), a throwaway PostgreSQL + s3s-fs, each optionally with a master key
+(encryption at rest).
 
 No assertions: this prints figures.
 """
@@ -19,7 +21,11 @@ import sys
 import threading
 import time
 
-from benchlib import MaiRust, SmtpSink
+import subprocess
+
+from benchlib import MaiRust, Services, SmtpSink
+
+VARIANTS = ("sqlite-fs", "sqlite-fs+key", "postgres-s3", "postgres-s3+key")
 
 
 def load(port, messages, concurrency, size, rcpt):
@@ -70,7 +76,7 @@ def summarize(name, latencies, errors, wall):
     rate = n / wall if wall > 0 else 0.0
     q = statistics.quantiles(latencies, n=100) if n >= 2 else [0.0] * 99
     print(
-        f"{name:<10} accepted={n:<6} errors={len(errors):<4} "
+        f"{name:<16} accepted={n:<6} errors={len(errors):<4} "
         f"rate={rate:8.1f} msg/s  p50={q[49]*1000:7.2f} ms  p99={q[98]*1000:7.2f} ms"
     )
     if errors:
@@ -84,17 +90,36 @@ def main():
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--size", type=int, default=4096, help="approximate body bytes")
+    ap.add_argument("--variants", default="sqlite-fs",
+                    help=f"comma-separated, from {', '.join(VARIANTS)}")
     args = ap.parse_args()
 
-    server = MaiRust(args.bin, f"smtp: {{max_connections_per_ip: {args.concurrency * 2 + 10}}}\n")
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    services = Services() if any(v.startswith("postgres-s3") for v in variants) else None
+    print(f"load: {args.messages} messages, {args.concurrency} sessions, ~{args.size} B bodies")
+    rates = {}
     try:
-        server.api("POST", "/api/v1/domains", {"name": "bench.test"})
-        server.api("POST", "/api/v1/users", {"email": "sink@bench.test", "password": "sinkpassword"})
-        print(f"load: {args.messages} messages, {args.concurrency} sessions, ~{args.size} B bodies")
-        lat, err, wall = load(server.smtp_port, args.messages, args.concurrency, args.size, "sink@bench.test")
-        rate = summarize("mairust", lat, err, wall)
+        for n, variant in enumerate(variants):
+            env = {}
+            if variant.endswith("+key"):
+                key = subprocess.run([args.bin, "key", "generate"], capture_output=True, text=True, check=True)
+                env["MAIRUST_MASTER_KEY"] = key.stdout.strip()
+            backend = services.backend_yaml(f"bench{n}") if variant.startswith("postgres-s3") else None
+            limits = f"smtp: {{max_connections_per_ip: {args.concurrency * 2 + 10}}}\n"
+            server = MaiRust(args.bin, limits, backend_yaml=backend, env=env)
+            try:
+                server.api("POST", "/api/v1/domains", {"name": "bench.test"})
+                server.api("POST", "/api/v1/users", {"email": "sink@bench.test", "password": "sinkpassword"})
+                lat, err, wall = load(server.smtp_port, args.messages, args.concurrency, args.size, "sink@bench.test")
+                rates[variant] = summarize(variant, lat, err, wall)
+            finally:
+                server.stop()
     finally:
-        server.stop()
+        if services:
+            services.stop()
 
     sink = SmtpSink()
     try:
@@ -103,7 +128,8 @@ def main():
     finally:
         sink.stop()
     if base_rate > 0:
-        print(f"ratio      mairust/smtp-sink = {rate / base_rate:.2f}")
+        for variant, rate in rates.items():
+            print(f"ratio      {variant}/smtp-sink = {rate / base_rate:.2f}")
 
 
 if __name__ == "__main__":
