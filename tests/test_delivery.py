@@ -135,7 +135,7 @@ class Dns:
     def __init__(self, root: Path, records: list[str]):
         binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         if not Path(binary).exists():
-            pytest.skip("dnsmasq is not installed")
+            pytest.fail("dnsmasq is not installed (apt-get install dnsmasq-base; .ci/run does it)")
         self.port = free_ports(1)[0]
         self.log = open(root / "dnsmasq.log", "wb")
         self.proc = subprocess.Popen(
@@ -269,6 +269,11 @@ def test_mx_routing_through_a_real_dns_server(server, receiver, tmp_path):
             f"--mx-host={REMOTE},mx1.{REMOTE},10",
             f"--address=/mx1.{REMOTE}/127.0.0.1",
             "--address=/nowhere.test/",
+            # No MX: RFC 5321 §5.1 falls back to the domain's own address.
+            "--host-record=fallback.test,127.0.0.1",
+            "--local=/fallback.test/",
+            # Null MX (RFC 7505): the domain accepts no mail at all.
+            "--mx-host=nullmx.test,.,0",
         ],
     )
     try:
@@ -283,6 +288,16 @@ def test_mx_routing_through_a_real_dns_server(server, receiver, tmp_path):
         assert "does not exist" in items[0]["last_error"]
         bounces = srv.api(f"bob@{DOMAIN}", USER_PASSWORD).wait_messages(1)
         assert bounces[0]["subject"] == "Undelivered Mail Returned to Sender"
+
+        submit(srv, ["carol@fallback.test"], "via the A record")
+        items = wait_queue(srv, lambda i: i and i[0]["status"] != "queued", domain="fallback.test")
+        assert items[0]["status"] == "delivered", items[0]["last_error"]
+        assert rcv.wait(2)[1]["rcpt_tos"] == ["carol@fallback.test"]
+
+        submit(srv, ["x@nullmx.test"], "to a null MX")
+        items = wait_queue(srv, lambda i: i and i[0]["status"] == "failed", domain="nullmx.test")
+        assert "null MX" in items[0]["last_error"] and items[0]["attempts"] == 1, items[0]
+        srv.api(f"bob@{DOMAIN}", USER_PASSWORD).wait_messages(2)
     finally:
         dns.stop()
 
