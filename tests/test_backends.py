@@ -8,6 +8,7 @@ fixture), so the shared ones of the postgres-s3 pass are never disturbed.
 from __future__ import annotations
 
 import contextlib
+import smtplib
 import time
 import uuid
 
@@ -77,6 +78,14 @@ def test_readiness_follows_postgres_down_and_back(server, services):
     setup_domain_and_user(srv)
     services.pg_ctl("stop")
     wait_ready(srv, 503)
+    assert srv.anon().get("/health").json()["checks"]["database"] != "ok"
+    # Nothing is acknowledged that cannot be committed: a temporary failure, never a 5xx.
+    # The recipient lookup needs the database; the pool gives up on it after 10 s.
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, timeout=30) as s:
+        s.ehlo("client.test")
+        assert s.mail("a@remote.test")[0] == 250
+        code, text = s.rcpt(BOB)
+    assert (code, text[:5]) == (451, b"4.3.0"), (code, text)
     services.pg_ctl("start")
     wait_ready(srv, 200)
     assert srv.send(BOB, simple_message("PostgreSQL is back"))[0] == 250
