@@ -17,11 +17,10 @@ import argparse
 import os
 import smtplib
 import statistics
+import subprocess
 import sys
 import threading
 import time
-
-import subprocess
 
 from benchlib import MaiRust, Services, SmtpSink
 
@@ -100,6 +99,7 @@ def main():
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     services = Services() if any(v.startswith("postgres-s3") for v in variants) else None
     print(f"load: {args.messages} messages, {args.concurrency} sessions, ~{args.size} B bodies")
+    limits = f"smtp: {{max_connections_per_ip: {args.concurrency * 2 + 10}}}\n"
     rates = {}
     try:
         for n, variant in enumerate(variants):
@@ -108,7 +108,6 @@ def main():
                 key = subprocess.run([args.bin, "key", "generate"], capture_output=True, text=True, check=True)
                 env["MAIRUST_MASTER_KEY"] = key.stdout.strip()
             backend = services.backend_yaml(f"bench{n}") if variant.startswith("postgres-s3") else None
-            limits = f"smtp: {{max_connections_per_ip: {args.concurrency * 2 + 10}}}\n"
             server = MaiRust(args.bin, limits, backend_yaml=backend, env=env)
             try:
                 server.api("POST", "/api/v1/domains", {"name": "bench.test"})

@@ -613,6 +613,11 @@ class RawSMTP:
         return code, text
 
 
+def fs_blobs(root: Path) -> list[Path]:
+    """The bodies the fs blob store keeps under `root` (its `tmp/` staging area excluded)."""
+    return [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != "tmp"]
+
+
 def simple_message(subject: str, body: str = "Hello.\r\n", to: str = f"bob@{DOMAIN}") -> bytes:
     return (
         f"From: Alice <alice@remote.test>\r\n"

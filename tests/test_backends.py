@@ -20,6 +20,7 @@ from conftest import (
     DOMAIN,
     USER_PASSWORD,
     Server,
+    fs_blobs,
     run_cli,
     setup_domain_and_user,
     simple_message,
@@ -146,13 +147,12 @@ def test_encryption_at_rest(server):
     raw = bob.get(f"/api/v1/messages/{item['id']}/raw").content
     assert secret.encode() in raw
     if BACKEND == "sqlite-fs":
-        mail = srv.data_dir / "mail"
-        stored = [p.read_bytes() for p in mail.rglob("*")
-                  if p.is_file() and p.relative_to(mail).parts[0] != "tmp"]
+        blobs = fs_blobs(srv.data_dir / "mail")
+        stored = [p.read_bytes() for p in blobs]
         assert stored and all(b.startswith(b"MRE1") for b in stored)
         assert not any(secret.encode() in b for b in stored), "plaintext on disk"
         import hashlib
-        names = {p.name for p in (srv.data_dir / "mail").rglob("*") if p.is_file()}
+        names = {p.name for p in blobs}
         assert hashlib.sha256(raw).hexdigest() not in names, "keys must not be plain hashes"
     # DKIM private keys are sealed too (checked through a dump of the database).
     r = srv.api().post(f"/api/v1/domains/{DOMAIN}/dkim", json={})

@@ -28,6 +28,7 @@ from conftest import (
     clean_env,
     deep_merge,
     free_ports,
+    fs_blobs,
     insecure_tls,
     run_cli,
     setup_domain_and_user,
@@ -175,7 +176,7 @@ def test_storage_backend_env(server):
     srv = server({"storage": {"backend": "s3"}}, env={"STORAGE_BACKEND": "fs"})
     setup_domain_and_user(srv)
     assert srv.send(f"bob@{DOMAIN}", simple_message("on fs"))[0] == 250
-    files = [p for p in (srv.data_dir / "mail").rglob("*") if p.is_file()]
+    files = fs_blobs(srv.data_dir / "mail")
     assert files, "no blob written under storage.options.path"
     assert any(b"on fs" in p.read_bytes() for p in files)
 

@@ -20,6 +20,7 @@ from conftest import (
     DOMAIN,
     USER_PASSWORD,
     clean_env,
+    fs_blobs,
     run_cli,
     setup_domain_and_user,
     simple_message,
@@ -212,7 +213,7 @@ def test_the_way_back_to_sqlite_and_files_with_encrypted_bodies(server, services
     out = cli(srv, "storage", "migrate", "--from", "s3", "--to", "fs", env=env)
     assert "copied 4" in out and "failed 0" in out, out
     # The copies on disk are still sealed: migration moves ciphertext, verified by its HMAC key.
-    files = [p for p in fs_path.rglob("*") if p.is_file() and p.relative_to(fs_path).parts[0] != "tmp"]
+    files = fs_blobs(fs_path)
     assert len(files) == 4 and all(p.read_bytes().startswith(b"MRE1") for p in files)
 
     back = server(target, env=env)
