@@ -114,19 +114,27 @@ impl Acceptor {
         let lifetime =
             i64::try_from(self.config.delivery.max_queue_lifetime.as_millis()).unwrap_or(i64::MAX);
         let size = data.len();
-        self.writer
-            .commit(AcceptedMessage {
-                id,
-                blob_key: key,
-                size: size as i64,
-                received_at,
-                envelope_from,
-                summary,
-                local_recipients,
-                remote_recipients: remote,
-                expires_at: received_at.saturating_add(lifetime),
-            })
-            .await?;
+        let message = AcceptedMessage {
+            id,
+            blob_key: key,
+            size: size as i64,
+            received_at,
+            envelope_from,
+            summary,
+            local_recipients,
+            remote_recipients: remote,
+            expires_at: received_at.saturating_add(lifetime),
+        };
+        match self.writer.commit(message.clone()).await {
+            // The same body was stored before and deleted as unreferenced after our put
+            // found it present: store it again (the delete is over) and commit once more.
+            Err(crate::actors::CommitError::BodyMissing(key)) => {
+                tracing::info!(%key, "message body deleted as unreferenced meanwhile; storing it again");
+                self.stores.blobs.put(&key, &data).await?;
+                self.writer.commit(message).await?;
+            }
+            other => other?,
+        }
         for partition in partitions {
             self.queue.hint(partition);
         }

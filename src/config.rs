@@ -162,6 +162,14 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// Most messages committed in one group commit.
     pub max_batch: usize,
+    /// Longest a single PostgreSQL statement may run (`statement_timeout`), so a hung
+    /// database fails requests instead of holding them.
+    #[serde(deserialize_with = "duration")]
+    pub statement_timeout: Duration,
+    /// Longest a session or worker waits for its commit through the storage writer before
+    /// giving up (`451 4.3.0`; the client retries).
+    #[serde(deserialize_with = "duration")]
+    pub commit_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -170,6 +178,8 @@ impl Default for DatabaseConfig {
             url: "sqlite:///var/lib/mairust/db/mairust.db".into(),
             max_connections: 8,
             max_batch: 256,
+            statement_timeout: Duration::from_secs(30),
+            commit_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -65,7 +65,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     bootstrap_admin(&config, &stores).await?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let writer = WriterHandle::default();
+    // Enough queued requests for every session and a few batches of API and queue writes.
+    let writer = WriterHandle::new(
+        config.database.commit_timeout,
+        (config.smtp.max_connections + 4 * config.database.max_batch).max(64),
+    );
     let queue = QueueHandle::default();
     let acceptor = Acceptor::new(
         config.clone(),
@@ -234,11 +238,13 @@ fn purge_spec(config: &Config, stores: &Stores) -> ChildSpec {
 
 fn writer_spec(config: &Config, stores: &Stores, writer: &WriterHandle) -> ChildSpec {
     let store = stores.meta.clone();
+    let blobs = stores.blobs.clone();
     let max_batch = config.database.max_batch;
     let writer = writer.clone();
     ChildSpec::new("storage_writer", move |sup| {
         let args = WriterArgs {
             store: store.clone(),
+            blobs: blobs.clone(),
             max_batch,
         };
         let writer = writer.clone();

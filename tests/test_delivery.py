@@ -48,13 +48,16 @@ class Receiver:
         tls_cert: tuple[Path, Path] | None = None,
         require_tls: bool = False,
         credentials: tuple[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
     ):
         self.messages: list[dict] = []
         self.sessions: set[int] = set()
         self.tempfail_left = 1
         self.data_delay = 0.0
         self.lock = threading.Lock()
-        self.port = free_ports(1)[0]
+        self.host = host
+        self.port = port or free_ports(1)[0]
         kwargs = {}
         if tls_cert:
             import ssl
@@ -73,7 +76,7 @@ class Receiver:
 
             kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
         self.controller = Controller(
-            self, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=True, **kwargs
+            self, hostname=host, port=self.port, enable_SMTPUTF8=True, **kwargs
         )
         self.controller.start()
 

@@ -274,23 +274,38 @@ pub async fn deliver(
     results
 }
 
+/// Why a bounce could not be built now; the failure is kept pending and tried again, so the
+/// sender is never left without a notice.
+#[derive(Debug, thiserror::Error)]
+pub enum BounceError {
+    /// The original message could not be read.
+    #[error("cannot read the original message: {0}")]
+    Original(crate::store::BlobError),
+    /// The sender could not be looked up.
+    #[error("cannot look up the sender: {0}")]
+    Sender(crate::store::StoreError),
+    /// The bounce's body could not be stored.
+    #[error("cannot store the bounce: {0}")]
+    Store(crate::store::BlobError),
+}
+
 /// Builds the bounce for `failed` recipients of `entry`'s message, stores its body, and
-/// returns it ready to commit with the failure. `None` for the null sender (never bounce a
-/// bounce) or when the sender cannot be reached.
+/// returns it ready to commit with the failure. `Ok(None)` when no bounce is due: the null
+/// sender (never bounce a bounce) or a hosted sender address that does not exist.
 pub async fn bounce(
     ctx: &DeliveryContext,
     entry: &QueueEntry,
     failed: &[FailedRecipient],
-) -> Option<AcceptedMessage> {
+) -> Result<Option<AcceptedMessage>, BounceError> {
     if entry.sender.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let original = ctx
-        .stores
-        .blobs
-        .get(&entry.blob_key)
-        .await
-        .unwrap_or_default();
+    let original = match ctx.stores.blobs.get(&entry.blob_key).await {
+        Ok(original) => original,
+        // Gone for good: the notice goes out without the original's headers.
+        Err(crate::store::BlobError::NotFound(_)) => Vec::new(),
+        Err(error) => return Err(BounceError::Original(error)),
+    };
     let id = new_id();
     let hostname = &ctx.config.server.hostname;
     let data = dsn::build(&dsn::Report {
@@ -321,20 +336,18 @@ pub async fn bounce(
         }
         Ok(RecipientLookup::UnknownUser) => {
             tracing::warn!(sender = %entry.sender, "no bounce: the sender's hosted address does not exist");
-            return None;
+            return Ok(None);
         }
-        Err(error) => {
-            tracing::warn!(sender = %entry.sender, %error, "no bounce: sender lookup failed");
-            return None;
-        }
+        Err(error) => return Err(BounceError::Sender(error)),
     };
     let key = ctx.stores.blobs.key_for(&data);
-    if let Err(error) = ctx.stores.blobs.put(&key, &data).await {
-        tracing::error!(%error, "cannot store bounce body");
-        return None;
-    }
+    ctx.stores
+        .blobs
+        .put(&key, &data)
+        .await
+        .map_err(BounceError::Store)?;
     let now = now_millis();
-    Some(AcceptedMessage {
+    Ok(Some(AcceptedMessage {
         id,
         blob_key: key,
         size: data.len() as i64,
@@ -344,7 +357,7 @@ pub async fn bounce(
         local_recipients: local,
         remote_recipients: remote,
         expires_at: now + ctx.config.delivery.max_queue_lifetime.as_millis() as i64,
-    })
+    }))
 }
 
 /// Wakes the partitions that received bounces.

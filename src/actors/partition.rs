@@ -61,12 +61,15 @@ pub struct PartitionArgs {
     pub ctx: Arc<DeliveryContext>,
     /// The lease that fences every change.
     pub lease: Lease,
+    /// Set by the manager when it sends a hint's `Wake`; cleared when the wake runs.
+    pub wake_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A partition actor's state.
 pub struct PartitionState {
     ctx: Arc<DeliveryContext>,
     lease: Lease,
+    wake_pending: Arc<std::sync::atomic::AtomicBool>,
     in_flight: HashSet<i64>,
     workers: HashMap<String, usize>,
     running: Arc<Workers>,
@@ -187,8 +190,29 @@ async fn record(
     }
     let mut bounces = Vec::new();
     for (entry, failed) in failures.values() {
-        if let Some(bounce) = delivery::bounce(ctx, entry, failed).await {
-            bounces.push(bounce);
+        match delivery::bounce(ctx, entry, failed).await {
+            Ok(bounce) => bounces.extend(bounce),
+            Err(error) => {
+                // Never commit a failure without its bounce: the rows stay pending and the
+                // next attempt (which fails the same way, or succeeds) tries again.
+                let wait = ctx.config.delivery.retry_after(entry.attempts + 1);
+                let retry_at = now + wait.as_millis() as i64;
+                tracing::warn!(message = %entry.message_id, %error, retry_in_s = wait.as_secs(), "cannot build the bounce; keeping the recipients queued");
+                metrics::counter!("mairust_bounce_failures_total").increment(1);
+                for update in updates.iter_mut().filter(|u| {
+                    u.status == QueueStatus::Failed
+                        && results
+                            .iter()
+                            .any(|r| r.entry.id == u.id && r.entry.message_id == entry.message_id)
+                }) {
+                    update.status = QueueStatus::Deferred;
+                    update.next_attempt_at = retry_at;
+                    update.last_error = Some(format!(
+                        "{}; the bounce could not be built ({error}), retrying",
+                        update.last_error.as_deref().unwrap_or("failed")
+                    ));
+                }
+            }
         }
     }
     apply(ctx, lease, &updates, &bounces).await?;
@@ -232,31 +256,68 @@ impl Workers {
 }
 
 impl PartitionQueue {
+    /// Rows this partition can send now: for each domain with a free connection slot (the
+    /// longest-waiting first), its due rows that are not already being delivered. Domains at
+    /// their limit are skipped in the query, so one busy destination never hides the others.
+    async fn sendable(
+        state: &PartitionState,
+    ) -> Result<Vec<(String, Vec<QueueEntry>)>, crate::store::StoreError> {
+        let ctx = &state.ctx;
+        let partition = state.lease.partition;
+        let limit = ctx.config.delivery.concurrency_per_destination;
+        let per_connection = ctx.config.delivery.max_messages_per_connection;
+        let saturated: Vec<String> = state
+            .workers
+            .iter()
+            .filter(|(_, active)| **active >= limit)
+            .map(|(domain, _)| domain.clone())
+            .collect();
+        let mut budget = ctx.config.queue.batch_size as usize;
+        let domains = ctx
+            .stores
+            .queue
+            .due_domains(partition, &saturated, ctx.config.queue.batch_size)
+            .await?;
+        let mut out = Vec::new();
+        for domain in domains {
+            if budget == 0 {
+                break;
+            }
+            let active = state.workers.get(&domain).copied().unwrap_or(0);
+            let free = limit.saturating_sub(active);
+            // Enough to fill the free connections even if every row of the busy ones is
+            // still among the oldest.
+            let wanted = free * per_connection;
+            let fetch = (wanted + active * per_connection) as u32;
+            let rows = ctx
+                .stores
+                .queue
+                .due_entries(partition, &domain, fetch)
+                .await?;
+            let rows: Vec<QueueEntry> = rows
+                .into_iter()
+                .filter(|e| !state.in_flight.contains(&e.id))
+                .take(wanted.min(budget))
+                .collect();
+            budget -= rows.len();
+            if !rows.is_empty() {
+                out.push((domain, rows));
+            }
+        }
+        Ok(out)
+    }
+
     async fn wake(myself: &ActorRef<PartitionMsg>, state: &mut PartitionState) {
         let ctx = state.ctx.clone();
         let partition = state.lease.partition;
-        let due = match ctx
-            .stores
-            .queue
-            .due_entries(partition, ctx.config.queue.batch_size)
-            .await
-        {
-            Ok(due) => due,
+        let by_domain = match Self::sendable(state).await {
+            Ok(rows) => rows,
             Err(error) => {
                 tracing::warn!(partition, %error, "cannot read due queue entries");
                 Self::schedule(myself, state, Duration::from_secs(5));
                 return;
             }
         };
-        let mut by_domain: HashMap<String, Vec<QueueEntry>> = HashMap::new();
-        for entry in due {
-            if !state.in_flight.contains(&entry.id) {
-                by_domain
-                    .entry(entry.domain.clone())
-                    .or_default()
-                    .push(entry);
-            }
-        }
         // At most `concurrency_per_destination` connections per domain; rows beyond that wait
         // for a worker to finish and then leave together over one connection.
         let per_connection = ctx.config.delivery.max_messages_per_connection;
@@ -396,7 +457,11 @@ impl PartitionQueue {
                 diagnostic: reason,
                 remote_mta: None,
             }];
-            bounces.extend(delivery::bounce(&state.ctx, &entry, &failed).await);
+            // Not cancelled without its bounce: the administrator gets the error and retries.
+            let bounce = delivery::bounce(&state.ctx, &entry, &failed)
+                .await
+                .map_err(|e| QueueOpError::Store(e.to_string()))?;
+            bounces.extend(bounce);
         }
         apply(&state.ctx, &state.lease, &[update], &bounces)
             .await
@@ -423,6 +488,7 @@ impl Actor for PartitionQueue {
         Ok(PartitionState {
             ctx: args.ctx,
             lease: args.lease,
+            wake_pending: args.wake_pending,
             in_flight: HashSet::new(),
             workers: HashMap::new(),
             running: Arc::default(),
@@ -455,7 +521,12 @@ impl Actor for PartitionQueue {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PartitionMsg::Wake => Self::wake(&myself, state).await,
+            PartitionMsg::Wake => {
+                state
+                    .wake_pending
+                    .store(false, std::sync::atomic::Ordering::Release);
+                Self::wake(&myself, state).await
+            }
             PartitionMsg::Done(domain, results) => {
                 if let Some(n) = state.workers.get_mut(&domain) {
                     *n = n.saturating_sub(1);

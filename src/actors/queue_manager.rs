@@ -8,8 +8,9 @@
 //! next tick. On stop it stops its partition actors and releases their leases at once, so a
 //! graceful shutdown hands partitions over without waiting for expiry.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::supervisor::ActorSlot;
@@ -23,8 +24,8 @@ use crate::store::{Lease, QueueStatus};
 pub enum QueueMsg {
     /// Renew and acquire leases, refresh queue metrics.
     Tick,
-    /// New work in a partition.
-    Hint(u32),
+    /// New work in the partitions [`QueueHandle::take_hints`] returns.
+    Hint,
     /// Make a row due now (through its partition's owner).
     Retry(u32, i64, RpcReplyPort<Result<(), QueueOpError>>),
     /// Cancel a row, optionally bouncing it.
@@ -47,6 +48,9 @@ pub struct QueueManagerArgs {
 struct Owned {
     lease: Lease,
     actor: Option<ActorRef<PartitionMsg>>,
+    /// Set while a hint's `Wake` waits in the partition's mailbox (it clears it), so hints
+    /// never pile up behind a busy partition.
+    wake_pending: Arc<AtomicBool>,
 }
 
 /// The manager's state.
@@ -66,7 +70,14 @@ impl QueueManager {
         let args = PartitionArgs {
             ctx: state.ctx.clone(),
             lease: lease.clone(),
+            wake_pending: state
+                .owned
+                .get(&lease.partition)
+                .map(|o| o.wake_pending.clone())
+                .unwrap_or_default(),
         };
+        // A new actor wakes by itself at start; a flag left by a dead one must not block hints.
+        args.wake_pending.store(false, Ordering::Release);
         match Actor::spawn_linked(None, PartitionQueue, args, myself.get_cell()).await {
             Ok((actor, _)) => Some(actor),
             Err(error) => {
@@ -96,10 +107,11 @@ impl QueueManager {
                 // Leases held but not tracked (for example after this actor restarted) are
                 // adopted rather than left to expire.
                 for (partition, lease) in held {
-                    state
-                        .owned
-                        .entry(partition)
-                        .or_insert(Owned { lease, actor: None });
+                    state.owned.entry(partition).or_insert(Owned {
+                        lease,
+                        actor: None,
+                        wake_pending: Arc::default(),
+                    });
                 }
             }
             Err(error) => {
@@ -121,7 +133,14 @@ impl QueueManager {
             {
                 Ok(Some(lease)) => {
                     tracing::info!(partition, epoch = lease.epoch, "partition acquired");
-                    state.owned.insert(partition, Owned { lease, actor: None });
+                    state.owned.insert(
+                        partition,
+                        Owned {
+                            lease,
+                            actor: None,
+                            wake_pending: Arc::default(),
+                        },
+                    );
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -171,13 +190,9 @@ async fn update_depth_metrics(ctx: &DeliveryContext) {
                         .set(count as f64);
                 }
             }
-            for status in [
-                QueueStatus::Queued,
-                QueueStatus::Deferred,
-                QueueStatus::Delivered,
-                QueueStatus::Failed,
-                QueueStatus::Cancelled,
-            ] {
+            // Pending rows only: finished ones are history, counted by
+            // `mairust_delivery_attempts_total` as they happen.
+            for status in [QueueStatus::Queued, QueueStatus::Deferred] {
                 metrics::gauge!("mairust_queue_depth", "status" => status.as_str())
                     .set(by_status.get(&status).copied().unwrap_or(0) as f64);
             }
@@ -220,9 +235,16 @@ impl Actor for QueueManager {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             QueueMsg::Tick => Self::tick(&myself, state).await,
-            QueueMsg::Hint(partition) => {
-                if let Ok(actor) = Self::forward(state, partition) {
-                    let _ = actor.send_message(PartitionMsg::Wake);
+            QueueMsg::Hint => {
+                for partition in state.ctx.queue.take_hints() {
+                    let Some(owned) = state.owned.get(&partition) else {
+                        continue;
+                    };
+                    if let Some(actor) = &owned.actor
+                        && !owned.wake_pending.swap(true, Ordering::AcqRel)
+                    {
+                        let _ = actor.send_message(PartitionMsg::Wake);
+                    }
                 }
             }
             QueueMsg::Retry(partition, id, reply) => match Self::forward(state, partition) {
@@ -308,23 +330,53 @@ impl Actor for QueueManager {
 
 /// The current queue manager's address, replaced on restart.
 #[derive(Clone, Default)]
-pub struct QueueHandle(ActorSlot<QueueMsg>);
+pub struct QueueHandle {
+    slot: ActorSlot<QueueMsg>,
+    hints: Arc<Hints>,
+}
+
+/// Partitions with new work, collected between two visits of the manager: a flood of
+/// acceptances while the manager is busy costs one set entry per partition and one message,
+/// not one message per accepted mail.
+#[derive(Default)]
+struct Hints(Mutex<BTreeSet<u32>>);
+
+impl Hints {
+    /// Records `partition`; true when the set was empty (the manager must be told).
+    fn add(&self, partition: u32) -> bool {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let first = set.is_empty();
+        set.insert(partition);
+        first
+    }
+
+    fn take(&self) -> BTreeSet<u32> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 impl QueueHandle {
     /// Publishes a new manager (from its spawn function).
     pub fn set(&self, manager: ActorRef<QueueMsg>) {
-        self.0.set(manager);
+        self.slot.set(manager);
     }
 
     fn current(&self) -> Option<ActorRef<QueueMsg>> {
-        self.0.get()
+        self.slot.get()
     }
 
     /// Tells the partition's owner that new work is due (best effort: owners also poll).
     pub fn hint(&self, partition: u32) {
-        if let Some(manager) = self.current() {
-            let _ = manager.send_message(QueueMsg::Hint(partition));
+        if self.hints.add(partition)
+            && let Some(manager) = self.current()
+        {
+            let _ = manager.send_message(QueueMsg::Hint);
         }
+    }
+
+    /// The partitions hinted since the last call.
+    fn take_hints(&self) -> BTreeSet<u32> {
+        self.hints.take()
     }
 
     /// Makes a row due now.
@@ -365,5 +417,25 @@ impl QueueHandle {
             Ok(ractor::rpc::CallResult::Success(owned)) => owned,
             _ => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_hints_is_one_message_per_visit() {
+        let hints = Hints::default();
+        assert!(hints.add(3), "the first hint tells the manager");
+        for _ in 0..10_000 {
+            assert!(!hints.add(3));
+            assert!(!hints.add(5));
+        }
+        assert_eq!(hints.take(), BTreeSet::from([3, 5]));
+        assert!(
+            hints.add(5),
+            "after a visit the next hint tells the manager again"
+        );
     }
 }

@@ -10,15 +10,21 @@
 //! Each request runs in its own savepoint, so one failing request (a lost lease, a deleted
 //! user) leaves the others in the batch. If the writer dies, pending callers see their reply
 //! port dropped and answer `451`: the client still holds the message and retries.
+//!
+//! Callers wait at most `database.commit_timeout` (a hung database answers `451 4.3.0`, not
+//! silence), and at most a bounded number of requests are in the writer's mailbox at once:
+//! beyond that, callers wait for a slot within the same timeout.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::supervisor::ActorSlot;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::store::{AcceptedMessage, EntryUpdate, Lease, MetadataStore, StoreError, WriteOp};
+use crate::store::{
+    AcceptedMessage, BlobStore, EntryUpdate, Lease, MetadataStore, StoreError, WriteOp,
+};
 
 /// Where the writer answers a request: `Ok` once it is durable.
 pub type CommitReply = RpcReplyPort<Result<(), CommitError>>;
@@ -42,6 +48,13 @@ pub enum CommitError {
     /// A queue owner's lease was taken over; its change was not applied.
     #[error("lease on partition {0} lost")]
     LeaseLost(u32),
+    /// No answer within `database.commit_timeout`; the write may or may not have happened.
+    #[error("no answer from the storage writer within {0:?}")]
+    Timeout(Duration),
+    /// The body under this key was deleted as unreferenced before the commit; store it
+    /// again and retry.
+    #[error("message body {0} vanished before its commit")]
+    BodyMissing(String),
     /// The database refused the commit.
     #[error("metadata commit failed: {0}")]
     Failed(String),
@@ -53,6 +66,7 @@ pub struct StorageWriter;
 /// The writer's state.
 pub struct WriterState {
     store: Arc<dyn MetadataStore>,
+    blobs: Arc<dyn BlobStore>,
     max_batch: usize,
     pending: Vec<(Box<WriteOp>, CommitReply)>,
     fail_next_flush: bool,
@@ -62,6 +76,8 @@ pub struct WriterState {
 pub struct WriterArgs {
     /// Where metadata goes.
     pub store: Arc<dyn MetadataStore>,
+    /// Where the bodies are (each new message's body is checked before its commit).
+    pub blobs: Arc<dyn BlobStore>,
     /// Most messages per transaction.
     pub max_batch: usize,
 }
@@ -78,6 +94,7 @@ impl Actor for StorageWriter {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(WriterState {
             store: args.store,
+            blobs: args.blobs,
             max_batch: args.max_batch.max(1),
             pending: Vec::new(),
             fail_next_flush: false,
@@ -116,7 +133,7 @@ async fn flush(state: &mut WriterState) -> Result<(), ActorProcessingErr> {
     let batch = std::mem::take(&mut state.pending);
     let started = Instant::now();
     let ops: Vec<WriteOp> = batch.iter().map(|(op, _)| (**op).clone()).collect();
-    let result = state.store.write_batch(&ops).await;
+    let result = state.store.write_batch(&ops, state.blobs.as_ref()).await;
     metrics::histogram!("mairust_storage_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("mairust_storage_commit_batch_size").record(batch.len() as f64);
     match result {
@@ -124,6 +141,7 @@ async fn flush(state: &mut WriterState) -> Result<(), ActorProcessingErr> {
             for ((_, reply), result) in batch.into_iter().zip(results) {
                 let _ = reply.send(result.map_err(|e| match e {
                     StoreError::LeaseLost { partition } => CommitError::LeaseLost(partition),
+                    StoreError::BlobMissing(key) => CommitError::BodyMissing(key),
                     other => CommitError::Failed(other.to_string()),
                 }));
             }
@@ -140,17 +158,32 @@ async fn flush(state: &mut WriterState) -> Result<(), ActorProcessingErr> {
 
 /// The current writer's address; the supervisor replaces it when it restarts the writer, so
 /// holders of the handle never keep a dead address.
-#[derive(Clone, Default)]
-pub struct WriterHandle(ActorSlot<WriterMsg>);
+#[derive(Clone)]
+pub struct WriterHandle {
+    slot: ActorSlot<WriterMsg>,
+    /// Requests allowed in the writer's mailbox at once.
+    slots: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+}
 
 impl WriterHandle {
+    /// A handle whose callers wait at most `timeout`, with at most `max_pending` requests
+    /// queued for the writer.
+    pub fn new(timeout: Duration, max_pending: usize) -> Self {
+        Self {
+            slot: ActorSlot::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(max_pending.max(1))),
+            timeout,
+        }
+    }
+
     /// Publishes a new writer (from its spawn function).
     pub fn set(&self, writer: ActorRef<WriterMsg>) {
-        self.0.set(writer);
+        self.slot.set(writer);
     }
 
     fn current(&self) -> Option<ActorRef<WriterMsg>> {
-        self.0.get()
+        self.slot.get()
     }
 
     /// Commits an accepted message and waits until it is durable.
@@ -174,13 +207,24 @@ impl WriterHandle {
     }
 
     async fn write(&self, op: WriteOp) -> Result<(), CommitError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = CommitError::Timeout(self.timeout);
+        let _slot = tokio::time::timeout_at(deadline, self.slots.acquire())
+            .await
+            .map_err(|_| timed_out.clone())?
+            .map_err(|_| CommitError::Unavailable)?;
         let writer = self.current().ok_or(CommitError::Unavailable)?;
         let op = Box::new(op);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match writer
-            .call(|reply| WriterMsg::Commit(op, reply), None)
+            .call(|reply| WriterMsg::Commit(op, reply), Some(left))
             .await
         {
             Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout) => {
+                metrics::counter!("mairust_storage_commit_timeouts_total").increment(1);
+                Err(timed_out)
+            }
             Ok(_) | Err(_) => Err(CommitError::Unavailable),
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! A body is written to a temporary file, fsynced, renamed into place and the directory
 //! fsynced, so after `put` returns the body survives a crash of the process or the machine.
-//! Keys fan out over two directory levels (`ab/cd/abcd…`) to keep directories small.
+//! Keys fan out over two directory levels (`ab/cd/abcd…`) to keep directories small; a fan-out
+//! directory created on the way is made durable too (its parent is fsynced), or the first body
+//! stored in it could vanish with the directory entry on power loss.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,14 +48,46 @@ impl FsBlobStore {
         let dir = path
             .parent()
             .ok_or_else(|| BlobError::InvalidKey(path.display().to_string()))?;
-        std::fs::create_dir_all(dir)?;
+        create_dirs_durably(root, dir, sync_dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(root.join("tmp"))?;
         tmp.write_all(data)?;
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| BlobError::Io(e.error))?;
-        std::fs::File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
         Ok(())
     }
+}
+
+/// Fsyncs a directory, which makes the entries created in it durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (below `root`, which exists) and every missing directory on the way, fsyncing
+/// the parent of each one it creates so that the new entries survive a power loss.
+fn create_dirs_durably(
+    root: &Path,
+    dir: &Path,
+    sync: impl Fn(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let Ok(relative) = dir.strip_prefix(root) else {
+        return Err(std::io::Error::other(format!(
+            "{} is outside the blob root {}",
+            dir.display(),
+            root.display()
+        )));
+    };
+    let mut current = root.to_path_buf();
+    for component in relative.components() {
+        let parent = current.clone();
+        current.push(component);
+        match std::fs::create_dir(&current) {
+            Ok(()) => sync(&parent)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -120,6 +154,24 @@ mod tests {
         assert!(matches!(store.get(&key).await, Err(BlobError::NotFound(_))));
         store.delete(&key).await.expect("deleting twice is fine");
         store.health().await.expect("healthy");
+    }
+
+    #[test]
+    fn new_fan_out_directories_are_made_durable_in_their_parents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let synced = std::cell::RefCell::new(Vec::new());
+        let record = |p: &Path| {
+            synced.borrow_mut().push(p.to_path_buf());
+            Ok(())
+        };
+        create_dirs_durably(root, &root.join("ab").join("cd"), record).expect("create");
+        assert_eq!(*synced.borrow(), vec![root.to_path_buf(), root.join("ab")]);
+        // Existing directories are not synced again; a new sibling syncs only its parent.
+        synced.borrow_mut().clear();
+        create_dirs_durably(root, &root.join("ab").join("ef"), record).expect("create");
+        assert_eq!(*synced.borrow(), vec![root.join("ab")]);
+        assert!(create_dirs_durably(root, Path::new("/elsewhere"), record).is_err());
     }
 
     #[tokio::test]

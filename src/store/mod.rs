@@ -62,6 +62,11 @@ pub enum StoreError {
     /// Schema migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A message's body is not (or no longer) in the blob store, so its metadata was not
+    /// committed: an unreferenced body may have been deleted between its write and the
+    /// commit. The writer of the body retries.
+    #[error("message body {0} is missing from the blob store; store it again and retry")]
+    BlobMissing(String),
 }
 
 /// A hosted domain.
@@ -185,6 +190,16 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// The messages this write stores.
+    pub fn new_messages(&self) -> impl Iterator<Item = &AcceptedMessage> {
+        match self {
+            Self::Accept(m) => std::slice::from_ref(m).iter(),
+            Self::Apply { new_messages, .. } => new_messages.iter(),
+        }
+    }
+}
+
 /// One message in a user's mailbox.
 #[derive(Debug, Clone)]
 pub struct MailboxItem {
@@ -285,8 +300,26 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Commits `ops` in one transaction, each in its own savepoint: the outer error means
     /// nothing was committed; otherwise each op's result says whether it is durable.
-    async fn write_batch(&self, ops: &[WriteOp])
-    -> Result<Vec<Result<(), StoreError>>, StoreError>;
+    ///
+    /// Every new message's body must be in `blobs`: it is checked inside the transaction,
+    /// under the lock [`MetadataStore::delete_unreferenced_blobs`] takes, so a body deleted as
+    /// unreferenced after it was written fails its op with [`StoreError::BlobMissing`]
+    /// instead of committing a reference to nothing.
+    async fn write_batch(
+        &self,
+        ops: &[WriteOp],
+        blobs: &dyn BlobStore,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+
+    /// Deletes from `blobs` those of `keys` that no message references, deciding and deleting
+    /// under a lock that excludes concurrent acceptance commits (see
+    /// [`MetadataStore::write_batch`]); returns how many were deleted. A blob that cannot be
+    /// deleted is logged and left (it only costs space).
+    async fn delete_unreferenced_blobs(
+        &self,
+        keys: &[String],
+        blobs: &dyn BlobStore,
+    ) -> Result<usize, StoreError>;
 
     /// A page of a user's folder, newest first.
     async fn list_mailbox(
@@ -443,12 +476,17 @@ impl Stores {
         })
     }
 
-    /// Deletes blobs the metadata no longer references. Failures only leak space, so they are
-    /// logged, not returned.
+    /// Deletes those of `keys` that the metadata no longer references (a body stored again
+    /// meanwhile is kept). Failures only leak space, so they are logged, not returned.
     pub async fn delete_blobs(&self, keys: &[String]) {
-        for key in keys {
-            if let Err(error) = self.blobs.delete(key).await {
-                tracing::warn!(%key, %error, "could not delete an unreferenced blob");
+        // Small groups: acceptance commits wait while a group is decided and deleted.
+        for group in keys.chunks(64) {
+            if let Err(error) = self
+                .meta
+                .delete_unreferenced_blobs(group, self.blobs.as_ref())
+                .await
+            {
+                tracing::warn!(%error, blobs = group.len(), "could not delete unreferenced blobs");
             }
         }
     }

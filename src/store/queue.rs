@@ -179,8 +179,21 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn renew_leases(&self, owner: &str, ttl: Duration) -> Result<Vec<Lease>, StoreError>;
     /// Gives a lease up at once (graceful handover).
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
-    /// Pending rows of a partition that are due, oldest first.
-    async fn due_entries(&self, partition: u32, limit: u32) -> Result<Vec<QueueEntry>, StoreError>;
+    /// Destination domains of a partition that have due rows, the longest-waiting first,
+    /// leaving out `skip` (domains that cannot take another connection now), at most `limit`.
+    async fn due_domains(
+        &self,
+        partition: u32,
+        skip: &[String],
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Due pending rows of one domain in a partition, oldest first.
+    async fn due_entries(
+        &self,
+        partition: u32,
+        domain: &str,
+        limit: u32,
+    ) -> Result<Vec<QueueEntry>, StoreError>;
     /// When the next pending row of a partition is due.
     async fn next_due(&self, partition: u32) -> Result<Option<Millis>, StoreError>;
     /// A page of the queue, newest first.
@@ -195,7 +208,8 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Deletes finished rows last changed before `before`, and messages nothing refers to;
     /// returns blob keys no longer referenced.
     async fn purge_finished(&self, before: Millis) -> Result<Vec<String>, StoreError>;
-    /// Row counts by partition and status, for metrics.
+    /// Pending row counts by partition and status, for metrics (reads only the index of
+    /// pending rows, however much history the table keeps).
     async fn queue_depth(&self) -> Result<Vec<(u32, QueueStatus, i64)>, StoreError>;
     /// Stores (or replaces) a domain's DKIM key.
     async fn put_dkim_key(&self, key: &DkimKeyRecord) -> Result<(), StoreError>;
@@ -293,6 +307,11 @@ pub(crate) async fn apply_fenced(
     Ok(())
 }
 
+/// Pending rows per partition and status: an index search on the pending statuses, so its
+/// cost follows the pending mail, not the retained history.
+const QUEUE_DEPTH: &str = "SELECT partition, status, COUNT(*) FROM queue \
+     WHERE status IN ('queued', 'deferred') GROUP BY partition, status";
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -378,13 +397,50 @@ impl QueueStore for SqlStore {
         Ok(())
     }
 
-    async fn due_entries(&self, partition: u32, limit: u32) -> Result<Vec<QueueEntry>, StoreError> {
+    async fn due_domains(
+        &self,
+        partition: u32,
+        skip: &[String],
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let skipped = if skip.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 4)).collect();
+            format!(" AND domain NOT IN ({})", list.join(", "))
+        };
+        let sql = format!(
+            "SELECT domain, MIN(next_attempt_at) AS due FROM queue WHERE partition = $1 \
+             AND status IN ('queued', 'deferred') AND next_attempt_at <= $2{skipped} \
+             GROUP BY domain ORDER BY due, domain LIMIT $3"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(i64::from(partition))
+            .bind(now_millis())
+            .bind(i64::from(limit));
+        for domain in skip {
+            query = query.bind(domain);
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn due_entries(
+        &self,
+        partition: u32,
+        domain: &str,
+        limit: u32,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE q.partition = $1 \
-             AND q.status IN ('queued', 'deferred') AND q.next_attempt_at <= $2 \
-             ORDER BY q.next_attempt_at, q.id LIMIT $3"
+             AND q.status IN ('queued', 'deferred') AND q.domain = $2 \
+             AND q.next_attempt_at <= $3 ORDER BY q.next_attempt_at, q.id LIMIT $4"
         ))
         .bind(i64::from(partition))
+        .bind(domain)
         .bind(now_millis())
         .bind(i64::from(limit))
         .fetch_all(self.pool())
@@ -465,10 +521,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn queue_depth(&self) -> Result<Vec<(u32, QueueStatus, i64)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT partition, status, COUNT(*) FROM queue GROUP BY partition, status")
-                .fetch_all(self.pool())
-                .await?;
+        let rows = sqlx::query(QUEUE_DEPTH).fetch_all(self.pool()).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let status: String = r.try_get(1)?;
@@ -554,10 +607,32 @@ mod tests {
         }
     }
 
+    /// Every body present: these tests are about rows, not bodies.
+    struct AllBodies;
+
+    #[async_trait::async_trait]
+    impl crate::store::BlobStore for AllBodies {
+        async fn contains(&self, _key: &str) -> Result<bool, crate::store::BlobError> {
+            Ok(true)
+        }
+        async fn put(&self, _key: &str, _data: &[u8]) -> Result<(), crate::store::BlobError> {
+            Ok(())
+        }
+        async fn get(&self, key: &str) -> Result<Vec<u8>, crate::store::BlobError> {
+            Err(crate::store::BlobError::NotFound(key.into()))
+        }
+        async fn delete(&self, _key: &str) -> Result<(), crate::store::BlobError> {
+            Ok(())
+        }
+        async fn health(&self) -> Result<(), crate::store::BlobError> {
+            Ok(())
+        }
+    }
+
     /// One write through the group-commit path, as the storage writer does it.
     async fn write(store: &SqlStore, op: WriteOp) -> Result<(), StoreError> {
         store
-            .write_batch(&[op])
+            .write_batch(&[op], &AllBodies)
             .await
             .expect("batch commits")
             .remove(0)
@@ -610,7 +685,11 @@ mod tests {
         write(&store, WriteOp::Accept(message("m1", "x@remote.test", 3)))
             .await
             .expect("commit");
-        let entry = store.due_entries(3, 10).await.expect("due").remove(0);
+        let entry = store
+            .due_entries(3, "remote.test", 10)
+            .await
+            .expect("due")
+            .remove(0);
         let update = EntryUpdate {
             id: entry.id,
             status: QueueStatus::Deferred,
@@ -672,7 +751,11 @@ mod tests {
         write(&store, WriteOp::Accept(message("m1", "x@r.test", 0)))
             .await
             .expect("commit");
-        let entry = store.due_entries(0, 10).await.expect("due").remove(0);
+        let entry = store
+            .due_entries(0, "r.test", 10)
+            .await
+            .expect("due")
+            .remove(0);
         assert_eq!(entry.status, QueueStatus::Queued);
         apply(
             &store,
@@ -687,7 +770,13 @@ mod tests {
         )
         .await
         .expect("apply");
-        assert!(store.due_entries(0, 10).await.expect("due").is_empty());
+        assert!(
+            store
+                .due_entries(0, "r.test", 10)
+                .await
+                .expect("due")
+                .is_empty()
+        );
         let keys = store.purge_finished(now_millis() + 1).await.expect("purge");
         assert_eq!(keys, vec!["0".repeat(64)]);
         assert_eq!(store.count_messages().await.expect("count"), 0);
@@ -702,15 +791,18 @@ mod tests {
             epoch: 7,
         };
         let results = store
-            .write_batch(&[
-                WriteOp::Accept(message("m1", "x@r.test", 5)),
-                WriteOp::Apply {
-                    lease: stale,
-                    updates: vec![],
-                    new_messages: vec![message("m2", "y@r.test", 5)],
-                },
-                WriteOp::Accept(message("m3", "z@r.test", 5)),
-            ])
+            .write_batch(
+                &[
+                    WriteOp::Accept(message("m1", "x@r.test", 5)),
+                    WriteOp::Apply {
+                        lease: stale,
+                        updates: vec![],
+                        new_messages: vec![message("m2", "y@r.test", 5)],
+                    },
+                    WriteOp::Accept(message("m3", "z@r.test", 5)),
+                ],
+                &AllBodies,
+            )
             .await
             .expect("batch commits");
         assert!(results[0].is_ok() && results[2].is_ok());
@@ -722,6 +814,65 @@ mod tests {
             store.count_messages().await.expect("count"),
             2,
             "m2 was rolled back alone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_domain_does_not_hide_the_others_in_its_partition() {
+        let (_dir, store) = store().await;
+        // Many older rows for one domain, then one row for another, in the same partition.
+        for i in 0..30 {
+            let m = message(&format!("busy{i}"), &format!("u{i}@busy.test"), 7);
+            write(&store, WriteOp::Accept(m)).await.expect("commit");
+        }
+        write(&store, WriteOp::Accept(message("calm", "u@calm.test", 7)))
+            .await
+            .expect("commit");
+        let all = store.due_domains(7, &[], 10).await.expect("domains");
+        assert_eq!(all, vec!["busy.test".to_string(), "calm.test".to_string()]);
+        // busy.test has no free connection: only calm.test is offered, whatever the age.
+        let free = store
+            .due_domains(7, &["busy.test".to_string()], 1)
+            .await
+            .expect("domains");
+        assert_eq!(free, vec!["calm.test".to_string()]);
+        let rows = store.due_entries(7, "calm.test", 5).await.expect("rows");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].recipient, "u@calm.test");
+        assert_eq!(
+            store
+                .due_entries(7, "busy.test", 5)
+                .await
+                .expect("rows")
+                .len(),
+            5
+        );
+    }
+
+    /// The gauges refresh every few seconds: they must read the pending rows' index, not the
+    /// whole table with its retained history.
+    #[tokio::test]
+    async fn queue_depth_reads_only_the_pending_index() {
+        let (_dir, store) = store().await;
+        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {QUEUE_DEPTH}"))
+            .fetch_all(store.pool())
+            .await
+            .expect("plan")
+            .iter()
+            .map(|r| r.try_get::<String, _>(3).expect("detail"))
+            .collect();
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH queue USING"))
+                && !plan.iter().any(|step| step.starts_with("SCAN queue")),
+            "{plan:?}"
+        );
+        write(&store, WriteOp::Accept(message("m1", "x@r.test", 2)))
+            .await
+            .expect("commit");
+        assert_eq!(
+            store.queue_depth().await.expect("depth"),
+            vec![(2, QueueStatus::Queued, 1)]
         );
     }
 

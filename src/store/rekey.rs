@@ -130,7 +130,7 @@ mod tests {
             expires_at: now_millis(),
         };
         store
-            .write_batch(&[WriteOp::Accept(accepted)])
+            .write_batch(&[WriteOp::Accept(accepted)], &encrypted)
             .await
             .expect("commit");
 

@@ -4,6 +4,7 @@
 //! 64-bit integer (times in ms, flags as 0/1), placeholders are `$n`, and the few places
 //! where the dialects differ go through [`Dialect`]. Each database keeps its own migrations.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, Connection};
 use sqlx::{AnyPool, Executor, Row};
 
+use super::blob::BlobStore;
 use super::{
     AcceptedMessage, Credentials, Domain, MailboxItem, MessageSummary, MetadataStore, Millis, Page,
     RecipientLookup, StoreError, User, WriteOp, now_millis,
@@ -103,8 +105,15 @@ impl SqlStore {
         // One direct connection first: it fails at once with the real cause (refused, bad
         // password, unknown database) where the pool would wait out its acquire timeout and
         // report only that.
+        // On PostgreSQL it also runs the migrations, outside the pool's statement timeout (an
+        // index build on a large table may take longer than any request should).
         match tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect_with(&options)).await {
-            Ok(Ok(conn)) => conn.close().await?,
+            Ok(Ok(mut conn)) => {
+                if dialect == Dialect::Postgres {
+                    POSTGRES_MIGRATIONS.run(&mut conn).await?;
+                }
+                conn.close().await?
+            }
             Ok(Err(error)) => return Err(error.into()),
             Err(_) => {
                 return Err(StoreError::Invalid(format!(
@@ -119,6 +128,18 @@ impl SqlStore {
             // Recycle connections so a database failover or restart is picked up.
             .idle_timeout(Duration::from_secs(600))
             .max_lifetime(Duration::from_secs(1800));
+        if dialect == Dialect::Postgres {
+            let timeout_ms = config.statement_timeout.as_millis().max(1);
+            pool = pool.after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    // A hung or locked database fails the statement instead of holding the
+                    // session (and the storage writer) forever.
+                    conn.execute(format!("SET statement_timeout = {timeout_ms}").as_str())
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
         if dialect == Dialect::Sqlite {
             pool = pool.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -133,9 +154,8 @@ impl SqlStore {
             });
         }
         let pool = pool.connect_with(options).await?;
-        match dialect {
-            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
-            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        if dialect == Dialect::Sqlite {
+            SQLITE_MIGRATIONS.run(&pool).await?;
         }
         Ok(Self { pool, dialect })
     }
@@ -155,7 +175,8 @@ impl SqlStore {
     }
 
     /// Deletes messages that no mailbox and no queue entry refer to any more; returns the
-    /// blob keys that became unreferenced.
+    /// blob keys that became unreferenced, for [`super::Stores::delete_blobs`] (which decides
+    /// again, under its lock, after this transaction commits).
     pub(crate) async fn delete_orphans(
         tx: &mut Tx,
         message_ids: &[String],
@@ -577,11 +598,44 @@ impl MetadataStore for SqlStore {
     async fn write_batch(
         &self,
         ops: &[WriteOp],
+        blobs: &dyn BlobStore,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let dialect = self.dialect();
         let mut tx = self.begin().await?;
+        let keys: HashSet<&str> = ops
+            .iter()
+            .flat_map(WriteOp::new_messages)
+            .map(|m| m.blob_key.as_str())
+            .collect();
+        let mut missing = HashSet::new();
+        if !keys.is_empty() {
+            // Excludes `delete_unreferenced_blobs` (SHARE mode) until this commit, so a body
+            // seen here cannot be deleted before its reference is visible. SQLite's
+            // `BEGIN IMMEDIATE` already holds the database's only write lock.
+            if dialect == Dialect::Postgres {
+                sqlx::query("LOCK TABLE messages IN ROW EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let checks = futures::future::join_all(keys.iter().map(|key| async move {
+                match blobs.contains(key).await {
+                    Ok(true) => None,
+                    Ok(false) => Some(key.to_string()),
+                    Err(error) => {
+                        tracing::warn!(%key, %error, "cannot check a message body before its commit");
+                        Some(key.to_string())
+                    }
+                }
+            }))
+            .await;
+            missing.extend(checks.into_iter().flatten());
+        }
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
+            if let Some(m) = op.new_messages().find(|m| missing.contains(&m.blob_key)) {
+                results.push(Err(StoreError::BlobMissing(m.blob_key.clone())));
+                continue;
+            }
             // Each op in its own savepoint: one failing op (a lost lease) leaves the others.
             let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
             let result = match op {
@@ -609,6 +663,49 @@ impl MetadataStore for SqlStore {
         }
         tx.commit().await?;
         Ok(results)
+    }
+
+    async fn delete_unreferenced_blobs(
+        &self,
+        keys: &[String],
+        blobs: &dyn BlobStore,
+    ) -> Result<usize, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // Conflicts with the ROW EXCLUSIVE lock every acceptance commit takes first.
+            sqlx::query("LOCK TABLE messages IN SHARE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut unreferenced = Vec::new();
+        for key in keys {
+            let referenced = sqlx::query("SELECT 1 FROM messages WHERE blob_key = $1 LIMIT 1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !referenced {
+                unreferenced.push(key);
+            }
+        }
+        // Deleted while the lock is held: a concurrent commit of the same body waits and then
+        // finds it gone (and fails), or committed first and is seen as a reference above.
+        let results =
+            futures::future::join_all(unreferenced.iter().map(|key| blobs.delete(key))).await;
+        let mut deleted = 0;
+        for (key, result) in unreferenced.iter().zip(results) {
+            match result {
+                Ok(()) => deleted += 1,
+                Err(error) => {
+                    tracing::warn!(%key, %error, "could not delete an unreferenced blob")
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn list_mailbox(
@@ -725,5 +822,79 @@ impl MetadataStore for SqlStore {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MessageSummary;
+    use crate::store::fs::FsBlobStore;
+
+    fn accepted(id: &str, key: &str) -> AcceptedMessage {
+        AcceptedMessage {
+            id: id.into(),
+            blob_key: key.into(),
+            size: 4,
+            received_at: now_millis(),
+            envelope_from: String::new(),
+            summary: MessageSummary::default(),
+            local_recipients: vec![],
+            remote_recipients: vec![],
+            expires_at: now_millis(),
+        }
+    }
+
+    /// The purge decided a body was unreferenced; the same body was then stored again (the
+    /// put found it present) and its message committed. Whatever the order, no committed
+    /// message may end up pointing at a deleted body.
+    #[tokio::test]
+    async fn a_body_stored_again_is_never_lost_to_a_concurrent_purge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqlStore::connect(&DatabaseConfig {
+            url: format!("sqlite://{}/m.db", dir.path().display()),
+            ..DatabaseConfig::default()
+        })
+        .await
+        .expect("connect");
+        let blobs = FsBlobStore::open(&dir.path().join("blobs")).expect("fs");
+        let body = b"same body\r\n";
+        let key = blobs.key_for(body);
+        blobs.put(&key, body).await.expect("put");
+
+        // The purge deletes between the put and the commit: the commit must fail, not
+        // reference nothing.
+        assert_eq!(
+            store
+                .delete_unreferenced_blobs(std::slice::from_ref(&key), &blobs)
+                .await
+                .expect("delete"),
+            1
+        );
+        let results = store
+            .write_batch(&[WriteOp::Accept(accepted("m1", &key))], &blobs)
+            .await
+            .expect("batch");
+        assert!(
+            matches!(&results[0], Err(StoreError::BlobMissing(k)) if *k == key),
+            "{results:?}"
+        );
+        assert_eq!(store.count_messages().await.expect("count"), 0);
+
+        // Stored again and committed first: the purge must now keep it.
+        blobs.put(&key, body).await.expect("put again");
+        let results = store
+            .write_batch(&[WriteOp::Accept(accepted("m1", &key))], &blobs)
+            .await
+            .expect("batch");
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(
+            store
+                .delete_unreferenced_blobs(std::slice::from_ref(&key), &blobs)
+                .await
+                .expect("delete"),
+            0
+        );
+        assert_eq!(blobs.get(&key).await.expect("still there"), body);
     }
 }
