@@ -763,6 +763,33 @@ mod tests {
     }
 
     #[test]
+    fn smtp_hardening_keys_load_and_are_checked() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("MAIRUST_SMTP__COMMAND_DEADLINE", "2m"),
+                ("MAIRUST_SMTP__DATA_DEADLINE", "1h"),
+                ("MAIRUST_SMTP__MAX_JUNK_COMMANDS", "7"),
+                ("MAIRUST_SMTP__POSTMASTER", "pm@example.test"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.smtp.command_deadline, Duration::from_secs(120));
+        assert_eq!(c.smtp.data_deadline, Duration::from_secs(3600));
+        assert_eq!(c.smtp.max_junk_commands, 7);
+        assert_eq!(c.smtp.postmaster.as_deref(), Some("pm@example.test"));
+        assert_eq!(c.smtp.soft_error_limit, 10);
+        assert_eq!(c.smtp.error_delay, Duration::from_secs(1));
+        for (key, value) in [
+            ("MAIRUST_SMTP__DATA_DEADLINE", "0s"),
+            ("MAIRUST_SMTP__POSTMASTER", "postmaster"),
+        ] {
+            let err = Config::load_from(None, env(&[(key, value)])).expect_err("must fail");
+            assert!(err.to_string().contains("smtp"), "{err}");
+        }
+    }
+
+    #[test]
     fn unknown_key_in_environment_is_named() {
         let err =
             Config::load_from(None, env(&[("MAIRUST_SERVER__NOPE", "1")])).expect_err("must fail");
