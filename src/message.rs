@@ -131,14 +131,24 @@ pub fn return_path_line(envelope_from: &str) -> String {
 }
 
 /// The addresses in the `From:` and `Sender:` fields of `data` that are not `owner`. A
-/// field that holds no address at all shows as its raw text, so it is refused too.
+/// field that holds no address at all, or one the parser does not see as such (`From :`),
+/// is listed as well, so that it is refused too.
 pub fn foreign_senders(data: &[u8], owner: &str) -> Vec<String> {
+    let raw_fields = header_field_names(data)
+        .filter(|name| name.eq_ignore_ascii_case(b"from") || name.eq_ignore_ascii_case(b"sender"))
+        .count();
     let Some(msg) = MessageParser::default().parse_headers(data) else {
-        return Vec::new();
+        return if raw_fields == 0 {
+            Vec::new()
+        } else {
+            vec!["(unreadable header)".to_owned()]
+        };
     };
     let mut foreign = Vec::new();
+    let mut parsed_fields = 0;
     for name in [HeaderName::From, HeaderName::Sender] {
         for value in msg.header_values(name) {
+            parsed_fields += 1;
             let mut found = false;
             if let HeaderValue::Address(address) = value {
                 for addr in address.iter() {
@@ -155,7 +165,23 @@ pub fn foreign_senders(data: &[u8], owner: &str) -> Vec<String> {
             }
         }
     }
+    if raw_fields > parsed_fields {
+        // A reader might take a field for From that the parser did not.
+        foreign.push("(unreadable header)".to_owned());
+    }
     foreign
+}
+
+/// The names of the header fields of `data` (before the first empty line), as written
+/// (trailing white space before the colon trimmed).
+fn header_field_names(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    data.split(|&b| b == b'\n')
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .filter(|line| !matches!(line.first(), Some(b' ' | b'\t')))
+        .filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some(line[..colon].trim_ascii_end())
+        })
 }
 
 /// Keeps client-supplied text from breaking the header it is written into.
@@ -380,6 +406,21 @@ Content-Length: 3\r\nresent-bcc : y@x\r\nSubject: Bcc: kept\r\nDelivered-To: d@x
             vec!["ceo@other.test"]
         );
         assert!(!foreign_senders(b"From: undisclosed:;\r\n\r\nx", own).is_empty());
+        assert!(
+            !foreign_senders(
+                b"From: alice@example.test\r\nFROM : ceo@other.test\r\n\r\nx",
+                own
+            )
+            .is_empty()
+        );
+        // Only the header section counts.
+        assert!(
+            foreign_senders(
+                b"From: alice@example.test\r\n\r\nFrom: ceo@other.test\r\n",
+                own
+            )
+            .is_empty()
+        );
     }
 
     #[test]
