@@ -1036,3 +1036,12 @@ def test_postmaster_mailbox_is_configurable_and_real_users_keep_theirs(server):
     real = srv.api("postmaster@other.test", USER_PASSWORD)
     assert [i["subject"] for i in real.wait_messages(1)] == ["real one"]
     assert srv.api().all_messages() == []
+
+
+def test_postmaster_goes_to_the_generated_admin_without_configuration(server):
+    srv = server(admin=False)
+    line = srv.wait_for_log(lambda l: "admin" in l["message"] and "password" in l["fields"])
+    admin = srv.api(line["fields"]["email"], line["fields"]["password"])
+    admin.add_domain(DOMAIN)
+    assert srv.send(f"postmaster@{DOMAIN}", simple_message("for the admin"))[0] == 250
+    assert [i["subject"] for i in admin.wait_messages(1)] == ["for the admin"]
