@@ -21,7 +21,10 @@
 //!   [`expects_data`](ServerSession::expects_data),
 //!   [`wants_input`](ServerSession::wants_input), [`is_tls`](ServerSession::is_tls),
 //!   [`authenticated_user`](ServerSession::authenticated_user),
-//!   [`helo`](ServerSession::helo).
+//!   [`helo`](ServerSession::helo), and for the driver's deadlines and error delay
+//!   [`has_partial_command`](ServerSession::has_partial_command),
+//!   [`lines_read`](ServerSession::lines_read), [`in_transfer`](ServerSession::in_transfer),
+//!   [`error_count`](ServerSession::error_count).
 //!
 //! # Driver loop
 //!
@@ -180,7 +183,8 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     /// A port-25 session on `localhost`, 25 MiB messages, 100 recipients (the RFC 5321
-    /// minimum a server must accept), 2048-octet lines, 20 errors, no TLS, VRFY off.
+    /// minimum a server must accept), 2048-octet lines, 20 errors, 100 junk commands, no TLS,
+    /// VRFY off.
     fn default() -> Self {
         Self {
             hostname: "localhost".to_owned(),
