@@ -34,8 +34,9 @@ pub struct Incoming {
     pub remote_recipients: Vec<String>,
     /// The full message as it will be stored (trace headers included).
     pub data: Vec<u8>,
-    /// Sign with the From domain's DKIM key when the message leaves.
-    pub sign: bool,
+    /// DKIM-sign outbound copies for this sender: only when the `From:` domain is this
+    /// address's domain (the submitter checked that the sender may use it). `None`: unsigned.
+    pub sign_for: Option<String>,
 }
 
 /// Makes messages durable. Cheap to clone.
@@ -81,10 +82,12 @@ impl Acceptor {
             local_recipients,
             remote_recipients,
             mut data,
-            sign,
+            sign_for,
         } = incoming;
-        if sign && !remote_recipients.is_empty() {
-            data = self.dkim_sign(data).await;
+        if let Some(sender) = sign_for
+            && !remote_recipients.is_empty()
+        {
+            data = self.dkim_sign(data, &sender).await;
         }
         let summary = crate::message::summarize(&data);
         let key = self.stores.blobs.key_for(&data);
@@ -141,12 +144,17 @@ impl Acceptor {
         Ok(size)
     }
 
-    /// Prepends a DKIM signature when the From domain has a key; mail goes out unsigned (and
-    /// a warning is logged) if signing fails, rather than not at all.
-    async fn dkim_sign(&self, data: Vec<u8>) -> Vec<u8> {
+    /// Prepends a DKIM signature when the From domain is the sender's and has a key; mail
+    /// goes out unsigned (and a warning is logged) if signing fails, rather than not at all.
+    async fn dkim_sign(&self, data: Vec<u8>, sender: &str) -> Vec<u8> {
         let Some(domain) = crate::message::from_domain(&data) else {
             return data;
         };
+        if !may_sign(&domain, sender) {
+            // Never lend a domain's signature to a message its sender may not send as.
+            tracing::warn!(%domain, sender, "From domain is not the sender's; sending unsigned");
+            return data;
+        }
         let key = match self.stores.queue.dkim_key(&domain).await {
             Ok(Some(key)) => key,
             Ok(None) => return data,
@@ -181,6 +189,14 @@ impl Acceptor {
     }
 }
 
+/// Whether mail from `sender` may be signed with the key of `from_domain`: only when it is
+/// the sender's own domain.
+fn may_sign(from_domain: &str, sender: &str) -> bool {
+    sender
+        .rsplit_once('@')
+        .is_some_and(|(_, domain)| domain.eq_ignore_ascii_case(from_domain))
+}
+
 /// A unique, roughly time-ordered id: 12 hex digits of milliseconds and 8 random.
 pub fn new_id() -> String {
     format!(
@@ -188,4 +204,18 @@ pub fn new_id() -> String {
         now_millis() & 0xffff_ffff_ffff,
         rand::random::<u32>()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_sign;
+
+    #[test]
+    fn only_the_senders_own_domain_signs() {
+        assert!(may_sign("example.test", "alice@example.test"));
+        assert!(may_sign("example.test", "Alice@Example.TEST"));
+        assert!(!may_sign("other.test", "alice@example.test"));
+        assert!(!may_sign("example.test", "alice@sub.example.test"));
+        assert!(!may_sign("example.test", "no-domain"));
+    }
 }

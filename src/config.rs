@@ -264,8 +264,26 @@ pub struct SmtpConfig {
     pub max_recipients: usize,
     /// Longest command line, CRLF included.
     pub max_line_length: usize,
-    /// Bad commands before the connection is closed.
+    /// Bad commands before the connection is closed (Postfix's `smtpd_hard_error_limit`).
     pub max_errors: usize,
+    /// Bad commands after which every reply to a further one is delayed by `error_delay`
+    /// (Postfix's `smtpd_soft_error_limit`). 0 disables the delay.
+    pub soft_error_limit: usize,
+    /// Delay before the reply to each bad command past `soft_error_limit`.
+    #[serde(deserialize_with = "duration")]
+    pub error_delay: Duration,
+    /// NOOP/RSET/VRFY/HELP and excess RCPTs allowed per session (and after each accepted
+    /// message) before each counts as a bad command. 0 disables the limit.
+    pub max_junk_commands: usize,
+    /// Longest time one command line may take to arrive, however its bytes trickle in.
+    #[serde(deserialize_with = "duration")]
+    pub command_deadline: Duration,
+    /// Longest time a whole DATA or BDAT transfer may take.
+    #[serde(deserialize_with = "duration")]
+    pub data_deadline: Duration,
+    /// Where mail to `postmaster` (bare, or at a hosted domain without such a user) goes:
+    /// a local user's address. Unset: `admin.email`, else the oldest admin account.
+    pub postmaster: Option<String>,
     /// Idle time allowed while waiting for a command.
     #[serde(deserialize_with = "duration")]
     pub command_timeout: Duration,
@@ -294,6 +312,12 @@ impl Default for SmtpConfig {
             max_recipients: 100,
             max_line_length: 2048,
             max_errors: 20,
+            soft_error_limit: 10,
+            error_delay: Duration::from_secs(1),
+            max_junk_commands: 100,
+            command_deadline: Duration::from_secs(300),
+            data_deadline: Duration::from_secs(1800),
+            postmaster: None,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             max_connections: 1000,
@@ -591,6 +615,20 @@ impl Config {
                 "max_recipients and max_message_size must be positive",
             ));
         }
+        if self.smtp.command_deadline.is_zero() || self.smtp.data_deadline.is_zero() {
+            return Err(invalid(
+                "smtp",
+                "command_deadline and data_deadline must be positive",
+            ));
+        }
+        if let Some(postmaster) = &self.smtp.postmaster
+            && !postmaster.contains('@')
+        {
+            return Err(invalid(
+                "smtp.postmaster",
+                "must be the full address of a local user",
+            ));
+        }
         if self.database.max_connections == 0 || self.database.max_batch == 0 {
             return Err(invalid(
                 "database",
@@ -732,6 +770,33 @@ mod tests {
         let err = Config::load_from(Some(f.path()), env(&[])).expect_err("must fail");
         let text = err.to_string();
         assert!(text.contains("smtp_prot"), "{text}");
+    }
+
+    #[test]
+    fn smtp_hardening_keys_load_and_are_checked() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("MAIRUST_SMTP__COMMAND_DEADLINE", "2m"),
+                ("MAIRUST_SMTP__DATA_DEADLINE", "1h"),
+                ("MAIRUST_SMTP__MAX_JUNK_COMMANDS", "7"),
+                ("MAIRUST_SMTP__POSTMASTER", "pm@example.test"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.smtp.command_deadline, Duration::from_secs(120));
+        assert_eq!(c.smtp.data_deadline, Duration::from_secs(3600));
+        assert_eq!(c.smtp.max_junk_commands, 7);
+        assert_eq!(c.smtp.postmaster.as_deref(), Some("pm@example.test"));
+        assert_eq!(c.smtp.soft_error_limit, 10);
+        assert_eq!(c.smtp.error_delay, Duration::from_secs(1));
+        for (key, value) in [
+            ("MAIRUST_SMTP__DATA_DEADLINE", "0s"),
+            ("MAIRUST_SMTP__POSTMASTER", "postmaster"),
+        ] {
+            let err = Config::load_from(None, env(&[(key, value)])).expect_err("must fail");
+            assert!(err.to_string().contains("smtp"), "{err}");
+        }
     }
 
     #[test]

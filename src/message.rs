@@ -1,7 +1,9 @@
 //! Message content: trace headers added at acceptance, and the fields the API shows, parsed
 //! with mail-parser (MIME, RFC 2047 encoded words, charsets).
 
-use mail_parser::{Address, MessageParser, MimeHeaders};
+use std::borrow::Cow;
+
+use mail_parser::{Address, HeaderName, HeaderValue, MessageParser, MimeHeaders};
 
 use crate::store::{MessageSummary, Millis};
 
@@ -28,8 +30,16 @@ pub struct Arrival<'a> {
     pub fix_missing_headers: bool,
 }
 
+/// Header fields a client must not set, dropped from every incoming message (Postfix's
+/// `message_drop_headers` default): `Bcc:`/`Resent-Bcc:` would show every recipient the
+/// blind copies, `Return-Path:` is added at final delivery from the envelope (RFC 5321
+/// §4.4), and `Content-Length:` could make a reader see a different end of the message.
+/// `Delivered-To:` is kept: other hosts add it for loop detection.
+pub const DROPPED_HEADERS: &[&str] = &["bcc", "resent-bcc", "return-path", "content-length"];
+
 /// Returns the message as stored: `Received:` first, then (for submissions) a `Message-ID:`
-/// and a `Date:` if the client sent none, then the client's data unchanged.
+/// and a `Date:` if the client sent none, then the client's data without the
+/// [`DROPPED_HEADERS`] fields, otherwise unchanged.
 pub fn prepare_for_storage(arrival: &Arrival<'_>, data: &[u8]) -> Vec<u8> {
     let now = chrono::Utc::now();
     let protocol = match (arrival.esmtp, arrival.tls, arrival.authenticated) {
@@ -63,8 +73,115 @@ pub fn prepare_for_storage(arrival: &Arrival<'_>, data: &[u8]) -> Vec<u8> {
             out.extend_from_slice(format!("Date: {}\r\n", now.to_rfc2822()).as_bytes());
         }
     }
-    out.extend_from_slice(data);
+    out.extend_from_slice(&strip_client_headers(data));
     out
+}
+
+/// `data` without the [`DROPPED_HEADERS`] fields (and their continuation lines) of its
+/// header section; the body and every other byte are untouched.
+pub fn strip_client_headers(data: &[u8]) -> Cow<'_, [u8]> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut pos = 0;
+    let mut dropping = false;
+    while pos < data.len() {
+        let end = data[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(data.len(), |i| pos + i + 1);
+        let line = &data[pos..end];
+        if line == b"\r\n" || line == b"\n" {
+            break; // the empty line that ends the header section
+        }
+        if !matches!(line[0], b' ' | b'\t') {
+            dropping = is_dropped_field(line);
+        }
+        if dropping {
+            out.get_or_insert_with(|| data[..pos].to_vec());
+        } else if let Some(out) = out.as_mut() {
+            out.extend_from_slice(line);
+        }
+        pos = end;
+    }
+    match out {
+        None => Cow::Borrowed(data),
+        Some(mut out) => {
+            out.extend_from_slice(&data[pos..]);
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// The header line starts a field named in [`DROPPED_HEADERS`] (`Bcc :` included, the
+/// obsolete syntax of RFC 5322 §4.5).
+fn is_dropped_field(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let name = line[..colon].trim_ascii_end();
+    DROPPED_HEADERS
+        .iter()
+        .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
+}
+
+/// `Return-Path: <sender>` for the envelope sender (empty for the null sender), as final
+/// delivery adds it (RFC 5321 §4.4). MaiRust stores one body for every recipient and adds
+/// this line when a mailbox copy is read, so the body stays content-addressed and shared.
+pub fn return_path_line(envelope_from: &str) -> String {
+    format!("Return-Path: <{}>\r\n", sanitize(envelope_from))
+}
+
+/// The addresses in the `From:` and `Sender:` fields of `data` that are not `owner`. A
+/// field that holds no address at all, or one the parser does not see as such (`From :`),
+/// is listed as well, so that it is refused too.
+pub fn foreign_senders(data: &[u8], owner: &str) -> Vec<String> {
+    let raw_fields = header_field_names(data)
+        .filter(|name| name.eq_ignore_ascii_case(b"from") || name.eq_ignore_ascii_case(b"sender"))
+        .count();
+    let Some(msg) = MessageParser::default().parse_headers(data) else {
+        return if raw_fields == 0 {
+            Vec::new()
+        } else {
+            vec!["(unreadable header)".to_owned()]
+        };
+    };
+    let mut foreign = Vec::new();
+    let mut parsed_fields = 0;
+    for name in [HeaderName::From, HeaderName::Sender] {
+        for value in msg.header_values(name) {
+            parsed_fields += 1;
+            let mut found = false;
+            if let HeaderValue::Address(address) = value {
+                for addr in address.iter() {
+                    found = true;
+                    match addr.address() {
+                        Some(a) if a.trim().eq_ignore_ascii_case(owner) => {}
+                        Some(a) => foreign.push(a.to_string()),
+                        None => foreign.push(display(addr).unwrap_or_default()),
+                    }
+                }
+            }
+            if !found {
+                foreign.push("(no address)".to_owned());
+            }
+        }
+    }
+    if raw_fields > parsed_fields {
+        // A reader might take a field for From that the parser did not.
+        foreign.push("(unreadable header)".to_owned());
+    }
+    foreign
+}
+
+/// The names of the header fields of `data` (before the first empty line), as written
+/// (trailing white space before the colon trimmed).
+fn header_field_names(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    data.split(|&b| b == b'\n')
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .filter(|line| !matches!(line.first(), Some(b' ' | b'\t')))
+        .filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some(line[..colon].trim_ascii_end())
+        })
 }
 
 /// Keeps client-supplied text from breaking the header it is written into.
@@ -228,6 +345,82 @@ mod tests {
             single_recipient: Some("bob@example.test"),
             fix_missing_headers: fix,
         }
+    }
+
+    #[test]
+    fn client_headers_that_must_not_pass_are_dropped() {
+        let data = b"Bcc: secret@x.test,\r\n other@x.test\r\nFrom: a@b\r\nReturn-Path: <forged@x>\r\n\
+Content-Length: 3\r\nresent-bcc : y@x\r\nSubject: Bcc: kept\r\nDelivered-To: d@x\r\n\r\nBcc: body line\r\n";
+        let out = strip_client_headers(data);
+        assert_eq!(
+            &*out,
+            &b"From: a@b\r\nSubject: Bcc: kept\r\nDelivered-To: d@x\r\n\r\nBcc: body line\r\n"[..]
+        );
+        let clean = b"From: a@b\r\n\r\nx\r\n";
+        assert!(matches!(strip_client_headers(clean), Cow::Borrowed(_)));
+        assert_eq!(&*strip_client_headers(b""), b"");
+        assert_eq!(&*strip_client_headers(b"Bcc: x"), b"");
+        let stored = prepare_for_storage(&arrival(false), data);
+        assert!(!String::from_utf8_lossy(&stored).contains("secret"));
+    }
+
+    #[test]
+    fn return_path_carries_the_envelope_sender() {
+        assert_eq!(return_path_line("a@b.test"), "Return-Path: <a@b.test>\r\n");
+        assert_eq!(return_path_line(""), "Return-Path: <>\r\n");
+        assert_eq!(return_path_line("a\r\nX: y"), "Return-Path: <aX: y>\r\n");
+    }
+
+    #[test]
+    fn senders_in_from_and_sender_must_be_the_owner() {
+        let own = "alice@example.test";
+        assert!(foreign_senders(b"From: Alice <ALICE@example.test>\r\n\r\nx", own).is_empty());
+        assert!(foreign_senders(b"Subject: none\r\n\r\nx", own).is_empty());
+        assert_eq!(
+            foreign_senders(b"From: ceo@other.test\r\n\r\nx", own),
+            vec!["ceo@other.test"]
+        );
+        assert_eq!(
+            foreign_senders(b"From: alice@example.test, ceo@other.test\r\n\r\nx", own),
+            vec!["ceo@other.test"]
+        );
+        assert_eq!(
+            foreign_senders(
+                b"From: alice@example.test\r\nSender: ceo@other.test\r\n\r\nx",
+                own
+            ),
+            vec!["ceo@other.test"]
+        );
+        assert_eq!(
+            foreign_senders(
+                b"From: alice@example.test\r\nFrom: ceo@other.test\r\n\r\nx",
+                own
+            ),
+            vec!["ceo@other.test"]
+        );
+        assert_eq!(
+            foreign_senders(
+                b"From: \"alice@example.test\" <ceo@other.test>\r\n\r\nx",
+                own
+            ),
+            vec!["ceo@other.test"]
+        );
+        assert!(!foreign_senders(b"From: undisclosed:;\r\n\r\nx", own).is_empty());
+        assert!(
+            !foreign_senders(
+                b"From: alice@example.test\r\nFROM : ceo@other.test\r\n\r\nx",
+                own
+            )
+            .is_empty()
+        );
+        // Only the header section counts.
+        assert!(
+            foreign_senders(
+                b"From: alice@example.test\r\n\r\nFrom: ceo@other.test\r\n",
+                own
+            )
+            .is_empty()
+        );
     }
 
     #[test]

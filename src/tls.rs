@@ -25,7 +25,9 @@ pub struct CertPaths {
 }
 
 /// Finds or creates the certificate: `tls.cert`/`tls.key` when set, otherwise
-/// `<data_dir>/tls/{cert,key}.pem`, generated for `server.hostname` if missing.
+/// `<data_dir>/tls/{cert,key}.pem`, generated for `server.hostname` (as its subject's common
+/// name and its DNS subject alternative name) if missing or if it does not name the host (an
+/// older generated certificate, or a changed host name).
 pub fn ensure_certificate(config: &Config) -> anyhow::Result<CertPaths> {
     if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
         return Ok(CertPaths {
@@ -38,15 +40,15 @@ pub fn ensure_certificate(config: &Config) -> anyhow::Result<CertPaths> {
         cert: dir.join("cert.pem"),
         key: dir.join("key.pem"),
     };
-    if paths.cert.exists() && paths.key.exists() {
+    let hostname = &config.server.hostname;
+    if paths.key.exists() && names_host(&paths.cert, hostname) {
         return Ok(paths);
     }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create TLS directory {}", dir.display()))?;
-    let generated = rcgen::generate_simple_self_signed(vec![config.server.hostname.clone()])
-        .context("cannot generate a self-signed certificate")?;
-    write_private(&paths.key, generated.key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&paths.cert, generated.cert.pem())
+    let (cert, key) = generate(hostname)?;
+    write_private(&paths.key, key.as_bytes())?;
+    std::fs::write(&paths.cert, cert)
         .with_context(|| format!("cannot write {}", paths.cert.display()))?;
     tracing::info!(
         cert = %paths.cert.display(),
@@ -54,6 +56,32 @@ pub fn ensure_certificate(config: &Config) -> anyhow::Result<CertPaths> {
         "generated a self-signed TLS certificate; set tls.cert and tls.key to use your own"
     );
     Ok(paths)
+}
+
+/// A self-signed certificate and its key (PEM) with `hostname` as the subject's common name
+/// and as a DNS subject alternative name.
+fn generate(hostname: &str) -> anyhow::Result<(String, String)> {
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_owned()])
+        .with_context(|| format!("`{hostname}` cannot be a certificate name"))?;
+    let mut subject = rcgen::DistinguishedName::new();
+    subject.push(rcgen::DnType::CommonName, hostname);
+    params.distinguished_name = subject;
+    let key = rcgen::KeyPair::generate().context("cannot generate a TLS key")?;
+    let cert = params
+        .self_signed(&key)
+        .context("cannot generate a self-signed certificate")?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The PEM certificate at `path` is readable and mentions `hostname` (in its subject or
+/// SAN; a generated certificate holds no other names).
+fn names_host(path: &Path, hostname: &str) -> bool {
+    let Ok(mut certs) = CertificateDer::pem_file_iter(path) else {
+        return false;
+    };
+    let needle = hostname.as_bytes();
+    matches!(certs.next(), Some(Ok(der))
+        if der.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle)))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
@@ -172,5 +200,20 @@ mod tests {
         server_config(&first).expect("usable");
         let second = ensure_certificate(&config).expect("reuse");
         assert_eq!(std::fs::read(&second.cert).expect("cert"), pem);
+        // Another host name gets a new certificate.
+        config.server.hostname = "mail.other.test".into();
+        let third = ensure_certificate(&config).expect("regenerate");
+        assert_ne!(std::fs::read(&third.cert).expect("cert"), pem);
+        assert!(names_host(&third.cert, "mail.other.test"));
+    }
+
+    #[test]
+    fn generated_certificate_names_the_host() {
+        let (cert, _) = generate("mx.example.test").expect("generate");
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).expect("pem");
+        let text = String::from_utf8_lossy(&der);
+        assert!(!text.contains("rcgen"), "library default subject left in");
+        // Issuer and subject (self-signed, so the same name) and the SAN hold the host name.
+        assert_eq!(text.matches("mx.example.test").count(), 3, "{text}");
     }
 }

@@ -35,9 +35,14 @@ def raw_of(api, item_id) -> bytes:
     return r.content
 
 
-def split_received(stored: bytes, sent: bytes) -> bytes:
-    """Asserts `stored` is `sent` with exactly one `Received:` header in front; returns it."""
+def split_received(stored: bytes, sent: bytes, sender: bytes = b"alice@remote.test") -> bytes:
+    """Asserts `stored` is `sent` with a `Return-Path:` and exactly one `Received:` header in
+    front; returns the Received header."""
     assert stored.endswith(sent), f"stored message does not end with what was sent:\n{stored[:600]!r}"
+    return_path, _, stored = stored.partition(b"\r\n")
+    assert return_path.startswith(b"Return-Path: <"), return_path
+    if sender is not None:
+        assert return_path == b"Return-Path: <" + sender + b">", return_path
     prefix = stored[: len(stored) - len(sent)]
     assert prefix.startswith(b"Received: "), prefix
     assert prefix.endswith(b"\r\n"), prefix
@@ -130,7 +135,7 @@ def test_delivery_shows_up_in_the_mailbox(mailsrv):
     assert item["has_attachments"] is False
     stored = raw_of(api, item["id"])
     assert item["size"] == len(stored)
-    split_received(stored, sent)
+    split_received(stored, sent, sender=b"juergen@remote.test")
 
     # Carol got nothing.
     assert mailsrv.api(CAROL, USER_PASSWORD).messages()["items"] == []
@@ -244,7 +249,7 @@ def test_8bit_and_smtputf8_are_accepted_verbatim(mailsrv):
         assert code == 250, msg
     api = bob_api(mailsrv)
     [item] = api.wait_messages(1)
-    split_received(raw_of(api, item["id"]), sent)
+    split_received(raw_of(api, item["id"]), sent, sender="jürgen@remote.test".encode())
     assert item["subject"] == "Grüße"
     d = api.get(f"/api/v1/messages/{item['id']}").json()
     assert "Schöne Grüße – ✓" in d["text"]
@@ -788,7 +793,7 @@ def test_empty_and_headerless_messages_are_stored_and_readable(mailsrv):
         r = api.get(f"/api/v1/messages/{item['id']}")
         assert r.status_code == 200, r.text
         raw = raw_of(api, item["id"])
-        assert raw.startswith(b"Received: ")
+        assert raw.startswith(b"Return-Path: <alice@remote.test>\r\nReceived: ")
 
 
 def test_large_message_round_trips(mailsrv):
@@ -824,3 +829,219 @@ def test_acceptance_and_rejection_metrics(mailsrv):
     assert metric_value(text, "mairust_smtp_messages_rejected_total", {"reason": "unknown_user"}) == 1
     assert metric_value(text, "mairust_smtp_messages_rejected_total", {"reason": "relay_denied"}) == 1
     assert (metric_value(text, "mairust_smtp_connections_total", {"listener": "smtp"}) or 0) >= 2
+
+
+# ---------------------------------------------------------------------- hardening
+
+
+def test_numbers_too_large_for_the_parser_are_refused(mailsrv):
+    with bdat_session(mailsrv) as r:
+        # smtp-proto alone reads this as a 9-octet chunk and stores "abcdeNOOP".
+        r.send(b"BDAT 999999999999999999999 LAST\r\nabcdeNOOP\r\n")
+        code, msg = r.reply()
+        assert code == 501 and msg.startswith("5.5.4"), (code, msg)
+        # The octets were not taken as a chunk; they are a (bad) command line.
+        assert r.reply()[0] == 500
+        assert r.cmd("RSET")[0] == 250
+        code, msg = r.cmd("MAIL FROM:<alice@remote.test> SIZE=999999999999999999995")
+        assert code == 552 and msg.startswith("5.3.4"), (code, msg)
+    assert bob_api(mailsrv).all_messages() == []
+
+
+def test_client_headers_are_dropped_and_return_path_added(mailsrv):
+    body = b"Bcc: in the body stays\r\n"
+    sent = (
+        b"Return-Path: <forged@evil.test>\r\n"
+        b"From: alice@remote.test\r\n"
+        b"To: " + BOB.encode() + b"\r\n"
+        b"Bcc: hidden@remote.test,\r\n\tother-hidden@remote.test\r\n"
+        b"Content-Length: 5\r\n"
+        b"Resent-Bcc: x@remote.test\r\n"
+        b"Delivered-To: someone@remote.test\r\n"
+        b"Subject: dropped headers\r\n"
+        b"\r\n" + body
+    )
+    assert mailsrv.send(BOB, sent, mail_from="bounces@remote.test")[0] == 250
+    api = bob_api(mailsrv)
+    [item] = api.wait_messages(1)
+    raw = raw_of(api, item["id"])
+    assert item["size"] == len(raw)
+    # Return-Path comes from the envelope and is the first line; the forged one is gone.
+    assert raw.startswith(b"Return-Path: <bounces@remote.test>\r\nReceived: "), raw[:200]
+    assert b"forged" not in raw
+    headers = raw.split(b"\r\n\r\n", 1)[0]
+    for gone in (b"hidden", b"Content-Length", b"Resent-Bcc"):
+        assert gone not in headers, (gone, headers)
+    assert headers.count(b"Return-Path:") == 1
+    assert b"Delivered-To: someone@remote.test" in headers
+    assert raw.endswith(b"Subject: dropped headers\r\n\r\n" + body)
+
+
+def test_null_sender_gets_an_empty_return_path(mailsrv):
+    assert mailsrv.send(BOB, simple_message("bounce"), mail_from="")[0] == 250
+    api = bob_api(mailsrv)
+    [item] = api.wait_messages(1)
+    assert raw_of(api, item["id"]).startswith(b"Return-Path: <>\r\nReceived: ")
+
+
+def test_recipient_probing_is_cut_off(server):
+    # The default smtp.max_errors (20); error_delay shortened so that the test stays fast.
+    srv = server({"smtp": {"error_delay": "10ms"}})
+    setup_domain_and_user(srv)
+    with srv.raw() as r:
+        r.greet()
+        assert r.cmd("MAIL FROM:<prober@remote.test>")[0] == 250
+        codes = []
+        with contextlib.suppress(ConnectionError, OSError):
+            for i in range(200):
+                code, _ = r.cmd(f"RCPT TO:<nobody{i}@{DOMAIN}>")
+                codes.append(code)
+                if code == 421:
+                    break
+        assert codes[:20] == [550] * 20 and codes[20:] == [421], codes
+        assert r.is_closed()
+
+
+def test_junk_commands_are_limited(server):
+    srv = server({"smtp": {"max_junk_commands": 10, "max_errors": 5, "error_delay": "10ms"}})
+    with srv.raw() as r:
+        r.greet()
+        codes = []
+        with contextlib.suppress(ConnectionError, OSError):
+            for i in range(1000):
+                code, _ = r.cmd("RSET" if i % 2 else "NOOP")
+                codes.append(code)
+                if code != 250:
+                    break
+        # 10 free junk commands, then 5 that count as errors; the fifth error closes.
+        assert codes == [250] * 15 + [421], codes
+        assert r.is_closed()
+
+
+def test_errors_past_the_soft_limit_are_slowed_down(server):
+    srv = server({"smtp": {"soft_error_limit": 2, "error_delay": "400ms"}})
+    with srv.raw() as r:
+        r.greet()
+        for _ in range(2):
+            t0 = time.monotonic()
+            assert r.cmd("BOGUS")[0] == 500
+            assert time.monotonic() - t0 < 0.3
+        t0 = time.monotonic()
+        assert r.cmd("BOGUS")[0] == 500
+        assert time.monotonic() - t0 >= 0.35
+        # Good commands are not delayed.
+        t0 = time.monotonic()
+        assert r.cmd("NOOP")[0] == 250
+        assert time.monotonic() - t0 < 0.3
+
+
+def test_a_trickled_command_hits_the_command_deadline(server):
+    srv = server({"smtp": {"command_timeout": "10s", "command_deadline": "1s"}})
+    with srv.raw() as r:
+        r.greet()
+        t0 = time.monotonic()
+        reply = None
+        with contextlib.suppress(ConnectionError, OSError):
+            for _ in range(40):  # one byte every 0.2 s, never a CRLF
+                r.send(b"X")
+                extra = r.nothing_pending(0.2)
+                if extra:
+                    reply = extra
+                    break
+        assert reply is not None and reply.startswith(b"421 4.4.2"), reply
+        assert time.monotonic() - t0 < 4
+        assert r.is_closed()
+
+
+def test_trickled_commands_that_complete_are_fine(server):
+    srv = server({"smtp": {"command_deadline": "1s"}})
+    with srv.raw() as r:
+        r.greet()
+        # Each command completes within the deadline, the session as a whole lasts longer.
+        for _ in range(4):
+            r.send(b"NO")
+            time.sleep(0.2)
+            r.send(b"OP\r\n")
+            assert r.reply()[0] == 250
+            time.sleep(0.3)
+
+
+def test_a_trickled_message_hits_the_data_deadline(server):
+    srv = server({"smtp": {"data_timeout": "10s", "data_deadline": "1s"}})
+    setup_domain_and_user(srv)
+    with srv.raw() as r:
+        r.greet()
+        assert r.cmd("MAIL FROM:<alice@remote.test>")[0] == 250
+        assert r.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+        assert r.cmd("DATA")[0] == 354
+        t0 = time.monotonic()
+        reply = None
+        with contextlib.suppress(ConnectionError, OSError):
+            for _ in range(40):  # whole lines, one every 0.2 s: each read is quick
+                r.send(b"Subject: slow\r\n")
+                extra = r.nothing_pending(0.2)
+                if extra:
+                    reply = extra
+                    break
+        assert reply is not None and reply.startswith(b"421 4.4.2"), reply
+        assert time.monotonic() - t0 < 4
+    assert bob_api(srv).all_messages() == []
+
+
+def test_a_trickled_bdat_transfer_hits_the_data_deadline(server):
+    srv = server({"smtp": {"data_timeout": "10s", "data_deadline": "1s"}})
+    setup_domain_and_user(srv)
+    with bdat_session(srv) as r:
+        t0 = time.monotonic()
+        codes = []
+        with contextlib.suppress(ConnectionError, OSError):
+            for _ in range(40):  # small chunks, each answered at once
+                r.send(b"BDAT 3\r\nabc")
+                code, _ = r.reply()
+                codes.append(code)
+                if code != 250:
+                    break
+                time.sleep(0.1)
+        assert codes[-1] == 421 and 250 in codes, codes
+        assert time.monotonic() - t0 < 4
+    assert bob_api(srv).all_messages() == []
+
+
+def test_postmaster_is_always_accepted(mailsrv):
+    # Bare <postmaster> and postmaster@ the hosted domain go to the bootstrap admin.
+    with contextlib.closing(mailsrv.smtp()) as s:
+        assert s.mail("alice@remote.test")[0] == 250
+        for rcpt in ("postmaster", f"postmaster@{DOMAIN}", f"PostMaster@{DOMAIN}"):
+            code, msg = s.rcpt(rcpt)
+            assert code == 250, (rcpt, code, msg)
+        code, msg = s.data(simple_message("to the postmaster"))
+        assert code == 250, msg
+        # postmaster at a domain that is not hosted is still relaying.
+        assert s.mail("alice@remote.test")[0] == 250
+        assert s.rcpt("postmaster@elsewhere.test")[0] == 554
+    admin = mailsrv.api()
+    [item] = admin.wait_messages(1)
+    assert item["subject"] == "to the postmaster"
+
+
+def test_postmaster_mailbox_is_configurable_and_real_users_keep_theirs(server):
+    srv = server({"smtp": {"postmaster": f"carol@{DOMAIN}"}})
+    setup_domain_and_user(srv, users=("bob", "carol"))
+    setup_domain_and_user(srv, domain="other.test", users=("postmaster",))
+    assert srv.send("postmaster", simple_message("bare"))[0] == 250
+    assert srv.send(f"postmaster@{DOMAIN}", simple_message("at example"))[0] == 250
+    assert srv.send("postmaster@other.test", simple_message("real one"))[0] == 250
+    carol = srv.api(CAROL, USER_PASSWORD)
+    assert sorted(i["subject"] for i in carol.wait_messages(2)) == ["at example", "bare"]
+    real = srv.api("postmaster@other.test", USER_PASSWORD)
+    assert [i["subject"] for i in real.wait_messages(1)] == ["real one"]
+    assert srv.api().all_messages() == []
+
+
+def test_postmaster_goes_to_the_generated_admin_without_configuration(server):
+    srv = server(admin=False)
+    line = srv.wait_for_log(lambda l: "admin" in l["message"] and "password" in l["fields"])
+    admin = srv.api(line["fields"]["email"], line["fields"]["password"])
+    admin.add_domain(DOMAIN)
+    assert srv.send(f"postmaster@{DOMAIN}", simple_message("for the admin"))[0] == 250
+    assert [i["subject"] for i in admin.wait_messages(1)] == ["for the admin"]

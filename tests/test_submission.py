@@ -186,13 +186,62 @@ def test_sender_must_be_own_address(subsrv):
         code, msg = s.mail("BOB@Example.Test")
         assert code == 250, msg
         assert s.rcpt(CAROL)[0] == 250
-        assert s.data(simple_message("as myself", to=CAROL))[0] == 250
+        assert s.data(own_message("as myself", to=CAROL))[0] == 250
     assert len(raw_messages(subsrv, CAROL)) == 1
+
+
+def own_message(subject: str, to: str = CAROL, sender: str = BOB) -> bytes:
+    return simple_message(subject, to=to).replace(
+        b"From: Alice <alice@remote.test>", f"From: Bob <{sender}>".encode()
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "From: ceo@other.test",
+        "From: Bob <bob@example.test>, ceo@other.test",
+        'From: "bob@example.test" <ceo@other.test>',
+        "From: bob@example.test\r\nSender: ceo@other.test",
+        "From: bob@example.test\r\nFrom: ceo@other.test",
+        f"From: {CAROL}",
+        "From: undisclosed:;",
+    ],
+    ids=["other", "list", "display-name", "sender", "two-froms", "colleague", "no-address"],
+)
+def test_header_from_and_sender_must_be_owned(subsrv, headers):
+    data = f"{headers}\r\nTo: {CAROL}\r\nSubject: spoof\r\n\r\nwire the money\r\n".encode()
+    with contextlib.closing(subsrv.submission(BOB, USER_PASSWORD)) as s:
+        assert s.mail(BOB)[0] == 250
+        assert s.rcpt(CAROL)[0] == 250
+        code, msg = s.data(data)
+        assert code == 553, (code, msg)
+        assert msg.startswith(b"5.7.1"), msg
+        # The session goes on, and an honest message passes.
+        assert s.mail(BOB)[0] == 250
+        assert s.rcpt(CAROL)[0] == 250
+        own = f"From: BOB@Example.test\r\nSender: Bob <{BOB}>\r\nTo: {CAROL}\r\nSubject: mine\r\n\r\nok\r\n"
+        assert s.data(own.encode())[0] == 250
+    subjects = [i["subject"] for i in subsrv.api(CAROL, USER_PASSWORD).all_messages()]
+    assert subjects == ["mine"]
+
+
+def test_submitted_bcc_header_is_not_shown_to_recipients(subsrv):
+    data = (
+        f"From: {BOB}\r\nTo: {CAROL}\r\nBcc: hidden@{DOMAIN}\r\nSubject: bcc\r\n\r\nhi\r\n"
+    ).encode()
+    with contextlib.closing(subsrv.submission(BOB, USER_PASSWORD)) as s:
+        assert s.sendmail(BOB, [CAROL, BOB], data) == {}
+    for who in (CAROL, BOB):
+        [raw] = raw_messages(subsrv, who)
+        assert b"hidden" not in raw and b"Bcc:" not in raw, raw
+        assert raw.startswith(f"Return-Path: <{BOB}>\r\nReceived: ".encode()), raw[:200]
+        assert raw.endswith(data.replace(f"Bcc: hidden@{DOMAIN}\r\n".encode(), b""))
 
 
 def test_submission_gets_message_id_and_date(subsrv):
     bare = f"From: {BOB}\r\nTo: {CAROL}\r\nSubject: no id, no date\r\n\r\nbody\r\n".encode()
-    complete = simple_message("has both", to=CAROL)
+    complete = own_message("has both", to=CAROL)
     with contextlib.closing(subsrv.submission(BOB, USER_PASSWORD)) as s:
         s.sendmail(BOB, [CAROL], bare)
         s.sendmail(BOB, [CAROL], complete)
@@ -278,8 +327,11 @@ def test_certificate_is_generated_and_reused(subsrv):
     subsrv.restart()
     assert cert_path.read_bytes() == pem
     assert served_cert() == der
-    # The certificate names the configured host.
+    # The certificate names the configured host: subject and SAN, not the library's default.
     assert HOSTNAME.encode() in der
+    decoded = ssl._ssl._test_decode_cert(str(cert_path))
+    assert decoded["subject"] == ((("commonName", HOSTNAME),),), decoded
+    assert ("DNS", HOSTNAME) in decoded["subjectAltName"], decoded
 
 
 def test_allow_insecure_auth_option(server):

@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         max_recipients: if flags & 0x20 != 0 { 1 } else { 100 },
         max_line_length: 512,
         max_errors: if flags & 0x40 != 0 { 0 } else { 20 },
+        max_junk_commands: if flags & 0x40 != 0 { 0 } else { 3 },
     };
     let max_message_size = config.max_message_size;
     let peer = PeerInfo {

@@ -99,14 +99,21 @@ fn date_of(item: &MailboxItem) -> String {
     message::rfc3339(item.summary.date.unwrap_or(item.received_at))
 }
 
+/// The size of the message as `raw` serves it: the stored body and its `Return-Path:`.
+fn raw_size(item: &MailboxItem) -> i64 {
+    let line = message::return_path_line(&item.envelope_from).len();
+    item.size.saturating_add(i64::try_from(line).unwrap_or(0))
+}
+
 fn list_item(item: MailboxItem) -> MessageListItem {
+    let size = raw_size(&item);
     MessageListItem {
         id: item.id.to_string(),
         date: date_of(&item),
         from: item.summary.from,
         to: item.summary.to,
         subject: item.summary.subject,
-        size: item.size,
+        size,
         seen: item.seen,
         has_attachments: item.summary.has_attachments,
     }
@@ -165,6 +172,7 @@ pub async fn get(
 ) -> ApiResult<Json<MessageDetail>> {
     let (item, raw) = load(&state, &caller, &id).await?;
     let content = message::content(&raw);
+    let size = raw_size(&item);
     Ok(Json(MessageDetail {
         id: item.id.to_string(),
         date: date_of(&item),
@@ -178,11 +186,11 @@ pub async fn get(
         html: content.html,
         attachments: content.attachments,
         seen: item.seen,
-        size: item.size,
+        size,
     }))
 }
 
-/// The message exactly as stored.
+/// The message as stored, after a `Return-Path:` with its envelope sender (RFC 5321 §4.4).
 #[utoipa::path(get, path = "/api/v1/messages/{id}/raw", tag = "messages",
     params(("id" = String, Path, description = "Message id")),
     responses((status = 200, content_type = "message/rfc822", body = Vec<u8>), (status = 404, body = ErrorBody)),
@@ -192,8 +200,10 @@ pub async fn raw(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let (_, raw) = load(&state, &caller, &id).await?;
-    Ok(([(header::CONTENT_TYPE, "message/rfc822")], raw).into_response())
+    let (item, raw) = load(&state, &caller, &id).await?;
+    let mut out = message::return_path_line(&item.envelope_from).into_bytes();
+    out.extend_from_slice(&raw);
+    Ok(([(header::CONTENT_TYPE, "message/rfc822")], out).into_response())
 }
 
 /// The `n`-th attachment (from 0), decoded.

@@ -286,7 +286,7 @@ pub async fn send(
             local_recipients: local,
             remote_recipients: remote.clone(),
             data,
-            sign: true,
+            sign_for: Some(from.clone()),
         })
         .await
         .map_err(ApiError::unavailable)?;

@@ -142,6 +142,7 @@ impl Connection {
                 max_recipients: config.smtp.max_recipients,
                 max_line_length: config.smtp.max_line_length,
                 max_errors: config.smtp.max_errors,
+                max_junk_commands: config.smtp.max_junk_commands,
                 vrfy_enabled: config.smtp.vrfy,
             },
             PeerInfo { ip: args.peer.ip() },
@@ -172,20 +173,47 @@ impl Connection {
     async fn run(mut self) -> anyhow::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut shutdown = self.ctx.shutdown.clone();
+        let smtp = &self.ctx.config.smtp;
+        let (command_deadline, data_deadline) = (smtp.command_deadline, smtp.data_deadline);
+        // When the command line being read began (and the line count then), and when the
+        // current DATA/BDAT transfer began: the read timeouts are idle timeouts, these bound
+        // the whole, so a client trickling one byte at a time cannot hold the connection.
+        let mut command_started: Option<(Instant, u64)> = None;
+        let mut transfer_started: Option<Instant> = None;
+        let mut errors_seen = 0;
         loop {
             if let Some(event) = self.session.poll_event() {
                 self.handle_event(event).await?;
                 continue;
             }
+            self.delay_errors(&mut errors_seen).await;
             self.flush().await?;
             if self.session.is_closed() {
                 break;
             }
-            let timeout = if self.session.expects_data() {
+            let now = Instant::now();
+            if !self.session.in_transfer() {
+                transfer_started = None;
+            } else if transfer_started.is_none() {
+                transfer_started = Some(now);
+            }
+            let lines = self.session.lines_read();
+            command_started = match command_started {
+                _ if !self.session.has_partial_command() => None,
+                Some((at, seen)) if seen == lines => Some((at, seen)),
+                _ => Some((now, lines)),
+            };
+            let mut timeout = if self.session.expects_data() {
                 self.ctx.config.smtp.data_timeout
             } else {
                 self.ctx.config.smtp.command_timeout
             };
+            if let Some(at) = transfer_started {
+                timeout = timeout.min(data_deadline.saturating_sub(at.elapsed()));
+            }
+            if let Some((at, _)) = command_started {
+                timeout = timeout.min(command_deadline.saturating_sub(at.elapsed()));
+            }
             tokio::select! {
                 read = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match read {
                     Err(_) => self.session.handle_timeout(),
@@ -202,6 +230,31 @@ impl Connection {
         }
         let _ = self.stream.shutdown().await;
         Ok(())
+    }
+
+    /// Waits `smtp.error_delay` for each bad command past `smtp.soft_error_limit` since the
+    /// last call, before their replies go out (Postfix's `smtpd_error_sleep_time`).
+    async fn delay_errors(&self, errors_seen: &mut usize) {
+        let errors = self.session.error_count();
+        let soft = self.ctx.config.smtp.soft_error_limit;
+        if errors <= *errors_seen {
+            return;
+        }
+        let new = if soft == 0 {
+            0
+        } else {
+            errors.saturating_sub((*errors_seen).max(soft))
+        };
+        *errors_seen = errors;
+        if new > 0 {
+            let delay = self
+                .ctx
+                .config
+                .smtp
+                .error_delay
+                .saturating_mul(u32::try_from(new).unwrap_or(u32::MAX));
+            tokio::time::sleep(delay).await;
+        }
     }
 
     async fn handle_event(&mut self, event: Event) -> anyhow::Result<()> {
@@ -298,7 +351,47 @@ impl Connection {
                 .increment(1);
             Answer::Reject(r)
         };
-        match self.ctx.stores.meta.lookup_recipient(address).await {
+        let lookup = self.ctx.stores.meta.lookup_recipient(address).await;
+        let postmaster = match &lookup {
+            // RFC 5321 §4.5.1: bare <postmaster> and postmaster@ every hosted domain MUST be
+            // accepted; a real user of that name keeps their own mail.
+            Ok(RecipientLookup::NotHosted) => address.eq_ignore_ascii_case("postmaster"),
+            Ok(RecipientLookup::UnknownUser) => address
+                .split_once('@')
+                .is_some_and(|(local, _)| local.eq_ignore_ascii_case("postmaster")),
+            _ => false,
+        };
+        if postmaster {
+            return match self.postmaster_mailbox().await {
+                Ok(Some(user_id)) => {
+                    self.recipients
+                        .insert(address.to_ascii_lowercase(), Route::Local(user_id));
+                    Answer::Accept
+                }
+                Ok(None) => {
+                    tracing::error!(
+                        recipient = address,
+                        "no mailbox for postmaster; set smtp.postmaster to a local user"
+                    );
+                    rejected(
+                        "temporary_failure",
+                        reply(
+                            451,
+                            (4, 3, 0),
+                            "Postmaster mailbox unavailable, try again later",
+                        ),
+                    )
+                }
+                Err(error) => {
+                    tracing::error!(%error, "postmaster lookup failed");
+                    rejected(
+                        "temporary_failure",
+                        reply(451, (4, 3, 0), "Temporary lookup failure, try again later"),
+                    )
+                }
+            };
+        }
+        match lookup {
             Ok(RecipientLookup::Local {
                 user_id,
                 over_quota,
@@ -343,7 +436,43 @@ impl Connection {
         }
     }
 
+    /// The user who receives mail to `postmaster`: `smtp.postmaster`, else `admin.email`, else
+    /// the oldest admin account.
+    async fn postmaster_mailbox(&self) -> Result<Option<i64>, crate::store::StoreError> {
+        let config = &self.ctx.config;
+        let meta = self.ctx.stores.meta.as_ref();
+        match config
+            .smtp
+            .postmaster
+            .as_ref()
+            .or(config.admin.email.as_ref())
+        {
+            Some(address) => Ok(meta.credentials(address).await?.map(|c| c.user.id)),
+            None => Ok(meta
+                .list_users()
+                .await?
+                .into_iter()
+                .filter(|u| u.is_admin)
+                .min_by_key(|u| (u.created_at, u.id))
+                .map(|u| u.id)),
+        }
+    }
+
     async fn accept(&mut self, envelope: Envelope, data: Vec<u8>) -> Answer {
+        if self.kind == ListenerKind::Submission {
+            let owner = envelope.authenticated.as_deref().unwrap_or_default();
+            let foreign = message::foreign_senders(&data, owner);
+            if let Some(first) = foreign.first() {
+                metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => "header_sender_not_owned").increment(1);
+                tracing::warn!(peer = %self.peer, user = owner, from = %first, "submission with a From/Sender the user does not own");
+                let shown: String = first.chars().take(64).collect();
+                return Answer::Reject(reply(
+                    553,
+                    (5, 7, 1),
+                    format!("<{shown}>: From/Sender header rejected: not owned by user {owner}"),
+                ));
+            }
+        }
         let started = Instant::now();
         let id = new_id();
         let single_recipient = match envelope.rcpt_to.as_slice() {
@@ -383,7 +512,8 @@ impl Connection {
             local_recipients: local,
             remote_recipients: remote,
             data: stored,
-            sign: envelope.authenticated.is_some(),
+            // Submission checked that From and Sender are the user's own address.
+            sign_for: envelope.authenticated.clone(),
         };
         let size = match self.ctx.acceptor.accept(incoming).await {
             Ok(size) => size,

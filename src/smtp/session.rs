@@ -21,7 +21,10 @@
 //!   [`expects_data`](ServerSession::expects_data),
 //!   [`wants_input`](ServerSession::wants_input), [`is_tls`](ServerSession::is_tls),
 //!   [`authenticated_user`](ServerSession::authenticated_user),
-//!   [`helo`](ServerSession::helo).
+//!   [`helo`](ServerSession::helo), and for the driver's deadlines and error delay
+//!   [`has_partial_command`](ServerSession::has_partial_command),
+//!   [`lines_read`](ServerSession::lines_read), [`in_transfer`](ServerSession::in_transfer),
+//!   [`error_count`](ServerSession::error_count).
 //!
 //! # Driver loop
 //!
@@ -105,8 +108,15 @@
 //! `552 5.3.4`. So the session holds at most about `max_line_length` octets of command input,
 //! `max_message_size` octets of body, and the pipelining buffer described above.
 //!
-//! After `max_errors` bad commands (replies 500, 501, 502, 503, 504, 530, 538, 555 and failed
-//! authentications) the session answers `421 4.7.0 Too many errors` and closes.
+//! After `max_errors` bad commands (replies 500, 501, 502, 503, 504, 530, 538, 555, failed
+//! authentications, and senders or recipients the application refused with a 5xx, so that
+//! probing for users is bounded) the session answers `421 4.7.0 Too many errors` and closes.
+//! Junk commands (NOOP, RSET, VRFY, HELP and RCPTs beyond `max_recipients`) are free up to
+//! `max_junk_commands` per session (counted again from zero after each accepted message); each
+//! one beyond that counts as an error, as Postfix's `smtpd_junk_command_limit` does.
+//!
+//! Numbers the parser would misread are checked on the raw command text first: a `BDAT` chunk
+//! size that does not fit in a `usize` is `501 5.5.4`, a `SIZE=` that does not is `552 5.3.4`.
 //!
 //! Every reply carries an enhanced status code (RFC 2034), except the `220` greeting, the
 //! replies to HELO and EHLO, and the `354` and `334` intermediate replies.
@@ -164,13 +174,17 @@ pub struct SessionConfig {
     pub max_line_length: usize,
     /// After this many bad commands the session answers 421 and closes. 0 disables the limit.
     pub max_errors: usize,
+    /// Junk commands (NOOP, RSET, VRFY, HELP, excess RCPTs) allowed before each further one
+    /// counts as an error. 0 disables the limit.
+    pub max_junk_commands: usize,
     /// Answer VRFY with a non-committal 252 instead of 502.
     pub vrfy_enabled: bool,
 }
 
 impl Default for SessionConfig {
     /// A port-25 session on `localhost`, 25 MiB messages, 100 recipients (the RFC 5321
-    /// minimum a server must accept), 2048-octet lines, 20 errors, no TLS, VRFY off.
+    /// minimum a server must accept), 2048-octet lines, 20 errors, 100 junk commands, no TLS,
+    /// VRFY off.
     fn default() -> Self {
         Self {
             hostname: "localhost".to_owned(),
@@ -181,6 +195,7 @@ impl Default for SessionConfig {
             max_recipients: 100,
             max_line_length: 2048,
             max_errors: 20,
+            max_junk_commands: 100,
             vrfy_enabled: false,
         }
     }
@@ -465,6 +480,10 @@ pub struct ServerSession {
     auth_user: Option<String>,
     tx: Transaction,
     errors: usize,
+    /// Junk commands since the start or the last accepted message.
+    junk: usize,
+    /// Complete command lines read so far (lets the driver see progress).
+    lines: u64,
     closed: bool,
     received_input: bool,
 }
@@ -706,6 +725,8 @@ impl ServerSession {
             auth_user: None,
             tx: Transaction::default(),
             errors: 0,
+            junk: 0,
+            lines: 0,
             closed: false,
             received_input: false,
         };
@@ -729,6 +750,39 @@ impl ServerSession {
         !self.closed
             && self.pending.is_none()
             && matches!(self.state, State::Data(_) | State::Bdat(_))
+    }
+
+    /// A command line (or AUTH response) has started but its CRLF has not arrived yet. With
+    /// [`lines_read`](Self::lines_read) this lets the driver bound the time one command may
+    /// take, whatever the gaps between its bytes.
+    #[must_use]
+    pub fn has_partial_command(&self) -> bool {
+        !self.closed
+            && self.pending.is_none()
+            && !matches!(self.state, State::Data(_) | State::Bdat(_))
+            && (self.discarding || self.consumed < self.input.len())
+    }
+
+    /// How many complete command lines the session has read.
+    #[must_use]
+    pub fn lines_read(&self) -> u64 {
+        self.lines
+    }
+
+    /// A message transfer is under way: inside DATA, inside a BDAT chunk, or between the
+    /// chunks of a BDAT transaction. The driver bounds the whole transfer with its data
+    /// deadline.
+    #[must_use]
+    pub fn in_transfer(&self) -> bool {
+        !self.closed
+            && (matches!(self.state, State::Data(_) | State::Bdat(_))
+                || (self.tx.bdat && self.pending.is_none()))
+    }
+
+    /// Bad commands counted so far (see `max_errors`).
+    #[must_use]
+    pub fn error_count(&self) -> usize {
+        self.errors
     }
 
     /// The session can make progress with more input: false while an event is outstanding
@@ -849,8 +903,10 @@ impl ServerSession {
                         smtputf8,
                         ..Transaction::default()
                     };
+                    self.send(&reply);
+                } else {
+                    self.refused(reply);
                 }
-                self.send(&reply);
             }
             Pending::Recipient { address } => {
                 let (ok, reply) = resolve(
@@ -860,15 +916,20 @@ impl ServerSession {
                 );
                 if ok {
                     self.tx.rcpt_to.push(address);
+                    self.send(&reply);
+                } else {
+                    self.refused(reply);
                 }
-                self.send(&reply);
             }
             Pending::Message => {
-                let (_, reply) = resolve(
+                let (ok, reply) = resolve(
                     answer,
                     Reply::new(250, (2, 0, 0), "Message accepted"),
                     Reply::new(550, (5, 7, 1), "Message rejected"),
                 );
+                if ok {
+                    self.junk = 0;
+                }
                 self.send(&reply);
             }
         }
@@ -953,6 +1014,27 @@ impl ServerSession {
         if self.config.max_errors > 0 && self.errors >= self.config.max_errors {
             self.send(&Reply::new(421, (4, 7, 0), "Too many errors"));
             self.close();
+        }
+    }
+
+    /// Sends the application's refusal of a sender or recipient: a 5xx counts as an error
+    /// (probing for addresses), a 4xx (full mailbox, lookup failure) does not.
+    fn refused(&mut self, reply: Reply) {
+        if reply.code >= 500 {
+            self.error(reply);
+        } else {
+            self.send(&reply);
+        }
+    }
+
+    /// Sends the reply to a junk command, which counts as an error once the session has sent
+    /// more than `max_junk_commands` of them.
+    fn junk(&mut self, reply: Reply) {
+        self.junk = self.junk.saturating_add(1);
+        if self.config.max_junk_commands > 0 && self.junk > self.config.max_junk_commands {
+            self.error(reply);
+        } else {
+            self.send(&reply);
         }
     }
 
@@ -1073,6 +1155,7 @@ impl ServerSession {
                 true
             }
             Line::Complete { start, end } => {
+                self.lines = self.lines.wrapping_add(1);
                 // A copy (at most max_line_length octets) frees `self` for the handlers.
                 let raw = self.input[start..end + 2].to_vec();
                 let line = &raw[..raw.len() - 2];
@@ -1164,7 +1247,7 @@ impl ServerSession {
             Request::Bdat {
                 chunk_size,
                 is_last,
-            } => self.cmd_bdat(chunk_size, is_last),
+            } => self.cmd_bdat(chunk_size, is_last, raw),
             Request::Auth {
                 mechanism,
                 initial_response,
@@ -1172,21 +1255,21 @@ impl ServerSession {
             Request::StartTls => self.cmd_starttls(),
             Request::Rset => {
                 self.tx = Transaction::default();
-                self.send(&Reply::new(250, (2, 0, 0), "Ok"));
+                self.junk(Reply::new(250, (2, 0, 0), "Ok"));
             }
-            Request::Noop { .. } => self.send(&Reply::new(250, (2, 0, 0), "Ok")),
+            Request::Noop { .. } => self.junk(Reply::new(250, (2, 0, 0), "Ok")),
             Request::Quit => {
                 self.send(&Reply::new(221, (2, 0, 0), "Bye"));
                 self.close();
             }
-            Request::Help { .. } => self.send(&Reply::new(
+            Request::Help { .. } => self.junk(Reply::new(
                 214,
                 (2, 0, 0),
                 "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY STARTTLS AUTH",
             )),
             Request::Vrfy { .. } => {
                 if self.config.vrfy_enabled {
-                    self.send(&Reply::new(
+                    self.junk(Reply::new(
                         252,
                         (2, 5, 0),
                         "Cannot VRFY user, but will accept message and attempt delivery",
@@ -1280,7 +1363,7 @@ impl ServerSession {
                 "Non-ASCII address requires SMTPUTF8",
             ));
         }
-        if from.size > self.config.max_message_size {
+        if from.size > self.config.max_message_size || size_param_overflows(raw) {
             return self.send(&Reply::new(
                 552,
                 (5, 3, 4),
@@ -1331,7 +1414,7 @@ impl ServerSession {
             ));
         }
         if self.tx.rcpt_to.len() >= self.config.max_recipients {
-            return self.send(&Reply::new(452, (4, 5, 3), "Too many recipients"));
+            return self.junk(Reply::new(452, (4, 5, 3), "Too many recipients"));
         }
         self.emit(
             Event::Recipient {
@@ -1360,7 +1443,11 @@ impl ServerSession {
         ));
     }
 
-    fn cmd_bdat(&mut self, size: usize, last: bool) {
+    fn cmd_bdat(&mut self, size: usize, last: bool, raw: &[u8]) {
+        if bdat_size_overflows(raw) {
+            // smtp-proto misreads such a number as a small one: never read that many octets.
+            return self.error(Reply::new(501, (5, 5, 4), "BDAT chunk size too large"));
+        }
         // The chunk's octets are always read, even when the command is refused: otherwise
         // they would be taken for commands.
         let refusal = if !self.esmtp {
@@ -1645,6 +1732,31 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
         from = lf + 1;
     }
     None
+}
+
+/// The argument of a `BDAT` line is a run of digits too large for a `usize`.
+fn bdat_size_overflows(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let mut words = text.split_ascii_whitespace();
+    words.next();
+    words.next().is_some_and(number_overflows)
+}
+
+/// A `SIZE=` parameter of a `MAIL` line holds a run of digits too large for a `usize`.
+fn size_param_overflows(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    // Parameters follow the path; a `>` inside the path would only make us look at more text.
+    let params = text.rsplit_once('>').map_or("", |(_, rest)| rest);
+    params.split_ascii_whitespace().any(|param| {
+        param
+            .split_once('=')
+            .is_some_and(|(key, value)| key.eq_ignore_ascii_case("SIZE") && number_overflows(value))
+    })
+}
+
+/// `word` is all ASCII digits and does not fit in a `usize`.
+fn number_overflows(word: &str) -> bool {
+    !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit()) && word.parse::<usize>().is_err()
 }
 
 /// The path between the first `<` and the next `>` of a command line is `postmaster`.
@@ -2979,6 +3091,130 @@ mod tests {
         );
         assert!(h.session.is_closed());
         assert_eq!(h.send("NOOP\r\n"), "");
+    }
+
+    #[test]
+    fn refused_recipients_count_as_errors_but_temporary_ones_do_not() {
+        let config = SessionConfig {
+            max_errors: 3,
+            ..config()
+        };
+        let mut h = Harness::with(
+            config.clone(),
+            Box::new(|event| match event {
+                Event::Recipient { address } if address.starts_with("temp") => {
+                    Answer::Reject(Reply::new(451, (4, 3, 0), "later"))
+                }
+                Event::Recipient { .. } => Answer::Reject(Reply::new(550, (5, 1, 1), "unknown")),
+                _ => Answer::Accept,
+            }),
+        );
+        h.send("EHLO c\r\nMAIL FROM:<a@b.example>\r\n");
+        h.take();
+        for i in 0..5 {
+            let out = h.send(&format!("RCPT TO:<temp{i}@d.example>\r\n"));
+            assert_eq!(out, "451 4.3.0 later\r\n");
+        }
+        assert!(!h.session.is_closed());
+        let out = h
+            .send("RCPT TO:<u1@d.example>\r\nRCPT TO:<u2@d.example>\r\nRCPT TO:<u3@d.example>\r\n");
+        assert_eq!(
+            out,
+            "550 5.1.1 unknown\r\n550 5.1.1 unknown\r\n550 5.1.1 unknown\r\n421 4.7.0 Too many errors\r\n"
+        );
+        assert!(h.session.is_closed());
+    }
+
+    #[test]
+    fn junk_commands_count_as_errors_past_their_limit() {
+        let mut h = greeted(SessionConfig {
+            max_errors: 2,
+            max_junk_commands: 3,
+            ..config()
+        });
+        // An accepted message starts the junk count again.
+        h.send("NOOP\r\nRSET\r\nHELP\r\n");
+        h.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\r\n");
+        h.take();
+        let out = h.send("NOOP\r\nNOOP\r\nRSET\r\n");
+        assert_eq!(out, "250 2.0.0 Ok\r\n".repeat(3));
+        assert!(!h.session.is_closed());
+        let out = h.send("NOOP\r\nNOOP\r\nNOOP\r\n");
+        assert_eq!(
+            out,
+            "250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n421 4.7.0 Too many errors\r\n"
+        );
+        assert!(h.session.is_closed());
+    }
+
+    #[test]
+    fn excess_recipients_are_junk() {
+        let mut h = greeted(SessionConfig {
+            max_errors: 1,
+            max_junk_commands: 2,
+            max_recipients: 1,
+            ..config()
+        });
+        h.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
+        h.take();
+        let out =
+            h.send("RCPT TO:<e@d.example>\r\nRCPT TO:<f@d.example>\r\nRCPT TO:<g@d.example>\r\n");
+        assert_eq!(
+            out,
+            "452 4.5.3 Too many recipients\r\n452 4.5.3 Too many recipients\r\n\
+             452 4.5.3 Too many recipients\r\n421 4.7.0 Too many errors\r\n"
+        );
+    }
+
+    #[test]
+    fn numbers_too_large_for_the_parser_are_refused() {
+        let mut h = greeted(config());
+        h.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
+        h.take();
+        let out = h.send("BDAT 999999999999999999999 LAST\r\nabcdeNOOP\r\n");
+        assert_eq!(
+            out,
+            "501 5.5.4 BDAT chunk size too large\r\n500 5.5.2 Command unrecognized\r\n"
+        );
+        assert!(h.messages().is_empty());
+        // Leading zeros are still a number that fits.
+        let out = h.send("BDAT 0000000000000000000000005 LAST\r\nabcde");
+        assert_eq!(out, "250 2.0.0 Message accepted\r\n");
+        assert_eq!(h.messages(), vec![&b"abcde"[..]]);
+
+        let out = h.send("MAIL FROM:<a@b.example> SIZE=999999999999999999995\r\n");
+        assert_eq!(
+            out,
+            "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+        );
+        let out = h.send("MAIL FROM:<a@b.example> SIZE=00000000000000000000000100\r\n");
+        assert_eq!(out, "250 2.1.0 Sender OK\r\n");
+    }
+
+    #[test]
+    fn partial_commands_and_transfers_are_visible_to_the_driver() {
+        let mut h = greeted(config());
+        assert!(!h.session.has_partial_command());
+        let before = h.session.lines_read();
+        h.send("NOO");
+        assert!(h.session.has_partial_command());
+        assert_eq!(h.session.lines_read(), before);
+        h.send("P\r\n");
+        assert!(!h.session.has_partial_command());
+        assert_eq!(h.session.lines_read(), before + 1);
+        h.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
+        assert!(!h.session.in_transfer());
+        h.send("BDAT 2\r\nab");
+        assert!(h.session.in_transfer(), "between chunks");
+        h.send("BDAT 1 LAST\r\n");
+        assert!(h.session.in_transfer());
+        h.send("c");
+        assert!(!h.session.in_transfer());
+        h.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx");
+        assert!(h.session.in_transfer());
+        assert!(!h.session.has_partial_command());
+        h.send("\r\n.\r\n");
+        assert!(!h.session.in_transfer());
     }
 
     #[test]

@@ -215,6 +215,8 @@ pub struct MailboxItem {
     pub received_at: Millis,
     /// Blob key of the body.
     pub blob_key: String,
+    /// The envelope sender (empty for the null sender), shown as `Return-Path:`.
+    pub envelope_from: String,
     /// Parsed header fields.
     pub summary: MessageSummary,
 }

@@ -85,7 +85,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const USER_COLUMNS: &str = "id, email, is_admin, quota_bytes, used_bytes, created_at";
 const MAILBOX_COLUMNS: &str = "e.id, e.folder, e.seen, e.created_at, m.size, m.blob_key, \
-     m.from_addr, m.to_addrs, m.cc_addrs, m.subject, m.date, m.message_id, m.has_attachments";
+     m.envelope_from, m.from_addr, m.to_addrs, m.cc_addrs, m.subject, m.date, m.message_id, m.has_attachments";
 
 impl SqlStore {
     /// Connects, creating the SQLite file and its directory if needed, and migrates.
@@ -266,6 +266,7 @@ fn mailbox_item_from_row(row: &AnyRow) -> Result<MailboxItem, sqlx::Error> {
         size: row.try_get("size")?,
         received_at: row.try_get("created_at")?,
         blob_key: row.try_get("blob_key")?,
+        envelope_from: row.try_get("envelope_from")?,
         summary: MessageSummary {
             from: row.try_get("from_addr")?,
             to: list("to_addrs")?,
