@@ -156,7 +156,10 @@ async fn table_columns(
 /// renamed into place.
 fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir)
+    // Readable like the table files next to it (a temporary file would be 0600).
+    let mut file = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     file.write_all(bytes)?;
     file.as_file().sync_all()?;
