@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::store::{MetadataStore, StoreError, User};
 
@@ -31,6 +32,41 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Caps concurrent argon2 runs so that a flood of login attempts cannot occupy every
+/// blocking thread (and every core): callers beyond the cap wait their turn.
+fn argon2_slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Semaphore::new(cores.clamp(1, 8))
+    })
+}
+
+/// Runs a blocking argon2 job off the async threads, at most a few at a time.
+async fn run_argon2<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    // The semaphore is never closed, so acquiring only waits.
+    let _permit = argon2_slots().acquire().await.ok()?;
+    tokio::task::spawn_blocking(job).await.ok()
+}
+
+/// [`verify_password`] off the async threads, bounded like every argon2 run.
+pub async fn verify_password_async(password: &str, hash: &str) -> bool {
+    let (password, hash) = (password.to_string(), hash.to_string());
+    run_argon2(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false)
+}
+
+/// [`hash_password`] off the async threads, bounded like every argon2 run.
+pub async fn hash_password_async(password: &str) -> Result<String, String> {
+    let password = password.to_string();
+    match run_argon2(move || hash_password(&password)).await {
+        Some(Ok(hash)) => Ok(hash),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("the password hashing task failed".into()),
+    }
+}
+
 /// A random secret of `bytes` bytes, URL-safe base64 without padding.
 pub fn random_secret(bytes: usize) -> String {
     use base64::Engine;
@@ -44,14 +80,15 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// A hash of a random password, verified against when the user does not exist so that
-/// unknown and known users take the same time to reject.
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// A hash of a random password with the same argon2 parameters as real ones, verified
+/// against when the user does not exist so that unknown and known users cost the same.
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| hash_password(&random_secret(16)).unwrap_or_default())
 }
 
-/// Checks an email and password against the store. Runs argon2 off the async threads.
+/// Checks an email and password against the store: one lookup and one argon2 run, whether
+/// or not the user exists (so neither timing nor work reveals which accounts exist).
 pub async fn authenticate(
     store: &dyn MetadataStore,
     email: &str,
@@ -60,25 +97,69 @@ pub async fn authenticate(
     let creds = store.credentials(email).await?;
     let hash = creds
         .as_ref()
-        .map(|c| c.password_hash.clone())
-        .unwrap_or_else(|| dummy_hash().to_string());
-    let password = password.to_string();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+        .map_or_else(|| dummy_hash().to_string(), |c| c.password_hash.clone());
+    let ok = verify_password_async(password, &hash).await;
     Ok(creds.filter(|_| ok).map(|c| c.user))
 }
 
-/// Slows down addresses that keep failing to authenticate.
+/// What the throttle counts failures against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ThrottleKey {
+    /// The client's address.
+    Addr(IpAddr),
+    /// The account tried (lower case), whether or not it exists.
+    Account(String),
+}
+
+/// Recent failures (and attempts in progress) of one key.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    count: u32,
+    last: Instant,
+}
+
+/// Most keys remembered; beyond it, keys below the free allowance are forgotten first.
+const MAX_KEYS: usize = 100_000;
+
+/// Counters behind the throttle's lock.
+#[derive(Debug, Default)]
+struct ThrottleState {
+    tallies: HashMap<ThrottleKey, Tally>,
+    /// Attempts being checked, by digest of (account, password).
+    in_flight: HashMap<[u8; 32], u32>,
+}
+
+/// Slows down repeated authentication failures, for SMTP AUTH and API Basic alike.
 ///
-/// After `free` failures within the window, each further attempt waits `step` times the
-/// number of failures beyond `free`, capped at 30 s. A success clears the address.
+/// Failures are counted per client address and per target account. An attempt reserves its
+/// place before the password is checked ([`FailureThrottle::begin`]), so a burst of parallel
+/// guesses escalates instead of all seeing the same count; only an attempt with exactly the
+/// credentials of one already being checked reserves nothing (it cannot be a new guess, and
+/// a client opening several sessions at once is not slowed down by itself). After `free`
+/// failures within the window, an attempt waits `step` times the number of failures beyond
+/// `free` (the larger of the address's and the account's), capped at 30 s. A success only
+/// withdraws its own reservation: it never clears failures that other attempts recorded, so
+/// owning one account does not buy free guesses at another.
 #[derive(Debug)]
 pub struct FailureThrottle {
     step: Duration,
     free: u32,
     window: Duration,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    state: Mutex<ThrottleState>,
+}
+
+/// One authentication attempt holding its reservation. Dropping it without
+/// [`Attempt::succeeded`] counts as a failure (a client that hangs up during the delay still
+/// pays for the guess).
+#[must_use = "an attempt counts as a failure unless marked succeeded"]
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    throttle: &'a FailureThrottle,
+    keys: [ThrottleKey; 2],
+    digest: [u8; 32],
+    reserved: bool,
+    succeeded: bool,
+    delay: Duration,
 }
 
 impl FailureThrottle {
@@ -88,42 +169,149 @@ impl FailureThrottle {
             step,
             free,
             window: Duration::from_secs(15 * 60),
-            failures: Mutex::new(HashMap::new()),
+            state: Mutex::new(ThrottleState::default()),
         }
     }
 
-    /// How long to wait before answering the next attempt from `ip`.
-    pub fn delay(&self, ip: IpAddr) -> Duration {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&ip) {
-            Some((count, last)) if last.elapsed() < self.window && *count > self.free => {
-                (self.step * (count - self.free)).min(Duration::from_secs(30))
+    fn delay_for(&self, count: u32) -> Duration {
+        if count > self.free {
+            (self.step * (count - self.free)).min(Duration::from_secs(30))
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ThrottleState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keys(ip: IpAddr, account: &str) -> [ThrottleKey; 2] {
+        [
+            ThrottleKey::Addr(ip),
+            ThrottleKey::Account(account.trim().to_ascii_lowercase()),
+        ]
+    }
+
+    /// Starts an attempt from `ip` at `account` with `secret`: counts it as a failure until it
+    /// succeeds, and says how long to wait before checking the password.
+    pub fn begin(&self, ip: IpAddr, account: &str, secret: &str) -> Attempt<'_> {
+        let keys = Self::keys(ip, account);
+        let mut hasher = Sha256::new();
+        hasher.update(account.trim().to_ascii_lowercase().as_bytes());
+        hasher.update([0]);
+        hasher.update(secret.as_bytes());
+        let digest: [u8; 32] = hasher.finalize().into();
+        let now = Instant::now();
+        let mut state = self.lock();
+        let map = &mut state.tallies;
+        if map.len() >= MAX_KEYS {
+            let (window, free) = (self.window, self.free);
+            map.retain(|_, t| t.last.elapsed() < window && t.count > free);
+            if map.len() >= MAX_KEYS {
+                // Still full of throttled keys: keep the worst offenders.
+                let mut counts: Vec<u32> = map.values().map(|t| t.count).collect();
+                counts.sort_unstable();
+                let cut = counts[counts.len() / 2];
+                map.retain(|_, t| t.count > cut);
             }
-            _ => Duration::ZERO,
+        }
+        let reserved = !state.in_flight.contains_key(&digest);
+        let mut prior = 0;
+        for key in &keys {
+            let tally = state.tallies.entry(key.clone()).or_insert(Tally {
+                count: 0,
+                last: now,
+            });
+            if tally.last.elapsed() >= self.window {
+                tally.count = 0;
+            }
+            prior = prior.max(tally.count);
+            if reserved {
+                tally.count = tally.count.saturating_add(1);
+                tally.last = now;
+            }
+        }
+        *state.in_flight.entry(digest).or_insert(0) += 1;
+        Attempt {
+            throttle: self,
+            keys,
+            digest,
+            reserved,
+            succeeded: false,
+            delay: self.delay_for(prior),
         }
     }
 
-    /// Records a failure from `ip`.
-    pub fn failed(&self, ip: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > 100_000 {
-            let window = self.window;
-            map.retain(|_, (_, last)| last.elapsed() < window);
-        }
-        let entry = map.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= self.window {
-            entry.0 = 0;
-        }
-        entry.0 += 1;
-        entry.1 = Instant::now();
+    /// The delay an attempt from `ip` at `account` would get now, without reserving.
+    pub fn current_delay(&self, ip: IpAddr, account: &str) -> Duration {
+        let state = self.lock();
+        let count = Self::keys(ip, account)
+            .iter()
+            .filter_map(|k| state.tallies.get(k))
+            .filter(|t| t.last.elapsed() < self.window)
+            .map(|t| t.count)
+            .max()
+            .unwrap_or(0);
+        self.delay_for(count)
+    }
+}
+
+impl Attempt<'_> {
+    /// How long to wait before checking the credentials.
+    pub fn delay(&self) -> Duration {
+        self.delay
     }
 
-    /// Clears `ip` after a success.
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ip);
+    /// Waits out the delay.
+    pub async fn wait(&self) {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+    }
+
+    /// The credentials were right: withdraws this attempt's reservation (and nothing else).
+    pub fn succeeded(mut self) {
+        self.succeeded = true;
+    }
+
+    /// The credentials were wrong: the attempt stays recorded as a failure.
+    pub fn failed(self) {}
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut state = self.throttle.lock();
+        if let Some(n) = state.in_flight.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                state.in_flight.remove(&self.digest);
+            }
+        }
+        match (self.succeeded, self.reserved) {
+            (true, true) => {
+                for key in &self.keys {
+                    if let Some(tally) = state.tallies.get_mut(key) {
+                        tally.count = tally.count.saturating_sub(1);
+                        if tally.count == 0 {
+                            state.tallies.remove(key);
+                        }
+                    }
+                }
+            }
+            (false, false) => {
+                // A failure that reserved nothing up front is recorded now.
+                let now = Instant::now();
+                for key in &self.keys {
+                    let tally = state.tallies.entry(key.clone()).or_insert(Tally {
+                        count: 0,
+                        last: now,
+                    });
+                    tally.count = tally.count.saturating_add(1);
+                    tally.last = now;
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -141,18 +329,93 @@ mod tests {
     }
 
     #[test]
+    fn dummy_hash_has_the_parameters_of_real_hashes() {
+        let real = hash_password("pw").expect("hash");
+        let params = |h: &str| h.rsplitn(3, '$').nth(2).map(str::to_string);
+        assert_eq!(params(dummy_hash()), params(&real));
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
     fn throttle_starts_after_free_failures() {
         let t = FailureThrottle::new(Duration::from_secs(1), 2);
-        let ip: IpAddr = [127, 0, 0, 1].into();
-        t.failed(ip);
-        t.failed(ip);
-        assert_eq!(t.delay(ip), Duration::ZERO);
-        t.failed(ip);
-        assert_eq!(t.delay(ip), Duration::from_secs(1));
-        t.failed(ip);
-        assert_eq!(t.delay(ip), Duration::from_secs(2));
-        t.succeeded(ip);
-        assert_eq!(t.delay(ip), Duration::ZERO);
+        let delays: Vec<Duration> = (0..4)
+            .map(|i| {
+                let a = t.begin(IP, "bob@example.test", &format!("guess{i}"));
+                let d = a.delay();
+                a.failed();
+                d
+            })
+            .collect();
+        let s = Duration::from_secs;
+        assert_eq!(delays, vec![s(0), s(0), s(0), s(1)]);
+        assert_eq!(t.current_delay(IP, "bob@example.test"), s(2));
+    }
+
+    #[test]
+    fn a_success_on_one_account_does_not_reset_failures_on_another() {
+        let t = FailureThrottle::new(Duration::from_secs(1), 1);
+        for i in 0..3 {
+            t.begin(IP, "victim@example.test", &format!("guess{i}"))
+                .failed();
+        }
+        // The attacker signs in to their own account from the same address...
+        let own = t.begin(IP, "mine@example.test", "my-password");
+        own.succeeded();
+        // ...and the next guess at the victim still waits.
+        let guess = t.begin(IP, "victim@example.test", "guess3");
+        assert_eq!(guess.delay(), Duration::from_secs(2));
+        // Another address guessing the same account waits too (per-account counter).
+        let other: IpAddr = [192, 0, 2, 1].into();
+        assert!(t.begin(other, "victim@example.test", "guess4").delay() >= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_parallel_burst_escalates() {
+        let t = FailureThrottle::new(Duration::from_secs(1), 2);
+        // Ten attempts in flight at once, none settled yet.
+        let attempts: Vec<Attempt<'_>> = (0..10)
+            .map(|i| t.begin(IP, &format!("user{i}@example.test"), "guess"))
+            .collect();
+        let delays: Vec<u64> = attempts.iter().map(|a| a.delay().as_secs()).collect();
+        assert_eq!(delays, vec![0, 0, 0, 1, 2, 3, 4, 5, 6, 7]);
+        drop(attempts);
+        assert_eq!(t.current_delay(IP, "x"), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn a_success_withdraws_only_its_own_reservation() {
+        let t = FailureThrottle::new(Duration::from_secs(1), 0);
+        t.begin(IP, "a@example.test", "guess").failed();
+        t.begin(IP, "b@example.test", "right").succeeded();
+        assert_eq!(
+            t.current_delay(IP, "c@example.test"),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn identical_attempts_in_flight_do_not_escalate_but_their_failures_count() {
+        let t = FailureThrottle::new(Duration::from_secs(1), 1);
+        // One client opening five sessions with the same credentials at once.
+        let same: Vec<Attempt<'_>> = (0..5)
+            .map(|_| t.begin(IP, "bob@example.test", "pw"))
+            .collect();
+        assert!(same.iter().all(|a| a.delay().is_zero()));
+        for a in same {
+            a.succeeded();
+        }
+        assert_eq!(t.current_delay(IP, "bob@example.test"), Duration::ZERO);
+        // The same wrong password five times at once: every failure is recorded.
+        let wrong: Vec<Attempt<'_>> = (0..5)
+            .map(|_| t.begin(IP, "bob@example.test", "bad"))
+            .collect();
+        drop(wrong);
+        assert_eq!(
+            t.current_delay(IP, "bob@example.test"),
+            Duration::from_secs(4)
+        );
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub enum KeyCommand {
         #[arg(long, env = "MAIRUST_SECRET", hide_env_values = true)]
         value: String,
     },
-    /// Re-encrypt all data under a new master key (stop the server first; re-runnable).
+    /// Re-encrypt all data under a new master key (refused while a server runs; re-runnable).
     Rotate {
         /// The new key (the current one comes from MAIRUST_MASTER_KEY, if data is encrypted).
         #[arg(long, env = "MAIRUST_NEW_MASTER_KEY")]
@@ -322,7 +322,7 @@ async fn db(config: &Config, cmd: DbCommand) -> anyhow::Result<()> {
             println!(
                 "imported {rows} rows in {} tables into {}; counts verified",
                 manifest.tables.len(),
-                redact(&database.url)
+                crate::config::redact_url(&database.url)
             );
         }
     }
@@ -407,6 +407,12 @@ async fn key(config: &Config, cmd: KeyCommand) -> anyhow::Result<()> {
         .transpose()?;
     let deadline = tokio::time::Instant::now() + config.server.startup_timeout;
     let store = SqlStore::connect(&config.database).await?;
+    // Held until the rotation is done: no server may run meanwhile.
+    let _lock = crate::store::rekey::DatabaseLock::acquire(
+        &config.database,
+        crate::store::rekey::LockMode::Exclusive,
+    )
+    .await?;
     let blobs = Stores::blob_backend(config, deadline).await?;
     let done = crate::store::rekey::rotate(&store, blobs, old.as_ref(), &new).await?;
     println!(
@@ -414,18 +420,6 @@ async fn key(config: &Config, cmd: KeyCommand) -> anyhow::Result<()> {
         done.bodies, done.already, done.secrets
     );
     Ok(())
-}
-
-/// A database URL without its password, for output.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// A minimal HTTP/1.1 GET of /health/ready, so that images need no curl.

@@ -153,7 +153,7 @@ impl ServerConfig {
 }
 
 /// `database` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH` or `postgres://...`.
@@ -214,7 +214,7 @@ impl Default for StorageConfig {
 }
 
 /// `storage.options`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageOptions {
     /// Root directory of the fs backend.
@@ -343,7 +343,7 @@ pub enum DeliveryTls {
 }
 
 /// `delivery.relay_auth`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayAuth {
     /// Smarthost user.
@@ -508,7 +508,7 @@ impl Default for LogConfig {
 }
 
 /// `admin` section: the account created on first start.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Admin's email address.
@@ -518,7 +518,7 @@ pub struct AdminConfig {
 }
 
 /// `security` section.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Master key for encryption at rest.
@@ -676,6 +676,80 @@ impl Config {
     }
 }
 
+/// What `Debug` output (and `check-config`) shows instead of a secret.
+const REDACTED: &str = "<redacted>";
+
+/// An optional secret as `Debug` shows it: whether it is set, never its value.
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| REDACTED)
+}
+
+/// A URL with the password of its user info replaced, for output and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:{REDACTED}{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+// Hand-written `Debug` for every section holding a secret, so that `{:?}` of a `Config`
+// (panics, logs, `check-config`) never prints one.
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("max_batch", &self.max_batch)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageOptions")
+            .field("path", &self.path)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
+            .field("access_key", &self.access_key)
+            .field("secret_key", &redacted(&self.secret_key))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RelayAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayAuth")
+            .field("username", &self.username)
+            .field("password", &REDACTED)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("email", &self.email)
+            .field("password", &redacted(&self.password))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityConfig")
+            .field("master_key", &redacted(&self.master_key))
+            .finish()
+    }
+}
+
 /// A list of durations (`["5m", "10m"]`, or `5m,10m` from the environment).
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     #[derive(Deserialize)]
@@ -827,6 +901,49 @@ mod tests {
             err.to_string().contains("/nonexistent/mairust.yaml"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret() {
+        let f = yaml(
+            "delivery:\n  relay_host: relay.example.test:587\n  relay_auth:\n    username: relay-user\n    password: relay-secret-1\n",
+        );
+        let c = Config::load_from(
+            Some(f.path()),
+            env(&[
+                (
+                    "DATABASE_URL",
+                    "postgres://mairust:db-secret-2@db:5432/mairust",
+                ),
+                ("S3_SECRET_KEY", "s3-secret-3"),
+                ("S3_ACCESS_KEY", "s3-access"),
+                ("MAIRUST_ADMIN_EMAIL", "root@example.test"),
+                ("MAIRUST_ADMIN_PASSWORD", "admin-secret-4"),
+                ("MAIRUST_MASTER_KEY", "master-secret-5"),
+            ]),
+        )
+        .expect("loads");
+        for text in [format!("{c:?}"), format!("{c:#?}")] {
+            for secret in [
+                "relay-secret-1",
+                "db-secret-2",
+                "s3-secret-3",
+                "admin-secret-4",
+                "master-secret-5",
+            ] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+            assert!(text.contains("relay-user") && text.contains("root@example.test"));
+            assert!(
+                text.contains("postgres://mairust:<redacted>@db:5432/mairust"),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            redact_url("sqlite:///var/db.sqlite"),
+            "sqlite:///var/db.sqlite"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]

@@ -60,9 +60,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let stores = Stores::open(&config).await?;
+    // Held for the life of the process: `key rotate` refuses to run next to a server.
+    let _database_lock = crate::store::rekey::DatabaseLock::acquire(
+        &config.database,
+        crate::store::rekey::LockMode::Shared,
+    )
+    .await?;
     unseal_relay_password(&mut config, stores.cipher.as_ref())?;
     let config = Arc::new(config);
     bootstrap_admin(&config, &stores).await?;
+    // Computed now so the first unknown-user login costs no more than any other.
+    tokio::task::spawn_blocking(|| {
+        crate::auth::dummy_hash();
+    });
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     // Enough queued requests for every session and a few batches of API and queue writes.
@@ -82,6 +92,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.smtp.max_connections,
         config.smtp.max_connections_per_ip,
     );
+    // One throttle for SMTP AUTH and API Basic: guesses over both count together.
+    let throttle = Arc::new(FailureThrottle::new(
+        config.smtp.auth_failure_delay,
+        config.smtp.auth_failures_free,
+    ));
     let mut specs = vec![writer_spec(&config, &stores, &writer)];
 
     if config.server.has_role(Role::Smtp) {
@@ -92,10 +107,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             stores: stores.clone(),
             acceptor: acceptor.clone(),
             tls: Some(tls_acceptor),
-            throttle: FailureThrottle::new(
-                config.smtp.auth_failure_delay,
-                config.smtp.auth_failures_free,
-            ),
+            throttle: throttle.clone(),
             limits: limits.clone(),
             shutdown: shutdown_rx.clone(),
             faults: faults.clone(),
@@ -161,7 +173,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             acceptor.clone(),
             queue.clone(),
             faults.clone(),
-        );
+        )
+        .with_throttle(throttle.clone());
         let addr = SocketAddr::new(config.server.bind, config.server.api_port);
         let shutdown = shutdown_rx.clone();
         specs.push(ChildSpec::new("api_server", move |sup| {
@@ -267,11 +280,16 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Name of the file in `server.data_dir` that receives a generated first-admin password.
+pub const ADMIN_PASSWORD_FILE: &str = "initial-admin-password";
+
 /// Makes sure an administrator exists.
 ///
 /// With `admin.email` and `admin.password` set, that account exists and has that password
-/// (idempotent). Without them, if there is no admin yet, one is created with a generated
-/// password that is logged once.
+/// (idempotent; a changed password revokes the account's tokens). Without them, if there is
+/// no admin yet, one is created with a generated password, which is written to
+/// `<data_dir>/initial-admin-password` (mode 0600), never to the log. Creation is atomic in
+/// the database, so replicas starting together create exactly one admin.
 pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result<()> {
     let meta = stores.meta.as_ref();
     match (&config.admin.email, &config.admin.password) {
@@ -281,35 +299,69 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
                     "MAIRUST_ADMIN_PASSWORD (admin.password) must be at least 8 characters"
                 );
             }
-            match meta.credentials(email).await? {
-                Some(creds) if creds.user.is_admin => {
-                    if !verify_password(password, &creds.password_hash) {
-                        meta.set_password(email, &hash_password(password)?).await?;
-                        tracing::info!(email = %email, "bootstrap admin password updated from configuration");
+            // Twice at most: a replica starting at the same time may create the account
+            // between our lookup and our insert.
+            for _ in 0..2 {
+                match meta.credentials(email).await? {
+                    Some(creds) if creds.user.is_admin => {
+                        if !verify_password(password, &creds.password_hash) {
+                            meta.set_password(email, &hash_password(password)?).await?;
+                            tracing::info!(email = %email, "bootstrap admin password updated from configuration; its tokens are revoked");
+                        }
+                        return Ok(());
                     }
-                }
-                Some(_) => anyhow::bail!(
-                    "admin.email {email} belongs to an existing non-admin user; choose another address"
-                ),
-                None => {
-                    meta.add_user(email, &hash_password(password)?, true, None)
-                        .await?;
-                    tracing::info!(email = %email, "bootstrap admin created");
+                    Some(_) => anyhow::bail!(
+                        "admin.email {email} belongs to an existing non-admin user; choose another address"
+                    ),
+                    None => match meta
+                        .add_user(email, &hash_password(password)?, true, None)
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(email = %email, "bootstrap admin created");
+                            return Ok(());
+                        }
+                        Err(crate::store::StoreError::Conflict(_)) => continue,
+                        Err(e) => return Err(e.into()),
+                    },
                 }
             }
+            anyhow::bail!("cannot create the bootstrap admin {email}: the account keeps changing")
         }
         (None, None) => {
-            if !meta.admin_exists().await? {
-                let email = format!("admin@{}", config.server.hostname);
-                let password = random_secret(18);
-                meta.add_user(&email, &hash_password(&password)?, true, None)
-                    .await?;
-                tracing::warn!(
-                    email = %email,
-                    password = %password,
-                    "created the first admin account with a generated password; it is shown only \
-                     this once: sign in and change it (PUT /api/v1/users/{{email}}/password)"
-                );
+            if meta.admin_exists().await? {
+                return Ok(());
+            }
+            let email = format!("admin@{}", config.server.hostname);
+            let password = random_secret(18);
+            // The file is staged before the account exists, so a created account always has
+            // its password on disk; a replica that loses the race discards its file.
+            let staged = stage_secret_file(&config.server.data_dir, &format!("{password}\n"))?;
+            match meta
+                .create_first_admin(&email, &hash_password(&password)?)
+                .await
+            {
+                Ok(true) => {
+                    let path = config.server.data_dir.join(ADMIN_PASSWORD_FILE);
+                    staged.persist(&path).with_context(|| {
+                        format!(
+                            "cannot write the first admin's password to {}",
+                            path.display()
+                        )
+                    })?;
+                    sync_dir(&config.server.data_dir)?;
+                    tracing::warn!(
+                        email = %email,
+                        password_file = %path.display(),
+                        "created the first admin account with a generated password; read it from \
+                         the file (readable only by this user), sign in, change it \
+                         (PUT /api/v1/users/{{email}}/password) and delete the file"
+                    );
+                }
+                Ok(false) => {
+                    tracing::info!("another process created the first admin account");
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         _ => anyhow::bail!(
@@ -317,4 +369,34 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
         ),
     }
     Ok(())
+}
+
+/// A temporary file in `dir` holding `contents`, created with mode 0600 (never readable by
+/// others, not even for a moment) and fsynced; persist it to give it its final name.
+fn stage_secret_file(
+    dir: &std::path::Path,
+    contents: &str,
+) -> anyhow::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut file = tempfile::Builder::new()
+        .prefix(".initial-admin-password")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .with_context(|| {
+            format!(
+                "cannot create a file in {}; check server.data_dir",
+                dir.display()
+            )
+        })?;
+    file.write_all(contents.as_bytes())?;
+    file.as_file().sync_all()?;
+    Ok(file)
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
 }

@@ -3,8 +3,10 @@ bearer tokens, admin-only endpoints), domain and user management, and the JSON e
 for bad input and unknown routes."""
 
 import re
+import shutil
 import time
 
+import pytest
 import requests
 
 from conftest import (
@@ -37,6 +39,34 @@ def test_health_endpoints_report_backends(srv):
     r = requests.get(srv.base_url + "/health/live", timeout=5)
     assert r.status_code == 200
     assert r.json() == {"status": "ok"}
+
+
+@pytest.mark.sqlite_fs
+def test_health_shows_backend_errors_only_to_admins(srv):
+    setup_domain_and_user(srv)
+    staging = srv.data_dir / "mail" / "tmp"
+    shutil.rmtree(staging)  # the blob store's health probe writes here
+    try:
+        for path in ("/health", "/health/ready"):
+            for client in (srv.anon(), srv.api(f"bob@{DOMAIN}", USER_PASSWORD)):
+                r = client.get(path)
+                assert r.status_code == 503, r.text
+                body = r.json()
+                assert body["status"] == "unavailable"
+                assert body["checks"] == {"database": "ok", "blob_store": "unavailable"}, body
+                assert "details" not in body, body
+                assert str(srv.data_dir) not in r.text and "os error" not in r.text, r.text
+            r = srv.api().get(path)
+            assert r.status_code == 503
+            details = r.json()["details"]
+            assert details["database"] == "ok"
+            assert details["blob_store"] not in ("ok", "unavailable"), details
+        # The cause is in the log for the operator.
+        srv.wait_for_log(lambda l: l["message"] == "health check failed"
+                         and l["fields"].get("backend") == "blob_store")
+    finally:
+        staging.mkdir()
+    assert srv.anon().get("/health").json()["checks"]["blob_store"] == "ok"
 
 
 def test_health_needs_no_credentials_but_api_does(srv):
@@ -81,6 +111,7 @@ def test_openapi_document_lists_the_endpoints(srv):
         "/health/ready",
         "/metrics",
         "/api/v1/tokens",
+        "/api/v1/tokens/{id}",
         "/api/v1/domains",
         "/api/v1/domains/{name}",
         "/api/v1/users",
@@ -93,6 +124,8 @@ def test_openapi_document_lists_the_endpoints(srv):
     ):
         assert p in paths, f"{p} missing from {sorted(paths)}"
     assert {"get", "post"} <= set(paths["/api/v1/domains"])
+    assert {"get", "post"} <= set(paths["/api/v1/tokens"])
+    assert "delete" in paths["/api/v1/tokens/{id}"]
     assert {"get", "patch", "delete"} <= set(paths["/api/v1/messages/{id}"])
     schemes = doc["components"]["securitySchemes"]
     assert schemes["basic"]["scheme"].lower() == "basic"
@@ -142,7 +175,7 @@ def test_bearer_token_works_and_garbage_token_is_401(srv):
     r = bob.post("/api/v1/tokens", json={"name": "cli", "ttl": "1h"})
     assert r.status_code == 201, r.text
     body = r.json()
-    assert set(body) == {"token", "expires_at"}
+    assert set(body) == {"id", "token", "expires_at"}
     assert len(body["token"]) >= 20
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", body["expires_at"]), body
 
@@ -158,6 +191,64 @@ def test_bearer_token_works_and_garbage_token_is_401(srv):
     r = srv.api().post("/api/v1/tokens")
     assert r.status_code == 201, r.text
     assert srv.api(token=r.json()["token"]).get("/api/v1/domains").status_code == 200
+
+
+def test_tokens_are_listed_and_revoked(srv):
+    setup_domain_and_user(srv, users=("bob", "carol"))
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    first = bob.post("/api/v1/tokens", json={"name": "laptop", "ttl": "1h"}).json()
+    second = bob.post("/api/v1/tokens", json={"name": "phone"}).json()
+    r = bob.get("/api/v1/tokens")
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert [t["name"] for t in items] == ["phone", "laptop"], items
+    assert [t["id"] for t in items] == [second["id"], first["id"]]
+    for t in items:
+        assert set(t) == {"id", "name", "created_at", "expires_at"}, t
+        assert re.match(r"^\d{4}-\d\d-\d\dT", t["created_at"]), t
+    assert items[1]["expires_at"] == first["expires_at"]
+    assert first["token"] not in r.text and second["token"] not in r.text
+    # A token lists its owner's tokens too, and nobody else's.
+    assert srv.api(token=first["token"]).get("/api/v1/tokens").json()["items"] == items
+    assert srv.api(f"carol@{DOMAIN}", USER_PASSWORD).get("/api/v1/tokens").json() == {"items": []}
+
+    # Another user cannot revoke bob's token (404, like any unknown id).
+    carol = srv.api(f"carol@{DOMAIN}", USER_PASSWORD)
+    assert_error(carol.delete(f"/api/v1/tokens/{first['id']}"), 404, "not_found")
+    assert_error(srv.api().delete(f"/api/v1/tokens/{first['id']}"), 404)
+    assert srv.api(token=first["token"]).get("/api/v1/messages").status_code == 200
+
+    r = srv.api(token=second["token"]).delete(f"/api/v1/tokens/{first['id']}")
+    assert r.status_code == 204, r.text
+    assert_error(srv.api(token=first["token"]).get("/api/v1/messages"), 401)
+    assert srv.api(token=second["token"]).get("/api/v1/messages").status_code == 200
+    assert_error(bob.delete(f"/api/v1/tokens/{first['id']}"), 404)
+    assert_error(bob.delete("/api/v1/tokens/not-a-number"), 400)
+    assert_error(srv.anon().delete(f"/api/v1/tokens/{second['id']}"), 401)
+    assert_error(srv.anon().get("/api/v1/tokens"), 401)
+
+
+def test_password_change_revokes_tokens(srv):
+    setup_domain_and_user(srv, users=("bob", "carol"))
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    token = bob.post("/api/v1/tokens").json()["token"]
+    carol_token = srv.api(f"carol@{DOMAIN}", USER_PASSWORD).post("/api/v1/tokens").json()["token"]
+    # A user changing their own password (e.g. after a leak) ends every session.
+    r = bob.put(f"/api/v1/users/bob@{DOMAIN}/password", json={"password": "new-password-456"})
+    assert r.status_code == 204, r.text
+    assert_error(srv.api(token=token).get("/api/v1/messages"), 401)
+    bob = srv.api(f"bob@{DOMAIN}", "new-password-456")
+    assert bob.get("/api/v1/tokens").json() == {"items": []}
+    # So does an admin resetting it.
+    token = bob.post("/api/v1/tokens").json()["token"]
+    r = srv.api().put(f"/api/v1/users/bob@{DOMAIN}/password", json={"password": "third-password-789"})
+    assert r.status_code == 204, r.text
+    assert_error(srv.api(token=token).get("/api/v1/messages"), 401)
+    # Other users' tokens are untouched.
+    assert srv.api(token=carol_token).get("/api/v1/messages").status_code == 200
+    # Deleting a user revokes their tokens.
+    assert srv.api().delete(f"/api/v1/users/carol@{DOMAIN}").status_code == 204
+    assert_error(srv.api(token=carol_token).get("/api/v1/messages"), 401)
 
 
 def test_expired_token_is_401(srv):

@@ -9,6 +9,7 @@ import contextlib
 import re
 import smtplib
 import socket
+import stat
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -138,6 +139,27 @@ def test_partial_admin_env_is_refused(tmp_path):
     assert "MAIRUST_ADMIN_PASSWORD" in p.stderr and "8" in p.stderr, p.stderr
 
 
+def test_check_config_redacts_secrets(tmp_path):
+    cfg = config_file(tmp_path, {
+        "delivery": {"relay_host": "relay.example.test:587",
+                     "relay_auth": {"username": "relay-user", "password": "relay-secret-1"}},
+        "storage": {"options": {"secret_key": "s3-secret-2", "access_key": "s3-access"}},
+    })
+    p = run_cli(["check-config", "--config", str(cfg)], env={
+        "DATABASE_URL": "postgres://mairust:db-secret-3@db.example.test:5432/mairust",
+        "MAIRUST_ADMIN_EMAIL": ADMIN_EMAIL,
+        "MAIRUST_ADMIN_PASSWORD": "admin-secret-4",
+        "MAIRUST_MASTER_KEY": "master-secret-5",
+    })
+    assert p.returncode == 0, p.stderr
+    for secret in ("relay-secret-1", "s3-secret-2", "db-secret-3", "admin-secret-4", "master-secret-5"):
+        assert secret not in p.stdout + p.stderr, f"{secret} printed by check-config"
+    # What is not secret is still shown, and a set secret shows as set.
+    assert "relay-user" in p.stdout and "s3-access" in p.stdout and ADMIN_EMAIL in p.stdout
+    assert "postgres://mairust:<redacted>@db.example.test:5432/mairust" in p.stdout, p.stdout
+    assert "<redacted>" in p.stdout
+
+
 def test_check_config(tmp_path):
     cfg = config_file(tmp_path)
     p = run_cli(["check-config", "--config", str(cfg)])
@@ -232,19 +254,45 @@ def test_admin_env_naming_a_regular_user_is_refused(server):
     assert f"bob@{DOMAIN}" in p.stderr, p.stderr
 
 
-def test_generated_admin_password_is_logged_once_and_works(server):
+def test_generated_admin_password_goes_to_a_private_file(server):
     srv = server(admin=False)
-    line = srv.wait_for_log(lambda l: "admin" in l["message"] and "password" in l["fields"])
-    email, password = line["fields"]["email"], line["fields"]["password"]
+    line = srv.wait_for_log(lambda l: "first admin" in l["message"])
+    email, path = line["fields"]["email"], Path(line["fields"]["password_file"])
+    assert "password" not in line["fields"], line
     assert email == f"admin@{HOSTNAME}"
+    assert path == srv.data_dir / "initial-admin-password"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600, oct(path.stat().st_mode)
+    password = path.read_text().strip()
     assert len(password) >= 16
+    # Nothing else was left behind by the atomic write.
+    assert not [p for p in srv.data_dir.iterdir() if p.name.startswith(".initial-admin")]
     assert srv.api(email, password).get("/api/v1/users").status_code == 200
     srv.restart()
     assert srv.api(email, password).get("/api/v1/users").status_code == 200
-    text = srv.stdout_path.read_text()
-    assert text.count(password) == 1, "the generated password must be logged exactly once"
-    admins = [u for u in srv.api(email, password).get("/api/v1/users").json()["items"] if u["is_admin"]]
+    srv.stop()
+    text = srv.stdout_path.read_text() + srv.stderr_path.read_text()
+    assert password not in text, "the generated password must never reach the log stream"
+    admins = [u for u in srv.start(first=False).api(email, password).get("/api/v1/users").json()["items"]
+              if u["is_admin"]]
     assert len(admins) == 1
+
+
+def test_cli_passwd_and_bootstrap_password_update_revoke_tokens(server):
+    srv = server()
+    setup_domain_and_user(srv)
+    bob_token = srv.api(f"bob@{DOMAIN}", USER_PASSWORD).post("/api/v1/tokens").json()["token"]
+    admin_token = srv.api().post("/api/v1/tokens").json()["token"]
+    p = run_cli(["--config", str(srv.config_path), "user", "passwd", f"bob@{DOMAIN}",
+                 "--password", "rotated-password-2"])
+    assert p.returncode == 0, p.stderr
+    assert_error(srv.api(token=bob_token).get("/api/v1/messages"), 401)
+    assert srv.api(token=admin_token).get("/api/v1/users").status_code == 200
+    # A new MAIRUST_ADMIN_PASSWORD at start revokes the admin's tokens too.
+    srv.extra_env["MAIRUST_ADMIN_PASSWORD"] = "rotated-password-3"
+    srv.admin = (ADMIN_EMAIL, "rotated-password-3")
+    srv.restart()
+    assert_error(srv.api(token=admin_token).get("/api/v1/users"), 401)
+    assert srv.api().get("/api/v1/users").status_code == 200
 
 
 # ---------------------------------------------------------------------- CLI

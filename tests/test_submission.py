@@ -167,12 +167,13 @@ def test_repeated_failures_slow_down(server):
         fastest_free = min(times[:3])
         assert times[3] - fastest_free >= 0.8, times
         assert times[1] - fastest_free < 0.8, times  # the free failures are not delayed
-        # After a success the counter is reset: the next failure is fast again.
+        # A success withdraws only its own attempt: the failures stay counted, so whoever
+        # knows one password gets no free guesses from this address afterwards.
         assert s.docmd("AUTH", "PLAIN " + plain("", BOB, USER_PASSWORD))[0] == 235
     with contextlib.closing(tls_session(srv)) as s:
         t0 = time.monotonic()
         assert s.docmd("AUTH", "PLAIN " + plain("", BOB, "wrong-again"))[0] == 535
-        assert time.monotonic() - t0 < times[3] - 0.4, (time.monotonic() - t0, times)
+        assert time.monotonic() - t0 >= times[3] - 0.2, (time.monotonic() - t0, times)
     m = srv.metric_value("mairust_smtp_auth_failures_total")
     assert m is not None and m >= 5, m
 

@@ -65,8 +65,23 @@ pub struct TokenRequest {
 /// A new bearer token; it is shown only once.
 #[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
+    /// Token id, for `DELETE /api/v1/tokens/{id}`.
+    pub id: i64,
     /// Send as `Authorization: Bearer <token>`.
     pub token: String,
+    /// Expiry, RFC 3339.
+    pub expires_at: String,
+}
+
+/// One of the caller's tokens (the secret itself is never shown again).
+#[derive(Serialize, ToSchema)]
+pub struct TokenSummary {
+    /// Token id.
+    pub id: i64,
+    /// The label given at creation.
+    pub name: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
     /// Expiry, RFC 3339.
     pub expires_at: String,
 }
@@ -151,9 +166,8 @@ fn validate_password(password: &str) -> Result<(), ApiError> {
 }
 
 async fn hash(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+    auth::hash_password_async(&password)
         .await
-        .map_err(ApiError::unavailable)?
         .map_err(ApiError::unavailable)
 }
 
@@ -259,7 +273,8 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Sets a user's password (admins for anyone, users for themselves).
+/// Sets a user's password (admins for anyone, users for themselves) and revokes the user's
+/// bearer tokens.
 #[utoipa::path(put, path = "/api/v1/users/{email}/password", tag = "admin", request_body = NewPassword,
     params(("email" = String, Path, description = "User's address")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
@@ -276,7 +291,7 @@ pub async fn set_password(
     validate_password(&body.password)?;
     let hashed = hash(body.password).await?;
     state.stores.meta.set_password(&email, &hashed).await?;
-    tracing::info!(user = %email, by = %caller.0.email, "password changed");
+    tracing::info!(user = %email, by = %caller.0.email, "password changed; the user's tokens are revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -306,7 +321,7 @@ pub async fn create_token(
     let token = auth::random_secret(32);
     let expires_at = now_millis().saturating_add(ttl.as_millis() as i64);
     let name = request.name.unwrap_or_else(|| "api".into());
-    state
+    let id = state
         .stores
         .meta
         .add_token(caller.0.id, &auth::token_hash(&token), &name, expires_at)
@@ -314,10 +329,53 @@ pub async fn create_token(
     Ok((
         StatusCode::CREATED,
         Json(TokenResponse {
+            id,
             token,
             expires_at: crate::message::rfc3339(expires_at),
         }),
     ))
+}
+
+/// Lists the caller's unexpired tokens, newest first.
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "auth",
+    responses((status = 200, body = Items<TokenSummary>), (status = 401, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn list_tokens(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<Json<Items<TokenSummary>>> {
+    let items = state
+        .stores
+        .meta
+        .list_tokens(caller.0.id)
+        .await?
+        .into_iter()
+        .map(|t| TokenSummary {
+            id: t.id,
+            name: t.name,
+            created_at: crate::message::rfc3339(t.created_at),
+            expires_at: crate::message::rfc3339(t.expires_at),
+        })
+        .collect();
+    Ok(Json(Items { items }))
+}
+
+/// Revokes one of the caller's tokens.
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "auth",
+    params(("id" = i64, Path, description = "Token id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn delete_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    if !state.stores.meta.delete_token(caller.0.id, id).await? {
+        // Another user's token is 404 too, so ids reveal nothing.
+        return Err(ApiError::not_found(format!("token {id} not found")));
+    }
+    tracing::info!(token_id = id, by = %caller.0.email, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Who is calling: HTTP Basic (email and password) or a bearer token.
 
-use axum::extract::FromRequestParts;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -29,39 +32,53 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::unauthorized("authentication required: use HTTP Basic or a bearer token")
-            })?;
-        let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
-        let user = if scheme.eq_ignore_ascii_case("bearer") {
-            state
-                .stores
-                .meta
-                .user_by_token(&auth::token_hash(value.trim()))
-                .await?
-                .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))?
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(value.trim())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-            let (email, password) = decoded
-                .split_once(':')
-                .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-            state
-                .authenticate(email, password)
-                .await?
-                .ok_or_else(|| ApiError::unauthorized("invalid email or password"))?
-        } else {
-            return Err(ApiError::unauthorized(format!(
-                "unsupported authorization scheme `{scheme}`; use Basic or Bearer"
-            )));
-        };
-        Ok(Caller(user))
+        identify(&parts.headers, client_ip(parts), state)
+            .await
+            .map(Caller)
+    }
+}
+
+/// The client's address (for the failure throttle); unspecified when the server was not
+/// started with connection info (unit tests).
+pub fn client_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+/// Who sent `headers`: the user of a bearer token or of Basic credentials.
+pub async fn identify(headers: &HeaderMap, ip: IpAddr, state: &ApiState) -> Result<User, ApiError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::unauthorized("authentication required: use HTTP Basic or a bearer token")
+        })?;
+    let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(state
+            .stores
+            .meta
+            .user_by_token(&auth::token_hash(value.trim()))
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))?)
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
+        let (email, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
+        Ok(state
+            .authenticate(ip, email, password)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("invalid email or password"))?)
+    } else {
+        Err(ApiError::unauthorized(format!(
+            "unsupported authorization scheme `{scheme}`; use Basic or Bearer"
+        )))
     }
 }

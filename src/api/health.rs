@@ -1,8 +1,10 @@
 //! Health, readiness and metrics.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::Json;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -14,10 +16,14 @@ use super::ApiState;
 pub struct HealthReport {
     /// `ok` or `unavailable`.
     pub status: &'static str,
-    /// Each backend's state: `ok` or the error.
+    /// Each backend's state: `ok` or `unavailable`.
     pub checks: Checks,
     /// Version of this build.
     pub version: &'static str,
+    /// The backends' error messages; only for a signed-in administrator (anyone else gets
+    /// the status only, and the errors go to the log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Checks>,
 }
 
 /// Per-backend results.
@@ -29,20 +35,61 @@ pub struct Checks {
     pub blob_store: String,
 }
 
-async fn report(state: &ApiState) -> (StatusCode, Json<HealthReport>) {
+/// Runs both checks; `Err` carries the failure's text.
+async fn check(state: &ApiState) -> (Result<(), String>, Result<(), String>) {
     let timeout = std::time::Duration::from_secs(5);
     let (db, blobs) = tokio::join!(
         tokio::time::timeout(timeout, state.stores.meta.health()),
         tokio::time::timeout(timeout, state.stores.blobs.health()),
     );
-    let describe = |r: Result<Result<(), String>, tokio::time::error::Elapsed>| match r {
-        Ok(Ok(())) => "ok".to_string(),
-        Ok(Err(e)) => e,
-        Err(_) => "timed out".to_string(),
+    let flatten = |r: Result<Result<(), String>, tokio::time::error::Elapsed>| {
+        r.unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())))
     };
-    let database = describe(db.map(|r| r.map_err(|e| e.to_string())));
-    let blob_store = describe(blobs.map(|r| r.map_err(|e| e.to_string())));
-    let ok = database == "ok" && blob_store == "ok";
+    (
+        flatten(db.map(|r| r.map_err(|e| e.to_string()))),
+        flatten(blobs.map(|r| r.map_err(|e| e.to_string()))),
+    )
+}
+
+/// Whether the request carries an administrator's credentials. Failing credentials are not
+/// an error here: health answers everyone, only the details are withheld.
+async fn caller_is_admin(state: &ApiState, headers: &HeaderMap, ip: IpAddr) -> bool {
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return false;
+    }
+    super::auth::identify(headers, ip, state)
+        .await
+        .is_ok_and(|user| user.is_admin)
+}
+
+async fn report(
+    state: &ApiState,
+    headers: &HeaderMap,
+    ip: IpAddr,
+) -> (StatusCode, Json<HealthReport>) {
+    let (db, blobs) = check(state).await;
+    // Backend errors can name hosts, paths and accounts: they go to the log, not to
+    // whoever can reach the health port.
+    for (backend, result) in [("database", &db), ("blob_store", &blobs)] {
+        if let Err(error) = result {
+            tracing::warn!(backend, %error, "health check failed");
+        }
+    }
+    let ok = db.is_ok() && blobs.is_ok();
+    let status = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "unavailable" }.to_string();
+    let checks = Checks {
+        database: status(&db),
+        blob_store: status(&blobs),
+    };
+    let details = if caller_is_admin(state, headers, ip).await {
+        let text = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
+        Some(Checks {
+            database: text(db),
+            blob_store: text(blobs),
+        })
+    } else {
+        None
+    };
     (
         if ok {
             StatusCode::OK
@@ -51,20 +98,23 @@ async fn report(state: &ApiState) -> (StatusCode, Json<HealthReport>) {
         },
         Json(HealthReport {
             status: if ok { "ok" } else { "unavailable" },
-            checks: Checks {
-                database,
-                blob_store,
-            },
+            checks,
             version: env!("CARGO_PKG_VERSION"),
+            details,
         }),
     )
 }
 
-/// Overall health with each backend's state (same status code as readiness).
+/// Overall health with each backend's state (same status code as readiness); an
+/// administrator's credentials add the backends' error messages.
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, body = HealthReport), (status = 503, body = HealthReport)))]
-pub async fn health(State(state): State<ApiState>) -> impl IntoResponse {
-    report(&state).await
+pub async fn health(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    report(&state, &headers, peer.ip()).await
 }
 
 /// Liveness: the process answers.
@@ -73,11 +123,15 @@ pub async fn live() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: 200 only when the database and the blob store answer.
+/// Readiness: 200 only when the database and the blob store answer (details as for `/health`).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, body = HealthReport), (status = 503, body = HealthReport)))]
-pub async fn ready(State(state): State<ApiState>) -> impl IntoResponse {
-    report(&state).await
+pub async fn ready(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    report(&state, &headers, peer.ip()).await
 }
 
 /// Prometheus metrics in the text exposition format.

@@ -28,6 +28,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
 use crate::acceptance::Acceptor;
 use crate::actors::{QueueHandle, WriterHandle};
+use crate::auth::FailureThrottle;
 use crate::config::Config;
 use crate::smtp::Faults;
 use crate::store::{StoreError, Stores, User};
@@ -53,6 +54,8 @@ pub struct ApiState {
     pub queue: QueueHandle,
     /// Test-only fault hooks.
     pub faults: Arc<Faults>,
+    /// Authentication failure throttle (shared with SMTP AUTH).
+    pub throttle: Arc<FailureThrottle>,
     /// Verified (email, password, stored hash) triples, by digest.
     credentials: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -68,6 +71,10 @@ impl ApiState {
         queue: QueueHandle,
         faults: Arc<Faults>,
     ) -> Self {
+        let throttle = Arc::new(FailureThrottle::new(
+            config.smtp.auth_failure_delay,
+            config.smtp.auth_failures_free,
+        ));
         Self {
             config,
             stores,
@@ -76,44 +83,56 @@ impl ApiState {
             acceptor,
             queue,
             faults,
+            throttle,
             credentials: Arc::default(),
         }
     }
 
-    /// Checks Basic credentials. The account is read from the database on every request, so
-    /// deletions and password changes (also from the CLI or another node) apply at once; only
-    /// the deliberately slow argon2 check is skipped when this exact password already matched
-    /// this exact stored hash within the last minute.
+    /// Uses `throttle` (shared with SMTP AUTH) instead of a throttle of its own.
+    pub fn with_throttle(mut self, throttle: Arc<FailureThrottle>) -> Self {
+        self.throttle = throttle;
+        self
+    }
+
+    /// Checks Basic credentials from `ip`. The account is read from the database on every
+    /// request, so deletions and password changes (also from the CLI or another node) apply at
+    /// once; only the deliberately slow argon2 check is skipped when this exact password
+    /// already matched this exact stored hash within the last minute. Every other attempt goes
+    /// through the failure throttle and costs one lookup and one argon2 run, whether or not the
+    /// user exists.
     pub async fn authenticate(
         &self,
+        ip: std::net::IpAddr,
         email: &str,
         password: &str,
     ) -> Result<Option<User>, StoreError> {
-        let Some(creds) = self.stores.meta.credentials(email).await? else {
-            // Same cost as a wrong password, so unknown users are not revealed by timing.
-            let _ = crate::auth::authenticate(self.stores.meta.as_ref(), email, password).await?;
+        let creds = self.stores.meta.credentials(email).await?;
+        let key = creds
+            .as_ref()
+            .map(|c| crate::auth::token_hash(&format!("{email}\0{password}\0{}", c.password_hash)));
+        if let (Some(creds), Some(key)) = (&creds, &key) {
+            let cached = self
+                .credentials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+                .is_some_and(|at| at.elapsed() < CREDENTIAL_CACHE_TTL);
+            if cached {
+                return Ok(Some(creds.user.clone()));
+            }
+        }
+        let attempt = self.throttle.begin(ip, email, password);
+        attempt.wait().await;
+        let hash = creds.as_ref().map_or_else(
+            || crate::auth::dummy_hash().to_string(),
+            |c| c.password_hash.clone(),
+        );
+        let ok = crate::auth::verify_password_async(password, &hash).await;
+        let (Some(creds), Some(key), true) = (creds, key, ok) else {
+            attempt.failed();
             return Ok(None);
         };
-        let key = crate::auth::token_hash(&format!("{email}\0{password}\0{}", creds.password_hash));
-        let cached = self
-            .credentials
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .is_some_and(|at| at.elapsed() < CREDENTIAL_CACHE_TTL);
-        if cached {
-            return Ok(Some(creds.user));
-        }
-        let hash = creds.password_hash.clone();
-        let password_owned = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || {
-            crate::auth::verify_password(&password_owned, &hash)
-        })
-        .await
-        .unwrap_or(false);
-        if !ok {
-            return Ok(None);
-        }
+        attempt.succeeded();
         let mut cache = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > 10_000 {
             cache.clear();
@@ -129,7 +148,7 @@ impl ApiState {
     info(title = "MaiRust API", description = "Mail engine REST API. Errors are `{\"error\": {\"code\", \"message\"}}`."),
     paths(
         health::health, health::live, health::ready, health::metrics,
-        admin::create_token,
+        admin::create_token, admin::list_tokens, admin::delete_token,
         admin::add_domain, admin::list_domains, admin::delete_domain, admin::create_dkim_key,
         admin::add_user, admin::list_users, admin::delete_user, admin::set_password,
         messages::list, messages::get, messages::raw, messages::attachment, messages::patch, messages::delete,
@@ -214,7 +233,8 @@ async fn count_requests(request: Request, next: Next) -> Response {
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/openapi.json", get(openapi_json))
-        .route("/tokens", post(admin::create_token))
+        .route("/tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/tokens/{id}", axum::routing::delete(admin::delete_token))
         .route("/domains", get(admin::list_domains).post(admin::add_domain))
         .route(
             "/domains/{name}",
@@ -303,6 +323,8 @@ impl Actor for ApiServer {
         let app = router(args.state);
         let mut shutdown = args.shutdown;
         let task = tokio::spawn(async move {
+            // Connection info gives handlers the client address (for the failure throttle).
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let result = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = shutdown.wait_for(|stop| *stop).await;

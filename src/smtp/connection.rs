@@ -305,11 +305,9 @@ impl Connection {
     }
 
     async fn authenticate(&self, mechanism: AuthMechanism, username: &str, password: &str) -> bool {
-        let ip = self.peer.ip();
-        let delay = self.ctx.throttle.delay(ip);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        // The attempt is counted before the check, so parallel guesses escalate.
+        let attempt = self.ctx.throttle.begin(self.peer.ip(), username, password);
+        attempt.wait().await;
         let user = match auth::authenticate(self.ctx.stores.meta.as_ref(), username, password).await
         {
             Ok(user) => user,
@@ -319,11 +317,11 @@ impl Connection {
             }
         };
         if user.is_some() {
-            self.ctx.throttle.succeeded(ip);
+            attempt.succeeded();
             tracing::info!(peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH succeeded");
             true
         } else {
-            self.ctx.throttle.failed(ip);
+            attempt.failed();
             metrics::counter!("mairust_smtp_auth_failures_total").increment(1);
             tracing::warn!(peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH failed");
             false

@@ -48,8 +48,8 @@ pub struct SmtpContext {
     pub acceptor: Acceptor,
     /// STARTTLS acceptor, if a certificate is available.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// AUTH failure throttle shared by all sessions.
-    pub throttle: FailureThrottle,
+    /// Authentication failure throttle shared by all sessions and the API.
+    pub throttle: Arc<FailureThrottle>,
     /// Connection limits shared by both listeners.
     pub limits: Arc<ConnectionLimits>,
     /// Flips to true when the server shuts down.

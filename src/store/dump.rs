@@ -114,11 +114,65 @@ pub async fn export(store: &SqlStore, dir: &Path) -> anyhow::Result<Manifest> {
     .await;
     let _ = conn.execute("ROLLBACK").await;
     let manifest = result?;
-    std::fs::write(
-        dir.join("manifest.json"),
-        serde_json::to_vec_pretty(&manifest)?,
+    // The table files are fsynced; their directory entries, then the manifest (written
+    // last: a dump with a manifest is complete), then the manifest's entry.
+    sync_dir(dir)?;
+    write_durably(
+        &dir.join("manifest.json"),
+        &serde_json::to_vec_pretty(&manifest)?,
     )?;
+    sync_dir(dir)?;
     Ok(manifest)
+}
+
+/// The columns of `table` as the database's schema defines them.
+async fn table_columns(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    table: &str,
+) -> anyhow::Result<Vec<String>> {
+    let sql = match dialect {
+        Dialect::Sqlite => "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+        Dialect::Postgres => {
+            "SELECT CAST(column_name AS TEXT) FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND CAST(table_name AS TEXT) = $1 ORDER BY ordinal_position"
+        }
+    };
+    let columns = sqlx::query(sql)
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await
+        .with_context(|| format!("cannot read the columns of table {table}"))?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    if columns.is_empty() {
+        bail!("the target database has no table {table}");
+    }
+    Ok(columns)
+}
+
+/// Writes `bytes` to `path` durably: a temporary file in the same directory, fsynced, then
+/// renamed into place.
+fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // Readable like the table files next to it (a temporary file would be 0600).
+    let mut file = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Makes the entries of `dir` (new files, renames) durable.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
 }
 
 /// Imports the dump in `dir` into the (migrated) database behind `store`.
@@ -166,6 +220,7 @@ pub async fn import(store: &SqlStore, dir: &Path, force: bool) -> anyhow::Result
         let path = dir.join(format!("{table}.jsonl"));
         let file = std::fs::File::open(&path)
             .with_context(|| format!("the dump has no {}", path.display()))?;
+        let schema = table_columns(&mut tx, store.dialect(), table).await?;
         let mut count = 0u64;
         for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
             let line = line?;
@@ -177,9 +232,28 @@ pub async fn import(store: &SqlStore, dir: &Path, force: bool) -> anyhow::Result
             else {
                 bail!("{}:{}: a row must be a JSON object", path.display(), n + 1);
             };
+            // Column names in the SQL come from the schema, never from the file: a key that
+            // is not a column of the table is an error naming it.
+            let unknown: Vec<&str> = row
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !schema.iter().any(|c| c == k))
+                .collect();
+            if !unknown.is_empty() {
+                bail!(
+                    "{}:{}: table {table} has no column(s) {}; is this a dump of a MaiRust database?",
+                    path.display(),
+                    n + 1,
+                    unknown
+                        .iter()
+                        .map(|k| format!("`{}`", k.escape_debug()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             // NULL is written as a literal rather than bound: an untyped NULL takes the
             // column's type on PostgreSQL, where a bound one would need the right Rust type.
-            let columns: Vec<&String> = row.keys().collect();
+            let columns: Vec<&String> = schema.iter().filter(|c| row.contains_key(*c)).collect();
             let mut placeholders = Vec::with_capacity(columns.len());
             let mut bound = Vec::with_capacity(columns.len());
             for column in &columns {
@@ -292,6 +366,34 @@ mod tests {
             export(&source, &dump).await.is_err(),
             "existing dump directory"
         );
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_in_a_dump_are_an_error_naming_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = store(dir.path(), "a").await;
+        source.add_domain("example.test").await.expect("domain");
+        let dump = dir.path().join("dump");
+        export(&source, &dump).await.expect("export");
+        let domains = dump.join("domains.jsonl");
+        let evil = "name) VALUES ('x'); DELETE FROM settings; --";
+        let mut row: Map<String, Value> =
+            serde_json::from_str(std::fs::read_to_string(&domains).expect("read").trim())
+                .expect("row");
+        row.insert(evil.into(), Value::from("x"));
+        row.insert("colour".into(), Value::from("blue"));
+        std::fs::write(&domains, serde_json::to_string(&row).expect("json")).expect("write");
+        let target = store(dir.path(), "b").await;
+        let err = import(&target, &dump, false)
+            .await
+            .expect_err("unknown keys");
+        let text = err.to_string();
+        assert!(
+            text.contains("`colour`") && text.contains("DELETE FROM settings"),
+            "{text}"
+        );
+        assert!(text.contains("domains"), "{text}");
+        assert!(target.list_domains().await.expect("domains").is_empty());
     }
 
     #[tokio::test]

@@ -96,6 +96,19 @@ pub struct User {
     pub created_at: Millis,
 }
 
+/// A bearer token as its owner may see it (never the secret, which is not stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Token id, for revocation.
+    pub id: i64,
+    /// The owner's label.
+    pub name: String,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Expiry time.
+    pub expires_at: Millis,
+}
+
 /// A user together with their password hash, for authentication.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -279,21 +292,32 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
     /// An account and its password hash.
     async fn credentials(&self, email: &str) -> Result<Option<Credentials>, StoreError>;
-    /// Replaces a password hash.
+    /// Replaces a password hash and revokes the user's bearer tokens (in one transaction).
     async fn set_password(&self, email: &str, password_hash: &str) -> Result<(), StoreError>;
     /// Removes an account, its mailbox and tokens; returns blob keys no longer referenced.
     async fn delete_user(&self, email: &str) -> Result<Vec<String>, StoreError>;
     /// Whether any admin account exists.
     async fn admin_exists(&self) -> Result<bool, StoreError>;
+    /// Creates an admin account only if no admin exists yet, atomically (replicas starting
+    /// together create exactly one); true if this call created it.
+    async fn create_first_admin(
+        &self,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<bool, StoreError>;
 
-    /// Stores a bearer token's hash for a user.
+    /// Stores a bearer token's hash for a user; returns the token's id.
     async fn add_token(
         &self,
         user_id: i64,
         token_hash: &str,
         name: &str,
         expires_at: Millis,
-    ) -> Result<(), StoreError>;
+    ) -> Result<i64, StoreError>;
+    /// A user's unexpired tokens, newest first.
+    async fn list_tokens(&self, user_id: i64) -> Result<Vec<TokenInfo>, StoreError>;
+    /// Revokes one of a user's tokens; false if the user has no token with that id.
+    async fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError>;
     /// The user owning an unexpired token.
     async fn user_by_token(&self, token_hash: &str) -> Result<Option<User>, StoreError>;
 

@@ -1,11 +1,14 @@
 //! `mairust key rotate`: re-encrypts everything under a new master key (or encrypts an
-//! installation that had none). Run it with the server stopped.
+//! installation that had none). Refused while a server runs.
 //!
 //! For each message body: decrypt with the old key (or take it as is if it predates
 //! encryption), store it sealed under the new key at its new address, point the database at
 //! the new address, then delete the old blob. DKIM private keys are re-sealed, and the key check
 //! value is replaced last. An interrupted run is run again with the same keys: bodies already
 //! under the new key are recognised and skipped.
+//!
+//! Running servers hold a [`DatabaseLock`] in shared mode and the rotation takes it
+//! exclusively, so a rotation never runs next to a server, nor a server next to a rotation.
 
 use std::sync::Arc;
 
@@ -14,6 +17,156 @@ use sqlx::Row;
 
 use super::crypto::Cipher;
 use super::{BlobStore, MetadataStore, SqlStore};
+
+/// PostgreSQL advisory lock key: held shared by every running server, exclusively by
+/// `key rotate`.
+const SERVER_LOCK: i64 = 0x6d61_6972_7573_0002;
+
+/// How a process holds the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// A server: any number at once, but not during a rotation.
+    Shared,
+    /// `key rotate`: only with no server running.
+    Exclusive,
+}
+
+/// Proof that this process holds the database in some [`LockMode`], released on drop (and
+/// by the operating system or PostgreSQL when the process dies, so a crash leaves no stale
+/// lock). SQLite: `flock` on `<database file>.lock`; PostgreSQL: a session advisory lock.
+#[derive(Debug)]
+pub struct DatabaseLock {
+    _held: Held,
+}
+
+// The fields are never read: holding them (and dropping them) is the point.
+#[allow(dead_code)]
+#[derive(Debug)]
+enum Held {
+    File(std::fs::File),
+    /// A server's lock: a task keeps the session (and so the lock) alive and takes it again
+    /// on a new connection if the database restarted.
+    Session(AbortOnDrop),
+    /// The rotation's lock, held on this connection for the command's short life.
+    Connection(sqlx::AnyConnection),
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The file of a `sqlite:` URL.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty()).then(|| std::path::PathBuf::from(path))
+}
+
+fn busy(mode: LockMode) -> anyhow::Error {
+    match mode {
+        LockMode::Shared => anyhow::anyhow!(
+            "`mairust key rotate` is running on this database; start the server when it has finished"
+        ),
+        LockMode::Exclusive => anyhow::anyhow!(
+            "a MaiRust server is running on this database; stop every server using it, then run `key rotate` again"
+        ),
+    }
+}
+
+async fn try_session_lock(conn: &mut sqlx::AnyConnection, mode: LockMode) -> anyhow::Result<bool> {
+    let sql = match mode {
+        LockMode::Shared => "SELECT pg_try_advisory_lock_shared($1)",
+        LockMode::Exclusive => "SELECT pg_try_advisory_lock($1)",
+    };
+    let got: bool = sqlx::query(sql)
+        .bind(SERVER_LOCK)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    Ok(got)
+}
+
+impl DatabaseLock {
+    /// Takes the lock on the database of `database` (already migrated) or fails at once
+    /// with a message saying who holds it.
+    pub async fn acquire(
+        database: &crate::config::DatabaseConfig,
+        mode: LockMode,
+    ) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        if let Some(file) = sqlite_file(&database.url) {
+            let mut name = file.into_os_string();
+            name.push(".lock");
+            let path = std::path::PathBuf::from(name);
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+            let taken = match mode {
+                LockMode::Shared => lock.try_lock_shared(),
+                LockMode::Exclusive => lock.try_lock(),
+            };
+            return match taken {
+                Ok(()) => Ok(Self {
+                    _held: Held::File(lock),
+                }),
+                Err(std::fs::TryLockError::WouldBlock) => Err(busy(mode)),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    Err(e).with_context(|| format!("cannot lock {}", path.display()))
+                }
+            };
+        }
+        let url = database.url.clone();
+        let mut conn = sqlx::AnyConnection::connect(&url).await?;
+        if !try_session_lock(&mut conn, mode).await? {
+            return Err(busy(mode));
+        }
+        if mode == LockMode::Exclusive {
+            return Ok(Self {
+                _held: Held::Connection(conn),
+            });
+        }
+        let task = tokio::spawn(async move {
+            let mut conn = Some(conn);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                let alive = match conn.as_mut() {
+                    Some(c) => c.ping().await.is_ok(),
+                    None => false,
+                };
+                if alive {
+                    continue;
+                }
+                // The session (and its lock) is gone: take the lock again on a new one.
+                conn = None;
+                match sqlx::AnyConnection::connect(&url).await {
+                    Ok(mut c) => match try_session_lock(&mut c, LockMode::Shared).await {
+                        Ok(true) => conn = Some(c),
+                        Ok(false) => tracing::error!(
+                            "cannot take the database lock again: `mairust key rotate` is running"
+                        ),
+                        Err(error) => tracing::warn!(%error, "cannot take the database lock again"),
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot reconnect to hold the database lock")
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            _held: Held::Session(AbortOnDrop(task)),
+        })
+    }
+}
 
 /// What a rotation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use sqlx::{AnyPool, Executor, Row};
 use super::blob::BlobStore;
 use super::{
     AcceptedMessage, Credentials, Domain, MailboxItem, MessageSummary, MetadataStore, Millis, Page,
-    RecipientLookup, StoreError, User, WriteOp, now_millis,
+    RecipientLookup, StoreError, TokenInfo, User, WriteOp, now_millis,
 };
 use crate::config::DatabaseConfig;
 
@@ -79,6 +79,9 @@ pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
 }
+
+/// PostgreSQL advisory lock key serialising first-admin creation across replicas.
+const FIRST_ADMIN_LOCK: i64 = 0x6d61_6972_7573_0001;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -479,14 +482,21 @@ impl MetadataStore for SqlStore {
 
     async fn set_password(&self, email: &str, password_hash: &str) -> Result<(), StoreError> {
         let email = email.trim().to_ascii_lowercase();
-        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE email = $2")
-            .bind(password_hash)
-            .bind(&email)
-            .execute(&self.pool)
+        let mut tx = self.begin().await?;
+        let id: i64 =
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE email = $2 RETURNING id")
+                .bind(password_hash)
+                .bind(&email)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("user {email}")))?
+                .try_get(0)?;
+        // A token outliving a password change would keep a thief signed in.
+        sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {email}")));
-        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -532,25 +542,97 @@ impl MetadataStore for SqlStore {
         Ok(n > 0)
     }
 
+    async fn create_first_admin(
+        &self,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let email = email.trim().to_ascii_lowercase();
+        let mut tx = self.begin().await?;
+        // SQLite's BEGIN IMMEDIATE already serialises writers; PostgreSQL needs a lock, as
+        // the check below reads no row that a concurrent insert would conflict on.
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(FIRST_ADMIN_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let admins: i64 = sqlx::query("SELECT COUNT(*) FROM users WHERE is_admin = 1")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        if admins > 0 {
+            return Ok(false);
+        }
+        let domain_id: Option<i64> = sqlx::query("SELECT id FROM domains WHERE name = $1")
+            .bind(domain_of(&email).unwrap_or_default())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        sqlx::query(
+            "INSERT INTO users (email, domain_id, password_hash, is_admin, quota_bytes, used_bytes, created_at) \
+             VALUES ($1, $2, $3, 1, NULL, 0, $4)",
+        )
+        .bind(&email)
+        .bind(domain_id)
+        .bind(password_hash)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn add_token(
         &self,
         user_id: i64,
         token_hash: &str,
         name: &str,
         expires_at: Millis,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query(
             "INSERT INTO api_tokens (user_id, token_hash, name, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(user_id)
         .bind(token_hash)
         .bind(name)
         .bind(now_millis())
         .bind(expires_at)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?)
+    }
+
+    async fn list_tokens(&self, user_id: i64) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, created_at, expires_at FROM api_tokens \
+             WHERE user_id = $1 AND expires_at > $2 ORDER BY id DESC",
+        )
+        .bind(user_id)
+        .bind(now_millis())
+        .fetch_all(&self.pool)
         .await?;
-        Ok(())
+        rows.iter()
+            .map(|r| {
+                Ok(TokenInfo {
+                    id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    created_at: r.try_get(2)?,
+                    expires_at: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM api_tokens WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn user_by_token(&self, token_hash: &str) -> Result<Option<User>, StoreError> {

@@ -1,0 +1,199 @@
+"""Single-node hardening: the authentication failure throttle shared by SMTP AUTH and API
+Basic, first-admin creation by replicas starting together, and `key rotate` refusing to run
+next to a server."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import smtplib
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import (
+    DOMAIN,
+    HOSTNAME,
+    PG_URL,
+    USER_PASSWORD,
+    create_pg_database,
+    insecure_tls,
+    run_cli,
+    setup_domain_and_user,
+)
+
+BOB = f"bob@{DOMAIN}"
+CAROL = f"carol@{DOMAIN}"
+# Small steps keep the tests quick; two failures are free.
+THROTTLE = {"smtp": {"auth_failure_delay": "500ms", "auth_failures_free": 2}}
+
+
+def plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def tls_session(srv) -> smtplib.SMTP:
+    s = srv.smtp("submission")
+    assert s.starttls(context=insecure_tls())[0] == 220
+    assert s.ehlo("client.test")[0] == 250
+    return s
+
+
+def timed_auth(srv, user: str, password: str) -> tuple[int, float]:
+    with contextlib.closing(tls_session(srv)) as s:
+        t0 = time.monotonic()
+        code, _ = s.docmd("AUTH", "PLAIN " + plain(user, password))
+        return code, time.monotonic() - t0
+
+
+def timed_api(srv, user: str, password: str) -> tuple[int, float]:
+    t0 = time.monotonic()
+    r = srv.api(user, password).get("/api/v1/messages")
+    return r.status_code, time.monotonic() - t0
+
+
+# ---------------------------------------------------------------------- throttle
+
+
+def test_api_basic_failures_are_throttled_for_known_and_unknown_users(server):
+    srv = server(THROTTLE)
+    setup_domain_and_user(srv)
+    # Free failures: an unknown user, a known one, an unknown one.
+    for user in ("nobody@example.test", BOB, "ghost@example.test"):
+        code, took = timed_api(srv, user, "wrong-guess")
+        assert code == 401 and took < 0.45, (user, code, took)
+    # Then each failure waits longer, whether or not the account exists.
+    code, took = timed_api(srv, "nobody@example.test", "wrong-guess-2")
+    assert code == 401 and took >= 0.45, took
+    code, took = timed_api(srv, BOB, "wrong-guess-3")
+    assert code == 401 and took >= 0.95, took
+    # The right password still works (after the wait) and buys no free guesses.
+    code, took = timed_api(srv, BOB, USER_PASSWORD)
+    assert code == 200 and took >= 1.45, took
+    code, took = timed_api(srv, "nobody@example.test", "wrong-guess-4")
+    assert code == 401 and took >= 1.45, took
+
+
+def test_api_and_smtp_failures_count_together(server):
+    srv = server(THROTTLE)
+    setup_domain_and_user(srv)
+    for i in range(3):
+        assert timed_auth(srv, BOB, f"smtp-guess-{i}")[0] == 535
+    code, took = timed_api(srv, BOB, "api-guess")
+    assert code == 401 and took >= 0.45, took
+
+
+def test_smtp_success_on_own_account_does_not_reset_failures_on_another(server):
+    srv = server(THROTTLE)
+    setup_domain_and_user(srv, users=("bob", "carol"))
+    # Three guesses at carol's password (two are free).
+    for i in range(3):
+        assert timed_auth(srv, CAROL, f"guess-{i}")[0] == 535
+    # The attacker signs in to the account they own...
+    assert timed_auth(srv, BOB, USER_PASSWORD)[0] == 235
+    # ...and the next guess at carol still waits (3 failures, 1 beyond the free 2 -> 0.5 s).
+    code, took = timed_auth(srv, CAROL, "guess-3")
+    assert code == 535 and took >= 0.45, took
+
+
+def test_smtp_parallel_burst_escalates(server):
+    srv = server(THROTTLE)
+    setup_domain_and_user(srv)
+    n = 6
+    sessions = [tls_session(srv) for _ in range(n)]
+    barrier = threading.Barrier(n)
+    results: list[tuple[int, float]] = [(0, 0.0)] * n
+
+    def guess(i: int) -> None:
+        barrier.wait(timeout=10)
+        t0 = time.monotonic()
+        code, _ = sessions[i].docmd("AUTH", "PLAIN " + plain(BOB, f"burst-guess-{i}"))
+        results[i] = (code, time.monotonic() - t0)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    for s in sessions:
+        with contextlib.suppress(Exception):
+            s.close()
+    assert all(code == 535 for code, _ in results), results
+    took = sorted(t for _, t in results)
+    # Reserved before the check: 3 without delay (2 free), then 0.5, 1.0 and 1.5 s.
+    assert took[-1] >= 1.4, took
+    assert took[-1] - took[0] >= 1.2, took
+
+
+# ---------------------------------------------------------------------- first admin
+
+
+@pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (MAIRUST_TEST_PG_URL)")
+def test_replicas_starting_together_create_exactly_one_admin(server):
+    url = create_pg_database("t" + str(time.time_ns())[-12:])
+    servers = [
+        server(
+            {"database": {"url": url}, "server": {"hostname": f"node{i}.{HOSTNAME}"}},
+            admin=False,
+            start=False,
+        )
+        for i in range(4)
+    ]
+    errors: list[BaseException] = []
+
+    def start(srv) -> None:
+        try:
+            srv.start()
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    admins = subprocess.run(
+        ["psql", url, "-At", "-c", "SELECT email FROM users WHERE is_admin = 1"],
+        check=True, capture_output=True, text=True, timeout=30,
+    ).stdout.split()
+    assert len(admins) == 1, admins
+    files = [s.data_dir / "initial-admin-password" for s in servers]
+    written = [f for f in files if f.exists()]
+    assert len(written) == 1, written
+    creator = servers[files.index(written[0])]
+    password = written[0].read_text().strip()
+    email = f"admin@{creator.config['server']['hostname']}"
+    assert admins == [email], admins
+    assert servers[0].api(email, password).get("/api/v1/users").status_code == 200
+
+
+# ---------------------------------------------------------------------- key rotate
+
+
+def test_key_rotate_refuses_while_a_server_runs(server):
+    srv = server()
+    setup_domain_and_user(srv)
+    new = run_cli(["key", "generate"]).stdout.strip()
+    args = ["--config", str(srv.config_path), "key", "rotate", "--new-key", new]
+    p = run_cli(args)
+    assert p.returncode != 0, p.stdout
+    assert "server is running" in p.stderr and "stop" in p.stderr, p.stderr
+    # Nothing was changed: the server still runs without a key.
+    assert srv.api(BOB, USER_PASSWORD).get("/api/v1/messages").status_code == 200
+    srv.stop()
+    p = run_cli(args)
+    assert p.returncode == 0, p.stderr
+    # A SIGKILLed server leaves no stale lock behind.
+    srv.extra_env["MAIRUST_MASTER_KEY"] = new
+    srv.start(first=False)
+    srv.kill()
+    newer = run_cli(["key", "generate"]).stdout.strip()
+    p = run_cli(
+        ["--config", str(srv.config_path), "key", "rotate", "--new-key", newer],
+        env={"MAIRUST_MASTER_KEY": new},
+    )
+    assert p.returncode == 0, p.stderr
+
