@@ -86,8 +86,29 @@ impl Drop for PartitionState {
     }
 }
 
-/// Lease loss ends the actor with this reason, which the manager recognises.
-const LEASE_LOST: &str = "lease lost";
+/// Why a partition actor stopped by itself (ractor carries stop reasons as text; this type
+/// is the one place that text is written and read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionExit {
+    /// Another node took the lease over: the partition is no longer ours.
+    LeaseLost,
+}
+
+impl PartitionExit {
+    const LEASE_LOST: &'static str = "lease lost";
+
+    /// The stop reason given to ractor.
+    pub fn reason(self) -> String {
+        match self {
+            Self::LeaseLost => Self::LEASE_LOST.to_string(),
+        }
+    }
+
+    /// Reads a stop reason back; `None` for any other exit (a failure to restart from).
+    pub fn from_reason(reason: &str) -> Option<Self> {
+        (reason == Self::LEASE_LOST).then_some(Self::LeaseLost)
+    }
+}
 
 /// How long a stopping partition waits for its delivery workers to record their results.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -394,7 +415,7 @@ impl PartitionQueue {
                     partition = state.lease.partition,
                     "lease lost while recording results"
                 );
-                myself.stop(Some(LEASE_LOST.into()));
+                myself.stop(Some(PartitionExit::LeaseLost.reason()));
                 return Ok(());
             }
             Err(error) => {

@@ -17,7 +17,7 @@ use super::supervisor::ActorSlot;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::delivery::DeliveryContext;
-use super::partition::{PartitionArgs, PartitionMsg, PartitionQueue, QueueOpError};
+use super::partition::{PartitionArgs, PartitionExit, PartitionMsg, PartitionQueue, QueueOpError};
 use crate::store::{Lease, QueueStatus};
 
 /// Messages to the queue manager.
@@ -99,7 +99,7 @@ impl QueueManager {
                     if !kept {
                         tracing::warn!(partition, "partition lease lost; stopping its queue");
                         if let Some(actor) = owned.actor.take() {
-                            actor.stop(Some("lease lost".into()));
+                            actor.stop(Some(PartitionExit::LeaseLost.reason()));
                         }
                     }
                     kept
@@ -294,7 +294,7 @@ impl Actor for QueueManager {
         else {
             return Ok(());
         };
-        if reason == "lease lost" {
+        if PartitionExit::from_reason(&reason) == Some(PartitionExit::LeaseLost) {
             // The next tick re-acquires it if it is free again.
             state.owned.remove(&partition);
         } else {
