@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import smtplib
 import subprocess
 import threading
@@ -14,6 +15,7 @@ import time
 import pytest
 
 from conftest import (
+    ServerStartError,
     DOMAIN,
     HOSTNAME,
     PG_URL,
@@ -197,3 +199,17 @@ def test_key_rotate_refuses_while_a_server_runs(server):
     )
     assert p.returncode == 0, p.stderr
 
+
+
+@pytest.mark.sqlite_fs
+def test_server_refuses_to_start_during_a_key_rotation(server):
+    srv = server(start=False)
+    lock_path = srv.data_dir / "db" / "mairust.db.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    # Hold the lock the way `key rotate` does (exclusive flock on <database>.lock).
+    with open(lock_path, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ServerStartError) as err:
+            srv.start(first=False)
+        assert "key rotate" in str(err.value) and "is running" in str(err.value), err.value
+    srv.start(first=False)
