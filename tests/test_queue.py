@@ -15,33 +15,19 @@ import time
 import pytest
 
 from conftest import BACKEND, DOMAIN, USER_PASSWORD, free_ports, setup_domain_and_user, simple_message
-from test_delivery import Dns, Receiver, delivery_overrides, submit, wait_queue
+from test_delivery import Dns, delivery_overrides, receiver, submit, wait_queue  # noqa: F401 (fixture)
 
 BOB = f"bob@{DOMAIN}"
 
 
-@pytest.fixture
-def receivers():
-    made: list[Receiver] = []
-
-    def make(**kwargs) -> Receiver:
-        r = Receiver(**kwargs)
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.stop()
-
-
-def test_a_slow_domain_does_not_hold_back_another_in_its_partition(server, receivers, tmp_path):
+def test_a_slow_domain_does_not_hold_back_another_in_its_partition(server, receiver, tmp_path):
     # One partition, one connection per destination, one message per connection, and scans
     # of three rows: before fair selection, the three oldest rows (all for the slow domain)
     # filled every scan and the fast domain's message waited for the slow backlog.
     port = free_ports(1)[0]
-    slow = receivers(host="127.0.0.2", port=port)
+    slow = receiver(host="127.0.0.2", port=port)
     slow.data_delay = 1.5
-    fast = receivers(host="127.0.0.3", port=port)
+    fast = receiver(host="127.0.0.3", port=port)
     dns = Dns(
         tmp_path,
         [
@@ -76,7 +62,7 @@ def test_a_slow_domain_does_not_hold_back_another_in_its_partition(server, recei
 
 
 @pytest.mark.sqlite_fs
-def test_a_bounce_that_cannot_be_stored_is_retried_not_lost(server, receivers):
+def test_a_bounce_that_cannot_be_stored_is_retried_not_lost(server, receiver):
     port = free_ports(1)[0]
     # Nothing listens yet: the first attempt defers.
     srv = server(delivery_overrides(relay_host=f"127.0.0.1:{port}"))
@@ -90,7 +76,7 @@ def test_a_bounce_that_cannot_be_stored_is_retried_not_lost(server, receivers):
     tmp.rename(tmp.with_name("tmp.away"))
     tmp.write_text("not a directory")
     try:
-        receivers(port=port)
+        receiver(port=port)
         items = wait_queue(
             srv, lambda i: i and "bounce could not be built" in (i[0]["last_error"] or ""), timeout=20
         )
