@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::Caller;
-use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody, OptionalJson, check_len};
 use crate::auth;
 use crate::store::{Domain, User, now_millis};
 
@@ -94,10 +94,110 @@ pub struct DkimResponse {
     pub dns_name: String,
     /// Value of the TXT record.
     pub dns_value: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Whether this key signs new mail (the domain's newest key).
+    pub signing: bool,
 }
+
+impl DkimResponse {
+    fn new(key: &crate::store::DkimKeyRecord, signing: bool) -> Self {
+        let (dns_name, dns_value) = crate::dkim::dns_record(key);
+        Self {
+            domain: key.domain.clone(),
+            selector: key.selector.clone(),
+            algorithm: key.algorithm.clone(),
+            dns_name,
+            dns_value,
+            created_at: crate::message::rfc3339(key.created_at),
+            signing,
+        }
+    }
+}
+
+/// The hosted domain named in a path, or 404.
+async fn hosted_domain(state: &ApiState, name: &str) -> Result<String, ApiError> {
+    let domain = validate_domain(name)?;
+    if !state
+        .stores
+        .meta
+        .list_domains()
+        .await?
+        .iter()
+        .any(|d| d.name == domain)
+    {
+        return Err(ApiError::not_found(format!("domain {domain} not found")));
+    }
+    Ok(domain)
+}
+
+/// Lists the domain's DKIM keys with their DNS records, the signing key first. Keep every
+/// listed record published: mail signed with an older key verifies only while it is.
+#[utoipa::path(get, path = "/api/v1/domains/{name}/dkim", tag = "admin",
+    params(("name" = String, Path, description = "Hosted domain")),
+    responses((status = 200, body = Items<DkimResponse>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn list_dkim_keys(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Items<DkimResponse>>> {
+    caller.require_admin()?;
+    let domain = hosted_domain(&state, &name).await?;
+    let keys = state.stores.queue.dkim_keys(&domain).await?;
+    Ok(Json(Items {
+        items: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| DkimResponse::new(k, i == 0))
+            .collect(),
+    }))
+}
+
+/// Removes one of the domain's DKIM keys (after its DNS record is no longer needed). If it
+/// was the signing key, the next newest signs from now on.
+#[utoipa::path(delete, path = "/api/v1/domains/{name}/dkim/{selector}", tag = "admin",
+    params(("name" = String, Path, description = "Hosted domain"),
+        ("selector" = String, Path, description = "Selector of the key")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn delete_dkim_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath((name, selector)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let domain = hosted_domain(&state, &name).await?;
+    state
+        .stores
+        .queue
+        .delete_dkim_key(&domain, &selector)
+        .await?;
+    tracing::info!(domain = %domain, selector = %selector, by = %caller.0.email, "DKIM key deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether a selector is one DNS label of letters, digits, '-' and '_'.
+fn valid_selector(selector: &str) -> bool {
+    !selector.is_empty()
+        && selector.len() <= 63
+        && selector
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Longest token name accepted.
+pub const MAX_TOKEN_NAME: usize = 200;
+/// Longest password accepted (argon2 input; longer adds nothing).
+pub const MAX_PASSWORD: usize = 1024;
+/// Longest address accepted (RFC 5321 §4.5.3.1.3 path limit less the brackets).
+pub const MAX_EMAIL: usize = 254;
 
 /// Checks a domain name (RFC 1035 letters, digits, hyphens; dots between labels).
 pub fn validate_domain(name: &str) -> Result<String, ApiError> {
+    check_len("name", name, 255)?;
     let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
     let ok = !name.is_empty()
         && name.len() <= 253
@@ -121,6 +221,7 @@ pub fn validate_domain(name: &str) -> Result<String, ApiError> {
 
 /// Checks an email address (`local@domain`, no spaces or control characters).
 pub fn validate_email(email: &str) -> Result<String, ApiError> {
+    check_len("email", email.trim(), MAX_EMAIL)?;
     let email = email.trim().to_ascii_lowercase();
     let invalid = || ApiError::bad_request(format!("`{email}` is not a valid email address"));
     let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
@@ -137,6 +238,7 @@ pub fn validate_email(email: &str) -> Result<String, ApiError> {
 }
 
 fn validate_password(password: &str) -> Result<(), ApiError> {
+    check_len("password", password, MAX_PASSWORD)?;
     if password.chars().count() < 8 {
         return Err(ApiError::bad_request(
             "password must be at least 8 characters",
@@ -287,14 +389,19 @@ pub async fn set_password(
 pub async fn create_token(
     State(state): State<ApiState>,
     caller: Caller,
-    body: axum::body::Bytes,
+    OptionalJson(request): OptionalJson<TokenRequest>,
 ) -> ApiResult<(StatusCode, Json<TokenResponse>)> {
-    let request: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        TokenRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
-    };
+    if let Some(name) = &request.name {
+        check_len("name", name, MAX_TOKEN_NAME)?;
+        if name.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "`name` must not contain control characters",
+            ));
+        }
+    }
+    if let Some(ttl) = &request.ttl {
+        check_len("ttl", ttl, 64)?;
+    }
     let ttl = match request.ttl.as_deref() {
         None => state.config.api.token_ttl,
         Some(text) => humantime::parse_duration(text)
@@ -344,46 +451,46 @@ mod tests {
     }
 }
 
-/// Creates (or replaces) the domain's DKIM key; outbound mail from the domain is signed.
+/// Adds a DKIM key under a new selector; it signs outbound mail from the domain from now
+/// on. Earlier keys stay until deleted, so publish the new record and keep the old ones
+/// while mail signed with them may still be verified (rotation).
 #[utoipa::path(post, path = "/api/v1/domains/{name}/dkim", tag = "admin",
     params(("name" = String, Path, description = "Hosted domain")),
     request_body(content = DkimRequest, description = "optional"),
-    responses((status = 201, body = DkimResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 201, body = DkimResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn create_dkim_key(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
-    body: axum::body::Bytes,
+    OptionalJson(request): OptionalJson<DkimRequest>,
 ) -> ApiResult<(StatusCode, Json<DkimResponse>)> {
     caller.require_admin()?;
-    let request: DkimRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        DkimRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    let domain = hosted_domain(&state, &name).await?;
+    let selector = match request.selector {
+        Some(selector) => selector,
+        None => {
+            // `mairust<date>`, then `-2`, `-3`... so a second key the same day gets its own.
+            let taken: Vec<String> = state
+                .stores
+                .queue
+                .dkim_keys(&domain)
+                .await?
+                .into_iter()
+                .map(|k| k.selector)
+                .collect();
+            let base = format!("mairust{}", chrono::Utc::now().format("%Y%m%d"));
+            std::iter::once(base.clone())
+                .chain((2..).map(|n| format!("{base}-{n}")))
+                .find(|s| !taken.contains(s))
+                .unwrap_or(base)
+        }
     };
-    let domain = validate_domain(&name)?;
-    if !state
-        .stores
-        .meta
-        .list_domains()
-        .await?
-        .iter()
-        .any(|d| d.name == domain)
-    {
-        return Err(ApiError::not_found(format!("domain {domain} not found")));
-    }
-    let selector = request
-        .selector
-        .unwrap_or_else(|| format!("mairust{}", chrono::Utc::now().format("%Y%m%d")));
-    if selector.is_empty()
-        || !selector
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !valid_selector(&selector) {
         return Err(ApiError::bad_request(
-            "selector may contain only letters, digits, '-' and '_'",
+            "selector must be 1 to 63 letters, digits, '-' and '_'",
         ));
     }
     let algorithm = request.algorithm.unwrap_or(crate::dkim::Algorithm::Ed25519);
@@ -398,16 +505,6 @@ pub async fn create_dkim_key(
         .map_err(ApiError::unavailable)?
     };
     state.stores.queue.put_dkim_key(&key).await?;
-    let (dns_name, dns_value) = crate::dkim::dns_record(&key);
     tracing::info!(domain = %domain, selector = %selector, algorithm = %key.algorithm, by = %caller.0.email, "DKIM key created");
-    Ok((
-        StatusCode::CREATED,
-        Json(DkimResponse {
-            domain,
-            selector,
-            algorithm: key.algorithm,
-            dns_name,
-            dns_value,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(DkimResponse::new(&key, true))))
 }

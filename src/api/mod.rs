@@ -131,6 +131,7 @@ impl ApiState {
         health::health, health::live, health::ready, health::metrics,
         admin::create_token,
         admin::add_domain, admin::list_domains, admin::delete_domain, admin::create_dkim_key,
+        admin::list_dkim_keys, admin::delete_dkim_key,
         admin::add_user, admin::list_users, admin::delete_user, admin::set_password,
         messages::list, messages::get, messages::raw, messages::attachment, messages::patch, messages::delete,
         send::send,
@@ -220,7 +221,14 @@ pub fn router(state: ApiState) -> Router {
             "/domains/{name}",
             axum::routing::delete(admin::delete_domain),
         )
-        .route("/domains/{name}/dkim", post(admin::create_dkim_key))
+        .route(
+            "/domains/{name}/dkim",
+            get(admin::list_dkim_keys).post(admin::create_dkim_key),
+        )
+        .route(
+            "/domains/{name}/dkim/{selector}",
+            axum::routing::delete(admin::delete_dkim_key),
+        )
         .route("/users", get(admin::list_users).post(admin::add_user))
         .route("/users/{email}", axum::routing::delete(admin::delete_user))
         .route("/users/{email}/password", put(admin::set_password))
@@ -233,7 +241,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/messages/{id}/raw", get(messages::raw))
         .route("/messages/{id}/attachments/{n}", get(messages::attachment))
-        .route("/send", post(send::send))
+        .route(
+            "/send",
+            post(send::send).layer(axum::extract::DefaultBodyLimit::max(send::body_limit(
+                &state.config,
+            ))),
+        )
         .route("/queue", get(queue::list))
         .route("/queue/{id}", get(queue::get).delete(queue::cancel))
         .route("/queue/{id}/retry", post(queue::retry))
@@ -246,8 +259,10 @@ pub fn router(state: ApiState) -> Router {
         .nest("/api/v1", v1)
         .fallback(not_found)
         .layer(middleware::from_fn(count_requests))
+        // Every body is capped (also one the handler reads as raw bytes); the send route
+        // sets its own, larger cap above.
         .layer(axum::extract::DefaultBodyLimit::max(
-            state.config.smtp.max_message_size.saturating_mul(2),
+            state.config.api.max_body_bytes,
         ))
         .with_state(state)
 }

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::admin::validate_email;
 use super::auth::Caller;
-use super::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiResult, ErrorBody, check_len};
 use crate::acceptance::{Incoming, new_id};
 use crate::store::RecipientLookup;
 
@@ -90,6 +90,20 @@ const RESERVED_HEADERS: &[&str] = &[
     "dkim-signature",
 ];
 
+/// Longest subject accepted, in characters.
+const MAX_SUBJECT: usize = 2000;
+/// Longest extra header value (it must fit a header line once folded).
+const MAX_HEADER_VALUE: usize = 900;
+/// Most extra headers.
+const MAX_HEADERS: usize = 50;
+
+/// Line breaks in a body as the caller wrote them (`\r\n`, `\n` or a lone `\r`) become
+/// `\n`, which the composer writes as CRLF: a bare CR or LF never reaches the message, so
+/// nothing downstream can split it differently (SMTP smuggling).
+fn normalize_newlines(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
 fn no_line_breaks(field: &str, value: &str) -> Result<(), ApiError> {
     if value.contains(['\r', '\n', '\0']) {
         return Err(ApiError::bad_request(format!(
@@ -115,6 +129,15 @@ fn validate_header_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The body limit of the send API: a message of `smtp.max_message_size` in base64 (4/3 of
+/// its size) plus `api.max_body_bytes` for the JSON around it.
+pub fn body_limit(config: &crate::config::Config) -> usize {
+    (config.smtp.max_message_size / 3)
+        .saturating_add(1)
+        .saturating_mul(4)
+        .saturating_add(config.api.max_body_bytes)
+}
+
 /// Composes and sends a message.
 #[utoipa::path(post, path = "/api/v1/send", tag = "messages", request_body = SendRequest,
     responses((status = 202, body = SendResponse), (status = 400, body = ErrorBody),
@@ -127,6 +150,7 @@ pub async fn send(
 ) -> ApiResult<(StatusCode, Json<SendResponse>)> {
     no_line_breaks("from", &req.from)?;
     no_line_breaks("subject", &req.subject)?;
+    check_len("subject", &req.subject, MAX_SUBJECT)?;
     let from = validate_email(&req.from)?;
     let meta = state.stores.meta.as_ref();
     if !from.eq_ignore_ascii_case(&caller.0.email) {
@@ -160,18 +184,27 @@ pub async fn send(
             state.config.smtp.max_recipients
         )));
     }
+    if req.headers.len() > MAX_HEADERS {
+        return Err(ApiError::bad_request(format!(
+            "too many headers (at most {MAX_HEADERS})"
+        )));
+    }
     for (name, value) in &req.headers {
+        check_len("headers", name, 76)?;
         validate_header_name(name)?;
         no_line_breaks(name, value)?;
+        check_len(name, value, MAX_HEADER_VALUE)?;
     }
     let mut attachments = Vec::with_capacity(req.attachments.len());
     for a in &req.attachments {
         no_line_breaks("attachments.filename", &a.filename)?;
+        check_len("attachments.filename", &a.filename, 255)?;
         let content_type = a
             .content_type
             .clone()
             .unwrap_or_else(|| "application/octet-stream".into());
         no_line_breaks("attachments.content_type", &content_type)?;
+        check_len("attachments.content_type", &content_type, 255)?;
         if !content_type.contains('/') {
             return Err(ApiError::bad_request(format!(
                 "`{content_type}` is not a MIME type"
@@ -245,10 +278,10 @@ pub async fn send(
         (None, None) => builder = builder.text_body(""),
         (text, html) => {
             if let Some(text) = text {
-                builder = builder.text_body(text.as_str());
+                builder = builder.text_body(normalize_newlines(text));
             }
             if let Some(html) = html {
-                builder = builder.html_body(html.as_str());
+                builder = builder.html_body(normalize_newlines(html));
             }
         }
     }
@@ -289,7 +322,10 @@ pub async fn send(
             sign: true,
         })
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(|e| match e {
+            crate::acceptance::AcceptError::Unsendable(e) => ApiError::bad_request(e.to_string()),
+            other => ApiError::unavailable(other),
+        })?;
     tracing::info!(id = %id, from = %from, recipients = envelope.len(), "message submitted over the API");
     Ok((
         StatusCode::ACCEPTED,
@@ -315,5 +351,13 @@ mod tests {
         assert!(validate_header_name("From").is_err());
         assert!(validate_header_name("Bad Name").is_err());
         assert!(validate_header_name("Bad:Name").is_err());
+    }
+
+    #[test]
+    fn bodies_lose_bare_line_breaks() {
+        assert_eq!(
+            normalize_newlines("outer\r.\rMAIL FROM:<a@b>\r\nx\ny"),
+            "outer\n.\nMAIL FROM:<a@b>\nx\ny"
+        );
     }
 }
