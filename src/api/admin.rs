@@ -26,6 +26,10 @@ pub struct Items<T> {
 #[serde(deny_unknown_fields)]
 pub struct NewDomain {
     /// Domain name, e.g. `example.com`.
+    #[schema(
+        pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.?$",
+        max_length = 253
+    )]
     pub name: String,
 }
 
@@ -33,22 +37,57 @@ pub struct NewDomain {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
-    /// Address in a hosted domain (admins may use any domain).
+    /// Address in a hosted domain (administrator accounts may use any domain).
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
-    /// At least 8 characters.
+    /// 8 to 1024 characters, no control characters.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        min_length = 8,
+        max_length = 1024
+    )]
     pub password: String,
     /// Mailbox quota in bytes; absent means unlimited.
+    #[schema(minimum = 0, maximum = 9007199254740991_i64)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub quota_bytes: Option<i64>,
     /// Grants administration rights.
     #[serde(default)]
     pub is_admin: bool,
 }
 
+/// Largest integer a JSON number carries exactly (2^53 - 1).
+const MAX_JSON_INTEGER: i64 = 9_007_199_254_740_991;
+
+/// An optional integer up to 2^53 - 1 in magnitude, which may also be written `5.0`: JSON
+/// Schema's `integer` includes that form, so clients generated from the document may send it.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let value = match (number.as_i64(), number.as_f64()) {
+        (Some(n), _) => Some(n),
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() <= MAX_JSON_INTEGER as f64 => Some(f as i64),
+        _ => None,
+    };
+    match value {
+        Some(n) if n.abs() <= MAX_JSON_INTEGER => Ok(Some(n)),
+        _ => Err(serde::de::Error::custom(format!(
+            "`{number}` is not a whole number of at most 2^53 - 1"
+        ))),
+    }
+}
+
 /// Body of `PUT /api/v1/users/{email}/password`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPassword {
-    /// At least 8 characters.
+    /// 8 to 1024 characters, no control characters.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        min_length = 8,
+        max_length = 1024
+    )]
     pub password: String,
 }
 
@@ -56,9 +95,14 @@ pub struct NewPassword {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    /// A label for the token.
+    /// A label for the token (at most 200 characters, no control characters).
+    #[schema(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$", max_length = 200)]
     pub name: Option<String>,
-    /// Lifetime such as `1h` or `30d`; default `api.token_ttl`.
+    /// Lifetime: a number and `s`, `m`, `h` or `d`, such as `1h` or `30d`, from 1s to 366d;
+    /// default `api.token_ttl`.
+    #[schema(
+        pattern = "^(([1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d|([1-9]|[1-9][0-9]{1,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-7][0-9]|878[0-4])h|([1-9]|[1-9][0-9]{1,4}|[1-4][0-9]{5}|5[01][0-9]{4}|52[0-6][0-9]{3}|5270[0-3][0-9]|527040)m|([1-9]|[1-9][0-9]{1,6}|[12][0-9]{7}|30[0-9]{6}|31[0-5][0-9]{5}|316[01][0-9]{4}|3162[01][0-9]{3}|31622[0-3][0-9]{2}|31622400)s)$"
+    )]
     pub ttl: Option<String>,
 }
 
@@ -77,7 +121,8 @@ pub struct TokenResponse {
 pub struct DkimRequest {
     /// `ed25519` (default) or `rsa` (2048 bits).
     pub algorithm: Option<crate::dkim::Algorithm>,
-    /// Selector; default `mairust` followed by the date.
+    /// Selector; default `mairust` followed by the date (and `-2`, `-3`... if taken).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,63}$")]
     pub selector: Option<String>,
 }
 
@@ -117,7 +162,9 @@ impl DkimResponse {
 
 /// The hosted domain named in a path, or 404.
 async fn hosted_domain(state: &ApiState, name: &str) -> Result<String, ApiError> {
-    let domain = validate_domain(name)?;
+    // A name that is not even valid is certainly not hosted: 404 like any other.
+    let domain = validate_domain(name)
+        .map_err(|_| ApiError::not_found(format!("domain {name} not found")))?;
     if !state
         .stores
         .meta
@@ -198,7 +245,7 @@ pub const MAX_EMAIL: usize = 254;
 /// Checks a domain name (RFC 1035 letters, digits, hyphens; dots between labels).
 pub fn validate_domain(name: &str) -> Result<String, ApiError> {
     check_len("name", name, 255)?;
-    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     let ok = !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
@@ -221,8 +268,8 @@ pub fn validate_domain(name: &str) -> Result<String, ApiError> {
 
 /// Checks an email address (`local@domain`, no spaces or control characters).
 pub fn validate_email(email: &str) -> Result<String, ApiError> {
-    check_len("email", email.trim(), MAX_EMAIL)?;
-    let email = email.trim().to_ascii_lowercase();
+    check_len("email", email, MAX_EMAIL)?;
+    let email = email.to_ascii_lowercase();
     let invalid = || ApiError::bad_request(format!("`{email}` is not a valid email address"));
     let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
     if local.is_empty()
@@ -306,7 +353,8 @@ pub async fn delete_domain(
 
 /// Adds a user.
 #[utoipa::path(post, path = "/api/v1/users", tag = "admin", request_body = NewUser,
-    responses((status = 201, body = User), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 201, body = User), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "The domain is not hosted"), (status = 409, body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn add_user(
     State(state): State<ApiState>,
@@ -318,6 +366,20 @@ pub async fn add_user(
     validate_password(&body.password)?;
     if body.quota_bytes.is_some_and(|q| q < 0) {
         return Err(ApiError::bad_request("quota_bytes must not be negative"));
+    }
+    let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+    if !body.is_admin
+        && !state
+            .stores
+            .meta
+            .list_domains()
+            .await?
+            .iter()
+            .any(|d| d.name == domain)
+    {
+        return Err(ApiError::not_found(format!(
+            "domain {domain} is not hosted here; add it first"
+        )));
     }
     let hashed = hash(body.password).await?;
     let user = state
@@ -345,7 +407,9 @@ pub async fn list_users(
 /// Deletes a user and their mailbox.
 #[utoipa::path(delete, path = "/api/v1/users/{email}", tag = "admin",
     params(("email" = String, Path, description = "User's address")),
-    responses((status = 204), (status = 404, body = ErrorBody)), security(("basic" = []), ("bearer" = [])))]
+    responses((status = 204), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Your own account")),
+    security(("basic" = []), ("bearer" = [])))]
 pub async fn delete_user(
     State(state): State<ApiState>,
     caller: Caller,
@@ -353,7 +417,11 @@ pub async fn delete_user(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     if email.eq_ignore_ascii_case(&caller.0.email) {
-        return Err(ApiError::bad_request("you cannot delete your own account"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "you cannot delete your own account",
+        ));
     }
     let orphans = state.stores.meta.delete_user(&email).await?;
     state.stores.delete_blobs(&orphans).await;
@@ -382,6 +450,31 @@ pub async fn set_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Longest token lifetime.
+const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A token lifetime: digits without a leading zero and one unit (`s`, `m`, `h`, `d`), from
+/// 1s to 366d; exactly what the OpenAPI document's pattern describes.
+fn parse_ttl(text: &str) -> Option<Duration> {
+    let unit = match text.as_bytes().last()? {
+        b's' => 1,
+        b'm' => 60,
+        b'h' => 3600,
+        b'd' => 86_400,
+        _ => return None,
+    };
+    let digits = &text[..text.len() - 1];
+    if digits.is_empty()
+        || digits.len() > 9
+        || digits.starts_with('0')
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let ttl = Duration::from_secs(digits.parse::<u64>().ok()?.checked_mul(unit)?);
+    (ttl <= MAX_TTL).then_some(ttl)
+}
+
 /// Issues a bearer token for the caller.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "auth", request_body(content = TokenRequest, description = "optional"),
     responses((status = 201, body = TokenResponse), (status = 401, body = ErrorBody)),
@@ -404,12 +497,12 @@ pub async fn create_token(
     }
     let ttl = match request.ttl.as_deref() {
         None => state.config.api.token_ttl,
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|e| ApiError::bad_request(format!("invalid ttl `{text}`: {e}")))?,
+        Some(text) => parse_ttl(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid ttl `{text}`: give a number and s, m, h or d, from 1s to 366d"
+            ))
+        })?,
     };
-    if ttl.is_zero() || ttl > Duration::from_secs(366 * 24 * 3600) {
-        return Err(ApiError::bad_request("ttl must be between 1s and 366d"));
-    }
     let token = auth::random_secret(32);
     let expires_at = now_millis().saturating_add(ttl.as_millis() as i64);
     let name = request.name.unwrap_or_else(|| "api".into());
@@ -448,6 +541,19 @@ mod tests {
         assert!(validate_email("a b@example.test").is_err());
         assert!(validate_email("a@b@example.test").is_err());
         assert!(validate_email("x@bad domain").is_err());
+    }
+
+    #[test]
+    fn ttl_grammar_matches_the_document() {
+        assert_eq!(parse_ttl("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_ttl("30d"), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_ttl("366d"), Some(MAX_TTL));
+        assert_eq!(parse_ttl("31622400s"), Some(MAX_TTL));
+        for bad in [
+            "", "s", "0s", "01h", "367d", "8785h", "1h30m", "+1h", " 1h", "1H", "soon",
+        ] {
+            assert_eq!(parse_ttl(bad), None, "{bad}");
+        }
     }
 }
 

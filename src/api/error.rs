@@ -171,10 +171,27 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// `Json` whose rejections are [`ApiError`]s.
-#[derive(axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON object body (not an array, which serde would also map onto a struct), with
+/// rejections as [`ApiError`]s.
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
 
 /// `Query` whose rejections are [`ApiError`]s.
 #[derive(axum::extract::FromRequestParts)]
@@ -199,8 +216,11 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let body = axum::body::Bytes::from_request(req, state).await?;
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self(T::default()));
+        match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => return Ok(Self(T::default())),
+            // serde would also take a struct as an array of its fields; only an object is.
+            Some(b'{') => {}
+            Some(_) => return Err(ApiError::bad_request("the body must be a JSON object")),
         }
         serde_json::from_slice(&body)
             .map(Self)

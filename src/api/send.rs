@@ -24,10 +24,13 @@ use crate::store::RecipientLookup;
 #[serde(deny_unknown_fields)]
 pub struct SendAttachment {
     /// File name.
+    #[schema(pattern = "^[^\\r\\n\\u0000]*$", max_length = 255)]
     pub filename: String,
     /// MIME type; default `application/octet-stream`.
+    #[schema(pattern = "^[^\\r\\n\\u0000]*/[^\\r\\n\\u0000]*$", max_length = 255)]
     pub content_type: Option<String>,
-    /// The bytes, base64.
+    /// The bytes, base64 (padded).
+    #[schema(pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub content_base64: String,
 }
 
@@ -36,6 +39,7 @@ pub struct SendAttachment {
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     /// Sender: the caller's own address (admins: any address in a hosted domain).
+    #[schema(format = Email, max_length = 254)]
     pub from: String,
     /// Recipients.
     #[serde(default)]
@@ -48,6 +52,7 @@ pub struct SendRequest {
     pub bcc: Vec<String>,
     /// Subject.
     #[serde(default)]
+    #[schema(pattern = "^[^\\r\\n\\u0000]*$", max_length = 2000)]
     pub subject: String,
     /// Plain-text body.
     pub text: Option<String>,
@@ -56,7 +61,9 @@ pub struct SendRequest {
     /// Attachments.
     #[serde(default)]
     pub attachments: Vec<SendAttachment>,
-    /// Extra headers (not the structural ones such as From or Content-Type).
+    /// Extra headers: `X-*` and Reply-To, In-Reply-To, References, List-Id,
+    /// List-Unsubscribe, List-Unsubscribe-Post, Keywords, Comments (at most 50; values
+    /// at most 900 characters on one line).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }
@@ -74,21 +81,27 @@ pub struct SendResponse {
     pub delivered: Vec<String>,
 }
 
-/// Headers the API composes itself and callers may not set.
-const RESERVED_HEADERS: &[&str] = &[
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "subject",
-    "date",
-    "message-id",
-    "mime-version",
-    "sender",
-    "received",
-    "return-path",
-    "dkim-signature",
+/// Extra headers callers may set besides `X-*`; the API composes every other one itself.
+const ALLOWED_HEADERS: &[&str] = &[
+    "reply-to",
+    "in-reply-to",
+    "references",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "keywords",
+    "comments",
 ];
+
+/// The OpenAPI pattern of an extra header name: what [`validate_header_name`] accepts.
+pub const HEADER_NAME_PATTERN: &str = "^([Xx]-[!-9;-~]{1,74}|[Rr][Ee][Pp][Ll][Yy]-[Tt][Oo]|[Ii][Nn]-[Rr][Ee][Pp][Ll][Yy]-[Tt][Oo]|[Rr][Ee][Ff][Ee][Rr][Ee][Nn][Cc][Ee][Ss]|[Ll][Ii][Ss][Tt]-[Ii][Dd]|[Ll][Ii][Ss][Tt]-[Uu][Nn][Ss][Uu][Bb][Ss][Cc][Rr][Ii][Bb][Ee]|[Ll][Ii][Ss][Tt]-[Uu][Nn][Ss][Uu][Bb][Ss][Cc][Rr][Ii][Bb][Ee]-[Pp][Oo][Ss][Tt]|[Kk][Ee][Yy][Ww][Oo][Rr][Dd][Ss]|[Cc][Oo][Mm][Mm][Ee][Nn][Tt][Ss])$";
+
+/// Padded base64 as the document's pattern describes it; unused low bits in the last
+/// symbol are ignored rather than refused.
+const ATTACHMENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 
 /// Longest subject accepted, in characters.
 const MAX_SUBJECT: usize = 2000;
@@ -121,9 +134,12 @@ fn validate_header_name(name: &str) -> Result<(), ApiError> {
         )));
     }
     let lower = name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("content-") {
+    let custom = lower.len() > 2 && lower.len() <= 76 && lower.starts_with("x-");
+    if !custom && !ALLOWED_HEADERS.contains(&lower.as_str()) {
         return Err(ApiError::bad_request(format!(
-            "header `{name}` is set by the server; use the request fields instead"
+            "header `{name}` cannot be set: use X-* or one of Reply-To, In-Reply-To, \
+             References, List-Id, List-Unsubscribe, List-Unsubscribe-Post, Keywords, Comments \
+             (the server sets the others from the request fields)"
         )));
     }
     Ok(())
@@ -210,14 +226,12 @@ pub async fn send(
                 "`{content_type}` is not a MIME type"
             )));
         }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(a.content_base64.trim())
-            .map_err(|e| {
-                ApiError::bad_request(format!(
-                    "attachment `{}` is not valid base64: {e}",
-                    a.filename
-                ))
-            })?;
+        let bytes = ATTACHMENT_BASE64.decode(&a.content_base64).map_err(|e| {
+            ApiError::bad_request(format!(
+                "attachment `{}` is not valid base64: {e}",
+                a.filename
+            ))
+        })?;
         attachments.push((content_type, a.filename.clone(), bytes));
     }
 
@@ -347,6 +361,9 @@ mod tests {
         assert!(no_line_breaks("subject", "hi\r\nBcc: x@y").is_err());
         assert!(no_line_breaks("subject", "fine").is_ok());
         assert!(validate_header_name("X-Campaign").is_ok());
+        assert!(validate_header_name("reply-to").is_ok());
+        assert!(validate_header_name("X-").is_err());
+        assert!(validate_header_name("Sender").is_err());
         assert!(validate_header_name("Content-Type").is_err());
         assert!(validate_header_name("From").is_err());
         assert!(validate_header_name("Bad Name").is_err());
