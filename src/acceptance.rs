@@ -10,7 +10,8 @@ use crate::actors::{QueueHandle, WriterHandle};
 use crate::config::Config;
 use crate::store::{AcceptedMessage, BlobError, RemoteRecipient, Stores, now_millis, partition_of};
 
-/// Why a message was not accepted. Every case is temporary for the client.
+/// Why a message was not accepted. Every case but [`AcceptError::Unsendable`] is temporary
+/// for the client.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
     /// The body could not be written.
@@ -19,6 +20,9 @@ pub enum AcceptError {
     /// The metadata could not be committed.
     #[error("{0}")]
     Commit(#[from] crate::actors::CommitError),
+    /// The message cannot be sent to remote recipients in any conforming form (permanent).
+    #[error("message cannot be relayed: {0}")]
+    Unsendable(#[from] crate::smtp::wire::WireError),
 }
 
 /// A message ready to be made durable.
@@ -84,10 +88,13 @@ impl Acceptor {
             mut data,
             sign_for,
         } = incoming;
-        if let Some(sender) = sign_for
-            && !remote_recipients.is_empty()
-        {
-            data = self.dkim_sign(data, &sender).await;
+        if !remote_recipients.is_empty() {
+            // Mail that leaves gets its wire form (CRLF only, no line over 998 octets) before
+            // it is signed and stored, so the signature covers exactly what is sent.
+            data = crate::smtp::wire::outbound_form(data)?;
+            if let Some(sender) = sign_for {
+                data = self.dkim_sign(data, &sender).await;
+            }
         }
         let summary = crate::message::summarize(&data);
         let key = self.stores.blobs.key_for(&data);

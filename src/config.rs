@@ -465,6 +465,9 @@ pub struct ApiConfig {
     /// Lifetime of bearer tokens.
     #[serde(deserialize_with = "duration")]
     pub token_ttl: Duration,
+    /// Largest request body in bytes (the send API allows what `smtp.max_message_size`
+    /// needs in base64 instead).
+    pub max_body_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -472,6 +475,7 @@ impl Default for ApiConfig {
         Self {
             max_page_size: 200,
             token_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -656,6 +660,9 @@ impl Config {
                 "delivery",
                 "concurrency_per_destination and max_messages_per_connection must be positive",
             ));
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err(invalid("api.max_body_bytes", "must be at least 1024"));
         }
         if self.queue.partitions == 0 || self.queue.partitions > 4096 {
             return Err(invalid("queue.partitions", "must be between 1 and 4096"));

@@ -352,10 +352,11 @@ def test_user_validation_errors(srv):
     assert_error(
         admin.post("/api/v1/users", json={"email": f"bob@{DOMAIN}", "password": "short"}), 400, "bad_request"
     )
+    # A domain that is not hosted is a missing resource (administrator accounts may use any).
     assert_error(
         admin.post("/api/v1/users", json={"email": "bob@unhosted.test", "password": USER_PASSWORD}),
-        400,
-        "bad_request",
+        404,
+        "not_found",
     )
     assert_error(
         admin.post(
@@ -404,7 +405,7 @@ def test_password_change(srv):
 
 
 def test_admin_cannot_delete_own_account(srv):
-    assert_error(srv.api().delete(f"/api/v1/users/{ADMIN_EMAIL}"), 400)
+    assert_error(srv.api().delete(f"/api/v1/users/{ADMIN_EMAIL}"), 409, "conflict")
     assert srv.api().get("/api/v1/users").status_code == 200
 
 
@@ -483,3 +484,40 @@ def test_basic_header_built_by_hand(srv):
         timeout=5,
     )
     assert_error(r, 401)
+
+
+# ---------------------------------------------------------------------- size limits
+
+
+def test_request_bodies_and_fields_have_size_limits(server):
+    srv = server({"api": {"max_body_bytes": 4096}, "smtp": {"max_message_size": 300_000}})
+    setup_domain_and_user(srv)
+    admin = srv.api()
+    # Over api.max_body_bytes: 413 with the JSON error shape, nothing stored.
+    err = assert_error(admin.post("/api/v1/tokens", json={"name": "n" * 10_000}), 413, "payload_too_large")
+    assert "api.max_body_bytes" in err["message"]
+    assert_error(admin.post("/api/v1/domains", json={"name": "d" * 5000 + ".test"}), 413, "payload_too_large")
+    assert_error(admin.post(f"/api/v1/domains/{DOMAIN}/dkim", data=b"{" + b" " * 5000 + b"}"), 413)
+    # Also without a Content-Length (chunked).
+    r = admin.post("/api/v1/domains", data=iter([b'{"name": "', b"x" * 5000, b'"}']),
+                   headers={"Content-Type": "application/json"})
+    assert_error(r, 413, "payload_too_large")
+    # Under the body limit, each string field has its own.
+    assert_error(admin.post("/api/v1/tokens", json={"name": "n" * 201}), 400, "bad_request")
+    assert admin.post("/api/v1/tokens", json={"name": "n" * 200}).status_code == 201
+    assert_error(admin.post("/api/v1/users", json={"email": "a" * 64 + "@" + ("b" * 60 + ".") * 4 + "test",
+                                                    "password": USER_PASSWORD}), 400, "bad_request")
+    assert_error(admin.post("/api/v1/users", json={"email": f"x@{DOMAIN}", "password": "p" * 1025}), 400)
+    # The send API takes what smtp.max_message_size needs in base64, not more.
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    import base64
+
+    att = [{"filename": "a.bin", "content_base64": base64.b64encode(b"\x01" * 200_000).decode()}]
+    ok = {"from": f"bob@{DOMAIN}", "to": [f"bob@{DOMAIN}"], "subject": "big", "attachments": att}
+    r = bob.post("/api/v1/send", json=ok)
+    assert r.status_code == 202, r.text
+    att = [{"filename": "a.bin", "content_base64": base64.b64encode(b"\x01" * 280_000).decode()}]
+    assert_error(bob.post("/api/v1/send", json={**ok, "attachments": att}), 413, "payload_too_large")
+    att = [{"filename": "a.bin", "content_base64": "AAAA" * 600_000}]
+    assert_error(bob.post("/api/v1/send", json={**ok, "attachments": att}), 413, "payload_too_large")
+    assert_error(bob.post("/api/v1/send", json={**ok, "subject": "s" * 2001, "attachments": []}), 400)

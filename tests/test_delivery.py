@@ -606,3 +606,156 @@ def test_queue_metrics(server, receiver):
         time.sleep(0.2)
     assert "mairust_delivery_latency_seconds_bucket" in text
     assert "mairust_queue_depth" in text
+
+
+# ---------------------------------------------------------------------- what leaves the server
+
+
+def bare_line_breaks(raw: bytes) -> list[int]:
+    """Offsets of every CR not followed by LF and every LF not preceded by CR."""
+    return [
+        i for i, b in enumerate(raw)
+        if (b == 0x0D and raw[i + 1:i + 2] != b"\n") or (b == 0x0A and (i == 0 or raw[i - 1] != 0x0D))
+    ]
+
+
+def dkim_key(srv: Server, selector: str | None = None, algorithm: str = "ed25519") -> dict:
+    body = {"algorithm": algorithm} | ({"selector": selector} if selector else {})
+    r = srv.api().post(f"/api/v1/domains/{DOMAIN}/dkim", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def dkim_verifies(raw: bytes, *records: dict) -> bool:
+    import dkim
+
+    published = {r["dns_name"]: r["dns_value"].encode() for r in records}
+
+    def dnsfunc(name, timeout=5):
+        return published.get(name.decode().rstrip("."))
+
+    return dkim.verify(raw, dnsfunc=dnsfunc)
+
+
+def received_with(rcv: Receiver, marker: bytes, n: int) -> bytes:
+    return [m for m in rcv.wait(n) if marker in m["content"]][0]["content"]
+
+
+def test_smuggling_sequences_never_leave_and_the_signature_verifies(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    record = dkim_key(srv)
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    sent = 0
+    for i, text in enumerate((
+        "outer\r.\rMAIL FROM:<evil@remote.test>\r\nRCPT TO:<victim@remote.test>\r\nDATA\r\n",
+        "outer\r.\nMAIL FROM:<evil@remote.test>\nRCPT TO:<victim@remote.test>\n",
+    )):
+        r = bob.post("/api/v1/send", json={
+            "from": f"bob@{DOMAIN}", "to": [f"alice@{REMOTE}"], "subject": f"api {i}", "text": text})
+        assert r.status_code == 202, r.text
+        sent += 1
+        raw = received_with(rcv, f"api {i}".encode(), sent)
+        assert bare_line_breaks(raw) == [], raw
+        assert dkim_verifies(raw, record), raw
+        # The text arrives as separate lines, not as hidden commands.
+        assert b"\r\nMAIL FROM:<evil@remote.test>\r\n" in raw, raw
+
+    # BDAT chunks are binary: a bare CR inside one must still not leave as it is.
+    body = (
+        f"From: bob@{DOMAIN}\r\nTo: alice@{REMOTE}\r\nSubject: bdat smuggle\r\n\r\n"
+        "outer\r.\rMAIL FROM:<evil@remote.test>\r\n.\nlast\r\n"
+    ).encode()
+    with contextlib.closing(srv.submission(f"bob@{DOMAIN}", USER_PASSWORD)) as s:
+        assert s.mail(f"bob@{DOMAIN}")[0] == 250
+        assert s.rcpt(f"alice@{REMOTE}")[0] == 250
+        s.send(b"BDAT %d LAST\r\n" % len(body) + body)
+        code, msg = s.getreply()
+        assert code == 250, msg
+    raw = received_with(rcv, b"bdat smuggle", sent + 1)
+    assert bare_line_breaks(raw) == [], raw
+    assert dkim_verifies(raw, record), raw
+
+
+def test_long_lines_are_reencoded_before_they_leave(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    record = dkim_key(srv)
+    long_text = "word " * 600 + "= é"
+    blob = bytes(range(256)) * 20
+    msg = (
+        f"From: bob@{DOMAIN}\r\nTo: alice@{REMOTE}\r\nSubject: long lines\r\n"
+        f"X-Long: {'v ' * 700}\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        f"short\r\n{long_text}\r\n"
+        "--b1\r\nContent-Type: text/plain\r\n\r\nan untouched part\r\n"
+        "--b1--\r\n"
+    ).encode()
+    with contextlib.closing(srv.submission(f"bob@{DOMAIN}", USER_PASSWORD)) as s:
+        s.sendmail(f"bob@{DOMAIN}", [f"alice@{REMOTE}"], msg)
+    raw = received_with(rcv, b"long lines", 1)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998, "a line over 998 octets left"
+    assert dkim_verifies(raw, record)
+    got = parse(raw)
+    parts = list(got.iter_parts())
+    assert parts[0]["Content-Transfer-Encoding"] == "quoted-printable"
+    # The CRLF before a delimiter belongs to the delimiter, so the content ends without one.
+    assert parts[0].get_content().replace("\r\n", "\n") == f"short\n{long_text}"
+    assert parts[1].get_content().strip() == "an untouched part"
+    assert b"Content-Type: text/plain\r\n\r\nan untouched part\r\n" in raw
+    assert " ".join(got["X-Long"].split()) == " ".join(("v " * 700).split())
+
+    # The send API: a long attachment line and a long HTML line.
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    r = bob.post("/api/v1/send", json={
+        "from": f"bob@{DOMAIN}", "to": [f"alice@{REMOTE}"], "subject": "api long",
+        "html": "<p>" + "x" * 5000 + "</p>",
+        "attachments": [{"filename": "b.bin", "content_base64": base64.b64encode(blob).decode()}]})
+    assert r.status_code == 202, r.text
+    raw = received_with(rcv, b"api long", 2)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert [p.get_content() for p in parse(raw).iter_attachments()] == [blob]
+
+    # A header line that cannot be folded cannot be sent: refused before the 250.
+    bad = f"From: bob@{DOMAIN}\r\nTo: alice@{REMOTE}\r\nX-Solid: {'z' * 1200}\r\n\r\nbody\r\n"
+    with contextlib.closing(srv.submission(f"bob@{DOMAIN}", USER_PASSWORD)) as s:
+        s.mail(f"bob@{DOMAIN}")
+        s.rcpt(f"alice@{REMOTE}")
+        code, text = s.data(bad.encode())
+    assert code == 550 and b"5.6.0" in text, (code, text)
+
+
+def test_dkim_key_rotation_keeps_old_signatures_verifiable(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    admin = srv.api()
+    first = dkim_key(srv)
+    submit(srv, [f"alice@{REMOTE}"], "under the first key")
+    old_mail = received_with(rcv, b"under the first key", 1)
+    second = dkim_key(srv, algorithm="rsa")
+    assert second["selector"] != first["selector"], "a new key gets a new selector"
+    assert second["signing"] is True
+    listed = admin.get(f"/api/v1/domains/{DOMAIN}/dkim").json()["items"]
+    assert [(k["selector"], k["signing"]) for k in listed] == [
+        (second["selector"], True), (first["selector"], False)]
+    assert {k["dns_name"]: k["dns_value"] for k in listed} == {
+        first["dns_name"]: first["dns_value"], second["dns_name"]: second["dns_value"]}
+
+    submit(srv, [f"alice@{REMOTE}"], "under the second key")
+    new_mail = received_with(rcv, b"under the second key", 2)
+    assert f"s={second['selector']};".encode() in new_mail.replace(b" ", b"").replace(b"\r\n\t", b"")
+    assert dkim_verifies(new_mail, second)
+    # Mail signed before the rotation still verifies against the record that stays.
+    assert dkim_verifies(old_mail, first)
+
+    # A taken selector is a conflict; removing the old key leaves the new one signing.
+    r = admin.post(f"/api/v1/domains/{DOMAIN}/dkim", json={"selector": first["selector"]})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "conflict", r.text
+    assert admin.delete(f"/api/v1/domains/{DOMAIN}/dkim/{first['selector']}").status_code == 204
+    r = admin.delete(f"/api/v1/domains/{DOMAIN}/dkim/{first['selector']}")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    listed = admin.get(f"/api/v1/domains/{DOMAIN}/dkim").json()["items"]
+    assert [(k["selector"], k["signing"]) for k in listed] == [(second["selector"], True)]
+    assert admin.get("/api/v1/domains/unknown.test/dkim").status_code == 404
+    assert srv.api(f"bob@{DOMAIN}", USER_PASSWORD).get(f"/api/v1/domains/{DOMAIN}/dkim").status_code == 403

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::Caller;
-use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody, OptionalJson, check_len};
 use crate::auth;
 use crate::store::{Domain, User, now_millis};
 
@@ -26,6 +26,10 @@ pub struct Items<T> {
 #[serde(deny_unknown_fields)]
 pub struct NewDomain {
     /// Domain name, e.g. `example.com`.
+    #[schema(
+        pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.?$",
+        max_length = 253
+    )]
     pub name: String,
 }
 
@@ -33,22 +37,57 @@ pub struct NewDomain {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
-    /// Address in a hosted domain (admins may use any domain).
+    /// Address in a hosted domain (administrator accounts may use any domain).
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
-    /// At least 8 characters.
+    /// 8 to 1024 characters, no control characters.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        min_length = 8,
+        max_length = 1024
+    )]
     pub password: String,
     /// Mailbox quota in bytes; absent means unlimited.
+    #[schema(minimum = 0, maximum = 9007199254740991_i64)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub quota_bytes: Option<i64>,
     /// Grants administration rights.
     #[serde(default)]
     pub is_admin: bool,
 }
 
+/// Largest integer a JSON number carries exactly (2^53 - 1).
+const MAX_JSON_INTEGER: i64 = 9_007_199_254_740_991;
+
+/// An optional integer up to 2^53 - 1 in magnitude, which may also be written `5.0`: JSON
+/// Schema's `integer` includes that form, so clients generated from the document may send it.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let value = match (number.as_i64(), number.as_f64()) {
+        (Some(n), _) => Some(n),
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() <= MAX_JSON_INTEGER as f64 => Some(f as i64),
+        _ => None,
+    };
+    match value {
+        Some(n) if n.abs() <= MAX_JSON_INTEGER => Ok(Some(n)),
+        _ => Err(serde::de::Error::custom(format!(
+            "`{number}` is not a whole number of at most 2^53 - 1"
+        ))),
+    }
+}
+
 /// Body of `PUT /api/v1/users/{email}/password`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPassword {
-    /// At least 8 characters.
+    /// 8 to 1024 characters, no control characters.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        min_length = 8,
+        max_length = 1024
+    )]
     pub password: String,
 }
 
@@ -56,9 +95,14 @@ pub struct NewPassword {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    /// A label for the token.
+    /// A label for the token (at most 200 characters, no control characters).
+    #[schema(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$", max_length = 200)]
     pub name: Option<String>,
-    /// Lifetime such as `1h` or `30d`; default `api.token_ttl`.
+    /// Lifetime: a number and `s`, `m`, `h` or `d`, such as `1h` or `30d`, from 1s to 366d;
+    /// default `api.token_ttl`.
+    #[schema(
+        pattern = "^(([1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d|([1-9]|[1-9][0-9]{1,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-7][0-9]|878[0-4])h|([1-9]|[1-9][0-9]{1,4}|[1-4][0-9]{5}|5[01][0-9]{4}|52[0-6][0-9]{3}|5270[0-3][0-9]|527040)m|([1-9]|[1-9][0-9]{1,6}|[12][0-9]{7}|30[0-9]{6}|31[0-5][0-9]{5}|316[01][0-9]{4}|3162[01][0-9]{3}|31622[0-3][0-9]{2}|31622400)s)$"
+    )]
     pub ttl: Option<String>,
 }
 
@@ -92,7 +136,8 @@ pub struct TokenSummary {
 pub struct DkimRequest {
     /// `ed25519` (default) or `rsa` (2048 bits).
     pub algorithm: Option<crate::dkim::Algorithm>,
-    /// Selector; default `mairust` followed by the date.
+    /// Selector; default `mairust` followed by the date (and `-2`, `-3`... if taken).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,63}$")]
     pub selector: Option<String>,
 }
 
@@ -109,11 +154,113 @@ pub struct DkimResponse {
     pub dns_name: String,
     /// Value of the TXT record.
     pub dns_value: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Whether this key signs new mail (the domain's newest key).
+    pub signing: bool,
 }
+
+impl DkimResponse {
+    fn new(key: &crate::store::DkimKeyRecord, signing: bool) -> Self {
+        let (dns_name, dns_value) = crate::dkim::dns_record(key);
+        Self {
+            domain: key.domain.clone(),
+            selector: key.selector.clone(),
+            algorithm: key.algorithm.clone(),
+            dns_name,
+            dns_value,
+            created_at: crate::message::rfc3339(key.created_at),
+            signing,
+        }
+    }
+}
+
+/// The hosted domain named in a path, or 404.
+async fn hosted_domain(state: &ApiState, name: &str) -> Result<String, ApiError> {
+    // A name that is not even valid is certainly not hosted: 404 like any other.
+    let domain = validate_domain(name)
+        .map_err(|_| ApiError::not_found(format!("domain {name} not found")))?;
+    if !state
+        .stores
+        .meta
+        .list_domains()
+        .await?
+        .iter()
+        .any(|d| d.name == domain)
+    {
+        return Err(ApiError::not_found(format!("domain {domain} not found")));
+    }
+    Ok(domain)
+}
+
+/// Lists the domain's DKIM keys with their DNS records, the signing key first. Keep every
+/// listed record published: mail signed with an older key verifies only while it is.
+#[utoipa::path(get, path = "/api/v1/domains/{name}/dkim", tag = "admin",
+    params(("name" = String, Path, description = "Hosted domain")),
+    responses((status = 200, body = Items<DkimResponse>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn list_dkim_keys(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Items<DkimResponse>>> {
+    caller.require_admin()?;
+    let domain = hosted_domain(&state, &name).await?;
+    let keys = state.stores.queue.dkim_keys(&domain).await?;
+    Ok(Json(Items {
+        items: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| DkimResponse::new(k, i == 0))
+            .collect(),
+    }))
+}
+
+/// Removes one of the domain's DKIM keys (after its DNS record is no longer needed). If it
+/// was the signing key, the next newest signs from now on.
+#[utoipa::path(delete, path = "/api/v1/domains/{name}/dkim/{selector}", tag = "admin",
+    params(("name" = String, Path, description = "Hosted domain"),
+        ("selector" = String, Path, description = "Selector of the key")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn delete_dkim_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath((name, selector)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let domain = hosted_domain(&state, &name).await?;
+    state
+        .stores
+        .queue
+        .delete_dkim_key(&domain, &selector)
+        .await?;
+    tracing::info!(domain = %domain, selector = %selector, by = %caller.0.email, "DKIM key deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether a selector is one DNS label of letters, digits, '-' and '_'.
+fn valid_selector(selector: &str) -> bool {
+    !selector.is_empty()
+        && selector.len() <= 63
+        && selector
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Longest token name accepted.
+pub const MAX_TOKEN_NAME: usize = 200;
+/// Longest password accepted (argon2 input; longer adds nothing).
+pub const MAX_PASSWORD: usize = 1024;
+/// Longest address accepted (RFC 5321 §4.5.3.1.3 path limit less the brackets).
+pub const MAX_EMAIL: usize = 254;
 
 /// Checks a domain name (RFC 1035 letters, digits, hyphens; dots between labels).
 pub fn validate_domain(name: &str) -> Result<String, ApiError> {
-    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    check_len("name", name, 255)?;
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     let ok = !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
@@ -136,7 +283,8 @@ pub fn validate_domain(name: &str) -> Result<String, ApiError> {
 
 /// Checks an email address (`local@domain`, no spaces or control characters).
 pub fn validate_email(email: &str) -> Result<String, ApiError> {
-    let email = email.trim().to_ascii_lowercase();
+    check_len("email", email, MAX_EMAIL)?;
+    let email = email.to_ascii_lowercase();
     let invalid = || ApiError::bad_request(format!("`{email}` is not a valid email address"));
     let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
     if local.is_empty()
@@ -152,6 +300,7 @@ pub fn validate_email(email: &str) -> Result<String, ApiError> {
 }
 
 fn validate_password(password: &str) -> Result<(), ApiError> {
+    check_len("password", password, MAX_PASSWORD)?;
     if password.chars().count() < 8 {
         return Err(ApiError::bad_request(
             "password must be at least 8 characters",
@@ -218,7 +367,8 @@ pub async fn delete_domain(
 
 /// Adds a user.
 #[utoipa::path(post, path = "/api/v1/users", tag = "admin", request_body = NewUser,
-    responses((status = 201, body = User), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 201, body = User), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "The domain is not hosted"), (status = 409, body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn add_user(
     State(state): State<ApiState>,
@@ -230,6 +380,20 @@ pub async fn add_user(
     validate_password(&body.password)?;
     if body.quota_bytes.is_some_and(|q| q < 0) {
         return Err(ApiError::bad_request("quota_bytes must not be negative"));
+    }
+    let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+    if !body.is_admin
+        && !state
+            .stores
+            .meta
+            .list_domains()
+            .await?
+            .iter()
+            .any(|d| d.name == domain)
+    {
+        return Err(ApiError::not_found(format!(
+            "domain {domain} is not hosted here; add it first"
+        )));
     }
     let hashed = hash(body.password).await?;
     let user = state
@@ -257,7 +421,9 @@ pub async fn list_users(
 /// Deletes a user and their mailbox.
 #[utoipa::path(delete, path = "/api/v1/users/{email}", tag = "admin",
     params(("email" = String, Path, description = "User's address")),
-    responses((status = 204), (status = 404, body = ErrorBody)), security(("basic" = []), ("bearer" = [])))]
+    responses((status = 204), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Your own account")),
+    security(("basic" = []), ("bearer" = [])))]
 pub async fn delete_user(
     State(state): State<ApiState>,
     caller: Caller,
@@ -265,7 +431,11 @@ pub async fn delete_user(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     if email.eq_ignore_ascii_case(&caller.0.email) {
-        return Err(ApiError::bad_request("you cannot delete your own account"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "you cannot delete your own account",
+        ));
     }
     let orphans = state.stores.meta.delete_user(&email).await?;
     state.stores.delete_blobs(&orphans).await;
@@ -295,6 +465,31 @@ pub async fn set_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Longest token lifetime.
+const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A token lifetime: digits without a leading zero and one unit (`s`, `m`, `h`, `d`), from
+/// 1s to 366d; exactly what the OpenAPI document's pattern describes.
+fn parse_ttl(text: &str) -> Option<Duration> {
+    let unit = match text.as_bytes().last()? {
+        b's' => 1,
+        b'm' => 60,
+        b'h' => 3600,
+        b'd' => 86_400,
+        _ => return None,
+    };
+    let digits = &text[..text.len() - 1];
+    if digits.is_empty()
+        || digits.len() > 9
+        || digits.starts_with('0')
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let ttl = Duration::from_secs(digits.parse::<u64>().ok()?.checked_mul(unit)?);
+    (ttl <= MAX_TTL).then_some(ttl)
+}
+
 /// Issues a bearer token for the caller.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "auth", request_body(content = TokenRequest, description = "optional"),
     responses((status = 201, body = TokenResponse), (status = 401, body = ErrorBody)),
@@ -302,22 +497,27 @@ pub async fn set_password(
 pub async fn create_token(
     State(state): State<ApiState>,
     caller: Caller,
-    body: axum::body::Bytes,
+    OptionalJson(request): OptionalJson<TokenRequest>,
 ) -> ApiResult<(StatusCode, Json<TokenResponse>)> {
-    let request: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        TokenRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
-    };
+    if let Some(name) = &request.name {
+        check_len("name", name, MAX_TOKEN_NAME)?;
+        if name.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "`name` must not contain control characters",
+            ));
+        }
+    }
+    if let Some(ttl) = &request.ttl {
+        check_len("ttl", ttl, 64)?;
+    }
     let ttl = match request.ttl.as_deref() {
         None => state.config.api.token_ttl,
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|e| ApiError::bad_request(format!("invalid ttl `{text}`: {e}")))?,
+        Some(text) => parse_ttl(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid ttl `{text}`: give a number and s, m, h or d, from 1s to 366d"
+            ))
+        })?,
     };
-    if ttl.is_zero() || ttl > Duration::from_secs(366 * 24 * 3600) {
-        return Err(ApiError::bad_request("ttl must be between 1s and 366d"));
-    }
     let token = auth::random_secret(32);
     let expires_at = now_millis().saturating_add(ttl.as_millis() as i64);
     let name = request.name.unwrap_or_else(|| "api".into());
@@ -400,48 +600,61 @@ mod tests {
         assert!(validate_email("a@b@example.test").is_err());
         assert!(validate_email("x@bad domain").is_err());
     }
+
+    #[test]
+    fn ttl_grammar_matches_the_document() {
+        assert_eq!(parse_ttl("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_ttl("30d"), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_ttl("366d"), Some(MAX_TTL));
+        assert_eq!(parse_ttl("31622400s"), Some(MAX_TTL));
+        for bad in [
+            "", "s", "0s", "01h", "367d", "8785h", "1h30m", "+1h", " 1h", "1H", "soon",
+        ] {
+            assert_eq!(parse_ttl(bad), None, "{bad}");
+        }
+    }
 }
 
-/// Creates (or replaces) the domain's DKIM key; outbound mail from the domain is signed.
+/// Adds a DKIM key under a new selector; it signs outbound mail from the domain from now
+/// on. Earlier keys stay until deleted, so publish the new record and keep the old ones
+/// while mail signed with them may still be verified (rotation).
 #[utoipa::path(post, path = "/api/v1/domains/{name}/dkim", tag = "admin",
     params(("name" = String, Path, description = "Hosted domain")),
     request_body(content = DkimRequest, description = "optional"),
-    responses((status = 201, body = DkimResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 201, body = DkimResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn create_dkim_key(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
-    body: axum::body::Bytes,
+    OptionalJson(request): OptionalJson<DkimRequest>,
 ) -> ApiResult<(StatusCode, Json<DkimResponse>)> {
     caller.require_admin()?;
-    let request: DkimRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        DkimRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    let domain = hosted_domain(&state, &name).await?;
+    let selector = match request.selector {
+        Some(selector) => selector,
+        None => {
+            // `mairust<date>`, then `-2`, `-3`... so a second key the same day gets its own.
+            let taken: Vec<String> = state
+                .stores
+                .queue
+                .dkim_keys(&domain)
+                .await?
+                .into_iter()
+                .map(|k| k.selector)
+                .collect();
+            let base = format!("mairust{}", chrono::Utc::now().format("%Y%m%d"));
+            std::iter::once(base.clone())
+                .chain((2..).map(|n| format!("{base}-{n}")))
+                .find(|s| !taken.contains(s))
+                .unwrap_or(base)
+        }
     };
-    let domain = validate_domain(&name)?;
-    if !state
-        .stores
-        .meta
-        .list_domains()
-        .await?
-        .iter()
-        .any(|d| d.name == domain)
-    {
-        return Err(ApiError::not_found(format!("domain {domain} not found")));
-    }
-    let selector = request
-        .selector
-        .unwrap_or_else(|| format!("mairust{}", chrono::Utc::now().format("%Y%m%d")));
-    if selector.is_empty()
-        || !selector
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !valid_selector(&selector) {
         return Err(ApiError::bad_request(
-            "selector may contain only letters, digits, '-' and '_'",
+            "selector must be 1 to 63 letters, digits, '-' and '_'",
         ));
     }
     let algorithm = request.algorithm.unwrap_or(crate::dkim::Algorithm::Ed25519);
@@ -456,16 +669,6 @@ pub async fn create_dkim_key(
         .map_err(ApiError::unavailable)?
     };
     state.stores.queue.put_dkim_key(&key).await?;
-    let (dns_name, dns_value) = crate::dkim::dns_record(&key);
     tracing::info!(domain = %domain, selector = %selector, algorithm = %key.algorithm, by = %caller.0.email, "DKIM key created");
-    Ok((
-        StatusCode::CREATED,
-        Json(DkimResponse {
-            domain,
-            selector,
-            algorithm: key.algorithm,
-            dns_name,
-            dns_value,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(DkimResponse::new(&key, true))))
 }

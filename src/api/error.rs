@@ -1,7 +1,8 @@
 //! API errors: every failure is `{"error": {"code", "message"}}` with a fitting status.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -30,7 +31,7 @@ pub struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `unavailable`, `internal`.
+    /// `payload_too_large`, `unsupported_media_type`, `unavailable`, `internal`.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
@@ -64,6 +65,11 @@ impl ApiError {
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 413.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
 
     /// 503, logging the cause.
@@ -121,18 +127,35 @@ impl From<BlobError> for ApiError {
     }
 }
 
+/// The answer to a body over the configured limit.
+fn body_too_large() -> ApiError {
+    ApiError::too_large(
+        "request body too large (see api.max_body_bytes; the send API allows what \
+         smtp.max_message_size needs)",
+    )
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        let status = match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Self::new(
-            status,
-            "bad_request",
-            format!("invalid JSON body: {}", r.body_text()),
-        )
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ),
+            _ => Self::bad_request(format!("invalid JSON body: {}", r.body_text())),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            body_too_large()
+        } else {
+            Self::bad_request(format!("cannot read the body: {}", r.body_text()))
+        }
     }
 }
 
@@ -148,10 +171,27 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// `Json` whose rejections are [`ApiError`]s.
-#[derive(axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON object body (not an array, which serde would also map onto a struct), with
+/// rejections as [`ApiError`]s.
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
 
 /// `Query` whose rejections are [`ApiError`]s.
 #[derive(axum::extract::FromRequestParts)]
@@ -162,6 +202,41 @@ pub struct ApiQuery<T>(pub T);
 #[derive(axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
+
+/// A JSON body that may be left out (empty or only whitespace): then `T::default()`. Any
+/// content type is accepted, since the body is optional.
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: serde::de::DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = axum::body::Bytes::from_request(req, state).await?;
+        match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => return Ok(Self(T::default())),
+            // serde would also take a struct as an array of its fields; only an object is.
+            Some(b'{') => {}
+            Some(_) => return Err(ApiError::bad_request("the body must be a JSON object")),
+        }
+        serde_json::from_slice(&body)
+            .map(Self)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Refuses a string field longer than `max` characters.
+pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.chars().count() > max {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` is too long (at most {max} characters)"
+        )));
+    }
+    Ok(())
+}
 
 /// The result type of handlers.
 pub type ApiResult<T> = Result<T, ApiError>;

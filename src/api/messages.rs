@@ -16,13 +16,15 @@ use crate::store::MailboxItem;
 
 /// Query of `GET /api/v1/messages`.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Folder; default `INBOX`.
     pub folder: Option<String>,
-    /// Page size; default 50, capped at `api.max_page_size`.
+    /// Page size, 1 to `api.max_page_size` (default 200); default 50.
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[+-]?[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -144,10 +146,7 @@ pub async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<MessagePage>> {
-    let limit = query
-        .limit
-        .unwrap_or(50)
-        .clamp(1, state.config.api.max_page_size);
+    let limit = super::page_limit(query.limit, &state.config)?;
     let folder = query.folder.as_deref().unwrap_or("INBOX");
     let page = state
         .stores
@@ -208,14 +207,18 @@ pub async fn raw(
 
 /// The `n`-th attachment (from 0), decoded.
 #[utoipa::path(get, path = "/api/v1/messages/{id}/attachments/{n}", tag = "messages",
-    params(("id" = String, Path, description = "Message id"), ("n" = usize, Path, description = "Attachment index from 0")),
+    params(("id" = String, Path, description = "Message id"), ("n" = u64, Path, minimum = 0, description = "Attachment index from 0")),
     responses((status = 200, description = "The attachment's bytes with its content type"), (status = 404, body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn attachment(
     State(state): State<ApiState>,
     caller: Caller,
-    ApiPath((id, n)): ApiPath<(String, usize)>,
+    ApiPath((id, n)): ApiPath<(String, String)>,
 ) -> ApiResult<Response> {
+    // Any index is a valid question; one that is not a small number has no attachment.
+    let n: usize = n
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("message {id} has no attachment {n}")))?;
     let (_, raw) = load(&state, &caller, &id).await?;
     let (info, bytes) = message::attachment(&raw, n)
         .ok_or_else(|| ApiError::not_found(format!("message {id} has no attachment {n}")))?;

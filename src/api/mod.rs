@@ -150,6 +150,7 @@ impl ApiState {
         health::health, health::live, health::ready, health::metrics,
         admin::create_token, admin::list_tokens, admin::delete_token,
         admin::add_domain, admin::list_domains, admin::delete_domain, admin::create_dkim_key,
+        admin::list_dkim_keys, admin::delete_dkim_key,
         admin::add_user, admin::list_users, admin::delete_user, admin::set_password,
         messages::list, messages::get, messages::raw, messages::attachment, messages::patch, messages::delete,
         send::send,
@@ -175,8 +176,106 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+async fn openapi_json(State(state): State<ApiState>) -> axum::Json<serde_json::Value> {
+    axum::Json(openapi_document(&state.config))
+}
+
+/// A `limit` query parameter: 1 to `api.max_page_size`, default 50.
+pub(crate) fn page_limit(limit: Option<u32>, config: &Config) -> Result<u32, ApiError> {
+    let max = config.api.max_page_size;
+    match limit {
+        None => Ok(50.min(max)),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit {n} is out of range: 1 to {max} (api.max_page_size)"
+        ))),
+    }
+}
+
+/// The OpenAPI document as served: utoipa's, completed with what every handler shares (the
+/// error answers of the extractors and the authentication), the configured limits, and the
+/// rules the derive cannot express, so that the document and the server agree.
+pub fn openapi_document(config: &Config) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    let error = |description: &str| {
+        json!({"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+    };
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in item.iter_mut() {
+                let has_body = op.get("requestBody").is_some();
+                let params = op
+                    .get("parameters")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let in_path = params.iter().any(|p| p["in"] == "path");
+                let secured = op.get("security").is_some();
+                if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                    for p in params.iter_mut().filter(|p| p["name"] == "limit") {
+                        p["schema"]["minimum"] = json!(1);
+                        p["schema"]["maximum"] = json!(config.api.max_page_size);
+                    }
+                }
+                // A body is optional where the handler takes an empty one.
+                if has_body
+                    && method == "post"
+                    && (path == "/api/v1/tokens" || path.ends_with("/dkim"))
+                {
+                    op["requestBody"]["required"] = json!(false);
+                }
+                let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                let mut add = |code: &str, description: &str| {
+                    responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| error(description));
+                };
+                if has_body || !params.is_empty() {
+                    add("400", "Invalid parameters or body");
+                }
+                if has_body {
+                    add("413", "Body larger than the limit");
+                    add("415", "Body is not JSON");
+                }
+                if in_path {
+                    add("404", "Not found");
+                }
+                if path == "/api/v1/send" {
+                    add("507", "A local recipient's mailbox is full");
+                }
+                if secured {
+                    add("401", "Missing or wrong credentials");
+                    add("403", "Not allowed for this account");
+                    add("503", "A storage backend is unavailable");
+                }
+            }
+        }
+    }
+    if let Some(send) = doc.pointer_mut("/components/schemas/SendRequest") {
+        for list in ["to", "cc", "bcc"] {
+            send["properties"][list]["items"]["format"] = json!("email");
+            send["properties"][list]["maxItems"] = json!(config.smtp.max_recipients);
+        }
+        // At least one recipient, in any of the three lists.
+        send["anyOf"] = json!([
+            {"required": ["to"], "properties": {"to": {"minItems": 1}}},
+            {"required": ["cc"], "properties": {"cc": {"minItems": 1}}},
+            {"required": ["bcc"], "properties": {"bcc": {"minItems": 1}}},
+        ]);
+        send["properties"]["headers"]["maxProperties"] = json!(50);
+        send["properties"]["headers"]["propertyNames"] =
+            json!({"pattern": send::HEADER_NAME_PATTERN});
+        send["properties"]["headers"]["additionalProperties"] =
+            json!({"type": "string", "pattern": "^[^\\r\\n\\u0000]*$", "maxLength": 900});
+    }
+    doc
 }
 
 async fn not_found() -> ApiError {
@@ -240,7 +339,14 @@ pub fn router(state: ApiState) -> Router {
             "/domains/{name}",
             axum::routing::delete(admin::delete_domain),
         )
-        .route("/domains/{name}/dkim", post(admin::create_dkim_key))
+        .route(
+            "/domains/{name}/dkim",
+            get(admin::list_dkim_keys).post(admin::create_dkim_key),
+        )
+        .route(
+            "/domains/{name}/dkim/{selector}",
+            axum::routing::delete(admin::delete_dkim_key),
+        )
         .route("/users", get(admin::list_users).post(admin::add_user))
         .route("/users/{email}", axum::routing::delete(admin::delete_user))
         .route("/users/{email}/password", put(admin::set_password))
@@ -253,7 +359,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/messages/{id}/raw", get(messages::raw))
         .route("/messages/{id}/attachments/{n}", get(messages::attachment))
-        .route("/send", post(send::send))
+        .route(
+            "/send",
+            post(send::send).layer(axum::extract::DefaultBodyLimit::max(send::body_limit(
+                &state.config,
+            ))),
+        )
         .route("/queue", get(queue::list))
         .route("/queue/{id}", get(queue::get).delete(queue::cancel))
         .route("/queue/{id}/retry", post(queue::retry))
@@ -266,8 +377,10 @@ pub fn router(state: ApiState) -> Router {
         .nest("/api/v1", v1)
         .fallback(not_found)
         .layer(middleware::from_fn(count_requests))
+        // Every body is capped (also one the handler reads as raw bytes); the send route
+        // sets its own, larger cap above.
         .layer(axum::extract::DefaultBodyLimit::max(
-            state.config.smtp.max_message_size.saturating_mul(2),
+            state.config.api.max_body_bytes,
         ))
         .with_state(state)
 }

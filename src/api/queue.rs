@@ -16,20 +16,40 @@ use crate::store::{QueueEntry, QueueFilter, QueueStatus};
 
 /// Query of `GET /api/v1/queue`.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct QueueQuery {
     /// `queued`, `deferred`, `delivered`, `failed` or `cancelled`.
+    #[param(value_type = Option<QueueStatusName>, inline)]
     pub status: Option<String>,
     /// Recipient domain.
     pub domain: Option<String>,
-    /// Page size; default 50, capped at `api.max_page_size`.
+    /// Page size, 1 to `api.max_page_size` (default 200); default 50.
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[+-]?[0-9]{1,18}$")]
     pub cursor: Option<String>,
+}
+
+/// A queue status, for the OpenAPI document.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum QueueStatusName {
+    /// Waiting for its first attempt.
+    Queued,
+    /// Waiting for a retry.
+    Deferred,
+    /// Accepted by the remote server.
+    Delivered,
+    /// Refused for good or expired.
+    Failed,
+    /// Cancelled by an administrator.
+    Cancelled,
 }
 
 /// Query of `DELETE /api/v1/queue/{id}`.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CancelQuery {
     /// Send the sender a bounce (DSN).
@@ -136,17 +156,14 @@ pub async fn list(
 ) -> ApiResult<Json<QueuePage>> {
     caller.require_admin()?;
     let status = match query.status.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(s) => Some(QueueStatus::parse(s).ok_or_else(|| {
             ApiError::bad_request(format!(
                 "unknown status `{s}`; use queued, deferred, delivered, failed or cancelled"
             ))
         })?),
     };
-    let limit = query
-        .limit
-        .unwrap_or(50)
-        .clamp(1, state.config.api.max_page_size);
+    let limit = super::page_limit(query.limit, &state.config)?;
     let page = state
         .stores
         .queue

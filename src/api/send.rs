@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::admin::validate_email;
 use super::auth::Caller;
-use super::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiResult, ErrorBody, check_len};
 use crate::acceptance::{Incoming, new_id};
 use crate::store::RecipientLookup;
 
@@ -24,10 +24,13 @@ use crate::store::RecipientLookup;
 #[serde(deny_unknown_fields)]
 pub struct SendAttachment {
     /// File name.
+    #[schema(pattern = "^[^\\r\\n\\u0000]*$", max_length = 255)]
     pub filename: String,
     /// MIME type; default `application/octet-stream`.
+    #[schema(pattern = "^[^\\r\\n\\u0000]*/[^\\r\\n\\u0000]*$", max_length = 255)]
     pub content_type: Option<String>,
-    /// The bytes, base64.
+    /// The bytes, base64 (padded).
+    #[schema(pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub content_base64: String,
 }
 
@@ -36,6 +39,7 @@ pub struct SendAttachment {
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     /// Sender: the caller's own address (admins: any address in a hosted domain).
+    #[schema(format = Email, max_length = 254)]
     pub from: String,
     /// Recipients.
     #[serde(default)]
@@ -48,6 +52,7 @@ pub struct SendRequest {
     pub bcc: Vec<String>,
     /// Subject.
     #[serde(default)]
+    #[schema(pattern = "^[^\\r\\n\\u0000]*$", max_length = 2000)]
     pub subject: String,
     /// Plain-text body.
     pub text: Option<String>,
@@ -56,7 +61,9 @@ pub struct SendRequest {
     /// Attachments.
     #[serde(default)]
     pub attachments: Vec<SendAttachment>,
-    /// Extra headers (not the structural ones such as From or Content-Type).
+    /// Extra headers: `X-*` and Reply-To, In-Reply-To, References, List-Id,
+    /// List-Unsubscribe, List-Unsubscribe-Post, Keywords, Comments (at most 50; values
+    /// at most 900 characters on one line).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }
@@ -74,21 +81,41 @@ pub struct SendResponse {
     pub delivered: Vec<String>,
 }
 
-/// Headers the API composes itself and callers may not set.
-const RESERVED_HEADERS: &[&str] = &[
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "subject",
-    "date",
-    "message-id",
-    "mime-version",
-    "sender",
-    "received",
-    "return-path",
-    "dkim-signature",
+/// Extra headers callers may set besides `X-*`; the API composes every other one itself.
+const ALLOWED_HEADERS: &[&str] = &[
+    "reply-to",
+    "in-reply-to",
+    "references",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "keywords",
+    "comments",
 ];
+
+/// The OpenAPI pattern of an extra header name: what [`validate_header_name`] accepts.
+pub const HEADER_NAME_PATTERN: &str = "^([Xx]-[!-9;-~]{1,74}|[Rr][Ee][Pp][Ll][Yy]-[Tt][Oo]|[Ii][Nn]-[Rr][Ee][Pp][Ll][Yy]-[Tt][Oo]|[Rr][Ee][Ff][Ee][Rr][Ee][Nn][Cc][Ee][Ss]|[Ll][Ii][Ss][Tt]-[Ii][Dd]|[Ll][Ii][Ss][Tt]-[Uu][Nn][Ss][Uu][Bb][Ss][Cc][Rr][Ii][Bb][Ee]|[Ll][Ii][Ss][Tt]-[Uu][Nn][Ss][Uu][Bb][Ss][Cc][Rr][Ii][Bb][Ee]-[Pp][Oo][Ss][Tt]|[Kk][Ee][Yy][Ww][Oo][Rr][Dd][Ss]|[Cc][Oo][Mm][Mm][Ee][Nn][Tt][Ss])$";
+
+/// Padded base64 as the document's pattern describes it; unused low bits in the last
+/// symbol are ignored rather than refused.
+const ATTACHMENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
+/// Longest subject accepted, in characters.
+const MAX_SUBJECT: usize = 2000;
+/// Longest extra header value (it must fit a header line once folded).
+const MAX_HEADER_VALUE: usize = 900;
+/// Most extra headers.
+const MAX_HEADERS: usize = 50;
+
+/// Line breaks in a body as the caller wrote them (`\r\n`, `\n` or a lone `\r`) become
+/// `\n`, which the composer writes as CRLF: a bare CR or LF never reaches the message, so
+/// nothing downstream can split it differently (SMTP smuggling).
+fn normalize_newlines(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
 
 fn no_line_breaks(field: &str, value: &str) -> Result<(), ApiError> {
     if value.contains(['\r', '\n', '\0']) {
@@ -107,12 +134,24 @@ fn validate_header_name(name: &str) -> Result<(), ApiError> {
         )));
     }
     let lower = name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("content-") {
+    let custom = lower.len() > 2 && lower.len() <= 76 && lower.starts_with("x-");
+    if !custom && !ALLOWED_HEADERS.contains(&lower.as_str()) {
         return Err(ApiError::bad_request(format!(
-            "header `{name}` is set by the server; use the request fields instead"
+            "header `{name}` cannot be set: use X-* or one of Reply-To, In-Reply-To, \
+             References, List-Id, List-Unsubscribe, List-Unsubscribe-Post, Keywords, Comments \
+             (the server sets the others from the request fields)"
         )));
     }
     Ok(())
+}
+
+/// The body limit of the send API: a message of `smtp.max_message_size` in base64 (4/3 of
+/// its size) plus `api.max_body_bytes` for the JSON around it.
+pub fn body_limit(config: &crate::config::Config) -> usize {
+    (config.smtp.max_message_size / 3)
+        .saturating_add(1)
+        .saturating_mul(4)
+        .saturating_add(config.api.max_body_bytes)
 }
 
 /// Composes and sends a message.
@@ -127,6 +166,7 @@ pub async fn send(
 ) -> ApiResult<(StatusCode, Json<SendResponse>)> {
     no_line_breaks("from", &req.from)?;
     no_line_breaks("subject", &req.subject)?;
+    check_len("subject", &req.subject, MAX_SUBJECT)?;
     let from = validate_email(&req.from)?;
     let meta = state.stores.meta.as_ref();
     if !from.eq_ignore_ascii_case(&caller.0.email) {
@@ -160,31 +200,38 @@ pub async fn send(
             state.config.smtp.max_recipients
         )));
     }
+    if req.headers.len() > MAX_HEADERS {
+        return Err(ApiError::bad_request(format!(
+            "too many headers (at most {MAX_HEADERS})"
+        )));
+    }
     for (name, value) in &req.headers {
+        check_len("headers", name, 76)?;
         validate_header_name(name)?;
         no_line_breaks(name, value)?;
+        check_len(name, value, MAX_HEADER_VALUE)?;
     }
     let mut attachments = Vec::with_capacity(req.attachments.len());
     for a in &req.attachments {
         no_line_breaks("attachments.filename", &a.filename)?;
+        check_len("attachments.filename", &a.filename, 255)?;
         let content_type = a
             .content_type
             .clone()
             .unwrap_or_else(|| "application/octet-stream".into());
         no_line_breaks("attachments.content_type", &content_type)?;
+        check_len("attachments.content_type", &content_type, 255)?;
         if !content_type.contains('/') {
             return Err(ApiError::bad_request(format!(
                 "`{content_type}` is not a MIME type"
             )));
         }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(a.content_base64.trim())
-            .map_err(|e| {
-                ApiError::bad_request(format!(
-                    "attachment `{}` is not valid base64: {e}",
-                    a.filename
-                ))
-            })?;
+        let bytes = ATTACHMENT_BASE64.decode(&a.content_base64).map_err(|e| {
+            ApiError::bad_request(format!(
+                "attachment `{}` is not valid base64: {e}",
+                a.filename
+            ))
+        })?;
         attachments.push((content_type, a.filename.clone(), bytes));
     }
 
@@ -245,10 +292,10 @@ pub async fn send(
         (None, None) => builder = builder.text_body(""),
         (text, html) => {
             if let Some(text) = text {
-                builder = builder.text_body(text.as_str());
+                builder = builder.text_body(normalize_newlines(text));
             }
             if let Some(html) = html {
-                builder = builder.html_body(html.as_str());
+                builder = builder.html_body(normalize_newlines(html));
             }
         }
     }
@@ -289,7 +336,10 @@ pub async fn send(
             sign_for: Some(from.clone()),
         })
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(|e| match e {
+            crate::acceptance::AcceptError::Unsendable(e) => ApiError::bad_request(e.to_string()),
+            other => ApiError::unavailable(other),
+        })?;
     tracing::info!(id = %id, from = %from, recipients = envelope.len(), "message submitted over the API");
     Ok((
         StatusCode::ACCEPTED,
@@ -311,9 +361,20 @@ mod tests {
         assert!(no_line_breaks("subject", "hi\r\nBcc: x@y").is_err());
         assert!(no_line_breaks("subject", "fine").is_ok());
         assert!(validate_header_name("X-Campaign").is_ok());
+        assert!(validate_header_name("reply-to").is_ok());
+        assert!(validate_header_name("X-").is_err());
+        assert!(validate_header_name("Sender").is_err());
         assert!(validate_header_name("Content-Type").is_err());
         assert!(validate_header_name("From").is_err());
         assert!(validate_header_name("Bad Name").is_err());
         assert!(validate_header_name("Bad:Name").is_err());
+    }
+
+    #[test]
+    fn bodies_lose_bare_line_breaks() {
+        assert_eq!(
+            normalize_newlines("outer\r.\rMAIL FROM:<a@b>\r\nx\ny"),
+            "outer\n.\nMAIL FROM:<a@b>\nx\ny"
+        );
     }
 }

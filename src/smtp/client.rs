@@ -285,16 +285,36 @@ fn needs_utf8(tx: &Transaction) -> bool {
     tx.smtputf8 || !tx.mail_from.is_ascii() || tx.rcpt_to.iter().any(|r| !r.is_ascii())
 }
 
+/// Dot-stuffs `body` and ends it with `.` CRLF. A bare CR or LF is written as CRLF whatever
+/// the stored body holds, so no server can read a different end of data than ours (SMTP
+/// smuggling); bodies prepared at acceptance have none, so their DKIM signature holds.
 fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     let mut line_start = true;
-    for &b in body {
-        if line_start && b == b'.' {
-            out.push(b'.');
+    let mut i = 0;
+    while let Some(&b) = body.get(i) {
+        match b {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if body.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                line_start = true;
+            }
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                line_start = true;
+            }
+            _ => {
+                if line_start && b == b'.' {
+                    out.push(b'.');
+                }
+                out.push(b);
+                line_start = false;
+            }
         }
-        out.push(b);
-        line_start = b == b'\n';
+        i += 1;
     }
-    if !body.is_empty() && !body.ends_with(b"\r\n") {
+    if !line_start {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
@@ -1298,7 +1318,31 @@ mod tests {
         );
     }
 
+    #[test]
+    fn bare_line_breaks_never_reach_the_wire() {
+        let mut out = Vec::new();
+        dot_stuff(b"outer\r.\rMAIL FROM:<x@y>\r.\nRCPT\n.\r\nend", &mut out);
+        assert_eq!(
+            out,
+            b"outer\r\n..\r\nMAIL FROM:<x@y>\r\n..\r\nRCPT\r\n..\r\nend\r\n.\r\n"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn wire_bytes_never_hold_a_bare_cr_or_lf(body in proptest::collection::vec(
+            prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), any::<u8>()], 0..200)) {
+            let mut out = Vec::new();
+            dot_stuff(&body, &mut out);
+            for (i, &b) in out.iter().enumerate() {
+                if b == b'\r' { prop_assert_eq!(out.get(i + 1), Some(&b'\n')); }
+                if b == b'\n' { prop_assert!(i > 0 && out[i - 1] == b'\r'); }
+            }
+            // The data ends only at the end: no CRLF.CRLF earlier.
+            let end = out.windows(5).position(|w| w == b"\r\n.\r\n").map(|p| p + 5);
+            prop_assert!(end.is_none() || end == Some(out.len()) || (out.starts_with(b".\r\n") && out.len() == 3));
+        }
+
         #[test]
         fn arbitrary_server_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2000), split in 1usize..64) {
             let mut c = ClientSession::new(config());

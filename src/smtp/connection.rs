@@ -520,6 +520,11 @@ impl Connection {
                 let reason = match error {
                     AcceptError::Blob(_) => "blob_write_failed",
                     AcceptError::Commit(_) => "commit_failed",
+                    AcceptError::Unsendable(e) => {
+                        metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => "unsendable")
+                            .increment(1);
+                        return Answer::Reject(reply(550, (5, 6, 0), e.to_string()));
+                    }
                 };
                 return self.temporary_failure(reason);
             }

@@ -8,6 +8,7 @@ pub mod outbound;
 pub mod routing;
 pub mod session;
 pub mod stream;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -211,10 +211,15 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Pending row counts by partition and status, for metrics (reads only the index of
     /// pending rows, however much history the table keeps).
     async fn queue_depth(&self) -> Result<Vec<(u32, QueueStatus, i64)>, StoreError>;
-    /// Stores (or replaces) a domain's DKIM key.
+    /// Adds a DKIM key to its domain; it becomes the signing key. A selector already used
+    /// by the domain is a [`StoreError::Conflict`].
     async fn put_dkim_key(&self, key: &DkimKeyRecord) -> Result<(), StoreError>;
-    /// A domain's DKIM key.
+    /// A domain's signing key: its newest.
     async fn dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>, StoreError>;
+    /// All keys of a domain, newest (the signing key) first.
+    async fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKeyRecord>, StoreError>;
+    /// Removes one key; [`StoreError::NotFound`] if the domain has no such selector.
+    async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<(), StoreError>;
 }
 
 const ENTRY_COLUMNS: &str = "q.id, q.message_id, q.sender, q.recipient, q.domain, q.partition, \
@@ -533,12 +538,11 @@ impl QueueStore for SqlStore {
     }
 
     async fn put_dkim_key(&self, key: &DkimKeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        // A key never replaces another: mail signed with the old one must go on verifying
+        // while its record is published.
+        let result = sqlx::query(
             "INSERT INTO dkim_keys (domain, selector, algorithm, private_key, public_key, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (domain) DO UPDATE SET \
-             selector = excluded.selector, algorithm = excluded.algorithm, \
-             private_key = excluded.private_key, public_key = excluded.public_key, \
-             created_at = excluded.created_at",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&key.domain)
         .bind(&key.selector)
@@ -547,29 +551,54 @@ impl QueueStore for SqlStore {
         .bind(&key.public_key)
         .bind(key.created_at)
         .execute(self.pool())
-        .await?;
-        Ok(())
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(
+                StoreError::Conflict(format!("DKIM selector {} of {}", key.selector, key.domain)),
+            ),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>, StoreError> {
-        let row = sqlx::query(
+        Ok(self.dkim_keys(domain).await?.into_iter().next())
+    }
+
+    async fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKeyRecord>, StoreError> {
+        let rows = sqlx::query(
             "SELECT domain, selector, algorithm, private_key, public_key, created_at \
-             FROM dkim_keys WHERE domain = $1",
+             FROM dkim_keys WHERE domain = $1 ORDER BY created_at DESC, selector DESC",
         )
         .bind(domain.to_ascii_lowercase())
-        .fetch_optional(self.pool())
+        .fetch_all(self.pool())
         .await?;
-        row.map(|r| {
-            Ok(DkimKeyRecord {
-                domain: r.try_get(0)?,
-                selector: r.try_get(1)?,
-                algorithm: r.try_get(2)?,
-                private_key: r.try_get(3)?,
-                public_key: r.try_get(4)?,
-                created_at: r.try_get(5)?,
+        rows.iter()
+            .map(|r| {
+                Ok(DkimKeyRecord {
+                    domain: r.try_get(0)?,
+                    selector: r.try_get(1)?,
+                    algorithm: r.try_get(2)?,
+                    private_key: r.try_get(3)?,
+                    public_key: r.try_get(4)?,
+                    created_at: r.try_get(5)?,
+                })
             })
-        })
-        .transpose()
+            .collect()
+    }
+
+    async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM dkim_keys WHERE domain = $1 AND selector = $2")
+            .bind(domain.to_ascii_lowercase())
+            .bind(selector)
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "DKIM selector {selector} of {domain}"
+            )));
+        }
+        Ok(())
     }
 }
 

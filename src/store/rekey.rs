@@ -215,15 +215,16 @@ pub async fn rotate(
         }
         done.bodies += 1;
     }
-    let rows = sqlx::query("SELECT domain, private_key FROM dkim_keys")
+    let rows = sqlx::query("SELECT domain, selector, private_key FROM dkim_keys")
         .fetch_all(store.pool())
         .await?;
     for row in rows {
         let domain: String = row.try_get(0)?;
-        let private: String = row.try_get(1)?;
+        let selector: String = row.try_get(1)?;
+        let private: String = row.try_get(2)?;
         let record = super::DkimKeyRecord {
             domain: domain.clone(),
-            selector: String::new(),
+            selector: selector.clone(),
             algorithm: String::new(),
             private_key: private,
             public_key: String::new(),
@@ -234,9 +235,11 @@ pub async fn rotate(
             Err(_) => crate::dkim::private_der(&record, old)
                 .with_context(|| format!("cannot read the DKIM key of {domain}"))?,
         };
-        sqlx::query("UPDATE dkim_keys SET private_key = $1 WHERE domain = $2")
+        // A domain has one key per selector (rotation): each is re-sealed on its own.
+        sqlx::query("UPDATE dkim_keys SET private_key = $1 WHERE domain = $2 AND selector = $3")
             .bind(crate::dkim::encode_private(&der, Some(new)))
             .bind(&domain)
+            .bind(&selector)
             .execute(store.pool())
             .await?;
         done.secrets += 1;
