@@ -357,7 +357,7 @@ pub struct RelayAuth {
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Smarthost `host:port`; unset means MX routing.
-    pub relay_host: Option<String>,
+    pub relay_host: Option<HostPort>,
     /// Credentials for the smarthost.
     pub relay_auth: Option<RelayAuth>,
     /// STARTTLS policy.
@@ -639,14 +639,6 @@ impl Config {
                 "max_connections and max_batch must be positive",
             ));
         }
-        if let Some(relay) = &self.delivery.relay_host
-            && crate::smtp::routing::parse_host_port(relay, 25).is_none()
-        {
-            return Err(invalid(
-                "delivery.relay_host",
-                "must be `host` or `host:port`",
-            ));
-        }
         if self.delivery.retry_intervals.is_empty() {
             return Err(invalid(
                 "delivery.retry_intervals",
@@ -758,6 +750,69 @@ impl std::fmt::Debug for SecurityConfig {
 }
 
 /// A list of durations (`["5m", "10m"]`, or `5m,10m` from the environment).
+/// A host name or address with a port, written `host`, `host:port` or `[v6]:port` (port 25
+/// when left out).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Name or address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parses `host[:port]` (IPv6 in brackets); `None` when malformed.
+    pub fn parse(text: &str, default_port: u16) -> Option<Self> {
+        let text = text.trim();
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().ok()?,
+                None if after.is_empty() => default_port,
+                None => return None,
+            };
+            (host, port)
+        } else {
+            match text.rsplit_once(':') {
+                Some((host, port)) if !host.contains(':') => (host, port.parse().ok()?),
+                Some(_) => return None,
+                None => (text, default_port),
+            }
+        };
+        (!host.is_empty()).then(|| Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Debug for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text, 25).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{text}` must be `host` or `host:port` (IPv6 as `[::1]:25`)"
+            ))
+        })
+    }
+}
+
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     #[derive(Deserialize)]
     struct One(#[serde(deserialize_with = "duration")] Duration);
@@ -792,6 +847,23 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn host_port_parsing() {
+        let hp = |text| HostPort::parse(text, 25).map(|h| (h.host, h.port));
+        assert_eq!(hp("127.0.0.1:2526"), Some(("127.0.0.1".into(), 2526)));
+        assert_eq!(
+            hp("smtp.example.com"),
+            Some(("smtp.example.com".into(), 25))
+        );
+        assert_eq!(hp("[::1]:2525"), Some(("::1".into(), 2525)));
+        assert_eq!(hp("[::1]"), Some(("::1".into(), 25)));
+        assert_eq!(hp("host:notaport"), None);
+        assert_eq!(hp(":25"), None);
+        assert_eq!(hp(""), None);
+        let v6 = HostPort::parse("[::1]:2525", 25).expect("v6");
+        assert_eq!(v6.to_string(), "[::1]:2525");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -9,7 +9,7 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
-use crate::config::DeliveryConfig;
+use crate::config::{DeliveryConfig, HostPort};
 
 /// One host to try, with its addresses in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,34 +23,15 @@ pub struct Destination {
 /// Why no destination was found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
+    /// The domain publishes a null MX (RFC 7505): it accepts no mail; bounce now.
+    #[error("{0}")]
+    NullMx(String),
     /// The domain cannot receive mail; bounce now.
     #[error("{0}")]
     Permanent(String),
     /// DNS trouble; retry later.
     #[error("{0}")]
     Temporary(String),
-}
-
-/// Splits `host[:port]` (IPv6 in brackets); `None` when malformed.
-pub fn parse_host_port(text: &str, default_port: u16) -> Option<(String, u16)> {
-    let text = text.trim();
-    if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default_port,
-            None => return None,
-        };
-        return Some((host.to_string(), port));
-    }
-    match text.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => {
-            Some((host.to_string(), port.parse().ok()?)).filter(|(h, _)| !h.is_empty())
-        }
-        Some(_) => None,
-        None if !text.is_empty() => Some((text.to_string(), default_port)),
-        None => None,
-    }
 }
 
 /// Resolves destinations for recipient domains.
@@ -95,12 +76,8 @@ impl Router {
         .map_err(|e| anyhow::anyhow!("cannot build the DNS resolver: {e}"))?;
         let relay = config
             .relay_host
-            .as_deref()
-            .map(|r| {
-                parse_host_port(r, 25)
-                    .ok_or_else(|| anyhow::anyhow!("delivery.relay_host `{r}` is not host:port"))
-            })
-            .transpose()?;
+            .clone()
+            .map(|HostPort { host, port }| (host, port));
         Ok(Self {
             resolver,
             relay,
@@ -144,7 +121,7 @@ impl Router {
                     })
                     .collect();
                 if mxs.iter().any(|(_, host)| host == "." || host.is_empty()) {
-                    return Err(RouteError::Permanent(format!(
+                    return Err(RouteError::NullMx(format!(
                         "{domain} does not accept mail (null MX, RFC 7505)"
                     )));
                 }
@@ -216,30 +193,5 @@ impl Router {
                 "address lookup for {host} failed: {e}"
             ))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_parsing() {
-        assert_eq!(
-            parse_host_port("127.0.0.1:2526", 25),
-            Some(("127.0.0.1".into(), 2526))
-        );
-        assert_eq!(
-            parse_host_port("smtp.example.com", 25),
-            Some(("smtp.example.com".into(), 25))
-        );
-        assert_eq!(
-            parse_host_port("[::1]:2525", 25),
-            Some(("::1".into(), 2525))
-        );
-        assert_eq!(parse_host_port("[::1]", 25), Some(("::1".into(), 25)));
-        assert_eq!(parse_host_port("host:notaport", 25), None);
-        assert_eq!(parse_host_port(":25", 25), None);
-        assert_eq!(parse_host_port("", 25), None);
     }
 }
