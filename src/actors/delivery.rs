@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::QueueHandle;
-use crate::acceptance::new_id;
 use crate::config::{Config, DeliveryTls};
 use crate::smtp::client::{ClientConfig, Credentials, TlsPolicy, Transaction};
 use crate::smtp::dsn::{self, FailedRecipient};
 use crate::smtp::outbound;
 use crate::smtp::routing::{RouteError, Router};
+use crate::store::new_id;
 use crate::store::{
     AcceptedMessage, QueueEntry, RecipientLookup, RemoteRecipient, Stores, now_millis, partition_of,
 };
@@ -51,16 +51,9 @@ pub struct EntryResult {
     pub remote_mta: Option<String>,
 }
 
-/// Outcome of an attempt for one recipient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Accepted by the remote server.
-    Delivered,
-    /// Retry later.
-    Temporary,
-    /// Give up and bounce.
-    Permanent,
-}
+/// Outcome of an attempt for one recipient: the SMTP client's, whatever decided it (the
+/// remote server, routing, or a missing body).
+pub use crate::smtp::client::Outcome;
 
 /// Caps concurrent connections per destination host, across all partitions of this node.
 #[derive(Debug)]
@@ -156,13 +149,11 @@ pub async fn deliver(
 ) -> Vec<EntryResult> {
     let destinations = match ctx.router.route(domain).await {
         Ok(d) => d,
+        Err(RouteError::NullMx(reason)) => {
+            return all(&entries, Outcome::Permanent, &reason, "5.1.10");
+        }
         Err(RouteError::Permanent(reason)) => {
-            let status = if reason.contains("null MX") {
-                "5.1.10"
-            } else {
-                "5.1.2"
-            };
-            return all(&entries, Outcome::Permanent, &reason, status);
+            return all(&entries, Outcome::Permanent, &reason, "5.1.2");
         }
         Err(RouteError::Temporary(reason)) => {
             return all(&entries, Outcome::Temporary, &reason, "4.4.3");
@@ -211,13 +202,19 @@ pub async fn deliver(
         return results;
     }
 
+    let params = outbound::ConnectionParams {
+        connect_timeout: ctx.config.delivery.connect_timeout,
+        command_timeout: ctx.config.delivery.command_timeout,
+        data_timeout: ctx.config.delivery.data_timeout,
+        tls: ctx.tls.clone(),
+    };
     let mut last_error = String::from("no destination could be reached");
     for dest in &destinations {
         let _permit = ctx.limiter.acquire(&dest.host).await;
         for addr in &dest.addrs {
             let transactions: Vec<Transaction> = groups.iter().map(|(t, _)| t.clone()).collect();
             match outbound::send(
-                ctx,
+                &params,
                 *addr,
                 &dest.host,
                 client_config(&ctx.config),
@@ -238,17 +235,7 @@ pub async fn deliver(
                             results.push(match r {
                                 Some(r) => EntryResult {
                                     entry: entry.clone(),
-                                    outcome: match r.outcome {
-                                        crate::smtp::client::Outcome::Delivered => {
-                                            Outcome::Delivered
-                                        }
-                                        crate::smtp::client::Outcome::Temporary => {
-                                            Outcome::Temporary
-                                        }
-                                        crate::smtp::client::Outcome::Permanent => {
-                                            Outcome::Permanent
-                                        }
-                                    },
+                                    outcome: r.outcome,
                                     detail: r.reply.to_string(),
                                     status: r.reply.status.map(|(a, b, c)| format!("{a}.{b}.{c}")),
                                     remote_mta: Some(dest.host.clone()),

@@ -2,6 +2,8 @@
 //! upgrade around the sans-I/O [`ClientSession`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,7 +12,19 @@ use tokio::net::TcpStream;
 use super::client::{
     ClientConfig, ClientEvent, ClientSession, Outcome, RecipientResult, Transaction,
 };
-use crate::actors::delivery::DeliveryContext;
+
+/// What one connection needs from the delivery configuration (and nothing else of it).
+#[derive(Clone)]
+pub struct ConnectionParams {
+    /// Longest wait for the TCP connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for a reply to a command (and for the TLS handshake).
+    pub command_timeout: Duration,
+    /// Longest wait for the reply after the message data.
+    pub data_timeout: Duration,
+    /// TLS for STARTTLS.
+    pub tls: Arc<rustls::ClientConfig>,
+}
 
 /// The connection, plain or after STARTTLS.
 type Stream = super::stream::Stream<tokio_rustls::client::TlsStream<TcpStream>>;
@@ -24,14 +38,13 @@ fn server_name(host: &str, addr: SocketAddr) -> ServerName<'static> {
 /// results in order, or `Err` when the host failed before answering any recipient (connect
 /// error, refused greeting, TLS failure): then the caller tries the next host.
 pub async fn send(
-    ctx: &DeliveryContext,
+    params: &ConnectionParams,
     addr: SocketAddr,
     host: &str,
     config: ClientConfig,
     transactions: Vec<Transaction>,
 ) -> Result<Vec<Vec<RecipientResult>>, String> {
-    let delivery = &ctx.config.delivery;
-    let tcp = tokio::time::timeout(delivery.connect_timeout, TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(params.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| "connection timed out".to_string())?
         .map_err(|e| format!("connection failed: {e}"))?;
@@ -52,7 +65,7 @@ pub async fn send(
             match event {
                 ClientEvent::StartTls => {
                     flush(&mut session, &mut stream).await;
-                    match upgrade(ctx, host, addr, &mut stream).await {
+                    match upgrade(params, host, addr, &mut stream).await {
                         Ok(()) => session.tls_started(),
                         Err(e) => {
                             failure = Some(format!("TLS handshake failed: {e}"));
@@ -81,9 +94,9 @@ pub async fn send(
             break;
         }
         let timeout = if session.expects_data_reply() {
-            delivery.data_timeout
+            params.data_timeout
         } else {
-            delivery.command_timeout
+            params.command_timeout
         };
         match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
             Err(_) => session.handle_timeout(),
@@ -117,7 +130,7 @@ async fn flush(session: &mut ClientSession, stream: &mut Stream) -> bool {
 }
 
 async fn upgrade(
-    ctx: &DeliveryContext,
+    params: &ConnectionParams,
     host: &str,
     addr: SocketAddr,
     stream: &mut Stream,
@@ -125,9 +138,9 @@ async fn upgrade(
     let Some(tcp) = stream.take_plain() else {
         return Err("STARTTLS on a connection that is not plain TCP".into());
     };
-    let connector = tokio_rustls::TlsConnector::from(ctx.tls.clone());
+    let connector = tokio_rustls::TlsConnector::from(params.tls.clone());
     let tls = tokio::time::timeout(
-        ctx.config.delivery.command_timeout,
+        params.command_timeout,
         connector.connect(server_name(host, addr), tcp),
     )
     .await
