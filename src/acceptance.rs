@@ -22,7 +22,7 @@ pub enum AcceptError {
     Commit(#[from] crate::actors::CommitError),
     /// The message cannot be sent to remote recipients in any conforming form (permanent).
     #[error("message cannot be relayed: {0}")]
-    Unsendable(#[from] crate::smtp::wire::WireError),
+    Unsendable(#[from] crate::message::wire::WireError),
 }
 
 /// A message ready to be made durable.
@@ -91,7 +91,7 @@ impl Acceptor {
         if !remote_recipients.is_empty() {
             // Mail that leaves gets its wire form (CRLF only, no line over 998 octets) before
             // it is signed and stored, so the signature covers exactly what is sent.
-            data = crate::smtp::wire::outbound_form(data)?;
+            data = crate::message::wire::outbound_form(data)?;
             if let Some(sender) = sign_for {
                 data = self.dkim_sign(data, &sender).await;
             }
@@ -202,15 +202,6 @@ fn may_sign(from_domain: &str, sender: &str) -> bool {
     sender
         .rsplit_once('@')
         .is_some_and(|(_, domain)| domain.eq_ignore_ascii_case(from_domain))
-}
-
-/// A unique, roughly time-ordered id: 12 hex digits of milliseconds and 8 random.
-pub fn new_id() -> String {
-    format!(
-        "{:012x}{:08x}",
-        now_millis() & 0xffff_ffff_ffff,
-        rand::random::<u32>()
-    )
 }
 
 #[cfg(test)]

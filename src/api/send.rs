@@ -16,8 +16,9 @@ use super::ApiState;
 use super::admin::validate_email;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiResult, ErrorBody, check_len};
-use crate::acceptance::{Incoming, new_id};
+use crate::acceptance::Incoming;
 use crate::store::RecipientLookup;
+use crate::store::new_id;
 
 /// An attachment of a message to send.
 #[derive(Deserialize, ToSchema)]

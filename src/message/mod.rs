@@ -1,6 +1,8 @@
 //! Message content: trace headers added at acceptance, and the fields the API shows, parsed
 //! with mail-parser (MIME, RFC 2047 encoded words, charsets).
 
+pub mod wire;
+
 use std::borrow::Cow;
 
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser, MimeHeaders};

@@ -20,10 +20,11 @@ use super::session::{
     Answer, AuthMechanism, Envelope, Event, PeerInfo, Reply, ServerSession, SessionConfig,
 };
 use super::{ConnectionGuard, ListenerKind, SmtpContext};
-use crate::acceptance::{AcceptError, Incoming, new_id};
+use crate::acceptance::{AcceptError, Incoming};
 use crate::auth;
 use crate::message::{self, Arrival};
 use crate::store::RecipientLookup;
+use crate::store::new_id;
 
 /// The connection, plain or after STARTTLS.
 type Stream = super::stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;

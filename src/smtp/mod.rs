@@ -8,7 +8,6 @@ pub mod outbound;
 pub mod routing;
 pub mod session;
 pub mod stream;
-pub mod wire;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -35,6 +35,15 @@ pub fn now_millis() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A unique, roughly time-ordered id: 12 hex digits of milliseconds and 8 random.
+pub fn new_id() -> String {
+    format!(
+        "{:012x}{:08x}",
+        now_millis() & 0xffff_ffff_ffff,
+        rand::random::<u32>()
+    )
+}
+
 /// Why a metadata operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
