@@ -87,19 +87,74 @@ pub fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password(&random_secret(16)).unwrap_or_default())
 }
 
-/// Checks an email and password against the store: one lookup and one argon2 run, whether
-/// or not the user exists (so neither timing nor work reveals which accounts exist).
-pub async fn authenticate(
-    store: &dyn MetadataStore,
-    email: &str,
-    password: &str,
-) -> Result<Option<User>, StoreError> {
-    let creds = store.credentials(email).await?;
-    let hash = creds
-        .as_ref()
-        .map_or_else(|| dummy_hash().to_string(), |c| c.password_hash.clone());
-    let ok = verify_password_async(password, &hash).await;
-    Ok(creds.filter(|_| ok).map(|c| c.user))
+/// How long a verified (email, password, stored hash) triple skips the argon2 check.
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+
+/// The one way a password is checked, for SMTP AUTH and API Basic alike.
+///
+/// The account is read from the database on every attempt, so deletions and password changes
+/// (also from the CLI or another node) apply at once; only the deliberately slow argon2 check
+/// is skipped when this exact password matched this exact stored hash within the last minute.
+/// Every other attempt goes through the failure throttle (per client address and per account,
+/// counted before the check so a parallel burst escalates) and costs one lookup and one argon2
+/// run whether or not the user exists, so neither timing nor work reveals which accounts exist.
+pub struct Authenticator {
+    store: std::sync::Arc<dyn MetadataStore>,
+    throttle: FailureThrottle,
+    /// Verified triples, by digest, with when they were verified.
+    verified: Mutex<HashMap<String, Instant>>,
+}
+
+impl Authenticator {
+    /// Checks passwords against `store`, throttling failures after `free` by `step`.
+    pub fn new(store: std::sync::Arc<dyn MetadataStore>, step: Duration, free: u32) -> Self {
+        Self {
+            store,
+            throttle: FailureThrottle::new(step, free),
+            verified: Mutex::default(),
+        }
+    }
+
+    /// The account, if `password` is its password; `None` otherwise.
+    pub async fn authenticate(
+        &self,
+        ip: IpAddr,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let creds = self.store.credentials(email).await?;
+        let key = creds
+            .as_ref()
+            .map(|c| token_hash(&format!("{email}\0{password}\0{}", c.password_hash)));
+        if let (Some(creds), Some(key)) = (&creds, &key) {
+            let fresh = self
+                .verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+                .is_some_and(|at| at.elapsed() < VERIFIED_TTL);
+            if fresh {
+                return Ok(Some(creds.user.clone()));
+            }
+        }
+        let attempt = self.throttle.begin(ip, email, password);
+        attempt.wait().await;
+        let hash = creds
+            .as_ref()
+            .map_or_else(|| dummy_hash().to_string(), |c| c.password_hash.clone());
+        let ok = verify_password_async(password, &hash).await;
+        let (Some(creds), Some(key), true) = (creds, key, ok) else {
+            attempt.failed();
+            return Ok(None);
+        };
+        attempt.succeeded();
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() > 10_000 {
+            verified.clear();
+        }
+        verified.insert(key, Instant::now());
+        Ok(Some(creds.user))
+    }
 }
 
 /// What the throttle counts failures against.

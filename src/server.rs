@@ -16,7 +16,7 @@ use crate::actors::{
     ChildSpec, QueueHandle, QueueManager, RootSupervisor, StorageWriter, WriterHandle,
 };
 use crate::api::{ApiServer, ApiServerArgs, ApiState};
-use crate::auth::{FailureThrottle, hash_password, random_secret, verify_password};
+use crate::auth::{Authenticator, hash_password, random_secret, verify_password};
 use crate::config::{Config, Role};
 use crate::smtp::listener::{ListenerArgs, SmtpListener};
 use crate::smtp::routing::Router;
@@ -92,8 +92,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.smtp.max_connections,
         config.smtp.max_connections_per_ip,
     );
-    // One throttle for SMTP AUTH and API Basic: guesses over both count together.
-    let throttle = Arc::new(FailureThrottle::new(
+    // One authentication path for SMTP AUTH and API Basic: guesses over both count together.
+    let authenticator = Arc::new(Authenticator::new(
+        stores.meta.clone(),
         config.smtp.auth_failure_delay,
         config.smtp.auth_failures_free,
     ));
@@ -107,7 +108,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             stores: stores.clone(),
             acceptor: acceptor.clone(),
             tls: Some(tls_acceptor),
-            throttle: throttle.clone(),
+            authenticator: authenticator.clone(),
             limits: limits.clone(),
             shutdown: shutdown_rx.clone(),
             faults: faults.clone(),
@@ -173,8 +174,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             acceptor.clone(),
             queue.clone(),
             faults.clone(),
-        )
-        .with_throttle(throttle.clone());
+            authenticator.clone(),
+        );
         let addr = SocketAddr::new(config.server.bind, config.server.api_port);
         let shutdown = shutdown_rx.clone();
         specs.push(ChildSpec::new("api_server", move |sup| {

@@ -8,11 +8,9 @@ pub mod messages;
 pub mod queue;
 pub mod send;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -28,14 +26,11 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
 use crate::acceptance::Acceptor;
 use crate::actors::{QueueHandle, WriterHandle};
-use crate::auth::FailureThrottle;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::smtp::Faults;
 use crate::store::{StoreError, Stores, User};
 use error::{ApiError, ApiJson, ApiResult};
-
-/// How long a verified Basic credential is trusted without running argon2 again.
-const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// Shared state of the API handlers.
 #[derive(Clone)]
@@ -54,10 +49,8 @@ pub struct ApiState {
     pub queue: QueueHandle,
     /// Test-only fault hooks.
     pub faults: Arc<Faults>,
-    /// Authentication failure throttle (shared with SMTP AUTH).
-    pub throttle: Arc<FailureThrottle>,
-    /// Verified (email, password, stored hash) triples, by digest.
-    credentials: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Password checks, shared with SMTP AUTH (so guesses over both count together).
+    pub authenticator: Arc<Authenticator>,
 }
 
 impl ApiState {
@@ -70,11 +63,8 @@ impl ApiState {
         acceptor: Acceptor,
         queue: QueueHandle,
         faults: Arc<Faults>,
+        authenticator: Arc<Authenticator>,
     ) -> Self {
-        let throttle = Arc::new(FailureThrottle::new(
-            config.smtp.auth_failure_delay,
-            config.smtp.auth_failures_free,
-        ));
         Self {
             config,
             stores,
@@ -83,62 +73,18 @@ impl ApiState {
             acceptor,
             queue,
             faults,
-            throttle,
-            credentials: Arc::default(),
+            authenticator,
         }
     }
 
-    /// Uses `throttle` (shared with SMTP AUTH) instead of a throttle of its own.
-    pub fn with_throttle(mut self, throttle: Arc<FailureThrottle>) -> Self {
-        self.throttle = throttle;
-        self
-    }
-
-    /// Checks Basic credentials from `ip`. The account is read from the database on every
-    /// request, so deletions and password changes (also from the CLI or another node) apply at
-    /// once; only the deliberately slow argon2 check is skipped when this exact password
-    /// already matched this exact stored hash within the last minute. Every other attempt goes
-    /// through the failure throttle and costs one lookup and one argon2 run, whether or not the
-    /// user exists.
+    /// Checks Basic credentials from `ip` (see [`Authenticator`]).
     pub async fn authenticate(
         &self,
         ip: std::net::IpAddr,
         email: &str,
         password: &str,
     ) -> Result<Option<User>, StoreError> {
-        let creds = self.stores.meta.credentials(email).await?;
-        let key = creds
-            .as_ref()
-            .map(|c| crate::auth::token_hash(&format!("{email}\0{password}\0{}", c.password_hash)));
-        if let (Some(creds), Some(key)) = (&creds, &key) {
-            let cached = self
-                .credentials
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(key)
-                .is_some_and(|at| at.elapsed() < CREDENTIAL_CACHE_TTL);
-            if cached {
-                return Ok(Some(creds.user.clone()));
-            }
-        }
-        let attempt = self.throttle.begin(ip, email, password);
-        attempt.wait().await;
-        let hash = creds.as_ref().map_or_else(
-            || crate::auth::dummy_hash().to_string(),
-            |c| c.password_hash.clone(),
-        );
-        let ok = crate::auth::verify_password_async(password, &hash).await;
-        let (Some(creds), Some(key), true) = (creds, key, ok) else {
-            attempt.failed();
-            return Ok(None);
-        };
-        attempt.succeeded();
-        let mut cache = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        cache.insert(key, Instant::now());
-        Ok(Some(creds.user))
+        self.authenticator.authenticate(ip, email, password).await
     }
 }
 

@@ -21,7 +21,6 @@ use super::session::{
 };
 use super::{ConnectionGuard, ListenerKind, SmtpContext};
 use crate::acceptance::{AcceptError, Incoming};
-use crate::auth;
 use crate::message::{self, Arrival};
 use crate::store::RecipientLookup;
 use crate::store::new_id;
@@ -306,10 +305,11 @@ impl Connection {
     }
 
     async fn authenticate(&self, mechanism: AuthMechanism, username: &str, password: &str) -> bool {
-        // The attempt is counted before the check, so parallel guesses escalate.
-        let attempt = self.ctx.throttle.begin(self.peer.ip(), username, password);
-        attempt.wait().await;
-        let user = match auth::authenticate(self.ctx.stores.meta.as_ref(), username, password).await
+        let user = match self
+            .ctx
+            .authenticator
+            .authenticate(self.peer.ip(), username, password)
+            .await
         {
             Ok(user) => user,
             Err(error) => {
@@ -318,11 +318,9 @@ impl Connection {
             }
         };
         if user.is_some() {
-            attempt.succeeded();
             tracing::info!(peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH succeeded");
             true
         } else {
-            attempt.failed();
             metrics::counter!("mairust_smtp_auth_failures_total").increment(1);
             tracing::warn!(peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH failed");
             false

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use crate::acceptance::Acceptor;
-use crate::auth::FailureThrottle;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::store::Stores;
 
@@ -48,8 +48,8 @@ pub struct SmtpContext {
     pub acceptor: Acceptor,
     /// STARTTLS acceptor, if a certificate is available.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Authentication failure throttle shared by all sessions and the API.
-    pub throttle: Arc<FailureThrottle>,
+    /// Password checks, shared by all sessions and the API.
+    pub authenticator: Arc<Authenticator>,
     /// Connection limits shared by both listeners.
     pub limits: Arc<ConnectionLimits>,
     /// Flips to true when the server shuts down.
