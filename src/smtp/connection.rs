@@ -22,6 +22,10 @@ use super::session::{
 use super::{ConnectionGuard, ListenerKind, SmtpContext};
 use crate::acceptance::{AcceptError, Incoming, new_id};
 use crate::auth;
+use crate::events::{
+    self, SmtpAuthFailed, SmtpConnectionClosed, SmtpConnectionOpened, SmtpForeignHeaderSender,
+    SmtpMessageAccepted, SmtpMessageRejected,
+};
 use crate::message::{self, Arrival};
 use crate::store::RecipientLookup;
 
@@ -75,8 +79,7 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(args) = state.take() {
             let label = args.kind.label();
-            metrics::counter!("mairust_smtp_connections_total", "listener" => label).increment(1);
-            metrics::gauge!("mairust_smtp_connections_active", "listener" => label).increment(1.0);
+            events::emit(SmtpConnectionOpened { listener: label });
             let _active = ActiveGauge(label);
             if args
                 .ctx
@@ -101,7 +104,7 @@ struct ActiveGauge(&'static str);
 
 impl Drop for ActiveGauge {
     fn drop(&mut self) {
-        metrics::gauge!("mairust_smtp_connections_active", "listener" => self.0).decrement(1.0);
+        events::emit(SmtpConnectionClosed { listener: self.0 });
     }
 }
 
@@ -322,8 +325,11 @@ impl Connection {
             true
         } else {
             attempt.failed();
-            metrics::counter!("mairust_smtp_auth_failures_total").increment(1);
-            tracing::warn!(peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH failed");
+            events::emit(SmtpAuthFailed {
+                peer: self.peer,
+                user: username,
+                mechanism: &mechanism,
+            });
             false
         }
     }
@@ -332,7 +338,9 @@ impl Connection {
         if self.kind == ListenerKind::Submission {
             let owner = self.session.authenticated_user().unwrap_or_default();
             if !address.eq_ignore_ascii_case(owner) {
-                metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => "sender_not_owned").increment(1);
+                events::emit(SmtpMessageRejected {
+                    reason: "sender_not_owned",
+                });
                 return Answer::Reject(reply(
                     553,
                     (5, 7, 1),
@@ -345,8 +353,7 @@ impl Connection {
 
     async fn check_recipient(&mut self, address: &str) -> Answer {
         let rejected = |reason: &'static str, r: Reply| {
-            metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => reason)
-                .increment(1);
+            events::emit(SmtpMessageRejected { reason });
             Answer::Reject(r)
         };
         let lookup = self.ctx.stores.meta.lookup_recipient(address).await;
@@ -461,8 +468,11 @@ impl Connection {
             let owner = envelope.authenticated.as_deref().unwrap_or_default();
             let foreign = message::foreign_senders(&data, owner);
             if let Some(first) = foreign.first() {
-                metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => "header_sender_not_owned").increment(1);
-                tracing::warn!(peer = %self.peer, user = owner, from = %first, "submission with a From/Sender the user does not own");
+                events::emit(SmtpForeignHeaderSender {
+                    peer: self.peer,
+                    user: owner,
+                    from: first,
+                });
                 let shown: String = first.chars().take(64).collect();
                 return Answer::Reject(reply(
                     553,
@@ -521,8 +531,9 @@ impl Connection {
                     AcceptError::Blob(_) => "blob_write_failed",
                     AcceptError::Commit(_) => "commit_failed",
                     AcceptError::Unsendable(e) => {
-                        metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => "unsendable")
-                            .increment(1);
+                        events::emit(SmtpMessageRejected {
+                            reason: "unsendable",
+                        });
                         return Answer::Reject(reply(550, (5, 6, 0), e.to_string()));
                     }
                 };
@@ -530,25 +541,21 @@ impl Connection {
             }
         };
         let label = self.kind.label();
-        metrics::counter!("mairust_smtp_messages_accepted_total", "listener" => label).increment(1);
-        metrics::counter!("mairust_smtp_received_bytes_total", "listener" => label)
-            .increment(size as u64);
-        metrics::histogram!("mairust_smtp_acceptance_seconds")
-            .record(started.elapsed().as_secs_f64());
-        tracing::info!(
-            id = %id,
-            peer = %self.peer,
-            from = %envelope.mail_from,
-            recipients = envelope.rcpt_to.len(),
+        events::emit(SmtpMessageAccepted {
+            listener: label,
+            id: &id,
+            peer: self.peer,
+            from: &envelope.mail_from,
+            recipients: envelope.rcpt_to.len(),
             size,
-            "message accepted"
-        );
+            elapsed: started.elapsed(),
+        });
         self.recipients.clear();
         Answer::AcceptWith(reply(250, (2, 0, 0), format!("Ok: queued as {id}")))
     }
 
     fn temporary_failure(&self, reason: &'static str) -> Answer {
-        metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => reason).increment(1);
+        events::emit(SmtpMessageRejected { reason });
         Answer::Reject(reply(
             451,
             (4, 3, 0),
