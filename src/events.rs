@@ -582,3 +582,112 @@ impl InternalEvent for ApiRequestCompleted {
         .increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// The metrics README's "Metrics" section lists: each backticked `mairust_*` name with the
+    /// label keys written after it in braces (none when there are no braces).
+    fn readme_metrics() -> BTreeMap<String, Vec<String>> {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("\n## Metrics\n")
+            .expect("README has a \"## Metrics\" section");
+        let section = &readme[start + 1..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        section
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|code| code.starts_with("mairust_"))
+            .map(|code| match code.split_once('{') {
+                Some((name, labels)) => (
+                    name.to_string(),
+                    labels
+                        .trim_end_matches('}')
+                        .split(',')
+                        .map(|l| l.trim().to_string())
+                        .collect(),
+                ),
+                None => (code.to_string(), Vec::new()),
+            })
+            .collect()
+    }
+
+    /// The metric names this module's macro calls record, with their kind.
+    fn recorded() -> Vec<(String, MetricKind)> {
+        let source = include_str!("events.rs");
+        let mut found = Vec::new();
+        for (macro_name, kind) in [
+            ("counter", Counter),
+            ("gauge", Gauge),
+            ("histogram", Histogram),
+        ] {
+            let call = format!("metrics::{macro_name}!(");
+            for (at, _) in source.match_indices(&call) {
+                let rest = source[at + call.len()..].trim_start();
+                if let Some(quoted) = rest.strip_prefix('"') {
+                    let name = &quoted[..quoted.find('"').expect("closing quote")];
+                    found.push((name.to_string(), kind));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn readme_lists_exactly_the_metrics_the_code_records() {
+        let readme = readme_metrics();
+        let mut problems = Vec::new();
+        for m in METRICS {
+            match readme.get(m.name) {
+                None => problems.push(format!(
+                    "{} is recorded but README does not list it",
+                    m.name
+                )),
+                Some(labels) if labels != m.labels => problems.push(format!(
+                    "{} has labels {:?} but README lists {:?}",
+                    m.name, m.labels, labels
+                )),
+                Some(_) => {}
+            }
+        }
+        for name in readme.keys() {
+            if !METRICS.iter().any(|m| m.name == name) {
+                problems.push(format!(
+                    "README lists {name} but the code does not record it"
+                ));
+            }
+        }
+        assert!(problems.is_empty(), "README \"Metrics\": {problems:#?}");
+    }
+
+    #[test]
+    fn the_table_matches_the_macro_calls() {
+        let recorded = recorded();
+        for (name, kind) in &recorded {
+            let entry = METRICS.iter().find(|m| m.name == name);
+            assert!(
+                entry.is_some(),
+                "{name} is recorded but missing from METRICS"
+            );
+            assert_eq!(entry.map(|m| m.kind), Some(*kind), "kind of {name}");
+        }
+        for m in METRICS {
+            assert!(
+                recorded.iter().any(|(name, _)| name == m.name),
+                "{} is in METRICS but nothing records it",
+                m.name
+            );
+            assert_eq!(
+                METRICS.iter().filter(|other| other.name == m.name).count(),
+                1,
+                "{} is listed twice",
+                m.name
+            );
+        }
+    }
+}
