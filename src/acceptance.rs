@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::actors::{QueueHandle, WriterHandle};
 use crate::config::Config;
+use crate::events::{self, BlobWritten};
 use crate::store::{AcceptedMessage, BlobError, RemoteRecipient, Stores, now_millis, partition_of};
 
 /// Why a message was not accepted. Every case but [`AcceptError::Unsendable`] is temporary
@@ -100,8 +101,9 @@ impl Acceptor {
         let key = self.stores.blobs.key_for(&data);
         let started = Instant::now();
         self.stores.blobs.put(&key, &data).await?;
-        metrics::histogram!("mairust_storage_blob_write_seconds")
-            .record(started.elapsed().as_secs_f64());
+        events::emit(BlobWritten {
+            elapsed: started.elapsed(),
+        });
 
         let remote: Vec<RemoteRecipient> = remote_recipients
             .into_iter()

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dkim;
+pub mod events;
 pub mod message;
 pub mod server;
 pub mod smtp;

@@ -6,7 +6,8 @@
 //! `fields` holds the event's structured fields and those of its enclosing spans. When stdout
 //! is a terminal and the format is `auto`, a human-readable format is used instead.
 //!
-//! Metrics go to a process-wide Prometheus recorder; `/metrics` renders its handle.
+//! Metrics go to a process-wide Prometheus recorder; `/metrics` renders its handle. What is
+//! recorded, and the log line with it, is in [`crate::events`].
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -180,68 +181,8 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), SIZE_BUCKETS)?
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
-    describe_metrics();
+    crate::events::describe_metrics();
     Ok(METRICS.get_or_init(|| handle).clone())
-}
-
-fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "mairust_smtp_connections_total",
-        "SMTP connections accepted, by listener"
-    );
-    describe_gauge!(
-        "mairust_smtp_connections_active",
-        "SMTP connections open now, by listener"
-    );
-    describe_counter!(
-        "mairust_smtp_connections_rejected_total",
-        "SMTP connections refused by a connection limit"
-    );
-    describe_counter!(
-        "mairust_smtp_messages_accepted_total",
-        "Messages acknowledged with 250 after DATA or BDAT LAST"
-    );
-    describe_counter!(
-        "mairust_smtp_messages_rejected_total",
-        "Messages or recipients refused, by reason"
-    );
-    describe_counter!(
-        "mairust_smtp_received_bytes_total",
-        Unit::Bytes,
-        "Bytes of accepted messages"
-    );
-    describe_counter!(
-        "mairust_smtp_auth_failures_total",
-        "Failed SMTP AUTH attempts"
-    );
-    describe_histogram!(
-        "mairust_storage_blob_write_seconds",
-        Unit::Seconds,
-        "Time to write and fsync a message body"
-    );
-    describe_histogram!(
-        "mairust_storage_commit_seconds",
-        Unit::Seconds,
-        "Time of one group commit of message metadata"
-    );
-    describe_histogram!(
-        "mairust_storage_commit_batch_size",
-        "Messages per group commit"
-    );
-    describe_histogram!(
-        "mairust_smtp_acceptance_seconds",
-        Unit::Seconds,
-        "Time from end of DATA to the 250 reply"
-    );
-    describe_counter!(
-        "mairust_actor_restarts_total",
-        "Supervised actors restarted after a failure, by actor"
-    );
-    describe_counter!(
-        "mairust_api_requests_total",
-        "REST API requests, by method and status"
-    );
 }
 
 #[cfg(test)]

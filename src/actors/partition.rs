@@ -14,6 +14,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::delivery::{self, DeliveryContext, EntryResult, Outcome};
 use super::storage_writer::CommitError;
+use crate::events::{
+    self, BounceBuildFailed, BouncesQueued, DeliveryDeferred, DeliveryFailed, DeliverySucceeded,
+};
 use crate::smtp::dsn::FailedRecipient;
 use crate::store::{AcceptedMessage, EntryUpdate, Lease, QueueEntry, QueueStatus, now_millis};
 
@@ -163,21 +166,28 @@ async fn record(
         };
         let failed = match r.outcome {
             Outcome::Delivered => {
-                metrics::counter!("mairust_delivery_attempts_total", "result" => "delivered")
-                    .increment(1);
-                metrics::histogram!("mairust_delivery_latency_seconds")
-                    .record((now - r.entry.received_at).max(0) as f64 / 1000.0);
-                tracing::info!(id = r.entry.id, message = %r.entry.message_id, recipient = %r.entry.recipient, mta = r.remote_mta.as_deref().unwrap_or(""), reply = %r.detail, "delivered");
+                events::emit(DeliverySucceeded {
+                    id: r.entry.id,
+                    message: &r.entry.message_id,
+                    recipient: &r.entry.recipient,
+                    mta: r.remote_mta.as_deref().unwrap_or(""),
+                    reply: &r.detail,
+                    latency_seconds: (now - r.entry.received_at).max(0) as f64 / 1000.0,
+                });
                 None
             }
             Outcome::Temporary if now < r.entry.expires_at => {
-                metrics::counter!("mairust_delivery_attempts_total", "result" => "deferred")
-                    .increment(1);
                 let wait = ctx.config.delivery.retry_after(attempts);
                 update.status = QueueStatus::Deferred;
                 update.next_attempt_at = now + wait.as_millis() as i64;
                 update.last_error = Some(r.detail.clone());
-                tracing::info!(id = r.entry.id, recipient = %r.entry.recipient, attempts, retry_in_s = wait.as_secs(), error = %r.detail, "delivery deferred");
+                events::emit(DeliveryDeferred {
+                    id: r.entry.id,
+                    recipient: &r.entry.recipient,
+                    attempts,
+                    retry_in: wait,
+                    error: &r.detail,
+                });
                 None
             }
             Outcome::Temporary => Some(FailedRecipient {
@@ -197,8 +207,12 @@ async fn record(
             }),
         };
         if let Some(failed) = failed {
-            metrics::counter!("mairust_delivery_attempts_total", "result" => "failed").increment(1);
-            tracing::warn!(id = r.entry.id, recipient = %r.entry.recipient, attempts, error = %failed.diagnostic, "delivery failed");
+            events::emit(DeliveryFailed {
+                id: r.entry.id,
+                recipient: &r.entry.recipient,
+                attempts,
+                error: &failed.diagnostic,
+            });
             update.status = QueueStatus::Failed;
             update.last_error = Some(failed.diagnostic.clone());
             failures
@@ -218,8 +232,11 @@ async fn record(
                 // next attempt (which fails the same way, or succeeds) tries again.
                 let wait = ctx.config.delivery.retry_after(entry.attempts + 1);
                 let retry_at = now + wait.as_millis() as i64;
-                tracing::warn!(message = %entry.message_id, %error, retry_in_s = wait.as_secs(), "cannot build the bounce; keeping the recipients queued");
-                metrics::counter!("mairust_bounce_failures_total").increment(1);
+                events::emit(BounceBuildFailed {
+                    message: &entry.message_id,
+                    error: &error,
+                    retry_in: wait,
+                });
                 for update in updates.iter_mut().filter(|u| {
                     u.status == QueueStatus::Failed
                         && results
@@ -237,7 +254,9 @@ async fn record(
         }
     }
     apply(ctx, lease, &updates, &bounces).await?;
-    metrics::counter!("mairust_bounces_total").increment(bounces.len() as u64);
+    events::emit(BouncesQueued {
+        count: bounces.len(),
+    });
     delivery::hint_bounces(ctx, &bounces);
     Ok(())
 }
@@ -487,7 +506,9 @@ impl PartitionQueue {
         apply(&state.ctx, &state.lease, &[update], &bounces)
             .await
             .map_err(|e| QueueOpError::Store(e.to_string()))?;
-        metrics::counter!("mairust_bounces_total").increment(bounces.len() as u64);
+        events::emit(BouncesQueued {
+            count: bounces.len(),
+        });
         delivery::hint_bounces(&state.ctx, &bounces);
         Ok(())
     }

@@ -18,6 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use super::delivery::DeliveryContext;
 use super::partition::{PartitionArgs, PartitionExit, PartitionMsg, PartitionQueue, QueueOpError};
+use crate::events::{self, PartitionQueueExited, QueueDepth, QueuePartitionDepth};
 use crate::store::{Lease, QueueStatus};
 
 /// Messages to the queue manager.
@@ -186,15 +187,20 @@ async fn update_depth_metrics(ctx: &DeliveryContext) {
             for (partition, status, count) in rows {
                 *by_status.entry(status).or_default() += count;
                 if status.is_pending() {
-                    metrics::gauge!("mairust_queue_partition_depth", "partition" => partition.to_string(), "status" => status.as_str())
-                        .set(count as f64);
+                    events::emit(QueuePartitionDepth {
+                        partition,
+                        status: status.as_str(),
+                        count,
+                    });
                 }
             }
             // Pending rows only: finished ones are history, counted by
             // `mairust_delivery_attempts_total` as they happen.
             for status in [QueueStatus::Queued, QueueStatus::Deferred] {
-                metrics::gauge!("mairust_queue_depth", "status" => status.as_str())
-                    .set(by_status.get(&status).copied().unwrap_or(0) as f64);
+                events::emit(QueueDepth {
+                    status: status.as_str(),
+                    count: by_status.get(&status).copied().unwrap_or(0),
+                });
             }
         }
         Err(error) => tracing::debug!(%error, "cannot read queue depth"),
@@ -301,9 +307,10 @@ impl Actor for QueueManager {
             if let Some(owned) = state.owned.get_mut(&partition) {
                 owned.actor = None;
             }
-            metrics::counter!("mairust_actor_restarts_total", "actor" => "partition_queue")
-                .increment(1);
-            tracing::error!(partition, reason = %reason, "partition queue exited; restarting at next tick");
+            events::emit(PartitionQueueExited {
+                partition,
+                reason: &reason,
+            });
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use super::supervisor::ActorSlot;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::events::{self, StorageBatchCommitted, StorageCommitTimedOut};
 use crate::store::{
     AcceptedMessage, BlobStore, EntryUpdate, Lease, MetadataStore, StoreError, WriteOp,
 };
@@ -134,8 +135,10 @@ async fn flush(state: &mut WriterState) -> Result<(), ActorProcessingErr> {
     let started = Instant::now();
     let ops: Vec<WriteOp> = batch.iter().map(|(op, _)| (**op).clone()).collect();
     let result = state.store.write_batch(&ops, state.blobs.as_ref()).await;
-    metrics::histogram!("mairust_storage_commit_seconds").record(started.elapsed().as_secs_f64());
-    metrics::histogram!("mairust_storage_commit_batch_size").record(batch.len() as f64);
+    events::emit(StorageBatchCommitted {
+        elapsed: started.elapsed(),
+        batch_size: batch.len(),
+    });
     match result {
         Ok(results) => {
             for ((_, reply), result) in batch.into_iter().zip(results) {
@@ -222,7 +225,7 @@ impl WriterHandle {
         {
             Ok(CallResult::Success(result)) => result,
             Ok(CallResult::Timeout) => {
-                metrics::counter!("mairust_storage_commit_timeouts_total").increment(1);
+                events::emit(StorageCommitTimedOut);
                 Err(timed_out)
             }
             Ok(_) | Err(_) => Err(CommitError::Unavailable),

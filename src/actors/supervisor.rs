@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
+use crate::events::{self, ActorRestarted};
+
 /// The current address of a supervised actor. The child's spawn function replaces it on every
 /// restart, so holders never keep a dead address.
 pub struct ActorSlot<M>(Arc<std::sync::RwLock<Option<ActorRef<M>>>>);
@@ -148,13 +150,11 @@ impl RootSupervisor {
         }
         let delay = backoff(child.consecutive_failures);
         child.consecutive_failures += 1;
-        metrics::counter!("mairust_actor_restarts_total", "actor" => name).increment(1);
-        tracing::warn!(
-            actor = name,
-            delay_ms = delay.as_millis() as u64,
-            attempt = child.consecutive_failures,
-            "restarting actor"
-        );
+        events::emit(ActorRestarted {
+            actor: name,
+            delay,
+            attempt: child.consecutive_failures,
+        });
         myself.send_after(delay, move || SupervisorMsg::Restart(name));
     }
 }

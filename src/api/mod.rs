@@ -28,6 +28,7 @@ use crate::acceptance::Acceptor;
 use crate::actors::{QueueHandle, WriterHandle};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::events::{self, ApiRequestCompleted};
 use crate::smtp::Faults;
 use crate::store::{StoreError, Stores, User};
 use error::{ApiError, ApiJson, ApiResult};
@@ -265,12 +266,10 @@ async fn inject_fault(
 async fn count_requests(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let response = next.run(request).await;
-    metrics::counter!(
-        "mairust_api_requests_total",
-        "method" => method,
-        "status" => response.status().as_u16().to_string()
-    )
-    .increment(1);
+    events::emit(ApiRequestCompleted {
+        method,
+        status: response.status().as_u16(),
+    });
     response
 }
 

@@ -1,11 +1,9 @@
 //! The per-connection driver: one session actor owns the socket, the timer and the TLS
 //! upgrade, and feeds the sans-I/O [`ServerSession`] with bytes and the answers to its events.
 //!
-//! The acceptance path lives here: on a complete message the body (with its `Received:`
-//! header) is written and fsynced to the blob store, its metadata is committed through the
-//! storage writer's group commit, and only then is `250` sent.
+//! What those answers are (AUTH, senders, recipients, the acceptance path behind the `250`) is
+//! decided by a [`SessionPolicy`]; the driver only asks it, one call per event.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,14 +14,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::session::{
-    Answer, AuthMechanism, Envelope, Event, PeerInfo, Reply, ServerSession, SessionConfig,
-};
+use super::policy::{SessionPolicy, SmtpPolicy};
+use super::session::{Event, PeerInfo, ServerSession, SessionConfig};
 use super::{ConnectionGuard, ListenerKind, SmtpContext};
-use crate::acceptance::{AcceptError, Incoming};
-use crate::message::{self, Arrival};
-use crate::store::RecipientLookup;
-use crate::store::new_id;
+use crate::events::{self, SmtpConnectionClosed, SmtpConnectionOpened};
 
 /// The connection, plain or after STARTTLS.
 type Stream = super::stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
@@ -75,8 +69,7 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(args) = state.take() {
             let label = args.kind.label();
-            metrics::counter!("mairust_smtp_connections_total", "listener" => label).increment(1);
-            metrics::gauge!("mairust_smtp_connections_active", "listener" => label).increment(1.0);
+            events::emit(SmtpConnectionOpened { listener: label });
             let _active = ActiveGauge(label);
             if args
                 .ctx
@@ -87,7 +80,8 @@ impl Actor for SessionActor {
                 panic!("injected session fault");
             }
             let peer = args.peer;
-            if let Err(error) = Connection::new(args).run().await {
+            let policy = SmtpPolicy::new(args.ctx.clone(), args.kind, args.peer);
+            if let Err(error) = Connection::new(args, policy).run().await {
                 tracing::debug!(%peer, %error, "SMTP connection ended with an error");
             }
         }
@@ -101,36 +95,22 @@ struct ActiveGauge(&'static str);
 
 impl Drop for ActiveGauge {
     fn drop(&mut self) {
-        metrics::gauge!("mairust_smtp_connections_active", "listener" => self.0).decrement(1.0);
+        events::emit(SmtpConnectionClosed { listener: self.0 });
     }
 }
 
-/// Where an accepted recipient goes.
-#[derive(Debug, Clone, Copy)]
-enum Route {
-    /// A local user's mailbox.
-    Local(i64),
-    /// The delivery queue (authenticated submission only).
-    Remote,
-}
-
-struct Connection {
+/// One connection: its stream, its session state machine and the policy that answers the
+/// session's events.
+struct Connection<P> {
     ctx: Arc<SmtpContext>,
-    kind: ListenerKind,
-    peer: SocketAddr,
     stream: Stream,
     session: ServerSession,
-    /// The current transaction's accepted recipients, by lower-cased address.
-    recipients: HashMap<String, Route>,
+    policy: P,
     _guard: ConnectionGuard,
 }
 
-fn reply(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Reply {
-    Reply::new(code, status, text)
-}
-
-impl Connection {
-    fn new(args: SessionArgs) -> Self {
+impl<P: SessionPolicy> Connection<P> {
+    fn new(args: SessionArgs, policy: P) -> Self {
         let config = &args.ctx.config;
         let session = ServerSession::new(
             SessionConfig {
@@ -148,11 +128,9 @@ impl Connection {
             PeerInfo { ip: args.peer.ip() },
         );
         Self {
-            kind: args.kind,
-            peer: args.peer,
             stream: Stream::Plain(args.stream),
             session,
-            recipients: HashMap::new(),
+            policy,
             ctx: args.ctx,
             _guard: args.guard,
         }
@@ -281,278 +259,32 @@ impl Connection {
                 username,
                 password,
             } => {
-                // Acting on behalf of another identity is not supported.
-                let proxy =
-                    authzid.is_some_and(|z| !z.is_empty() && !z.eq_ignore_ascii_case(&username));
-                let ok = !proxy && self.authenticate(mechanism, &username, &password).await;
-                self.session.answer(Answer::Auth(ok));
+                let answer = self
+                    .policy
+                    .authenticate(mechanism, authzid.as_deref(), &username, &password)
+                    .await;
+                self.session.answer(answer);
             }
             Event::MailFrom { address, .. } => {
-                self.recipients.clear();
-                let answer = self.check_sender(&address);
+                let answer = self
+                    .policy
+                    .mail_from(&address, self.session.authenticated_user())
+                    .await;
                 self.session.answer(answer);
             }
             Event::Recipient { address } => {
-                let answer = self.check_recipient(&address).await;
+                let answer = self
+                    .policy
+                    .rcpt_to(&address, self.session.authenticated_user())
+                    .await;
                 self.session.answer(answer);
             }
             Event::Message { envelope, data } => {
-                let answer = self.accept(envelope, data).await;
+                let answer = self.policy.message(envelope, data).await;
                 self.session.answer(answer);
             }
         }
         Ok(())
-    }
-
-    async fn authenticate(&self, mechanism: AuthMechanism, username: &str, password: &str) -> bool {
-        let user = match self
-            .ctx
-            .authenticator
-            .authenticate(self.peer.ip(), username, password)
-            .await
-        {
-            Ok(user) => user,
-            Err(error) => {
-                tracing::error!(%error, "AUTH lookup failed");
-                None
-            }
-        };
-        if user.is_some() {
-            tracing::info!(peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH succeeded");
-            true
-        } else {
-            metrics::counter!("mairust_smtp_auth_failures_total").increment(1);
-            tracing::warn!(peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH failed");
-            false
-        }
-    }
-
-    fn check_sender(&self, address: &str) -> Answer {
-        if self.kind == ListenerKind::Submission {
-            let owner = self.session.authenticated_user().unwrap_or_default();
-            if !address.eq_ignore_ascii_case(owner) {
-                metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => "sender_not_owned").increment(1);
-                return Answer::Reject(reply(
-                    553,
-                    (5, 7, 1),
-                    format!("<{address}>: Sender address rejected: not owned by user {owner}"),
-                ));
-            }
-        }
-        Answer::Accept
-    }
-
-    async fn check_recipient(&mut self, address: &str) -> Answer {
-        let rejected = |reason: &'static str, r: Reply| {
-            metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => reason)
-                .increment(1);
-            Answer::Reject(r)
-        };
-        let lookup = self.ctx.stores.meta.lookup_recipient(address).await;
-        let postmaster = match &lookup {
-            // RFC 5321 §4.5.1: bare <postmaster> and postmaster@ every hosted domain MUST be
-            // accepted; a real user of that name keeps their own mail.
-            Ok(RecipientLookup::NotHosted) => address.eq_ignore_ascii_case("postmaster"),
-            Ok(RecipientLookup::UnknownUser) => address
-                .split_once('@')
-                .is_some_and(|(local, _)| local.eq_ignore_ascii_case("postmaster")),
-            _ => false,
-        };
-        if postmaster {
-            return match self.postmaster_mailbox().await {
-                Ok(Some(user_id)) => {
-                    self.recipients
-                        .insert(address.to_ascii_lowercase(), Route::Local(user_id));
-                    Answer::Accept
-                }
-                Ok(None) => {
-                    tracing::error!(
-                        recipient = address,
-                        "no mailbox for postmaster; set smtp.postmaster to a local user"
-                    );
-                    rejected(
-                        "temporary_failure",
-                        reply(
-                            451,
-                            (4, 3, 0),
-                            "Postmaster mailbox unavailable, try again later",
-                        ),
-                    )
-                }
-                Err(error) => {
-                    tracing::error!(%error, "postmaster lookup failed");
-                    rejected(
-                        "temporary_failure",
-                        reply(451, (4, 3, 0), "Temporary lookup failure, try again later"),
-                    )
-                }
-            };
-        }
-        match lookup {
-            Ok(RecipientLookup::Local {
-                user_id,
-                over_quota,
-            }) => {
-                if over_quota {
-                    return rejected(
-                        "mailbox_full",
-                        reply(452, (4, 2, 2), format!("<{address}>: Mailbox full")),
-                    );
-                }
-                self.recipients
-                    .insert(address.to_ascii_lowercase(), Route::Local(user_id));
-                Answer::Accept
-            }
-            Ok(RecipientLookup::UnknownUser) => rejected(
-                "unknown_user",
-                reply(
-                    550,
-                    (5, 1, 1),
-                    format!("<{address}>: Recipient address rejected: User unknown"),
-                ),
-            ),
-            Ok(RecipientLookup::NotHosted)
-                if self.kind == ListenerKind::Submission
-                    && self.session.authenticated_user().is_some() =>
-            {
-                self.recipients
-                    .insert(address.to_ascii_lowercase(), Route::Remote);
-                Answer::Accept
-            }
-            Ok(RecipientLookup::NotHosted) => rejected(
-                "relay_denied",
-                reply(554, (5, 7, 1), format!("<{address}>: Relay access denied")),
-            ),
-            Err(error) => {
-                tracing::error!(%error, "recipient lookup failed");
-                rejected(
-                    "temporary_failure",
-                    reply(451, (4, 3, 0), "Temporary lookup failure, try again later"),
-                )
-            }
-        }
-    }
-
-    /// The user who receives mail to `postmaster`: `smtp.postmaster`, else `admin.email`, else
-    /// the oldest admin account.
-    async fn postmaster_mailbox(&self) -> Result<Option<i64>, crate::store::StoreError> {
-        let config = &self.ctx.config;
-        let meta = self.ctx.stores.meta.as_ref();
-        match config
-            .smtp
-            .postmaster
-            .as_ref()
-            .or(config.admin.email.as_ref())
-        {
-            Some(address) => Ok(meta.credentials(address).await?.map(|c| c.user.id)),
-            None => Ok(meta
-                .list_users()
-                .await?
-                .into_iter()
-                .filter(|u| u.is_admin)
-                .min_by_key(|u| (u.created_at, u.id))
-                .map(|u| u.id)),
-        }
-    }
-
-    async fn accept(&mut self, envelope: Envelope, data: Vec<u8>) -> Answer {
-        if self.kind == ListenerKind::Submission {
-            let owner = envelope.authenticated.as_deref().unwrap_or_default();
-            let foreign = message::foreign_senders(&data, owner);
-            if let Some(first) = foreign.first() {
-                metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => "header_sender_not_owned").increment(1);
-                tracing::warn!(peer = %self.peer, user = owner, from = %first, "submission with a From/Sender the user does not own");
-                let shown: String = first.chars().take(64).collect();
-                return Answer::Reject(reply(
-                    553,
-                    (5, 7, 1),
-                    format!("<{shown}>: From/Sender header rejected: not owned by user {owner}"),
-                ));
-            }
-        }
-        let started = Instant::now();
-        let id = new_id();
-        let single_recipient = match envelope.rcpt_to.as_slice() {
-            [only] => Some(only.as_str()),
-            _ => None,
-        };
-        let arrival = Arrival {
-            hostname: &self.ctx.config.server.hostname,
-            helo: &envelope.helo,
-            peer_ip: self.peer.ip(),
-            esmtp: envelope.esmtp,
-            tls: envelope.tls,
-            authenticated: envelope.authenticated.is_some(),
-            id: &id,
-            single_recipient,
-            fix_missing_headers: self.kind == ListenerKind::Submission,
-        };
-        let stored = message::prepare_for_storage(&arrival, &data);
-        drop(data);
-
-        let mut local = Vec::new();
-        let mut remote = Vec::new();
-        for rcpt in &envelope.rcpt_to {
-            match self.recipients.get(&rcpt.to_ascii_lowercase()) {
-                Some(Route::Local(user)) => local.push(*user),
-                Some(Route::Remote) => remote.push(rcpt.clone()),
-                None => {}
-            }
-        }
-        local.sort_unstable();
-        local.dedup();
-        remote.sort_unstable();
-        remote.dedup();
-        let incoming = Incoming {
-            id: id.clone(),
-            envelope_from: envelope.mail_from.clone(),
-            local_recipients: local,
-            remote_recipients: remote,
-            data: stored,
-            // Submission checked that From and Sender are the user's own address.
-            sign_for: envelope.authenticated.clone(),
-        };
-        let size = match self.ctx.acceptor.accept(incoming).await {
-            Ok(size) => size,
-            Err(error) => {
-                tracing::error!(%error, id = %id, "message not accepted");
-                let reason = match error {
-                    AcceptError::Blob(_) => "blob_write_failed",
-                    AcceptError::Commit(_) => "commit_failed",
-                    AcceptError::Unsendable(e) => {
-                        metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => "unsendable")
-                            .increment(1);
-                        return Answer::Reject(reply(550, (5, 6, 0), e.to_string()));
-                    }
-                };
-                return self.temporary_failure(reason);
-            }
-        };
-        let label = self.kind.label();
-        metrics::counter!("mairust_smtp_messages_accepted_total", "listener" => label).increment(1);
-        metrics::counter!("mairust_smtp_received_bytes_total", "listener" => label)
-            .increment(size as u64);
-        metrics::histogram!("mairust_smtp_acceptance_seconds")
-            .record(started.elapsed().as_secs_f64());
-        tracing::info!(
-            id = %id,
-            peer = %self.peer,
-            from = %envelope.mail_from,
-            recipients = envelope.rcpt_to.len(),
-            size,
-            "message accepted"
-        );
-        self.recipients.clear();
-        Answer::AcceptWith(reply(250, (2, 0, 0), format!("Ok: queued as {id}")))
-    }
-
-    fn temporary_failure(&self, reason: &'static str) -> Answer {
-        metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => reason).increment(1);
-        Answer::Reject(reply(
-            451,
-            (4, 3, 0),
-            "Temporary storage failure, message not accepted; try again later",
-        ))
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::connection::{SessionActor, SessionArgs};
 use super::{LimitExceeded, ListenerKind, SmtpContext};
+use crate::events::{self, SmtpConnectionRefused, SmtpSessionFailed};
 
 /// Messages to a listener.
 pub enum ListenerMsg {
@@ -120,9 +121,11 @@ impl Actor for SmtpListener {
         let label = state.kind.label();
         match state.ctx.limits.try_acquire(peer.ip()) {
             Err(why) => {
-                metrics::counter!("mairust_smtp_connections_rejected_total", "listener" => label)
-                    .increment(1);
-                tracing::info!(listener = label, peer = %peer, limit = ?why, "connection refused by limit");
+                events::emit(SmtpConnectionRefused {
+                    listener: label,
+                    peer,
+                    limit: &why,
+                });
                 tokio::spawn(refuse(
                     stream,
                     state.ctx.config.server.hostname.clone(),
@@ -151,9 +154,10 @@ impl Actor for SmtpListener {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(_, error) = event {
-            metrics::counter!("mairust_smtp_session_failures_total", "listener" => state.kind.label())
-                .increment(1);
-            tracing::error!(listener = state.kind.label(), error = %error, "SMTP session failed; its connection was closed");
+            events::emit(SmtpSessionFailed {
+                listener: state.kind.label(),
+                error: &error,
+            });
         }
         Ok(())
     }

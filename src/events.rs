@@ -1,0 +1,693 @@
+//! Every metric MaiRust records, and the log line that goes with it, as a typed event.
+//!
+//! Call sites build an event struct and [`emit`] it; the event's [`InternalEvent::emit`]
+//! updates its metric(s) and writes its log line. Keeping both here means a metric's name,
+//! kind and labels are written once, and [`METRICS`] (checked against README's "Metrics"
+//! section by a test) lists exactly what the code records.
+//!
+//! Log lines keep the `target` of the module that used to write them, so their `component`
+//! and any per-module log filter stay what they were.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::Unit;
+
+/// Something that happened and is worth a metric (and usually a log line).
+pub trait InternalEvent {
+    /// Records the event's metrics and writes its log line.
+    fn emit(self);
+}
+
+/// Emits `event`: records its metrics and writes its log line.
+pub fn emit(event: impl InternalEvent) {
+    event.emit();
+}
+
+/// What kind of Prometheus metric a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Set to the current value.
+    Gauge,
+    /// A distribution of observations.
+    Histogram,
+}
+
+/// One metric the code records.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// The Prometheus name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// Label keys, in the order they are given.
+    pub labels: &'static [&'static str],
+    /// Unit and help text registered at start-up, if any.
+    pub help: Option<(Option<Unit>, &'static str)>,
+}
+
+const fn metric(
+    name: &'static str,
+    kind: MetricKind,
+    labels: &'static [&'static str],
+    help: Option<(Option<Unit>, &'static str)>,
+) -> Metric {
+    Metric {
+        name,
+        kind,
+        labels,
+        help,
+    }
+}
+
+use MetricKind::{Counter, Gauge, Histogram};
+
+/// Every metric the events below record.
+pub const METRICS: &[Metric] = &[
+    metric(
+        "mairust_smtp_connections_total",
+        Counter,
+        &["listener"],
+        Some((None, "SMTP connections accepted, by listener")),
+    ),
+    metric(
+        "mairust_smtp_connections_active",
+        Gauge,
+        &["listener"],
+        Some((None, "SMTP connections open now, by listener")),
+    ),
+    metric(
+        "mairust_smtp_connections_rejected_total",
+        Counter,
+        &["listener"],
+        Some((None, "SMTP connections refused by a connection limit")),
+    ),
+    metric(
+        "mairust_smtp_messages_accepted_total",
+        Counter,
+        &["listener"],
+        Some((
+            None,
+            "Messages acknowledged with 250 after DATA or BDAT LAST",
+        )),
+    ),
+    metric(
+        "mairust_smtp_messages_rejected_total",
+        Counter,
+        &["reason"],
+        Some((None, "Messages or recipients refused, by reason")),
+    ),
+    metric(
+        "mairust_smtp_received_bytes_total",
+        Counter,
+        &["listener"],
+        Some((Some(Unit::Bytes), "Bytes of accepted messages")),
+    ),
+    metric(
+        "mairust_smtp_auth_failures_total",
+        Counter,
+        &[],
+        Some((None, "Failed SMTP AUTH attempts")),
+    ),
+    metric(
+        "mairust_smtp_acceptance_seconds",
+        Histogram,
+        &[],
+        Some((
+            Some(Unit::Seconds),
+            "Time from end of DATA to the 250 reply",
+        )),
+    ),
+    metric(
+        "mairust_smtp_session_failures_total",
+        Counter,
+        &["listener"],
+        None,
+    ),
+    metric(
+        "mairust_storage_blob_write_seconds",
+        Histogram,
+        &[],
+        Some((
+            Some(Unit::Seconds),
+            "Time to write and fsync a message body",
+        )),
+    ),
+    metric(
+        "mairust_storage_commit_seconds",
+        Histogram,
+        &[],
+        Some((
+            Some(Unit::Seconds),
+            "Time of one group commit of message metadata",
+        )),
+    ),
+    metric(
+        "mairust_storage_commit_batch_size",
+        Histogram,
+        &[],
+        Some((None, "Messages per group commit")),
+    ),
+    metric("mairust_storage_commit_timeouts_total", Counter, &[], None),
+    metric(
+        "mairust_actor_restarts_total",
+        Counter,
+        &["actor"],
+        Some((
+            None,
+            "Supervised actors restarted after a failure, by actor",
+        )),
+    ),
+    metric(
+        "mairust_api_requests_total",
+        Counter,
+        &["method", "status"],
+        Some((None, "REST API requests, by method and status")),
+    ),
+    metric("mairust_queue_depth", Gauge, &["status"], None),
+    metric(
+        "mairust_queue_partition_depth",
+        Gauge,
+        &["partition", "status"],
+        None,
+    ),
+    metric(
+        "mairust_delivery_attempts_total",
+        Counter,
+        &["result"],
+        None,
+    ),
+    metric("mairust_delivery_latency_seconds", Histogram, &[], None),
+    metric("mairust_bounces_total", Counter, &[], None),
+    metric("mairust_bounce_failures_total", Counter, &[], None),
+];
+
+/// Registers the unit and help text of every metric in [`METRICS`] that has them.
+pub fn describe_metrics() {
+    for m in METRICS {
+        let Some((unit, help)) = m.help else {
+            continue;
+        };
+        match (m.kind, unit) {
+            (Counter, Some(unit)) => metrics::describe_counter!(m.name, unit, help),
+            (Counter, None) => metrics::describe_counter!(m.name, help),
+            (Gauge, Some(unit)) => metrics::describe_gauge!(m.name, unit, help),
+            (Gauge, None) => metrics::describe_gauge!(m.name, help),
+            (Histogram, Some(unit)) => metrics::describe_histogram!(m.name, unit, help),
+            (Histogram, None) => metrics::describe_histogram!(m.name, help),
+        }
+    }
+}
+
+const SMTP_CONNECTION: &str = "mairust::smtp::connection";
+const SMTP_LISTENER: &str = "mairust::smtp::listener";
+const SUPERVISOR: &str = "mairust::actors::supervisor";
+const QUEUE_MANAGER: &str = "mairust::actors::queue_manager";
+const PARTITION: &str = "mairust::actors::partition";
+
+// --- SMTP -------------------------------------------------------------------------------
+
+/// A session started on a listener's accepted connection.
+pub struct SmtpConnectionOpened {
+    /// The listener's label (`smtp`, `submission`).
+    pub listener: &'static str,
+}
+
+impl InternalEvent for SmtpConnectionOpened {
+    fn emit(self) {
+        metrics::counter!("mairust_smtp_connections_total", "listener" => self.listener)
+            .increment(1);
+        metrics::gauge!("mairust_smtp_connections_active", "listener" => self.listener)
+            .increment(1.0);
+    }
+}
+
+/// A session ended, however it ended.
+pub struct SmtpConnectionClosed {
+    /// The listener's label.
+    pub listener: &'static str,
+}
+
+impl InternalEvent for SmtpConnectionClosed {
+    fn emit(self) {
+        metrics::gauge!("mairust_smtp_connections_active", "listener" => self.listener)
+            .decrement(1.0);
+    }
+}
+
+/// A connection refused by the connection limits.
+pub struct SmtpConnectionRefused<'a> {
+    /// The listener's label.
+    pub listener: &'static str,
+    /// The client.
+    pub peer: SocketAddr,
+    /// Which limit.
+    pub limit: &'a dyn fmt::Debug,
+}
+
+impl InternalEvent for SmtpConnectionRefused<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_smtp_connections_rejected_total", "listener" => self.listener)
+            .increment(1);
+        tracing::info!(target: SMTP_LISTENER, listener = self.listener, peer = %self.peer, limit = ?self.limit, "connection refused by limit");
+    }
+}
+
+/// A session actor failed (panicked); its connection was closed.
+pub struct SmtpSessionFailed<'a> {
+    /// The listener's label.
+    pub listener: &'static str,
+    /// Why.
+    pub error: &'a dyn fmt::Display,
+}
+
+impl InternalEvent for SmtpSessionFailed<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_smtp_session_failures_total", "listener" => self.listener)
+            .increment(1);
+        tracing::error!(target: SMTP_LISTENER, listener = self.listener, error = %self.error, "SMTP session failed; its connection was closed");
+    }
+}
+
+/// An SMTP AUTH attempt was refused.
+pub struct SmtpAuthFailed<'a> {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The user name given.
+    pub user: &'a str,
+    /// The SASL mechanism.
+    pub mechanism: &'a dyn fmt::Debug,
+}
+
+impl InternalEvent for SmtpAuthFailed<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_smtp_auth_failures_total").increment(1);
+        tracing::warn!(target: SMTP_CONNECTION, peer = %self.peer, user = self.user, mechanism = ?self.mechanism, "SMTP AUTH failed");
+    }
+}
+
+/// A sender, recipient or message was refused (the reply says why; no log line of its own).
+pub struct SmtpMessageRejected {
+    /// Low-cardinality reason: `unknown_user`, `relay_denied`, `commit_failed`, ...
+    pub reason: &'static str,
+}
+
+impl InternalEvent for SmtpMessageRejected {
+    fn emit(self) {
+        metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => self.reason)
+            .increment(1);
+    }
+}
+
+/// A submission whose `From:`/`Sender:` names an address the user does not own.
+pub struct SmtpForeignHeaderSender<'a> {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The authenticated user.
+    pub user: &'a str,
+    /// The first foreign address.
+    pub from: &'a str,
+}
+
+impl InternalEvent for SmtpForeignHeaderSender<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => "header_sender_not_owned").increment(1);
+        tracing::warn!(target: SMTP_CONNECTION, peer = %self.peer, user = self.user, from = %self.from, "submission with a From/Sender the user does not own");
+    }
+}
+
+/// A message was stored durably and acknowledged with `250`.
+pub struct SmtpMessageAccepted<'a> {
+    /// The listener's label.
+    pub listener: &'static str,
+    /// Acceptance id.
+    pub id: &'a str,
+    /// The client.
+    pub peer: SocketAddr,
+    /// Envelope sender.
+    pub from: &'a str,
+    /// Number of envelope recipients.
+    pub recipients: usize,
+    /// Stored size in bytes.
+    pub size: usize,
+    /// From the end of the data to the acknowledgement.
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for SmtpMessageAccepted<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_smtp_messages_accepted_total", "listener" => self.listener)
+            .increment(1);
+        metrics::counter!("mairust_smtp_received_bytes_total", "listener" => self.listener)
+            .increment(self.size as u64);
+        metrics::histogram!("mairust_smtp_acceptance_seconds").record(self.elapsed.as_secs_f64());
+        tracing::info!(
+            target: SMTP_CONNECTION,
+            id = %self.id,
+            peer = %self.peer,
+            from = %self.from,
+            recipients = self.recipients,
+            size = self.size,
+            "message accepted"
+        );
+    }
+}
+
+// --- Storage ----------------------------------------------------------------------------
+
+/// A message body was written and fsynced to the blob store.
+pub struct BlobWritten {
+    /// How long the write took.
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for BlobWritten {
+    fn emit(self) {
+        metrics::histogram!("mairust_storage_blob_write_seconds")
+            .record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// One group commit ran (whether or not it succeeded).
+pub struct StorageBatchCommitted {
+    /// How long it took.
+    pub elapsed: Duration,
+    /// Messages in the batch.
+    pub batch_size: usize,
+}
+
+impl InternalEvent for StorageBatchCommitted {
+    fn emit(self) {
+        metrics::histogram!("mairust_storage_commit_seconds").record(self.elapsed.as_secs_f64());
+        metrics::histogram!("mairust_storage_commit_batch_size").record(self.batch_size as f64);
+    }
+}
+
+/// A session gave up waiting for its group commit.
+pub struct StorageCommitTimedOut;
+
+impl InternalEvent for StorageCommitTimedOut {
+    fn emit(self) {
+        metrics::counter!("mairust_storage_commit_timeouts_total").increment(1);
+    }
+}
+
+// --- Actors -----------------------------------------------------------------------------
+
+/// The supervisor is restarting a failed child after a backoff.
+pub struct ActorRestarted {
+    /// The child's name.
+    pub actor: &'static str,
+    /// The backoff before the restart.
+    pub delay: Duration,
+    /// Consecutive failures so far.
+    pub attempt: u32,
+}
+
+impl InternalEvent for ActorRestarted {
+    fn emit(self) {
+        metrics::counter!("mairust_actor_restarts_total", "actor" => self.actor).increment(1);
+        tracing::warn!(
+            target: SUPERVISOR,
+            actor = self.actor,
+            delay_ms = self.delay.as_millis() as u64,
+            attempt = self.attempt,
+            "restarting actor"
+        );
+    }
+}
+
+/// A partition queue exited other than by losing its lease; the next tick restarts it.
+pub struct PartitionQueueExited<'a> {
+    /// The partition.
+    pub partition: u32,
+    /// The exit reason.
+    pub reason: &'a dyn fmt::Display,
+}
+
+impl InternalEvent for PartitionQueueExited<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_actor_restarts_total", "actor" => "partition_queue")
+            .increment(1);
+        tracing::error!(target: QUEUE_MANAGER, partition = self.partition, reason = %self.reason, "partition queue exited; restarting at next tick");
+    }
+}
+
+// --- Queue and delivery -----------------------------------------------------------------
+
+/// Pending rows of one partition in one status, as last counted.
+pub struct QueuePartitionDepth {
+    /// The partition.
+    pub partition: u32,
+    /// `queued` or `deferred`.
+    pub status: &'static str,
+    /// Rows.
+    pub count: i64,
+}
+
+impl InternalEvent for QueuePartitionDepth {
+    fn emit(self) {
+        metrics::gauge!("mairust_queue_partition_depth", "partition" => self.partition.to_string(), "status" => self.status)
+            .set(self.count as f64);
+    }
+}
+
+/// Pending rows of all partitions in one status, as last counted.
+pub struct QueueDepth {
+    /// `queued` or `deferred`.
+    pub status: &'static str,
+    /// Rows.
+    pub count: i64,
+}
+
+impl InternalEvent for QueueDepth {
+    fn emit(self) {
+        metrics::gauge!("mairust_queue_depth", "status" => self.status).set(self.count as f64);
+    }
+}
+
+/// A recipient was delivered (the remote server answered `250`).
+pub struct DeliverySucceeded<'a> {
+    /// Queue row id.
+    pub id: i64,
+    /// The message's acceptance id.
+    pub message: &'a str,
+    /// The recipient.
+    pub recipient: &'a str,
+    /// The remote MTA, or empty.
+    pub mta: &'a str,
+    /// Its reply.
+    pub reply: &'a str,
+    /// From acceptance to the remote `250`, in seconds.
+    pub latency_seconds: f64,
+}
+
+impl InternalEvent for DeliverySucceeded<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_delivery_attempts_total", "result" => "delivered").increment(1);
+        metrics::histogram!("mairust_delivery_latency_seconds").record(self.latency_seconds);
+        tracing::info!(target: PARTITION, id = self.id, message = %self.message, recipient = %self.recipient, mta = self.mta, reply = %self.reply, "delivered");
+    }
+}
+
+/// A delivery attempt failed temporarily and will be retried.
+pub struct DeliveryDeferred<'a> {
+    /// Queue row id.
+    pub id: i64,
+    /// The recipient.
+    pub recipient: &'a str,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+    /// Wait before the next attempt.
+    pub retry_in: Duration,
+    /// What went wrong.
+    pub error: &'a str,
+}
+
+impl InternalEvent for DeliveryDeferred<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_delivery_attempts_total", "result" => "deferred").increment(1);
+        tracing::info!(target: PARTITION, id = self.id, recipient = %self.recipient, attempts = self.attempts, retry_in_s = self.retry_in.as_secs(), error = %self.error, "delivery deferred");
+    }
+}
+
+/// A recipient failed for good (permanent error or queue lifetime over).
+pub struct DeliveryFailed<'a> {
+    /// Queue row id.
+    pub id: i64,
+    /// The recipient.
+    pub recipient: &'a str,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+    /// The diagnostic that goes into the bounce.
+    pub error: &'a str,
+}
+
+impl InternalEvent for DeliveryFailed<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_delivery_attempts_total", "result" => "failed").increment(1);
+        tracing::warn!(target: PARTITION, id = self.id, recipient = %self.recipient, attempts = self.attempts, error = %self.error, "delivery failed");
+    }
+}
+
+/// A bounce could not be built; its recipients stay queued and are retried.
+pub struct BounceBuildFailed<'a> {
+    /// The message's acceptance id.
+    pub message: &'a str,
+    /// Why.
+    pub error: &'a dyn fmt::Display,
+    /// Wait before the retry.
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for BounceBuildFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(target: PARTITION, message = %self.message, error = %self.error, retry_in_s = self.retry_in.as_secs(), "cannot build the bounce; keeping the recipients queued");
+        metrics::counter!("mairust_bounce_failures_total").increment(1);
+    }
+}
+
+/// Bounces were committed to the queue (possibly none).
+pub struct BouncesQueued {
+    /// How many.
+    pub count: usize,
+}
+
+impl InternalEvent for BouncesQueued {
+    fn emit(self) {
+        metrics::counter!("mairust_bounces_total").increment(self.count as u64);
+    }
+}
+
+// --- API --------------------------------------------------------------------------------
+
+/// The REST API answered a request.
+pub struct ApiRequestCompleted {
+    /// The HTTP method.
+    pub method: String,
+    /// The status code.
+    pub status: u16,
+}
+
+impl InternalEvent for ApiRequestCompleted {
+    fn emit(self) {
+        metrics::counter!(
+            "mairust_api_requests_total",
+            "method" => self.method,
+            "status" => self.status.to_string()
+        )
+        .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// The metrics README's "Metrics" section lists: each backticked `mairust_*` name with the
+    /// label keys written after it in braces (none when there are no braces).
+    fn readme_metrics() -> BTreeMap<String, Vec<String>> {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("\n## Metrics\n")
+            .expect("README has a \"## Metrics\" section");
+        let section = &readme[start + 1..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        section
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|code| code.starts_with("mairust_"))
+            .map(|code| match code.split_once('{') {
+                Some((name, labels)) => (
+                    name.to_string(),
+                    labels
+                        .trim_end_matches('}')
+                        .split(',')
+                        .map(|l| l.trim().to_string())
+                        .collect(),
+                ),
+                None => (code.to_string(), Vec::new()),
+            })
+            .collect()
+    }
+
+    /// The metric names this module's macro calls record, with their kind.
+    fn recorded() -> Vec<(String, MetricKind)> {
+        let source = include_str!("events.rs");
+        let mut found = Vec::new();
+        for (macro_name, kind) in [
+            ("counter", Counter),
+            ("gauge", Gauge),
+            ("histogram", Histogram),
+        ] {
+            let call = format!("metrics::{macro_name}!(");
+            for (at, _) in source.match_indices(&call) {
+                let rest = source[at + call.len()..].trim_start();
+                if let Some(quoted) = rest.strip_prefix('"') {
+                    let name = &quoted[..quoted.find('"').expect("closing quote")];
+                    found.push((name.to_string(), kind));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn readme_lists_exactly_the_metrics_the_code_records() {
+        let readme = readme_metrics();
+        let mut problems = Vec::new();
+        for m in METRICS {
+            match readme.get(m.name) {
+                None => problems.push(format!(
+                    "{} is recorded but README does not list it",
+                    m.name
+                )),
+                Some(labels) if labels != m.labels => problems.push(format!(
+                    "{} has labels {:?} but README lists {:?}",
+                    m.name, m.labels, labels
+                )),
+                Some(_) => {}
+            }
+        }
+        for name in readme.keys() {
+            if !METRICS.iter().any(|m| m.name == name) {
+                problems.push(format!(
+                    "README lists {name} but the code does not record it"
+                ));
+            }
+        }
+        assert!(problems.is_empty(), "README \"Metrics\": {problems:#?}");
+    }
+
+    #[test]
+    fn the_table_matches_the_macro_calls() {
+        let recorded = recorded();
+        for (name, kind) in &recorded {
+            let entry = METRICS.iter().find(|m| m.name == name);
+            assert!(
+                entry.is_some(),
+                "{name} is recorded but missing from METRICS"
+            );
+            assert_eq!(entry.map(|m| m.kind), Some(*kind), "kind of {name}");
+        }
+        for m in METRICS {
+            assert!(
+                recorded.iter().any(|(name, _)| name == m.name),
+                "{} is in METRICS but nothing records it",
+                m.name
+            );
+            assert_eq!(
+                METRICS.iter().filter(|other| other.name == m.name).count(),
+                1,
+                "{} is listed twice",
+                m.name
+            );
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! What a server session's events decide: who may authenticate, which senders and recipients
+//! are accepted (and where each recipient's mail goes), and how a complete message becomes
+//! durable before its `250`.
+//!
+//! The driver ([`super::connection`]) turns each [`super::session::Event`] that needs an
+//! application decision into one call of a [`SessionPolicy`] and hands the returned
+//! [`Answer`] back to the session. [`SmtpPolicy`] is the real policy over the stores and the
+//! acceptor: on a complete message the body (with its `Received:` header) is written and
+//! fsynced to the blob store, its metadata is committed through the storage writer's group
+//! commit, and only then is the `250` answered.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::session::{Answer, AuthMechanism, Envelope, Reply};
+use super::{ListenerKind, SmtpContext};
+use crate::acceptance::{AcceptError, Incoming};
+use crate::events::{
+    self, SmtpAuthFailed, SmtpForeignHeaderSender, SmtpMessageAccepted, SmtpMessageRejected,
+};
+use crate::message::{self, Arrival};
+use crate::store::{RecipientLookup, new_id};
+
+/// A session's log lines, the driver's and the policy's, share the driver's target, so one
+/// filter directive (`mairust::smtp::connection=debug`) selects a connection's whole story.
+const LOG_TARGET: &str = "mairust::smtp::connection";
+
+/// The decisions a session's events need, one call per event; each returns the answer for
+/// [`super::session::ServerSession::answer`].
+///
+/// A policy lives as long as its connection and may keep per-transaction state: a new
+/// `mail_from` starts a transaction, and `message` ends it.
+pub trait SessionPolicy: Send {
+    /// `AUTH`: checks the credentials (`authzid` is the PLAIN authorization identity, if
+    /// any) and answers [`Answer::Auth`].
+    fn authenticate(
+        &mut self,
+        mechanism: AuthMechanism,
+        authzid: Option<&str>,
+        username: &str,
+        password: &str,
+    ) -> impl Future<Output = Answer> + Send;
+
+    /// `MAIL FROM:<address>`; `authenticated` is the session's signed-in user, if any.
+    fn mail_from(
+        &mut self,
+        address: &str,
+        authenticated: Option<&str>,
+    ) -> impl Future<Output = Answer> + Send;
+
+    /// `RCPT TO:<address>`; `authenticated` is the session's signed-in user, if any.
+    fn rcpt_to(
+        &mut self,
+        address: &str,
+        authenticated: Option<&str>,
+    ) -> impl Future<Output = Answer> + Send;
+
+    /// A complete message (end of DATA or BDAT LAST) with its envelope.
+    fn message(&mut self, envelope: Envelope, data: Vec<u8>)
+    -> impl Future<Output = Answer> + Send;
+}
+
+/// Where an accepted recipient goes.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// A local user's mailbox.
+    Local(i64),
+    /// The delivery queue (authenticated submission only).
+    Remote,
+}
+
+/// The policy of a MaiRust listener: hosted domains and users from the store, postmaster
+/// routing, submission sender ownership, and acceptance through the acceptor.
+pub struct SmtpPolicy {
+    ctx: Arc<SmtpContext>,
+    kind: ListenerKind,
+    peer: SocketAddr,
+    /// The current transaction's accepted recipients, by lower-cased address.
+    recipients: HashMap<String, Route>,
+}
+
+fn reply(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Reply {
+    Reply::new(code, status, text)
+}
+
+impl SessionPolicy for SmtpPolicy {
+    async fn authenticate(
+        &mut self,
+        mechanism: AuthMechanism,
+        authzid: Option<&str>,
+        username: &str,
+        password: &str,
+    ) -> Answer {
+        // Acting on behalf of another identity is not supported.
+        let proxy = authzid.is_some_and(|z| !z.is_empty() && !z.eq_ignore_ascii_case(username));
+        let ok = !proxy && self.check_credentials(mechanism, username, password).await;
+        Answer::Auth(ok)
+    }
+
+    async fn mail_from(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
+        self.recipients.clear();
+        self.check_sender(address, authenticated)
+    }
+
+    async fn rcpt_to(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
+        self.check_recipient(address, authenticated).await
+    }
+
+    async fn message(&mut self, envelope: Envelope, data: Vec<u8>) -> Answer {
+        self.accept(envelope, data).await
+    }
+}
+
+impl SmtpPolicy {
+    /// The policy for one connection from `peer` on a `kind` listener.
+    pub fn new(ctx: Arc<SmtpContext>, kind: ListenerKind, peer: SocketAddr) -> Self {
+        Self {
+            ctx,
+            kind,
+            peer,
+            recipients: HashMap::new(),
+        }
+    }
+
+    async fn check_credentials(
+        &self,
+        mechanism: AuthMechanism,
+        username: &str,
+        password: &str,
+    ) -> bool {
+        let user = match self
+            .ctx
+            .authenticator
+            .authenticate(self.peer.ip(), username, password)
+            .await
+        {
+            Ok(user) => user,
+            Err(error) => {
+                tracing::error!(target: LOG_TARGET, %error, "AUTH lookup failed");
+                None
+            }
+        };
+        if user.is_some() {
+            tracing::info!(target: LOG_TARGET, peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH succeeded");
+            true
+        } else {
+            events::emit(SmtpAuthFailed {
+                peer: self.peer,
+                user: username,
+                mechanism: &mechanism,
+            });
+            false
+        }
+    }
+
+    fn check_sender(&self, address: &str, authenticated: Option<&str>) -> Answer {
+        if self.kind == ListenerKind::Submission {
+            let owner = authenticated.unwrap_or_default();
+            if !address.eq_ignore_ascii_case(owner) {
+                events::emit(SmtpMessageRejected {
+                    reason: "sender_not_owned",
+                });
+                return Answer::Reject(reply(
+                    553,
+                    (5, 7, 1),
+                    format!("<{address}>: Sender address rejected: not owned by user {owner}"),
+                ));
+            }
+        }
+        Answer::Accept
+    }
+
+    async fn check_recipient(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
+        let rejected = |reason: &'static str, r: Reply| {
+            events::emit(SmtpMessageRejected { reason });
+            Answer::Reject(r)
+        };
+        let lookup = self.ctx.stores.meta.lookup_recipient(address).await;
+        let postmaster = match &lookup {
+            // RFC 5321 §4.5.1: bare <postmaster> and postmaster@ every hosted domain MUST be
+            // accepted; a real user of that name keeps their own mail.
+            Ok(RecipientLookup::NotHosted) => address.eq_ignore_ascii_case("postmaster"),
+            Ok(RecipientLookup::UnknownUser) => address
+                .split_once('@')
+                .is_some_and(|(local, _)| local.eq_ignore_ascii_case("postmaster")),
+            _ => false,
+        };
+        if postmaster {
+            return match self.postmaster_mailbox().await {
+                Ok(Some(user_id)) => {
+                    self.recipients
+                        .insert(address.to_ascii_lowercase(), Route::Local(user_id));
+                    Answer::Accept
+                }
+                Ok(None) => {
+                    tracing::error!(
+                        target: LOG_TARGET,
+                        recipient = address,
+                        "no mailbox for postmaster; set smtp.postmaster to a local user"
+                    );
+                    rejected(
+                        "temporary_failure",
+                        reply(
+                            451,
+                            (4, 3, 0),
+                            "Postmaster mailbox unavailable, try again later",
+                        ),
+                    )
+                }
+                Err(error) => {
+                    tracing::error!(target: LOG_TARGET, %error, "postmaster lookup failed");
+                    rejected(
+                        "temporary_failure",
+                        reply(451, (4, 3, 0), "Temporary lookup failure, try again later"),
+                    )
+                }
+            };
+        }
+        match lookup {
+            Ok(RecipientLookup::Local {
+                user_id,
+                over_quota,
+            }) => {
+                if over_quota {
+                    return rejected(
+                        "mailbox_full",
+                        reply(452, (4, 2, 2), format!("<{address}>: Mailbox full")),
+                    );
+                }
+                self.recipients
+                    .insert(address.to_ascii_lowercase(), Route::Local(user_id));
+                Answer::Accept
+            }
+            Ok(RecipientLookup::UnknownUser) => rejected(
+                "unknown_user",
+                reply(
+                    550,
+                    (5, 1, 1),
+                    format!("<{address}>: Recipient address rejected: User unknown"),
+                ),
+            ),
+            Ok(RecipientLookup::NotHosted)
+                if self.kind == ListenerKind::Submission && authenticated.is_some() =>
+            {
+                self.recipients
+                    .insert(address.to_ascii_lowercase(), Route::Remote);
+                Answer::Accept
+            }
+            Ok(RecipientLookup::NotHosted) => rejected(
+                "relay_denied",
+                reply(554, (5, 7, 1), format!("<{address}>: Relay access denied")),
+            ),
+            Err(error) => {
+                tracing::error!(target: LOG_TARGET, %error, "recipient lookup failed");
+                rejected(
+                    "temporary_failure",
+                    reply(451, (4, 3, 0), "Temporary lookup failure, try again later"),
+                )
+            }
+        }
+    }
+
+    /// The user who receives mail to `postmaster`: `smtp.postmaster`, else `admin.email`, else
+    /// the oldest admin account.
+    async fn postmaster_mailbox(&self) -> Result<Option<i64>, crate::store::StoreError> {
+        let config = &self.ctx.config;
+        let meta = self.ctx.stores.meta.as_ref();
+        match config
+            .smtp
+            .postmaster
+            .as_ref()
+            .or(config.admin.email.as_ref())
+        {
+            Some(address) => Ok(meta.credentials(address).await?.map(|c| c.user.id)),
+            None => Ok(meta
+                .list_users()
+                .await?
+                .into_iter()
+                .filter(|u| u.is_admin)
+                .min_by_key(|u| (u.created_at, u.id))
+                .map(|u| u.id)),
+        }
+    }
+
+    async fn accept(&mut self, envelope: Envelope, data: Vec<u8>) -> Answer {
+        if self.kind == ListenerKind::Submission {
+            let owner = envelope.authenticated.as_deref().unwrap_or_default();
+            let foreign = message::foreign_senders(&data, owner);
+            if let Some(first) = foreign.first() {
+                events::emit(SmtpForeignHeaderSender {
+                    peer: self.peer,
+                    user: owner,
+                    from: first,
+                });
+                let shown: String = first.chars().take(64).collect();
+                return Answer::Reject(reply(
+                    553,
+                    (5, 7, 1),
+                    format!("<{shown}>: From/Sender header rejected: not owned by user {owner}"),
+                ));
+            }
+        }
+        let started = Instant::now();
+        let id = new_id();
+        let single_recipient = match envelope.rcpt_to.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
+        let arrival = Arrival {
+            hostname: &self.ctx.config.server.hostname,
+            helo: &envelope.helo,
+            peer_ip: self.peer.ip(),
+            esmtp: envelope.esmtp,
+            tls: envelope.tls,
+            authenticated: envelope.authenticated.is_some(),
+            id: &id,
+            single_recipient,
+            fix_missing_headers: self.kind == ListenerKind::Submission,
+        };
+        let stored = message::prepare_for_storage(&arrival, &data);
+        drop(data);
+
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for rcpt in &envelope.rcpt_to {
+            match self.recipients.get(&rcpt.to_ascii_lowercase()) {
+                Some(Route::Local(user)) => local.push(*user),
+                Some(Route::Remote) => remote.push(rcpt.clone()),
+                None => {}
+            }
+        }
+        local.sort_unstable();
+        local.dedup();
+        remote.sort_unstable();
+        remote.dedup();
+        let incoming = Incoming {
+            id: id.clone(),
+            envelope_from: envelope.mail_from.clone(),
+            local_recipients: local,
+            remote_recipients: remote,
+            data: stored,
+            // Submission checked that From and Sender are the user's own address.
+            sign_for: envelope.authenticated.clone(),
+        };
+        let size = match self.ctx.acceptor.accept(incoming).await {
+            Ok(size) => size,
+            Err(error) => {
+                tracing::error!(target: LOG_TARGET, %error, id = %id, "message not accepted");
+                let reason = match error {
+                    AcceptError::Blob(_) => "blob_write_failed",
+                    AcceptError::Commit(_) => "commit_failed",
+                    AcceptError::Unsendable(e) => {
+                        events::emit(SmtpMessageRejected {
+                            reason: "unsendable",
+                        });
+                        return Answer::Reject(reply(550, (5, 6, 0), e.to_string()));
+                    }
+                };
+                return self.temporary_failure(reason);
+            }
+        };
+        events::emit(SmtpMessageAccepted {
+            listener: self.kind.label(),
+            id: &id,
+            peer: self.peer,
+            from: &envelope.mail_from,
+            recipients: envelope.rcpt_to.len(),
+            size,
+            elapsed: started.elapsed(),
+        });
+        self.recipients.clear();
+        Answer::AcceptWith(reply(250, (2, 0, 0), format!("Ok: queued as {id}")))
+    }
+
+    fn temporary_failure(&self, reason: &'static str) -> Answer {
+        events::emit(SmtpMessageRejected { reason });
+        Answer::Reject(reply(
+            451,
+            (4, 3, 0),
+            "Temporary storage failure, message not accepted; try again later",
+        ))
+    }
+}
