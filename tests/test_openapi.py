@@ -52,9 +52,12 @@ def run_schemathesis(srv, tmp_path, name: str, filters: list[str], max_time: int
         "--max-time", str(max_time),
         "--no-color",
         "--report-dir", str(tmp_path / name),
+        "--generation-database", "none",
         *filters,
     ]
-    p = subprocess.run(args, capture_output=True, text=True, timeout=max_time + 60, env=dict(os.environ))
+    # Its caches go to the test's directory, not the work tree.
+    p = subprocess.run(args, capture_output=True, text=True, timeout=max_time + 60,
+                       env=dict(os.environ), cwd=tmp_path)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-20000:]
     return out
@@ -65,6 +68,6 @@ def test_the_server_conforms_to_its_openapi_document(server, tmp_path):
     setup_domain_and_user(srv)
     keep_credentials = [arg for name in CREDENTIAL_CHANGERS for arg in ("--exclude-name", name)]
     out = run_schemathesis(srv, tmp_path, "main", keep_credentials, TIME_LIMIT - 35)
-    assert "26 selected" in out or "selected" in out, out[-2000:]
+    assert "Tested:" in out, out[-2000:]
     only_them = [arg for name in CREDENTIAL_CHANGERS for arg in ("--include-name", name)]
     run_schemathesis(srv, tmp_path, "credentials", only_them, 15)

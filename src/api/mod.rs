@@ -127,16 +127,9 @@ async fn openapi_json(State(state): State<ApiState>) -> axum::Json<serde_json::V
     axum::Json(openapi_document(&state.config))
 }
 
-/// A `limit` query parameter: 1 to `api.max_page_size`, default 50.
+/// A `limit` query parameter: default 50, clamped to 1..=`api.max_page_size`.
 pub(crate) fn page_limit(limit: Option<u32>, config: &Config) -> Result<u32, ApiError> {
-    let max = config.api.max_page_size;
-    match limit {
-        None => Ok(50.min(max)),
-        Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::bad_request(format!(
-            "limit {n} is out of range: 1 to {max} (api.max_page_size)"
-        ))),
-    }
+    Ok(limit.unwrap_or(50).clamp(1, config.api.max_page_size))
 }
 
 /// The OpenAPI document as served: utoipa's, completed with what every handler shares (the
@@ -164,9 +157,18 @@ pub fn openapi_document(config: &Config) -> serde_json::Value {
                 let in_path = params.iter().any(|p| p["in"] == "path");
                 let secured = op.get("security").is_some();
                 if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                    // Any u32 is taken and clamped to 1..=api.max_page_size.
                     for p in params.iter_mut().filter(|p| p["name"] == "limit") {
-                        p["schema"]["minimum"] = json!(1);
-                        p["schema"]["maximum"] = json!(config.api.max_page_size);
+                        // The server parses a u32; utoipa calls it int32, which is signed.
+                        if let Some(schema) = p["schema"].as_object_mut() {
+                            schema.remove("format");
+                        }
+                        p["schema"]["minimum"] = json!(0);
+                        p["schema"]["maximum"] = json!(u32::MAX);
+                        p["description"] = json!(format!(
+                            "Page size; default 50; values outside 1 to {} (api.max_page_size) are clamped",
+                            config.api.max_page_size
+                        ));
                     }
                 }
                 // A body is optional where the handler takes an empty one.

@@ -24,7 +24,7 @@ pub struct QueueQuery {
     pub status: Option<String>,
     /// Recipient domain.
     pub domain: Option<String>,
-    /// Page size, 1 to `api.max_page_size` (default 200); default 50.
+    /// Page size; default 50, clamped to 1..=`api.max_page_size`.
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     #[param(pattern = "^[+-]?[0-9]{1,18}$")]

@@ -230,11 +230,14 @@ pub async fn rotate(
             public_key: String::new(),
             created_at: 0,
         };
-        let der = match crate::dkim::private_der(&record, Some(new)) {
-            Ok(_) => continue,
-            Err(_) => crate::dkim::private_der(&record, old)
-                .with_context(|| format!("cannot read the DKIM key of {domain}"))?,
-        };
+        // Done already only if sealed under the new key: a plain key reads with any cipher.
+        if Cipher::is_sealed_secret(&record.private_key)
+            && crate::dkim::private_der(&record, Some(new)).is_ok()
+        {
+            continue;
+        }
+        let der = crate::dkim::private_der(&record, old)
+            .with_context(|| format!("cannot read the DKIM key of {domain}"))?;
         // A domain has one key per selector (rotation): each is re-sealed on its own.
         sqlx::query("UPDATE dkim_keys SET private_key = $1 WHERE domain = $2 AND selector = $3")
             .bind(crate::dkim::encode_private(&der, Some(new)))
@@ -318,5 +321,54 @@ mod tests {
         );
         let again = rotate(&store, raw, Some(&old), &new).await.expect("rerun");
         assert_eq!((again.bodies, again.already), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn every_dkim_key_of_a_domain_keeps_its_own_private_key() {
+        use crate::store::QueueStore;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqlStore::connect(&DatabaseConfig {
+            url: format!("sqlite://{}/k.db", dir.path().display()),
+            ..DatabaseConfig::default()
+        })
+        .await
+        .expect("connect");
+        let raw: Arc<dyn BlobStore> =
+            Arc::new(FsBlobStore::open(&dir.path().join("b")).expect("fs"));
+        let alg = crate::dkim::Algorithm::Ed25519;
+        let first = crate::dkim::generate("example.test", "s1", alg, None).expect("key");
+        let mut second = crate::dkim::generate("example.test", "s2", alg, None).expect("key");
+        second.created_at = first.created_at + 1;
+        store.put_dkim_key(&first).await.expect("first");
+        store.put_dkim_key(&second).await.expect("second");
+        assert!(matches!(
+            store.put_dkim_key(&first).await,
+            Err(crate::store::StoreError::Conflict(_))
+        ));
+
+        let new = Cipher::from_master_key(&Cipher::generate_master_key()).expect("new");
+        let done = rotate(&store, raw.clone(), None, &new)
+            .await
+            .expect("rotate");
+        assert_eq!(
+            done.secrets, 2,
+            "plain keys get sealed, each under its selector"
+        );
+        let again = rotate(&store, raw, None, &new).await.expect("rerun");
+        assert_eq!(again.secrets, 0, "already sealed under the new key");
+        let keys = store.dkim_keys("example.test").await.expect("keys");
+        assert_eq!(
+            keys.iter().map(|k| k.selector.as_str()).collect::<Vec<_>>(),
+            ["s2", "s1"],
+            "newest first"
+        );
+        for (stored, original) in keys.iter().zip([&second, &first]) {
+            assert_eq!(
+                crate::dkim::private_der(stored, Some(&new)).expect("sealed"),
+                crate::dkim::private_der(original, None).expect("plain"),
+                "{}",
+                stored.selector
+            );
+        }
     }
 }
