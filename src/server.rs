@@ -166,16 +166,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     if config.server.has_role(Role::Api) {
-        let state = ApiState::new(
-            config.clone(),
-            stores.clone(),
+        let state = ApiState {
+            config: config.clone(),
+            stores: stores.clone(),
             metrics,
-            writer.clone(),
-            acceptor.clone(),
-            queue.clone(),
-            faults.clone(),
-            authenticator.clone(),
-        );
+            writer: writer.clone(),
+            acceptor: acceptor.clone(),
+            queue: queue.clone(),
+            faults: faults.clone(),
+            authenticator: authenticator.clone(),
+        };
         let addr = SocketAddr::new(config.server.bind, config.server.api_port);
         let shutdown = shutdown_rx.clone();
         specs.push(ChildSpec::new("api_server", move |sup| {

@@ -55,29 +55,6 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// State for the handlers.
-    pub fn new(
-        config: Arc<Config>,
-        stores: Stores,
-        metrics: PrometheusHandle,
-        writer: WriterHandle,
-        acceptor: Acceptor,
-        queue: QueueHandle,
-        faults: Arc<Faults>,
-        authenticator: Arc<Authenticator>,
-    ) -> Self {
-        Self {
-            config,
-            stores,
-            metrics,
-            writer,
-            acceptor,
-            queue,
-            faults,
-            authenticator,
-        }
-    }
-
     /// Checks Basic credentials from `ip` (see [`Authenticator`]).
     pub async fn authenticate(
         &self,
