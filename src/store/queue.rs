@@ -1,5 +1,4 @@
-//! The delivery queue's persistence: queue rows, partition leases with fencing epochs, and
-//! DKIM keys.
+//! The delivery queue's persistence: queue rows and partition leases with fencing epochs.
 //!
 //! A partition's owner holds a lease row `(partition, owner, epoch, lease_until)`; times come
 //! from the database's clock. Every change an owner makes to its partition's rows runs in a
@@ -142,23 +141,6 @@ pub struct QueueFilter {
     pub domain: Option<String>,
 }
 
-/// A stored DKIM key.
-#[derive(Debug, Clone)]
-pub struct DkimKeyRecord {
-    /// Signing domain.
-    pub domain: String,
-    /// Selector.
-    pub selector: String,
-    /// `ed25519` or `rsa`.
-    pub algorithm: String,
-    /// Private key in its storage encoding (see `crate::dkim`).
-    pub private_key: String,
-    /// Public key, base64, as published in DNS.
-    pub public_key: String,
-    /// Creation time.
-    pub created_at: Millis,
-}
-
 /// Persistence of the delivery queue.
 #[async_trait::async_trait]
 pub trait QueueStore: Send + Sync + 'static {
@@ -202,21 +184,9 @@ pub trait QueueStore: Send + Sync + 'static {
     ) -> Result<Page<QueueEntry>, StoreError>;
     /// One row.
     async fn queue_entry(&self, id: i64) -> Result<Option<QueueEntry>, StoreError>;
-    /// Deletes finished rows last changed before `before`, and messages nothing refers to;
-    /// returns blob keys no longer referenced.
-    async fn purge_finished(&self, before: Millis) -> Result<Vec<String>, StoreError>;
     /// Pending row counts by partition and status, for metrics (reads only the index of
     /// pending rows, however much history the table keeps).
     async fn queue_depth(&self) -> Result<Vec<(u32, QueueStatus, i64)>, StoreError>;
-    /// Adds a DKIM key to its domain; it becomes the signing key. A selector already used
-    /// by the domain is a [`StoreError::Conflict`].
-    async fn put_dkim_key(&self, key: &DkimKeyRecord) -> Result<(), StoreError>;
-    /// A domain's signing key: its newest.
-    async fn dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>, StoreError>;
-    /// All keys of a domain, newest (the signing key) first.
-    async fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKeyRecord>, StoreError>;
-    /// Removes one key; [`StoreError::NotFound`] if the domain has no such selector.
-    async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

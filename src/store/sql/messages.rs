@@ -496,6 +496,10 @@ impl MetadataStore for SqlStore {
         self.commit_batch(ops, blobs).await
     }
 
+    async fn purge_finished(&self, before: Millis) -> Result<Vec<String>, StoreError> {
+        self.purge(before).await
+    }
+
     async fn delete_unreferenced_blobs(
         &self,
         keys: &[String],

@@ -4,6 +4,7 @@
 //! 64-bit integer (times in ms, flags as 0/1), placeholders are `$n`, and the few places
 //! where the dialects differ go through [`Dialect`]. Each database keeps its own migrations.
 
+mod dkim_keys;
 mod messages;
 mod queue;
 
@@ -16,7 +17,7 @@ use sqlx::{AnyConnection, Connection};
 use sqlx::{AnyPool, Executor};
 
 use super::blob::BlobStore;
-use super::{StoreError, WriteOp};
+use super::{Millis, StoreError, WriteOp};
 use crate::config::DatabaseConfig;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -168,6 +169,16 @@ impl SqlStore {
 
     pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(self.pool.begin_with(self.dialect.begin()).await?)
+    }
+
+    /// [`MetadataStore::purge_finished`]: finished queue rows and then the messages nothing
+    /// refers to any more, in one transaction.
+    pub(crate) async fn purge(&self, before: Millis) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        let ids = queue::delete_finished(&mut tx, before).await?;
+        let keys = Self::delete_orphans(&mut tx, &ids).await?;
+        tx.commit().await?;
+        Ok(keys)
     }
 
     /// [`MetadataStore::write_batch`]: one transaction over the messages and the queue

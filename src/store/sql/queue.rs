@@ -7,9 +7,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::messages::insert_accepted;
-use super::{Dialect, SqlStore};
+use super::{Dialect, SqlStore, Tx};
 use crate::store::queue::{EntryUpdate, Lease, QueueEntry, QueueFilter, QueueStatus, QueueStore};
-use crate::store::{AcceptedMessage, DkimKeyRecord, Millis, Page, StoreError, now_millis};
+use crate::store::{AcceptedMessage, Millis, Page, StoreError, now_millis};
 
 const ENTRY_COLUMNS: &str = "q.id, q.message_id, q.sender, q.recipient, q.domain, q.partition, \
      q.status, q.attempts, q.next_attempt_at, q.last_error, q.created_at, q.expires_at, \
@@ -99,6 +99,28 @@ pub(crate) async fn apply_fenced(
         insert_accepted(conn, m).await?;
     }
     Ok(())
+}
+
+/// Deletes finished rows last changed before `before`, inside the caller's transaction;
+/// returns the ids of their messages, each once.
+pub(crate) async fn delete_finished(
+    tx: &mut Tx,
+    before: Millis,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "DELETE FROM queue WHERE status IN ('delivered', 'failed', 'cancelled') \
+         AND updated_at < $1 RETURNING message_id",
+    )
+    .bind(before)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut ids: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
 }
 
 /// Pending rows per partition and status: an index search on the pending statuses, so its
@@ -294,26 +316,6 @@ impl QueueStore for SqlStore {
         Ok(row.as_ref().map(entry_from_row).transpose()?)
     }
 
-    async fn purge_finished(&self, before: Millis) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.begin().await?;
-        let rows = sqlx::query(
-            "DELETE FROM queue WHERE status IN ('delivered', 'failed', 'cancelled') \
-             AND updated_at < $1 RETURNING message_id",
-        )
-        .bind(before)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut ids: Vec<String> = rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        ids.sort();
-        ids.dedup();
-        let keys = Self::delete_orphans(&mut tx, &ids).await?;
-        tx.commit().await?;
-        Ok(keys)
-    }
-
     async fn queue_depth(&self) -> Result<Vec<(u32, QueueStatus, i64)>, StoreError> {
         let rows = sqlx::query(QUEUE_DEPTH).fetch_all(self.pool()).await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -324,70 +326,6 @@ impl QueueStore for SqlStore {
             }
         }
         Ok(out)
-    }
-
-    async fn put_dkim_key(&self, key: &DkimKeyRecord) -> Result<(), StoreError> {
-        // A key never replaces another: mail signed with the old one must go on verifying
-        // while its record is published.
-        let result = sqlx::query(
-            "INSERT INTO dkim_keys (domain, selector, algorithm, private_key, public_key, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&key.domain)
-        .bind(&key.selector)
-        .bind(&key.algorithm)
-        .bind(&key.private_key)
-        .bind(&key.public_key)
-        .bind(key.created_at)
-        .execute(self.pool())
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(
-                StoreError::Conflict(format!("DKIM selector {} of {}", key.selector, key.domain)),
-            ),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>, StoreError> {
-        Ok(self.dkim_keys(domain).await?.into_iter().next())
-    }
-
-    async fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKeyRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT domain, selector, algorithm, private_key, public_key, created_at \
-             FROM dkim_keys WHERE domain = $1 ORDER BY created_at DESC, selector DESC",
-        )
-        .bind(domain.to_ascii_lowercase())
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DkimKeyRecord {
-                    domain: r.try_get(0)?,
-                    selector: r.try_get(1)?,
-                    algorithm: r.try_get(2)?,
-                    private_key: r.try_get(3)?,
-                    public_key: r.try_get(4)?,
-                    created_at: r.try_get(5)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM dkim_keys WHERE domain = $1 AND selector = $2")
-            .bind(domain.to_ascii_lowercase())
-            .bind(selector)
-            .execute(self.pool())
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "DKIM selector {selector} of {domain}"
-            )));
-        }
-        Ok(())
     }
 }
 
