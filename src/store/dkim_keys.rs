@@ -3,6 +3,10 @@
 //! A key never replaces another (mail signed with the old one must go on verifying while its
 //! record is published), so a domain may hold several, one per selector.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::crypto::Cipher;
 use super::{Millis, StoreError};
 
 /// A stored DKIM key.
@@ -14,12 +18,52 @@ pub struct DkimKeyRecord {
     pub selector: String,
     /// `ed25519` or `rsa`.
     pub algorithm: String,
-    /// Private key in its storage encoding (see `crate::dkim`).
+    /// Private key in its storage encoding: `plain:<base64 DER>`, or sealed under the master
+    /// key (`enc:v1:...`) when encryption at rest is on.
     pub private_key: String,
     /// Public key, base64, as published in DNS.
     pub public_key: String,
     /// Creation time.
     pub created_at: Millis,
+}
+
+/// Why a stored private key cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("stored DKIM key for {domain} is unusable: {reason}")]
+pub struct UnusableKey {
+    /// Signing domain.
+    pub domain: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl DkimKeyRecord {
+    /// The stored form of a private key's DER: sealed when a cipher is given.
+    pub fn encode_private(der: &[u8], cipher: Option<&Cipher>) -> String {
+        match cipher {
+            Some(c) => c.seal_secret(der),
+            None => format!("plain:{}", B64.encode(der)),
+        }
+    }
+
+    /// The private key's DER from its stored form.
+    pub fn private_der(&self, cipher: Option<&Cipher>) -> Result<Vec<u8>, UnusableKey> {
+        let bad = |reason: String| UnusableKey {
+            domain: self.domain.clone(),
+            reason,
+        };
+        if let Some(encoded) = self.private_key.strip_prefix("plain:") {
+            return B64.decode(encoded).map_err(|e| bad(e.to_string()));
+        }
+        if Cipher::is_sealed_secret(&self.private_key) {
+            let cipher =
+                cipher.ok_or_else(|| bad("the key is encrypted; set MAIRUST_MASTER_KEY".into()))?;
+            return cipher
+                .open_secret(&self.private_key)
+                .map_err(|e| bad(e.to_string()));
+        }
+        Err(bad("unknown key encoding".into()))
+    }
 }
 
 /// Persistence of DKIM keys.

@@ -230,14 +230,15 @@ pub async fn rotate(
             public_key: String::new(),
             created_at: 0,
         };
-        let der = match crate::dkim::private_der(&record, Some(new)) {
+        let der = match record.private_der(Some(new)) {
             Ok(_) => continue,
-            Err(_) => crate::dkim::private_der(&record, old)
+            Err(_) => record
+                .private_der(old)
                 .with_context(|| format!("cannot read the DKIM key of {domain}"))?,
         };
         // A domain has one key per selector (rotation): each is re-sealed on its own.
         sqlx::query("UPDATE dkim_keys SET private_key = $1 WHERE domain = $2 AND selector = $3")
-            .bind(crate::dkim::encode_private(&der, Some(new)))
+            .bind(super::DkimKeyRecord::encode_private(&der, Some(new)))
             .bind(&domain)
             .bind(&selector)
             .execute(store.pool())
