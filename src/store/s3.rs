@@ -206,4 +206,36 @@ mod tests {
         let err = S3BlobStore::new(&StorageOptions::default()).expect_err("no bucket");
         assert!(err.to_string().contains("S3_BUCKET"), "{err}");
     }
+
+    /// Object requests carry their status as a typed error, whatever the message says.
+    #[test]
+    fn typed_errors_are_explained_without_their_text() {
+        crate::tls::install_crypto_provider();
+        let store = S3BlobStore::new(&StorageOptions {
+            bucket: Some("mail".into()),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            ..StorageOptions::default()
+        })
+        .expect("client");
+        let denied = store.explain(object_store::Error::PermissionDenied {
+            path: PROBE.into(),
+            source: "refused".into(),
+        });
+        assert!(denied.to_string().contains(": access denied"), "{denied}");
+        let missing = store.explain(object_store::Error::NotFound {
+            path: PROBE.into(),
+            source: "gone".into(),
+        });
+        assert!(
+            missing
+                .to_string()
+                .contains(": bucket `mail` does not exist"),
+            "{missing}"
+        );
+        let other = store.explain(object_store::Error::Generic {
+            store: "S3",
+            source: "odd answer".into(),
+        });
+        assert!(other.to_string().contains(": S3 request failed"), "{other}");
+    }
 }
