@@ -3,6 +3,10 @@
 //! Both databases run the same queries through sqlx's `Any` driver: every column is text or a
 //! 64-bit integer (times in ms, flags as 0/1), placeholders are `$n`, and the few places
 //! where the dialects differ go through [`Dialect`]. Each database keeps its own migrations.
+//!
+//! This module holds the connection, the dialect and the transactions that span tables (the
+//! group commit, the purge); each table's SQL lives in its own submodule, which implements
+//! that table's trait for [`SqlStore`].
 
 mod dkim_keys;
 mod messages;
