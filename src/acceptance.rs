@@ -164,7 +164,7 @@ impl Acceptor {
             tracing::warn!(%domain, sender, "From domain is not the sender's; sending unsigned");
             return data;
         }
-        let key = match self.stores.queue.dkim_key(&domain).await {
+        let key = match self.stores.dkim.dkim_key(&domain).await {
             Ok(Some(key)) => key,
             Ok(None) => return data,
             Err(error) => {

@@ -1,7 +1,7 @@
 //! DKIM: per-domain keys (Ed25519 or RSA-2048) and signing of outbound mail with mail-auth.
 //!
-//! Private keys (DER: PKCS#8 for Ed25519, PKCS#1 for RSA) are stored as `plain:<base64>`, or
-//! sealed under the master key as `enc:v1:...` when encryption at rest is on.
+//! Private keys (DER: PKCS#8 for Ed25519, PKCS#1 for RSA) are kept in their stored form by
+//! [`DkimKeyRecord`] (`crate::store::dkim_keys`); this module only generates and signs.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -13,6 +13,7 @@ use rsa::pkcs8::EncodePublicKey;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer};
 
 use crate::store::crypto::Cipher;
+use crate::store::dkim_keys::UnusableKey;
 use crate::store::{DkimKeyRecord, now_millis};
 
 /// Headers covered by the signature (RFC 6376 §5.4.1 recommendations).
@@ -45,6 +46,15 @@ pub enum DkimError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl From<UnusableKey> for DkimError {
+    fn from(e: UnusableKey) -> Self {
+        Self::BadKey {
+            domain: e.domain,
+            reason: e.reason,
+        }
+    }
 }
 
 /// Key algorithm.
@@ -97,7 +107,7 @@ pub fn generate(
         domain: domain.to_ascii_lowercase(),
         selector: selector.to_string(),
         algorithm: algorithm.as_str().to_string(),
-        private_key: encode_private(&private_der, cipher),
+        private_key: DkimKeyRecord::encode_private(&private_der, cipher),
         public_key: B64.encode(public),
         created_at: now_millis(),
     })
@@ -111,40 +121,13 @@ pub fn dns_record(key: &DkimKeyRecord) -> (String, String) {
     )
 }
 
-/// The stored form of a private key: sealed when a cipher is given.
-pub fn encode_private(der: &[u8], cipher: Option<&Cipher>) -> String {
-    match cipher {
-        Some(c) => c.seal_secret(der),
-        None => format!("plain:{}", B64.encode(der)),
-    }
-}
-
-/// The private key's DER from its stored form.
-pub fn private_der(key: &DkimKeyRecord, cipher: Option<&Cipher>) -> Result<Vec<u8>, DkimError> {
-    let bad = |reason: String| DkimError::BadKey {
-        domain: key.domain.clone(),
-        reason,
-    };
-    if let Some(encoded) = key.private_key.strip_prefix("plain:") {
-        return B64.decode(encoded).map_err(|e| bad(e.to_string()));
-    }
-    if Cipher::is_sealed_secret(&key.private_key) {
-        let cipher =
-            cipher.ok_or_else(|| bad("the key is encrypted; set MAIRUST_MASTER_KEY".into()))?;
-        return cipher
-            .open_secret(&key.private_key)
-            .map_err(|e| bad(e.to_string()));
-    }
-    Err(bad("unknown key encoding".into()))
-}
-
 /// Signs `message` with `key`; returns the `DKIM-Signature` header line(s) to prepend.
 pub fn sign(
     key: &DkimKeyRecord,
     message: &[u8],
     cipher: Option<&Cipher>,
 ) -> Result<String, DkimError> {
-    let der = private_der(key, cipher)?;
+    let der = key.private_der(cipher)?;
     let bad = |e: &dyn std::fmt::Display| DkimError::BadKey {
         domain: key.domain.clone(),
         reason: e.to_string(),

@@ -18,7 +18,9 @@ use crate::events::{
     self, BounceBuildFailed, BouncesQueued, DeliveryDeferred, DeliveryFailed, DeliverySucceeded,
 };
 use crate::smtp::dsn::FailedRecipient;
-use crate::store::{AcceptedMessage, EntryUpdate, Lease, QueueEntry, QueueStatus, now_millis};
+use crate::store::{
+    AcceptedMessage, EntryUpdate, Lease, QueueEntry, QueueStatus, StoreError, now_millis,
+};
 
 /// Messages to a partition queue.
 pub enum PartitionMsg {
@@ -33,7 +35,10 @@ pub enum PartitionMsg {
 }
 
 /// Why a queue operation was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// The storage variants print their cause in their own message (which the API returns), so
+/// they do not report it again as `source()`.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueOpError {
     /// No such row in this partition.
     #[error("queue entry {0} not found")]
@@ -50,9 +55,16 @@ pub enum QueueOpError {
     /// The queue is restarting or has no owner.
     #[error("the delivery queue is unavailable; try again")]
     Unavailable,
-    /// The database failed.
+    /// The row could not be read from the database.
     #[error("queue storage error: {0}")]
-    Store(String),
+    Store(Arc<StoreError>),
+    /// The change was not committed (the database failed, the writer was unavailable or the
+    /// lease was lost).
+    #[error("queue storage error: {0}")]
+    Commit(CommitError),
+    /// The bounce a cancellation asked for could not be built, so nothing was cancelled.
+    #[error("queue storage error: {0}")]
+    Bounce(Arc<delivery::BounceError>),
 }
 
 /// The partition actor.
@@ -456,7 +468,7 @@ impl PartitionQueue {
             .queue
             .queue_entry(id)
             .await
-            .map_err(|e| QueueOpError::Store(e.to_string()))?
+            .map_err(|e| QueueOpError::Store(Arc::new(e)))?
             .filter(|e| e.partition == state.lease.partition)
             .ok_or(QueueOpError::NotFound(id))?;
         if !entry.status.is_pending() {
@@ -476,7 +488,7 @@ impl PartitionQueue {
         };
         apply(&state.ctx, &state.lease, &[update], &[])
             .await
-            .map_err(|e| QueueOpError::Store(e.to_string()))
+            .map_err(QueueOpError::Commit)
     }
 
     async fn cancel(state: &PartitionState, id: i64, bounce: bool) -> Result<(), QueueOpError> {
@@ -500,12 +512,12 @@ impl PartitionQueue {
             // Not cancelled without its bounce: the administrator gets the error and retries.
             let bounce = delivery::bounce(&state.ctx, &entry, &failed)
                 .await
-                .map_err(|e| QueueOpError::Store(e.to_string()))?;
+                .map_err(|e| QueueOpError::Bounce(Arc::new(e)))?;
             bounces.extend(bounce);
         }
         apply(&state.ctx, &state.lease, &[update], &bounces)
             .await
-            .map_err(|e| QueueOpError::Store(e.to_string()))?;
+            .map_err(QueueOpError::Commit)?;
         events::emit(BouncesQueued {
             count: bounces.len(),
         });

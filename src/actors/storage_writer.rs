@@ -56,9 +56,9 @@ pub enum CommitError {
     /// again and retry.
     #[error("message body {0} vanished before its commit")]
     BodyMissing(String),
-    /// The database refused the commit.
+    /// The database refused the commit (shared by every request of a failed batch).
     #[error("metadata commit failed: {0}")]
-    Failed(String),
+    Failed(Arc<StoreError>),
 }
 
 /// The writer actor.
@@ -145,14 +145,15 @@ async fn flush(state: &mut WriterState) -> Result<(), ActorProcessingErr> {
                 let _ = reply.send(result.map_err(|e| match e {
                     StoreError::LeaseLost { partition } => CommitError::LeaseLost(partition),
                     StoreError::BlobMissing(key) => CommitError::BodyMissing(key),
-                    other => CommitError::Failed(other.to_string()),
+                    other => CommitError::Failed(Arc::new(other)),
                 }));
             }
         }
         Err(error) => {
             tracing::error!(%error, size = batch.len(), "group commit failed");
+            let error = Arc::new(error);
             for (_, reply) in batch {
-                let _ = reply.send(Err(CommitError::Failed(error.to_string())));
+                let _ = reply.send(Err(CommitError::Failed(error.clone())));
             }
         }
     }

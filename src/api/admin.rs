@@ -207,7 +207,7 @@ pub async fn list_dkim_keys(
 ) -> ApiResult<Json<Items<DkimResponse>>> {
     caller.require_admin()?;
     let domain = hosted_domain(&state, &name).await?;
-    let keys = state.stores.queue.dkim_keys(&domain).await?;
+    let keys = state.stores.dkim.dkim_keys(&domain).await?;
     Ok(Json(Items {
         items: keys
             .iter()
@@ -234,7 +234,7 @@ pub async fn delete_dkim_key(
     let domain = hosted_domain(&state, &name).await?;
     state
         .stores
-        .queue
+        .dkim
         .delete_dkim_key(&domain, &selector)
         .await?;
     tracing::info!(domain = %domain, selector = %selector, by = %caller.0.email, "DKIM key deleted");
@@ -639,7 +639,7 @@ pub async fn create_dkim_key(
             // `mairust<date>`, then `-2`, `-3`... so a second key the same day gets its own.
             let taken: Vec<String> = state
                 .stores
-                .queue
+                .dkim
                 .dkim_keys(&domain)
                 .await?
                 .into_iter()
@@ -668,7 +668,7 @@ pub async fn create_dkim_key(
         .map_err(ApiError::unavailable)?
         .map_err(ApiError::unavailable)?
     };
-    state.stores.queue.put_dkim_key(&key).await?;
+    state.stores.dkim.put_dkim_key(&key).await?;
     tracing::info!(domain = %domain, selector = %selector, algorithm = %key.algorithm, by = %caller.0.email, "DKIM key created");
     Ok((StatusCode::CREATED, Json(DkimResponse::new(&key, true))))
 }

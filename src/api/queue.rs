@@ -122,13 +122,15 @@ impl From<QueueOpError> for ApiError {
             QueueOpError::Finished(..) | QueueOpError::InFlight(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            QueueOpError::NotOwned(_) | QueueOpError::Unavailable | QueueOpError::Store(_) => {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    e.to_string(),
-                )
-            }
+            QueueOpError::NotOwned(_)
+            | QueueOpError::Unavailable
+            | QueueOpError::Store(_)
+            | QueueOpError::Commit(_)
+            | QueueOpError::Bounce(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod blob;
 pub mod blob_migrate;
 pub mod crypto;
+pub mod dkim_keys;
 pub mod dump;
 pub mod fs;
 pub mod queue;
@@ -19,9 +20,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use blob::{BlobError, BlobStore, blob_key};
+pub use dkim_keys::{DkimKeyRecord, DkimKeyStore};
 pub use queue::{
-    DkimKeyRecord, EntryUpdate, Lease, QueueEntry, QueueFilter, QueueStatus, QueueStore,
-    partition_of,
+    EntryUpdate, Lease, QueueEntry, QueueFilter, QueueStatus, QueueStore, partition_of,
 };
 pub use sql::SqlStore;
 
@@ -346,6 +347,9 @@ pub trait MetadataStore: Send + Sync + 'static {
         blobs: &dyn BlobStore,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
 
+    /// Deletes finished queue rows last changed before `before`, and messages nothing refers to;
+    /// returns blob keys no longer referenced.
+    async fn purge_finished(&self, before: Millis) -> Result<Vec<String>, StoreError>;
     /// Deletes from `blobs` those of `keys` that no message references, deciding and deleting
     /// under a lock that excludes concurrent acceptance commits (see
     /// [`MetadataStore::write_batch`]); returns how many were deleted. A blob that cannot be
@@ -394,6 +398,8 @@ pub struct Stores {
     pub meta: Arc<dyn MetadataStore>,
     /// The delivery queue (same database as `meta`).
     pub queue: Arc<dyn QueueStore>,
+    /// DKIM signing keys (same database as `meta`).
+    pub dkim: Arc<dyn DkimKeyStore>,
     /// Bodies (encrypted when a master key is set).
     pub blobs: Arc<dyn BlobStore>,
     /// Encryption at rest, when `security.master_key` is set.
@@ -481,7 +487,8 @@ impl Stores {
         };
         Ok(Self {
             meta: sql.clone(),
-            queue: sql,
+            queue: sql.clone(),
+            dkim: sql,
             blobs,
             cipher,
         })

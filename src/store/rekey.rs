@@ -231,16 +231,15 @@ pub async fn rotate(
             created_at: 0,
         };
         // Done already only if sealed under the new key: a plain key reads with any cipher.
-        if Cipher::is_sealed_secret(&record.private_key)
-            && crate::dkim::private_der(&record, Some(new)).is_ok()
-        {
+        if Cipher::is_sealed_secret(&record.private_key) && record.private_der(Some(new)).is_ok() {
             continue;
         }
-        let der = crate::dkim::private_der(&record, old)
+        let der = record
+            .private_der(old)
             .with_context(|| format!("cannot read the DKIM key of {domain}"))?;
         // A domain has one key per selector (rotation): each is re-sealed on its own.
         sqlx::query("UPDATE dkim_keys SET private_key = $1 WHERE domain = $2 AND selector = $3")
-            .bind(crate::dkim::encode_private(&der, Some(new)))
+            .bind(super::DkimKeyRecord::encode_private(&der, Some(new)))
             .bind(&domain)
             .bind(&selector)
             .execute(store.pool())
@@ -325,7 +324,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_dkim_key_of_a_domain_keeps_its_own_private_key() {
-        use crate::store::QueueStore;
+        use crate::store::DkimKeyStore;
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqlStore::connect(&DatabaseConfig {
             url: format!("sqlite://{}/k.db", dir.path().display()),
@@ -364,8 +363,8 @@ mod tests {
         );
         for (stored, original) in keys.iter().zip([&second, &first]) {
             assert_eq!(
-                crate::dkim::private_der(stored, Some(&new)).expect("sealed"),
-                crate::dkim::private_der(original, None).expect("plain"),
+                stored.private_der(Some(&new)).expect("sealed"),
+                original.private_der(None).expect("plain"),
                 "{}",
                 stored.selector
             );

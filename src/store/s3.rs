@@ -104,16 +104,22 @@ impl S3BlobStore {
         let text = e.to_string();
         // The transport's cause (refused, DNS) sits deep in the source chain, not in Display.
         let chain = format!("{e:?}");
+        // object_store types the status of object requests (404 is `NotFound`, 403
+        // `PermissionDenied`), but a failed listing is `Generic` and exposes neither its
+        // status nor S3's error code: for it only the text says which it was.
         let hint =
-            if text.contains("NoSuchBucket") || matches!(e, object_store::Error::NotFound { .. }) {
+            if matches!(e, object_store::Error::NotFound { .. }) || text.contains("NoSuchBucket") {
                 format!("bucket `{}` does not exist; create it first", self.bucket)
-            } else if text.contains("403")
+            } else if matches!(e, object_store::Error::PermissionDenied { .. })
+                || text.contains("403")
                 || text.contains("InvalidAccessKeyId")
                 || text.contains("SignatureDoesNotMatch")
                 || text.contains("AccessDenied")
             {
                 "access denied: check S3_ACCESS_KEY and S3_SECRET_KEY".to_string()
-            } else if ["onnect", "dns error", "timed out", "error sending request"]
+            } else if transport_failed(&e)
+            // Failures the HTTP client leaves `Unknown` are named only by their messages.
+            || ["onnect", "dns error", "timed out", "error sending request"]
                 .iter()
                 .any(|needle| chain.contains(needle))
             {
@@ -123,6 +129,20 @@ impl S3BlobStore {
             };
         BlobError::Backend(format!("{hint} ({text})"))
     }
+}
+
+/// Whether the request never got an answer: the connection or the request timed out or was
+/// refused, as object_store's HTTP client reports it somewhere in the source chain.
+fn transport_failed(e: &object_store::Error) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(http) = c.downcast_ref::<HttpError>() {
+            return matches!(http.kind(), HttpErrorKind::Connect | HttpErrorKind::Timeout);
+        }
+        cause = c.source();
+    }
+    false
 }
 
 #[async_trait::async_trait]
@@ -185,5 +205,37 @@ mod tests {
     fn a_bucket_is_required() {
         let err = S3BlobStore::new(&StorageOptions::default()).expect_err("no bucket");
         assert!(err.to_string().contains("S3_BUCKET"), "{err}");
+    }
+
+    /// Object requests carry their status as a typed error, whatever the message says.
+    #[test]
+    fn typed_errors_are_explained_without_their_text() {
+        crate::tls::install_crypto_provider();
+        let store = S3BlobStore::new(&StorageOptions {
+            bucket: Some("mail".into()),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            ..StorageOptions::default()
+        })
+        .expect("client");
+        let denied = store.explain(object_store::Error::PermissionDenied {
+            path: PROBE.into(),
+            source: "refused".into(),
+        });
+        assert!(denied.to_string().contains(": access denied"), "{denied}");
+        let missing = store.explain(object_store::Error::NotFound {
+            path: PROBE.into(),
+            source: "gone".into(),
+        });
+        assert!(
+            missing
+                .to_string()
+                .contains(": bucket `mail` does not exist"),
+            "{missing}"
+        );
+        let other = store.explain(object_store::Error::Generic {
+            store: "S3",
+            source: "odd answer".into(),
+        });
+        assert!(other.to_string().contains(": S3 request failed"), "{other}");
     }
 }

@@ -1,184 +1,25 @@
-//! The metadata store over SQLite or PostgreSQL.
-//!
-//! Both databases run the same queries through sqlx's `Any` driver: every column is text or a
-//! 64-bit integer (times in ms, flags as 0/1), placeholders are `$n`, and the few places
-//! where the dialects differ go through [`Dialect`]. Each database keeps its own migrations.
+//! Domains, users, tokens, mailboxes and messages: the [`MetadataStore`] half of [`SqlStore`].
 
-use std::collections::HashSet;
-use std::str::FromStr;
-use std::time::Duration;
+use sqlx::Row;
+use sqlx::any::AnyRow;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyConnection, Connection};
-use sqlx::{AnyPool, Executor, Row};
-
-use super::blob::BlobStore;
-use super::{
+use super::{Dialect, SqlStore, Tx};
+use crate::store::blob::BlobStore;
+use crate::store::{
     AcceptedMessage, Credentials, Domain, MailboxItem, MessageSummary, MetadataStore, Millis, Page,
     RecipientLookup, StoreError, TokenInfo, User, WriteOp, now_millis,
 };
-use crate::config::DatabaseConfig;
-
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// Which SQL database is behind the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// Embedded SQLite in WAL mode.
-    Sqlite,
-    /// PostgreSQL.
-    Postgres,
-}
-
-impl Dialect {
-    /// The dialect of a `database.url`.
-    pub fn of_url(url: &str) -> Option<Self> {
-        if url.starts_with("sqlite:") {
-            Some(Self::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Some(Self::Postgres)
-        } else {
-            None
-        }
-    }
-
-    /// SQL for "now" in ms since the epoch, from the database's clock: lease times must not
-    /// depend on the clocks of the nodes.
-    pub(crate) fn now_ms(self) -> &'static str {
-        match self {
-            Self::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-            Self::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-        }
-    }
-
-    /// Row lock for a fencing check; SQLite's write lock is already exclusive.
-    pub(crate) fn for_update(self) -> &'static str {
-        match self {
-            Self::Sqlite => "",
-            Self::Postgres => " FOR UPDATE",
-        }
-    }
-
-    /// SQLite takes its write lock up front so that a transaction that reads before it
-    /// writes cannot fail with SQLITE_BUSY half-way.
-    pub(crate) fn begin(self) -> &'static str {
-        match self {
-            Self::Sqlite => "BEGIN IMMEDIATE",
-            Self::Postgres => "BEGIN",
-        }
-    }
-}
-
-/// A transaction on either database.
-pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
-
-/// Metadata in a SQL database.
-#[derive(Debug, Clone)]
-pub struct SqlStore {
-    pool: AnyPool,
-    dialect: Dialect,
-}
 
 /// PostgreSQL advisory lock key serialising first-admin creation across replicas.
 const FIRST_ADMIN_LOCK: i64 = 0x6d61_6972_7573_0001;
-
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const USER_COLUMNS: &str = "id, email, is_admin, quota_bytes, used_bytes, created_at";
 const MAILBOX_COLUMNS: &str = "e.id, e.folder, e.seen, e.created_at, m.size, m.blob_key, \
      m.envelope_from, m.from_addr, m.to_addrs, m.cc_addrs, m.subject, m.date, m.message_id, m.has_attachments";
 
 impl SqlStore {
-    /// Connects, creating the SQLite file and its directory if needed, and migrates.
-    pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        sqlx::any::install_default_drivers();
-        let dialect = Dialect::of_url(&config.url).ok_or_else(|| {
-            StoreError::Invalid(format!(
-                "database.url `{}` must start with sqlite:// or postgres://",
-                config.url
-            ))
-        })?;
-        let mut url = config.url.clone();
-        if dialect == Dialect::Sqlite {
-            url = prepare_sqlite_url(&url)?;
-        }
-        let options = AnyConnectOptions::from_str(&url)?;
-        // One direct connection first: it fails at once with the real cause (refused, bad
-        // password, unknown database) where the pool would wait out its acquire timeout and
-        // report only that.
-        // On PostgreSQL it also runs the migrations, outside the pool's statement timeout (an
-        // index build on a large table may take longer than any request should).
-        match tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect_with(&options)).await {
-            Ok(Ok(mut conn)) => {
-                if dialect == Dialect::Postgres {
-                    POSTGRES_MIGRATIONS.run(&mut conn).await?;
-                }
-                conn.close().await?
-            }
-            Ok(Err(error)) => return Err(error.into()),
-            Err(_) => {
-                return Err(StoreError::Invalid(format!(
-                    "no answer from the database within {}s",
-                    CONNECT_TIMEOUT.as_secs()
-                )));
-            }
-        }
-        let mut pool = AnyPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            // Recycle connections so a database failover or restart is picked up.
-            .idle_timeout(Duration::from_secs(600))
-            .max_lifetime(Duration::from_secs(1800));
-        if dialect == Dialect::Postgres {
-            let timeout_ms = config.statement_timeout.as_millis().max(1);
-            pool = pool.after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    // A hung or locked database fails the statement instead of holding the
-                    // session (and the storage writer) forever.
-                    conn.execute(format!("SET statement_timeout = {timeout_ms}").as_str())
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        if dialect == Dialect::Sqlite {
-            pool = pool.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // FULL: a commit is on disk when it returns, which the 250 promise needs.
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = pool.connect_with(options).await?;
-        if dialect == Dialect::Sqlite {
-            SQLITE_MIGRATIONS.run(&pool).await?;
-        }
-        Ok(Self { pool, dialect })
-    }
-
-    /// The dialect in use.
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
-    /// The underlying pool, for export and import.
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
-    pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(self.pool.begin_with(self.dialect.begin()).await?)
-    }
-
     /// Deletes messages that no mailbox and no queue entry refer to any more; returns the
-    /// blob keys that became unreferenced, for [`super::Stores::delete_blobs`] (which decides
+    /// blob keys that became unreferenced, for [`crate::store::Stores::delete_blobs`] (which decides
     /// again, under its lock, after this transaction commits).
     pub(crate) async fn delete_orphans(
         tx: &mut Tx,
@@ -209,37 +50,6 @@ impl SqlStore {
         }
         Ok(keys)
     }
-}
-
-/// Adds `mode=rwc` (create if missing) and creates the file's directory.
-fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or_default();
-    let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
-        return Err(StoreError::Invalid(format!(
-            "database.url `{url}` names no SQLite file; write sqlite:///absolute/path.db or sqlite://./relative.db"
-        )));
-    }
-    if let Some(dir) = std::path::Path::new(path).parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Invalid(format!(
-                "cannot create database directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-    }
-    Ok(if rest.contains("mode=") {
-        url.to_string()
-    } else if rest.contains('?') {
-        format!("{url}&mode=rwc")
-    } else {
-        format!("{url}?mode=rwc")
-    })
 }
 
 fn flag(v: bool) -> i64 {
@@ -683,69 +493,11 @@ impl MetadataStore for SqlStore {
         ops: &[WriteOp],
         blobs: &dyn BlobStore,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let dialect = self.dialect();
-        let mut tx = self.begin().await?;
-        let keys: HashSet<&str> = ops
-            .iter()
-            .flat_map(WriteOp::new_messages)
-            .map(|m| m.blob_key.as_str())
-            .collect();
-        let mut missing = HashSet::new();
-        if !keys.is_empty() {
-            // Excludes `delete_unreferenced_blobs` (SHARE mode) until this commit, so a body
-            // seen here cannot be deleted before its reference is visible. SQLite's
-            // `BEGIN IMMEDIATE` already holds the database's only write lock.
-            if dialect == Dialect::Postgres {
-                sqlx::query("LOCK TABLE messages IN ROW EXCLUSIVE MODE")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let checks = futures::future::join_all(keys.iter().map(|key| async move {
-                match blobs.contains(key).await {
-                    Ok(true) => None,
-                    Ok(false) => Some(key.to_string()),
-                    Err(error) => {
-                        tracing::warn!(%key, %error, "cannot check a message body before its commit");
-                        Some(key.to_string())
-                    }
-                }
-            }))
-            .await;
-            missing.extend(checks.into_iter().flatten());
-        }
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
-            if let Some(m) = op.new_messages().find(|m| missing.contains(&m.blob_key)) {
-                results.push(Err(StoreError::BlobMissing(m.blob_key.clone())));
-                continue;
-            }
-            // Each op in its own savepoint: one failing op (a lost lease) leaves the others.
-            let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
-            let result = match op {
-                WriteOp::Accept(m) => insert_accepted(&mut savepoint, m).await,
-                WriteOp::Apply {
-                    lease,
-                    updates,
-                    new_messages,
-                } => {
-                    super::queue::apply_fenced(
-                        &mut savepoint,
-                        dialect,
-                        lease,
-                        updates,
-                        new_messages,
-                    )
-                    .await
-                }
-            };
-            match result {
-                Ok(()) => savepoint.commit().await?,
-                Err(_) => savepoint.rollback().await?,
-            }
-            results.push(result);
-        }
-        tx.commit().await?;
-        Ok(results)
+        self.commit_batch(ops, blobs).await
+    }
+
+    async fn purge_finished(&self, before: Millis) -> Result<Vec<String>, StoreError> {
+        self.purge(before).await
     }
 
     async fn delete_unreferenced_blobs(
@@ -798,7 +550,7 @@ impl MetadataStore for SqlStore {
         limit: u32,
         cursor: Option<&str>,
     ) -> Result<Page<MailboxItem>, StoreError> {
-        let before = super::parse_cursor(cursor)?;
+        let before = crate::store::parse_cursor(cursor)?;
         let rows = sqlx::query(&format!(
             "SELECT {MAILBOX_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
              WHERE e.user_id = $1 AND e.folder = $2 AND e.id < $3 ORDER BY e.id DESC LIMIT $4"
@@ -905,79 +657,5 @@ impl MetadataStore for SqlStore {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::MessageSummary;
-    use crate::store::fs::FsBlobStore;
-
-    fn accepted(id: &str, key: &str) -> AcceptedMessage {
-        AcceptedMessage {
-            id: id.into(),
-            blob_key: key.into(),
-            size: 4,
-            received_at: now_millis(),
-            envelope_from: String::new(),
-            summary: MessageSummary::default(),
-            local_recipients: vec![],
-            remote_recipients: vec![],
-            expires_at: now_millis(),
-        }
-    }
-
-    /// The purge decided a body was unreferenced; the same body was then stored again (the
-    /// put found it present) and its message committed. Whatever the order, no committed
-    /// message may end up pointing at a deleted body.
-    #[tokio::test]
-    async fn a_body_stored_again_is_never_lost_to_a_concurrent_purge() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqlStore::connect(&DatabaseConfig {
-            url: format!("sqlite://{}/m.db", dir.path().display()),
-            ..DatabaseConfig::default()
-        })
-        .await
-        .expect("connect");
-        let blobs = FsBlobStore::open(&dir.path().join("blobs")).expect("fs");
-        let body = b"same body\r\n";
-        let key = blobs.key_for(body);
-        blobs.put(&key, body).await.expect("put");
-
-        // The purge deletes between the put and the commit: the commit must fail, not
-        // reference nothing.
-        assert_eq!(
-            store
-                .delete_unreferenced_blobs(std::slice::from_ref(&key), &blobs)
-                .await
-                .expect("delete"),
-            1
-        );
-        let results = store
-            .write_batch(&[WriteOp::Accept(accepted("m1", &key))], &blobs)
-            .await
-            .expect("batch");
-        assert!(
-            matches!(&results[0], Err(StoreError::BlobMissing(k)) if *k == key),
-            "{results:?}"
-        );
-        assert_eq!(store.count_messages().await.expect("count"), 0);
-
-        // Stored again and committed first: the purge must now keep it.
-        blobs.put(&key, body).await.expect("put again");
-        let results = store
-            .write_batch(&[WriteOp::Accept(accepted("m1", &key))], &blobs)
-            .await
-            .expect("batch");
-        assert!(results[0].is_ok(), "{results:?}");
-        assert_eq!(
-            store
-                .delete_unreferenced_blobs(std::slice::from_ref(&key), &blobs)
-                .await
-                .expect("delete"),
-            0
-        );
-        assert_eq!(blobs.get(&key).await.expect("still there"), body);
     }
 }

@@ -1,0 +1,74 @@
+//! DKIM keys' SQL: the [`DkimKeyStore`] half of [`SqlStore`].
+
+use sqlx::Row;
+
+use super::SqlStore;
+use crate::store::StoreError;
+use crate::store::dkim_keys::{DkimKeyRecord, DkimKeyStore};
+
+#[async_trait::async_trait]
+impl DkimKeyStore for SqlStore {
+    async fn put_dkim_key(&self, key: &DkimKeyRecord) -> Result<(), StoreError> {
+        // A key never replaces another: mail signed with the old one must go on verifying
+        // while its record is published.
+        let result = sqlx::query(
+            "INSERT INTO dkim_keys (domain, selector, algorithm, private_key, public_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&key.domain)
+        .bind(&key.selector)
+        .bind(&key.algorithm)
+        .bind(&key.private_key)
+        .bind(&key.public_key)
+        .bind(key.created_at)
+        .execute(self.pool())
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(
+                StoreError::Conflict(format!("DKIM selector {} of {}", key.selector, key.domain)),
+            ),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>, StoreError> {
+        Ok(self.dkim_keys(domain).await?.into_iter().next())
+    }
+
+    async fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT domain, selector, algorithm, private_key, public_key, created_at \
+             FROM dkim_keys WHERE domain = $1 ORDER BY created_at DESC, selector DESC",
+        )
+        .bind(domain.to_ascii_lowercase())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DkimKeyRecord {
+                    domain: r.try_get(0)?,
+                    selector: r.try_get(1)?,
+                    algorithm: r.try_get(2)?,
+                    private_key: r.try_get(3)?,
+                    public_key: r.try_get(4)?,
+                    created_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM dkim_keys WHERE domain = $1 AND selector = $2")
+            .bind(domain.to_ascii_lowercase())
+            .bind(selector)
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "DKIM selector {selector} of {domain}"
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,634 @@
+//! The delivery queue's SQL: queue rows, partition leases and the fenced writes of their
+//! owners.
+
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::messages::insert_accepted;
+use super::{Dialect, SqlStore, Tx};
+use crate::store::queue::{EntryUpdate, Lease, QueueEntry, QueueFilter, QueueStatus, QueueStore};
+use crate::store::{AcceptedMessage, Millis, Page, StoreError, now_millis};
+
+const ENTRY_COLUMNS: &str = "q.id, q.message_id, q.sender, q.recipient, q.domain, q.partition, \
+     q.status, q.attempts, q.next_attempt_at, q.last_error, q.created_at, q.expires_at, \
+     q.updated_at, l.owner, m.blob_key, m.size, m.received_at";
+const ENTRY_FROM: &str = "queue q JOIN messages m ON m.id = q.message_id \
+     LEFT JOIN partition_leases l ON l.partition = q.partition";
+
+fn entry_from_row(row: &AnyRow) -> Result<QueueEntry, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(QueueEntry {
+        id: row.try_get("id")?,
+        message_id: row.try_get("message_id")?,
+        sender: row.try_get("sender")?,
+        recipient: row.try_get("recipient")?,
+        domain: row.try_get("domain")?,
+        partition: row.try_get::<i64, _>("partition")? as u32,
+        status: QueueStatus::parse(&status).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown queue status `{status}`").into())
+        })?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        updated_at: row.try_get("updated_at")?,
+        owner: row.try_get("owner")?,
+        blob_key: row.try_get("blob_key")?,
+        size: row.try_get("size")?,
+        received_at: row.try_get("received_at")?,
+    })
+}
+
+fn lease_from_row(row: &AnyRow, owner: &str) -> Result<Lease, sqlx::Error> {
+    Ok(Lease {
+        partition: row.try_get::<i64, _>(0)? as u32,
+        owner: owner.to_string(),
+        epoch: row.try_get(1)?,
+    })
+}
+
+/// Applies an owner's changes if its lease is still valid: the lease row is checked (and
+/// locked on PostgreSQL) inside the caller's transaction, so a takeover cannot interleave.
+pub(crate) async fn apply_fenced(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    lease: &Lease,
+    updates: &[EntryUpdate],
+    new_messages: &[AcceptedMessage],
+) -> Result<(), StoreError> {
+    let valid = sqlx::query(&format!(
+        "SELECT epoch FROM partition_leases WHERE partition = $1 AND owner = $2 \
+         AND epoch = $3 AND lease_until > {}{}",
+        dialect.now_ms(),
+        dialect.for_update()
+    ))
+    .bind(i64::from(lease.partition))
+    .bind(&lease.owner)
+    .bind(lease.epoch)
+    .fetch_optional(&mut *conn)
+    .await?
+    .is_some();
+    if !valid {
+        return Err(StoreError::LeaseLost {
+            partition: lease.partition,
+        });
+    }
+    let now = now_millis();
+    for u in updates {
+        sqlx::query(
+            "UPDATE queue SET status = $1, attempts = $2, next_attempt_at = $3, \
+             last_error = $4, updated_at = $5, epoch = $6, \
+             delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END \
+             WHERE id = $7 AND partition = $8",
+        )
+        .bind(u.status.as_str())
+        .bind(i64::from(u.attempts))
+        .bind(u.next_attempt_at)
+        .bind(&u.last_error)
+        .bind(now)
+        .bind(lease.epoch)
+        .bind(u.id)
+        .bind(i64::from(lease.partition))
+        .execute(&mut *conn)
+        .await?;
+    }
+    for m in new_messages {
+        insert_accepted(conn, m).await?;
+    }
+    Ok(())
+}
+
+/// Deletes finished rows last changed before `before`, inside the caller's transaction;
+/// returns the ids of their messages, each once.
+pub(crate) async fn delete_finished(
+    tx: &mut Tx,
+    before: Millis,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "DELETE FROM queue WHERE status IN ('delivered', 'failed', 'cancelled') \
+         AND updated_at < $1 RETURNING message_id",
+    )
+    .bind(before)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut ids: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Pending rows per partition and status: an index search on the pending statuses, so its
+/// cost follows the pending mail, not the retained history.
+const QUEUE_DEPTH: &str = "SELECT partition, status, COUNT(*) FROM queue \
+     WHERE status IN ('queued', 'deferred') GROUP BY partition, status";
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait::async_trait]
+impl QueueStore for SqlStore {
+    async fn ensure_partition_count(&self, partitions: u32) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let stored: Option<String> =
+            sqlx::query("SELECT value FROM settings WHERE name = 'queue.partitions'")
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        match stored {
+            Some(v) if v == partitions.to_string() => {}
+            Some(v) => {
+                return Err(StoreError::Invalid(format!(
+                    "queue.partitions is {partitions} but the database was created with {v}; \
+                     the partition count cannot change once mail is queued"
+                )));
+            }
+            None => {
+                sqlx::query("INSERT INTO settings (name, value) VALUES ('queue.partitions', $1)")
+                    .bind(partitions.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn acquire_lease(
+        &self,
+        partition: u32,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = self.dialect().now_ms();
+        let row = sqlx::query(&format!(
+            "INSERT INTO partition_leases (partition, owner, epoch, lease_until) \
+             VALUES ($1, $2, 1, {now} + $3) \
+             ON CONFLICT (partition) DO UPDATE SET owner = excluded.owner, \
+             epoch = partition_leases.epoch + 1, lease_until = excluded.lease_until \
+             WHERE partition_leases.lease_until <= {now} OR partition_leases.owner IS NULL \
+             RETURNING partition, epoch"
+        ))
+        .bind(i64::from(partition))
+        .bind(owner)
+        .bind(millis(ttl))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| lease_from_row(&r, owner)).transpose()?)
+    }
+
+    async fn renew_leases(&self, owner: &str, ttl: Duration) -> Result<Vec<Lease>, StoreError> {
+        let now = self.dialect().now_ms();
+        let rows = sqlx::query(&format!(
+            "UPDATE partition_leases SET lease_until = {now} + $2 \
+             WHERE owner = $1 AND lease_until > {now} RETURNING partition, epoch"
+        ))
+        .bind(owner)
+        .bind(millis(ttl))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| lease_from_row(r, owner))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE partition_leases SET owner = NULL, lease_until = 0 \
+             WHERE partition = $1 AND owner = $2 AND epoch = $3",
+        )
+        .bind(i64::from(lease.partition))
+        .bind(&lease.owner)
+        .bind(lease.epoch)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn due_domains(
+        &self,
+        partition: u32,
+        skip: &[String],
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let skipped = if skip.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 4)).collect();
+            format!(" AND domain NOT IN ({})", list.join(", "))
+        };
+        let sql = format!(
+            "SELECT domain, MIN(next_attempt_at) AS due FROM queue WHERE partition = $1 \
+             AND status IN ('queued', 'deferred') AND next_attempt_at <= $2{skipped} \
+             GROUP BY domain ORDER BY due, domain LIMIT $3"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(i64::from(partition))
+            .bind(now_millis())
+            .bind(i64::from(limit));
+        for domain in skip {
+            query = query.bind(domain);
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn due_entries(
+        &self,
+        partition: u32,
+        domain: &str,
+        limit: u32,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE q.partition = $1 \
+             AND q.status IN ('queued', 'deferred') AND q.domain = $2 \
+             AND q.next_attempt_at <= $3 ORDER BY q.next_attempt_at, q.id LIMIT $4"
+        ))
+        .bind(i64::from(partition))
+        .bind(domain)
+        .bind(now_millis())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(entry_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn next_due(&self, partition: u32) -> Result<Option<Millis>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT MIN(next_attempt_at) FROM queue WHERE partition = $1 \
+             AND status IN ('queued', 'deferred')",
+        )
+        .bind(i64::from(partition))
+        .fetch_one(self.pool())
+        .await?
+        .try_get(0)?)
+    }
+
+    async fn list_queue(
+        &self,
+        filter: &QueueFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<QueueEntry>, StoreError> {
+        let before = crate::store::parse_cursor(cursor)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE q.id < $1 \
+             AND ($2 = '' OR q.status = $2) AND ($3 = '' OR q.domain = $3) \
+             ORDER BY q.id DESC LIMIT $4"
+        ))
+        .bind(before)
+        .bind(filter.status.map(QueueStatus::as_str).unwrap_or(""))
+        .bind(
+            filter
+                .domain
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .unwrap_or_default(),
+        )
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        let items = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_rows(items, limit, |i| i.id))
+    }
+
+    async fn queue_entry(&self, id: i64) -> Result<Option<QueueEntry>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE q.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(entry_from_row).transpose()?)
+    }
+
+    async fn queue_depth(&self) -> Result<Vec<(u32, QueueStatus, i64)>, StoreError> {
+        let rows = sqlx::query(QUEUE_DEPTH).fetch_all(self.pool()).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let status: String = r.try_get(1)?;
+            if let Some(status) = QueueStatus::parse(&status) {
+                out.push((r.try_get::<i64, _>(0)? as u32, status, r.try_get(2)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::store::{MessageSummary, MetadataStore, RemoteRecipient, WriteOp};
+
+    async fn store() -> (tempfile::TempDir, SqlStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = DatabaseConfig {
+            url: format!("sqlite://{}/q.db", dir.path().display()),
+            ..DatabaseConfig::default()
+        };
+        let store = SqlStore::connect(&config).await.expect("connect");
+        (dir, store)
+    }
+
+    fn message(id: &str, rcpt: &str, partition: u32) -> AcceptedMessage {
+        AcceptedMessage {
+            id: id.into(),
+            blob_key: "0".repeat(64),
+            size: 10,
+            received_at: now_millis(),
+            envelope_from: "a@here.test".into(),
+            summary: MessageSummary::default(),
+            local_recipients: vec![],
+            remote_recipients: vec![RemoteRecipient {
+                recipient: rcpt.into(),
+                domain: rcpt.rsplit('@').next().unwrap_or_default().into(),
+                partition,
+            }],
+            expires_at: now_millis() + 60_000,
+        }
+    }
+
+    /// Every body present: these tests are about rows, not bodies.
+    struct AllBodies;
+
+    #[async_trait::async_trait]
+    impl crate::store::BlobStore for AllBodies {
+        async fn contains(&self, _key: &str) -> Result<bool, crate::store::BlobError> {
+            Ok(true)
+        }
+        async fn put(&self, _key: &str, _data: &[u8]) -> Result<(), crate::store::BlobError> {
+            Ok(())
+        }
+        async fn get(&self, key: &str) -> Result<Vec<u8>, crate::store::BlobError> {
+            Err(crate::store::BlobError::NotFound(key.into()))
+        }
+        async fn delete(&self, _key: &str) -> Result<(), crate::store::BlobError> {
+            Ok(())
+        }
+        async fn health(&self) -> Result<(), crate::store::BlobError> {
+            Ok(())
+        }
+    }
+
+    /// One write through the group-commit path, as the storage writer does it.
+    async fn write(store: &SqlStore, op: WriteOp) -> Result<(), StoreError> {
+        store
+            .write_batch(&[op], &AllBodies)
+            .await
+            .expect("batch commits")
+            .remove(0)
+    }
+
+    async fn apply(
+        store: &SqlStore,
+        lease: &Lease,
+        updates: &[EntryUpdate],
+    ) -> Result<(), StoreError> {
+        write(
+            store,
+            WriteOp::Apply {
+                lease: lease.clone(),
+                updates: updates.to_vec(),
+                new_messages: vec![],
+            },
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_exclusive_until_it_expires_and_takeover_fences_the_old_owner() {
+        let (_dir, store) = store().await;
+        let a = store
+            .acquire_lease(3, "node-a", Duration::from_millis(300))
+            .await
+            .expect("query")
+            .expect("free lease");
+        assert_eq!(a.epoch, 1);
+        assert!(
+            store
+                .acquire_lease(3, "node-b", Duration::from_secs(10))
+                .await
+                .expect("query")
+                .is_none(),
+            "held lease must not be taken"
+        );
+        write(&store, WriteOp::Accept(message("m1", "x@remote.test", 3)))
+            .await
+            .expect("commit");
+        let entry = store
+            .due_entries(3, "remote.test", 10)
+            .await
+            .expect("due")
+            .remove(0);
+        let update = EntryUpdate {
+            id: entry.id,
+            status: QueueStatus::Deferred,
+            attempts: 1,
+            next_attempt_at: now_millis(),
+            last_error: Some("451 later".into()),
+        };
+        apply(&store, &a, std::slice::from_ref(&update))
+            .await
+            .expect("owner may write");
+
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let b = store
+            .acquire_lease(3, "node-b", Duration::from_secs(10))
+            .await
+            .expect("query")
+            .expect("expired lease is taken");
+        assert_eq!(b.epoch, 2);
+        let stale = apply(&store, &a, std::slice::from_ref(&update)).await;
+        assert!(
+            matches!(stale, Err(StoreError::LeaseLost { partition: 3 })),
+            "{stale:?}"
+        );
+        assert!(
+            store
+                .renew_leases("node-a", Duration::from_secs(10))
+                .await
+                .expect("renew")
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .renew_leases("node-b", Duration::from_secs(10))
+                .await
+                .expect("renew"),
+            vec![b.clone()]
+        );
+        apply(&store, &b, &[update])
+            .await
+            .expect("new owner may write");
+
+        store.release_lease(&b).await.expect("release");
+        let c = store
+            .acquire_lease(3, "node-c", Duration::from_secs(10))
+            .await
+            .expect("query")
+            .expect("released lease is free at once");
+        assert_eq!(c.epoch, 3);
+    }
+
+    #[tokio::test]
+    async fn finished_rows_are_purged_with_their_messages() {
+        let (_dir, store) = store().await;
+        let lease = store
+            .acquire_lease(0, "n", Duration::from_secs(10))
+            .await
+            .expect("query")
+            .expect("lease");
+        write(&store, WriteOp::Accept(message("m1", "x@r.test", 0)))
+            .await
+            .expect("commit");
+        let entry = store
+            .due_entries(0, "r.test", 10)
+            .await
+            .expect("due")
+            .remove(0);
+        assert_eq!(entry.status, QueueStatus::Queued);
+        apply(
+            &store,
+            &lease,
+            &[EntryUpdate {
+                id: entry.id,
+                status: QueueStatus::Delivered,
+                attempts: 1,
+                next_attempt_at: entry.next_attempt_at,
+                last_error: None,
+            }],
+        )
+        .await
+        .expect("apply");
+        assert!(
+            store
+                .due_entries(0, "r.test", 10)
+                .await
+                .expect("due")
+                .is_empty()
+        );
+        let keys = store.purge_finished(now_millis() + 1).await.expect("purge");
+        assert_eq!(keys, vec!["0".repeat(64)]);
+        assert_eq!(store.count_messages().await.expect("count"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_does_not_fail_its_batch() {
+        let (_dir, store) = store().await;
+        let stale = Lease {
+            partition: 5,
+            owner: "nobody".into(),
+            epoch: 7,
+        };
+        let results = store
+            .write_batch(
+                &[
+                    WriteOp::Accept(message("m1", "x@r.test", 5)),
+                    WriteOp::Apply {
+                        lease: stale,
+                        updates: vec![],
+                        new_messages: vec![message("m2", "y@r.test", 5)],
+                    },
+                    WriteOp::Accept(message("m3", "z@r.test", 5)),
+                ],
+                &AllBodies,
+            )
+            .await
+            .expect("batch commits");
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert!(matches!(
+            results[1],
+            Err(StoreError::LeaseLost { partition: 5 })
+        ));
+        assert_eq!(
+            store.count_messages().await.expect("count"),
+            2,
+            "m2 was rolled back alone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_domain_does_not_hide_the_others_in_its_partition() {
+        let (_dir, store) = store().await;
+        // Many older rows for one domain, then one row for another, in the same partition.
+        for i in 0..30 {
+            let m = message(&format!("busy{i}"), &format!("u{i}@busy.test"), 7);
+            write(&store, WriteOp::Accept(m)).await.expect("commit");
+        }
+        write(&store, WriteOp::Accept(message("calm", "u@calm.test", 7)))
+            .await
+            .expect("commit");
+        let all = store.due_domains(7, &[], 10).await.expect("domains");
+        assert_eq!(all, vec!["busy.test".to_string(), "calm.test".to_string()]);
+        // busy.test has no free connection: only calm.test is offered, whatever the age.
+        let free = store
+            .due_domains(7, &["busy.test".to_string()], 1)
+            .await
+            .expect("domains");
+        assert_eq!(free, vec!["calm.test".to_string()]);
+        let rows = store.due_entries(7, "calm.test", 5).await.expect("rows");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].recipient, "u@calm.test");
+        assert_eq!(
+            store
+                .due_entries(7, "busy.test", 5)
+                .await
+                .expect("rows")
+                .len(),
+            5
+        );
+    }
+
+    /// The gauges refresh every few seconds: they must read the pending rows' index, not the
+    /// whole table with its retained history.
+    #[tokio::test]
+    async fn queue_depth_reads_only_the_pending_index() {
+        let (_dir, store) = store().await;
+        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {QUEUE_DEPTH}"))
+            .fetch_all(store.pool())
+            .await
+            .expect("plan")
+            .iter()
+            .map(|r| r.try_get::<String, _>(3).expect("detail"))
+            .collect();
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH queue USING"))
+                && !plan.iter().any(|step| step.starts_with("SCAN queue")),
+            "{plan:?}"
+        );
+        write(&store, WriteOp::Accept(message("m1", "x@r.test", 2)))
+            .await
+            .expect("commit");
+        assert_eq!(
+            store.queue_depth().await.expect("depth"),
+            vec![(2, QueueStatus::Queued, 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_partition_count_cannot_change() {
+        let (_dir, store) = store().await;
+        store.ensure_partition_count(64).await.expect("first");
+        store.ensure_partition_count(64).await.expect("same");
+        assert!(matches!(
+            store.ensure_partition_count(32).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}
