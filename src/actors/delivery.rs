@@ -249,7 +249,7 @@ pub async fn deliver(
                                             Outcome::Permanent
                                         }
                                     },
-                                    detail: r.reply.to_string(),
+                                    detail: r.reply.summary(),
                                     status: r.reply.status.map(|(a, b, c)| format!("{a}.{b}.{c}")),
                                     remote_mta: Some(dest.host.clone()),
                                 },

@@ -34,11 +34,12 @@
 //! [`expects_data_reply`]: ClientSession::expects_data_reply
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+
+pub use super::reply::Reply;
 
 /// Most unparsed server input kept before the session gives up.
 const MAX_INPUT: usize = 1024 * 1024;
@@ -93,52 +94,6 @@ pub struct Transaction {
     pub body_8bit: bool,
 }
 
-/// A server reply (or one we made up for a local failure).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// The code.
-    pub code: u16,
-    /// Enhanced status code, if given.
-    pub status: Option<(u8, u16, u16)>,
-    /// The text, lines joined with spaces.
-    pub text: String,
-}
-
-impl Reply {
-    fn local(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Self {
-        Self {
-            code,
-            status: Some(status),
-            text: text.into(),
-        }
-    }
-
-    fn outcome(&self) -> Outcome {
-        match self.code {
-            200..=299 => Outcome::Delivered,
-            500..=599 => Outcome::Permanent,
-            _ => Outcome::Temporary,
-        }
-    }
-
-    fn is_positive(&self) -> bool {
-        (200..300).contains(&self.code)
-    }
-}
-
-impl fmt::Display for Reply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.code)?;
-        if let Some((a, b, c)) = self.status {
-            write!(f, " {a}.{b}.{c}")?;
-        }
-        if !self.text.is_empty() {
-            write!(f, " {}", self.text)?;
-        }
-        Ok(())
-    }
-}
-
 /// The outcome for one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -148,6 +103,18 @@ pub enum Outcome {
     Temporary,
     /// Refused for good.
     Permanent,
+}
+
+impl Outcome {
+    /// What a reply means for the recipients it answers: 2xx delivered, 5xx permanent,
+    /// anything else temporary.
+    fn of(reply: &Reply) -> Self {
+        match reply.code {
+            200..=299 => Self::Delivered,
+            500..=599 => Self::Permanent,
+            _ => Self::Temporary,
+        }
+    }
 }
 
 /// One recipient's result.
@@ -381,7 +348,7 @@ impl ClientSession {
         let index = self.pushed;
         self.pushed += 1;
         if self.failed || self.done {
-            let reply = Reply::local(451, (4, 4, 2), "connection already closed");
+            let reply = Reply::new(451, (4, 4, 2), "connection already closed");
             self.report_all_rcpts(index, &tx, &reply);
             return;
         }
@@ -495,7 +462,7 @@ impl ClientSession {
 
     /// Gives up because the server refused `what`.
     fn refused(&mut self, what: &str, reply: Reply, status: (u8, u16, u16)) {
-        let reason = format!("{what} refused: {reply}");
+        let reason = format!("{what} refused: {}", reply.summary());
         self.fail(Some(reply), reason, status);
     }
 
@@ -504,7 +471,7 @@ impl ClientSession {
             return;
         }
         if !self.failed {
-            self.fail_transactions(&Reply::local(451, (4, 4, 2), reason));
+            self.fail_transactions(&Reply::new(451, (4, 4, 2), reason));
             self.events.push_back(ClientEvent::SessionFailed {
                 reply: None,
                 reason: reason.to_string(),
@@ -521,7 +488,7 @@ impl ClientSession {
         if self.failed || self.done {
             return;
         }
-        let reply = Reply::local(451, status, reason.clone());
+        let reply = Reply::new(451, status, reason.clone());
         self.fail_transactions(&reply);
         self.failed = true;
         self.events.push_back(ClientEvent::SessionFailed {
@@ -542,7 +509,7 @@ impl ClientSession {
                 .map(|(rcpt, r)| match r {
                     Some(r) if !r.is_positive() || current.data.is_some() => RecipientResult {
                         recipient: rcpt.clone(),
-                        outcome: r.outcome(),
+                        outcome: Outcome::of(r),
                         reply: r.clone(),
                     },
                     _ => RecipientResult {
@@ -568,7 +535,7 @@ impl ClientSession {
             .iter()
             .map(|r| RecipientResult {
                 recipient: r.clone(),
-                outcome: reply.outcome(),
+                outcome: Outcome::of(reply),
                 reply: reply.clone(),
             })
             .collect();
@@ -788,7 +755,7 @@ impl ClientSession {
             if let Some(limit) = self.caps.size
                 && tx.body.len() > limit
             {
-                let reply = Reply::local(
+                let reply = Reply::new(
                     552,
                     (5, 3, 4),
                     format!("message too big for the server (limit {limit} bytes)"),
@@ -798,7 +765,7 @@ impl ClientSession {
             }
             let utf8 = needs_utf8(&tx);
             if utf8 && !self.caps.smtputf8 {
-                let reply = Reply::local(
+                let reply = Reply::new(
                     553,
                     (5, 6, 7),
                     "the server does not support SMTPUTF8 addresses",
@@ -851,7 +818,7 @@ impl ClientSession {
         let Some(current) = self.current.take() else {
             return;
         };
-        let missing = Reply::local(451, (4, 3, 0), "no reply for this recipient");
+        let missing = Reply::new(451, (4, 3, 0), "no reply for this recipient");
         let results = current
             .tx
             .rcpt_to
@@ -866,14 +833,14 @@ impl ClientSession {
                     (Some(mail), _, _) if !mail.is_positive() => mail.clone(),
                     (_, Some(r), Some(data)) if r.is_positive() => data.clone(),
                     (_, Some(r), None) if r.is_positive() => {
-                        Reply::local(451, (4, 3, 0), "message data was not sent")
+                        Reply::new(451, (4, 3, 0), "message data was not sent")
                     }
                     (_, Some(r), _) => r,
                     _ => missing.clone(),
                 };
                 RecipientResult {
                     recipient: rcpt.clone(),
-                    outcome: reply.outcome(),
+                    outcome: Outcome::of(&reply),
                     reply,
                 }
             })

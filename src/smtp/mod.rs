@@ -5,6 +5,7 @@ pub mod connection;
 pub mod dsn;
 pub mod listener;
 pub mod outbound;
+pub mod reply;
 pub mod routing;
 pub mod session;
 pub mod stream;

@@ -67,7 +67,7 @@ pub async fn send(
                 }
                 ClientEvent::SessionFailed { reply, reason } => {
                     failure = Some(match reply {
-                        Some(reply) => format!("{reason}: {reply}"),
+                        Some(reply) => format!("{reason}: {}", reply.summary()),
                         None => reason,
                     });
                 }

@@ -125,14 +125,13 @@ mod auth;
 mod commands;
 mod data;
 mod event;
-mod reply;
 #[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
 
+pub use super::reply::Reply;
 pub use event::{Answer, AuthMechanism, Envelope, Event};
-pub use reply::Reply;
 
 use data::{BdatChunk, DataParser};
 

@@ -1,8 +1,13 @@
-//! The replies the server session writes.
+//! SMTP replies, as the server session writes them and as the client session parses them.
 
 use std::fmt::{self, Write as _};
 
 /// An SMTP reply: code, optional enhanced status code and text.
+///
+/// The server session builds replies and writes their wire form ([`Display`](fmt::Display),
+/// [`write_to`](Self::write_to)); the client session parses them from a server (for a 4xx or 5xx
+/// the lines joined with spaces, else the first line) or makes them up for local failures, and
+/// reports them on one line with [`summary`](Self::summary).
 ///
 /// Rendered as `550 5.1.1 text\r\n`; a text with several lines (separated by `\n`) becomes a
 /// multi-line reply (`250-...` lines then `250 ...`), the status repeated on each line. Control
@@ -61,6 +66,21 @@ impl Reply {
     pub fn to_bytes(&self) -> Vec<u8> {
         self.to_string().into_bytes()
     }
+
+    /// One line without CRLF, for logs and delivery reports: `550 5.1.1 text`, the status and
+    /// the text left out when absent. Unlike the wire form, the text is shown as it is.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let mut out = self.code.to_string();
+        if let Some((class, subject, detail)) = self.status {
+            let _ = write!(out, " {class}.{subject}.{detail}");
+        }
+        if !self.text.is_empty() {
+            out.push(' ');
+            out.push_str(&self.text);
+        }
+        out
+    }
 }
 
 impl fmt::Display for Reply {
@@ -92,5 +112,24 @@ impl fmt::Display for Reply {
             f.write_str("\r\n")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_is_one_line_with_the_parts_present() {
+        assert_eq!(
+            Reply::new(550, (5, 1, 1), "No such user").summary(),
+            "550 5.1.1 No such user"
+        );
+        assert_eq!(Reply::without_status(250, "").summary(), "250");
+        assert_eq!(Reply::new(250, (2, 0, 0), "").summary(), "250 2.0.0");
+        assert_eq!(
+            Reply::without_status(421, "bye now").summary(),
+            "421 bye now"
+        );
     }
 }
