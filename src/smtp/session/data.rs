@@ -15,7 +15,7 @@ pub(super) struct BdatChunk {
 }
 
 #[derive(Debug)]
-pub(super) struct Refusal {
+struct Refusal {
     reply: Reply,
     counts_as_error: bool,
 }
@@ -64,7 +64,7 @@ impl Sink<'_> {
 }
 
 impl DataParser {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         Self {
             pos: DataPos::LineStart,
             bare: false,
