@@ -236,7 +236,7 @@ pub async fn deliver(
                                 Some(r) => EntryResult {
                                     entry: entry.clone(),
                                     outcome: r.outcome,
-                                    detail: r.reply.to_string(),
+                                    detail: r.reply.summary(),
                                     status: r.reply.status.map(|(a, b, c)| format!("{a}.{b}.{c}")),
                                     remote_mta: Some(dest.host.clone()),
                                 },

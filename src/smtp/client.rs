@@ -34,11 +34,12 @@
 //! [`expects_data_reply`]: ClientSession::expects_data_reply
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+
+pub use super::reply::Reply;
 
 /// Most unparsed server input kept before the session gives up.
 const MAX_INPUT: usize = 1024 * 1024;
@@ -93,52 +94,6 @@ pub struct Transaction {
     pub body_8bit: bool,
 }
 
-/// A server reply (or one we made up for a local failure).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// The code.
-    pub code: u16,
-    /// Enhanced status code, if given.
-    pub status: Option<(u8, u16, u16)>,
-    /// The text, lines joined with spaces.
-    pub text: String,
-}
-
-impl Reply {
-    fn local(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Self {
-        Self {
-            code,
-            status: Some(status),
-            text: text.into(),
-        }
-    }
-
-    fn outcome(&self) -> Outcome {
-        match self.code {
-            200..=299 => Outcome::Delivered,
-            500..=599 => Outcome::Permanent,
-            _ => Outcome::Temporary,
-        }
-    }
-
-    fn is_positive(&self) -> bool {
-        (200..300).contains(&self.code)
-    }
-}
-
-impl fmt::Display for Reply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.code)?;
-        if let Some((a, b, c)) = self.status {
-            write!(f, " {a}.{b}.{c}")?;
-        }
-        if !self.text.is_empty() {
-            write!(f, " {}", self.text)?;
-        }
-        Ok(())
-    }
-}
-
 /// The outcome for one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -148,6 +103,18 @@ pub enum Outcome {
     Temporary,
     /// Refused for good.
     Permanent,
+}
+
+impl Outcome {
+    /// What a reply means for the recipients it answers: 2xx delivered, 5xx permanent,
+    /// anything else temporary.
+    fn of(reply: &Reply) -> Self {
+        match reply.code {
+            200..=299 => Self::Delivered,
+            500..=599 => Self::Permanent,
+            _ => Self::Temporary,
+        }
+    }
 }
 
 /// One recipient's result.
@@ -381,7 +348,7 @@ impl ClientSession {
         let index = self.pushed;
         self.pushed += 1;
         if self.failed || self.done {
-            let reply = Reply::local(451, (4, 4, 2), "connection already closed");
+            let reply = Reply::new(451, (4, 4, 2), "connection already closed");
             self.report_all_rcpts(index, &tx, &reply);
             return;
         }
@@ -495,7 +462,7 @@ impl ClientSession {
 
     /// Gives up because the server refused `what`.
     fn refused(&mut self, what: &str, reply: Reply, status: (u8, u16, u16)) {
-        let reason = format!("{what} refused: {reply}");
+        let reason = format!("{what} refused: {}", reply.summary());
         self.fail(Some(reply), reason, status);
     }
 
@@ -504,7 +471,7 @@ impl ClientSession {
             return;
         }
         if !self.failed {
-            self.fail_transactions(&Reply::local(451, (4, 4, 2), reason));
+            self.fail_transactions(&Reply::new(451, (4, 4, 2), reason));
             self.events.push_back(ClientEvent::SessionFailed {
                 reply: None,
                 reason: reason.to_string(),
@@ -521,7 +488,7 @@ impl ClientSession {
         if self.failed || self.done {
             return;
         }
-        let reply = Reply::local(451, status, reason.clone());
+        let reply = Reply::new(451, status, reason.clone());
         self.fail_transactions(&reply);
         self.failed = true;
         self.events.push_back(ClientEvent::SessionFailed {
@@ -542,7 +509,7 @@ impl ClientSession {
                 .map(|(rcpt, r)| match r {
                     Some(r) if !r.is_positive() || current.data.is_some() => RecipientResult {
                         recipient: rcpt.clone(),
-                        outcome: r.outcome(),
+                        outcome: Outcome::of(r),
                         reply: r.clone(),
                     },
                     _ => RecipientResult {
@@ -568,7 +535,7 @@ impl ClientSession {
             .iter()
             .map(|r| RecipientResult {
                 recipient: r.clone(),
-                outcome: reply.outcome(),
+                outcome: Outcome::of(reply),
                 reply: reply.clone(),
             })
             .collect();
@@ -788,7 +755,7 @@ impl ClientSession {
             if let Some(limit) = self.caps.size
                 && tx.body.len() > limit
             {
-                let reply = Reply::local(
+                let reply = Reply::new(
                     552,
                     (5, 3, 4),
                     format!("message too big for the server (limit {limit} bytes)"),
@@ -798,7 +765,7 @@ impl ClientSession {
             }
             let utf8 = needs_utf8(&tx);
             if utf8 && !self.caps.smtputf8 {
-                let reply = Reply::local(
+                let reply = Reply::new(
                     553,
                     (5, 6, 7),
                     "the server does not support SMTPUTF8 addresses",
@@ -851,7 +818,7 @@ impl ClientSession {
         let Some(current) = self.current.take() else {
             return;
         };
-        let missing = Reply::local(451, (4, 3, 0), "no reply for this recipient");
+        let missing = Reply::new(451, (4, 3, 0), "no reply for this recipient");
         let results = current
             .tx
             .rcpt_to
@@ -866,14 +833,14 @@ impl ClientSession {
                     (Some(mail), _, _) if !mail.is_positive() => mail.clone(),
                     (_, Some(r), Some(data)) if r.is_positive() => data.clone(),
                     (_, Some(r), None) if r.is_positive() => {
-                        Reply::local(451, (4, 3, 0), "message data was not sent")
+                        Reply::new(451, (4, 3, 0), "message data was not sent")
                     }
                     (_, Some(r), _) => r,
                     _ => missing.clone(),
                 };
                 RecipientResult {
                     recipient: rcpt.clone(),
-                    outcome: reply.outcome(),
+                    outcome: Outcome::of(&reply),
                     reply,
                 }
             })
@@ -1385,6 +1352,241 @@ mod tests {
             for l in &lines { body.extend_from_slice(l.as_bytes()); body.extend_from_slice(b"\r\n"); }
             let (stored, _) = pair(vec![tx(&["x@r.test"], &body)], false);
             prop_assert_eq!(stored, vec![body]);
+        }
+    }
+
+    // ------------------------------------------------------------ properties of the whole session
+
+    /// A client configuration picked by the low bits of `flags`.
+    fn config_from(flags: u8) -> ClientConfig {
+        ClientConfig {
+            helo_name: "out.example.test".into(),
+            tls: match flags & 0x03 {
+                0 => TlsPolicy::Opportunistic,
+                1 => TlsPolicy::Required,
+                _ => TlsPolicy::Disabled,
+            },
+            tls_available: flags & 0x04 != 0,
+            auth: (flags & 0x08 != 0).then(|| Credentials {
+                username: "u".into(),
+                password: "p".into(),
+            }),
+            allow_plain_auth: flags & 0x10 != 0,
+        }
+    }
+
+    /// Pieces of plausible server traffic, to reach deep states more often than random bytes.
+    fn server_piece() -> impl Strategy<Value = Vec<u8>> {
+        let fixed = prop::sample::select(vec![
+            "220 mx ESMTP\r\n",
+            "250-mx\r\n",
+            "250-PIPELINING\r\n",
+            "250-8BITMIME\r\n",
+            "250-SMTPUTF8\r\n",
+            "250-SIZE 10\r\n",
+            "250-STARTTLS\r\n",
+            "250-AUTH PLAIN LOGIN\r\n",
+            "250-AUTH LOGIN\r\n",
+            "250 CHUNKING\r\n",
+            "250 ok\r\n",
+            "250 2.1.0 ok\r\n",
+            "250 2.0.0 queued\r\n",
+            "220 2.0.0 Ready to start TLS\r\n",
+            "334 \r\n",
+            "334 VXNlcm5hbWU6\r\n",
+            "334 UGFzc3dvcmQ6\r\n",
+            "235 2.7.0 ok\r\n",
+            "354 go\r\n",
+            "451 4.2.0 later\r\n",
+            "452 4.5.3 too many\r\n",
+            "500 5.5.2 what\r\n",
+            "550-5.1.1 first\r\n",
+            "550 5.1.1 no such user\r\n",
+            "554 5.7.1 no\r\n",
+            "221 2.0.0 bye\r\n",
+            "421 4.3.2 shutting down\r\n",
+            "250\r\n",
+            "\r\n",
+            "\n",
+            "\r",
+            "2",
+            "garbage\r\n",
+        ])
+        .prop_map(|s| s.as_bytes().to_vec());
+        prop_oneof![
+            8 => fixed,
+            1 => prop::collection::vec(any::<u8>(), 0..20),
+            1 => prop::collection::vec(prop::sample::select(b"\r\n 25-0.".to_vec()), 0..20),
+        ]
+    }
+
+    fn server_stream() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(server_piece(), 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    /// Message bodies rich in line breaks and dots.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), any::<u8>()],
+            0..120,
+        )
+    }
+
+    /// `data` cut at `points` (taken modulo its length), in order.
+    fn split_at_points<'a>(data: &'a [u8], points: &[usize]) -> Vec<&'a [u8]> {
+        let mut cuts: Vec<usize> = points.iter().map(|p| p % (data.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut last = 0;
+        for cut in cuts {
+            pieces.push(&data[last..cut]);
+            last = cut;
+        }
+        pieces.push(&data[last..]);
+        pieces
+    }
+
+    /// Every CR on the wire is followed by LF and every LF preceded by CR.
+    fn assert_crlf_only(out: &[u8]) {
+        for (i, &b) in out.iter().enumerate() {
+            if b == b'\r' {
+                assert_eq!(out.get(i + 1), Some(&b'\n'), "bare CR at {i} in {out:?}");
+            }
+            if b == b'\n' {
+                assert!(i > 0 && out[i - 1] == b'\r', "bare LF at {i} in {out:?}");
+            }
+        }
+    }
+
+    /// Drives a client through `pieces` of server input as a driver would (StartTls answered
+    /// with a successful handshake), then the connection drops. Returns everything written and
+    /// every event.
+    fn drive(mut c: ClientSession, pieces: &[&[u8]]) -> (Vec<u8>, Vec<ClientEvent>) {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let mut drain = |c: &mut ClientSession, out: &mut Vec<u8>| loop {
+            while let Some(o) = c.poll_output() {
+                assert!(!o.is_empty());
+                out.extend(o);
+            }
+            let Some(e) = c.poll_event() else { break };
+            if e == ClientEvent::StartTls {
+                c.tls_started();
+            }
+            events.push(e);
+        };
+        drain(&mut c, &mut out);
+        for piece in pieces {
+            let was_done = c.is_done();
+            let before = out.len();
+            c.handle_input(piece);
+            drain(&mut c, &mut out);
+            if was_done {
+                assert_eq!(out.len(), before, "output after the session was done");
+            }
+        }
+        c.handle_disconnect();
+        drain(&mut c, &mut out);
+        assert!(c.is_done());
+        (out, events)
+    }
+
+    fn session_with(config: ClientConfig, bodies: &[Vec<u8>]) -> ClientSession {
+        let mut c = ClientSession::new(config);
+        for (i, b) in bodies.iter().enumerate() {
+            let rcpts = if i % 2 == 0 {
+                &["x@r.test", "y@r.test"][..]
+            } else {
+                &["z@r.test"][..]
+            };
+            c.push(tx(rcpts, b));
+        }
+        c.finish();
+        c
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_server_input_never_panics_and_reports_each_transaction_once(
+            data in prop_oneof![server_stream(), prop::collection::vec(any::<u8>(), 0..400)],
+            points in prop::collection::vec(any::<usize>(), 0..8),
+            flags in any::<u8>(),
+            bodies in prop::collection::vec(body(), 1..3),
+        ) {
+            let c = session_with(config_from(flags), &bodies);
+            let (out, events) = drive(c, &split_at_points(&data, &points));
+            assert_crlf_only(&out);
+            let mut reported: Vec<usize> = events.iter().filter_map(|e| match e {
+                ClientEvent::TransactionDone { index, results } => {
+                    // session_with() gives even transactions two recipients, odd ones one.
+                    assert_eq!(results.len(), if index % 2 == 0 { 2 } else { 1 });
+                    Some(*index)
+                }
+                _ => None,
+            }).collect();
+            reported.sort_unstable();
+            prop_assert_eq!(reported, (0..bodies.len()).collect::<Vec<_>>());
+            let failures = events
+                .iter()
+                .filter(|e| matches!(e, ClientEvent::SessionFailed { .. }))
+                .count();
+            prop_assert!(failures <= 1);
+        }
+
+        #[test]
+        fn any_split_of_the_server_input_gives_the_same_dialogue(
+            data in server_stream(),
+            points in prop::collection::vec(any::<usize>(), 1..10),
+            flags in any::<u8>(),
+        ) {
+            // No TLS: the handshake drops what the server sent before it, by design.
+            let config = ClientConfig { tls: TlsPolicy::Disabled, ..config_from(flags) };
+            let bodies = vec![b"hi\r\n".to_vec(), b".\r\n".to_vec()];
+            let whole = drive(session_with(config.clone(), &bodies), &[&data]);
+            let split = drive(session_with(config.clone(), &bodies), &split_at_points(&data, &points));
+            prop_assert_eq!(&whole, &split);
+            let bytes: Vec<&[u8]> = data.chunks(1).collect();
+            let byte_by_byte = drive(session_with(config, &bodies), &bytes);
+            prop_assert_eq!(&whole, &byte_by_byte);
+        }
+
+        #[test]
+        fn the_wire_never_holds_a_bare_cr_or_lf_whatever_the_body(
+            bodies in prop::collection::vec(body(), 1..4),
+        ) {
+            let mut server = ServerSession::new(
+                SessionConfig { hostname: "mx.r.test".into(), ..SessionConfig::default() },
+                PeerInfo { ip: [127, 0, 0, 1].into() },
+            );
+            let mut client = session_with(config(), &bodies);
+            let mut wire = Vec::new();
+            let mut stored = 0;
+            for _ in 0..10_000 {
+                let mut progressed = false;
+                while let Some(ev) = server.poll_event() {
+                    progressed = true;
+                    stored += usize::from(matches!(ev, Event::Message { .. }));
+                    server.answer(Answer::Accept);
+                }
+                while let Some(out) = server.poll_output() {
+                    progressed = true;
+                    client.handle_input(&out);
+                }
+                while client.poll_event().is_some() {
+                    progressed = true;
+                }
+                while let Some(out) = client.poll_output() {
+                    progressed = true;
+                    wire.extend_from_slice(&out);
+                    server.handle_input(&out);
+                }
+                if client.is_done() || !progressed {
+                    break;
+                }
+            }
+            assert_crlf_only(&wire);
+            // The server saw exactly the messages the client meant: none split or merged.
+            prop_assert_eq!(stored, bodies.len());
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod dsn;
 pub mod listener;
 pub mod outbound;
 pub mod policy;
+pub mod reply;
 pub mod routing;
 pub mod session;
 pub mod stream;

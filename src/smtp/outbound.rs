@@ -80,7 +80,7 @@ pub async fn send(
                 }
                 ClientEvent::SessionFailed { reply, reason } => {
                     failure = Some(match reply {
-                        Some(reply) => format!("{reason}: {reply}"),
+                        Some(reply) => format!("{reason}: {}", reply.summary()),
                         None => reason,
                     });
                 }
