@@ -521,3 +521,14 @@ def test_request_bodies_and_fields_have_size_limits(server):
     att = [{"filename": "a.bin", "content_base64": "AAAA" * 600_000}]
     assert_error(bob.post("/api/v1/send", json={**ok, "attachments": att}), 413, "payload_too_large")
     assert_error(bob.post("/api/v1/send", json={**ok, "subject": "s" * 2001, "attachments": []}), 400)
+
+
+def test_nul_characters_are_bad_input_not_a_storage_failure(srv):
+    # PostgreSQL cannot store a NUL: before, it surfaced as 503 "storage unavailable".
+    admin = srv.api()
+    assert_error(admin.get("/api/v1/messages", params={"folder": "IN\x00BOX"}), 400)
+    assert_error(admin.post("/api/v1/tokens", json={"name": "a\x00b"}), 400)
+    assert_error(admin.post("/api/v1/domains", json={"name": "nul\x00.test"}), 400)
+    # A body of only white space is not an empty body.
+    r = admin.post("/api/v1/tokens", data=b"\r", headers={"content-type": "application/json"})
+    assert_error(r, 400)

@@ -184,13 +184,37 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let Json(value) = Json::<serde_json::Value>::from_request(req, state).await?;
-        if !value.is_object() {
-            return Err(ApiError::bad_request("the body must be a JSON object"));
-        }
-        serde_json::from_value(value)
+        checked_object(value)
+            .and_then(|value| {
+                serde_json::from_value(value)
+                    .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+            })
             .map(Self)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
+}
+
+/// A body must be a JSON object (serde would also take a struct as an array of its fields)
+/// and no string in it may hold a NUL character (PostgreSQL cannot store one).
+fn checked_object(value: serde_json::Value) -> Result<serde_json::Value, ApiError> {
+    fn has_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(has_nul),
+            serde_json::Value::Object(map) => map
+                .iter()
+                .any(|(key, value)| key.contains('\0') || has_nul(value)),
+            _ => false,
+        }
+    }
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    if has_nul(&value) {
+        return Err(ApiError::bad_request(
+            "a string in the body contains a NUL character",
+        ));
+    }
+    Ok(value)
 }
 
 /// `Query` whose rejections are [`ApiError`]s.
@@ -203,8 +227,8 @@ pub struct ApiQuery<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
-/// A JSON body that may be left out (empty or only whitespace): then `T::default()`. Any
-/// content type is accepted, since the body is optional.
+/// A JSON body that may be left out (no bytes at all): then `T::default()`. Anything else
+/// must be a JSON object. Any content type is accepted, since the body is optional.
 pub struct OptionalJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for OptionalJson<T>
@@ -216,15 +240,17 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let body = axum::body::Bytes::from_request(req, state).await?;
-        match body.iter().find(|b| !b.is_ascii_whitespace()) {
-            None => return Ok(Self(T::default())),
-            // serde would also take a struct as an array of its fields; only an object is.
-            Some(b'{') => {}
-            Some(_) => return Err(ApiError::bad_request("the body must be a JSON object")),
+        if body.is_empty() {
+            return Ok(Self(T::default()));
         }
-        serde_json::from_slice(&body)
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        checked_object(value)
+            .and_then(|value| {
+                serde_json::from_value(value)
+                    .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+            })
             .map(Self)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
 }
 

@@ -201,7 +201,57 @@ pub fn openapi_document(config: &Config) -> serde_json::Value {
         send["properties"]["headers"]["additionalProperties"] =
             json!({"type": "string", "pattern": "^[^\\r\\n\\u0000]*$", "maxLength": 900});
     }
+    forbid_nul_in_requests(&mut doc);
     doc
+}
+
+/// No string the server takes may hold a NUL (PostgreSQL cannot store one, so the server
+/// refuses it with 400): every string of a request schema without a pattern of its own gets
+/// one that says so.
+fn forbid_nul_in_requests(doc: &mut serde_json::Value) {
+    use serde_json::Value;
+    fn walk(value: &mut Value, refs: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    refs.push(target.rsplit('/').next().unwrap_or_default().to_string());
+                }
+                let string = map.get("type").is_some_and(|t| {
+                    t == "string"
+                        || t.as_array()
+                            .is_some_and(|a| a.iter().any(|x| x == "string"))
+                });
+                if string && !map.contains_key("pattern") {
+                    map.insert("pattern".into(), Value::from("^[^\\u0000]*$"));
+                }
+                map.values_mut().for_each(|child| walk(child, refs));
+            }
+            Value::Array(items) => items.iter_mut().for_each(|item| walk(item, refs)),
+            _ => {}
+        }
+    }
+    let mut refs = Vec::new();
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for op in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|item| item.values_mut())
+        {
+            for part in ["parameters", "requestBody"] {
+                if let Some(value) = op.get_mut(part) {
+                    walk(value, &mut refs);
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    while let Some(name) = refs.pop() {
+        if seen.insert(name.clone())
+            && let Some(schema) = doc.pointer_mut(&format!("/components/schemas/{name}"))
+        {
+            walk(schema, &mut refs);
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -240,6 +290,22 @@ async fn inject_fault(
     }
     tracing::warn!(target = %body.target, "fault injected");
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Refuses a path or query carrying a NUL character (`%00`): no name, address or folder has
+/// one, and PostgreSQL cannot store it, so it is bad input, not a storage failure.
+async fn refuse_nul(request: Request, next: Next) -> Response {
+    let uri = request.uri().to_string();
+    if uri
+        .as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    {
+        return axum::response::IntoResponse::into_response(ApiError::bad_request(
+            "the path or query contains a NUL character",
+        ));
+    }
+    next.run(request).await
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {
@@ -300,6 +366,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(health::metrics))
         .nest("/api/v1", v1)
         .fallback(not_found)
+        .layer(middleware::from_fn(refuse_nul))
         .layer(middleware::from_fn(count_requests))
         // Every body is capped (also one the handler reads as raw bytes); the send route
         // sets its own, larger cap above.

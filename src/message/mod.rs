@@ -229,13 +229,17 @@ pub fn summarize(data: &[u8]) -> MessageSummary {
     let Some(msg) = MessageParser::default().parse(data) else {
         return MessageSummary::default();
     };
+    // Decoded header text may hold a NUL (`=?utf-8?q?=00?=`), which PostgreSQL cannot store:
+    // such a message would never commit. The listed fields drop it; the body keeps it.
+    let clean = |s: &str| s.replace('\0', "");
+    let clean_all = |v: Vec<String>| v.iter().map(|s| clean(s)).collect();
     MessageSummary {
-        from: addresses(msg.from()).into_iter().next().unwrap_or_default(),
-        to: addresses(msg.to()),
-        cc: addresses(msg.cc()),
-        subject: msg.subject().unwrap_or_default().to_string(),
+        from: clean(&addresses(msg.from()).into_iter().next().unwrap_or_default()),
+        to: clean_all(addresses(msg.to())),
+        cc: clean_all(addresses(msg.cc())),
+        subject: clean(msg.subject().unwrap_or_default()),
         date: msg.date().map(|d| d.to_timestamp() * 1000),
-        message_id: msg.message_id().map(str::to_string),
+        message_id: msg.message_id().map(clean),
         has_attachments: msg.attachment_count() > 0,
     }
 }
@@ -334,6 +338,14 @@ pub fn rfc3339(ms: Millis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_fields_never_carry_a_nul() {
+        let raw = b"From: =?utf-8?q?a=00b?= <a@x.test>\r\nSubject: =?utf-8?q?hi=00there?=\r\n\r\nbody\r\n";
+        let summary = summarize(raw);
+        assert_eq!(summary.subject, "hithere");
+        assert!(!summary.from.contains('\0'), "{:?}", summary.from);
+    }
 
     fn arrival<'a>(fix: bool) -> Arrival<'a> {
         Arrival {

@@ -135,29 +135,25 @@ fn millis(d: Duration) -> i64 {
 #[async_trait::async_trait]
 impl QueueStore for SqlStore {
     async fn ensure_partition_count(&self, partitions: u32) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let stored: Option<String> =
+        // Several replicas may start at once: the first insert wins, every one then compares.
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ('queue.partitions', $1) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(partitions.to_string())
+        .execute(self.pool())
+        .await?;
+        let stored: String =
             sqlx::query("SELECT value FROM settings WHERE name = 'queue.partitions'")
-                .fetch_optional(&mut *tx)
+                .fetch_one(self.pool())
                 .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-        match stored {
-            Some(v) if v == partitions.to_string() => {}
-            Some(v) => {
-                return Err(StoreError::Invalid(format!(
-                    "queue.partitions is {partitions} but the database was created with {v}; \
-                     the partition count cannot change once mail is queued"
-                )));
-            }
-            None => {
-                sqlx::query("INSERT INTO settings (name, value) VALUES ('queue.partitions', $1)")
-                    .bind(partitions.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+                .try_get(0)?;
+        if stored != partitions.to_string() {
+            return Err(StoreError::Invalid(format!(
+                "queue.partitions is {partitions} but the database was created with {stored}; \
+                 the partition count cannot change once mail is queued"
+            )));
         }
-        tx.commit().await?;
         Ok(())
     }
 
