@@ -295,12 +295,9 @@ async fn inject_fault(
 /// Refuses a path or query carrying a NUL character (`%00`): no name, address or folder has
 /// one, and PostgreSQL cannot store it, so it is bad input, not a storage failure.
 async fn refuse_nul(request: Request, next: Next) -> Response {
-    let uri = request.uri().to_string();
-    if uri
-        .as_bytes()
-        .windows(3)
-        .any(|w| w.eq_ignore_ascii_case(b"%00"))
-    {
+    let uri = request.uri();
+    let encoded_nul = |part: &str| part.as_bytes().windows(3).any(|w| w == b"%00");
+    if encoded_nul(uri.path()) || uri.query().is_some_and(encoded_nul) {
         return axum::response::IntoResponse::into_response(ApiError::bad_request(
             "the path or query contains a NUL character",
         ));
