@@ -249,11 +249,9 @@ async fn record(
                     error: &error,
                     retry_in: wait,
                 });
-                for update in updates.iter_mut().filter(|u| {
-                    u.status == QueueStatus::Failed
-                        && results
-                            .iter()
-                            .any(|r| r.entry.id == u.id && r.entry.message_id == entry.message_id)
+                // `updates` has one row per result, in the same order.
+                for (update, _) in updates.iter_mut().zip(results).filter(|(u, r)| {
+                    u.status == QueueStatus::Failed && r.entry.message_id == entry.message_id
                 }) {
                     update.status = QueueStatus::Deferred;
                     update.next_attempt_at = retry_at;
@@ -337,10 +335,10 @@ impl PartitionQueue {
             }
             let active = state.workers.get(&domain).copied().unwrap_or(0);
             let free = limit.saturating_sub(active);
-            // Enough to fill the free connections even if every row of the busy ones is
-            // still among the oldest.
             let wanted = free * per_connection;
-            let fetch = (wanted + active * per_connection) as u32;
+            // Room for every row of the busy connections (still among the oldest) and enough
+            // to fill the free ones: `active + free` is the limit.
+            let fetch = u32::try_from(limit * per_connection).unwrap_or(u32::MAX);
             let rows = ctx
                 .stores
                 .queue

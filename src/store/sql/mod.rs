@@ -209,13 +209,13 @@ impl SqlStore {
                     .execute(&mut *tx)
                     .await?;
             }
-            let checks = futures::future::join_all(keys.iter().map(|key| async move {
+            let checks = futures::future::join_all(keys.iter().map(|&key| async move {
                 match blobs.contains(key).await {
                     Ok(true) => None,
-                    Ok(false) => Some(key.to_string()),
+                    Ok(false) => Some(key),
                     Err(error) => {
                         tracing::warn!(%key, %error, "cannot check a message body before its commit");
-                        Some(key.to_string())
+                        Some(key)
                     }
                 }
             }))
@@ -224,7 +224,10 @@ impl SqlStore {
         }
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
-            if let Some(m) = op.new_messages().find(|m| missing.contains(&m.blob_key)) {
+            if let Some(m) = op
+                .new_messages()
+                .find(|m| missing.contains(m.blob_key.as_str()))
+            {
                 results.push(Err(StoreError::BlobMissing(m.blob_key.clone())));
                 continue;
             }
@@ -282,6 +285,17 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
     })
 }
 
+/// A migrated SQLite store in `dir/<name>.db`, for tests.
+#[cfg(test)]
+pub(crate) async fn test_sqlite(dir: &std::path::Path, name: &str) -> SqlStore {
+    SqlStore::connect(&DatabaseConfig {
+        url: format!("sqlite://{}/{name}.db", dir.display()),
+        ..DatabaseConfig::default()
+    })
+    .await
+    .expect("connect")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,12 +322,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_stored_again_is_never_lost_to_a_concurrent_purge() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqlStore::connect(&DatabaseConfig {
-            url: format!("sqlite://{}/m.db", dir.path().display()),
-            ..DatabaseConfig::default()
-        })
-        .await
-        .expect("connect");
+        let store = test_sqlite(dir.path(), "m").await;
         let blobs = FsBlobStore::open(&dir.path().join("blobs")).expect("fs");
         let body = b"same body\r\n";
         let key = blobs.key_for(body);
