@@ -93,7 +93,7 @@ def test_a_bounce_that_cannot_be_stored_is_retried_not_lost(server, receiver):
     assert bounces[0]["subject"] == "Undelivered Mail Returned to Sender"
 
 
-def send_and_time(srv, port_name: str = "smtp") -> tuple[int, float]:
+def send_and_time(srv) -> tuple[int, float]:
     """Sends one message on port 25 and returns the DATA reply code and how long it took."""
     started = time.monotonic()
     with contextlib.closing(srv.smtp()) as s:

@@ -319,16 +319,10 @@ pub async fn import(store: &SqlStore, dir: &Path, force: bool) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatabaseConfig;
     use crate::store::MetadataStore;
 
     async fn store(dir: &Path, name: &str) -> SqlStore {
-        SqlStore::connect(&DatabaseConfig {
-            url: format!("sqlite://{}/{name}.db", dir.display()),
-            ..DatabaseConfig::default()
-        })
-        .await
-        .expect("connect")
+        crate::store::sql::test_sqlite(dir, name).await
     }
 
     #[tokio::test]

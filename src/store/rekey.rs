@@ -255,7 +255,6 @@ pub async fn rotate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatabaseConfig;
     use crate::store::crypto::EncryptedBlobStore;
     use crate::store::fs::FsBlobStore;
     use crate::store::{AcceptedMessage, MessageSummary, WriteOp, now_millis};
@@ -263,12 +262,7 @@ mod tests {
     #[tokio::test]
     async fn rotation_re_encrypts_and_is_resumable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqlStore::connect(&DatabaseConfig {
-            url: format!("sqlite://{}/r.db", dir.path().display()),
-            ..DatabaseConfig::default()
-        })
-        .await
-        .expect("connect");
+        let store = crate::store::sql::test_sqlite(dir.path(), "r").await;
         let raw: Arc<dyn BlobStore> =
             Arc::new(FsBlobStore::open(&dir.path().join("b")).expect("fs"));
         let old = Cipher::from_master_key(&Cipher::generate_master_key()).expect("old");
@@ -326,12 +320,7 @@ mod tests {
     async fn every_dkim_key_of_a_domain_keeps_its_own_private_key() {
         use crate::store::DkimKeyStore;
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqlStore::connect(&DatabaseConfig {
-            url: format!("sqlite://{}/k.db", dir.path().display()),
-            ..DatabaseConfig::default()
-        })
-        .await
-        .expect("connect");
+        let store = crate::store::sql::test_sqlite(dir.path(), "k").await;
         let raw: Arc<dyn BlobStore> =
             Arc::new(FsBlobStore::open(&dir.path().join("b")).expect("fs"));
         let alg = crate::dkim::Algorithm::Ed25519;

@@ -328,16 +328,11 @@ impl QueueStore for SqlStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatabaseConfig;
     use crate::store::{MessageSummary, MetadataStore, RemoteRecipient, WriteOp};
 
     async fn store() -> (tempfile::TempDir, SqlStore) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = DatabaseConfig {
-            url: format!("sqlite://{}/q.db", dir.path().display()),
-            ..DatabaseConfig::default()
-        };
-        let store = SqlStore::connect(&config).await.expect("connect");
+        let store = crate::store::sql::test_sqlite(dir.path(), "q").await;
         (dir, store)
     }
 
