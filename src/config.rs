@@ -80,6 +80,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Secrets.
     pub security: SecurityConfig,
+    /// Membership and requests between replicas over QUIC.
+    pub cluster: ClusterConfig,
 }
 
 /// A part of MaiRust that a process can run.
@@ -229,6 +231,8 @@ pub struct StorageOptions {
     pub access_key: Option<String>,
     /// S3 secret key.
     pub secret_key: Option<String>,
+    /// Declares the fs backend's `path` a volume every node of a cluster shares.
+    pub shared: bool,
 }
 
 impl Default for StorageOptions {
@@ -240,6 +244,7 @@ impl Default for StorageOptions {
             endpoint: None,
             access_key: None,
             secret_key: None,
+            shared: false,
         }
     }
 }
@@ -456,6 +461,67 @@ impl Default for QueueConfig {
     }
 }
 
+/// `cluster` section: replicas on one database and one bucket that share the queue.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Whether this process joins a cluster.
+    pub enabled: bool,
+    /// This node's id, also the owner name on its partition leases; default the host name.
+    pub node_id: Option<String>,
+    /// UDP address of the QUIC endpoint.
+    pub bind: String,
+    /// Address other nodes reach this one at; default `bind` (with the host's address when
+    /// `bind` is unspecified).
+    pub advertise: Option<String>,
+    /// Addresses (`host:port`) of nodes to join through.
+    pub seeds: Vec<String>,
+    /// A name whose addresses are seeds (a Kubernetes headless Service), resolved again
+    /// periodically; `host:port`.
+    pub seed_dns: Option<String>,
+    /// Shared secret: every node with the same secret trusts every other.
+    pub secret: Option<String>,
+    /// Operator-supplied certificates instead of the secret.
+    pub tls: Option<ClusterTls>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: None,
+            bind: "0.0.0.0:7946".into(),
+            advertise: None,
+            seeds: Vec::new(),
+            seed_dns: None,
+            secret: None,
+            tls: None,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// This node's id: `node_id`, or the host name.
+    pub fn node_id(&self, hostname: &str) -> String {
+        self.node_id
+            .clone()
+            .filter(|id| !id.trim().is_empty())
+            .unwrap_or_else(|| hostname.to_string())
+    }
+}
+
+/// `cluster.tls`: PEM files of the cluster CA and this node's certificate and key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// CA certificate(s) every peer's certificate must chain to.
+    pub ca: PathBuf,
+    /// This node's certificate chain.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
 /// `api` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -580,6 +646,7 @@ impl Config {
                 .with_list_parse_key("server.roles")
                 .with_list_parse_key("delivery.retry_intervals")
                 .with_list_parse_key("delivery.dns_servers")
+                .with_list_parse_key("cluster.seeds")
                 .try_parsing(true)
                 .source(Some(generic)),
         );
@@ -662,6 +729,9 @@ impl Config {
         if self.queue.lease_ttl < Duration::from_secs(1) {
             return Err(invalid("queue.lease_ttl", "must be at least 1s"));
         }
+        if self.cluster.enabled {
+            self.validate_cluster()?;
+        }
         if !(self.database.url.starts_with("sqlite:")
             || self.database.url.starts_with("postgres://")
             || self.database.url.starts_with("postgresql://"))
@@ -669,6 +739,69 @@ impl Config {
             return Err(invalid(
                 "database.url",
                 "must start with sqlite:// or postgres://",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// A cluster needs storage every node sees and a way for nodes to trust each other.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.database.url.starts_with("sqlite:") {
+            return Err(invalid(
+                "cluster.enabled",
+                "a cluster needs a database every node shares: set database.url to a \
+                 postgres:// URL (SQLite is one process's file)",
+            ));
+        }
+        if self.storage.backend == StorageBackend::Fs && !self.storage.options.shared {
+            return Err(invalid(
+                "cluster.enabled",
+                "a cluster needs message bodies every node can read: use storage.backend: s3, \
+                 or set storage.options.shared: true if storage.options.path is a volume all \
+                 nodes mount",
+            ));
+        }
+        let secret = self.cluster.secret.as_deref().map(str::trim).unwrap_or("");
+        match (&self.cluster.tls, secret.is_empty()) {
+            (None, true) => {
+                return Err(invalid(
+                    "cluster.secret",
+                    "set a shared secret (at least 16 characters, the same on every node) or \
+                     cluster.tls.ca, cluster.tls.cert and cluster.tls.key",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(invalid(
+                    "cluster",
+                    "set either cluster.secret or cluster.tls, not both",
+                ));
+            }
+            (None, false) if secret.len() < 16 => {
+                return Err(invalid(
+                    "cluster.secret",
+                    "must be at least 16 characters; generate one with `openssl rand -hex 32`",
+                ));
+            }
+            _ => {}
+        }
+        if self.cluster.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "cluster.bind",
+                "must be an IP address and UDP port, such as 0.0.0.0:7946",
+            ));
+        }
+        if let Some(id) = &self.cluster.node_id
+            && (id.trim().is_empty() || id.len() > 128 || id.chars().any(char::is_whitespace))
+        {
+            return Err(invalid(
+                "cluster.node_id",
+                "must be 1 to 128 characters without spaces",
             ));
         }
         Ok(())
@@ -719,6 +852,7 @@ impl std::fmt::Debug for StorageOptions {
             .field("endpoint", &self.endpoint.as_deref().map(redact_url))
             .field("access_key", &self.access_key)
             .field("secret_key", &redacted(&self.secret_key))
+            .field("shared", &self.shared)
             .finish()
     }
 }
@@ -737,6 +871,21 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("email", &self.email)
             .field("password", &redacted(&self.password))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("enabled", &self.enabled)
+            .field("node_id", &self.node_id)
+            .field("bind", &self.bind)
+            .field("advertise", &self.advertise)
+            .field("seeds", &self.seeds)
+            .field("seed_dns", &self.seed_dns)
+            .field("secret", &redacted(&self.secret))
+            .field("tls", &self.tls)
             .finish()
     }
 }
