@@ -85,7 +85,7 @@ pub struct Config {
 }
 
 /// A part of MaiRust that a process can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// SMTP listeners (MX and submission).
@@ -1064,6 +1064,49 @@ mod tests {
         assert_eq!(c.server.roles, vec![Role::Smtp, Role::Api]);
         assert_eq!(c.log.level, "debug");
         assert_eq!(c.storage.options.path, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn a_cluster_needs_shared_storage_and_a_way_to_trust_peers() {
+        let pg = ("DATABASE_URL", "postgres://u:p@127.0.0.1:5432/db");
+        let secret = ("MAIRUST_CLUSTER__SECRET", "0123456789abcdef0123");
+        let on = ("MAIRUST_CLUSTER__ENABLED", "true");
+        let fails = |pairs: &[(&str, &str)], key: &str, words: &str| {
+            let err = Config::load_from(None, env(pairs)).expect_err("must fail");
+            let text = err.to_string();
+            assert!(text.contains(key) && text.contains(words), "{text}");
+        };
+        fails(&[on, secret], "cluster.enabled", "postgres://");
+        fails(&[on, secret, pg], "cluster.enabled", "storage.options.shared");
+        let shared = ("MAIRUST_STORAGE__OPTIONS__SHARED", "true");
+        fails(&[on, pg, shared], "cluster.secret", "cluster.tls");
+        fails(
+            &[on, pg, shared, ("MAIRUST_CLUSTER__SECRET", "short")],
+            "cluster.secret",
+            "16 characters",
+        );
+        fails(
+            &[on, pg, shared, secret, ("MAIRUST_CLUSTER__BIND", "nowhere")],
+            "cluster.bind",
+            "UDP port",
+        );
+        let c = Config::load_from(
+            None,
+            env(&[
+                on,
+                pg,
+                shared,
+                secret,
+                ("MAIRUST_CLUSTER__SEEDS", "core-1:7946,core-2:7946"),
+                ("MAIRUST_CLUSTER__NODE_ID", "core-0"),
+            ]),
+        )
+        .expect("a valid cluster config");
+        assert_eq!(c.cluster.seeds, vec!["core-1:7946", "core-2:7946"]);
+        assert_eq!(c.cluster.node_id("host"), "core-0");
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "secret redacted");
+        let alone = Config::load_from(None, env(&[])).expect("defaults");
+        assert_eq!(alone.cluster.node_id("host"), "host");
     }
 
     #[test]

@@ -183,6 +183,30 @@ pub const METRICS: &[Metric] = &[
     metric("mairust_delivery_latency_seconds", Histogram, &[], None),
     metric("mairust_bounces_total", Counter, &[], None),
     metric("mairust_bounce_failures_total", Counter, &[], None),
+    metric(
+        "mairust_cluster_partitions_owned",
+        Gauge,
+        &[],
+        Some((None, "Queue partitions whose lease this node holds")),
+    ),
+    metric(
+        "mairust_cluster_lease_renew_seconds",
+        Histogram,
+        &[],
+        Some((
+            Some(Unit::Seconds),
+            "Time one renewal of all of this node's leases took",
+        )),
+    ),
+    metric(
+        "mairust_cluster_takeovers_total",
+        Counter,
+        &[],
+        Some((
+            None,
+            "Partitions this node acquired that another node had held",
+        )),
+    ),
 ];
 
 /// Registers the unit and help text of every metric in [`METRICS`] that has them.
@@ -433,6 +457,57 @@ impl InternalEvent for PartitionQueueExited<'_> {
         metrics::counter!("mairust_actor_restarts_total", "actor" => "partition_queue")
             .increment(1);
         tracing::error!(target: QUEUE_MANAGER, partition = self.partition, reason = %self.reason, "partition queue exited; restarting at next tick");
+    }
+}
+
+// --- Partition ownership --------------------------------------------------------------
+
+/// How many partitions this node holds now.
+pub struct PartitionsOwned {
+    /// Partitions.
+    pub count: usize,
+}
+
+impl InternalEvent for PartitionsOwned {
+    fn emit(self) {
+        metrics::gauge!("mairust_cluster_partitions_owned").set(self.count as f64);
+    }
+}
+
+/// One renewal of every lease this node holds succeeded.
+pub struct LeasesRenewed {
+    /// How long the statement took.
+    pub elapsed: Duration,
+    /// Leases still held.
+    pub held: usize,
+}
+
+impl InternalEvent for LeasesRenewed {
+    fn emit(self) {
+        metrics::histogram!("mairust_cluster_lease_renew_seconds")
+            .record(self.elapsed.as_secs_f64());
+        if self.elapsed > Duration::from_secs(1) {
+            tracing::warn!(target: QUEUE_MANAGER, elapsed_ms = self.elapsed.as_millis() as u64, held = self.held, "lease renewal was slow");
+        }
+    }
+}
+
+/// This node acquired a partition's lease.
+pub struct PartitionAcquired {
+    /// The partition.
+    pub partition: u32,
+    /// Its new epoch.
+    pub epoch: i64,
+    /// Whether another holder had it before (epoch > 1): a takeover.
+    pub takeover: bool,
+}
+
+impl InternalEvent for PartitionAcquired {
+    fn emit(self) {
+        if self.takeover {
+            metrics::counter!("mairust_cluster_takeovers_total").increment(1);
+        }
+        tracing::info!(target: QUEUE_MANAGER, partition = self.partition, epoch = self.epoch, takeover = self.takeover, "partition acquired");
     }
 }
 

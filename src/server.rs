@@ -17,6 +17,7 @@ use crate::actors::{
 };
 use crate::api::{ApiServer, ApiServerArgs, ApiState};
 use crate::auth::{Authenticator, hash_password, random_secret, verify_password};
+use crate::cluster::Cluster;
 use crate::config::{Config, Role};
 use crate::smtp::listener::{ListenerArgs, SmtpListener};
 use crate::smtp::routing::Router;
@@ -98,7 +99,55 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.smtp.auth_failure_delay,
         config.smtp.auth_failures_free,
     ));
+    let node_id = node_id(&config);
+    let cluster = if config.cluster.enabled {
+        let cluster = Cluster::start(
+            &config.cluster,
+            node_id.clone(),
+            config.server.roles.clone(),
+            Arc::new(queue.clone()),
+        )
+        .await
+        .context("cannot start the cluster endpoint")?;
+        queue.connect_cluster(cluster.clone(), stores.queue.clone());
+        wait_for_peers(&config, &cluster).await;
+        Some(cluster)
+    } else {
+        None
+    };
+    // Stopped in reverse order: the API and the listeners first, then the queue (which drains
+    // its partitions and releases their leases), the storage writer last.
     let mut specs = vec![writer_spec(&config, &stores, &writer)];
+
+    if config.server.has_role(Role::Queue) {
+        let ctx = Arc::new(DeliveryContext {
+            config: config.clone(),
+            stores: stores.clone(),
+            router: Router::new(&config.delivery)?,
+            limiter: DestinationLimiter::new(config.delivery.concurrency_per_destination),
+            tls: tls::outbound_client_config(),
+            queue: queue.clone(),
+            writer: writer.clone(),
+        });
+        tracing::info!(node_id = %node_id, partitions = config.queue.partitions, "queue role enabled");
+        let queue = queue.clone();
+        let members = cluster.as_ref().map(Cluster::subscribe);
+        let node_id = node_id.clone();
+        specs.push(ChildSpec::new("queue_manager", move |sup| {
+            let args = QueueManagerArgs {
+                ctx: ctx.clone(),
+                node_id: node_id.clone(),
+                members: members.clone(),
+            };
+            let queue = queue.clone();
+            async move {
+                let (actor, _) = Actor::spawn_linked(None, QueueManager, args, sup).await?;
+                queue.set(actor.clone());
+                Ok(actor.get_cell())
+            }
+        }));
+        specs.push(purge_spec(&config, &stores));
+    }
 
     if config.server.has_role(Role::Smtp) {
         let cert = tls::ensure_certificate(&config)?;
@@ -137,34 +186,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    if config.server.has_role(Role::Queue) {
-        let ctx = Arc::new(DeliveryContext {
-            config: config.clone(),
-            stores: stores.clone(),
-            router: Router::new(&config.delivery)?,
-            limiter: DestinationLimiter::new(config.delivery.concurrency_per_destination),
-            tls: tls::outbound_client_config(),
-            queue: queue.clone(),
-            writer: writer.clone(),
-        });
-        let node_id = node_id(&config);
-        tracing::info!(node_id = %node_id, partitions = config.queue.partitions, "queue role enabled");
-        let queue = queue.clone();
-        specs.push(ChildSpec::new("queue_manager", move |sup| {
-            let args = QueueManagerArgs {
-                ctx: ctx.clone(),
-                node_id: node_id.clone(),
-            };
-            let queue = queue.clone();
-            async move {
-                let (actor, _) = Actor::spawn_linked(None, QueueManager, args, sup).await?;
-                queue.set(actor.clone());
-                Ok(actor.get_cell())
-            }
-        }));
-        specs.push(purge_spec(&config, &stores));
-    }
-
     if config.server.has_role(Role::Api) {
         let state = ApiState {
             config: config.clone(),
@@ -175,6 +196,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             queue: queue.clone(),
             faults: faults.clone(),
             authenticator: authenticator.clone(),
+            node_id: node_id.clone(),
+            cluster: cluster.clone(),
         };
         let addr = SocketAddr::new(config.server.bind, config.server.api_port);
         let shutdown = shutdown_rx.clone();
@@ -209,6 +232,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     root.stop(Some("shutdown".into()));
     let _ = root_handle.await;
+    // Only now, with every lease released: the others see this node leave and take its
+    // partitions at once.
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -224,10 +252,36 @@ fn startup_error(e: &ractor::SpawnErr) -> String {
     format!("cannot start: {message}")
 }
 
-/// This process's name as a lease owner: the host name plus a per-process suffix, so that a
-/// restarted process never mistakes a dead predecessor's leases for its own.
+/// This process's name as a lease owner. In a cluster, `cluster.node_id` (default the host
+/// name): a restarted node adopts the leases its predecessor still holds, with a new epoch.
+/// Alone, the host name plus a per-process suffix, so that several processes on one database
+/// without a cluster never share a name.
 fn node_id(config: &Config) -> String {
-    format!("{}-{:08x}", config.server.hostname, rand::random::<u32>())
+    if config.cluster.enabled {
+        config.cluster.node_id(&config.server.hostname)
+    } else {
+        format!("{}-{:08x}", config.server.hostname, rand::random::<u32>())
+    }
+}
+
+/// How long a starting node waits to hear from its seeds before it claims partitions.
+const JOIN_WAIT: Duration = Duration::from_secs(3);
+
+/// Gives membership a moment to learn the other nodes, so that a node joining a running
+/// cluster does not first claim every free partition as if it were alone. A lone first node
+/// (no seed answers) goes on after the wait.
+async fn wait_for_peers(config: &Config, cluster: &Cluster) {
+    if config.cluster.seeds.is_empty() && config.cluster.seed_dns.is_none() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if cluster.members().len() > 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!("no cluster peer answered yet; starting as the first node");
 }
 
 /// Periodically deletes finished queue rows older than `delivery.retention`, and the messages

@@ -5,10 +5,13 @@
 pub mod delivery;
 pub mod partition;
 pub mod purger;
+pub mod queue_handle;
 pub mod queue_manager;
 pub mod storage_writer;
 pub mod supervisor;
 
-pub use queue_manager::{QueueHandle, QueueManager, QueueMsg};
+pub use partition::QueueOpError;
+pub use queue_handle::QueueHandle;
+pub use queue_manager::{QueueManager, QueueMsg};
 pub use storage_writer::{CommitError, StorageWriter, WriterHandle, WriterMsg};
 pub use supervisor::{ChildSpec, RootSupervisor, SupervisorMsg};

@@ -65,6 +65,27 @@ pub enum QueueOpError {
     /// The bounce a cancellation asked for could not be built, so nothing was cancelled.
     #[error("queue storage error: {0}")]
     Bounce(Arc<delivery::BounceError>),
+    /// No node holds the partition's lease right now (a takeover is under way).
+    #[error("partition {0} has no owner right now (a takeover is under way); try again in a few seconds")]
+    NoOwner(u32),
+    /// The node that owns the partition could not be asked.
+    #[error("the owner of partition {partition}, node {node}, cannot be reached ({reason}); try again in a few seconds")]
+    Unreachable {
+        /// The partition.
+        partition: u32,
+        /// Its owner.
+        node: String,
+        /// Why the request failed.
+        reason: String,
+    },
+    /// The owning node refused the operation.
+    #[error("{message}")]
+    Remote {
+        /// How it refused.
+        kind: crate::cluster::ErrorKind,
+        /// Its message.
+        message: String,
+    },
 }
 
 /// The partition actor.

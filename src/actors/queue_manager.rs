@@ -1,38 +1,52 @@
-//! The queue manager: holds this node's partition leases and runs one partition-queue actor
-//! per owned partition.
+//! The queue manager: holds this node's partition leases and runs one partition actor per
+//! lease.
 //!
-//! Every tick (a third of the lease lifetime) it renews all its leases in one statement; a
-//! partition whose lease did not renew is lost (another node took over), and its actor is
-//! stopped. Then it tries to acquire each partition it should own (on a single node: all) that
-//! is free or expired. A partition actor that fails is restarted with the same lease at the
-//! next tick. On stop it stops its partition actors and releases their leases at once, so a
-//! graceful shutdown hands partitions over without waiting for expiry.
+//! Which partitions it wants follows membership: alone, every partition; in a cluster, those
+//! whose rendezvous owner among the alive queue members is this node
+//! ([`crate::cluster::assignment`]). It acquires a wanted lease as soon as it is free or expired
+//! (the database says when the holder's lease ends, and it retries at that moment), and a
+//! partition it no longer wants is drained (no new deliveries, in-flight ones record their
+//! results) and released at once so the new owner can take it. The lease in the database, not
+//! membership, decides who may write: two nodes that disagree about membership can both *want*
+//! a partition, but only one holds its lease.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::supervisor::ActorSlot;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::delivery::DeliveryContext;
+use super::lease_deadline::LeaseDeadline;
 use super::partition::{PartitionArgs, PartitionExit, PartitionMsg, PartitionQueue, QueueOpError};
-use crate::events::{self, PartitionQueueExited, QueueDepth, QueuePartitionDepth};
-use crate::store::{Lease, QueueStatus};
+use crate::cluster::{Member, assignment};
+use crate::events::{
+    self, LeasesRenewed, PartitionAcquired, PartitionQueueExited, PartitionsOwned, QueueDepth,
+    QueuePartitionDepth,
+};
+use crate::store::{Lease, LeaseGrant, QueueStatus};
 
 /// Messages to the queue manager.
 pub enum QueueMsg {
     /// Renew and acquire leases, refresh queue metrics.
     Tick,
-    /// New work in the partitions [`QueueHandle::take_hints`] returns.
+    /// Try the wanted partitions whose holder's lease has ended by now.
+    Acquire,
+    /// New work in the partitions [`super::QueueHandle`] collected.
     Hint,
+    /// The alive queue members changed (cluster only).
+    Members(Vec<String>),
+    /// A drained partition's lease was released (or could not be).
+    Released(u32, Lease),
+    /// Node (the second field), the partition's desired owner, asks for it.
+    Handover(u32, String),
     /// Make a row due now (through its partition's owner).
     Retry(u32, i64, RpcReplyPort<Result<(), QueueOpError>>),
     /// Cancel a row, optionally bouncing it.
     Cancel(u32, i64, bool, RpcReplyPort<Result<(), QueueOpError>>),
-    /// The partitions this node owns.
-    Owned(RpcReplyPort<Vec<u32>>),
 }
 
 /// The manager actor.
@@ -44,6 +58,8 @@ pub struct QueueManagerArgs {
     pub ctx: Arc<DeliveryContext>,
     /// Lease owner name of this process.
     pub node_id: String,
+    /// The cluster's members, when this node is in one; `None` takes every free partition.
+    pub members: Option<watch::Receiver<Vec<Member>>>,
 }
 
 struct Owned {
@@ -52,6 +68,27 @@ struct Owned {
     /// Set while a hint's `Wake` waits in the partition's mailbox (it clears it), so hints
     /// never pile up behind a busy partition.
     wake_pending: Arc<AtomicBool>,
+    /// Past this instant the partition starts no delivery and completes none.
+    deadline: Arc<LeaseDeadline>,
+    /// Being handed over: its actor is stopping and the lease is released after.
+    draining: bool,
+    /// Taken although another node should own it, because nobody had held it for a whole
+    /// lease lifetime (its desired owner may be cut off from the database). Kept until that
+    /// owner asks for it, rather than dropped at once and left orphaned again.
+    orphan: bool,
+}
+
+impl Owned {
+    fn new(lease: Lease) -> Self {
+        Self {
+            lease,
+            actor: None,
+            wake_pending: Arc::default(),
+            deadline: Arc::default(),
+            draining: false,
+            orphan: false,
+        }
+    }
 }
 
 /// The manager's state.
@@ -59,112 +96,360 @@ pub struct QueueManagerState {
     ctx: Arc<DeliveryContext>,
     node_id: String,
     owned: HashMap<u32, Owned>,
+    /// Alive queue members (this node included); `None` outside a cluster.
+    members: Option<Vec<String>>,
+    /// Wanted partitions held by another node, and when that node's lease ends.
+    held_until: HashMap<u32, Instant>,
+    /// Unwanted partitions seen without a valid lease, and since when.
+    unheld_since: HashMap<u32, Instant>,
+    /// The pending `Acquire` message, and when it fires.
+    acquire_timer: Option<(Instant, tokio::task::JoinHandle<()>)>,
     ticks: u64,
+    _members_watch: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for QueueManagerState {
+    fn drop(&mut self) {
+        if let Some((_, t)) = self.acquire_timer.take() {
+            t.abort();
+        }
+        if let Some(w) = self._members_watch.take() {
+            w.abort();
+        }
+    }
+}
+
+/// After a holder's lease ends, how long to wait before asking, so the database's clock has
+/// passed it too.
+const EXPIRY_SLACK: Duration = Duration::from_millis(50);
+
+impl QueueManagerState {
+    /// Whether this node should own `partition` now.
+    fn wants(&self, partition: u32) -> bool {
+        match &self.members {
+            None => true,
+            Some(members) => assignment::owner_of(partition, members) == Some(&self.node_id),
+        }
+    }
+
+    fn publish(&self) {
+        let running: BTreeSet<u32> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| !o.draining)
+            .map(|(p, _)| *p)
+            .collect();
+        events::emit(PartitionsOwned {
+            count: self.owned.len(),
+        });
+        self.ctx.queue.publish_owned(running);
+    }
+}
+
+/// The alive queue members of `view`, with `me` (which is alive as long as it runs).
+fn queue_members(view: &[Member], me: &str) -> Vec<String> {
+    let mut ids: Vec<String> = view
+        .iter()
+        .filter(|m| m.owns_partitions())
+        .map(|m| m.node_id.clone())
+        .collect();
+    if !ids.iter().any(|id| id == me) {
+        ids.push(me.to_string());
+    }
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 impl QueueManager {
     async fn start_partition(
         myself: &ActorRef<QueueMsg>,
-        state: &QueueManagerState,
-        lease: &Lease,
+        ctx: &Arc<DeliveryContext>,
+        owned: &Owned,
     ) -> Option<ActorRef<PartitionMsg>> {
-        let args = PartitionArgs {
-            ctx: state.ctx.clone(),
-            lease: lease.clone(),
-            wake_pending: state
-                .owned
-                .get(&lease.partition)
-                .map(|o| o.wake_pending.clone())
-                .unwrap_or_default(),
-        };
         // A new actor wakes by itself at start; a flag left by a dead one must not block hints.
-        args.wake_pending.store(false, Ordering::Release);
+        owned.wake_pending.store(false, Ordering::Release);
+        let args = PartitionArgs {
+            ctx: ctx.clone(),
+            lease: owned.lease.clone(),
+            wake_pending: owned.wake_pending.clone(),
+            deadline: owned.deadline.clone(),
+        };
         match Actor::spawn_linked(None, PartitionQueue, args, myself.get_cell()).await {
             Ok((actor, _)) => Some(actor),
             Err(error) => {
-                tracing::error!(partition = lease.partition, %error, "cannot start partition queue");
+                tracing::error!(partition = owned.lease.partition, %error, "cannot start partition queue");
                 None
             }
         }
     }
 
-    async fn tick(myself: &ActorRef<QueueMsg>, state: &mut QueueManagerState) {
+    /// Renews every lease this node holds and stops the partitions whose lease is gone.
+    /// Returns false when the database could not be asked.
+    async fn renew(state: &mut QueueManagerState) -> bool {
         let ctx = state.ctx.clone();
         let ttl = ctx.config.queue.lease_ttl;
-        match ctx.stores.queue.renew_leases(&state.node_id, ttl).await {
-            Ok(held) => {
-                let held: HashMap<u32, Lease> =
-                    held.into_iter().map(|l| (l.partition, l)).collect();
-                state.owned.retain(|partition, owned| {
-                    let kept = held.get(partition) == Some(&owned.lease);
-                    if !kept {
-                        tracing::warn!(partition, "partition lease lost; stopping its queue");
-                        if let Some(actor) = owned.actor.take() {
-                            actor.stop(Some(PartitionExit::LeaseLost.reason()));
-                        }
-                    }
-                    kept
-                });
-                // Leases held but not tracked (for example after this actor restarted) are
-                // adopted rather than left to expire.
-                for (partition, lease) in held {
-                    state.owned.entry(partition).or_insert(Owned {
-                        lease,
-                        actor: None,
-                        wake_pending: Arc::default(),
-                    });
+        let started = Instant::now();
+        let held = match ctx.stores.queue.renew_leases(&state.node_id, ttl).await {
+            Ok(held) => held,
+            Err(error) => {
+                // The leases stay valid until their deadline, and the partitions' own fenced
+                // writes fail if they expire: nothing to stop yet.
+                tracing::warn!(%error, "cannot renew partition leases");
+                return false;
+            }
+        };
+        events::emit(LeasesRenewed {
+            elapsed: started.elapsed(),
+            held: held.len(),
+        });
+        let held: HashMap<u32, Lease> = held.into_iter().map(|l| (l.partition, l)).collect();
+        state.owned.retain(|partition, owned| {
+            let kept = held.get(partition) == Some(&owned.lease);
+            if kept {
+                owned.deadline.renewed(started, ttl);
+            } else {
+                tracing::warn!(partition, "partition lease lost; stopping its queue");
+                if let Some(actor) = owned.actor.take() {
+                    actor.stop(Some(PartitionExit::LeaseLost.reason()));
                 }
             }
-            Err(error) => {
-                // Keep going: the leases stay valid until they expire, and the partition actors'
-                // own fenced writes fail if they do.
-                tracing::warn!(%error, "cannot renew partition leases");
-                return;
-            }
-        }
-        for partition in 0..ctx.config.queue.partitions {
+            kept
+        });
+        // Leases this node holds but does not track (this actor restarted, or the process
+        // restarted under the same node id) are taken over with a new epoch, which fences
+        // anything the previous holder might still have running.
+        for (partition, _) in held {
             if state.owned.contains_key(&partition) {
                 continue;
             }
+            let started = Instant::now();
+            match ctx
+                .stores
+                .queue
+                .adopt_lease(partition, &state.node_id, ttl)
+                .await
+            {
+                Ok(Some(lease)) => {
+                    tracing::info!(partition, epoch = lease.epoch, "partition lease adopted");
+                    let owned = Owned::new(lease);
+                    owned.deadline.renewed(started, ttl);
+                    state.owned.insert(partition, owned);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(partition, %error, "cannot adopt partition lease"),
+            }
+        }
+        true
+    }
+
+    /// Takes the wanted partitions that are free or whose holder's lease has ended, and
+    /// schedules the next try at the earliest end of the others.
+    async fn acquire(myself: &ActorRef<QueueMsg>, state: &mut QueueManagerState) {
+        let ctx = state.ctx.clone();
+        let ttl = ctx.config.queue.lease_ttl;
+        let now = Instant::now();
+        for partition in 0..ctx.config.queue.partitions {
+            if state.owned.contains_key(&partition) || !state.wants(partition) {
+                continue;
+            }
+            if state.held_until.get(&partition).is_some_and(|t| *t > now) {
+                continue;
+            }
+            let started = Instant::now();
             match ctx
                 .stores
                 .queue
                 .acquire_lease(partition, &state.node_id, ttl)
                 .await
             {
-                Ok(Some(lease)) => {
-                    tracing::info!(partition, epoch = lease.epoch, "partition acquired");
-                    state.owned.insert(
+                Ok(LeaseGrant::Granted(lease)) => {
+                    state.held_until.remove(&partition);
+                    events::emit(PartitionAcquired {
                         partition,
-                        Owned {
-                            lease,
-                            actor: None,
-                            wake_pending: Arc::default(),
-                        },
-                    );
+                        epoch: lease.epoch,
+                        takeover: lease.epoch > 1,
+                    });
+                    let owned = Owned::new(lease);
+                    owned.deadline.renewed(started, ttl);
+                    state.owned.insert(partition, owned);
                 }
-                Ok(None) => {}
+                Ok(LeaseGrant::Held { owner, expires_in }) => {
+                    state
+                        .held_until
+                        .insert(partition, Instant::now() + expires_in + EXPIRY_SLACK);
+                    // Its holder may not know yet that this node should own it, or may hold
+                    // it as an orphan: ask.
+                    if let Some(holder) = owner.filter(|h| *h != state.node_id) {
+                        ctx.queue.ask_handover(&holder, partition);
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(partition, %error, "cannot acquire partition lease");
                     break;
                 }
             }
         }
-        let mut missing = Vec::new();
-        for (partition, owned) in &state.owned {
-            if owned.actor.is_none() {
-                missing.push((*partition, owned.lease.clone()));
+        // Forget holders of partitions no longer wanted, then wake at the first expiry.
+        let wanted: Vec<u32> = state.held_until.keys().copied().collect();
+        for p in wanted {
+            if !state.wants(p) {
+                state.held_until.remove(&p);
             }
         }
-        for (partition, lease) in missing {
-            let actor = Self::start_partition(myself, state, &lease).await;
-            if let Some(owned) = state.owned.get_mut(&partition) {
-                owned.actor = actor;
+        if let Some(at) = state.held_until.values().min().copied() {
+            Self::schedule_acquire(myself, state, at);
+        }
+        Self::start_missing(myself, state).await;
+        state.publish();
+    }
+
+    fn schedule_acquire(myself: &ActorRef<QueueMsg>, state: &mut QueueManagerState, at: Instant) {
+        if let Some((when, timer)) = &state.acquire_timer
+            && *when <= at
+            && !timer.is_finished()
+        {
+            return;
+        }
+        if let Some((_, timer)) = state.acquire_timer.take() {
+            timer.abort();
+        }
+        let me = myself.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let _ = me.send_message(QueueMsg::Acquire);
+        });
+        state.acquire_timer = Some((at, timer));
+    }
+
+    async fn start_missing(myself: &ActorRef<QueueMsg>, state: &mut QueueManagerState) {
+        let ctx = state.ctx.clone();
+        for owned in state.owned.values_mut() {
+            if owned.actor.is_none() && !owned.draining {
+                owned.actor = Self::start_partition(myself, &ctx, owned).await;
             }
+        }
+    }
+
+    /// Hands over the partitions this node holds but no longer wants: the partition actor
+    /// stops (its workers finish and record), then the lease is released.
+    fn drain_unwanted(myself: &ActorRef<QueueMsg>, state: &mut QueueManagerState) {
+        let wanted: Vec<u32> = state
+            .owned
+            .keys()
+            .copied()
+            .filter(|p| state.wants(*p))
+            .collect();
+        for p in wanted {
+            if let Some(owned) = state.owned.get_mut(&p) {
+                owned.orphan = false;
+            }
+        }
+        let unwanted: Vec<u32> = state
+            .owned
+            .iter()
+            .filter(|(p, o)| !o.draining && !o.orphan && !state.wants(**p))
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in unwanted {
+            Self::hand_over(myself, state, partition);
+        }
+        state.publish();
+    }
+
+    /// Stops `partition`'s actor (its workers finish and record), then releases the lease.
+    fn hand_over(myself: &ActorRef<QueueMsg>, state: &mut QueueManagerState, partition: u32) {
+        let Some(owned) = state.owned.get_mut(&partition) else {
+            return;
+        };
+        owned.draining = true;
+        tracing::info!(partition, "partition wanted by another node; handing it over");
+        let actor = owned.actor.take();
+        let lease = owned.lease.clone();
+        let ctx = state.ctx.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            if let Some(actor) = actor {
+                let _ = actor
+                    .stop_and_wait(Some("handover".into()), Some(STOP_TIMEOUT))
+                    .await;
+            }
+            if let Err(error) = ctx.stores.queue.release_lease(&lease).await {
+                // It expires by itself; the new owner takes it then.
+                tracing::warn!(partition = lease.partition, %error, "cannot release lease");
+            }
+            let _ = me.send_message(QueueMsg::Released(lease.partition, lease));
+        });
+    }
+
+    /// Takes partitions that nobody has held for a whole lease lifetime although their
+    /// desired owner is a member (it may be cut off from the database, or unable to start
+    /// them): mail must not wait for it.
+    async fn adopt_orphans(state: &mut QueueManagerState) {
+        if state.members.is_none() {
+            return;
+        }
+        let ctx = state.ctx.clone();
+        let ttl = ctx.config.queue.lease_ttl;
+        let leases = match ctx.stores.queue.list_leases().await {
+            Ok(leases) => leases,
+            Err(error) => {
+                tracing::debug!(%error, "cannot list partition leases");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let now_ms = crate::store::now_millis();
+        for lease in leases {
+            let p = lease.partition;
+            if state.owned.contains_key(&p) || state.wants(p) {
+                state.unheld_since.remove(&p);
+                continue;
+            }
+            if lease.owner.is_some() && lease.lease_until > now_ms {
+                state.unheld_since.remove(&p);
+                continue;
+            }
+            let since = *state.unheld_since.entry(p).or_insert(now);
+            if now.duration_since(since) < ttl {
+                continue;
+            }
+            let started = Instant::now();
+            match ctx.stores.queue.acquire_lease(p, &state.node_id, ttl).await {
+                Ok(LeaseGrant::Granted(lease)) => {
+                    state.unheld_since.remove(&p);
+                    tracing::warn!(partition = p, "partition unowned for a whole lease lifetime; taking it over until its desired owner asks for it");
+                    events::emit(PartitionAcquired {
+                        partition: p,
+                        epoch: lease.epoch,
+                        takeover: lease.epoch > 1,
+                    });
+                    let mut owned = Owned::new(lease);
+                    owned.orphan = true;
+                    owned.deadline.renewed(started, ttl);
+                    state.owned.insert(p, owned);
+                }
+                Ok(LeaseGrant::Held { .. }) => {
+                    state.unheld_since.remove(&p);
+                }
+                Err(error) => {
+                    tracing::warn!(partition = p, %error, "cannot acquire partition lease");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn tick(myself: &ActorRef<QueueMsg>, state: &mut QueueManagerState) {
+        if Self::renew(state).await {
+            Self::acquire(myself, state).await;
+            Self::adopt_orphans(state).await;
+            Self::start_missing(myself, state).await;
+            Self::drain_unwanted(myself, state);
         }
         state.ticks += 1;
         if state.ticks % 5 == 1 {
-            update_depth_metrics(&ctx).await;
+            update_depth_metrics(&state.ctx).await;
         }
     }
 
@@ -175,10 +460,14 @@ impl QueueManager {
         state
             .owned
             .get(&partition)
+            .filter(|o| !o.draining)
             .and_then(|o| o.actor.as_ref())
             .ok_or(QueueOpError::NotOwned(partition))
     }
 }
+
+/// How long a stopping partition may take (its own drain is bounded shorter).
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn update_depth_metrics(ctx: &DeliveryContext) {
     match ctx.stores.queue.queue_depth().await {
@@ -224,12 +513,32 @@ impl Actor for QueueManager {
             .await?;
         let period = (args.ctx.config.queue.lease_ttl / 3).max(Duration::from_millis(200));
         myself.send_interval(period, || QueueMsg::Tick);
+        let mut members = None;
+        let mut watch_task = None;
+        if let Some(mut view) = args.members {
+            members = Some(queue_members(&view.borrow_and_update(), &args.node_id));
+            let me = myself.clone();
+            let node_id = args.node_id.clone();
+            watch_task = Some(tokio::spawn(async move {
+                while view.changed().await.is_ok() {
+                    let ids = queue_members(&view.borrow_and_update(), &node_id);
+                    if me.send_message(QueueMsg::Members(ids)).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
         myself.send_message(QueueMsg::Tick)?;
         Ok(QueueManagerState {
             ctx: args.ctx,
             node_id: args.node_id,
             owned: HashMap::new(),
+            members,
+            held_until: HashMap::new(),
+            unheld_since: HashMap::new(),
+            acquire_timer: None,
             ticks: 0,
+            _members_watch: watch_task,
         })
     }
 
@@ -241,16 +550,69 @@ impl Actor for QueueManager {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             QueueMsg::Tick => Self::tick(&myself, state).await,
+            QueueMsg::Acquire => {
+                state.acquire_timer = None;
+                Self::acquire(&myself, state).await;
+            }
+            QueueMsg::Members(members) => {
+                if state.members.as_ref() != Some(&members) {
+                    tracing::info!(?members, "queue members changed");
+                    state.members = Some(members);
+                    Self::drain_unwanted(&myself, state);
+                    Self::acquire(&myself, state).await;
+                }
+            }
+            QueueMsg::Released(partition, lease) => {
+                if state.owned.get(&partition).is_some_and(|o| o.lease == lease) {
+                    state.owned.remove(&partition);
+                    tracing::info!(partition, "partition handed over");
+                }
+                state.publish();
+                // Tell the new owner at once rather than at its lease expiry timer.
+                state.ctx.queue.hint(partition);
+                if state.wants(partition) {
+                    state.held_until.remove(&partition);
+                    Self::acquire(&myself, state).await;
+                }
+            }
+            QueueMsg::Handover(partition, from) => {
+                let desired = state
+                    .members
+                    .as_ref()
+                    .and_then(|m| assignment::owner_of(partition, m))
+                    .map(str::to_string);
+                let holds = state
+                    .owned
+                    .get(&partition)
+                    .is_some_and(|o| !o.draining);
+                if holds && desired.as_deref() == Some(from.as_str()) {
+                    tracing::info!(partition, node = %from, "handover asked by the desired owner");
+                    Self::hand_over(&myself, state, partition);
+                    state.publish();
+                }
+            }
             QueueMsg::Hint => {
+                let mut acquire = false;
                 for partition in state.ctx.queue.take_hints() {
-                    let Some(owned) = state.owned.get(&partition) else {
-                        continue;
-                    };
-                    if let Some(actor) = &owned.actor
-                        && !owned.wake_pending.swap(true, Ordering::AcqRel)
-                    {
-                        let _ = actor.send_message(PartitionMsg::Wake);
+                    match state.owned.get(&partition) {
+                        Some(owned) => {
+                            if let Some(actor) = &owned.actor
+                                && !owned.wake_pending.swap(true, Ordering::AcqRel)
+                            {
+                                let _ = actor.send_message(PartitionMsg::Wake);
+                            }
+                        }
+                        // Work for a partition this node wants but does not hold yet: its
+                        // holder may just have released it.
+                        None if state.wants(partition) => {
+                            state.held_until.remove(&partition);
+                            acquire = true;
+                        }
+                        None => {}
                     }
+                }
+                if acquire {
+                    Self::acquire(&myself, state).await;
                 }
             }
             QueueMsg::Retry(partition, id, reply) => match Self::forward(state, partition) {
@@ -270,11 +632,6 @@ impl Actor for QueueManager {
                     let _ = reply.send(Err(e));
                 }
             },
-            QueueMsg::Owned(reply) => {
-                let mut owned: Vec<u32> = state.owned.keys().copied().collect();
-                owned.sort_unstable();
-                let _ = reply.send(owned);
-            }
         }
         Ok(())
     }
@@ -303,6 +660,7 @@ impl Actor for QueueManager {
         if PartitionExit::from_reason(&reason) == Some(PartitionExit::LeaseLost) {
             // The next tick re-acquires it if it is free again.
             state.owned.remove(&partition);
+            state.publish();
         } else {
             if let Some(owned) = state.owned.get_mut(&partition) {
                 owned.actor = None;
@@ -315,134 +673,57 @@ impl Actor for QueueManager {
         Ok(())
     }
 
+    /// Drains every partition (concurrently), then releases the leases, so another node can
+    /// take them over at once.
     async fn post_stop(
         &self,
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for (_, owned) in state.owned.drain() {
-            if let Some(actor) = owned.actor {
-                let _ = actor
-                    .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
-                    .await;
-            }
+        state.ctx.queue.publish_owned(BTreeSet::new());
+        let owned: Vec<Owned> = state.owned.drain().map(|(_, o)| o).collect();
+        futures::future::join_all(owned.iter().filter_map(|o| o.actor.as_ref()).map(|actor| {
+            actor.stop_and_wait(Some("shutdown".into()), Some(STOP_TIMEOUT))
+        }))
+        .await;
+        for owned in &owned {
             if let Err(error) = state.ctx.stores.queue.release_lease(&owned.lease).await {
                 tracing::warn!(partition = owned.lease.partition, %error, "cannot release lease");
             }
         }
-        tracing::info!("partition leases released");
+        events::emit(PartitionsOwned { count: 0 });
+        tracing::info!(released = owned.len(), "partition leases released");
         Ok(())
-    }
-}
-
-/// The current queue manager's address, replaced on restart.
-#[derive(Clone, Default)]
-pub struct QueueHandle {
-    slot: ActorSlot<QueueMsg>,
-    hints: Arc<Hints>,
-}
-
-/// Partitions with new work, collected between two visits of the manager: a flood of
-/// acceptances while the manager is busy costs one set entry per partition and one message,
-/// not one message per accepted mail.
-#[derive(Default)]
-struct Hints(Mutex<BTreeSet<u32>>);
-
-impl Hints {
-    /// Records `partition`; true when the set was empty (the manager must be told).
-    fn add(&self, partition: u32) -> bool {
-        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let first = set.is_empty();
-        set.insert(partition);
-        first
-    }
-
-    fn take(&self) -> BTreeSet<u32> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl QueueHandle {
-    /// Publishes a new manager (from its spawn function).
-    pub fn set(&self, manager: ActorRef<QueueMsg>) {
-        self.slot.set(manager);
-    }
-
-    fn current(&self) -> Option<ActorRef<QueueMsg>> {
-        self.slot.get()
-    }
-
-    /// Tells the partition's owner that new work is due (best effort: owners also poll).
-    pub fn hint(&self, partition: u32) {
-        if self.hints.add(partition)
-            && let Some(manager) = self.current()
-        {
-            let _ = manager.send_message(QueueMsg::Hint);
-        }
-    }
-
-    /// The partitions hinted since the last call.
-    fn take_hints(&self) -> BTreeSet<u32> {
-        self.hints.take()
-    }
-
-    /// Makes a row due now.
-    pub async fn retry(&self, partition: u32, id: i64) -> Result<(), QueueOpError> {
-        let manager = self.current().ok_or(QueueOpError::Unavailable)?;
-        manager
-            .call(
-                |reply| QueueMsg::Retry(partition, id, reply),
-                Some(Duration::from_secs(30)),
-            )
-            .await
-            .map_err(|_| QueueOpError::Unavailable)?
-            .success_or(QueueOpError::Unavailable)?
-    }
-
-    /// Cancels a row.
-    pub async fn cancel(&self, partition: u32, id: i64, bounce: bool) -> Result<(), QueueOpError> {
-        let manager = self.current().ok_or(QueueOpError::Unavailable)?;
-        manager
-            .call(
-                |reply| QueueMsg::Cancel(partition, id, bounce, reply),
-                Some(Duration::from_secs(30)),
-            )
-            .await
-            .map_err(|_| QueueOpError::Unavailable)?
-            .success_or(QueueOpError::Unavailable)?
-    }
-
-    /// Partitions owned by this node.
-    pub async fn owned(&self) -> Vec<u32> {
-        let Some(manager) = self.current() else {
-            return Vec::new();
-        };
-        match manager
-            .call(QueueMsg::Owned, Some(Duration::from_secs(5)))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(owned)) => owned,
-            _ => Vec::new(),
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Role;
+
+    fn member(id: &str, roles: &[Role], state: crate::cluster::MemberState) -> Member {
+        Member {
+            node_id: id.into(),
+            addr: "127.0.0.1:7946".parse().expect("addr"),
+            roles: roles.to_vec(),
+            state,
+        }
+    }
 
     #[test]
-    fn a_flood_of_hints_is_one_message_per_visit() {
-        let hints = Hints::default();
-        assert!(hints.add(3), "the first hint tells the manager");
-        for _ in 0..10_000 {
-            assert!(!hints.add(3));
-            assert!(!hints.add(5));
-        }
-        assert_eq!(hints.take(), BTreeSet::from([3, 5]));
-        assert!(
-            hints.add(5),
-            "after a visit the next hint tells the manager again"
+    fn queue_members_that_are_not_down_own_partitions_and_this_node_is_always_one() {
+        use crate::cluster::MemberState::{Alive, Down, Suspect};
+        let view = vec![
+            member("api-0", &[Role::Api], Alive),
+            member("core-1", &[Role::Smtp, Role::Queue], Alive),
+            member("core-2", &[Role::Queue], Suspect),
+            member("core-3", &[Role::Queue], Down),
+        ];
+        assert_eq!(
+            queue_members(&view, "core-0"),
+            vec!["core-0", "core-1", "core-2"]
         );
+        assert_eq!(queue_members(&view, "core-1"), vec!["core-1", "core-2"]);
     }
 }

@@ -108,6 +108,8 @@ pub struct SupervisorState {
     specs: Vec<ChildSpec>,
     running: HashMap<ActorId, &'static str>,
     children: HashMap<&'static str, ChildState>,
+    /// The current cell of each child, for the ordered shutdown.
+    cells: HashMap<&'static str, ActorCell>,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -128,6 +130,7 @@ impl RootSupervisor {
     ) -> Result<(), SpawnErr> {
         let cell = (spec.spawn)(myself.get_cell()).await?;
         state.running.insert(cell.get_id(), spec.name);
+        state.cells.insert(spec.name, cell.clone());
         let child = state.children.entry(spec.name).or_insert(ChildState {
             started: Instant::now(),
             consecutive_failures: 0,
@@ -173,6 +176,7 @@ impl Actor for RootSupervisor {
             specs: specs.clone(),
             running: HashMap::new(),
             children: HashMap::new(),
+            cells: HashMap::new(),
         };
         for spec in &specs {
             Self::start_child(&myself, &mut state, spec)
@@ -219,16 +223,26 @@ impl Actor for RootSupervisor {
         Ok(())
     }
 
-    /// Stops the children gracefully (their `post_stop` runs: the queue releases its
-    /// leases), rather than letting ractor kill them with the supervisor.
+    /// Stops the children gracefully, one at a time in the reverse of their start order
+    /// (their `post_stop` runs), rather than letting ractor kill them with the supervisor:
+    /// listeners stop accepting first, the queue drains its partitions and releases their
+    /// leases next, and the storage writer, started first, stops last, so every result still
+    /// has a writer to commit it.
     async fn post_stop(
         &self,
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.running.clear();
+        for spec in state.specs.iter().rev() {
+            if let Some(cell) = state.cells.remove(spec.name) {
+                cell.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(30)))
+                    .await
+                    .ok();
+            }
+        }
         myself
-            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(30)))
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
             .await;
         Ok(())
     }

@@ -33,6 +33,9 @@ pub struct Checks {
     pub database: String,
     /// The blob store.
     pub blob_store: String,
+    /// The cluster endpoint, when this node is in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// Runs both checks; `Err` carries the failure's text.
@@ -75,17 +78,29 @@ async fn report(
             tracing::warn!(backend, %error, "health check failed");
         }
     }
-    let ok = db.is_ok() && blobs.is_ok();
+    let cluster = state.cluster.as_ref().map(|c| {
+        if c.is_up() {
+            Ok(())
+        } else {
+            Err("the cluster endpoint is not running".to_string())
+        }
+    });
+    if let Some(Err(error)) = &cluster {
+        tracing::warn!(backend = "cluster", %error, "health check failed");
+    }
+    let ok = db.is_ok() && blobs.is_ok() && cluster.as_ref().is_none_or(|c| c.is_ok());
     let status = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "unavailable" }.to_string();
     let checks = Checks {
         database: status(&db),
         blob_store: status(&blobs),
+        cluster: cluster.as_ref().map(status),
     };
     let details = if caller_is_admin(state, headers, ip).await {
         let text = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
         Some(Checks {
             database: text(db),
             blob_store: text(blobs),
+            cluster: cluster.map(text),
         })
     } else {
         None
@@ -123,7 +138,8 @@ pub async fn live() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: 200 only when the database and the blob store answer (details as for `/health`).
+/// Readiness: 200 only when the database and the blob store answer and, in a cluster, the
+/// cluster endpoint runs (details as for `/health`).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, body = HealthReport), (status = 503, body = HealthReport)))]
 pub async fn ready(

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod health;
 pub mod messages;
@@ -52,6 +53,10 @@ pub struct ApiState {
     pub faults: Arc<Faults>,
     /// Password checks, shared with SMTP AUTH (so guesses over both count together).
     pub authenticator: Arc<Authenticator>,
+    /// This node's id (its lease owner name).
+    pub node_id: String,
+    /// The cluster, when this node is in one.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl ApiState {
@@ -79,6 +84,7 @@ impl ApiState {
         messages::list, messages::get, messages::raw, messages::attachment, messages::patch, messages::delete,
         send::send,
         queue::list, queue::get, queue::retry, queue::cancel,
+        cluster::view,
     ),
     modifiers(&SecuritySchemes)
 )]
@@ -355,6 +361,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/queue", get(queue::list))
         .route("/queue/{id}", get(queue::get).delete(queue::cancel))
         .route("/queue/{id}/retry", post(queue::retry))
+        .route("/cluster", get(cluster::view))
         .route("/debug/faults", post(inject_fault));
     Router::new()
         .route("/health", get(health::health))

@@ -11,6 +11,7 @@ use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::actors::partition::QueueOpError;
+use crate::cluster::ErrorKind;
 use crate::message::rfc3339;
 use crate::store::{QueueEntry, QueueFilter, QueueStatus};
 
@@ -118,11 +119,21 @@ fn item(e: QueueEntry) -> QueueItem {
 impl From<QueueOpError> for ApiError {
     fn from(e: QueueOpError) -> Self {
         match e {
-            QueueOpError::NotFound(_) => ApiError::not_found(e.to_string()),
-            QueueOpError::Finished(..) | QueueOpError::InFlight(_) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
-            }
+            QueueOpError::NotFound(_)
+            | QueueOpError::Remote {
+                kind: ErrorKind::NotFound,
+                ..
+            } => ApiError::not_found(e.to_string()),
+            QueueOpError::Finished(..)
+            | QueueOpError::InFlight(_)
+            | QueueOpError::Remote {
+                kind: ErrorKind::Conflict,
+                ..
+            } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             QueueOpError::NotOwned(_)
+            | QueueOpError::NoOwner(_)
+            | QueueOpError::Unreachable { .. }
+            | QueueOpError::Remote { .. }
             | QueueOpError::Unavailable
             | QueueOpError::Store(_)
             | QueueOpError::Commit(_)

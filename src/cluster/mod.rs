@@ -51,9 +51,11 @@ pub struct Member {
 }
 
 impl Member {
-    /// Whether it should own partitions now: alive and running the queue role.
+    /// Whether it should own partitions now: runs the queue role and is not down. A suspect
+    /// member keeps its partitions, so a missed probe or two moves nothing; its leases protect
+    /// the mail if it really is gone.
     pub fn owns_partitions(&self) -> bool {
-        self.state == MemberState::Alive && self.roles.contains(&Role::Queue)
+        self.state != MemberState::Down && self.roles.contains(&Role::Queue)
     }
 }
 
@@ -80,6 +82,12 @@ pub enum Request {
         id: i64,
         /// Whether the sender gets a bounce.
         bounce: bool,
+    },
+    /// The sender is the partition's desired owner and asks the holder of its lease to hand
+    /// it over (drain, then release).
+    Handover {
+        /// The partition.
+        partition: u32,
     },
 }
 
