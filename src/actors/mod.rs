@@ -3,12 +3,14 @@
 //! queue (manager, one actor per owned partition, delivery workers).
 
 pub mod delivery;
+pub mod lease_deadline;
 pub mod partition;
 pub mod purger;
 pub mod queue_manager;
 pub mod storage_writer;
 pub mod supervisor;
 
+pub use lease_deadline::LeaseDeadline;
 pub use queue_manager::{QueueHandle, QueueManager, QueueMsg};
 pub use storage_writer::{CommitError, StorageWriter, WriterHandle, WriterMsg};
 pub use supervisor::{ChildSpec, RootSupervisor, SupervisorMsg};

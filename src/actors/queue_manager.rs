@@ -17,9 +17,10 @@ use super::supervisor::ActorSlot;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::delivery::DeliveryContext;
+use super::lease_deadline::LeaseDeadline;
 use super::partition::{PartitionArgs, PartitionExit, PartitionMsg, PartitionQueue, QueueOpError};
 use crate::events::{self, PartitionQueueExited, QueueDepth, QueuePartitionDepth};
-use crate::store::{Lease, QueueStatus};
+use crate::store::{Lease, LeaseGrant, QueueStatus};
 
 /// Messages to the queue manager.
 pub enum QueueMsg {
@@ -52,6 +53,8 @@ struct Owned {
     /// Set while a hint's `Wake` waits in the partition's mailbox (it clears it), so hints
     /// never pile up behind a busy partition.
     wake_pending: Arc<AtomicBool>,
+    /// Moved on every successful renewal; the partition's actor and workers check it.
+    deadline: Arc<LeaseDeadline>,
 }
 
 /// The manager's state.
@@ -76,6 +79,11 @@ impl QueueManager {
                 .get(&lease.partition)
                 .map(|o| o.wake_pending.clone())
                 .unwrap_or_default(),
+            deadline: state
+                .owned
+                .get(&lease.partition)
+                .map(|o| o.deadline.clone())
+                .unwrap_or_default(),
         };
         // A new actor wakes by itself at start; a flag left by a dead one must not block hints.
         args.wake_pending.store(false, Ordering::Release);
@@ -91,13 +99,17 @@ impl QueueManager {
     async fn tick(myself: &ActorRef<QueueMsg>, state: &mut QueueManagerState) {
         let ctx = state.ctx.clone();
         let ttl = ctx.config.queue.lease_ttl;
+        let started = tokio::time::Instant::now();
         match ctx.stores.queue.renew_leases(&state.node_id, ttl).await {
             Ok(held) => {
                 let held: HashMap<u32, Lease> =
                     held.into_iter().map(|l| (l.partition, l)).collect();
                 state.owned.retain(|partition, owned| {
                     let kept = held.get(partition) == Some(&owned.lease);
-                    if !kept {
+                    if kept {
+                        owned.deadline.renewed(started, ttl);
+                    } else {
+                        owned.deadline.clear();
                         tracing::warn!(partition, "partition lease lost; stopping its queue");
                         if let Some(actor) = owned.actor.take() {
                             actor.stop(Some(PartitionExit::LeaseLost.reason()));
@@ -108,10 +120,15 @@ impl QueueManager {
                 // Leases held but not tracked (for example after this actor restarted) are
                 // adopted rather than left to expire.
                 for (partition, lease) in held {
-                    state.owned.entry(partition).or_insert(Owned {
-                        lease,
-                        actor: None,
-                        wake_pending: Arc::default(),
+                    state.owned.entry(partition).or_insert_with(|| {
+                        let deadline = Arc::new(LeaseDeadline::default());
+                        deadline.renewed(started, ttl);
+                        Owned {
+                            lease,
+                            actor: None,
+                            wake_pending: Arc::default(),
+                            deadline,
+                        }
                     });
                 }
             }
@@ -126,24 +143,28 @@ impl QueueManager {
             if state.owned.contains_key(&partition) {
                 continue;
             }
+            let started = tokio::time::Instant::now();
             match ctx
                 .stores
                 .queue
                 .acquire_lease(partition, &state.node_id, ttl)
                 .await
             {
-                Ok(Some(lease)) => {
+                Ok(LeaseGrant::Granted(lease)) => {
                     tracing::info!(partition, epoch = lease.epoch, "partition acquired");
+                    let deadline = Arc::new(LeaseDeadline::default());
+                    deadline.renewed(started, ttl);
                     state.owned.insert(
                         partition,
                         Owned {
                             lease,
                             actor: None,
                             wake_pending: Arc::default(),
+                            deadline,
                         },
                     );
                 }
-                Ok(None) => {}
+                Ok(LeaseGrant::Held { .. }) => {}
                 Err(error) => {
                     tracing::warn!(partition, %error, "cannot acquire partition lease");
                     break;
