@@ -207,6 +207,15 @@ pub const METRICS: &[Metric] = &[
             "Partitions this node acquired that another node had held",
         )),
     ),
+    metric(
+        "mairust_queue_fenced_writes_rejected_total",
+        Counter,
+        &[],
+        Some((
+            None,
+            "Queue writes refused because the partition's lease had passed to another epoch",
+        )),
+    ),
 ];
 
 /// Registers the unit and help text of every metric in [`METRICS`] that has them.
@@ -512,6 +521,20 @@ impl InternalEvent for PartitionAcquired {
 }
 
 // --- Queue and delivery -----------------------------------------------------------------
+
+/// A partition's write was refused by its fence (another owner or a newer epoch holds the
+/// lease); the partition's queue stops.
+pub struct FencedWriteRejected {
+    /// The partition (logged only: the metric has no label, to keep its cardinality low).
+    pub partition: u32,
+}
+
+impl InternalEvent for FencedWriteRejected {
+    fn emit(self) {
+        metrics::counter!("mairust_queue_fenced_writes_rejected_total").increment(1);
+        tracing::warn!(target: PARTITION, partition = self.partition, "queue write refused: the partition's lease is held by another owner or epoch; stopping its queue");
+    }
+}
 
 /// Pending rows of one partition in one status, as last counted.
 pub struct QueuePartitionDepth {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::QueueHandle;
+use super::lease_deadline::LeaseDeadline;
 use crate::config::{Config, DeliveryTls};
 use crate::smtp::client::{ClientConfig, Credentials, TlsPolicy, Transaction};
 use crate::smtp::dsn::{self, FailedRecipient};
@@ -141,11 +142,18 @@ fn client_config(config: &Config) -> ClientConfig {
     }
 }
 
-/// Attempts delivery of `entries` (all for `domain`) and reports each row's result.
+/// Why a connection was not even opened.
+const DEADLINE_PASSED_BEFORE_CONNECT: &str =
+    "lease deadline passed before the connection; the next owner retries";
+
+/// Attempts delivery of `entries` (all for `domain`) and reports each row's result. No
+/// connection is opened and no end of data sent once the partition's lease `deadline` has
+/// passed: those rows are temporary failures, left to the lease's next owner.
 pub async fn deliver(
     ctx: &DeliveryContext,
     domain: &str,
     entries: Vec<QueueEntry>,
+    deadline: &LeaseDeadline,
 ) -> Vec<EntryResult> {
     let destinations = match ctx.router.route(domain).await {
         Ok(d) => d,
@@ -212,6 +220,18 @@ pub async fn deliver(
     for dest in &destinations {
         let _permit = ctx.limiter.acquire(&dest.host).await;
         for addr in &dest.addrs {
+            // Routing and the wait for a slot take time: check again right before connecting.
+            if !deadline.is_valid() {
+                for (_, list) in &groups {
+                    results.extend(all(
+                        list,
+                        Outcome::Temporary,
+                        DEADLINE_PASSED_BEFORE_CONNECT,
+                        "4.3.0",
+                    ));
+                }
+                return results;
+            }
             let transactions: Vec<Transaction> = groups.iter().map(|(t, _)| t.clone()).collect();
             match outbound::send(
                 &params,
@@ -219,6 +239,7 @@ pub async fn deliver(
                 &dest.host,
                 client_config(&ctx.config),
                 transactions,
+                deadline,
             )
             .await
             {

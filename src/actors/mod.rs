@@ -3,6 +3,7 @@
 //! queue (manager, one actor per owned partition, delivery workers).
 
 pub mod delivery;
+pub mod lease_deadline;
 pub mod partition;
 pub mod purger;
 pub mod queue_handle;
@@ -10,6 +11,7 @@ pub mod queue_manager;
 pub mod storage_writer;
 pub mod supervisor;
 
+pub use lease_deadline::LeaseDeadline;
 pub use partition::QueueOpError;
 pub use queue_handle::QueueHandle;
 pub use queue_manager::{QueueManager, QueueMsg};

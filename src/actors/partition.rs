@@ -5,17 +5,31 @@
 //! are still pending in the database and the next owner delivers them. That is the one window
 //! for a duplicate: a remote server answered `250` and the process died before the result was
 //! committed.
+//!
+//! Delivery workers are tasks of the partition's own `JoinSet`: a worker's results are its
+//! task's output, and its message to the actor is only a signal to collect them. So results
+//! cannot be lost in the mailbox of a stopping actor, and no worker outlives its actor: a
+//! stopping partition waits for them (bounded), aborts the rest and records what they
+//! returned while it still holds the lease; dropping the state aborts whatever is left.
+//!
+//! No delivery starts, and no end of data is sent, past the lease's local deadline
+//! ([`LeaseDeadline`]): a node cut off from the database stops acting before its lease can
+//! expire and be taken over.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::delivery::{self, DeliveryContext, EntryResult, Outcome};
+use super::lease_deadline::LeaseDeadline;
 use super::storage_writer::CommitError;
 use crate::events::{
     self, BounceBuildFailed, BouncesQueued, DeliveryDeferred, DeliveryFailed, DeliverySucceeded,
+    FencedWriteRejected,
 };
 use crate::smtp::dsn::FailedRecipient;
 use crate::store::{
@@ -26,8 +40,9 @@ use crate::store::{
 pub enum PartitionMsg {
     /// Look for due rows.
     Wake,
-    /// A delivery worker for a domain finished.
-    Done(String, Vec<EntryResult>),
+    /// A delivery worker (this task, when known) is returning: collect the finished outputs
+    /// of the partition's workers.
+    WorkerDone(Option<tokio::task::Id>),
     /// Make a row due now.
     Retry(i64, RpcReplyPort<Result<(), QueueOpError>>),
     /// Cancel a row, bouncing it if asked.
@@ -99,16 +114,27 @@ pub struct PartitionArgs {
     pub lease: Lease,
     /// Set by the manager when it sends a hint's `Wake`; cleared when the wake runs.
     pub wake_pending: Arc<std::sync::atomic::AtomicBool>,
+    /// Until when this node may act for the partition; moved by the manager on every
+    /// successful renewal.
+    pub deadline: Arc<LeaseDeadline>,
 }
+
+/// What a delivery worker returns: its domain and every row's result.
+type WorkerOutput = (String, Vec<EntryResult>);
 
 /// A partition actor's state.
 pub struct PartitionState {
     ctx: Arc<DeliveryContext>,
     lease: Lease,
     wake_pending: Arc<std::sync::atomic::AtomicBool>,
+    deadline: Arc<LeaseDeadline>,
     in_flight: HashSet<i64>,
+    /// Running workers per domain.
     workers: HashMap<String, usize>,
-    running: Arc<Workers>,
+    /// The workers themselves; dropping the set aborts them.
+    tasks: JoinSet<WorkerOutput>,
+    /// Per running worker: its domain and rows, to release them even if it panicked.
+    running: HashMap<tokio::task::Id, (String, Vec<i64>)>,
     timer: Option<tokio::task::JoinHandle<()>>,
     _poll: tokio::task::JoinHandle<()>,
 }
@@ -146,8 +172,52 @@ impl PartitionExit {
     }
 }
 
-/// How long a stopping partition waits for its delivery workers to record their results.
+/// How long a stopping partition waits for its delivery workers to return their results.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How soon a partition looks again when its lease deadline has passed (or was never set):
+/// the manager's next renewal moves it, at an unknown moment within a third of the TTL.
+const DEADLINE_RECHECK: Duration = Duration::from_millis(250);
+
+/// Whether a delivery may start now; `Err(after)` when not, with when to look again.
+fn may_deliver(deadline: Option<Instant>, now: Instant) -> Result<(), Duration> {
+    match deadline {
+        Some(deadline) if now < deadline => Ok(()),
+        _ => Err(DEADLINE_RECHECK),
+    }
+}
+
+/// When to wake for the next due row, given the earliest due time; `None` when nothing is
+/// pending or it is due already (then the finishing worker's signal wakes the partition).
+fn next_wake(next_due: Option<crate::store::Millis>, now: crate::store::Millis) -> Option<Duration> {
+    let wait = next_due? - now;
+    (wait > 0).then(|| Duration::from_millis(wait as u64))
+}
+
+/// Waits up to `timeout` for every task of `tasks`, then aborts the rest; returns the
+/// outputs of those that finished (also any that finished while being aborted) and how many
+/// ended without one (aborted or panicked).
+async fn drain<T: 'static>(tasks: &mut JoinSet<T>, timeout: Duration) -> (Vec<T>, usize) {
+    let mut outputs = Vec::new();
+    let mut lost = 0;
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(output) => outputs.push(output),
+                Err(_) => lost += 1,
+            }
+        }
+    })
+    .await;
+    tasks.abort_all();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(output) => outputs.push(output),
+            Err(_) => lost += 1,
+        }
+    }
+    (outputs, lost)
+}
 
 /// Commits `updates` (and bounce messages) under the lease through the storage writer's
 /// group commit, retrying transient errors.
@@ -166,6 +236,7 @@ async fn apply(
             .await
         {
             Err(CommitError::LeaseLost(partition)) => {
+                events::emit(FencedWriteRejected { partition });
                 return Err(CommitError::LeaseLost(partition));
             }
             Err(error) if attempt < 4 => {
@@ -292,40 +363,6 @@ async fn record(
     Ok(())
 }
 
-/// Counts running delivery workers so that a stopping partition can wait for them.
-#[derive(Default)]
-struct Workers {
-    running: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-impl Workers {
-    fn start(&self) {
-        self.running
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn finish(&self) {
-        if self
-            .running
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            == 1
-        {
-            self.idle.notify_waiters();
-        }
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
 impl PartitionQueue {
     /// Rows this partition can send now: for each domain with a free connection slot (the
     /// longest-waiting first), its due rows that are not already being delivered. Domains at
@@ -381,6 +418,11 @@ impl PartitionQueue {
     async fn wake(myself: &ActorRef<PartitionMsg>, state: &mut PartitionState) {
         let ctx = state.ctx.clone();
         let partition = state.lease.partition;
+        if let Err(after) = may_deliver(state.deadline.deadline(), Instant::now()) {
+            tracing::debug!(partition, "lease deadline not valid; no delivery starts");
+            Self::schedule(myself, state, after);
+            return;
+        }
         let by_domain = match Self::sendable(state).await {
             Ok(rows) => rows,
             Err(error) => {
@@ -393,44 +435,38 @@ impl PartitionQueue {
         // for a worker to finish and then leave together over one connection.
         let per_connection = ctx.config.delivery.max_messages_per_connection;
         let limit = ctx.config.delivery.concurrency_per_destination;
-        for (domain, entries) in by_domain {
+        'domains: for (domain, entries) in by_domain {
             let active = state.workers.get(&domain).copied().unwrap_or(0);
             let batches = delivery::batches(entries, per_connection);
             for batch in batches.into_iter().take(limit.saturating_sub(active)) {
-                for e in &batch {
-                    state.in_flight.insert(e.id);
+                // The queries above took time: the deadline may have passed meanwhile.
+                if let Err(after) = may_deliver(state.deadline.deadline(), Instant::now()) {
+                    Self::schedule(myself, state, after);
+                    break 'domains;
                 }
+                let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
+                state.in_flight.extend(ids.iter().copied());
                 *state.workers.entry(domain.clone()).or_default() += 1;
                 let ctx = ctx.clone();
                 let me = myself.clone();
-                let domain = domain.clone();
-                let lease = state.lease.clone();
-                let workers = state.running.clone();
-                workers.start();
-                tokio::spawn(async move {
-                    let results = delivery::deliver(&ctx, &domain, batch).await;
-                    if let Err(ractor::MessagingErr::SendErr(PartitionMsg::Done(_, results))) =
-                        me.send_message(PartitionMsg::Done(domain, results))
-                    {
-                        // The partition is stopping: record the results here, while the lease
-                        // is still held, so nothing delivered is delivered again.
-                        if let Err(error) = record(&ctx, &lease, &results).await {
-                            tracing::warn!(partition = lease.partition, %error, "cannot record results after stop");
-                        }
-                    }
-                    workers.finish();
+                let deadline = state.deadline.clone();
+                let worker_domain = domain.clone();
+                let handle = state.tasks.spawn(async move {
+                    let results = delivery::deliver(&ctx, &worker_domain, batch, &deadline).await;
+                    // Only a signal: the output stays in the partition's JoinSet, where even
+                    // a stopping actor still collects it.
+                    let _ = me.send_message(PartitionMsg::WorkerDone(tokio::task::try_id()));
+                    (worker_domain, results)
                 });
+                state.running.insert(handle.id(), (domain.clone(), ids));
             }
         }
         match ctx.stores.queue.next_due(partition).await {
-            Ok(Some(at)) => {
-                let wait = at - now_millis();
-                if wait > 0 {
-                    Self::schedule(myself, state, Duration::from_millis(wait as u64));
+            Ok(next_due) => {
+                if let Some(wait) = next_wake(next_due, now_millis()) {
+                    Self::schedule(myself, state, wait);
                 }
-                // Due now but in flight: the worker's Done wakes us.
             }
-            Ok(None) => {}
             Err(error) => {
                 tracing::warn!(partition, %error, "cannot read next due time");
                 Self::schedule(myself, state, Duration::from_secs(5));
@@ -449,22 +485,62 @@ impl PartitionQueue {
         }));
     }
 
-    async fn done(
+    /// Releases a finished (or failed) worker's domain slot and rows.
+    fn finished(state: &mut PartitionState, id: tokio::task::Id) {
+        let Some((domain, ids)) = state.running.remove(&id) else {
+            return;
+        };
+        for row in ids {
+            state.in_flight.remove(&row);
+        }
+        if let Some(n) = state.workers.get_mut(&domain) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                state.workers.remove(&domain);
+            }
+        }
+    }
+
+    /// Takes every finished worker's output out of the JoinSet, releasing its slot and rows.
+    fn collect(state: &mut PartitionState) -> Vec<EntryResult> {
+        let mut results = Vec::new();
+        while let Some(joined) = state.tasks.try_join_next_with_id() {
+            match joined {
+                Ok((id, (_, r))) => {
+                    Self::finished(state, id);
+                    results.extend(r);
+                }
+                Err(error) => {
+                    // Its rows are still pending in the database: they are tried again.
+                    tracing::error!(partition = state.lease.partition, %error, "delivery worker failed");
+                    Self::finished(state, error.id());
+                }
+            }
+        }
+        results
+    }
+
+    /// A worker signalled: record whatever finished, then look for more work.
+    async fn worker_done(
         myself: &ActorRef<PartitionMsg>,
         state: &mut PartitionState,
-        results: Vec<EntryResult>,
+        worker: Option<tokio::task::Id>,
     ) -> Result<(), ActorProcessingErr> {
-        let result = record(&state.ctx, &state.lease, &results).await;
-        for r in &results {
-            state.in_flight.remove(&r.entry.id);
+        let results = Self::collect(state);
+        if let Some(id) = worker
+            && state.running.contains_key(&id)
+        {
+            // It signalled just before returning: its output is not in the set yet.
+            myself.send_after(Duration::from_millis(1), move || {
+                PartitionMsg::WorkerDone(Some(id))
+            });
         }
-        match result {
+        if results.is_empty() {
+            return Ok(());
+        }
+        match record(&state.ctx, &state.lease, &results).await {
             Ok(()) => {}
             Err(CommitError::LeaseLost(_)) => {
-                tracing::warn!(
-                    partition = state.lease.partition,
-                    "lease lost while recording results"
-                );
                 myself.stop(Some(PartitionExit::LeaseLost.reason()));
                 return Ok(());
             }
@@ -545,6 +621,10 @@ impl PartitionQueue {
     }
 }
 
+fn is_lease_lost(result: &Result<(), QueueOpError>) -> bool {
+    matches!(result, Err(QueueOpError::Commit(CommitError::LeaseLost(_))))
+}
+
 impl Actor for PartitionQueue {
     type Msg = PartitionMsg;
     type State = PartitionState;
@@ -562,9 +642,11 @@ impl Actor for PartitionQueue {
             ctx: args.ctx,
             lease: args.lease,
             wake_pending: args.wake_pending,
+            deadline: args.deadline,
             in_flight: HashSet::new(),
             workers: HashMap::new(),
-            running: Arc::default(),
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
             timer: None,
             _poll: poll,
         })
@@ -575,15 +657,25 @@ impl Actor for PartitionQueue {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if tokio::time::timeout(DRAIN_TIMEOUT, state.running.wait_idle())
-            .await
-            .is_err()
-        {
+        let partition = state.lease.partition;
+        // Whatever finished before the stop and was not collected yet comes out here too.
+        let (outputs, lost) = drain(&mut state.tasks, DRAIN_TIMEOUT).await;
+        if lost > 0 {
             tracing::warn!(
-                partition = state.lease.partition,
-                "delivery workers still running at stop; their rows will be retried"
+                partition,
+                workers = lost,
+                "delivery workers aborted or failed at stop; their rows will be retried"
             );
         }
+        let results: Vec<EntryResult> = outputs.into_iter().flat_map(|(_, r)| r).collect();
+        if !results.is_empty()
+            && let Err(error) = record(&state.ctx, &state.lease, &results).await
+        {
+            // Lost lease (counted) or a failed commit: the rows stay pending for the next owner.
+            tracing::warn!(partition, %error, "cannot record delivery results at stop");
+        }
+        state.running.clear();
+        state.in_flight.clear();
         Ok(())
     }
 
@@ -600,27 +692,111 @@ impl Actor for PartitionQueue {
                     .store(false, std::sync::atomic::Ordering::Release);
                 Self::wake(&myself, state).await
             }
-            PartitionMsg::Done(domain, results) => {
-                if let Some(n) = state.workers.get_mut(&domain) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        state.workers.remove(&domain);
-                    }
-                }
-                Self::done(&myself, state, results).await?
-            }
+            PartitionMsg::WorkerDone(worker) => Self::worker_done(&myself, state, worker).await?,
             PartitionMsg::Retry(id, reply) => {
                 let result = Self::retry(state, id).await;
                 let ok = result.is_ok();
+                let lost = is_lease_lost(&result);
                 let _ = reply.send(result);
-                if ok {
+                if lost {
+                    myself.stop(Some(PartitionExit::LeaseLost.reason()));
+                } else if ok {
                     Self::wake(&myself, state).await;
                 }
             }
             PartitionMsg::Cancel(id, bounce, reply) => {
-                let _ = reply.send(Self::cancel(state, id, bounce).await);
+                let result = Self::cancel(state, id, bounce).await;
+                let lost = is_lease_lost(&result);
+                let _ = reply.send(result);
+                if lost {
+                    myself.stop(Some(PartitionExit::LeaseLost.reason()));
+                }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn no_delivery_starts_past_the_deadline() {
+        let deadline = LeaseDeadline::default();
+        assert_eq!(
+            may_deliver(deadline.deadline(), Instant::now()),
+            Err(DEADLINE_RECHECK),
+            "before the first renewal"
+        );
+        deadline.renewed(Instant::now(), Duration::from_secs(4));
+        assert_eq!(may_deliver(deadline.deadline(), Instant::now()), Ok(()));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            may_deliver(deadline.deadline(), Instant::now()),
+            Err(DEADLINE_RECHECK),
+            "a quarter of the TTL before expiry"
+        );
+        // A renewal lets deliveries start again at the next look.
+        tokio::time::advance(DEADLINE_RECHECK).await;
+        deadline.renewed(Instant::now(), Duration::from_secs(4));
+        assert_eq!(may_deliver(deadline.deadline(), Instant::now()), Ok(()));
+    }
+
+    #[test]
+    fn the_next_wake_is_at_the_next_due_row() {
+        assert_eq!(next_wake(None, 1_000), None);
+        assert_eq!(next_wake(Some(1_000), 1_000), None, "due now: a worker wakes it");
+        assert_eq!(next_wake(Some(900), 1_000), None);
+        assert_eq!(
+            next_wake(Some(3_500), 1_000),
+            Some(Duration::from_millis(2_500))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_keeps_every_finished_output_and_aborts_the_rest() {
+        let mut tasks = JoinSet::new();
+        // Finished before the stop, never collected.
+        tasks.spawn(async { 1 });
+        tasks.spawn(async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            2
+        });
+        tasks.spawn(async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            3
+        });
+        tasks.spawn(async { panic!("worker bug") });
+        tokio::task::yield_now().await;
+        let started = Instant::now();
+        let (mut outputs, lost) = drain(&mut tasks, Duration::from_secs(15)).await;
+        outputs.sort_unstable();
+        assert_eq!(outputs, vec![1, 2]);
+        assert_eq!(lost, 2, "the one still running at the timeout, and the panic");
+        assert_eq!(started.elapsed(), Duration::from_secs(15));
+        assert!(tasks.is_empty(), "no worker outlives the drain");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_ends_as_soon_as_the_workers_do() {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            "done"
+        });
+        let started = Instant::now();
+        let (outputs, lost) = drain(&mut tasks, Duration::from_secs(15)).await;
+        assert_eq!((outputs, lost), (vec!["done"], 0));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_lost_lease_in_a_queue_operation_is_recognised() {
+        assert!(is_lease_lost(&Err(QueueOpError::Commit(
+            CommitError::LeaseLost(3)
+        ))));
+        assert!(!is_lease_lost(&Err(QueueOpError::NotFound(1))));
+        assert!(!is_lease_lost(&Ok(())));
     }
 }

@@ -209,6 +209,7 @@ impl QueueManager {
             if kept {
                 owned.deadline.renewed(started, ttl);
             } else {
+                owned.deadline.clear();
                 tracing::warn!(partition, "partition lease lost; stopping its queue");
                 if let Some(actor) = owned.actor.take() {
                     actor.stop(Some(PartitionExit::LeaseLost.reason()));

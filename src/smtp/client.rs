@@ -7,9 +7,12 @@
 //! will come. Then it loops:
 //!
 //! 1. drain [`poll_event`]: on [`ClientEvent::StartTls`] write all pending output, do the TLS
-//!    handshake and call [`tls_started`] (or [`handle_disconnect`] if it failed);
-//!    [`ClientEvent::TransactionDone`] carries each transaction's per-recipient results, in
-//!    the order of `push`; [`ClientEvent::SessionFailed`] says why the connection gave up;
+//!    handshake and call [`tls_started`] (or [`handle_disconnect`] if it failed); on
+//!    [`ClientEvent::ReadyToCommit`] write all pending output (the message data), then either
+//!    [`commit`] (sends the end of data) or [`abort_commit`] and close the connection
+//!    without writing anything more; [`ClientEvent::TransactionDone`] carries each
+//!    transaction's per-recipient results, in the order of `push`;
+//!    [`ClientEvent::SessionFailed`] says why the connection gave up;
 //! 2. write everything [`poll_output`] returns;
 //! 3. stop when [`is_done`];
 //! 4. read, with the data timeout while [`expects_data_reply`] and the command timeout
@@ -27,6 +30,8 @@
 //! [`poll_event`]: ClientSession::poll_event
 //! [`poll_output`]: ClientSession::poll_output
 //! [`tls_started`]: ClientSession::tls_started
+//! [`commit`]: ClientSession::commit
+//! [`abort_commit`]: ClientSession::abort_commit
 //! [`handle_input`]: ClientSession::handle_input
 //! [`handle_timeout`]: ClientSession::handle_timeout
 //! [`handle_disconnect`]: ClientSession::handle_disconnect
@@ -133,6 +138,15 @@ pub struct RecipientResult {
 pub enum ClientEvent {
     /// Write out pending output, do the TLS handshake, then call `tls_started`.
     StartTls,
+    /// The message data of a transaction is queued and only its end (`.` CRLF) is left:
+    /// write out pending output, then decide with `commit` or `abort_commit`. Until then the
+    /// session sends nothing and leaves server input unread. A server only keeps a message
+    /// whose end of data it received, so this is the last point where the driver can still
+    /// take the transaction back.
+    ReadyToCommit {
+        /// Position in push order.
+        index: usize,
+    },
     /// A transaction finished (index in push order).
     TransactionDone {
         /// Position in push order.
@@ -242,6 +256,8 @@ pub struct ClientSession {
     tls: bool,
     tls_tried: bool,
     waiting_tls: bool,
+    /// Message data is out; the end of data waits for the driver's decision.
+    awaiting_commit: bool,
     authenticated: bool,
     quit_sent: bool,
     failed: bool,
@@ -252,10 +268,18 @@ fn needs_utf8(tx: &Transaction) -> bool {
     tx.smtputf8 || !tx.mail_from.is_ascii() || tx.rcpt_to.iter().any(|r| !r.is_ascii())
 }
 
-/// Dot-stuffs `body` and ends it with `.` CRLF. A bare CR or LF is written as CRLF whatever
-/// the stored body holds, so no server can read a different end of data than ours (SMTP
-/// smuggling); bodies prepared at acceptance have none, so their DKIM signature holds.
+/// Dot-stuffs `body` and ends it with `.` CRLF.
+#[cfg(test)]
 fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
+    dot_stuff_lines(body, out);
+    out.extend_from_slice(b".\r\n");
+}
+
+/// Dot-stuffs `body` into complete CRLF lines, without the end of data (which waits for the
+/// driver's commit). A bare CR or LF is written as CRLF whatever the stored body holds, so
+/// no server can read a different end of data than ours (SMTP smuggling); bodies prepared at
+/// acceptance have none, so their DKIM signature holds.
+fn dot_stuff_lines(body: &[u8], out: &mut Vec<u8>) {
     let mut line_start = true;
     let mut i = 0;
     while let Some(&b) = body.get(i) {
@@ -284,7 +308,6 @@ fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     if !line_start {
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b".\r\n");
 }
 
 /// Splits `123-text`/`123 text` lines; `None` when the line is not a reply line.
@@ -336,6 +359,7 @@ impl ClientSession {
             tls: false,
             tls_tried: false,
             waiting_tls: false,
+            awaiting_commit: false,
             authenticated: false,
             quit_sent: false,
             failed: false,
@@ -368,7 +392,15 @@ impl ClientSession {
             return;
         }
         self.input.extend_from_slice(data);
-        while !self.waiting_tls && !self.done {
+        self.process_input();
+        if self.input.len() > MAX_INPUT {
+            self.fail(None, "server sent an over-long reply".into(), (4, 4, 0));
+        }
+    }
+
+    /// Parses buffered input into replies while the session can act on them.
+    fn process_input(&mut self) {
+        while !self.waiting_tls && !self.awaiting_commit && !self.done {
             let Some(pos) = self.input.iter().position(|&b| b == b'\n') else {
                 break;
             };
@@ -391,9 +423,52 @@ impl ClientSession {
                 self.on_reply(code, lines);
             }
         }
-        if self.input.len() > MAX_INPUT {
-            self.fail(None, "server sent an over-long reply".into(), (4, 4, 0));
+    }
+
+    /// After [`ClientEvent::ReadyToCommit`]: sends the end of data, so the server may now
+    /// accept the message.
+    pub fn commit(&mut self) {
+        if !self.awaiting_commit || self.done {
+            return;
         }
+        self.awaiting_commit = false;
+        self.output.extend_from_slice(b".\r\n");
+        self.expect.push_back(Expect::DataEnd);
+        // Anything the server sent meanwhile answers from here on.
+        self.process_input();
+    }
+
+    /// After [`ClientEvent::ReadyToCommit`]: gives the transaction up without its end of
+    /// data. Every recipient of it and of the transactions after it fails temporarily with
+    /// `reason`, the session is done and queues nothing more (not even QUIT, which the server
+    /// would read as message data): the driver closes the connection, and the server discards
+    /// the unterminated message.
+    pub fn abort_commit(&mut self, reason: &str) {
+        if !self.awaiting_commit || self.done {
+            return;
+        }
+        self.awaiting_commit = false;
+        let reply = Reply::new(451, (4, 3, 0), reason);
+        if let Some(current) = self.current.take() {
+            self.report_all_rcpts(current.index, &current.tx, &reply);
+        }
+        while let Some((index, tx)) = self.queue.pop_front() {
+            self.report_all_rcpts(index, &tx, &reply);
+        }
+        self.events.push_back(ClientEvent::SessionFailed {
+            reply: None,
+            reason: reason.to_string(),
+        });
+        self.failed = true;
+        self.done = true;
+        self.expect.clear();
+        self.output.clear();
+    }
+
+    /// Whether the session waits for [`commit`](Self::commit) or
+    /// [`abort_commit`](Self::abort_commit).
+    pub fn awaiting_commit(&self) -> bool {
+        self.awaiting_commit
     }
 
     /// Output to write to the server.
@@ -470,6 +545,7 @@ impl ClientSession {
         if self.done {
             return;
         }
+        self.awaiting_commit = false;
         if !self.failed {
             self.fail_transactions(&Reply::new(451, (4, 4, 2), reason));
             self.events.push_back(ClientEvent::SessionFailed {
@@ -486,6 +562,11 @@ impl ClientSession {
     /// temporary failure), then QUIT.
     fn fail(&mut self, server_reply: Option<Reply>, reason: String, status: (u8, u16, u16)) {
         if self.failed || self.done {
+            return;
+        }
+        if self.awaiting_commit {
+            // Mid-data a QUIT would be message data: just drop the connection.
+            self.abort(&reason);
             return;
         }
         let reply = Reply::new(451, status, reason.clone());
@@ -672,13 +753,14 @@ impl ClientSession {
             Expect::Data => {
                 let accepted = self.current.as_ref().is_some_and(Current::accepted);
                 if reply.code == 354 {
-                    if accepted {
+                    if accepted && let Some(current) = &self.current {
+                        let index = current.index;
                         let mut out = std::mem::take(&mut self.output);
-                        if let Some(current) = &self.current {
-                            dot_stuff(&current.tx.body, &mut out);
-                        }
+                        dot_stuff_lines(&current.tx.body, &mut out);
                         self.output = out;
-                        self.expect.push_back(Expect::DataEnd);
+                        self.awaiting_commit = true;
+                        self.events
+                            .push_back(ClientEvent::ReadyToCommit { index });
                     } else {
                         self.command(".", Expect::DataDiscard);
                     }
@@ -893,11 +975,13 @@ mod tests {
                 out.push_str(&String::from_utf8_lossy(&o));
             }
             while let Some(e) = c.poll_event() {
-                if e == ClientEvent::StartTls {
-                    c.tls_started();
-                    while let Some(o) = c.poll_output() {
-                        out.push_str(&String::from_utf8_lossy(&o));
-                    }
+                match e {
+                    ClientEvent::StartTls => c.tls_started(),
+                    ClientEvent::ReadyToCommit { .. } => c.commit(),
+                    _ => {}
+                }
+                while let Some(o) = c.poll_output() {
+                    out.push_str(&String::from_utf8_lossy(&o));
                 }
                 events.push(e);
             }
@@ -979,6 +1063,87 @@ mod tests {
         );
         assert!(out.contains("HELO out.example.test\r\nMAIL FROM:<a@here.test>\r\nRCPT TO:<x@r.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"), "{out}");
         assert_eq!(outcomes(&events)[0].1[0].1, Outcome::Delivered);
+    }
+
+    /// Feeds `lines` without answering [`ClientEvent::ReadyToCommit`]; returns the output
+    /// and events.
+    fn feed(c: &mut ClientSession, lines: &[&str]) -> (String, Vec<ClientEvent>) {
+        let mut out = String::new();
+        let mut events = Vec::new();
+        for line in lines {
+            c.handle_input(format!("{line}\r\n").as_bytes());
+            while let Some(o) = c.poll_output() {
+                out.push_str(&String::from_utf8_lossy(&o));
+            }
+            events.extend(std::iter::from_fn(|| c.poll_event()));
+        }
+        (out, events)
+    }
+
+    const UP_TO_DATA: [&str; 6] = [
+        "220 mx ESMTP",
+        "250-mx",
+        "250 PIPELINING",
+        "250 2.1.0 ok",
+        "250 2.1.5 ok",
+        "354 go",
+    ];
+
+    #[test]
+    fn the_end_of_data_waits_for_the_driver_and_an_abort_never_sends_it() {
+        let mut c = ClientSession::new(config());
+        c.push(tx(&["x@r.test"], b"line\r\n.dot"));
+        c.push(tx(&["y@r.test"], b"second\r\n"));
+        c.finish();
+        let (out, events) = feed(&mut c, &UP_TO_DATA);
+        assert!(out.ends_with("DATA\r\nline\r\n..dot\r\n"), "{out:?}");
+        assert_eq!(events, vec![ClientEvent::ReadyToCommit { index: 0 }]);
+        assert!(c.awaiting_commit());
+        // A reply now (a misbehaving server) is left unread until the decision.
+        let (out, events) = feed(&mut c, &["250 2.0.0 queued"]);
+        assert_eq!((out.as_str(), events.len()), ("", 0));
+
+        c.abort_commit("lease deadline passed before the end of data; the next owner retries");
+        assert!(c.is_done() && !c.awaiting_commit());
+        assert_eq!(c.poll_output(), None, "neither the end of data nor QUIT");
+        let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        let o = outcomes(&events);
+        assert_eq!(
+            o,
+            vec![
+                (0, vec![("x@r.test".into(), Outcome::Temporary, 451)]),
+                (1, vec![("y@r.test".into(), Outcome::Temporary, 451)]),
+            ]
+        );
+        assert!(events.iter().any(|e| matches!(e,
+            ClientEvent::TransactionDone { results, .. }
+                if results[0].reply.text.contains("lease deadline passed"))));
+        assert!(matches!(events.last(), Some(ClientEvent::SessionFailed { .. })));
+        // Whatever happens to the connection afterwards, nothing more is reported or sent.
+        c.handle_input(b"250 ok\r\n");
+        c.handle_disconnect();
+        assert_eq!((c.poll_output(), c.poll_event()), (None, None));
+    }
+
+    #[test]
+    fn a_commit_sends_the_end_of_data_and_reads_on() {
+        let mut c = ClientSession::new(config());
+        c.push(tx(&["x@r.test"], b"hi\r\n"));
+        c.finish();
+        feed(&mut c, &UP_TO_DATA);
+        // The reply arrived before the driver decided: it is read after the commit.
+        let (_, events) = feed(&mut c, &["250 2.0.0 queued"]);
+        assert!(events.is_empty());
+        c.commit();
+        assert_eq!(c.poll_output().as_deref(), Some(&b".\r\nQUIT\r\n"[..]));
+        let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert_eq!(
+            outcomes(&events),
+            vec![(0, vec![("x@r.test".into(), Outcome::Delivered, 250)])]
+        );
+        // A second commit is a no-op.
+        c.commit();
+        assert_eq!(c.poll_output(), None);
     }
 
     #[test]
@@ -1247,8 +1412,10 @@ mod tests {
             }
             while let Some(ev) = client.poll_event() {
                 progressed = true;
-                if ev == ClientEvent::StartTls {
-                    client.tls_started();
+                match ev {
+                    ClientEvent::StartTls => client.tls_started(),
+                    ClientEvent::ReadyToCommit { .. } => client.commit(),
+                    _ => {}
                 }
                 events.push(ev);
             }
@@ -1319,7 +1486,11 @@ mod tests {
                 c.handle_input(chunk);
                 let _ = c.poll_output();
                 while let Some(e) = c.poll_event() {
-                    if e == ClientEvent::StartTls { c.tls_started(); }
+                    match e {
+                        ClientEvent::StartTls => c.tls_started(),
+                        ClientEvent::ReadyToCommit { .. } => c.commit(),
+                        _ => {}
+                    }
                 }
             }
             c.handle_disconnect();
@@ -1338,8 +1509,11 @@ mod tests {
                 let mut events = Vec::new();
                 for part in script.chunks(chunk) {
                     c.handle_input(part);
+                    while let Some(e) = c.poll_event() {
+                        if matches!(e, ClientEvent::ReadyToCommit { .. }) { c.commit(); }
+                        events.push(e);
+                    }
                     while let Some(o) = c.poll_output() { out.extend(o); }
-                    while let Some(e) = c.poll_event() { events.push(e); }
                 }
                 (out, events)
             };
@@ -1461,7 +1635,17 @@ mod tests {
     /// Drives a client through `pieces` of server input as a driver would (StartTls answered
     /// with a successful handshake), then the connection drops. Returns everything written and
     /// every event.
-    fn drive(mut c: ClientSession, pieces: &[&[u8]]) -> (Vec<u8>, Vec<ClientEvent>) {
+    fn drive(c: ClientSession, pieces: &[&[u8]]) -> (Vec<u8>, Vec<ClientEvent>) {
+        drive_gated(c, pieces, true)
+    }
+
+    /// [`drive`], with the driver's answer to every [`ClientEvent::ReadyToCommit`]: commit,
+    /// or abort (as past a lease deadline).
+    fn drive_gated(
+        mut c: ClientSession,
+        pieces: &[&[u8]],
+        commit: bool,
+    ) -> (Vec<u8>, Vec<ClientEvent>) {
         let mut out = Vec::new();
         let mut events = Vec::new();
         let mut drain = |c: &mut ClientSession, out: &mut Vec<u8>| loop {
@@ -1470,8 +1654,14 @@ mod tests {
                 out.extend(o);
             }
             let Some(e) = c.poll_event() else { break };
-            if e == ClientEvent::StartTls {
-                c.tls_started();
+            match e {
+                ClientEvent::StartTls => c.tls_started(),
+                ClientEvent::ReadyToCommit { .. } if commit => c.commit(),
+                ClientEvent::ReadyToCommit { .. } => {
+                    c.abort_commit("lease deadline passed");
+                    assert!(c.poll_output().is_none(), "output after an aborted commit");
+                }
+                _ => {}
             }
             events.push(e);
         };
@@ -1512,10 +1702,19 @@ mod tests {
             points in prop::collection::vec(any::<usize>(), 0..8),
             flags in any::<u8>(),
             bodies in prop::collection::vec(body(), 1..3),
+            commit in any::<bool>(),
         ) {
             let c = session_with(config_from(flags), &bodies);
-            let (out, events) = drive(c, &split_at_points(&data, &points));
+            let (out, events) = drive_gated(c, &split_at_points(&data, &points), commit);
             assert_crlf_only(&out);
+            if !commit {
+                // No end of data ever left: nothing can have been delivered.
+                prop_assert!(events.iter().all(|e| match e {
+                    ClientEvent::TransactionDone { results, .. } =>
+                        results.iter().all(|r| r.outcome != Outcome::Delivered),
+                    _ => true,
+                }), "{events:?}");
+            }
             let mut reported: Vec<usize> = events.iter().filter_map(|e| match e {
                 ClientEvent::TransactionDone { index, results } => {
                     // session_with() gives even transactions two recipients, odd ones one.
@@ -1572,8 +1771,11 @@ mod tests {
                     progressed = true;
                     client.handle_input(&out);
                 }
-                while client.poll_event().is_some() {
+                while let Some(e) = client.poll_event() {
                     progressed = true;
+                    if matches!(e, ClientEvent::ReadyToCommit { .. }) {
+                        client.commit();
+                    }
                 }
                 while let Some(out) = client.poll_output() {
                     progressed = true;

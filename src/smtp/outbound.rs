@@ -12,6 +12,11 @@ use tokio::net::TcpStream;
 use super::client::{
     ClientConfig, ClientEvent, ClientSession, Outcome, RecipientResult, Transaction,
 };
+use crate::actors::lease_deadline::LeaseDeadline;
+
+/// Why a transaction was given up at the end-of-data gate.
+pub const DEADLINE_PASSED: &str =
+    "lease deadline passed before the end of data; the next owner retries";
 
 /// What one connection needs from the delivery configuration (and nothing else of it).
 #[derive(Clone)]
@@ -37,12 +42,18 @@ fn server_name(host: &str, addr: SocketAddr) -> ServerName<'static> {
 /// Sends `transactions` over one connection to `addr`. Returns each transaction's recipient
 /// results in order, or `Err` when the host failed before answering any recipient (connect
 /// error, refused greeting, TLS failure): then the caller tries the next host.
+///
+/// Before each end of data the partition's lease `deadline` is checked: past it the
+/// connection is dropped without the terminator (the server discards the message) and that
+/// transaction and the later ones are temporary failures ([`DEADLINE_PASSED`]), reported as
+/// `Ok` so that no other host is tried either.
 pub async fn send(
     params: &ConnectionParams,
     addr: SocketAddr,
     host: &str,
     config: ClientConfig,
     transactions: Vec<Transaction>,
+    deadline: &LeaseDeadline,
 ) -> Result<Vec<Vec<RecipientResult>>, String> {
     let tcp = tokio::time::timeout(params.connect_timeout, TcpStream::connect(addr))
         .await
@@ -59,6 +70,7 @@ pub async fn send(
     let mut stream = Stream::Plain(tcp);
     let mut results: Vec<Vec<RecipientResult>> = vec![Vec::new(); count];
     let mut failure: Option<String> = None;
+    let mut fenced = false;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         while let Some(event) = session.poll_event() {
@@ -71,6 +83,19 @@ pub async fn send(
                             failure = Some(format!("TLS handshake failed: {e}"));
                             session.handle_disconnect();
                         }
+                    }
+                }
+                ClientEvent::ReadyToCommit { index } => {
+                    // The data first: it may take long to send, and the check must come
+                    // after it, right before the only bytes that make the server keep it.
+                    if !flush(&mut session, &mut stream).await {
+                        session.handle_disconnect();
+                    } else if deadline.is_valid() {
+                        session.commit();
+                    } else {
+                        tracing::warn!(%host, %addr, transaction = index, "lease deadline passed before the end of data; dropping the connection");
+                        session.abort_commit(DEADLINE_PASSED);
+                        fenced = true;
                     }
                 }
                 ClientEvent::TransactionDone { index, results: r } => {
@@ -103,6 +128,12 @@ pub async fn send(
             Ok(Ok(0)) | Ok(Err(_)) => session.handle_disconnect(),
             Ok(Ok(n)) => session.handle_input(&buf[..n]),
         }
+    }
+    if fenced {
+        // Dropped, not shut down: nothing more may reach the server, not even a TLS
+        // close_notify, and the results stand as they are.
+        drop(stream);
+        return Ok(results);
     }
     let _ = stream.shutdown().await;
     // After a session failure, only a definitive answer (delivered or refused) counts as the

@@ -22,7 +22,8 @@ use serde::Serialize;
 pub use blob::{BlobError, BlobStore, blob_key};
 pub use dkim_keys::{DkimKeyRecord, DkimKeyStore};
 pub use queue::{
-    EntryUpdate, Lease, QueueEntry, QueueFilter, QueueStatus, QueueStore, partition_of,
+    EntryUpdate, Lease, LeaseGrant, LeaseInfo, QueueEntry, QueueFilter, QueueStatus, QueueStore,
+    partition_of,
 };
 pub use sql::SqlStore;
 
@@ -64,7 +65,10 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// The partition's lease is no longer held with this epoch: another node took over.
-    #[error("lease on partition {partition} lost")]
+    #[error(
+        "lease on partition {partition} lost: another owner (or a newer epoch) holds it, so \
+         nothing was changed; the current owner retries the rows"
+    )]
     LeaseLost {
         /// The partition.
         partition: u32,

@@ -3,8 +3,10 @@
 //! A partition's owner holds a lease row `(partition, owner, epoch, lease_until)`; times come
 //! from the database's clock. Every change an owner makes to its partition's rows runs in a
 //! transaction that first checks (and, on PostgreSQL, row-locks) its lease with the epoch it
-//! was granted. A takeover bumps the epoch, so a replica that was presumed dead cannot change
-//! anything afterwards: its next transaction fails with [`StoreError::LeaseLost`].
+//! was granted, and every row UPDATE in it repeats that condition and must change its row. A
+//! takeover or an adoption bumps the epoch, so a replica that was presumed dead (or a previous
+//! actor of the same node) cannot change anything afterwards: its next transaction fails with
+//! [`StoreError::LeaseLost`].
 
 use std::time::Duration;
 
@@ -117,6 +119,35 @@ pub struct Lease {
     pub epoch: i64,
 }
 
+/// The answer to a lease acquisition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseGrant {
+    /// The lease was free or expired and is now ours.
+    Granted(Lease),
+    /// Someone holds a valid lease (possibly this very owner: see
+    /// [`QueueStore::adopt_lease`]).
+    Held {
+        /// The holder, if any.
+        owner: Option<String>,
+        /// How long until it expires, by the database's clock (never negative): the moment
+        /// to try again.
+        expires_in: Duration,
+    },
+}
+
+/// One partition's lease row, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseInfo {
+    /// The partition.
+    pub partition: u32,
+    /// The holder; `None` when released or never taken.
+    pub owner: Option<String>,
+    /// The fencing epoch.
+    pub epoch: i64,
+    /// Until when the lease is valid (ms since the epoch, database clock).
+    pub lease_until: Millis,
+}
+
 /// A change an owner makes to one of its rows.
 #[derive(Debug, Clone)]
 pub struct EntryUpdate {
@@ -147,17 +178,31 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Records the partition count on first start and refuses a different one later (rows
     /// are placed by it).
     async fn ensure_partition_count(&self, partitions: u32) -> Result<(), StoreError>;
-    /// Takes a free or expired lease; `None` while another holder's lease is valid.
+    /// Takes a free or expired lease (bumping its epoch); [`LeaseGrant::Held`] with the time
+    /// left while a lease is valid, also when `owner` itself holds it.
     async fn acquire_lease(
         &self,
         partition: u32,
         owner: &str,
         ttl: Duration,
+    ) -> Result<LeaseGrant, StoreError>;
+    /// Takes over a still-valid lease that `owner` already holds (after an actor or process
+    /// restart), bumping its epoch so that whatever ran under the old epoch is fenced off, and
+    /// extending it by `ttl`. `None` when `owner` does not hold it or it expired.
+    async fn adopt_lease(
+        &self,
+        partition: u32,
+        owner: &str,
+        ttl: Duration,
     ) -> Result<Option<Lease>, StoreError>;
-    /// Extends every valid lease of `owner`; returns those it still holds.
+    /// Extends every valid lease of `owner`; returns those it still holds. Runs on a
+    /// connection of its own, so a busy main pool cannot delay it past the leases' expiry.
     async fn renew_leases(&self, owner: &str, ttl: Duration) -> Result<Vec<Lease>, StoreError>;
-    /// Gives a lease up at once (graceful handover).
+    /// Gives a lease up at once (graceful handover); does nothing unless owner and epoch
+    /// still match.
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Every partition's lease row, by partition.
+    async fn list_leases(&self) -> Result<Vec<LeaseInfo>, StoreError>;
     /// Destination domains of a partition that have due rows, the longest-waiting first,
     /// leaving out `skip` (domains that cannot take another connection now), at most `limit`.
     async fn due_domains(

@@ -82,11 +82,63 @@ pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// Connections for the lease statements only: renewal must not queue behind the group
+    /// commit, the API and the schedulers on the main pool, or a busy node would lose its
+    /// leases while perfectly alive.
+    lease_pool: AnyPool,
     dialect: Dialect,
 }
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a statement waits for a connection of the main pool.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections of the lease pool: renewal and an acquisition may overlap, nothing more.
+const LEASE_CONNECTIONS: u32 = 2;
+/// A lease statement that cannot get a connection soon is better failed: the manager
+/// retries at its next tick, well within the lease's lifetime.
+const LEASE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Pool options for either pool: the per-connection settings of the dialect.
+fn pool_options(
+    dialect: Dialect,
+    config: &DatabaseConfig,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> AnyPoolOptions {
+    let mut pool = AnyPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(acquire_timeout)
+        // Recycle connections so a database failover or restart is picked up.
+        .idle_timeout(Duration::from_secs(600))
+        .max_lifetime(Duration::from_secs(1800));
+    if dialect == Dialect::Postgres {
+        let timeout_ms = config.statement_timeout.as_millis().max(1);
+        pool = pool.after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                // A hung or locked database fails the statement instead of holding the
+                // session (and the storage writer) forever.
+                conn.execute(format!("SET statement_timeout = {timeout_ms}").as_str())
+                    .await?;
+                Ok(())
+            })
+        });
+    }
+    if dialect == Dialect::Sqlite {
+        pool = pool.after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // FULL: a commit is on disk when it returns, which the 250 promise needs.
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )
+                .await?;
+                Ok(())
+            })
+        });
+    }
+    pool
+}
 
 impl SqlStore {
     /// Connects, creating the SQLite file and its directory if needed, and migrates.
@@ -123,42 +175,22 @@ impl SqlStore {
                 )));
             }
         }
-        let mut pool = AnyPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            // Recycle connections so a database failover or restart is picked up.
-            .idle_timeout(Duration::from_secs(600))
-            .max_lifetime(Duration::from_secs(1800));
-        if dialect == Dialect::Postgres {
-            let timeout_ms = config.statement_timeout.as_millis().max(1);
-            pool = pool.after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    // A hung or locked database fails the statement instead of holding the
-                    // session (and the storage writer) forever.
-                    conn.execute(format!("SET statement_timeout = {timeout_ms}").as_str())
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        if dialect == Dialect::Sqlite {
-            pool = pool.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // FULL: a commit is on disk when it returns, which the 250 promise needs.
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = pool.connect_with(options).await?;
+        let pool = pool_options(dialect, config, config.max_connections, ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
         if dialect == Dialect::Sqlite {
             SQLITE_MIGRATIONS.run(&pool).await?;
         }
-        Ok(Self { pool, dialect })
+        // Connects lazily: the first lease statement opens its connection, and a broken one
+        // is replaced by the pool on the next use.
+        let lease_pool =
+            pool_options(dialect, config, LEASE_CONNECTIONS, LEASE_ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            lease_pool,
+            dialect,
+        })
     }
 
     /// The dialect in use.
@@ -169,6 +201,11 @@ impl SqlStore {
     /// The underlying pool, for export and import.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool of the lease statements.
+    pub(crate) fn lease_pool(&self) -> &AnyPool {
+        &self.lease_pool
     }
 
     pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {

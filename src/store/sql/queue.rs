@@ -8,7 +8,9 @@ use sqlx::any::AnyRow;
 
 use super::messages::insert_accepted;
 use super::{Dialect, SqlStore, Tx};
-use crate::store::queue::{EntryUpdate, Lease, QueueEntry, QueueFilter, QueueStatus, QueueStore};
+use crate::store::queue::{
+    EntryUpdate, Lease, LeaseGrant, LeaseInfo, QueueEntry, QueueFilter, QueueStatus, QueueStore,
+};
 use crate::store::{AcceptedMessage, Millis, Page, StoreError, now_millis};
 
 const ENTRY_COLUMNS: &str = "q.id, q.message_id, q.sender, q.recipient, q.domain, q.partition, \
@@ -52,6 +54,11 @@ fn lease_from_row(row: &AnyRow, owner: &str) -> Result<Lease, sqlx::Error> {
 
 /// Applies an owner's changes if its lease is still valid: the lease row is checked (and
 /// locked on PostgreSQL) inside the caller's transaction, so a takeover cannot interleave.
+/// Each row UPDATE repeats the lease condition and must change exactly its row, so no write
+/// slips through even where the up-front check would not lock (a row of another partition,
+/// a lock the database did not take): any miss fails the whole op with `LeaseLost` and the
+/// caller rolls it back. A pending row never disappears under its owner (the purge deletes
+/// finished rows only, and rows in flight are never cancelled), so a miss means the lease.
 pub(crate) async fn apply_fenced(
     conn: &mut sqlx::AnyConnection,
     dialect: Dialect,
@@ -59,6 +66,9 @@ pub(crate) async fn apply_fenced(
     updates: &[EntryUpdate],
     new_messages: &[AcceptedMessage],
 ) -> Result<(), StoreError> {
+    let lost = || StoreError::LeaseLost {
+        partition: lease.partition,
+    };
     let valid = sqlx::query(&format!(
         "SELECT epoch FROM partition_leases WHERE partition = $1 AND owner = $2 \
          AND epoch = $3 AND lease_until > {}{}",
@@ -72,28 +82,34 @@ pub(crate) async fn apply_fenced(
     .await?
     .is_some();
     if !valid {
-        return Err(StoreError::LeaseLost {
-            partition: lease.partition,
-        });
+        return Err(lost());
     }
     let now = now_millis();
+    let sql = format!(
+        "UPDATE queue SET status = $1, attempts = $2, next_attempt_at = $3, \
+         last_error = $4, updated_at = $5, epoch = $6, \
+         delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END \
+         WHERE id = $7 AND partition = $8 AND EXISTS (SELECT 1 FROM partition_leases l \
+         WHERE l.partition = $8 AND l.owner = $9 AND l.epoch = $6 AND l.lease_until > {})",
+        dialect.now_ms()
+    );
     for u in updates {
-        sqlx::query(
-            "UPDATE queue SET status = $1, attempts = $2, next_attempt_at = $3, \
-             last_error = $4, updated_at = $5, epoch = $6, \
-             delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END \
-             WHERE id = $7 AND partition = $8",
-        )
-        .bind(u.status.as_str())
-        .bind(i64::from(u.attempts))
-        .bind(u.next_attempt_at)
-        .bind(&u.last_error)
-        .bind(now)
-        .bind(lease.epoch)
-        .bind(u.id)
-        .bind(i64::from(lease.partition))
-        .execute(&mut *conn)
-        .await?;
+        let changed = sqlx::query(&sql)
+            .bind(u.status.as_str())
+            .bind(i64::from(u.attempts))
+            .bind(u.next_attempt_at)
+            .bind(&u.last_error)
+            .bind(now)
+            .bind(lease.epoch)
+            .bind(u.id)
+            .bind(i64::from(lease.partition))
+            .bind(&lease.owner)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        if changed != 1 {
+            return Err(lost());
+        }
     }
     for m in new_messages {
         insert_accepted(conn, m).await?;
@@ -154,6 +170,20 @@ impl QueueStore for SqlStore {
                  the partition count cannot change once mail is queued"
             )));
         }
+        // A row per partition from the start, so the cluster view lists every partition,
+        // owned or not. Epoch 0: the first acquisition makes it 1, as on an insert.
+        let values: Vec<String> = (0..partitions)
+            .map(|p| format!("({p}, NULL, 0, 0)"))
+            .collect();
+        if !values.is_empty() {
+            sqlx::query(&format!(
+                "INSERT INTO partition_leases (partition, owner, epoch, lease_until) \
+                 VALUES {} ON CONFLICT (partition) DO NOTHING",
+                values.join(", ")
+            ))
+            .execute(self.pool())
+            .await?;
+        }
         Ok(())
     }
 
@@ -162,7 +192,7 @@ impl QueueStore for SqlStore {
         partition: u32,
         owner: &str,
         ttl: Duration,
-    ) -> Result<Option<Lease>, StoreError> {
+    ) -> Result<LeaseGrant, StoreError> {
         let now = self.dialect().now_ms();
         let row = sqlx::query(&format!(
             "INSERT INTO partition_leases (partition, owner, epoch, lease_until) \
@@ -175,7 +205,45 @@ impl QueueStore for SqlStore {
         .bind(i64::from(partition))
         .bind(owner)
         .bind(millis(ttl))
-        .fetch_optional(self.pool())
+        .fetch_optional(self.lease_pool())
+        .await?;
+        if let Some(row) = row {
+            return Ok(LeaseGrant::Granted(lease_from_row(&row, owner)?));
+        }
+        // Held: say by whom and for how long, by the same clock that decides expiry.
+        let row = sqlx::query(&format!(
+            "SELECT owner, lease_until - {now} FROM partition_leases WHERE partition = $1"
+        ))
+        .bind(i64::from(partition))
+        .fetch_optional(self.lease_pool())
+        .await?;
+        let (owner, left) = match row {
+            Some(row) => (row.try_get(0)?, row.try_get::<i64, _>(1)?),
+            // Released and gone between the two statements: free now.
+            None => (None, 0),
+        };
+        Ok(LeaseGrant::Held {
+            owner,
+            expires_in: Duration::from_millis(u64::try_from(left).unwrap_or(0)),
+        })
+    }
+
+    async fn adopt_lease(
+        &self,
+        partition: u32,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = self.dialect().now_ms();
+        let row = sqlx::query(&format!(
+            "UPDATE partition_leases SET epoch = epoch + 1, lease_until = {now} + $3 \
+             WHERE partition = $1 AND owner = $2 AND lease_until > {now} \
+             RETURNING partition, epoch"
+        ))
+        .bind(i64::from(partition))
+        .bind(owner)
+        .bind(millis(ttl))
+        .fetch_optional(self.lease_pool())
         .await?;
         Ok(row.map(|r| lease_from_row(&r, owner)).transpose()?)
     }
@@ -188,7 +256,7 @@ impl QueueStore for SqlStore {
         ))
         .bind(owner)
         .bind(millis(ttl))
-        .fetch_all(self.pool())
+        .fetch_all(self.lease_pool())
         .await?;
         Ok(rows
             .iter()
@@ -204,9 +272,28 @@ impl QueueStore for SqlStore {
         .bind(i64::from(lease.partition))
         .bind(&lease.owner)
         .bind(lease.epoch)
-        .execute(self.pool())
+        .execute(self.lease_pool())
         .await?;
         Ok(())
+    }
+
+    async fn list_leases(&self) -> Result<Vec<LeaseInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT partition, owner, epoch, lease_until FROM partition_leases \
+             ORDER BY partition",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(LeaseInfo {
+                partition: r.try_get::<i64, _>(0)? as u32,
+                owner: r.try_get(1)?,
+                epoch: r.try_get(2)?,
+                lease_until: r.try_get(3)?,
+            });
+        }
+        Ok(out)
     }
 
     async fn due_domains(
@@ -401,21 +488,215 @@ mod tests {
         .await
     }
 
+    fn granted(grant: Result<LeaseGrant, StoreError>) -> Lease {
+        match grant.expect("query") {
+            LeaseGrant::Granted(lease) => lease,
+            held => panic!("lease not granted: {held:?}"),
+        }
+    }
+
+    /// One queued row in `partition` for `rcpt`, as its owner would see it.
+    async fn queued(store: &SqlStore, id: &str, rcpt: &str, partition: u32) -> QueueEntry {
+        write(store, WriteOp::Accept(message(id, rcpt, partition)))
+            .await
+            .expect("commit");
+        let domain = rcpt.rsplit('@').next().unwrap_or_default();
+        store
+            .due_entries(partition, domain, 10)
+            .await
+            .expect("due")
+            .into_iter()
+            .find(|e| e.message_id == id)
+            .expect("row")
+    }
+
+    fn deferral(entry: &QueueEntry) -> EntryUpdate {
+        EntryUpdate {
+            id: entry.id,
+            status: QueueStatus::Deferred,
+            attempts: entry.attempts + 1,
+            next_attempt_at: now_millis() + 60_000,
+            last_error: Some("451 later".into()),
+        }
+    }
+
     #[tokio::test]
-    async fn a_lease_is_exclusive_until_it_expires_and_takeover_fences_the_old_owner() {
+    async fn an_update_under_a_stale_epoch_changes_nothing() {
         let (_dir, store) = store().await;
-        let a = store
-            .acquire_lease(3, "node-a", Duration::from_millis(300))
+        let ttl = Duration::from_secs(10);
+        let lease = granted(store.acquire_lease(1, "n", ttl).await);
+        let entry = queued(&store, "m1", "x@r.test", 1).await;
+        let stale = Lease {
+            epoch: lease.epoch - 1,
+            ..lease.clone()
+        };
+        let result = apply(&store, &stale, &[deferral(&entry)]).await;
+        assert!(
+            matches!(result, Err(StoreError::LeaseLost { partition: 1 })),
+            "{result:?}"
+        );
+        let after = store.queue_entry(entry.id).await.expect("read").expect("row");
+        assert_eq!(after.status, QueueStatus::Queued);
+        assert_eq!(after.attempts, 0);
+        assert!(after.last_error.is_none());
+    }
+
+    /// The row UPDATE itself is fenced, not only the check before it: an update aimed at a
+    /// row of another partition (whose lease the writer does not hold) fails the whole op.
+    #[tokio::test]
+    async fn every_row_update_is_fenced_and_a_miss_rolls_the_op_back() {
+        let (_dir, store) = store().await;
+        let ttl = Duration::from_secs(10);
+        let lease = granted(store.acquire_lease(1, "n", ttl).await);
+        let mine = queued(&store, "m1", "x@r.test", 1).await;
+        let other = queued(&store, "m2", "y@s.test", 2).await;
+        let result = apply(&store, &lease, &[deferral(&mine), deferral(&other)]).await;
+        assert!(
+            matches!(result, Err(StoreError::LeaseLost { partition: 1 })),
+            "{result:?}"
+        );
+        let after = store.queue_entry(mine.id).await.expect("read").expect("row");
+        assert_eq!(after.status, QueueStatus::Queued, "rolled back with its op");
+        apply(&store, &lease, &[deferral(&mine)])
+            .await
+            .expect("a valid update commits");
+        let after = store.queue_entry(mine.id).await.expect("read").expect("row");
+        assert_eq!(after.status, QueueStatus::Deferred);
+    }
+
+    #[tokio::test]
+    async fn adopting_bumps_the_epoch_and_fences_the_previous_holder() {
+        let (_dir, store) = store().await;
+        let ttl = Duration::from_secs(10);
+        let old = granted(store.acquire_lease(4, "n", ttl).await);
+        let entry = queued(&store, "m1", "x@r.test", 4).await;
+        let adopted = store
+            .adopt_lease(4, "n", ttl)
             .await
             .expect("query")
-            .expect("free lease");
-        assert_eq!(a.epoch, 1);
+            .expect("held by n");
+        assert_eq!(adopted.epoch, old.epoch + 1);
+        assert_eq!(adopted.owner, "n");
+        let stale = apply(&store, &old, &[deferral(&entry)]).await;
+        assert!(
+            matches!(stale, Err(StoreError::LeaseLost { partition: 4 })),
+            "{stale:?}"
+        );
+        apply(&store, &adopted, &[deferral(&entry)])
+            .await
+            .expect("the adopter may write");
         assert!(
             store
-                .acquire_lease(3, "node-b", Duration::from_secs(10))
+                .adopt_lease(4, "other", ttl)
                 .await
                 .expect("query")
                 .is_none(),
+            "only the holder adopts"
+        );
+        let short = granted(store.acquire_lease(5, "n", Duration::from_millis(100)).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            store.adopt_lease(5, "n", ttl).await.expect("query").is_none(),
+            "an expired lease is not adopted but acquired"
+        );
+        assert_eq!(
+            granted(store.acquire_lease(5, "n", ttl).await).epoch,
+            short.epoch + 1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_lease_says_by_whom_and_for_how_long() {
+        let (_dir, store) = store().await;
+        granted(store.acquire_lease(2, "a", Duration::from_secs(5)).await);
+        match store
+            .acquire_lease(2, "b", Duration::from_secs(5))
+            .await
+            .expect("query")
+        {
+            LeaseGrant::Held { owner, expires_in } => {
+                assert_eq!(owner.as_deref(), Some("a"));
+                assert!(
+                    expires_in > Duration::from_secs(3) && expires_in <= Duration::from_secs(5),
+                    "{expires_in:?}"
+                );
+            }
+            granted => panic!("a held lease was granted: {granted:?}"),
+        }
+        // Its own valid lease is held too: adoption is a separate, explicit step.
+        assert!(matches!(
+            store
+                .acquire_lease(2, "a", Duration::from_secs(5))
+                .await
+                .expect("query"),
+            LeaseGrant::Held { owner: Some(o), .. } if o == "a"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_release_with_an_old_epoch_does_nothing() {
+        let (_dir, store) = store().await;
+        let ttl = Duration::from_secs(10);
+        let old = granted(store.acquire_lease(6, "n", ttl).await);
+        let current = store
+            .adopt_lease(6, "n", ttl)
+            .await
+            .expect("query")
+            .expect("adopted");
+        store.release_lease(&old).await.expect("release");
+        assert!(matches!(
+            store.acquire_lease(6, "m", ttl).await.expect("query"),
+            LeaseGrant::Held { owner: Some(o), .. } if o == "n"
+        ));
+        store.release_lease(&current).await.expect("release");
+        assert_eq!(
+            granted(store.acquire_lease(6, "m", ttl).await).epoch,
+            current.epoch + 1
+        );
+    }
+
+    #[tokio::test]
+    async fn every_partition_is_listed_with_its_lease() {
+        let (_dir, store) = store().await;
+        store.ensure_partition_count(4).await.expect("count");
+        let lease = granted(store.acquire_lease(2, "n", Duration::from_secs(10)).await);
+        let leases = store.list_leases().await.expect("list");
+        assert_eq!(
+            leases.iter().map(|l| l.partition).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        assert!(
+            leases
+                .iter()
+                .filter(|l| l.partition != 2)
+                .all(|l| l.owner.is_none() && l.epoch == 0)
+        );
+        assert_eq!(leases[2].owner.as_deref(), Some("n"));
+        assert_eq!(leases[2].epoch, lease.epoch);
+        assert_eq!(lease.epoch, 1, "the first acquisition of a listed row is epoch 1");
+        assert!(leases[2].lease_until > now_millis());
+        // Listing again changes nothing (start-up of another node).
+        store.ensure_partition_count(4).await.expect("count");
+        assert_eq!(store.list_leases().await.expect("list"), leases);
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_exclusive_until_it_expires_and_takeover_fences_the_old_owner() {
+        let (_dir, store) = store().await;
+        let a = granted(
+            store
+                .acquire_lease(3, "node-a", Duration::from_millis(300))
+                .await,
+        );
+        assert_eq!(a.epoch, 1);
+        assert!(
+            matches!(
+                store
+                    .acquire_lease(3, "node-b", Duration::from_secs(10))
+                    .await
+                    .expect("query"),
+                LeaseGrant::Held { .. }
+            ),
             "held lease must not be taken"
         );
         write(&store, WriteOp::Accept(message("m1", "x@remote.test", 3)))
@@ -438,11 +719,11 @@ mod tests {
             .expect("owner may write");
 
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let b = store
-            .acquire_lease(3, "node-b", Duration::from_secs(10))
-            .await
-            .expect("query")
-            .expect("expired lease is taken");
+        let b = granted(
+            store
+                .acquire_lease(3, "node-b", Duration::from_secs(10))
+                .await,
+        );
         assert_eq!(b.epoch, 2);
         let stale = apply(&store, &a, std::slice::from_ref(&update)).await;
         assert!(
@@ -468,22 +749,18 @@ mod tests {
             .expect("new owner may write");
 
         store.release_lease(&b).await.expect("release");
-        let c = store
-            .acquire_lease(3, "node-c", Duration::from_secs(10))
-            .await
-            .expect("query")
-            .expect("released lease is free at once");
+        let c = granted(
+            store
+                .acquire_lease(3, "node-c", Duration::from_secs(10))
+                .await,
+        );
         assert_eq!(c.epoch, 3);
     }
 
     #[tokio::test]
     async fn finished_rows_are_purged_with_their_messages() {
         let (_dir, store) = store().await;
-        let lease = store
-            .acquire_lease(0, "n", Duration::from_secs(10))
-            .await
-            .expect("query")
-            .expect("lease");
+        let lease = granted(store.acquire_lease(0, "n", Duration::from_secs(10)).await);
         write(&store, WriteOp::Accept(message("m1", "x@r.test", 0)))
             .await
             .expect("commit");
