@@ -216,6 +216,15 @@ pub const METRICS: &[Metric] = &[
             "Queue writes refused because the partition's lease had passed to another epoch",
         )),
     ),
+    metric(
+        "mairust_cluster_members",
+        Gauge,
+        &["state"],
+        Some((
+            None,
+            "Cluster members this node knows, by state (itself included)",
+        )),
+    ),
 ];
 
 /// Registers the unit and help text of every metric in [`METRICS`] that has them.
@@ -678,6 +687,37 @@ impl InternalEvent for ApiRequestCompleted {
             "status" => self.status.to_string()
         )
         .increment(1);
+    }
+}
+
+// --- Cluster ----------------------------------------------------------------------------
+
+/// The cluster membership view changed; carries the new count of members in each state.
+pub struct ClusterMembersChanged {
+    /// Members alive, this node included.
+    pub alive: usize,
+    /// Members suspected of being down.
+    pub suspect: usize,
+    /// Members declared down and not yet forgotten.
+    pub down: usize,
+}
+
+impl InternalEvent for ClusterMembersChanged {
+    fn emit(self) {
+        for (state, count) in [
+            ("alive", self.alive),
+            ("suspect", self.suspect),
+            ("down", self.down),
+        ] {
+            metrics::gauge!("mairust_cluster_members", "state" => state).set(count as f64);
+        }
+        tracing::debug!(
+            target: "mairust::cluster",
+            alive = self.alive,
+            suspect = self.suspect,
+            down = self.down,
+            "cluster membership changed"
+        );
     }
 }
 
