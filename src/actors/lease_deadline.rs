@@ -70,7 +70,10 @@ mod tests {
     fn the_margin_is_a_quarter_of_the_ttl_within_bounds() {
         assert_eq!(margin(Duration::from_secs(4)), Duration::from_secs(1));
         assert_eq!(margin(Duration::from_secs(1)), Duration::from_millis(500));
-        assert_eq!(margin(Duration::from_millis(600)), Duration::from_millis(300));
+        assert_eq!(
+            margin(Duration::from_millis(600)),
+            Duration::from_millis(300)
+        );
         assert_eq!(margin(Duration::from_secs(40)), Duration::from_secs(10));
     }
 

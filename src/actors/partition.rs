@@ -189,7 +189,10 @@ fn may_deliver(deadline: Option<Instant>, now: Instant) -> Result<(), Duration> 
 
 /// When to wake for the next due row, given the earliest due time; `None` when nothing is
 /// pending or it is due already (then the finishing worker's signal wakes the partition).
-fn next_wake(next_due: Option<crate::store::Millis>, now: crate::store::Millis) -> Option<Duration> {
+fn next_wake(
+    next_due: Option<crate::store::Millis>,
+    now: crate::store::Millis,
+) -> Option<Duration> {
     let wait = next_due? - now;
     (wait > 0).then(|| Duration::from_millis(wait as u64))
 }
@@ -746,7 +749,11 @@ mod tests {
     #[test]
     fn the_next_wake_is_at_the_next_due_row() {
         assert_eq!(next_wake(None, 1_000), None);
-        assert_eq!(next_wake(Some(1_000), 1_000), None, "due now: a worker wakes it");
+        assert_eq!(
+            next_wake(Some(1_000), 1_000),
+            None,
+            "due now: a worker wakes it"
+        );
         assert_eq!(next_wake(Some(900), 1_000), None);
         assert_eq!(
             next_wake(Some(3_500), 1_000),
@@ -773,7 +780,10 @@ mod tests {
         let (mut outputs, lost) = drain(&mut tasks, Duration::from_secs(15)).await;
         outputs.sort_unstable();
         assert_eq!(outputs, vec![1, 2]);
-        assert_eq!(lost, 2, "the one still running at the timeout, and the panic");
+        assert_eq!(
+            lost, 2,
+            "the one still running at the timeout, and the panic"
+        );
         assert_eq!(started.elapsed(), Duration::from_secs(15));
         assert!(tasks.is_empty(), "no worker outlives the drain");
     }

@@ -759,8 +759,7 @@ impl ClientSession {
                         dot_stuff_lines(&current.tx.body, &mut out);
                         self.output = out;
                         self.awaiting_commit = true;
-                        self.events
-                            .push_back(ClientEvent::ReadyToCommit { index });
+                        self.events.push_back(ClientEvent::ReadyToCommit { index });
                     } else {
                         self.command(".", Expect::DataDiscard);
                     }
@@ -1118,7 +1117,10 @@ mod tests {
         assert!(events.iter().any(|e| matches!(e,
             ClientEvent::TransactionDone { results, .. }
                 if results[0].reply.text.contains("lease deadline passed"))));
-        assert!(matches!(events.last(), Some(ClientEvent::SessionFailed { .. })));
+        assert!(matches!(
+            events.last(),
+            Some(ClientEvent::SessionFailed { .. })
+        ));
         // Whatever happens to the connection afterwards, nothing more is reported or sent.
         c.handle_input(b"250 ok\r\n");
         c.handle_disconnect();

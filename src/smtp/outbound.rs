@@ -180,3 +180,118 @@ async fn upgrade(
     *stream = Stream::Tls(Box::new(tls));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::smtp::client::TlsPolicy;
+
+    /// A minimal pipelining receiver on loopback: answers every command, stores what ends
+    /// with `.`; returns the stored messages and whether a message was cut off mid-data.
+    async fn receiver(listener: TcpListener) -> (Vec<String>, bool) {
+        let (socket, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = socket.into_split();
+        let mut lines = BufReader::new(read).lines();
+        write.write_all(b"220 mx ESMTP\r\n").await.expect("greet");
+        let mut stored = Vec::new();
+        let mut data: Option<String> = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(body) = data.as_mut() {
+                if line == "." {
+                    stored.push(std::mem::take(body));
+                    data = None;
+                    write.write_all(b"250 2.0.0 queued\r\n").await.expect("w");
+                } else {
+                    body.push_str(&line);
+                    body.push('\n');
+                }
+                continue;
+            }
+            let reply: &[u8] = match line.get(..4).unwrap_or_default() {
+                "EHLO" => b"250-mx\r\n250 PIPELINING\r\n",
+                "DATA" => {
+                    data = Some(String::new());
+                    b"354 go\r\n"
+                }
+                "QUIT" => {
+                    let _ = write.write_all(b"221 bye\r\n").await;
+                    break;
+                }
+                _ => b"250 ok\r\n",
+            };
+            write.write_all(reply).await.expect("w");
+        }
+        (stored, data.is_some())
+    }
+
+    async fn send_one(deadline: &LeaseDeadline) -> (Vec<Vec<RecipientResult>>, Vec<String>, bool) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(receiver(listener));
+        let params = ConnectionParams {
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            data_timeout: Duration::from_secs(5),
+            tls: crate::tls::outbound_client_config(),
+        };
+        let config = ClientConfig {
+            helo_name: "out.test".into(),
+            tls: TlsPolicy::Disabled,
+            tls_available: false,
+            auth: None,
+            allow_plain_auth: false,
+        };
+        let tx = |rcpt: &str| Transaction {
+            mail_from: "a@here.test".into(),
+            rcpt_to: vec![rcpt.into()],
+            body: Arc::from(&b"Subject: s\r\n\r\nbody\r\n"[..]),
+            smtputf8: false,
+            body_8bit: false,
+        };
+        let results = send(
+            &params,
+            addr,
+            "mx.test",
+            config,
+            vec![tx("x@r.test"), tx("y@r.test")],
+            deadline,
+        )
+        .await
+        .expect("answered");
+        let (stored, cut) = server.await.expect("receiver");
+        (results, stored, cut)
+    }
+
+    #[tokio::test]
+    async fn within_the_deadline_the_mail_is_sent() {
+        let deadline = LeaseDeadline::default();
+        deadline.renewed(tokio::time::Instant::now(), Duration::from_secs(60));
+        let (results, stored, cut) = send_one(&deadline).await;
+        assert_eq!(stored.len(), 2);
+        assert!(!cut);
+        assert!(
+            results
+                .iter()
+                .flatten()
+                .all(|r| r.outcome == Outcome::Delivered)
+        );
+    }
+
+    #[tokio::test]
+    async fn past_the_deadline_the_end_of_data_never_leaves() {
+        let deadline = LeaseDeadline::default();
+        let (results, stored, cut) = send_one(&deadline).await;
+        assert!(stored.is_empty(), "the receiver kept {stored:?}");
+        assert!(cut, "the connection was dropped mid-data");
+        assert_eq!(results.len(), 2);
+        for r in results.iter().flatten() {
+            assert_eq!(r.outcome, Outcome::Temporary);
+            assert!(r.reply.text.contains(DEADLINE_PASSED), "{r:?}");
+        }
+    }
+}

@@ -183,9 +183,8 @@ impl SqlStore {
         }
         // Connects lazily: the first lease statement opens its connection, and a broken one
         // is replaced by the pool on the next use.
-        let lease_pool =
-            pool_options(dialect, config, LEASE_CONNECTIONS, LEASE_ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options);
+        let lease_pool = pool_options(dialect, config, LEASE_CONNECTIONS, LEASE_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
         Ok(Self {
             pool,
             lease_pool,

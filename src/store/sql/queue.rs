@@ -535,7 +535,11 @@ mod tests {
             matches!(result, Err(StoreError::LeaseLost { partition: 1 })),
             "{result:?}"
         );
-        let after = store.queue_entry(entry.id).await.expect("read").expect("row");
+        let after = store
+            .queue_entry(entry.id)
+            .await
+            .expect("read")
+            .expect("row");
         assert_eq!(after.status, QueueStatus::Queued);
         assert_eq!(after.attempts, 0);
         assert!(after.last_error.is_none());
@@ -555,12 +559,20 @@ mod tests {
             matches!(result, Err(StoreError::LeaseLost { partition: 1 })),
             "{result:?}"
         );
-        let after = store.queue_entry(mine.id).await.expect("read").expect("row");
+        let after = store
+            .queue_entry(mine.id)
+            .await
+            .expect("read")
+            .expect("row");
         assert_eq!(after.status, QueueStatus::Queued, "rolled back with its op");
         apply(&store, &lease, &[deferral(&mine)])
             .await
             .expect("a valid update commits");
-        let after = store.queue_entry(mine.id).await.expect("read").expect("row");
+        let after = store
+            .queue_entry(mine.id)
+            .await
+            .expect("read")
+            .expect("row");
         assert_eq!(after.status, QueueStatus::Deferred);
     }
 
@@ -593,10 +605,18 @@ mod tests {
                 .is_none(),
             "only the holder adopts"
         );
-        let short = granted(store.acquire_lease(5, "n", Duration::from_millis(100)).await);
+        let short = granted(
+            store
+                .acquire_lease(5, "n", Duration::from_millis(100))
+                .await,
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
-            store.adopt_lease(5, "n", ttl).await.expect("query").is_none(),
+            store
+                .adopt_lease(5, "n", ttl)
+                .await
+                .expect("query")
+                .is_none(),
             "an expired lease is not adopted but acquired"
         );
         assert_eq!(
@@ -673,7 +693,10 @@ mod tests {
         );
         assert_eq!(leases[2].owner.as_deref(), Some("n"));
         assert_eq!(leases[2].epoch, lease.epoch);
-        assert_eq!(lease.epoch, 1, "the first acquisition of a listed row is epoch 1");
+        assert_eq!(
+            lease.epoch, 1,
+            "the first acquisition of a listed row is epoch 1"
+        );
         assert!(leases[2].lease_until > now_millis());
         // Listing again changes nothing (start-up of another node).
         store.ensure_partition_count(4).await.expect("count");
