@@ -785,6 +785,11 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "sqlite_fs: needs the embedded backends (SQLite file and local blob directory)"
     )
+    # pytest-xdist: `--dist load` (what `-n N` means) becomes `loadgroup`, which is the same
+    # except that tests marked `xdist_group(name)` run on one worker (the cluster tests share
+    # one three-node cluster that way instead of starting one per worker).
+    if getattr(config.option, "dist", None) == "load":
+        config.option.dist = "loadgroup"
 
 
 def pytest_collection_modifyitems(config, items):
