@@ -38,7 +38,7 @@ from conftest import (
     assert_error,
     free_ports,
     free_udp_ports,
-    insecure_tls,
+    metric_value,
     run_cli,
     setup_domain_and_user,
     shared_backend_config,
@@ -273,6 +273,9 @@ class Cluster:
 
     def view(self, node_id: str) -> dict:
         r = self.nodes[node_id].api().get("/api/v1/cluster", timeout=5)
+        if r.status_code == 404:
+            # Not a state to wait out: the endpoint does not exist (pytest.fail passes wait_until).
+            pytest.fail(f"GET /api/v1/cluster on {node_id} answers 404: the cluster API is not served")
         assert r.status_code == 200, f"GET /api/v1/cluster on {node_id}: {r.status_code} {r.text}"
         return r.json()
 
@@ -430,11 +433,9 @@ def test_partitions_spread_over_the_nodes_and_every_node_reports_the_same_view(c
             assert "queue" in m["roles"], m
         for p in v["partitions"]:
             assert isinstance(p["epoch"], int) and p["epoch"] >= 1, p
-            assert p["lease_until"] and parse_time(p["lease_until"]) > time.time() - 30, p
+            assert p["lease_until"] and parse_time(p["lease_until"]) > time.time() - 1, p  # owned: renewed, not expired
         # What the node's metrics say matches what its API says.
         text = cluster.nodes[i].metrics()
-        from conftest import metric_value
-
         assert metric_value(text, "mairust_cluster_partitions_owned") == per_node[i], i
         assert metric_value(text, "mairust_cluster_members", {"state": "alive"}) == 3, i
         assert "mairust_cluster_lease_renew_seconds" in text, i
