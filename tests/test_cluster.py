@@ -670,10 +670,15 @@ class Netns:
     which stays up so that whether it still delivers can be seen)."""
 
     def __init__(self):
-        self.n = random.randint(100, 249)
+        # A subnet and interface names no other run on this machine uses right now.
+        taken = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True, timeout=10).stdout
+        free = [n for n in range(100, 250) if f"10.231.{n}." not in taken and f"mrc{n}h" not in taken]
+        assert free, "no free 10.231.N.0/30 subnet for the test namespace"
+        self.n = random.choice(free)
         self.name = f"mairust-t{self.n}-{os.getpid()}"
         self.ctl = (f"mrc{self.n}h", f"mrc{self.n}n", f"10.231.{self.n}.1", f"10.231.{self.n}.2")
         self.mail = (f"mrm{self.n}h", f"mrm{self.n}n", f"10.232.{self.n}.1", f"10.232.{self.n}.2")
+        self.iptables = False
         self.ip("netns", "add", self.name)
         try:
             self.ip("-n", self.name, "link", "set", "lo", "up")
