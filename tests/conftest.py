@@ -785,11 +785,26 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "sqlite_fs: needs the embedded backends (SQLite file and local blob directory)"
     )
-    # pytest-xdist: `--dist load` (what `-n N` means) becomes `loadgroup`, which is the same
-    # except that tests marked `xdist_group(name)` run on one worker (the cluster tests share
-    # one three-node cluster that way instead of starting one per worker).
-    if getattr(config.option, "dist", None) == "load":
-        config.option.dist = "loadgroup"
+
+
+# Modules whose tests share one expensive module-scoped fixture (test_cluster.py: one
+# three-node cluster): under pytest-xdist they run on one worker, every other test is spread
+# one by one as with `--dist load`. (xdist's own `loadgroup` does not group under pytest 9:
+# it renames items through an attribute pytest no longer reads.)
+SERIAL_MODULES = ("test_cluster.py",)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.rsplit("/", 1)[-1] in SERIAL_MODULES else nodeid
+
+    return Scheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -60,10 +60,6 @@ needs_cluster = pytest.mark.skipif(
     "pass (scripts/test, or set MAIRUST_TEST_PG_URL and MAIRUST_TEST_S3_* from scripts/services.sh)",
 )
 
-# Every test of this module on one pytest-xdist worker: they share one cluster (conftest turns
-# `--dist load` into `loadgroup`).
-pytestmark = pytest.mark.xdist_group("cluster")
-
 MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.IGNORECASE | re.MULTILINE)
 
 
