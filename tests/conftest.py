@@ -84,6 +84,20 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def free_udp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct free UDP ports on `host` (for the cluster's QUIC endpoints)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -126,6 +140,34 @@ def create_bucket(name: str) -> str:
     """Creates a bucket on the test S3 server (s3s-fs keeps a bucket as a folder)."""
     (Path(S3_ROOT) / name).mkdir(parents=True, exist_ok=True)
     return name
+
+
+def shared_backend_config() -> dict:
+    """A fresh PostgreSQL database and bucket for several servers at once (a cluster); give it
+    to each server's root with `use_backend` before creating the Server. postgres-s3 only."""
+    assert BACKEND == "postgres-s3", "a shared backend needs PostgreSQL and S3"
+    name = "c" + uuid.uuid4().hex[:16]
+    return {
+        "database": {"url": create_pg_database(name)},
+        "storage": {
+            "backend": "s3",
+            "options": {
+                "bucket": create_bucket(name),
+                "endpoint": S3_ENDPOINT,
+                "region": "us-east-1",
+                "access_key": S3_ACCESS_KEY,
+                "secret_key": S3_SECRET_KEY,
+            },
+        },
+    }
+
+
+def use_backend(root: Path, cfg: dict) -> None:
+    """Makes the server in `root` use `cfg` (from `shared_backend_config`) instead of a backend
+    of its own; its local staging path stays under `root`."""
+    cfg = copy.deepcopy(cfg)
+    cfg["storage"]["options"]["path"] = str(root / "data" / "mail")
+    _backends[root] = cfg
 
 
 def backend_config(root: Path) -> dict:
@@ -216,6 +258,10 @@ class Server:
         self.stdout_path = root / "stdout.log"
         self.stderr_path = root / "stderr.log"
         self.proc: subprocess.Popen | None = None
+        # Address the test reaches the listeners at, and a prefix for the command line
+        # (`ip netns exec NS` for a server in a network namespace).
+        self.host = "127.0.0.1"
+        self.command_prefix: list[str] = []
         self._pick_ports()
 
     # ------------------------------------------------------------------ lifecycle
@@ -234,7 +280,7 @@ class Server:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
     def env(self) -> dict[str, str]:
         return clean_env(self.extra_env)
@@ -253,13 +299,14 @@ class Server:
                 raise
         return self
 
-    def _start_once(self) -> None:
+    def launch(self) -> "Server":
+        """Starts the process without waiting for it to be ready."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         out = open(self.stdout_path, "ab")
         err = open(self.stderr_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                [BIN, "serve", "--config", str(self.config_path)],
+                [*self.command_prefix, BIN, "serve", "--config", str(self.config_path)],
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
@@ -269,6 +316,10 @@ class Server:
         finally:
             out.close()
             err.close()
+        return self
+
+    def _start_once(self) -> None:
+        self.launch()
         deadline = time.monotonic() + READY_TIMEOUT
         last = None
         while time.monotonic() < deadline:
@@ -380,7 +431,7 @@ class Server:
 
     def smtp(self, port: str = "smtp", ehlo: bool = True) -> smtplib.SMTP:
         p = self.smtp_port if port == "smtp" else self.submission_port
-        s = smtplib.SMTP("127.0.0.1", p, local_hostname="client.test", timeout=SMTP_TIMEOUT)
+        s = smtplib.SMTP(self.host, p, local_hostname="client.test", timeout=SMTP_TIMEOUT)
         if ehlo:
             code, _ = s.ehlo()
             assert code == 250
@@ -388,7 +439,7 @@ class Server:
 
     def raw(self, port: str = "smtp") -> "RawSMTP":
         p = self.smtp_port if port == "smtp" else self.submission_port
-        return RawSMTP("127.0.0.1", p)
+        return RawSMTP(self.host, p)
 
     def submission(self, email: str, password: str) -> smtplib.SMTP:
         """A submission session after STARTTLS and AUTH."""
@@ -736,12 +787,41 @@ def pytest_configure(config):
     )
 
 
+# Modules whose tests share one expensive module-scoped fixture (test_cluster.py: one
+# three-node cluster): under pytest-xdist they run on one worker, every other test is spread
+# one by one as with `--dist load`. (xdist's own `loadgroup` does not group under pytest 9:
+# it renames items through an attribute pytest no longer reads.)
+SERIAL_MODULES = ("test_cluster.py",)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.rsplit("/", 1)[-1] in SERIAL_MODULES else nodeid
+
+    return Scheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     if BACKEND != "sqlite-fs":
         skip = pytest.mark.skip(reason=f"needs SQLite + files; running on {BACKEND}")
         for item in items:
             if "sqlite_fs" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the item (`item.rep_call`), so that a fixture can tell at
+    teardown whether its test failed (and then print the servers' logs)."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
 
 
 def pytest_report_header(config):
