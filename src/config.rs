@@ -1077,7 +1077,11 @@ mod tests {
             assert!(text.contains(key) && text.contains(words), "{text}");
         };
         fails(&[on, secret], "cluster.enabled", "postgres://");
-        fails(&[on, secret, pg], "cluster.enabled", "storage.options.shared");
+        fails(
+            &[on, secret, pg],
+            "cluster.enabled",
+            "storage.options.shared",
+        );
         let shared = ("MAIRUST_STORAGE__OPTIONS__SHARED", "true");
         fails(&[on, pg, shared], "cluster.secret", "cluster.tls");
         fails(
@@ -1104,7 +1108,10 @@ mod tests {
         .expect("a valid cluster config");
         assert_eq!(c.cluster.seeds, vec!["core-1:7946", "core-2:7946"]);
         assert_eq!(c.cluster.node_id("host"), "core-0");
-        assert!(!format!("{c:?}").contains("0123456789abcdef"), "secret redacted");
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "secret redacted"
+        );
         let alone = Config::load_from(None, env(&[])).expect("defaults");
         assert_eq!(alone.cluster.node_id("host"), "host");
     }

@@ -81,10 +81,14 @@ pub enum QueueOpError {
     #[error("queue storage error: {0}")]
     Bounce(Arc<delivery::BounceError>),
     /// No node holds the partition's lease right now (a takeover is under way).
-    #[error("partition {0} has no owner right now (a takeover is under way); try again in a few seconds")]
+    #[error(
+        "partition {0} has no owner right now (a takeover is under way); try again in a few seconds"
+    )]
     NoOwner(u32),
     /// The node that owns the partition could not be asked.
-    #[error("the owner of partition {partition}, node {node}, cannot be reached ({reason}); try again in a few seconds")]
+    #[error(
+        "the owner of partition {partition}, node {node}, cannot be reached ({reason}); try again in a few seconds"
+    )]
     Unreachable {
         /// The partition.
         partition: u32,

@@ -136,10 +136,9 @@ impl QueueHandle {
                 .collect();
             let mut by_owner: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             for p in partitions {
-                match assignment::owner_of(p, &members) {
-                    Some(owner) => by_owner.entry(owner.to_string()).or_default().push(p),
-                    // No queue member is alive: whoever acquires the partition polls it.
-                    None => {}
+                // With no queue member alive, whoever acquires the partition polls it.
+                if let Some(owner) = assignment::owner_of(p, &members) {
+                    by_owner.entry(owner.to_string()).or_default().push(p);
                 }
             }
             for (owner, partitions) in by_owner {
@@ -276,7 +275,10 @@ impl QueueHandle {
         let cluster = remote.cluster.clone();
         let holder = holder.to_string();
         tokio::spawn(async move {
-            if let Err(error) = cluster.request(&holder, Request::Handover { partition }).await {
+            if let Err(error) = cluster
+                .request(&holder, Request::Handover { partition })
+                .await
+            {
                 tracing::debug!(node = %holder, partition, %error, "cannot ask for a partition handover");
             }
         });

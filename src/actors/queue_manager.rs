@@ -364,7 +364,10 @@ impl QueueManager {
             return;
         };
         owned.draining = true;
-        tracing::info!(partition, "partition wanted by another node; handing it over");
+        tracing::info!(
+            partition,
+            "partition wanted by another node; handing it over"
+        );
         let actor = owned.actor.take();
         let lease = owned.lease.clone();
         let ctx = state.ctx.clone();
@@ -419,7 +422,10 @@ impl QueueManager {
             match ctx.stores.queue.acquire_lease(p, &state.node_id, ttl).await {
                 Ok(LeaseGrant::Granted(lease)) => {
                     state.unheld_since.remove(&p);
-                    tracing::warn!(partition = p, "partition unowned for a whole lease lifetime; taking it over until its desired owner asks for it");
+                    tracing::warn!(
+                        partition = p,
+                        "partition unowned for a whole lease lifetime; taking it over until its desired owner asks for it"
+                    );
                     events::emit(PartitionAcquired {
                         partition: p,
                         epoch: lease.epoch,
@@ -564,7 +570,11 @@ impl Actor for QueueManager {
                 }
             }
             QueueMsg::Released(partition, lease) => {
-                if state.owned.get(&partition).is_some_and(|o| o.lease == lease) {
+                if state
+                    .owned
+                    .get(&partition)
+                    .is_some_and(|o| o.lease == lease)
+                {
                     state.owned.remove(&partition);
                     tracing::info!(partition, "partition handed over");
                 }
@@ -582,10 +592,7 @@ impl Actor for QueueManager {
                     .as_ref()
                     .and_then(|m| assignment::owner_of(partition, m))
                     .map(str::to_string);
-                let holds = state
-                    .owned
-                    .get(&partition)
-                    .is_some_and(|o| !o.draining);
+                let holds = state.owned.get(&partition).is_some_and(|o| !o.draining);
                 if holds && desired.as_deref() == Some(from.as_str()) {
                     tracing::info!(partition, node = %from, "handover asked by the desired owner");
                     Self::hand_over(&myself, state, partition);
@@ -683,9 +690,12 @@ impl Actor for QueueManager {
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.queue.publish_owned(BTreeSet::new());
         let owned: Vec<Owned> = state.owned.drain().map(|(_, o)| o).collect();
-        futures::future::join_all(owned.iter().filter_map(|o| o.actor.as_ref()).map(|actor| {
-            actor.stop_and_wait(Some("shutdown".into()), Some(STOP_TIMEOUT))
-        }))
+        futures::future::join_all(
+            owned
+                .iter()
+                .filter_map(|o| o.actor.as_ref())
+                .map(|actor| actor.stop_and_wait(Some("shutdown".into()), Some(STOP_TIMEOUT))),
+        )
         .await;
         for owned in &owned {
             if let Err(error) = state.ctx.stores.queue.release_lease(&owned.lease).await {

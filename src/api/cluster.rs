@@ -5,9 +5,9 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiResult, ErrorBody};
-use super::ApiState;
 use crate::cluster::MemberState;
 use crate::config::Role;
 use crate::store::now_millis;
@@ -46,8 +46,9 @@ pub struct PartitionLease {
     pub owner: Option<String>,
     /// The fencing epoch, bumped on every takeover.
     pub epoch: i64,
-    /// When the lease ends (ms since the epoch, database clock), if it has ever been held.
-    pub lease_until: Option<i64>,
+    /// When the lease ends (RFC 3339 with milliseconds, the database's clock), if it has
+    /// ever been held.
+    pub lease_until: Option<String>,
 }
 
 /// Members and partition owners.
@@ -88,7 +89,11 @@ pub async fn view(State(state): State<ApiState>, caller: Caller) -> ApiResult<Js
                 id: l.partition,
                 owner: l.owner.filter(|_| valid),
                 epoch: l.epoch,
-                lease_until: (l.lease_until > 0).then_some(l.lease_until),
+                lease_until: (l.lease_until > 0).then(|| {
+                    chrono::DateTime::from_timestamp_millis(l.lease_until)
+                        .unwrap_or_default()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                }),
             }
         })
         .collect();
