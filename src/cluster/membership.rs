@@ -165,6 +165,27 @@ pub fn view(
     newest.into_values().map(|(_, member)| member).collect()
 }
 
+/// An announce sent to a seed is addressed to a stand-in ([`NodeIdentity::seed`]: the
+/// sender knows the seed's address, not its node id), and foca accepts an announce only if it
+/// names this node's id; so one addressed to a stand-in is readdressed to `me` here. Anything
+/// else is returned as it is.
+pub fn address_announce(data: Bytes, me: &NodeIdentity) -> Bytes {
+    use foca::Codec;
+    let Ok(mut header) = PostcardCodec.decode_header(&data[..]) else {
+        return data;
+    };
+    let header: &mut foca::Header<NodeIdentity> = &mut header;
+    if header.message != foca::Message::Announce || !header.dst.node_id.is_empty() {
+        return data;
+    }
+    header.dst = me.clone();
+    let mut readdressed = bytes::BytesMut::new();
+    match PostcardCodec.encode_header(header, &mut readdressed) {
+        Ok(()) => readdressed.freeze(),
+        Err(_) => data,
+    }
+}
+
 /// How many members of `view` are alive, suspect and down.
 pub fn counts(view: &[Member]) -> ClusterMembersChanged {
     let count = |state| view.iter().filter(|m| m.state == state).count();
@@ -224,7 +245,10 @@ pub async fn run(
     while let Some(input) = rx.recv().await {
         let mut leaving = None;
         let result = match input {
-            Input::Data(data) => foca.handle_data(&data, &mut runtime),
+            Input::Data(data) => {
+                let data = address_announce(data, foca.identity());
+                foca.handle_data(&data, &mut runtime)
+            }
             Input::Timer(timer) => foca.handle_timer(timer, &mut runtime),
             Input::Announce(addrs) => addrs
                 .into_iter()
@@ -374,6 +398,39 @@ mod tests {
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));
         assert_eq!(old.addr(), new.addr());
+    }
+
+    #[test]
+    fn an_announce_to_a_seed_is_readdressed_to_me() {
+        use foca::{Codec, Header, Message};
+        let me = id("me", 1, 5);
+        let encode = |dst: NodeIdentity, message: Message<NodeIdentity>| {
+            let mut buf = bytes::BytesMut::new();
+            PostcardCodec
+                .encode_header(
+                    &Header {
+                        src: id("other", 2, 1),
+                        src_incarnation: 0,
+                        dst,
+                        message,
+                    },
+                    &mut buf,
+                )
+                .unwrap();
+            buf.freeze()
+        };
+        let decode = |data: Bytes| -> Header<NodeIdentity> {
+            PostcardCodec.decode_header(&data[..]).unwrap()
+        };
+        let to_seed = encode(NodeIdentity::seed(me.addr), Message::Announce);
+        assert_eq!(decode(address_announce(to_seed, &me)).dst, me);
+        // A probe to a stand-in, or an announce to someone else, is left alone.
+        let ping = encode(NodeIdentity::seed(me.addr), Message::Ping(1));
+        assert_eq!(address_announce(ping.clone(), &me), ping);
+        let elsewhere = encode(id("third", 3, 1), Message::Announce);
+        assert_eq!(address_announce(elsewhere.clone(), &me), elsewhere);
+        let garbage = Bytes::from_static(b"\xff\xff");
+        assert_eq!(address_announce(garbage.clone(), &me), garbage);
     }
 
     #[test]

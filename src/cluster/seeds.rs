@@ -73,6 +73,7 @@ pub async fn run(
         if resolved.is_empty() && alone {
             tracing::debug!("no cluster seed resolves yet");
         }
+        tracing::trace!(?targets, ?resolved, "announcing to cluster seeds");
         if !targets.is_empty() && membership.send(Input::Announce(targets)).await.is_err() {
             return;
         }
