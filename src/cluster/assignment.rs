@@ -22,7 +22,7 @@ fn score(node: &str, partition: u32) -> u64 {
 
 /// The desired owner of `partition` among `nodes` (ties, practically impossible, go to the
 /// smaller node id); `None` when there is no node.
-pub fn owner_of<'a, S: AsRef<str>>(partition: u32, nodes: &'a [S]) -> Option<&'a str> {
+pub fn owner_of<S: AsRef<str>>(partition: u32, nodes: &[S]) -> Option<&str> {
     nodes.iter().map(|n| n.as_ref()).max_by(|a, b| {
         score(a, partition)
             .cmp(&score(b, partition))

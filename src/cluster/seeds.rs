@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::membership::Input;
+use super::identity::Input;
 use super::{Member, MemberState};
 
 /// How often seeds are tried while no other member is known.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::envelope::{self, EnvelopeError, MAX_MESSAGE_BYTES};
-use super::membership::Input;
+use super::identity::Input;
 use super::tls::{Credentials, SERVER_NAME};
 use super::{Request, RequestHandler, Response};
 
