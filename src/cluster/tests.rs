@@ -130,9 +130,11 @@ async fn three_nodes_join_see_a_crash_and_a_leave() {
 async fn requests_reach_the_member_and_errors_are_typed() {
     let a = start("a", "s", &[]).await;
     let b = start("b", "s", &[&a]).await;
-    wait_for(&a, Duration::from_secs(5), all_alive(2))
-        .await
-        .unwrap();
+    for node in [&a, &b] {
+        wait_for(node, Duration::from_secs(5), all_alive(2))
+            .await
+            .unwrap();
+    }
     let answer = a
         .request(
             "b",
