@@ -7,18 +7,18 @@
 //! `mairust_cluster_members{state}` gauge.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec};
+use tokio::sync::{mpsc, watch};
 
+pub use super::identity::{Input, NodeIdentity, WireRole};
 use super::transport::Transport;
 use super::{Member, MemberState, envelope};
+#[cfg(test)]
 use crate::config::Role;
 use crate::events::{self, ClusterMembersChanged};
 
@@ -29,111 +29,6 @@ pub const MAX_PACKET_SIZE: usize = 1024;
 
 /// How long a member declared down stays in the view before it is forgotten.
 pub const FORGET_DOWN_AFTER: Duration = Duration::from_secs(10 * 60);
-
-/// A role as it travels in a member's identity (the config enum stays free of wire concerns).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum WireRole {
-    /// [`Role::Smtp`].
-    Smtp,
-    /// [`Role::Queue`].
-    Queue,
-    /// [`Role::Api`].
-    Api,
-    /// [`Role::Web`].
-    Web,
-}
-
-impl From<Role> for WireRole {
-    fn from(role: Role) -> Self {
-        match role {
-            Role::Smtp => Self::Smtp,
-            Role::Queue => Self::Queue,
-            Role::Api => Self::Api,
-            Role::Web => Self::Web,
-        }
-    }
-}
-
-impl From<WireRole> for Role {
-    fn from(role: WireRole) -> Self {
-        match role {
-            WireRole::Smtp => Self::Smtp,
-            WireRole::Queue => Self::Queue,
-            WireRole::Api => Self::Api,
-            WireRole::Web => Self::Web,
-        }
-    }
-}
-
-/// A member's identity in foca: who it is, where to reach it, what it runs, and which run of
-/// it this is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeIdentity {
-    /// `cluster.node_id`; foca's address of the identity, so one node id is one member.
-    pub node_id: String,
-    /// Its advertised cluster address.
-    pub addr: SocketAddr,
-    /// Its roles.
-    pub roles: Vec<WireRole>,
-    /// Start time in milliseconds since the epoch, bumped when it rejoins: a restarted node
-    /// (or one that rejoins after being declared down) wins over its older identity.
-    pub bump: u64,
-}
-
-impl NodeIdentity {
-    /// This process's identity.
-    pub fn new(node_id: String, addr: SocketAddr, roles: &[Role]) -> Self {
-        let bump = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64);
-        Self {
-            node_id,
-            addr,
-            roles: roles.iter().copied().map(WireRole::from).collect(),
-            bump,
-        }
-    }
-
-    /// A stand-in for a seed whose identity is not known yet: foca only uses it to address an
-    /// announce, and the seed answers with its real identity.
-    pub fn seed(addr: SocketAddr) -> Self {
-        Self {
-            node_id: String::new(),
-            addr,
-            roles: Vec::new(),
-            bump: 0,
-        }
-    }
-
-    /// The member it is, in `state`.
-    pub fn member(&self, state: MemberState) -> Member {
-        Member {
-            node_id: self.node_id.clone(),
-            addr: self.addr,
-            roles: self.roles.iter().copied().map(Role::from).collect(),
-            state,
-        }
-    }
-}
-
-impl foca::Identity for NodeIdentity {
-    type Addr = String;
-
-    fn renew(&self) -> Option<Self> {
-        Some(Self {
-            bump: self.bump.wrapping_add(1),
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> String {
-        self.node_id.clone()
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.bump > adversary.bump
-    }
-}
 
 /// The view: `me` (alive) and every other member foca knows, one entry per node id (the
 /// newest identity), sorted by node id.
@@ -165,6 +60,27 @@ pub fn view(
     newest.into_values().map(|(_, member)| member).collect()
 }
 
+/// An announce sent to a seed is addressed to a stand-in ([`NodeIdentity::seed`]: the
+/// sender knows the seed's address, not its node id), and foca accepts an announce only if it
+/// names this node's id; so one addressed to a stand-in is readdressed to `me` here. Anything
+/// else is returned as it is.
+pub fn address_announce(data: Bytes, me: &NodeIdentity) -> Bytes {
+    use foca::Codec;
+    let Ok(mut header) = PostcardCodec.decode_header(&data[..]) else {
+        return data;
+    };
+    let header: &mut foca::Header<NodeIdentity> = &mut header;
+    if header.message != foca::Message::Announce || !header.dst.node_id.is_empty() {
+        return data;
+    }
+    header.dst = me.clone();
+    let mut readdressed = bytes::BytesMut::new();
+    match PostcardCodec.encode_header(header, &mut readdressed) {
+        Ok(()) => readdressed.freeze(),
+        Err(_) => data,
+    }
+}
+
 /// How many members of `view` are alive, suspect and down.
 pub fn counts(view: &[Member]) -> ClusterMembersChanged {
     let count = |state| view.iter().filter(|m| m.state == state).count();
@@ -193,19 +109,6 @@ pub fn foca_config() -> foca::Config {
     config
 }
 
-/// What the membership task acts on.
-#[derive(Debug)]
-pub enum Input {
-    /// A datagram from a peer (envelope already opened).
-    Data(Bytes),
-    /// A foca timer fired.
-    Timer(Timer<NodeIdentity>),
-    /// Announce this node to these addresses (seeds).
-    Announce(Vec<SocketAddr>),
-    /// Leave the cluster; answered once the goodbye is handed to the transport.
-    Leave(oneshot::Sender<()>),
-}
-
 /// Runs foca until [`Input::Leave`] or until every sender is gone.
 pub async fn run(
     me: NodeIdentity,
@@ -224,7 +127,10 @@ pub async fn run(
     while let Some(input) = rx.recv().await {
         let mut leaving = None;
         let result = match input {
-            Input::Data(data) => foca.handle_data(&data, &mut runtime),
+            Input::Data(data) => {
+                let data = address_announce(data, foca.identity());
+                foca.handle_data(&data, &mut runtime)
+            }
             Input::Timer(timer) => foca.handle_timer(timer, &mut runtime),
             Input::Announce(addrs) => addrs
                 .into_iter()
@@ -303,6 +209,8 @@ fn flush(
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn id(node_id: &str, port: u16, bump: u64) -> NodeIdentity {
@@ -374,6 +282,39 @@ mod tests {
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));
         assert_eq!(old.addr(), new.addr());
+    }
+
+    #[test]
+    fn an_announce_to_a_seed_is_readdressed_to_me() {
+        use foca::{Codec, Header, Message};
+        let me = id("me", 1, 5);
+        let encode = |dst: NodeIdentity, message: Message<NodeIdentity>| {
+            let mut buf = bytes::BytesMut::new();
+            PostcardCodec
+                .encode_header(
+                    &Header {
+                        src: id("other", 2, 1),
+                        src_incarnation: 0,
+                        dst,
+                        message,
+                    },
+                    &mut buf,
+                )
+                .unwrap();
+            buf.freeze()
+        };
+        let decode = |data: Bytes| -> Header<NodeIdentity> {
+            PostcardCodec.decode_header(&data[..]).unwrap()
+        };
+        let to_seed = encode(NodeIdentity::seed(me.addr), Message::Announce);
+        assert_eq!(decode(address_announce(to_seed, &me)).dst, me);
+        // A probe to a stand-in, or an announce to someone else, is left alone.
+        let ping = encode(NodeIdentity::seed(me.addr), Message::Ping(1));
+        assert_eq!(address_announce(ping.clone(), &me), ping);
+        let elsewhere = encode(id("third", 3, 1), Message::Announce);
+        assert_eq!(address_announce(elsewhere.clone(), &me), elsewhere);
+        let garbage = Bytes::from_static(b"\xff\xff");
+        assert_eq!(address_announce(garbage.clone(), &me), garbage);
     }
 
     #[test]

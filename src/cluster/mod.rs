@@ -8,6 +8,7 @@
 
 pub mod assignment;
 pub mod envelope;
+pub mod identity;
 pub mod membership;
 pub mod seeds;
 #[cfg(test)]
@@ -25,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{ClusterConfig, Role};
-use membership::{Input, NodeIdentity};
+use identity::{Input, NodeIdentity};
 use transport::{RequestFrame, Service, Transport, TransportError};
 
 /// What this node knows of a member's liveness.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::membership::Input;
+use super::identity::Input;
 use super::{Member, MemberState};
 
 /// How often seeds are tried while no other member is known.
@@ -73,6 +73,7 @@ pub async fn run(
         if resolved.is_empty() && alone {
             tracing::debug!("no cluster seed resolves yet");
         }
+        tracing::trace!(?targets, ?resolved, "announcing to cluster seeds");
         if !targets.is_empty() && membership.send(Input::Announce(targets)).await.is_err() {
             return;
         }

@@ -130,9 +130,11 @@ async fn three_nodes_join_see_a_crash_and_a_leave() {
 async fn requests_reach_the_member_and_errors_are_typed() {
     let a = start("a", "s", &[]).await;
     let b = start("b", "s", &[&a]).await;
-    wait_for(&a, Duration::from_secs(5), all_alive(2))
-        .await
-        .unwrap();
+    for node in [&a, &b] {
+        wait_for(node, Duration::from_secs(5), all_alive(2))
+            .await
+            .unwrap();
+    }
     let answer = a
         .request(
             "b",
@@ -403,4 +405,53 @@ async fn the_same_secret_connects_and_another_is_refused_both_ways() {
             .unwrap(),
         b"ping"
     );
+}
+
+/// Writes a CA and a leaf it signed (for [`SERVER_NAME`]) as PEM files in `dir`.
+fn write_operator_files(dir: &std::path::Path, name: &str) -> crate::config::ClusterTls {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec![SERVER_NAME.to_string()]).unwrap();
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf = leaf.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let files = crate::config::ClusterTls {
+        ca: dir.join(format!("{name}-ca.pem")),
+        cert: dir.join(format!("{name}-cert.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+    };
+    std::fs::write(&files.ca, ca.pem()).unwrap();
+    std::fs::write(&files.cert, leaf.pem()).unwrap();
+    std::fs::write(&files.key, leaf_key.serialize_pem()).unwrap();
+    files
+}
+
+#[tokio::test]
+async fn operator_certificates_verify_against_their_ca() {
+    crate::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ours = write_operator_files(dir.path(), "ours");
+    let theirs = write_operator_files(dir.path(), "theirs");
+    let one = endpoint(&tls::from_files(&ours).unwrap());
+    let two = endpoint(&tls::from_files(&ours).unwrap());
+    let other = endpoint(&tls::from_files(&theirs).unwrap());
+    for e in [&one, &two, &other] {
+        serve_echo(e);
+    }
+    assert_eq!(exchange(&one, &two, None).await.unwrap(), b"ping");
+    assert!(exchange(&one, &other, None).await.is_err());
+    assert!(exchange(&other, &two, None).await.is_err());
+    // A secret-derived node is not in an operator-CA cluster either.
+    let secret = endpoint(&tls::from_secret("s").unwrap());
+    serve_echo(&secret);
+    assert!(exchange(&secret, &one, None).await.is_err());
+    assert!(exchange(&one, &secret, None).await.is_err());
 }

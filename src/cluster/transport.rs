@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::envelope::{self, EnvelopeError, MAX_MESSAGE_BYTES};
-use super::membership::Input;
+use super::identity::Input;
 use super::tls::{Credentials, SERVER_NAME};
 use super::{Request, RequestHandler, Response};
 
@@ -226,11 +226,7 @@ async fn connect(
         ))),
         Ok(Err(error)) => {
             if is_handshake_refusal(&error) {
-                tracing::warn!(
-                    peer = %to,
-                    %error,
-                    "cluster handshake refused: peer is not in this cluster (different cluster.secret or CA)"
-                );
+                log_refusal(to, &error);
             } else {
                 tracing::debug!(peer = %to, %error, "cannot connect to cluster peer");
             }
@@ -242,6 +238,47 @@ async fn connect(
             tokio::spawn(read_datagrams(connection.clone(), membership.clone()));
             Ok(connection)
         }
+    }
+}
+
+/// How often a refused peer is logged at warn; the retries in between go to debug, so a
+/// misconfigured node retrying every second does not flood the log.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// When each refused peer was last logged at warn.
+static REFUSALS_LOGGED: Mutex<Option<HashMap<SocketAddr, std::time::Instant>>> = Mutex::new(None);
+
+/// Whether a refusal of `peer` at `now` is due a warn line (and records it if so).
+fn refusal_due(
+    logged: &mut HashMap<SocketAddr, std::time::Instant>,
+    peer: SocketAddr,
+    now: std::time::Instant,
+) -> bool {
+    logged.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+    if logged.contains_key(&peer) {
+        return false;
+    }
+    logged.insert(peer, now);
+    true
+}
+
+fn log_refusal(peer: SocketAddr, error: &ConnectionError) {
+    let due = {
+        let mut logged = REFUSALS_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+        refusal_due(
+            logged.get_or_insert_with(HashMap::new),
+            peer,
+            std::time::Instant::now(),
+        )
+    };
+    if due {
+        tracing::warn!(
+            %peer,
+            %error,
+            "cluster handshake refused: peer is not in this cluster (different cluster.secret or CA)"
+        );
+    } else {
+        tracing::debug!(%peer, %error, "cluster handshake refused again");
     }
 }
 
@@ -263,11 +300,7 @@ pub async fn accept_loop(endpoint: Endpoint, service: Service) {
             let connection = match incoming.await {
                 Ok(connection) => connection,
                 Err(error) if is_handshake_refusal(&error) => {
-                    tracing::warn!(
-                        %peer,
-                        %error,
-                        "cluster handshake refused: peer is not in this cluster (different cluster.secret or CA)"
-                    );
+                    log_refusal(peer, &error);
                     return;
                 }
                 Err(error) => {
@@ -335,5 +368,33 @@ async fn serve_streams(connection: Connection, handler: Arc<dyn RequestHandler>)
                 Err(_) => tracing::warn!(%peer, "cluster request not answered in time"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_peer_is_warned_about_once_a_minute() {
+        let mut logged = HashMap::new();
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let b = SocketAddr::from(([127, 0, 0, 1], 2));
+        let t0 = std::time::Instant::now();
+        assert!(refusal_due(&mut logged, a, t0));
+        assert!(!refusal_due(&mut logged, a, t0 + Duration::from_secs(1)));
+        assert!(refusal_due(&mut logged, b, t0 + Duration::from_secs(1)));
+        assert!(refusal_due(&mut logged, a, t0 + REFUSAL_LOG_INTERVAL));
+    }
+
+    #[test]
+    fn crypto_errors_are_handshake_refusals() {
+        let refused = ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: TransportErrorCode::crypto(42),
+            frame_type: None,
+            reason: bytes::Bytes::from_static(b"bad certificate"),
+        });
+        assert!(is_handshake_refusal(&refused));
+        assert!(!is_handshake_refusal(&ConnectionError::TimedOut));
     }
 }
