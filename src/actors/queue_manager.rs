@@ -72,6 +72,8 @@ struct Owned {
     deadline: Arc<LeaseDeadline>,
     /// Being handed over: its actor is stopping and the lease is released after.
     draining: bool,
+    /// Its actor failed: the next start re-adopts the lease with a new epoch first.
+    failed: bool,
     /// Taken although another node should own it, because nobody had held it for a whole
     /// lease lifetime (its desired owner may be cut off from the database). Kept until that
     /// owner asks for it, rather than dropped at once and left orphaned again.
@@ -86,6 +88,7 @@ impl Owned {
             wake_pending: Arc::default(),
             deadline: Arc::default(),
             draining: false,
+            failed: false,
             orphan: false,
         }
     }
@@ -325,10 +328,41 @@ impl QueueManager {
 
     async fn start_missing(myself: &ActorRef<QueueMsg>, state: &mut QueueManagerState) {
         let ctx = state.ctx.clone();
-        for owned in state.owned.values_mut() {
-            if owned.actor.is_none() && !owned.draining {
-                owned.actor = Self::start_partition(myself, &ctx, owned).await;
+        let ttl = ctx.config.queue.lease_ttl;
+        let mut lost = Vec::new();
+        for (partition, owned) in state.owned.iter_mut() {
+            if owned.actor.is_some() || owned.draining {
+                continue;
             }
+            if owned.failed {
+                // A new epoch for the new actor: nothing of the failed one can write again.
+                let started = Instant::now();
+                match ctx
+                    .stores
+                    .queue
+                    .adopt_lease(*partition, &state.node_id, ttl)
+                    .await
+                {
+                    Ok(Some(lease)) => {
+                        owned.lease = lease;
+                        owned.deadline.renewed(started, ttl);
+                        owned.failed = false;
+                    }
+                    Ok(None) => {
+                        lost.push(*partition);
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "cannot re-adopt partition lease; retrying at the next tick");
+                        continue;
+                    }
+                }
+            }
+            owned.actor = Self::start_partition(myself, &ctx, owned).await;
+        }
+        for partition in lost {
+            tracing::warn!(partition, "partition lease lost while its queue restarted");
+            state.owned.remove(&partition);
         }
     }
 
@@ -672,6 +706,7 @@ impl Actor for QueueManager {
         } else {
             if let Some(owned) = state.owned.get_mut(&partition) {
                 owned.actor = None;
+                owned.failed = true;
             }
             events::emit(PartitionQueueExited {
                 partition,
