@@ -135,6 +135,22 @@ impl QueueManagerState {
         }
     }
 
+    /// Starts tracking a newly acquired lease, valid from `started` (before the statement).
+    fn track(&mut self, lease: Lease, started: Instant, orphan: bool) {
+        events::emit(PartitionAcquired {
+            partition: lease.partition,
+            epoch: lease.epoch,
+            takeover: lease.epoch > 1,
+        });
+        let partition = lease.partition;
+        let mut owned = Owned::new(lease);
+        owned.orphan = orphan;
+        owned
+            .deadline
+            .renewed(started, self.ctx.config.queue.lease_ttl);
+        self.owned.insert(partition, owned);
+    }
+
     fn publish(&self) {
         let running: BTreeSet<u32> = self
             .owned
@@ -269,14 +285,7 @@ impl QueueManager {
             {
                 Ok(LeaseGrant::Granted(lease)) => {
                     state.held_until.remove(&partition);
-                    events::emit(PartitionAcquired {
-                        partition,
-                        epoch: lease.epoch,
-                        takeover: lease.epoch > 1,
-                    });
-                    let owned = Owned::new(lease);
-                    owned.deadline.renewed(started, ttl);
-                    state.owned.insert(partition, owned);
+                    state.track(lease, started, false);
                 }
                 Ok(LeaseGrant::Held { owner, expires_in }) => {
                     state
@@ -460,15 +469,7 @@ impl QueueManager {
                         partition = p,
                         "partition unowned for a whole lease lifetime; taking it over until its desired owner asks for it"
                     );
-                    events::emit(PartitionAcquired {
-                        partition: p,
-                        epoch: lease.epoch,
-                        takeover: lease.epoch > 1,
-                    });
-                    let mut owned = Owned::new(lease);
-                    owned.orphan = true;
-                    owned.deadline.renewed(started, ttl);
-                    state.owned.insert(p, owned);
+                    state.track(lease, started, true);
                 }
                 Ok(LeaseGrant::Held { .. }) => {
                     state.unheld_since.remove(&p);
