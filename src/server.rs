@@ -186,7 +186,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    if config.server.has_role(Role::Api) {
+    // Health and metrics are served on the API port by every node; the REST API itself only
+    // with the api role (see `api::router`).
+    {
         let state = ApiState {
             config: config.clone(),
             stores: stores.clone(),

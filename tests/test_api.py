@@ -532,3 +532,17 @@ def test_nul_characters_are_bad_input_not_a_storage_failure(srv):
     # A body of only white space is not an empty body.
     r = admin.post("/api/v1/tokens", data=b"\r", headers={"content-type": "application/json"})
     assert_error(r, 400)
+
+
+def test_a_node_without_the_api_role_still_serves_health_and_metrics(server):
+    """Probes and scrapes reach SMTP- and queue-only nodes; the REST API stays off there."""
+    srv = server(overrides={"server": {"roles": ["smtp", "queue"]}})
+    r = requests.get(srv.base_url + "/health/ready", timeout=5)
+    assert r.status_code == 200, r.text
+    assert requests.get(srv.base_url + "/health/live", timeout=5).status_code == 200
+    metrics = requests.get(srv.base_url + "/metrics", timeout=5)
+    assert metrics.status_code == 200 and "mairust_" in metrics.text
+    r = srv.api(ADMIN_EMAIL, ADMIN_PASSWORD).get("/api/v1/domains")
+    assert_error(r, 404)
+    with srv.smtp() as s:
+        assert s.noop()[0] == 250

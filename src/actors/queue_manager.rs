@@ -74,8 +74,9 @@ struct Owned {
     draining: bool,
     /// Its actor failed: the next start re-adopts the lease with a new epoch first.
     failed: bool,
-    /// Taken although another node should own it, because nobody had held it for a whole
-    /// lease lifetime (its desired owner may be cut off from the database). Kept until that
+    /// Taken although another node should own it, because nobody held it for a while after
+    /// its lease ended (its desired owner may be cut off from the database, or wrongly
+    /// believed alive). Kept until that
     /// owner asks for it, rather than dropped at once and left orphaned again.
     orphan: bool,
 }
@@ -429,7 +430,7 @@ impl QueueManager {
         });
     }
 
-    /// Takes partitions that nobody has held for a whole lease lifetime although their
+    /// Takes partitions that nobody has held for [`orphan_grace`] although their
     /// desired owner is a member (it may be cut off from the database, or unable to start
     /// them): mail must not wait for it.
     async fn adopt_orphans(state: &mut QueueManagerState) {
@@ -458,7 +459,7 @@ impl QueueManager {
                 continue;
             }
             let since = *state.unheld_since.entry(p).or_insert(now);
-            if now.duration_since(since) < ttl {
+            if now.duration_since(since) < orphan_grace(ttl) {
                 continue;
             }
             let started = Instant::now();
@@ -467,7 +468,7 @@ impl QueueManager {
                     state.unheld_since.remove(&p);
                     tracing::warn!(
                         partition = p,
-                        "partition unowned for a whole lease lifetime; taking it over until its desired owner asks for it"
+                        "partition left without an owner; taking it over until its desired owner asks for it"
                     );
                     state.track(lease, started, true);
                 }
@@ -506,6 +507,13 @@ impl QueueManager {
             .and_then(|o| o.actor.as_ref())
             .ok_or(QueueOpError::NotOwned(partition))
     }
+}
+
+/// How long a partition must be seen without a valid lease before a node that is not its
+/// desired owner takes it: long enough for a live desired owner, which retries at the very
+/// moment the lease ends, to get it first.
+fn orphan_grace(ttl: Duration) -> Duration {
+    (ttl / 4).max(Duration::from_secs(1))
 }
 
 /// How long a stopping partition may take (its own drain is bounded shorter).

@@ -363,13 +363,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/queue/{id}/retry", post(queue::retry))
         .route("/cluster", get(cluster::view))
         .route("/debug/faults", post(inject_fault));
-    Router::new()
+    let mut app = Router::new()
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .nest("/api/v1", v1)
-        .fallback(not_found)
+        .route("/metrics", get(health::metrics));
+    // Health and metrics on every node (probes and scrapes need them on SMTP-only and
+    // queue-only pods too); the REST API only with the api role.
+    if state.config.server.has_role(crate::config::Role::Api) {
+        app = app.nest("/api/v1", v1);
+    }
+    app.fallback(not_found)
         .layer(middleware::from_fn(refuse_nul))
         .layer(middleware::from_fn(count_requests))
         // Every body is capped (also one the handler reads as raw bytes); the send route
@@ -427,7 +431,8 @@ impl Actor for ApiServer {
                     args.addr
                 )
             })?;
-        tracing::info!(addr = %args.addr, "API listening");
+        let api = args.state.config.server.has_role(crate::config::Role::Api);
+        tracing::info!(addr = %args.addr, rest_api = api, "API listening");
         let app = router(args.state);
         let mut shutdown = args.shutdown;
         let task = tokio::spawn(async move {

@@ -98,7 +98,9 @@ pub fn foca_config() -> foca::Config {
     let mut config = foca::Config::new_lan(NonZeroU32::MIN.saturating_add(15));
     config.probe_period = Duration::from_secs(1);
     config.probe_rtt = Duration::from_millis(400);
-    config.suspect_to_down_after = Duration::from_secs(2);
+    // Down within about 3 s of a crash: before a 4 s lease expires, so a takeover waits for
+    // the lease, not for membership.
+    config.suspect_to_down_after = Duration::from_millis(1500);
     config.remove_down_after = Some(FORGET_DOWN_AFTER);
     config.max_packet_size = NonZeroUsize::MIN.saturating_add(MAX_PACKET_SIZE - 1);
     // Down members are asked to come back often, so a healed partition converges quickly.
