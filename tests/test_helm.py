@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ kubernetes_validate = pytest.importorskip(
 )
 yaml = pytest.importorskip("yaml", reason="PyYAML (a dependency of kubernetes-validate) is missing")
 
+from conftest import BIN  # noqa: E402
 from helm_python.errors import HelmRenderError, HelmValuesError  # noqa: E402
 
 CHART_DIR = Path(__file__).resolve().parent.parent / "deploy" / "helm" / "mairust"
@@ -474,6 +478,67 @@ def test_service_monitor_only_when_enabled(defaults, spec, everything):
         if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
     }
     assert scraped == {f"{FULLNAME}-api", HEADLESS}
+
+
+# ------------------------------------------------- the engine accepts what is rendered
+
+FIELDS = {"metadata.name": f"{FULLNAME}-core-0", "status.podIP": "10.1.2.3"}
+
+
+def resolve_env(env: list[dict[str, Any]]) -> dict[str, str]:
+    """The environment a kubelet would give the container: fieldRefs and secretKeyRefs filled
+    with stand-ins, `$(VAR)` expanded from the variables defined before it."""
+    out: dict[str, str] = {}
+    for e in env:
+        if "value" in e:
+            value = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: out.get(m[1], m[0]), e["value"])
+        elif "fieldRef" in e["valueFrom"]:
+            value = FIELDS[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            value = f"{ref['name']}-{ref['key']}-0123456789abcdef".replace(".", "-")
+            if ref["key"] == "master-key":
+                value = base64.b64encode(bytes(range(32))).decode()
+            if ref["key"] == "email":
+                value = "admin@example.com"
+        out[e["name"]] = value
+    return out
+
+
+@pytest.mark.parametrize("variant", ["spec", "everything"])
+@pytest.mark.parametrize("component", ["core", "api"])
+def test_engine_accepts_the_rendered_configuration(variant, component, request, tmp_path):
+    rendered: Rendered = request.getfixturevalue(variant)
+    w = workloads(rendered)[component]
+    env = resolve_env(container(w)["env"])
+    assert not any("$(" in v for v in env.values()), env
+    config = tmp_path / "config.yaml"
+    config.write_text(rendered.get("ConfigMap", f"{FULLNAME}-config")["data"]["config.yaml"])
+    proc = subprocess.run(
+        [BIN, "--config", str(config), "check-config"],
+        env={"PATH": os.environ.get("PATH", "/usr/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert 'seed_dns: Some(\n            "' + f"{HEADLESS}.{NAMESPACE}.svc.cluster.local:7946" in out
+    assert 'advertise: Some(\n            "10.1.2.3:7946"' in out
+    assert 'node_id: Some(\n            "' + FIELDS["metadata.name"] in out
+    assert "enabled: true" in out
+    if component == "core":
+        assert "smtp_port: 2525," in out and "submission_port: 2587," in out
+        assert "roles: [\n            Smtp,\n            Queue,\n        ]" in out
+        assert "lease_ttl: 4s," in out
+    else:
+        assert "roles: [\n            Api,\n        ]" in out
+    if variant == "spec":
+        assert "@postgres.example.com:5432/mairust" in out
+        assert "backend: S3," in out and '"ap-northeast-1"' in out
+    else:
+        assert "backend: Fs," in out and "shared: true," in out
+        assert 'relay_host: Some(\n            "smarthost.example.com:587"' in out
 
 
 # --------------------------------------------------------------------- other options
