@@ -413,8 +413,8 @@ def test_roles_ports_and_lease_ttl(spec):
     assert core_env["MAIRUST_SERVER__API_PORT"]["value"] == "8080"
     assert container_port(w["core"], "smtp")["containerPort"] == 2525
     assert container_port(w["core"], "submission")["containerPort"] == 2587
-    for name, grace_min in (("core", 45), ("api", 30), ("web", 30)):
-        assert w[name]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= grace_min
+    for name in ("core", "api", "web"):
+        assert w[name]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 45
 
 
 def test_container_ports_are_values(helm_chart):
@@ -607,6 +607,7 @@ def test_notes_name_the_secrets_to_create(spec):
         ({"api": {"replicas": -1}}, "/api/replicas"),
         ({"storage": {"backend": "nfs"}}, "/storage/backend"),
         ({"core": {"terminationGracePeriodSeconds": 10}}, "/core/terminationGracePeriodSeconds"),
+        ({"web": {"terminationGracePeriodSeconds": 30}}, "/web/terminationGracePeriodSeconds"),
         ({"core": {"roles": ["smtp", "mail"]}}, "/core/roles"),
         ({"ingress": {"hosts": [{"host": "x", "paths": [{"path": "/", "pathType": "Any"}]}]}}, "/ingress"),
         ({"coer": {"replicas": 1}}, "coer"),
