@@ -22,12 +22,9 @@ chart = pytest.importorskip(
     "helm_python.chart",
     reason="helm-python-sdk is not installed (pip install -r tests/requirements.txt)",
 )
-kubernetes_validate = pytest.importorskip(
-    "kubernetes_validate",
-    reason="kubernetes-validate is not installed (pip install -r tests/requirements.txt)",
-)
-yaml = pytest.importorskip("yaml", reason="PyYAML (a dependency of kubernetes-validate) is missing")
 
+import kubernetes_validate  # noqa: E402
+import yaml  # noqa: E402  (a dependency of kubernetes-validate)
 from conftest import BIN  # noqa: E402
 from helm_python.errors import HelmRenderError, HelmValuesError  # noqa: E402
 
