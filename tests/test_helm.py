@@ -1,0 +1,640 @@
+"""The Helm chart (deploy/helm/mairust), rendered and linted with Helm's own engine.
+
+No Kubernetes cluster runs in these tests: `helm-python-sdk` loads Helm's Go SDK as a shared
+library and renders the chart offline (`lookup` returns nothing, as on a first install), and
+every rendered object is checked against the Kubernetes OpenAPI schemas shipped by
+`kubernetes-validate`. Then the tests check that the values land where they should.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+chart = pytest.importorskip(
+    "helm_python.chart",
+    reason="helm-python-sdk is not installed (pip install -r tests/requirements.txt)",
+)
+
+import kubernetes_validate  # noqa: E402
+import yaml  # noqa: E402  (a dependency of kubernetes-validate)
+from conftest import BIN  # noqa: E402
+from helm_python.errors import HelmRenderError, HelmValuesError  # noqa: E402
+
+CHART_DIR = Path(__file__).resolve().parent.parent / "deploy" / "helm" / "mairust"
+SPEC_VALUES_FILE = CHART_DIR / "ci" / "spec-values.yaml"
+KUBE_VERSION = "1.30"
+RELEASE = "mail"
+NAMESPACE = "mairust"
+FULLNAME = f"{RELEASE}-mairust"
+HEADLESS = f"{FULLNAME}-core-headless"
+
+# Kinds that kubernetes-validate has no schema for (custom resources); checked field by field.
+CUSTOM_KINDS = {"ServiceMonitor"}
+
+
+def spec_values() -> dict[str, Any]:
+    return yaml.safe_load(SPEC_VALUES_FILE.read_text())
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# Every option that changes what is rendered, switched away from its default at once.
+ALL_OPTIONS = {
+    "hostname": "mx.example.com",
+    "config": {"delivery": {"relay_host": "smarthost.example.com:587"}},
+    "global": {"imageRegistry": "registry.example.com/", "imagePullSecrets": [{"name": "pull"}]},
+    "core": {
+        "image": {"tag": "9.9.9"},
+        "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"},
+        "persistence": {"enabled": False},
+        "extraEnv": [{"name": "MAIRUST_SMTP__MAX_RECIPIENTS", "value": "50"}],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+    },
+    "web": {"containerPorts": {"http": 8081}},
+    "postgresql": {"external": {"options": "sslmode=require", "port": 6432}},
+    "storage": {"backend": "fs", "fs": {"existingClaim": "mairust-mail"}},
+    "cluster": {"existingSecret": "my-cluster-secret"},
+    "security": {"masterKey": {"existingSecret": "mairust-master-key"}},
+    "admin": {"existingSecret": "mairust-admin"},
+    "ingress": {"enabled": True, "tls": [{"secretName": "tls", "hosts": ["mail.example.com"]}]},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+}
+
+
+@pytest.fixture(scope="module")
+def helm_chart():
+    loaded = chart.Chart.load(CHART_DIR)
+    yield loaded
+    loaded.close()
+
+
+def render(helm_chart, values: dict[str, Any] | None = None) -> dict[str, str]:
+    return helm_chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+
+
+def objects(manifests: dict[str, str]) -> list[dict[str, Any]]:
+    out = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                out.append(doc)
+    return out
+
+
+class Rendered:
+    """The objects of one render, looked up by kind and name."""
+
+    def __init__(self, manifests: dict[str, str]):
+        self.manifests = manifests
+        self.objects = objects(manifests)
+        self.by_key = {(o["kind"], o["metadata"]["name"]): o for o in self.objects}
+        assert len(self.by_key) == len(self.objects), "two objects share a kind and name"
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        assert (kind, name) in self.by_key, f"no {kind} {name}; have {sorted(self.by_key)}"
+        return self.by_key[(kind, name)]
+
+    def kinds(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    @property
+    def notes(self) -> str:
+        return next(v for k, v in self.manifests.items() if k.endswith("NOTES.txt"))
+
+
+@pytest.fixture(scope="module")
+def defaults(helm_chart) -> Rendered:
+    return Rendered(render(helm_chart))
+
+
+@pytest.fixture(scope="module")
+def spec(helm_chart) -> Rendered:
+    return Rendered(render(helm_chart, spec_values()))
+
+
+@pytest.fixture(scope="module")
+def everything(helm_chart) -> Rendered:
+    return Rendered(render(helm_chart, merge(spec_values(), ALL_OPTIONS)))
+
+
+def workloads(r: Rendered) -> dict[str, dict[str, Any]]:
+    return {
+        "core": r.get("StatefulSet", f"{FULLNAME}-core"),
+        "api": r.get("Deployment", f"{FULLNAME}-api"),
+        "web": r.get("Deployment", f"{FULLNAME}-web"),
+    }
+
+
+def container(workload: dict[str, Any]) -> dict[str, Any]:
+    (c,) = workload["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    env = container(workload)["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names)), f"duplicate env vars: {names}"
+    return {e["name"]: e for e in env}
+
+
+def secret_ref(env: dict[str, dict[str, Any]], name: str) -> tuple[str, str]:
+    ref = env[name]["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+def container_port(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    ports = {p["name"]: p for p in container(workload)["ports"]}
+    assert name in ports, f"no container port {name}: {sorted(ports)}"
+    return ports[name]
+
+
+# ------------------------------------------------------------------------------ lint
+
+
+def assert_lint_clean(report: dict[str, Any]) -> None:
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == []
+    # Severity 1 is informational ("icon is recommended"); warnings (2) and errors (3) fail.
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert problems == []
+
+
+def test_lint_strict_clean_with_defaults():
+    assert_lint_clean(chart.lint(CHART_DIR, strict=True, namespace=NAMESPACE))
+
+
+def test_lint_strict_clean_with_spec_values():
+    assert_lint_clean(chart.lint(CHART_DIR, values=spec_values(), strict=True, namespace=NAMESPACE))
+
+
+def test_lint_strict_clean_with_every_option():
+    values = merge(spec_values(), ALL_OPTIONS)
+    assert_lint_clean(chart.lint(CHART_DIR, values=values, strict=True, namespace=NAMESPACE))
+
+
+def test_lint_reports_a_bad_value():
+    report = chart.lint(CHART_DIR, values={"core": {"replicas": "three"}}, strict=True)
+    assert any("/core/replicas" in e for e in report["errors"]), report
+
+
+# --------------------------------------------------------------- Kubernetes schemas
+
+
+@pytest.mark.parametrize("variant", ["defaults", "spec", "everything"])
+def test_every_manifest_validates_against_kubernetes_schemas(variant, request):
+    rendered: Rendered = request.getfixturevalue(variant)
+    checked = 0
+    for obj in rendered.objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        checked += 1
+    assert checked >= 12, f"only {checked} objects validated"
+
+
+def test_validator_rejects_a_broken_manifest(spec):
+    # Proves the schema check above can fail: an unknown field and a wrong type.
+    core = copy.deepcopy(spec.get("StatefulSet", f"{FULLNAME}-core"))
+    core["spec"]["replica"] = 2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(core, KUBE_VERSION, strict=True)
+    core = copy.deepcopy(spec.get("StatefulSet", f"{FULLNAME}-core"))
+    core["spec"]["replicas"] = "2"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(core, KUBE_VERSION, strict=True)
+
+
+def test_only_custom_resources_lack_a_schema(everything):
+    for obj in everything.objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+                kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+# ------------------------------------------------------------ the spec's values land
+
+
+def test_spec_replicas_and_resources(spec):
+    w = workloads(spec)
+    assert w["core"]["spec"]["replicas"] == 2
+    assert w["api"]["spec"]["replicas"] == 3
+    assert w["web"]["spec"]["replicas"] == 2
+    assert container(w["core"])["resources"] == {
+        "requests": {"cpu": "500m", "memory": "512Mi"},
+        "limits": {"cpu": "2000m", "memory": "2Gi"},
+    }
+    assert container(w["api"])["resources"]["requests"] == {"cpu": "250m", "memory": "256Mi"}
+
+
+def test_spec_storage_class_on_core_volume_claims(spec, defaults):
+    (claim,) = spec.get("StatefulSet", f"{FULLNAME}-core")["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["storageClassName"] == "standard"
+    (claim,) = defaults.get("StatefulSet", f"{FULLNAME}-core")["spec"]["volumeClaimTemplates"]
+    assert "storageClassName" not in claim["spec"], "empty storageClass must mean the default"
+
+
+def test_spec_database_url_and_password_secret(spec):
+    for name, w in workloads(spec).items():
+        if name == "web":
+            continue
+        env = env_of(w)
+        assert secret_ref(env, "PGPASSWORD") == ("mairust-db-credentials", "password")
+        assert env["DATABASE_URL"]["value"] == (
+            "postgres://mairust:$(PGPASSWORD)@postgres.example.com:5432/mairust"
+        )
+        # Kubernetes expands $(VAR) only from variables defined earlier in the list.
+        names = list(env)
+        assert names.index("PGPASSWORD") < names.index("DATABASE_URL")
+
+
+def test_spec_s3_settings_and_secret(spec):
+    for name in ("core", "api"):
+        env = env_of(workloads(spec)[name])
+        assert env["STORAGE_BACKEND"]["value"] == "s3"
+        assert env["S3_BUCKET"]["value"] == "mairust-mails"
+        assert env["S3_REGION"]["value"] == "ap-northeast-1"
+        assert "S3_ENDPOINT" not in env
+        assert secret_ref(env, "S3_ACCESS_KEY") == ("mairust-s3-credentials", "access-key")
+        assert secret_ref(env, "S3_SECRET_KEY") == ("mairust-s3-credentials", "secret-key")
+
+
+def test_spec_ingress_host_class_and_backend(spec, defaults):
+    assert defaults.kinds("Ingress") == []
+    (ing,) = spec.kinds("Ingress")
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    (rule,) = ing["spec"]["rules"]
+    assert rule["host"] == "mail.example.com"
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    backend = path["backend"]["service"]
+    svc = spec.get("Service", backend["name"])
+    assert backend["port"]["name"] in {p["name"] for p in svc["spec"]["ports"]}
+    assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "web"
+
+
+@pytest.mark.parametrize("variant", ["defaults", "spec"])
+def test_probes_as_in_the_spec(variant, request):
+    rendered: Rendered = request.getfixturevalue(variant)
+    for name, w in workloads(rendered).items():
+        c = container(w)
+        live, ready = c["livenessProbe"], c["readinessProbe"]
+        assert live["httpGet"]["path"] == "/health/live"
+        assert ready["httpGet"]["path"] == "/health/ready"
+        assert (live["initialDelaySeconds"], live["periodSeconds"]) == (10, 10)
+        assert (ready["initialDelaySeconds"], ready["periodSeconds"]) == (5, 5)
+        for probe in (live, ready):
+            port = container_port(w, probe["httpGet"]["port"])
+            if name != "web":
+                assert port["containerPort"] == 8080
+
+
+@pytest.mark.parametrize("variant", ["defaults", "spec", "everything"])
+def test_security_context(variant, request):
+    rendered: Rendered = request.getfixturevalue(variant)
+    for name, w in workloads(rendered).items():
+        pod = w["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        sc = container(w)["securityContext"]
+        assert sc["runAsNonRoot"] is True
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert "add" not in sc["capabilities"]
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        # The root filesystem is read-only: every path the process writes is a volume.
+        mounts = {m["mountPath"]: m["name"] for m in container(w)["volumeMounts"]}
+        assert "/tmp" in mounts and "/var/lib/mairust" in mounts, (name, mounts)
+        volumes = {v["name"] for v in pod["volumes"]}
+        claims = {c["metadata"]["name"] for c in w["spec"].get("volumeClaimTemplates", [])}
+        assert set(mounts.values()) <= volumes | claims, (name, mounts, volumes, claims)
+
+
+def test_web_binds_its_low_port_without_capabilities(spec, everything):
+    pod = workloads(spec)["web"]["spec"]["template"]["spec"]
+    assert container_port(workloads(spec)["web"], "http")["containerPort"] == 80
+    assert {"name": "net.ipv4.ip_unprivileged_port_start", "value": "80"} in pod["securityContext"][
+        "sysctls"
+    ]
+    pod = workloads(everything)["web"]["spec"]["template"]["spec"]
+    assert "sysctls" not in pod["securityContext"]
+    env = env_of(workloads(spec)["web"])
+    assert env["API_URL"]["value"] == f"http://{FULLNAME}-api.{NAMESPACE}.svc.cluster.local:8080"
+    assert env["MAIRUST_SERVER__ROLES"]["value"] == "web"
+
+
+# ------------------------------------------------------------------------ the cluster
+
+
+def test_core_is_a_statefulset_behind_a_headless_service(spec):
+    core = spec.get("StatefulSet", f"{FULLNAME}-core")
+    headless = spec.get("Service", HEADLESS)
+    assert core["spec"]["serviceName"] == HEADLESS
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    ports = {p["name"]: p for p in headless["spec"]["ports"]}
+    assert (ports["cluster"]["port"], ports["cluster"]["protocol"]) == (7946, "UDP")
+    pod_labels = core["spec"]["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"].items() <= pod_labels.items()
+    assert container_port(core, "cluster") == {
+        "name": "cluster",
+        "containerPort": 7946,
+        "protocol": "UDP",
+    }
+
+
+@pytest.mark.parametrize("component", ["core", "api"])
+def test_cluster_environment(spec, component):
+    w = workloads(spec)[component]
+    env = env_of(w)
+    assert env["MAIRUST_CLUSTER__ENABLED"]["value"] == "true"
+    assert env["MAIRUST_CLUSTER__NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["MAIRUST_CLUSTER__ADVERTISE"]["value"] == "$(POD_IP):7946"
+    names = list(env)
+    assert names.index("POD_IP") < names.index("MAIRUST_CLUSTER__ADVERTISE")
+    assert env["MAIRUST_CLUSTER__BIND"]["value"] == "0.0.0.0:7946"
+    assert env["MAIRUST_CLUSTER__SEED_DNS"]["value"] == (
+        f"{HEADLESS}.{NAMESPACE}.svc.cluster.local:7946"
+    )
+    assert secret_ref(env, "MAIRUST_CLUSTER__SECRET") == (f"{FULLNAME}-cluster", "secret")
+    assert container_port(w, "cluster")["protocol"] == "UDP"
+
+
+def test_cluster_secret_is_generated_once_and_kept(spec, helm_chart):
+    secret = spec.get("Secret", f"{FULLNAME}-cluster")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    value = base64.b64decode(secret["data"]["secret"]).decode()
+    assert len(value) >= 16 and value.isalnum()
+    # Offline, `lookup` finds nothing: each render is a first install with a fresh secret.
+    again = Rendered(render(helm_chart, spec_values())).get("Secret", f"{FULLNAME}-cluster")
+    assert again["data"]["secret"] != secret["data"]["secret"]
+
+
+def test_cluster_secret_from_an_existing_secret(everything):
+    assert everything.kinds("Secret") == [], "no Secret is generated when one is given"
+    for name in ("core", "api"):
+        env = env_of(workloads(everything)[name])
+        assert secret_ref(env, "MAIRUST_CLUSTER__SECRET") == ("my-cluster-secret", "secret")
+
+
+def test_roles_ports_and_lease_ttl(spec):
+    w = workloads(spec)
+    assert env_of(w["core"])["MAIRUST_SERVER__ROLES"]["value"] == "smtp,queue"
+    assert env_of(w["api"])["MAIRUST_SERVER__ROLES"]["value"] == "api"
+    core_env = env_of(w["core"])
+    assert core_env["MAIRUST_QUEUE__LEASE_TTL"]["value"] == "4s"
+    assert core_env["MAIRUST_SERVER__SMTP_PORT"]["value"] == "2525"
+    assert core_env["MAIRUST_SERVER__SUBMISSION_PORT"]["value"] == "2587"
+    assert core_env["MAIRUST_SERVER__API_PORT"]["value"] == "8080"
+    assert container_port(w["core"], "smtp")["containerPort"] == 2525
+    assert container_port(w["core"], "submission")["containerPort"] == 2587
+    for name in ("core", "api", "web"):
+        assert w[name]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 45
+
+
+def test_container_ports_are_values(helm_chart):
+    values = merge(spec_values(), {"core": {"containerPorts": {"smtp": 10025}}})
+    core = Rendered(render(helm_chart, values)).get("StatefulSet", f"{FULLNAME}-core")
+    assert env_of(core)["MAIRUST_SERVER__SMTP_PORT"]["value"] == "10025"
+    assert container_port(core, "smtp")["containerPort"] == 10025
+
+
+def test_smtp_and_api_services(spec, everything):
+    smtp = spec.get("Service", f"{FULLNAME}-smtp")
+    assert smtp["spec"]["type"] == "ClusterIP"
+    ports = {p["name"]: p for p in smtp["spec"]["ports"]}
+    assert (ports["smtp"]["port"], ports["smtp"]["targetPort"]) == (25, "smtp")
+    assert (ports["submission"]["port"], ports["submission"]["targetPort"]) == (587, "submission")
+    api = spec.get("Service", f"{FULLNAME}-api")
+    assert [(p["port"], p["targetPort"]) for p in api["spec"]["ports"]] == [(8080, "http")]
+    lb = everything.get("Service", f"{FULLNAME}-smtp")
+    assert lb["spec"]["type"] == "LoadBalancer"
+    assert lb["spec"]["externalTrafficPolicy"] == "Local"
+
+
+@pytest.mark.parametrize("variant", ["defaults", "spec", "everything"])
+def test_services_select_pods_and_name_their_ports(variant, request):
+    rendered: Rendered = request.getfixturevalue(variant)
+    pods = [w["spec"]["template"] for w in workloads(rendered).values()]
+    for svc in rendered.kinds("Service"):
+        selected = [
+            p for p in pods if svc["spec"]["selector"].items() <= p["metadata"]["labels"].items()
+        ]
+        assert len(selected) == 1, f"Service {svc['metadata']['name']} selects {len(selected)}"
+        (c,) = selected[0]["spec"]["containers"]
+        names = {p["name"]: p["protocol"] for p in c["ports"]}
+        for port in svc["spec"]["ports"]:
+            assert names.get(port["targetPort"]) == port["protocol"], (svc["metadata"]["name"], port)
+
+
+def test_pod_disruption_budgets(spec):
+    pdbs = {p["metadata"]["name"]: p for p in spec.kinds("PodDisruptionBudget")}
+    for name, w in workloads(spec).items():
+        pdb = pdbs[f"{FULLNAME}-{name}"]
+        assert pdb["spec"]["maxUnavailable"] == 1
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert w["spec"]["selector"]["matchLabels"] == pdb["spec"]["selector"]["matchLabels"]
+
+
+def test_service_monitor_only_when_enabled(defaults, spec, everything):
+    assert defaults.kinds("ServiceMonitor") == []
+    assert spec.kinds("ServiceMonitor") == []
+    (sm,) = everything.kinds("ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert sm["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+    scraped = {
+        s["metadata"]["name"]
+        for s in everything.kinds("Service")
+        if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    }
+    assert scraped == {f"{FULLNAME}-api", HEADLESS}
+
+
+# ------------------------------------------------- the engine accepts what is rendered
+
+FIELDS = {"metadata.name": f"{FULLNAME}-core-0", "status.podIP": "10.1.2.3"}
+
+
+def resolve_env(env: list[dict[str, Any]]) -> dict[str, str]:
+    """The environment a kubelet would give the container: fieldRefs and secretKeyRefs filled
+    with stand-ins, `$(VAR)` expanded from the variables defined before it."""
+    out: dict[str, str] = {}
+    for e in env:
+        if "value" in e:
+            value = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: out.get(m[1], m[0]), e["value"])
+        elif "fieldRef" in e["valueFrom"]:
+            value = FIELDS[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            value = f"{ref['name']}-{ref['key']}-0123456789abcdef".replace(".", "-")
+            if ref["key"] == "master-key":
+                value = base64.b64encode(bytes(range(32))).decode()
+            if ref["key"] == "email":
+                value = "admin@example.com"
+        out[e["name"]] = value
+    return out
+
+
+@pytest.mark.parametrize("variant", ["spec", "everything"])
+@pytest.mark.parametrize("component", ["core", "api"])
+def test_engine_accepts_the_rendered_configuration(variant, component, request, tmp_path):
+    rendered: Rendered = request.getfixturevalue(variant)
+    w = workloads(rendered)[component]
+    env = resolve_env(container(w)["env"])
+    assert not any("$(" in v for v in env.values()), env
+    config = tmp_path / "config.yaml"
+    config.write_text(rendered.get("ConfigMap", f"{FULLNAME}-config")["data"]["config.yaml"])
+    proc = subprocess.run(
+        [BIN, "--config", str(config), "check-config"],
+        env={"PATH": os.environ.get("PATH", "/usr/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert 'seed_dns: Some(\n            "' + f"{HEADLESS}.{NAMESPACE}.svc.cluster.local:7946" in out
+    assert 'advertise: Some(\n            "10.1.2.3:7946"' in out
+    assert 'node_id: Some(\n            "' + FIELDS["metadata.name"] in out
+    assert "enabled: true" in out
+    if component == "core":
+        assert "smtp_port: 2525," in out and "submission_port: 2587," in out
+        assert "roles: [\n            Smtp,\n            Queue,\n        ]" in out
+        assert "lease_ttl: 4s," in out
+    else:
+        assert "roles: [\n            Api,\n        ]" in out
+    if variant == "spec":
+        assert "@postgres.example.com:5432/mairust" in out
+        assert "backend: S3," in out and '"ap-northeast-1"' in out
+    else:
+        assert "backend: Fs," in out and "shared: true," in out
+        assert 'relay_host: Some(\n            "smarthost.example.com:587"' in out
+
+
+# --------------------------------------------------------------------- other options
+
+
+def test_every_option_lands(everything):
+    w = workloads(everything)
+    core, api = env_of(w["core"]), env_of(w["api"])
+    assert container(w["core"])["image"] == "registry.example.com/mairust/core:9.9.9"
+    assert container(w["api"])["image"] == "registry.example.com/mairust/api:0.1.0"
+    assert w["core"]["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "pull"}]
+    assert core["MAIRUST_SERVER__HOSTNAME"]["value"] == "mx.example.com"
+    assert core["MAIRUST_SMTP__MAX_RECIPIENTS"]["value"] == "50"
+    assert core["DATABASE_URL"]["value"].endswith("@postgres.example.com:6432/mairust?sslmode=require")
+    assert core["STORAGE_BACKEND"]["value"] == "fs"
+    assert core["MAIRUST_STORAGE__OPTIONS__SHARED"]["value"] == "true"
+    assert "S3_BUCKET" not in core
+    for env in (core, api):
+        assert secret_ref(env, "MAIRUST_MASTER_KEY") == ("mairust-master-key", "master-key")
+        assert secret_ref(env, "MAIRUST_ADMIN_EMAIL") == ("mairust-admin", "email")
+        assert secret_ref(env, "MAIRUST_ADMIN_PASSWORD") == ("mairust-admin", "password")
+    core_pod = w["core"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in core_pod["volumes"]}
+    assert volumes["mail"]["persistentVolumeClaim"]["claimName"] == "mairust-mail"
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}
+    assert "volumeClaimTemplates" not in w["core"]["spec"]
+    config = yaml.safe_load(everything.get("ConfigMap", f"{FULLNAME}-config")["data"]["config.yaml"])
+    assert config == {"delivery": {"relay_host": "smarthost.example.com:587"}}
+
+
+def test_defaults_render_a_complete_release(defaults):
+    kinds = sorted({o["kind"] for o in defaults.objects})
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+        "StatefulSet",
+    ]
+    core = workloads(defaults)["core"]
+    assert container(core)["image"] == "mairust/core:0.1.0"
+    assert yaml.safe_load(defaults.get("ConfigMap", f"{FULLNAME}-config")["data"]["config.yaml"]) == {}
+    for w in workloads(defaults).values():
+        labels = w["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "mairust-0.1.0"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+
+
+def test_notes_name_the_secrets_to_create(spec):
+    assert "mairust-db-credentials" in spec.notes
+    assert "mairust-s3-credentials" in spec.notes
+    assert f"{FULLNAME}-cluster" in spec.notes
+    assert "http://mail.example.com/" in spec.notes
+
+
+# -------------------------------------------------------------------- refused values
+
+
+@pytest.mark.parametrize(
+    "values, where",
+    [
+        ({"core": {"replicas": "three"}}, "/core/replicas"),
+        ({"api": {"replicas": -1}}, "/api/replicas"),
+        ({"storage": {"backend": "nfs"}}, "/storage/backend"),
+        ({"core": {"terminationGracePeriodSeconds": 10}}, "/core/terminationGracePeriodSeconds"),
+        ({"web": {"terminationGracePeriodSeconds": 30}}, "/web/terminationGracePeriodSeconds"),
+        ({"core": {"roles": ["smtp", "mail"]}}, "/core/roles"),
+        ({"ingress": {"hosts": [{"host": "x", "paths": [{"path": "/", "pathType": "Any"}]}]}}, "/ingress"),
+        ({"coer": {"replicas": 1}}, "coer"),
+    ],
+)
+def test_schema_rejects_bad_values(helm_chart, values, where):
+    with pytest.raises(HelmValuesError) as err:
+        helm_chart.validate_schema(values)
+    assert where in str(err.value)
+    with pytest.raises(HelmValuesError) as err:
+        render(helm_chart, values)
+    assert where in str(err.value)
+
+
+def test_schema_error_for_replicas_is_clear(helm_chart):
+    with pytest.raises(HelmValuesError) as err:
+        render(helm_chart, {"core": {"replicas": "three"}})
+    assert "at '/core/replicas': got string, want integer" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"postgresql": {"enabled": True}}, "this chart bundles no PostgreSQL"),
+        ({"postgresql": {"external": {"host": ""}}}, "/postgresql/external/host"),
+        ({"storage": {"backend": "fs"}}, "storage.backend=fs needs storage.fs.existingClaim"),
+        ({"storage": {"s3": {"existingSecret": ""}}}, "storage.s3.existingSecret is empty"),
+    ],
+)
+def test_render_refuses_unusable_settings(helm_chart, values, message):
+    with pytest.raises((HelmRenderError, HelmValuesError)) as err:
+        render(helm_chart, values)
+    assert message in str(err.value)
