@@ -237,6 +237,10 @@ impl QueueHandle {
                 }
                 return Ok(());
             }
+            Request::Offer { partition } => {
+                let _ = manager.send_message(QueueMsg::Offered(partition));
+                return Ok(());
+            }
             Request::Handover { partition } => {
                 if let Some(from) = from {
                     let _ = manager.send_message(QueueMsg::Handover(partition, from.to_string()));
@@ -282,6 +286,35 @@ impl QueueHandle {
                 tracing::debug!(node = %holder, partition, %error, "cannot ask for a partition handover");
             }
         });
+    }
+
+    /// Offers a partition this leaving node has just released to the node that owns it once
+    /// this one is gone (bounded: shutdown does not wait long for it).
+    pub(crate) async fn offer_released(&self, partition: u32) {
+        let Some(remote) = self.remote.get() else {
+            return;
+        };
+        let me = remote.cluster.node_id();
+        let others: Vec<String> = remote
+            .cluster
+            .members()
+            .into_iter()
+            .filter(|m| m.owns_partitions() && m.node_id != me)
+            .map(|m| m.node_id)
+            .collect();
+        let Some(owner) = assignment::owner_of(partition, &others) else {
+            return;
+        };
+        let offer = remote.cluster.request(owner, Request::Offer { partition });
+        match tokio::time::timeout(Duration::from_secs(1), offer).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(node = %owner, partition, %error, "cannot offer a released partition")
+            }
+            Err(_) => {
+                tracing::debug!(node = %owner, partition, "offer of a released partition timed out")
+            }
+        }
     }
 
     /// Partitions owned by this node.

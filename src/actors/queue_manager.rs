@@ -43,6 +43,8 @@ pub enum QueueMsg {
     Released(u32, Lease),
     /// Node (the second field), the partition's desired owner, asks for it.
     Handover(u32, String),
+    /// A leaving node released the partition and offers it: take it now.
+    Offered(u32),
     /// Make a row due now (through its partition's owner).
     Retry(u32, i64, RpcReplyPort<Result<(), QueueOpError>>),
     /// Cancel a row, optionally bouncing it.
@@ -642,6 +644,33 @@ impl Actor for QueueManager {
                     state.publish();
                 }
             }
+            QueueMsg::Offered(partition) => {
+                if !state.owned.contains_key(&partition) {
+                    let started = Instant::now();
+                    let ttl = state.ctx.config.queue.lease_ttl;
+                    match state
+                        .ctx
+                        .stores
+                        .queue
+                        .acquire_lease(partition, &state.node_id, ttl)
+                        .await
+                    {
+                        Ok(LeaseGrant::Granted(lease)) => {
+                            state.held_until.remove(&partition);
+                            // Until membership says the leaver is gone, another node may be
+                            // the desired owner: keep it until that one asks.
+                            let orphan = !state.wants(partition);
+                            state.track(lease, started, orphan);
+                            Self::start_missing(&myself, state).await;
+                            state.publish();
+                        }
+                        Ok(LeaseGrant::Held { .. }) => {}
+                        Err(error) => {
+                            tracing::warn!(partition, %error, "cannot acquire an offered partition");
+                        }
+                    }
+                }
+            }
             QueueMsg::Hint => {
                 let mut acquire = false;
                 for partition in state.ctx.queue.take_hints() {
@@ -734,20 +763,27 @@ impl Actor for QueueManager {
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.queue.publish_owned(BTreeSet::new());
         let owned: Vec<Owned> = state.owned.drain().map(|(_, o)| o).collect();
-        futures::future::join_all(
-            owned
-                .iter()
-                .filter_map(|o| o.actor.as_ref())
-                .map(|actor| actor.stop_and_wait(Some("shutdown".into()), Some(STOP_TIMEOUT))),
-        )
-        .await;
-        for owned in &owned {
-            if let Err(error) = state.ctx.stores.queue.release_lease(&owned.lease).await {
-                tracing::warn!(partition = owned.lease.partition, %error, "cannot release lease");
+        let count = owned.len();
+        // Each partition is released as soon as its own deliveries are recorded, and offered
+        // to the node that will own it, which takes it at once rather than when it notices
+        // that this node left.
+        let ctx = &state.ctx;
+        futures::future::join_all(owned.into_iter().map(|owned| async move {
+            if let Some(actor) = &owned.actor {
+                let _ = actor
+                    .stop_and_wait(Some("shutdown".into()), Some(STOP_TIMEOUT))
+                    .await;
             }
-        }
+            match ctx.stores.queue.release_lease(&owned.lease).await {
+                Ok(()) => ctx.queue.offer_released(owned.lease.partition).await,
+                Err(error) => {
+                    tracing::warn!(partition = owned.lease.partition, %error, "cannot release lease");
+                }
+            }
+        }))
+        .await;
         events::emit(PartitionsOwned { count: 0 });
-        tracing::info!(released = owned.len(), "partition leases released");
+        tracing::info!(released = count, "partition leases released");
         Ok(())
     }
 }

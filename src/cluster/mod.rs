@@ -104,6 +104,12 @@ pub enum Request {
         /// The partition.
         partition: u32,
     },
+    /// The sender is leaving and has released this partition's lease: the receiver, its owner
+    /// once the sender is gone, should take it now.
+    Offer {
+        /// The partition.
+        partition: u32,
+    },
 }
 
 /// Why a request was refused, in a form both ends agree on.
