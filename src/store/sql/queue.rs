@@ -205,10 +205,13 @@ impl QueueStore for SqlStore {
         .bind(i64::from(partition))
         .bind(owner)
         .bind(millis(ttl))
-        .fetch_optional(self.lease_pool())
+        // `fetch_all`, not `fetch_optional`: SQLite commits an autocommit write only when its
+        // statement has run to the end, and a statement left after its first row would hold
+        // the write lock on this idle lease connection, stalling every other writer.
+        .fetch_all(self.lease_pool())
         .await?;
-        if let Some(row) = row {
-            return Ok(LeaseGrant::Granted(lease_from_row(&row, owner)?));
+        if let Some(row) = row.first() {
+            return Ok(LeaseGrant::Granted(lease_from_row(row, owner)?));
         }
         // Held: say by whom and for how long, by the same clock that decides expiry.
         let row = sqlx::query(&format!(
@@ -243,9 +246,9 @@ impl QueueStore for SqlStore {
         .bind(i64::from(partition))
         .bind(owner)
         .bind(millis(ttl))
-        .fetch_optional(self.lease_pool())
+        .fetch_all(self.lease_pool())
         .await?;
-        Ok(row.map(|r| lease_from_row(&r, owner)).transpose()?)
+        Ok(row.first().map(|r| lease_from_row(r, owner)).transpose()?)
     }
 
     async fn renew_leases(&self, owner: &str, ttl: Duration) -> Result<Vec<Lease>, StoreError> {
