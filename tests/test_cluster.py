@@ -278,6 +278,11 @@ class Cluster:
     def owners(self, node_id: str) -> dict[int, str | None]:
         return {p["id"]: p["owner"] for p in self.view(node_id)["partitions"]}
 
+    def owned_only_by(self, nodes: list[str]) -> bool:
+        """Whether `nodes[0]` sees every partition owned by one of `nodes`."""
+        o = self.owners(nodes[0])
+        return all(o[p] in nodes for p in range(PARTITIONS))
+
     def converged(self, expect: list[str]):
         """The owner map if every node in `expect` reports the same view: all of them alive,
         every partition owned by one of them, each of them owning some; else None."""
@@ -519,12 +524,8 @@ def test_sigkill_one_node_the_survivors_take_over_and_every_message_arrives_once
     killed = time.monotonic()
     cluster.nodes[victim].kill()
 
-    def taken_over():
-        o = cluster.owners(survivors[0])
-        return all(o[p] in survivors for p in range(PARTITIONS))
-
-    wait_until(f"the survivors owning {victim}'s partitions", taken_over, timeout=20, interval=0.05,
-               logs=cluster.logs)
+    wait_until(f"the survivors owning {victim}'s partitions", lambda: cluster.owned_only_by(survivors),
+               timeout=20, interval=0.05, logs=cluster.logs)
     took = time.monotonic() - killed
     assert took <= LEASE_TTL + 1.0, f"takeover of {len(victim_parts)} partitions took {took:.2f}s"
     after = cluster.wait_converged(survivors, timeout=10)
@@ -564,12 +565,8 @@ def test_sigterm_hands_the_partitions_over_within_a_second(cluster):
     stopped = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
 
-    def handed_over():
-        o = cluster.owners(survivors[0])
-        return all(o[p] in survivors for p in range(PARTITIONS))
-
-    wait_until(f"the survivors owning {victim}'s partitions", handed_over, timeout=15, interval=0.05,
-               logs=cluster.logs)
+    wait_until(f"the survivors owning {victim}'s partitions", lambda: cluster.owned_only_by(survivors),
+               timeout=15, interval=0.05, logs=cluster.logs)
     took = time.monotonic() - stopped
     code = srv.proc.wait(timeout=20)
     assert code == 0, f"{victim} exited with {code} on SIGTERM:\n{srv.output()}"

@@ -25,7 +25,7 @@ chart = pytest.importorskip(
 
 import kubernetes_validate  # noqa: E402
 import yaml  # noqa: E402  (a dependency of kubernetes-validate)
-from conftest import BIN  # noqa: E402
+from conftest import BIN, deep_merge  # noqa: E402
 from helm_python.errors import HelmRenderError, HelmValuesError  # noqa: E402
 
 CHART_DIR = Path(__file__).resolve().parent.parent / "deploy" / "helm" / "mairust"
@@ -42,16 +42,6 @@ CUSTOM_KINDS = {"ServiceMonitor"}
 
 def spec_values() -> dict[str, Any]:
     return yaml.safe_load(SPEC_VALUES_FILE.read_text())
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 # Every option that changes what is rendered, switched away from its default at once.
@@ -132,7 +122,7 @@ def spec(helm_chart) -> Rendered:
 
 @pytest.fixture(scope="module")
 def everything(helm_chart) -> Rendered:
-    return Rendered(render(helm_chart, merge(spec_values(), ALL_OPTIONS)))
+    return Rendered(render(helm_chart, deep_merge(spec_values(), ALL_OPTIONS)))
 
 
 def workloads(r: Rendered) -> dict[str, dict[str, Any]]:
@@ -186,7 +176,7 @@ def test_lint_strict_clean_with_spec_values():
 
 
 def test_lint_strict_clean_with_every_option():
-    values = merge(spec_values(), ALL_OPTIONS)
+    values = deep_merge(spec_values(), ALL_OPTIONS)
     assert_lint_clean(chart.lint(CHART_DIR, values=values, strict=True, namespace=NAMESPACE))
 
 
@@ -415,7 +405,7 @@ def test_roles_ports_and_lease_ttl(spec):
 
 
 def test_container_ports_are_values(helm_chart):
-    values = merge(spec_values(), {"core": {"containerPorts": {"smtp": 10025}}})
+    values = deep_merge(spec_values(), {"core": {"containerPorts": {"smtp": 10025}}})
     core = Rendered(render(helm_chart, values)).get("StatefulSet", f"{FULLNAME}-core")
     assert env_of(core)["MAIRUST_SERVER__SMTP_PORT"]["value"] == "10025"
     assert container_port(core, "smtp")["containerPort"] == 10025

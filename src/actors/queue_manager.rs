@@ -84,15 +84,18 @@ struct Owned {
 }
 
 impl Owned {
-    fn new(lease: Lease) -> Self {
+    /// A lease granted by a statement that started at `started`: valid until its deadline.
+    fn new(lease: Lease, started: Instant, ttl: Duration, orphan: bool) -> Self {
+        let deadline = Arc::new(LeaseDeadline::default());
+        deadline.renewed(started, ttl);
         Self {
             lease,
             actor: None,
             wake_pending: Arc::default(),
-            deadline: Arc::default(),
+            deadline,
             draining: false,
             failed: false,
-            orphan: false,
+            orphan,
         }
     }
 }
@@ -145,13 +148,9 @@ impl QueueManagerState {
             epoch: lease.epoch,
             takeover: lease.epoch > 1,
         });
-        let partition = lease.partition;
-        let mut owned = Owned::new(lease);
-        owned.orphan = orphan;
-        owned
-            .deadline
-            .renewed(started, self.ctx.config.queue.lease_ttl);
-        self.owned.insert(partition, owned);
+        let ttl = self.ctx.config.queue.lease_ttl;
+        self.owned
+            .insert(lease.partition, Owned::new(lease, started, ttl, orphan));
     }
 
     fn publish(&self) {
@@ -255,9 +254,9 @@ impl QueueManager {
             {
                 Ok(Some(lease)) => {
                     tracing::info!(partition, epoch = lease.epoch, "partition lease adopted");
-                    let owned = Owned::new(lease);
-                    owned.deadline.renewed(started, ttl);
-                    state.owned.insert(partition, owned);
+                    state
+                        .owned
+                        .insert(partition, Owned::new(lease, started, ttl, false));
                 }
                 Ok(None) => {}
                 Err(error) => tracing::warn!(partition, %error, "cannot adopt partition lease"),

@@ -10,6 +10,7 @@ use super::auth::Caller;
 use super::error::{ApiResult, ErrorBody};
 use crate::cluster::MemberState;
 use crate::config::Role;
+use crate::message::rfc3339_millis;
 use crate::store::now_millis;
 
 /// The cluster as this node sees it.
@@ -89,11 +90,7 @@ pub async fn view(State(state): State<ApiState>, caller: Caller) -> ApiResult<Js
                 id: l.partition,
                 owner: l.owner.filter(|_| valid),
                 epoch: l.epoch,
-                lease_until: (l.lease_until > 0).then(|| {
-                    chrono::DateTime::from_timestamp_millis(l.lease_until)
-                        .unwrap_or_default()
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                }),
+                lease_until: (l.lease_until > 0).then(|| rfc3339_millis(l.lease_until)),
             }
         })
         .collect();

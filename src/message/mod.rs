@@ -328,11 +328,21 @@ pub fn attachment(data: &[u8], n: usize) -> Option<(AttachmentInfo, Vec<u8>)> {
     ))
 }
 
-/// A [`Millis`] as RFC 3339 text.
+/// A [`Millis`] as RFC 3339 text, to the second.
 pub fn rfc3339(ms: Millis) -> String {
+    rfc3339_as(ms, chrono::SecondsFormat::Secs)
+}
+
+/// A [`Millis`] as RFC 3339 text with milliseconds (lease times, where a second is a
+/// quarter of a lease).
+pub fn rfc3339_millis(ms: Millis) -> String {
+    rfc3339_as(ms, chrono::SecondsFormat::Millis)
+}
+
+fn rfc3339_as(ms: Millis, format: chrono::SecondsFormat) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .to_rfc3339_opts(format, true)
 }
 
 #[cfg(test)]
