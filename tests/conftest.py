@@ -835,8 +835,10 @@ def _binary_exists():
 
 
 @pytest.fixture
-def server(tmp_path):
-    """Factory: `server(overrides=None, env=None, admin=True, start=True) -> Server`."""
+def server(tmp_path, request):
+    """Factory: `server(overrides=None, env=None, admin=True, start=True) -> Server`.
+
+    A failed test prints the logs of the servers it started (in its teardown section)."""
     started: list[Server] = []
 
     def make(
@@ -852,6 +854,10 @@ def server(tmp_path):
         return srv
 
     yield make
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for srv in started:
+            print(f"=== {srv.root.name}\n{srv.output()}")
     for srv in started:
         with contextlib.suppress(Exception):
             srv.stop(timeout=10)

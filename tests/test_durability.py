@@ -163,6 +163,9 @@ def send_with_retry(srv, subject: str, attempts: int = 20) -> list[int]:
     codes = []
     for _ in range(attempts):
         with contextlib.closing(srv.smtp()) as s:
+            # This test is about supervision, not latency: on a loaded machine the fsyncs of
+            # a commit can take seconds, and real clients wait minutes for the DATA reply.
+            s.sock.settimeout(30)
             assert s.mail("alice@remote.test")[0] == 250
             assert s.rcpt(BOB)[0] == 250
             code, msg = s.data(simple_message(subject))
