@@ -534,6 +534,14 @@ pub struct ApiConfig {
     /// Largest request body in bytes (the send API allows what `smtp.max_message_size`
     /// needs in base64 instead).
     pub max_body_bytes: usize,
+    /// A web session ends after this long without a request.
+    #[serde(deserialize_with = "duration")]
+    pub session_idle_timeout: Duration,
+    /// A web session ends this long after sign-in, however active.
+    #[serde(deserialize_with = "duration")]
+    pub session_lifetime: Duration,
+    /// When the session cookie carries `Secure`.
+    pub secure_cookies: SecureCookies,
 }
 
 impl Default for ApiConfig {
@@ -542,8 +550,24 @@ impl Default for ApiConfig {
             max_page_size: 200,
             token_ttl: Duration::from_secs(30 * 24 * 3600),
             max_body_bytes: 1024 * 1024,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            session_lifetime: Duration::from_secs(12 * 3600),
+            secure_cookies: SecureCookies::Auto,
         }
     }
+}
+
+/// `api.secure_cookies`: whether browsers may send the session cookie over plain HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecureCookies {
+    /// `Secure` when the request came over HTTPS, as a TLS-terminating proxy says in
+    /// `X-Forwarded-Proto: https`.
+    Auto,
+    /// Always `Secure` (the site is only reached over HTTPS).
+    Always,
+    /// Never (a plain-HTTP site, such as a test or a private network).
+    Never,
 }
 
 /// Log output format.
@@ -684,6 +708,14 @@ impl Config {
             return Err(invalid(
                 "smtp",
                 "max_recipients and max_message_size must be positive",
+            ));
+        }
+        if self.api.session_idle_timeout < Duration::from_secs(1)
+            || self.api.session_lifetime < self.api.session_idle_timeout
+        {
+            return Err(invalid(
+                "api.session_idle_timeout",
+                "must be at least 1s and no longer than api.session_lifetime",
             ));
         }
         if self.smtp.command_deadline.is_zero() || self.smtp.data_deadline.is_zero() {
@@ -1149,6 +1181,25 @@ mod tests {
             let err = Config::load_from(None, env(&[(key, value)])).expect_err("must fail");
             assert!(err.to_string().contains("smtp"), "{err}");
         }
+    }
+
+    #[test]
+    fn web_sessions_idle_out_before_their_lifetime() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.api.session_idle_timeout, Duration::from_secs(1800));
+        assert_eq!(c.api.secure_cookies, SecureCookies::Auto);
+        let err = Config::load_from(
+            None,
+            env(&[
+                ("MAIRUST_API__SESSION_IDLE_TIMEOUT", "2h"),
+                ("MAIRUST_API__SESSION_LIFETIME", "1h"),
+            ]),
+        )
+        .expect_err("must fail");
+        assert!(err.to_string().contains("session_idle_timeout"), "{err}");
+        let err = Config::load_from(None, env(&[("MAIRUST_API__SECURE_COOKIES", "sometimes")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("secure_cookies"), "{err}");
     }
 
     #[test]

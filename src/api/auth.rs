@@ -1,4 +1,5 @@
-//! Who is calling: HTTP Basic (email and password) or a bearer token.
+//! Who is calling: HTTP Basic (email and password), a bearer token, or the web UI's session
+//! cookie (whose state changes must carry the session's CSRF token).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -32,6 +33,14 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        if !parts.headers.contains_key(AUTHORIZATION)
+            && let Some(session) = super::session::cookie_session(&parts.headers, state).await?
+        {
+            if !parts.method.is_safe() {
+                super::session::check_csrf(&parts.headers, &session)?;
+            }
+            return Ok(Caller(session.user));
+        }
         identify(&parts.headers, client_ip(parts), state)
             .await
             .map(Caller)
@@ -53,7 +62,10 @@ pub async fn identify(headers: &HeaderMap, ip: IpAddr, state: &ApiState) -> Resu
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
-            ApiError::unauthorized("authentication required: use HTTP Basic or a bearer token")
+            ApiError::unauthorized(
+                "authentication required: use HTTP Basic, a bearer token, or sign in \
+                 (POST /api/v1/session)",
+            )
         })?;
     let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
     if scheme.eq_ignore_ascii_case("bearer") {

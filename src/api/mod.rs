@@ -8,6 +8,7 @@ pub mod health;
 pub mod messages;
 pub mod queue;
 pub mod send;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +78,7 @@ impl ApiState {
     info(title = "MaiRust API", description = "Mail engine REST API. Errors are `{\"error\": {\"code\", \"message\"}}`."),
     paths(
         health::health, health::live, health::ready, health::metrics,
+        session::sign_in, session::current, session::sign_out,
         admin::create_token, admin::list_tokens, admin::delete_token,
         admin::add_domain, admin::list_domains, admin::delete_domain, admin::create_dkim_key,
         admin::list_dkim_keys, admin::delete_dkim_key,
@@ -325,6 +327,12 @@ async fn count_requests(request: Request, next: Next) -> Response {
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/openapi.json", get(openapi_json))
+        .route(
+            "/session",
+            get(session::current)
+                .post(session::sign_in)
+                .delete(session::sign_out),
+        )
         .route("/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/tokens/{id}", axum::routing::delete(admin::delete_token))
         .route("/domains", get(admin::list_domains).post(admin::add_domain))

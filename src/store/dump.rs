@@ -24,6 +24,7 @@ use super::sql::{Dialect, SqlStore};
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Tables in dependency order (parents first); `id` tables have an identity column.
+/// `web_sessions` is left out on purpose: after a move, browsers sign in again.
 const TABLES: &[(&str, bool)] = &[
     ("settings", false),
     ("domains", true),

@@ -123,6 +123,19 @@ pub struct TokenInfo {
     pub expires_at: Millis,
 }
 
+/// A signed-in browser session of the web UI, found by its cookie.
+#[derive(Debug, Clone)]
+pub struct WebSession {
+    /// Session id.
+    pub id: i64,
+    /// Whose session it is.
+    pub user: User,
+    /// What the page must echo in `X-CSRF-Token` on every state change.
+    pub csrf_token: String,
+    /// When it ends whatever the activity.
+    pub expires_at: Millis,
+}
+
 /// A user together with their password hash, for authentication.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -334,6 +347,26 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError>;
     /// The user owning an unexpired token.
     async fn user_by_token(&self, token_hash: &str) -> Result<Option<User>, StoreError>;
+
+    /// Stores a new web session (its cookie token hashed) and drops every expired one.
+    async fn add_web_session(
+        &self,
+        user_id: i64,
+        token_hash: &str,
+        csrf_token: &str,
+        expires_at: Millis,
+    ) -> Result<i64, StoreError>;
+    /// The live session of a cookie: not past `expires_at` and seen after `idle_since`.
+    /// Marks it seen now (at most once per `touch_every`, to spare the database a write per
+    /// request).
+    async fn web_session(
+        &self,
+        token_hash: &str,
+        idle_since: Millis,
+        touch_every: Millis,
+    ) -> Result<Option<WebSession>, StoreError>;
+    /// Ends a session (sign-out); false if there was none.
+    async fn delete_web_session(&self, token_hash: &str) -> Result<bool, StoreError>;
 
     /// Resolves an address for RCPT TO.
     async fn lookup_recipient(&self, address: &str) -> Result<RecipientLookup, StoreError>;

@@ -7,7 +7,7 @@ use super::{Dialect, SqlStore, Tx};
 use crate::store::blob::BlobStore;
 use crate::store::{
     AcceptedMessage, Credentials, Domain, MailboxItem, MessageSummary, MetadataStore, Millis, Page,
-    RecipientLookup, StoreError, TokenInfo, User, WriteOp, now_millis,
+    RecipientLookup, StoreError, TokenInfo, User, WebSession, WriteOp, now_millis,
 };
 
 /// PostgreSQL advisory lock key serialising first-admin creation across replicas.
@@ -18,6 +18,17 @@ const MAILBOX_COLUMNS: &str = "e.id, e.folder, e.seen, e.created_at, m.size, m.b
      m.envelope_from, m.from_addr, m.to_addrs, m.cc_addrs, m.subject, m.date, m.message_id, m.has_attachments";
 
 impl SqlStore {
+    /// Revokes every bearer token and web session of a user.
+    async fn revoke_credentials(tx: &mut Tx, user_id: i64) -> Result<(), StoreError> {
+        for table in ["api_tokens", "web_sessions"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+                .bind(user_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Deletes messages that no mailbox and no queue entry refer to any more; returns the
     /// blob keys that became unreferenced, for [`crate::store::Stores::delete_blobs`] (which decides
     /// again, under its lock, after this transaction commits).
@@ -301,11 +312,8 @@ impl MetadataStore for SqlStore {
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("user {email}")))?
                 .try_get(0)?;
-        // A token outliving a password change would keep a thief signed in.
-        sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // A token or session outliving a password change would keep a thief signed in.
+        Self::revoke_credentials(&mut tx, id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -331,10 +339,7 @@ impl MetadataStore for SqlStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        Self::revoke_credentials(&mut tx, id).await?;
         sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -456,6 +461,84 @@ impl MetadataStore for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn add_web_session(
+        &self,
+        user_id: i64,
+        token_hash: &str,
+        csrf_token: &str,
+        expires_at: Millis,
+    ) -> Result<i64, StoreError> {
+        let now = now_millis();
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM web_sessions WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let id = sqlx::query(
+            "INSERT INTO web_sessions \
+             (user_id, token_hash, csrf_token, created_at, last_seen_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $4, $5) RETURNING id",
+        )
+        .bind(user_id)
+        .bind(token_hash)
+        .bind(csrf_token)
+        .bind(now)
+        .bind(expires_at)
+        .fetch_all(&mut *tx)
+        .await?
+        .first()
+        .ok_or_else(|| StoreError::Conflict("web session not stored".into()))?
+        .try_get(0)?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn web_session(
+        &self,
+        token_hash: &str,
+        idle_since: Millis,
+        touch_every: Millis,
+    ) -> Result<Option<WebSession>, StoreError> {
+        let now = now_millis();
+        let row = sqlx::query(
+            "SELECT u.id, u.email, u.is_admin, u.quota_bytes, u.used_bytes, u.created_at, \
+             s.id AS session_id, s.csrf_token, s.last_seen_at, s.expires_at \
+             FROM web_sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.token_hash = $1 AND s.expires_at > $2 AND s.last_seen_at > $3",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .bind(idle_since)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let session = WebSession {
+            id: row.try_get("session_id")?,
+            user: user_from_row(&row)?,
+            csrf_token: row.try_get("csrf_token")?,
+            expires_at: row.try_get("expires_at")?,
+        };
+        let last_seen: Millis = row.try_get("last_seen_at")?;
+        if now.saturating_sub(last_seen) >= touch_every {
+            sqlx::query("UPDATE web_sessions SET last_seen_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(session.id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(Some(session))
+    }
+
+    async fn delete_web_session(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM web_sessions WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn lookup_recipient(&self, address: &str) -> Result<RecipientLookup, StoreError> {
