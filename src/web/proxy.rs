@@ -51,7 +51,9 @@ struct Inner {
     base: String,
     /// Longest wait for the response headers.
     timeout: Duration,
-    /// Largest request body passed on: what the API itself accepts on its largest route.
+    /// Largest request body passed on to `/api/v1/send`, as the API computes it.
+    send_cap: usize,
+    /// Largest request body passed on to any other route (`api.max_body_bytes`).
     body_cap: usize,
 }
 
@@ -76,10 +78,8 @@ impl Proxy {
                 client,
                 base,
                 timeout,
-                body_cap: config
-                    .api
-                    .max_body_bytes
-                    .max(crate::api::send::body_limit(config)),
+                send_cap: crate::api::send::body_limit(config),
+                body_cap: config.api.max_body_bytes,
             }),
         })
     }
@@ -111,8 +111,16 @@ impl Proxy {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|len| len > inner.body_cap as u64) {
-            return Err(too_large(inner.body_cap));
+        // The API's own limits, per route, applied here: the API answers a body over its
+        // limit with 413 before reading it and closes, and a client of the proxy would then
+        // see the broken upload (502) instead of that answer.
+        let cap = if parts.uri.path() == "/api/v1/send" {
+            inner.send_cap
+        } else {
+            inner.body_cap
+        };
+        if declared.is_some_and(|len| len > cap as u64) {
+            return Err(too_large(cap));
         }
         let has_body = declared.is_some_and(|len| len > 0)
             || parts.headers.contains_key(header::TRANSFER_ENCODING);
@@ -127,7 +135,6 @@ impl Proxy {
         let headers = upstream_headers(&parts.headers, peer);
         let mut upstream = inner.client.request(method, &url).headers(headers);
         if has_body {
-            let cap = inner.body_cap;
             let mut seen = 0usize;
             let stream = body.into_data_stream().map(
                 move |chunk| -> Result<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>> {
@@ -143,7 +150,7 @@ impl Proxy {
         }
         let response = match tokio::time::timeout(inner.timeout, upstream.send()).await {
             Err(_) => return Err(self.timed_out()),
-            Ok(Err(e)) => return Err(self.failed(&e)),
+            Ok(Err(e)) => return Err(self.failed(&e, cap)),
             Ok(Ok(response)) => response,
         };
         let status = response.status();
@@ -174,9 +181,9 @@ impl Proxy {
         )
     }
 
-    fn failed(&self, e: &reqwest::Error) -> ApiError {
+    fn failed(&self, e: &reqwest::Error, cap: usize) -> ApiError {
         if source_is::<BodyTooLarge>(e) {
-            return too_large(self.inner.body_cap);
+            return too_large(cap);
         }
         let cause = root_cause(e);
         tracing::warn!(api_url = %self.inner.base, error = %cause, "proxied API request failed");
@@ -201,7 +208,8 @@ impl Proxy {
 
 fn too_large(cap: usize) -> ApiError {
     ApiError::too_large(format!(
-        "request body larger than {cap} bytes, the most the API accepts"
+        "request body larger than {cap} bytes, the most the API accepts here (api.max_body_bytes; \
+         for /api/v1/send, 4/3 of smtp.max_message_size plus that)"
     ))
 }
 
