@@ -789,7 +789,9 @@ impl Config {
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
                 return Err(invalid(
                     "web.api_url",
-                    format!("`{url}` must be an http:// or https:// URL with a host, like http://api:8080"),
+                    format!(
+                        "`{url}` must be an http:// or https:// URL with a host, like http://api:8080"
+                    ),
                 ));
             }
             if parsed.query().is_some() || parsed.fragment().is_some() {
@@ -1315,12 +1317,21 @@ mod tests {
 
         let missing = Config::load_from(None, env(&[web_only])).expect_err("needs api_url");
         let text = missing.to_string();
-        assert!(text.contains("web.api_url") && text.contains("API_URL"), "{text}");
+        assert!(
+            text.contains("web.api_url") && text.contains("API_URL"),
+            "{text}"
+        );
         // With the api role in the same process, /api is local: no URL needed.
         Config::load_from(None, env(&[("MAIRUST_SERVER__ROLES", "api,web")]))
             .expect("api,web loads without api_url");
 
-        for bad in ["api:8080", "ftp://api:8080", "http://", "not a url", "http://api/?x=1"] {
+        for bad in [
+            "api:8080",
+            "ftp://api:8080",
+            "http://",
+            "not a url",
+            "http://api/?x=1",
+        ] {
             let e = Config::load_from(None, env(&[web_only, ("API_URL", bad)]))
                 .expect_err(bad)
                 .to_string();

@@ -192,8 +192,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Health and metrics are served on the API port by every node; the REST API itself only
     // with the api role (see `api::router`).
     {
-        let web_proxy = if config.server.has_role(Role::Web) && !config.server.has_role(Role::Api)
-        {
+        let web_proxy = if config.server.has_role(Role::Web) && !config.server.has_role(Role::Api) {
             Some(crate::web::Proxy::new(&config)?)
         } else {
             None

@@ -28,7 +28,8 @@ pub use proxy::Proxy;
 const UPSTREAM_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The UI pages may load only this origin's files: no inline script or style, no framing.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const STYLE_CSS: &str = include_str!("assets/style.css");
