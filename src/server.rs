@@ -281,7 +281,7 @@ async fn serve_web_only(
             result
                 .context("the web server task failed")?
                 .with_context(|| format!(
-                    "cannot serve the web UI on {addr}; check server.bind and server.api_port"
+                    "cannot listen on {addr} for the web UI; check server.bind and server.api_port"
                 ))?;
             anyhow::bail!("the web server stopped unexpectedly");
         }

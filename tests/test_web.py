@@ -431,3 +431,18 @@ def test_proxied_requests_need_no_admin_or_storage_env(upstream, web_node):
     assert "API_URL" in env and "DATABASE_URL" not in env and "MAIRUST_ADMIN_PASSWORD" not in env
     assert requests.get(web.base_url + "/api/v1/anything", timeout=5).status_code == 200
     assert_wrote_nothing(web)
+    # SIGTERM stops it cleanly.
+    assert web.stop() == 0, web.output()
+    assert_wrote_nothing(web)
+
+
+def test_a_taken_port_is_a_startup_error_naming_the_listener(upstream, web_node):
+    first = web_node(upstream.url)
+    second = web_node(upstream.url, start=False)
+    second.api_port = first.api_port
+    second.config["server"]["api_port"] = first.api_port
+    write_config(second.config_path, second.config)
+    second.launch()
+    assert second.proc.wait(timeout=15) != 0
+    text = second.output()
+    assert f"cannot listen on 127.0.0.1:{first.api_port} for the web UI" in text, text
