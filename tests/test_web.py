@@ -237,14 +237,17 @@ def test_web_only_node_proxies_the_api_without_a_database(server, web_node):
     assert_error(direct_bob.get(f"/api/v1/messages/{mid}"), 404)
 
     # A body over every limit of the API is refused by the proxy itself, with the API's shape.
-    huge = b"x" * (40 * 1024 * 1024)
-    r = requests.post(
-        web.base_url + "/api/v1/send",
-        data=huge,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-    assert_error(r, 413, "payload_too_large")
+    # (Declared, not sent: the answer must come before any of the body.)
+    conn = http.client.HTTPConnection("127.0.0.1", web.api_port, timeout=10)
+    conn.putrequest("POST", "/api/v1/send")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Authorization", f"Bearer {token}")
+    conn.putheader("Content-Length", str(40 * 1024 * 1024))
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413
+    assert json.loads(resp.read())["error"]["code"] == "payload_too_large"
+    conn.close()
     # One over api.max_body_bytes but under the send limit reaches the API, whose 413 comes back.
     big = json.dumps({"name": "x" * (2 * 1024 * 1024)})
     r = via_admin.post("/api/v1/domains", data=big, headers={"Content-Type": "application/json"})
@@ -446,3 +449,15 @@ def test_a_taken_port_is_a_startup_error_naming_the_listener(upstream, web_node)
     assert second.proc.wait(timeout=15) != 0
     text = second.output()
     assert f"cannot listen on 127.0.0.1:{first.api_port} for the web UI" in text, text
+
+
+def test_web_next_to_other_roles_proxies_api_and_serves_the_page(server):
+    """A process with smtp, queue and web but no api: its own health, the page, /api proxied."""
+    api = server()
+    node = server(overrides={"server": {"roles": ["smtp", "queue", "web"]}}, env={"API_URL": api.base_url})
+    assert_ui_page(node.base_url)
+    r = requests.get(node.base_url + "/api/v1/domains", auth=(ADMIN_EMAIL, ADMIN_PASSWORD), timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json() == api.api().get("/api/v1/domains").json()
+    assert "database" in requests.get(node.base_url + "/health/ready", timeout=5).json()["checks"]
+    assert (node.metric_value("mairust_web_proxy_requests_total", {"status": "200"}) or 0) >= 1
