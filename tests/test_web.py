@@ -21,12 +21,10 @@ import requests
 from conftest import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
-    DOMAIN,
     HOSTNAME,
     USER_PASSWORD,
     Server,
     assert_error,
-    clean_env,
     free_ports,
     metric_value,
     run_cli,
