@@ -301,6 +301,9 @@ def test_headers_query_and_body_reach_the_upstream_as_a_proxy_should(upstream, w
     assert headers_named(got, "cookie") == ["sid=123"]
     assert headers_named(got, "x-custom") == ["kept"]
     assert headers_named(got, "content-type") == ["application/json"]
+    # A declared length stays declared (the API sees no chunked upload).
+    assert headers_named(got, "content-length") == [str(len(body))]
+    assert headers_named(got, "transfer-encoding") == []
     assert headers_named(got, "x-forwarded-for") == ["127.0.0.1"]
     assert headers_named(got, "x-forwarded-proto") == ["http"]
     assert headers_named(got, "x-forwarded-host") == [f"127.0.0.1:{web.api_port}"]
@@ -326,7 +329,8 @@ def test_headers_query_and_body_reach_the_upstream_as_a_proxy_should(upstream, w
     # A chunked body under the limit arrives whole.
     r = requests.post(web.base_url + "/api/v1/chunked-small", data=iter([b"ab", b"cd"]), timeout=10)
     assert r.status_code == 200
-    assert upstream.last("/api/v1/chunked-small")["body"] == b"abcd"
+    got = upstream.last("/api/v1/chunked-small")
+    assert got["body"] == b"abcd" and headers_named(got, "transfer-encoding") == ["chunked"]
 
     # Any upstream status passes through untouched.
     r = requests.get(web.base_url + "/api/v1/teapot", timeout=5)
