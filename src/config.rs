@@ -28,6 +28,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("MAIRUST_ADMIN_EMAIL", "admin.email"),
     ("MAIRUST_ADMIN_PASSWORD", "admin.password"),
     ("MAIRUST_MASTER_KEY", "security.master_key"),
+    ("API_URL", "web.api_url"),
 ];
 
 /// Why the configuration could not be loaded.
@@ -82,6 +83,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Membership and requests between replicas over QUIC.
     pub cluster: ClusterConfig,
+    /// The web UI and its proxy to the API.
+    pub web: WebConfig,
 }
 
 /// A part of MaiRust that a process can run.
@@ -94,7 +97,7 @@ pub enum Role {
     Queue,
     /// REST API, health and metrics.
     Api,
-    /// The web UI's static files.
+    /// The web UI, and `/api` proxied to `web.api_url` when the api role runs elsewhere.
     Web,
 }
 
@@ -570,6 +573,28 @@ pub enum SecureCookies {
     Never,
 }
 
+/// `web` section: the web role's proxy to the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Base URL of the API (`http://api:8080`) that `/api` is proxied to; required with the
+    /// web role when the api role does not run in the same process.
+    pub api_url: Option<String>,
+    /// Longest wait for the API's response headers to a proxied request (bodies then stream
+    /// without this limit, so large downloads are not cut).
+    #[serde(deserialize_with = "duration")]
+    pub proxy_timeout: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            api_url: None,
+            proxy_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -764,6 +789,7 @@ impl Config {
         if self.cluster.enabled {
             self.validate_cluster()?;
         }
+        self.validate_web()?;
         if !(self.database.url.starts_with("sqlite:")
             || self.database.url.starts_with("postgres://")
             || self.database.url.starts_with("postgresql://"))
@@ -778,6 +804,53 @@ impl Config {
 }
 
 impl Config {
+    /// `web.api_url` must be an absolute http(s) URL with a host, and set whenever the web
+    /// role has no local API to serve `/api`.
+    fn validate_web(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if let Some(url) = &self.web.api_url {
+            let parsed = reqwest::Url::parse(url.trim()).map_err(|e| {
+                invalid(
+                    "web.api_url",
+                    format!("`{url}` is not a URL ({e}); write it like http://api:8080"),
+                )
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(invalid(
+                    "web.api_url",
+                    format!(
+                        "`{url}` must be an http:// or https:// URL with a host, like http://api:8080"
+                    ),
+                ));
+            }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(invalid(
+                    "web.api_url",
+                    format!("`{url}` must not have a query or fragment; give the API's base URL"),
+                ));
+            }
+        }
+        if self.web.proxy_timeout.is_zero() {
+            return Err(invalid("web.proxy_timeout", "must be positive".into()));
+        }
+        if self.server.has_role(Role::Web)
+            && !self.server.has_role(Role::Api)
+            && self.web.api_url.is_none()
+        {
+            return Err(invalid(
+                "web.api_url",
+                "the web role without the api role proxies /api to another process: set \
+                 web.api_url (environment API_URL) to the API's URL, such as http://api:8080, \
+                 or add the api role to server.roles"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// A cluster needs storage every node sees and a way for nodes to trust each other.
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
@@ -1283,5 +1356,43 @@ mod tests {
             c.server.smtp_port >= 1024,
             "dev config uses unprivileged ports"
         );
+    }
+
+    #[test]
+    fn web_api_url_from_environment_and_validated() {
+        let web_only = ("MAIRUST_SERVER__ROLES", "web");
+        let c = Config::load_from(None, env(&[web_only, ("API_URL", "http://api:8080")]))
+            .expect("web-only with API_URL loads");
+        assert_eq!(c.web.api_url.as_deref(), Some("http://api:8080"));
+        assert_eq!(c.web.proxy_timeout, Duration::from_secs(60));
+
+        let missing = Config::load_from(None, env(&[web_only])).expect_err("needs api_url");
+        let text = missing.to_string();
+        assert!(
+            text.contains("web.api_url") && text.contains("API_URL"),
+            "{text}"
+        );
+        // With the api role in the same process, /api is local: no URL needed.
+        Config::load_from(None, env(&[("MAIRUST_SERVER__ROLES", "api,web")]))
+            .expect("api,web loads without api_url");
+
+        for bad in [
+            "api:8080",
+            "ftp://api:8080",
+            "http://",
+            "not a url",
+            "http://api/?x=1",
+        ] {
+            let e = Config::load_from(None, env(&[web_only, ("API_URL", bad)]))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("web.api_url"), "{bad}: {e}");
+        }
+        let f = yaml("web:\n  api_url: https://api.example.test/base\n  proxy_timeout: 5s\n");
+        let c = Config::load_from(Some(f.path()), env(&[web_only])).expect("yaml loads");
+        assert_eq!(c.web.proxy_timeout, Duration::from_secs(5));
+        let f = yaml("web:\n  api_url: http://api:8080\n  timeout: 5s\n");
+        let e = Config::load_from(Some(f.path()), env(&[])).expect_err("unknown key");
+        assert!(e.to_string().contains("timeout"), "{e}");
     }
 }

@@ -167,6 +167,15 @@ pub const METRICS: &[Metric] = &[
         &["method", "status"],
         Some((None, "REST API requests, by method and status")),
     ),
+    metric(
+        "mairust_web_proxy_requests_total",
+        Counter,
+        &["status"],
+        Some((
+            None,
+            "Requests the web role proxied to web.api_url, by the status returned to the client",
+        )),
+    ),
     metric("mairust_queue_depth", Gauge, &["status"], None),
     metric(
         "mairust_queue_partition_depth",
@@ -684,6 +693,23 @@ impl InternalEvent for ApiRequestCompleted {
         metrics::counter!(
             "mairust_api_requests_total",
             "method" => self.method,
+            "status" => self.status.to_string()
+        )
+        .increment(1);
+    }
+}
+
+/// The web role answered a request it proxies to `web.api_url` (with the upstream's status,
+/// or its own 502/504/413 when the upstream gave none).
+pub struct WebProxyRequestCompleted {
+    /// The status code returned to the client.
+    pub status: u16,
+}
+
+impl InternalEvent for WebProxyRequestCompleted {
+    fn emit(self) {
+        metrics::counter!(
+            "mairust_web_proxy_requests_total",
             "status" => self.status.to_string()
         )
         .increment(1);

@@ -53,6 +53,9 @@ fn unseal_relay_password(config: &mut Config, cipher: Option<&Cipher>) -> anyhow
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     tls::install_crypto_provider();
     let metrics = telemetry::init_metrics()?;
+    if config.server.roles.iter().all(|r| *r == Role::Web) {
+        return serve_web_only(config, metrics).await;
+    }
     let mut config = config;
     std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
         format!(
@@ -189,6 +192,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Health and metrics are served on the API port by every node; the REST API itself only
     // with the api role (see `api::router`).
     {
+        let web_proxy = if config.server.has_role(Role::Web) && !config.server.has_role(Role::Api) {
+            Some(crate::web::Proxy::new(&config)?)
+        } else {
+            None
+        };
         let state = ApiState {
             config: config.clone(),
             stores: stores.clone(),
@@ -200,6 +208,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             authenticator: authenticator.clone(),
             node_id: node_id.clone(),
             cluster: cluster.clone(),
+            web_proxy,
         };
         let addr = SocketAddr::new(config.server.bind, config.server.api_port);
         let shutdown = shutdown_rx.clone();
@@ -239,6 +248,51 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(cluster) = &cluster {
         cluster.leave().await;
     }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A process with only the web role: the UI and `/api` proxied to `web.api_url`. It opens no
+/// database or blob store, runs no migrations, creates no admin and joins no cluster, and
+/// writes nothing (a read-only root filesystem is enough); it is ready when the API is.
+async fn serve_web_only(
+    config: Config,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<()> {
+    let proxy = crate::web::Proxy::new(&config)?;
+    let config = Arc::new(config);
+    let addr = SocketAddr::new(config.server.bind, config.server.api_port);
+    let state = crate::web::WebState {
+        config: config.clone(),
+        metrics,
+        proxy,
+    };
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(crate::web::serve(state, addr, shutdown_rx, DRAIN_TIMEOUT));
+    tracing::info!(
+        hostname = %config.server.hostname,
+        roles = ?config.server.roles,
+        "MaiRust started"
+    );
+    let mut server = server;
+    tokio::select! {
+        result = &mut server => {
+            // The listener stopped on its own: a bind failure or a fatal accept error.
+            result
+                .context("the web server task failed")?
+                .with_context(|| format!(
+                    "cannot listen on {addr} for the web UI; check server.bind and server.api_port"
+                ))?;
+            anyhow::bail!("the web server stopped unexpectedly");
+        }
+        signal = wait_for_signal() => signal?,
+    }
+    tracing::info!("shutting down: draining connections");
+    let _ = shutdown_tx.send(true);
+    server
+        .await
+        .context("the web server task failed")?
+        .context("the web server failed while stopping")?;
     tracing::info!("stopped");
     Ok(())
 }

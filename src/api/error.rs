@@ -31,7 +31,8 @@ pub struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `unsupported_media_type`, `unavailable`, `internal`.
+    /// `payload_too_large`, `unsupported_media_type`, `unavailable`, `internal`; from a web
+    /// node's proxy also `bad_gateway` and `gateway_timeout`.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,

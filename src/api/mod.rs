@@ -58,6 +58,8 @@ pub struct ApiState {
     pub node_id: String,
     /// The cluster, when this node is in one.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// `/api` proxied to `web.api_url`: with the web role but not the api role.
+    pub web_proxy: Option<crate::web::Proxy>,
 }
 
 impl ApiState {
@@ -380,6 +382,13 @@ pub fn router(state: ApiState) -> Router {
     // queue-only pods too); the REST API only with the api role.
     if state.config.server.has_role(crate::config::Role::Api) {
         app = app.nest("/api/v1", v1);
+    } else if let Some(proxy) = &state.web_proxy {
+        app = app.merge(crate::web::proxy::routes(proxy.clone()));
+    }
+    // The web UI's pages on the same listener (all-in-one); with the api role, its `/api`
+    // is the local API above.
+    if state.config.server.has_role(crate::config::Role::Web) {
+        app = app.merge(crate::web::ui_router());
     }
     app.fallback(not_found)
         .layer(middleware::from_fn(refuse_nul))
