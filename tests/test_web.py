@@ -21,6 +21,7 @@ import requests
 from conftest import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
+    DOMAIN,
     HOSTNAME,
     USER_PASSWORD,
     Server,
@@ -463,3 +464,27 @@ def test_web_next_to_other_roles_proxies_api_and_serves_the_page(server):
     assert r.json() == api.api().get("/api/v1/domains").json()
     assert "database" in requests.get(node.base_url + "/health/ready", timeout=5).json()["checks"]
     assert (node.metric_value("mairust_web_proxy_requests_total", {"status": "200"}) or 0) >= 1
+
+
+def test_a_browser_session_works_through_the_web_node(server, web_node):
+    """The deployed path: the page on the web node signs in through its `/api` proxy; the
+    session cookie and CSRF token then work there, and a forged change is refused."""
+    api = server()
+    setup_domain_and_user(api)
+    web = web_node(api.base_url)
+    origin = web.base_url
+    s = requests.Session()
+    r = s.post(web.base_url + "/api/v1/session", json={"email": f"bob@{DOMAIN}", "password": USER_PASSWORD},
+               headers={"Origin": origin}, timeout=15)
+    assert r.status_code == 201, r.text
+    assert "HttpOnly" in r.headers["set-cookie"] and "SameSite=Strict" in r.headers["set-cookie"]
+    csrf = r.json()["csrf_token"]
+    assert s.get(web.base_url + "/api/v1/messages", timeout=15).status_code == 200
+    # A token created with the cookie needs the CSRF token, also through the proxy.
+    assert_error(s.post(web.base_url + "/api/v1/tokens", json={}, headers={"Origin": origin}, timeout=15), 403)
+    made = s.post(web.base_url + "/api/v1/tokens", json={}, headers={"Origin": origin, "X-CSRF-Token": csrf},
+                  timeout=15)
+    assert made.status_code == 201, made.text
+    out = s.delete(web.base_url + "/api/v1/session", headers={"Origin": origin, "X-CSRF-Token": csrf}, timeout=15)
+    assert out.status_code == 204, out.text
+    assert_error(s.get(web.base_url + "/api/v1/messages", timeout=15), 401)
