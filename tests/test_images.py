@@ -112,6 +112,23 @@ def test_image_defaults(docker_images):
             assert env["MAIRUST_SERVER__SUBMISSION_PORT"] == "2587"
 
 
+def test_runtime_files(docker_images):
+    """The runtime has the CA bundle (S3 and relays over HTTPS/TLS), the nonroot account and
+    time zones, and no package manager."""
+    cid = docker("create", docker_images["core"]).stdout.strip()
+    try:
+        files = subprocess.run(f"docker export {cid} | tar -t", shell=True, capture_output=True,
+                               text=True, check=True, timeout=120).stdout.split("\n")
+        passwd = docker("cp", f"{cid}:/etc/passwd", "-").stdout
+    finally:
+        docker("rm", "-v", cid, check=False)
+    assert "etc/ssl/certs/ca-certificates.crt" in files
+    assert "usr/share/zoneinfo/Europe/Berlin" in files
+    assert "etc/services" in files
+    assert "nonroot:x:65532:65532" in passwd
+    assert not [f for f in files if f.startswith(("usr/bin/apt", "usr/bin/dpkg", "bin/sh"))]
+
+
 @pytest.mark.parametrize("name", ROLE_IMAGES)
 def test_runs_read_only_as_non_root_and_becomes_healthy(docker_images, containers, name):
     cid = containers(
