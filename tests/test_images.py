@@ -13,7 +13,12 @@ import time
 import uuid
 
 import pytest
-from conftest import cargo_version
+from conftest import BACKEND, cargo_version
+
+# The images carry their own backends: one run, in the SQLite + files pass of scripts/test.
+pytestmark = pytest.mark.skipif(
+    BACKEND != "sqlite-fs", reason="independent of the host's backends; runs in the SQLite + files pass"
+)
 
 ROLE_IMAGES = ("all-in-one", "core", "api", "web")
 # The deployment spec's targets (section 6.1), in MB as `docker images` counts them.
