@@ -791,7 +791,13 @@ def pytest_configure(config):
 # three-node cluster): under pytest-xdist they run on one worker, every other test is spread
 # one by one as with `--dist load`. (xdist's own `loadgroup` does not group under pytest 9:
 # it renames items through an attribute pytest no longer reads.)
-SERIAL_MODULES = ("test_cluster.py",)
+# The Docker modules share one build of the images (the session fixture `docker_images`) and
+# the daemon's CPU: they run together on one worker.
+SERIAL_MODULES = {
+    "test_cluster.py": "test_cluster.py",
+    "test_images.py": "docker",
+    "test_compose.py": "docker",
+}
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -802,7 +808,7 @@ def pytest_xdist_make_scheduler(config, log):
     class Scheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return module if module.rsplit("/", 1)[-1] in SERIAL_MODULES else nodeid
+            return SERIAL_MODULES.get(module.rsplit("/", 1)[-1], nodeid)
 
     return Scheduling(config, log)
 
@@ -887,3 +893,53 @@ def mailsrv(server) -> Server:
     s = server()
     setup_domain_and_user(s, users=("bob", "carol"))
     return s
+
+
+# ---------------------------------------------------------------------- docker
+
+
+def docker_unavailable() -> str | None:
+    """Why Docker cannot be used here, or None."""
+    if shutil.which("docker") is None:
+        return "docker is not installed"
+    r = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        return f"the docker daemon is unreachable: {r.stderr.strip()[:200]}"
+    return None
+
+
+def cargo_version() -> str:
+    for line in (REPO / "Cargo.toml").read_text().splitlines():
+        if line.startswith("version = "):
+            return line.split('"')[1]
+    raise AssertionError("no version in Cargo.toml")
+
+
+@pytest.fixture(scope="session")
+def docker_images() -> dict[str, str]:
+    """Builds every image once per session with scripts/build-images (the test binary,
+    `MAIRUST_IMAGE_BIN` or `MAIRUST_BIN`, goes in as PREBUILT) and returns the image names.
+    A file lock keeps concurrent sessions from building at the same time."""
+    reason = docker_unavailable()
+    if reason:
+        pytest.skip(reason)
+    import fcntl
+
+    binary = os.environ.get("MAIRUST_IMAGE_BIN", BIN)
+    with open("/tmp/mairust-build-images.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        r = subprocess.run(
+            [str(REPO / "scripts" / "build-images")],
+            env={**os.environ, "PREBUILT": binary},
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+    print(r.stdout)
+    assert r.returncode == 0, f"scripts/build-images failed:\n{r.stdout}\n{r.stderr}"
+    version = cargo_version()
+    names = {n: f"mairust/{n}:{version}" for n in ("all-in-one", "core", "api", "web")}
+    names["postgres"] = "mairust-test/postgres:15"
+    names["s3"] = "mairust-test/s3:latest"
+    names["build_output"] = r.stdout
+    return names

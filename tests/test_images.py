@@ -1,0 +1,224 @@
+"""The container images built by scripts/build-images: sizes, labels, a read-only root, a
+non-root user, the health check, and no shell.
+
+The images are built once per session (conftest's `docker_images`); every container a test
+starts is removed at teardown, with its anonymous volumes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+
+import pytest
+from conftest import BACKEND, cargo_version
+
+# The images carry their own backends: one run, in the SQLite + files pass of scripts/test.
+pytestmark = pytest.mark.skipif(
+    BACKEND != "sqlite-fs", reason="independent of the host's backends; runs in the SQLite + files pass"
+)
+
+ROLE_IMAGES = ("all-in-one", "core", "api", "web")
+# The deployment spec's targets (section 6.1), in MB as `docker images` counts them.
+SIZE_TARGET_MB = {"all-in-one": 500, "core": 100, "api": 100, "web": 50}
+EXPECTED_ROLES = {
+    "all-in-one": "smtp,queue,api,web",
+    "core": "smtp,queue",
+    "api": "api",
+    "web": "web",
+}
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, f"docker {' '.join(args)}: {r.stderr}"
+    return r
+
+
+def inspect(ref: str) -> dict:
+    return json.loads(docker("inspect", ref).stdout)[0]
+
+
+@pytest.fixture
+def containers():
+    """Starts containers (`run(image, *docker_run_args)` -> id) and removes them at teardown."""
+    started: list[str] = []
+
+    def run(image: str, *args: str) -> str:
+        name = f"mairust-img-{uuid.uuid4().hex[:8]}"
+        cid = docker("run", "-d", "--name", name, *args, image).stdout.strip()
+        started.append(cid)
+        return cid
+
+    yield run
+    for cid in started:
+        docker("rm", "-f", "-v", cid, check=False)
+
+
+def wait_healthy(cid: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = inspect(cid)["State"]
+        health = state.get("Health", {}).get("Status")
+        if health == "healthy":
+            return state
+        if not state["Running"] or time.monotonic() > deadline:
+            logs = docker("logs", "--tail", "30", cid, check=False)
+            raise AssertionError(
+                f"container not healthy ({state['Status']}, health {health}):\n"
+                f"{logs.stdout}{logs.stderr}\n{json.dumps(state.get('Health'), indent=1)[-2000:]}"
+            )
+        time.sleep(0.5)
+
+
+def test_sizes_are_within_the_spec_targets(docker_images):
+    print("\n" + docker_images["build_output"])
+    for name in ROLE_IMAGES:
+        size = inspect(docker_images[name])["Size"]
+        print(f"{docker_images[name]}: {size / 1e6:.1f} MB (target < {SIZE_TARGET_MB[name]} MB)")
+        assert size < SIZE_TARGET_MB[name] * 1_000_000, name
+
+
+def test_labels_name_version_source_and_licence(docker_images):
+    version = cargo_version()
+    for name in ROLE_IMAGES:
+        labels = inspect(docker_images[name])["Config"]["Labels"]
+        assert labels["org.opencontainers.image.version"] == version
+        assert labels["org.opencontainers.image.title"] == f"mairust/{name}"
+        assert labels["org.opencontainers.image.source"].startswith("https://")
+        assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+        assert labels["org.opencontainers.image.description"]
+        revision = labels["org.opencontainers.image.revision"]
+        assert len(revision) == 40 or revision == "unknown", revision
+
+
+def test_image_defaults(docker_images):
+    """Every role image runs `mairust serve` as 65532, with its roles and the in-image ports."""
+    for name in ROLE_IMAGES:
+        config = inspect(docker_images[name])["Config"]
+        env = dict(e.split("=", 1) for e in config["Env"])
+        assert config["User"] == "65532:65532"
+        assert config["Entrypoint"] == ["/usr/local/bin/mairust"]
+        assert config["Cmd"] == ["serve"]
+        assert config["Healthcheck"]["Test"] == ["CMD", "/usr/local/bin/mairust", "healthcheck"]
+        assert env["MAIRUST_SERVER__ROLES"] == EXPECTED_ROLES[name]
+        assert "/var/lib/mairust" in config["Volumes"]
+        if name == "web":
+            assert env["MAIRUST_SERVER__API_PORT"] == "80"
+            assert "80/tcp" in config["ExposedPorts"]
+        else:
+            assert env["MAIRUST_SERVER__API_PORT"] == "8080"
+        if name in ("all-in-one", "core"):
+            assert {"2525/tcp", "2587/tcp"} <= set(config["ExposedPorts"])
+            assert env["MAIRUST_SERVER__SMTP_PORT"] == "2525"
+            assert env["MAIRUST_SERVER__SUBMISSION_PORT"] == "2587"
+
+
+def test_runtime_files(docker_images):
+    """The runtime has the CA bundle (S3 and relays over HTTPS/TLS), the nonroot account and
+    time zones, and no package manager."""
+    cid = docker("create", docker_images["core"]).stdout.strip()
+    try:
+        files = subprocess.run(f"docker export {cid} | tar -t", shell=True, capture_output=True,
+                               text=True, check=True, timeout=120).stdout.split("\n")
+        passwd = docker("cp", f"{cid}:/etc/passwd", "-").stdout
+    finally:
+        docker("rm", "-v", cid, check=False)
+    assert "etc/ssl/certs/ca-certificates.crt" in files
+    assert "usr/share/zoneinfo/Europe/Berlin" in files
+    assert "etc/services" in files
+    assert "nonroot:x:65532:65532" in passwd
+    assert not [f for f in files if f.startswith(("usr/bin/apt", "usr/bin/dpkg", "bin/sh"))]
+
+
+@pytest.mark.parametrize("name", ROLE_IMAGES)
+def test_runs_read_only_as_non_root_and_becomes_healthy(docker_images, containers, name):
+    cid = containers(
+        docker_images[name],
+        "--read-only",
+        "--user", "65532:65532",
+        "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges:true",
+        "--health-interval", "1s",
+        "--health-start-period", "30s",
+        "-e", "MAIRUST_ADMIN_EMAIL=admin@admin.test",
+        "-e", "MAIRUST_ADMIN_PASSWORD=admin-password-123",
+    )
+    wait_healthy(cid)
+    # The server process itself, seen from the host.
+    top = docker("top", cid, "-o", "pid,uid,args").stdout.splitlines()
+    procs = [line.split(None, 2)[1:] for line in top[1:]]
+    assert procs, top
+    for uid, args in procs:
+        assert uid == "65532", top
+    assert any("mairust serve" in args for _, args in procs), top
+    # The root filesystem refuses writes; the state volume takes them.
+    r = docker("exec", cid, "/usr/local/bin/mairust", "db", "export", "--output", "/etc/mairust/x",
+               check=False)
+    assert r.returncode != 0
+    assert "read-only" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    if name != "web":
+        r = docker("exec", cid, "/usr/local/bin/mairust", "db", "export", "--output",
+                   "/var/lib/mairust/db/export-test")
+        assert r.returncode == 0
+
+
+def test_the_quick_start_volume_keeps_the_data(docker_images, containers):
+    """`docker run -v mairust_data:/var/lib/mairust mairust/all-in-one` (the spec's quick
+    start): the database and the generated files land in that one volume."""
+    volume = f"mairust-img-{uuid.uuid4().hex[:8]}"
+    cid = None
+    try:
+        cid = containers(
+            docker_images["all-in-one"], "--read-only", "--health-interval", "1s",
+            "-v", f"{volume}:/var/lib/mairust",
+        )
+        wait_healthy(cid)
+        # Nothing went to an anonymous volume: the container has exactly the named mount.
+        mounts = inspect(cid)["Mounts"]
+        assert [m.get("Name") for m in mounts] == [volume], mounts
+        # No admin was configured: the generated password went to server.data_dir, on the volume.
+        docker("rm", "-f", cid)
+        r = docker("run", "--rm", "--read-only", "--entrypoint", "/usr/local/bin/mairust",
+                   "-v", f"{volume}:/var/lib/mairust", docker_images["all-in-one"],
+                   "db", "export", "--output", "/var/lib/mairust/mail/probe-export")
+        r = docker("run", "--rm", "--entrypoint", "ls", "-v", f"{volume}:/state",
+                   docker_images["s3"], "/state/db", "/state/mail")
+        assert "initial-admin-password" in r.stdout, r.stdout
+        assert "mairust.db" in r.stdout, r.stdout
+        assert "probe-export" in r.stdout, r.stdout
+    finally:
+        if cid:
+            docker("rm", "-f", cid, check=False)
+        docker("volume", "rm", "-f", volume, check=False)
+
+
+@pytest.mark.parametrize("name", ROLE_IMAGES)
+def test_no_shell_in_the_runtime_images(docker_images, name):
+    for shell in ("/bin/sh", "/bin/bash", "/bin/busybox"):
+        r = docker("run", "--rm", "--entrypoint", shell, docker_images[name], "-c", "true",
+                   check=False)
+        assert r.returncode != 0, f"{name} has {shell}"
+        assert "no such file" in r.stderr.lower() or "not found" in r.stderr.lower(), r.stderr
+
+
+def test_stand_ins_start_healthy(docker_images, containers):
+    pg = containers(docker_images["postgres"], "--health-interval", "1s",
+                    "-e", "POSTGRES_USER=mairust", "-e", "POSTGRES_PASSWORD=pw-1",
+                    "-e", "POSTGRES_DB=mairust")
+    s3 = containers(docker_images["s3"], "--health-interval", "1s",
+                    "-e", "MINIO_ROOT_USER=user-1", "-e", "MINIO_ROOT_PASSWORD=secret-123",
+                    "-e", "MINIO_DEFAULT_BUCKETS=one,two")
+    wait_healthy(pg)
+    wait_healthy(s3)
+    # Password authentication over TCP (not the trusted socket).
+    r = docker("exec", "-e", "PGPASSWORD=pw-1", pg, "psql", "-h", "127.0.0.1", "-U", "mairust",
+               "-d", "mairust", "-tAc", "select current_user")
+    assert r.stdout.strip() == "mairust"
+    r = docker("exec", "-e", "PGPASSWORD=wrong", pg, "psql", "-h", "127.0.0.1", "-U", "mairust",
+               "-d", "mairust", "-tAc", "select 1", check=False)
+    assert r.returncode != 0 and "password authentication failed" in r.stderr
+    assert docker("exec", s3, "ls", "/data").stdout.split() == ["one", "two"]
