@@ -576,6 +576,54 @@ def test_sigterm_hands_the_partitions_over_within_a_second(cluster):
     assert victim in cluster.wait_converged(cluster.ids).values()
 
 
+def test_lease_rows_left_locked_by_a_dead_node_cost_the_survivors_none_of_their_own(cluster):
+    """A node that vanishes inside a transaction leaves row locks on its lease rows until the
+    server ends its session (here: a psql session holding them). The survivors' attempts to
+    take those partitions wait on the locks; they must not take the connections the survivors
+    renew their own leases with, and the victim's other partitions are taken as usual."""
+    # A converged view may still have hand-overs to a node that just (re)joined in flight:
+    # wait until it holds still for a lease lifetime.
+    def settled():
+        first = cluster.wait_converged(cluster.ids)
+        time.sleep(LEASE_TTL)
+        return first if cluster.converged(cluster.ids) == first else None
+
+    owners = wait_until("a settled view", settled, timeout=60, logs=cluster.logs)
+    victim = cluster.ids[2]
+    survivors = cluster.others(victim)
+    theirs = sorted(p for p, o in owners.items() if o == victim)
+    locked, free = theirs[:3], theirs[3:]
+    assert len(locked) == 3 and free, owners
+    holder = subprocess.Popen(
+        ["psql", cluster.backend["database"]["url"], "-q", "-v", "ON_ERROR_STOP=1", "-c",
+         "BEGIN; SELECT 1 FROM partition_leases WHERE partition IN "
+         f"({', '.join(map(str, locked))}) FOR UPDATE; SELECT pg_sleep(20); COMMIT;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.0)
+        assert holder.poll() is None, holder.stderr.read() if holder.stderr else ""
+        cluster.nodes[victim].kill()
+        kept = {p: o for p, o in owners.items() if o in survivors}
+        # Three lease lifetimes and more: long enough for starved renewals to lose leases.
+        deadline = time.monotonic() + 4 * LEASE_TTL
+        while time.monotonic() < deadline:
+            now = cluster.owners(survivors[0])
+            lost = sorted(p for p, o in kept.items() if now[p] != o)
+            assert not lost, (f"survivors lost {lost} (now {[now[p] for p in lost]}) while lease rows "
+                              f"{locked} were locked:\n{cluster.logs()}")
+            time.sleep(0.25)
+        now = cluster.owners(survivors[0])
+        untaken = {p: now[p] for p in free if now[p] not in survivors}
+        assert not untaken, f"{untaken} not taken over (locked: {locked}):\n{cluster.logs()}"
+    finally:
+        holder.terminate()
+        holder.wait(timeout=10)
+    # Once the locks are gone, the locked partitions are taken too.
+    wait_until("the survivors owning every partition", lambda: cluster.owned_only_by(survivors),
+               timeout=15, logs=cluster.logs)
+
+
 def log_text(line: dict) -> str:
     return " ".join([str(line.get("message", "")), *map(str, (line.get("fields") or {}).values())]).lower()
 

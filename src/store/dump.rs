@@ -37,6 +37,14 @@ const TABLES: &[(&str, bool)] = &[
     ("dkim_keys", false),
 ];
 
+/// A dump's transaction waits on files between its statements (a large table takes a while
+/// to write or read), which the sessions' `idle_in_transaction_session_timeout` would end.
+async fn keep_idle_transaction(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        .await
+        .map(|_| ())
+}
+
 /// `manifest.json`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -82,6 +90,9 @@ pub async fn export(store: &SqlStore, dir: &Path) -> anyhow::Result<Manifest> {
         Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     };
     conn.execute(begin).await?;
+    if store.dialect() == Dialect::Postgres {
+        keep_idle_transaction(&mut conn).await?;
+    }
     let result = async {
         let schema_version = schema_version(&mut conn).await?;
         let mut tables = BTreeMap::new();
@@ -190,6 +201,9 @@ pub async fn import(store: &SqlStore, dir: &Path, force: bool) -> anyhow::Result
         );
     }
     let mut tx = store.begin().await?;
+    if store.dialect() == Dialect::Postgres {
+        keep_idle_transaction(&mut tx).await?;
+    }
     let target_version = schema_version(&mut tx).await?;
     if manifest.schema_version > target_version {
         bail!(

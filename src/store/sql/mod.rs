@@ -86,6 +86,9 @@ pub struct SqlStore {
     /// commit, the API and the schedulers on the main pool, or a busy node would lose its
     /// leases while perfectly alive.
     lease_pool: AnyPool,
+    /// Connections for taking over partitions, whose rows another (perhaps vanished) node may
+    /// hold locked: apart, so such waits never take the renewals' connections.
+    takeover_pool: AnyPool,
     dialect: Dialect,
 }
 
@@ -98,6 +101,21 @@ const LEASE_CONNECTIONS: u32 = 2;
 /// A lease statement that cannot get a connection soon is better failed: the manager
 /// retries at its next tick, well within the lease's lifetime.
 const LEASE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A takeover waits this long at most for a row lock: hardly at all. A node that died in the
+/// middle of a transaction leaves its locks on its lease rows until the server ends its
+/// session; an attempt to take such a partition counts as held and is retried a little later,
+/// so that it holds up neither the queue manager (its renewals) nor the other partitions'
+/// takeovers. A live holder's own locks last milliseconds, and its lease is valid anyway.
+const TAKEOVER_LOCK_TIMEOUT: Duration = Duration::from_millis(20);
+/// How often the server checks, while a statement runs or waits for a lock, that the client
+/// is still connected (PostgreSQL 14 and later): the backend of a killed node that was
+/// waiting for a lock would otherwise keep its own locks until that wait ends.
+const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// The server ends a session idle this long inside a transaction, releasing its locks: the
+/// session of a node that vanished mid-transaction (killed, or cut off by the network, which
+/// TCP would notice only after hours). No transaction of ours waits that long between two
+/// statements: the longest gap is the commit's check of new bodies in the blob store.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Pool options for either pool: the per-connection settings of the dialect.
 fn pool_options(
@@ -105,6 +123,7 @@ fn pool_options(
     config: &DatabaseConfig,
     max_connections: u32,
     acquire_timeout: Duration,
+    lock_timeout: Option<Duration>,
 ) -> AnyPoolOptions {
     let mut pool = AnyPoolOptions::new()
         .max_connections(max_connections.max(1))
@@ -113,13 +132,34 @@ fn pool_options(
         .idle_timeout(Duration::from_secs(600))
         .max_lifetime(Duration::from_secs(1800));
     if dialect == Dialect::Postgres {
-        let timeout_ms = config.statement_timeout.as_millis().max(1);
+        // A hung or locked database fails the statement instead of holding the session (and
+        // the storage writer) forever.
+        let mut settings = format!(
+            "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+            config.statement_timeout.as_millis().max(1),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        );
+        if let Some(lock_timeout) = lock_timeout {
+            settings.push_str(&format!("; SET lock_timeout = {}", lock_timeout.as_millis()));
+        }
         pool = pool.after_connect(move |conn, _meta| {
+            let settings = settings.clone();
             Box::pin(async move {
-                // A hung or locked database fails the statement instead of holding the
-                // session (and the storage writer) forever.
-                conn.execute(format!("SET statement_timeout = {timeout_ms}").as_str())
-                    .await?;
+                conn.execute(settings.as_str()).await?;
+                // Unknown before PostgreSQL 14, where a dead client is noticed only when its
+                // statement ends: optional.
+                if let Err(error) = conn
+                    .execute(
+                        format!(
+                            "SET client_connection_check_interval = {}",
+                            CLIENT_CHECK_INTERVAL.as_millis()
+                        )
+                        .as_str(),
+                    )
+                    .await
+                {
+                    tracing::debug!(%error, "client_connection_check_interval not set");
+                }
                 Ok(())
             })
         });
@@ -175,7 +215,7 @@ impl SqlStore {
                 )));
             }
         }
-        let pool = pool_options(dialect, config, config.max_connections, ACQUIRE_TIMEOUT)
+        let pool = pool_options(dialect, config, config.max_connections, ACQUIRE_TIMEOUT, None)
             .connect_with(options.clone())
             .await?;
         if dialect == Dialect::Sqlite {
@@ -183,11 +223,26 @@ impl SqlStore {
         }
         // Connects lazily: the first lease statement opens its connection, and a broken one
         // is replaced by the pool on the next use.
-        let lease_pool = pool_options(dialect, config, LEASE_CONNECTIONS, LEASE_ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
+        let lease_pool = pool_options(
+            dialect,
+            config,
+            LEASE_CONNECTIONS,
+            LEASE_ACQUIRE_TIMEOUT,
+            None,
+        )
+        .connect_lazy_with(options.clone());
+        let takeover_pool = pool_options(
+            dialect,
+            config,
+            LEASE_CONNECTIONS,
+            LEASE_ACQUIRE_TIMEOUT,
+            Some(TAKEOVER_LOCK_TIMEOUT),
+        )
+        .connect_lazy_with(options);
         Ok(Self {
             pool,
             lease_pool,
+            takeover_pool,
             dialect,
         })
     }
@@ -205,6 +260,11 @@ impl SqlStore {
     /// The pool of the lease statements.
     pub(crate) fn lease_pool(&self) -> &AnyPool {
         &self.lease_pool
+    }
+
+    /// The pool of lease acquisitions, apart from the renewals'.
+    pub(crate) fn takeover_pool(&self) -> &AnyPool {
+        &self.takeover_pool
     }
 
     pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {

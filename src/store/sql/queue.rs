@@ -148,6 +148,11 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// PostgreSQL's `lock_not_available`: a statement gave up waiting for a row lock.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// A partition whose lease row is locked by another session is tried again after this long.
+const LOCKED_RETRY: Duration = Duration::from_secs(1);
+
 #[async_trait::async_trait]
 impl QueueStore for SqlStore {
     async fn ensure_partition_count(&self, partitions: u32) -> Result<(), StoreError> {
@@ -208,8 +213,19 @@ impl QueueStore for SqlStore {
         // `fetch_all`, not `fetch_optional`: SQLite commits an autocommit write only when its
         // statement has run to the end, and a statement left after its first row would hold
         // the write lock on this idle lease connection, stalling every other writer.
-        .fetch_all(self.lease_pool())
-        .await?;
+        .fetch_all(self.takeover_pool())
+        .await;
+        let (row, locked) = match row {
+            Ok(row) => (row, false),
+            // The row is locked by another session: the transaction of a node that vanished
+            // in the middle of it, until the server ends that session. Held, as far as this
+            // node can tell: reported as such (a plain read does not wait for the lock), to be
+            // tried again in a moment instead of holding up the other partitions.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                (Vec::new(), true)
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Some(row) = row.first() {
             return Ok(LeaseGrant::Granted(lease_from_row(row, owner)?));
         }
@@ -218,17 +234,18 @@ impl QueueStore for SqlStore {
             "SELECT owner, lease_until - {now} FROM partition_leases WHERE partition = $1"
         ))
         .bind(i64::from(partition))
-        .fetch_optional(self.lease_pool())
+        .fetch_optional(self.takeover_pool())
         .await?;
         let (owner, left) = match row {
             Some(row) => (row.try_get(0)?, row.try_get::<i64, _>(1)?),
             // Released and gone between the two statements: free now.
             None => (None, 0),
         };
-        Ok(LeaseGrant::Held {
-            owner,
-            expires_in: Duration::from_millis(u64::try_from(left).unwrap_or(0)),
-        })
+        let mut expires_in = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+        if locked {
+            expires_in = expires_in.max(LOCKED_RETRY);
+        }
+        Ok(LeaseGrant::Held { owner, expires_in })
     }
 
     async fn adopt_lease(
