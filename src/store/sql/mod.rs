@@ -140,7 +140,10 @@ fn pool_options(
             IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
         );
         if let Some(lock_timeout) = lock_timeout {
-            settings.push_str(&format!("; SET lock_timeout = {}", lock_timeout.as_millis()));
+            settings.push_str(&format!(
+                "; SET lock_timeout = {}",
+                lock_timeout.as_millis()
+            ));
         }
         pool = pool.after_connect(move |conn, _meta| {
             let settings = settings.clone();
@@ -215,9 +218,15 @@ impl SqlStore {
                 )));
             }
         }
-        let pool = pool_options(dialect, config, config.max_connections, ACQUIRE_TIMEOUT, None)
-            .connect_with(options.clone())
-            .await?;
+        let pool = pool_options(
+            dialect,
+            config,
+            config.max_connections,
+            ACQUIRE_TIMEOUT,
+            None,
+        )
+        .connect_with(options.clone())
+        .await?;
         if dialect == Dialect::Sqlite {
             SQLITE_MIGRATIONS.run(&pool).await?;
         }
