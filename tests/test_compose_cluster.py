@@ -198,6 +198,8 @@ class Cluster:
         self.ports = ports
         self.api = requests.Session()
         self.api.auth = ADMIN
+        # What the last check saw, for the failure message.
+        self.seen: object = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.ports['api']}{path}"
@@ -233,7 +235,7 @@ class Cluster:
             if last and not isinstance(last, Exception):
                 return last
             time.sleep(0.5)
-        raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})\n"
+        raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r}, seen: {self.seen!r})\n"
                              f"{self.compose.logs(tail=60)}")
 
     def converged(self, members: list[str]):
@@ -243,6 +245,7 @@ class Cluster:
         states = {m["node_id"]: m["state"] for m in view["members"]}
         owners = Counter(p["owner"] for p in view["partitions"])
         cores = [m for m in members if m in CORES]
+        self.seen = (states, dict(owners))
         ok = (all(states.get(m) == "alive" for m in members)
               and len(view["partitions"]) == PARTITIONS
               and set(owners) == set(cores))
@@ -250,6 +253,7 @@ class Cluster:
 
     def owned_only_by(self, cores: list[str]):
         owners = self.owners()
+        self.seen = dict(owners)
         return dict(owners) if set(owners) <= set(cores) and None not in owners else None
 
 
