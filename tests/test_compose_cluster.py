@@ -5,6 +5,7 @@ python3-minimal) that the cores relay to over the compose network. It answers `4
 flag file exists and records the Message-ID of every message it accepts.
 
 One test, in order (each step needs the state the previous one left):
+0. every service healthy in the order of its depends_on; the web container proxies /api;
 1. mail for remote domains is submitted (AUTH on submission) through every core while the
    receiver defers; every message is attempted and deferred;
 2. `docker kill` of the core holding the most deferred mail: the api's GET /api/v1/cluster shows
@@ -338,6 +339,11 @@ def test_cluster_compose_survives_a_killed_and_a_cut_off_core(tmp_path):
         volumes = compose.volumes_in_use()
         view = cluster.wait("cluster formed", lambda: cluster.converged([*CORES, "api"]), 60)
         print("cluster formed:", view)
+
+        # The web container serves the UI and proxies /api to the api container.
+        through_web = cluster.api.get(f"http://127.0.0.1:{ports['web']}/api/v1/cluster", timeout=10)
+        assert through_web.status_code == 200, through_web.text
+        assert {m["node_id"] for m in through_web.json()["members"]} == {*CORES, "api"}
 
         admin = cluster.api
         assert admin.post(cluster.url("/api/v1/domains"), json={"name": "example.test"},
