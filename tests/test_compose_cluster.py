@@ -5,7 +5,8 @@ python3-minimal) that the cores relay to over the compose network. It answers `4
 flag file exists and records the Message-ID of every message it accepts.
 
 One test, in order (each step needs the state the previous one left):
-0. every service healthy in the order of its depends_on; the web container proxies /api;
+0. every service healthy (compose starts them in their depends_on order); the web
+   container proxies /api to the api;
 1. mail for remote domains is submitted (AUTH on submission) through every core while the
    receiver defers; every message is attempted and deferred;
 2. `docker kill` of the core holding the most deferred mail: the api's GET /api/v1/cluster shows
