@@ -136,9 +136,6 @@ def override(receiver_image: str, receiver_dir: Path) -> str:
     """The test's additions: the receiver, on `frontend` where other mail servers are."""
     return json.dumps({
         "services": {
-            # The S3 stand-in reads MINIO_DEFAULT_BUCKETS (as bitnami's image does); setting it
-            # (empty: the compose file makes the bucket) keeps its strict shell happy.
-            "minio": {"environment": {"MINIO_DEFAULT_BUCKETS": ""}},
             "receiver": {
                 "image": receiver_image,
                 "command": ["python3", "/srv/receiver.py"],
