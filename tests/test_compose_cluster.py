@@ -17,7 +17,9 @@ One test, in order (each step needs the state the previous one left):
    its partitions are taken over, the mail arrives exactly once, and after reconnecting the
    cluster converges (every member alive, every partition owned, the reconnected core among
    the owners) with no duplicate;
-4. `down -v` leaves no container, volume or network of the project.
+4. a database client holding lease row locks vanishes from the network: the cluster owns every
+   partition again within the database's keepalive time;
+5. `down -v` leaves no container, volume or network of the project.
 
 Skipped, saying why, where Docker (daemon and compose) is absent, and in the PostgreSQL + S3
 pass of scripts/test (the containers bring their own backends, so one pass is enough).
@@ -408,6 +410,37 @@ def test_cluster_compose_survives_a_killed_and_a_cut_off_core(tmp_path):
         view = cluster.wait("cluster converged after reconnecting",
                             lambda: cluster.converged([*CORES, "api"]), 90)
         print("converged after reconnecting:", view)
+        # A client that vanishes while its transaction holds lease row locks (what a core cut
+        # off in the middle of its fencing check leaves behind) must not stall the cluster
+        # for longer than the database's TCP keepalives take to end its session.
+        locker = f"{compose.project}_locker"
+        docker("run", "-d", "--name", locker, "--network", backend, "-e",
+               f"PGPASSWORD={env['POSTGRES_PASSWORD']}", "--entrypoint", "bash", POSTGRES_IMAGE, "-c",
+               "printf 'BEGIN;\\nSELECT partition FROM partition_leases WHERE partition < 3 FOR UPDATE;"
+               "\\n\\\\! sleep 600\\n' | psql -h db -U mairust -d mairust")
+        try:
+            cluster.wait("lease rows locked", lambda: "(3 rows)" in docker("logs", locker).stdout, 30)
+            docker("network", "disconnect", backend, locker)
+            started = time.monotonic()
+            db = compose.container("db")
+
+            def lock_holders() -> int:
+                out = docker("exec", db, "psql", "-U", "mairust", "-d", "mairust", "-tAc",
+                             "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'"
+                             " AND query LIKE '%FOR UPDATE%'").stdout
+                return int(out.strip() or 0)
+
+            assert lock_holders() == 1
+            cluster.wait("the vanished session ended by the database's keepalives",
+                         lambda: lock_holders() == 0, 40)
+            ended = time.monotonic() - started
+            cluster.wait("cluster owns everything again after a vanished lock holder",
+                         lambda: cluster.converged([*CORES, "api"]), 30)
+            print(f"vanished lock holder: session ended after {ended:.1f}s, "
+                  f"converged after {time.monotonic() - started:.1f}s")
+        finally:
+            docker("rm", "-f", locker, check=False)
+
         time.sleep(3)  # anything the reconnected core might still send would arrive by now
         got = receiver.received()
         assert {m: n for m, n in got.items() if n != 1} == {}, "delivered twice"
