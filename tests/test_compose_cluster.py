@@ -21,6 +21,11 @@ One test, in order (each step needs the state the previous one left):
    partition again within the database's keepalive time;
 5. `down -v` leaves no container, volume or network of the project.
 
+Images: `mairust/{core,api,web}:<Cargo.toml version>` and the stand-ins
+`mairust-test/postgres:15`, `mairust-test/s3:latest` (built by scripts/build-images when
+missing); MAIRUST_TEST_IMAGE_PREFIX, MAIRUST_TEST_POSTGRES_IMAGE, MAIRUST_TEST_S3_IMAGE name
+others, and MAIRUST_TEST_COMPOSE_FILES adds override files (os.pathsep-separated).
+
 Skipped, saying why, where Docker (daemon and compose) is absent, and in the PostgreSQL + S3
 pass of scripts/test (the containers bring their own backends, so one pass is enough).
 """
