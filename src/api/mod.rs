@@ -81,7 +81,7 @@ impl ApiState {
         admin::add_domain, admin::list_domains, admin::delete_domain, admin::create_dkim_key,
         admin::list_dkim_keys, admin::delete_dkim_key,
         admin::add_user, admin::list_users, admin::delete_user, admin::set_password,
-        messages::list, messages::get, messages::raw, messages::attachment, messages::patch, messages::delete,
+        messages::list, messages::get, messages::raw, messages::html, messages::attachment, messages::patch, messages::delete,
         send::send,
         queue::list, queue::get, queue::retry, queue::cancel,
         cluster::view,
@@ -351,6 +351,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(messages::delete),
         )
         .route("/messages/{id}/raw", get(messages::raw))
+        .route("/messages/{id}/html", get(messages::html))
         .route("/messages/{id}/attachments/{n}", get(messages::attachment))
         .route(
             "/send",
