@@ -3,7 +3,10 @@
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-from conftest import USER_PASSWORD, assert_error, setup_domain_and_user
+import requests
+
+from conftest import DOMAIN, USER_PASSWORD, assert_error, setup_domain_and_user
+from test_delivery import REMOTE, receiver, relay_server, submit, wait_queue  # noqa: F401 (fixture)
 
 # The smallest valid PNG (1x1, transparent): its bytes must come back from the attachment URL.
 PNG = bytes.fromhex(
@@ -117,3 +120,44 @@ def test_html_view_is_in_the_openapi_document(srv):
     op = doc["paths"]["/api/v1/messages/{id}/html"]["get"]
     assert "text/html; charset=utf-8" in op["responses"]["200"]["content"], op
     assert {p["name"] for p in op["parameters"]} == {"id", "remote_images"}, op
+
+
+# ---------------------------------------------------------------------- dashboard stats
+
+
+def test_stats_count_the_last_hour_and_the_deferred_mail(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    admin = srv.api()
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    carol = srv.api(f"carol@{DOMAIN}", USER_PASSWORD)
+
+    empty = admin.get("/api/v1/stats")
+    assert empty.status_code == 200, empty.text
+    assert empty.json() == {
+        "last_hour": {"accepted": 0, "delivered": 0, "bounced": 0, "deferred": 0},
+        "queue": {"queued": 0, "deferred": 0},
+        "deferred_by_domain": [],
+    }
+
+    submit(srv, [f"carol@{DOMAIN}"], "local")
+    submit(srv, [f"alice@{REMOTE}"], "delivered")
+    submit(srv, [f"always451@{REMOTE}"], "deferred")
+    submit(srv, [f"always451-again@{REMOTE}"], "deferred too")
+    submit(srv, [f"reject@{REMOTE}"], "bounced")
+    carol.wait_messages(1)
+    rcv.wait(1)
+    wait_queue(srv, lambda items: sorted(i["status"] for i in items)
+               == ["deferred", "deferred", "delivered", "failed"])
+    # The bounce to bob is a message accepted too.
+    assert bob.wait_messages(1)[0]["subject"] == "Undelivered Mail Returned to Sender"
+
+    r = admin.get("/api/v1/stats")
+    assert r.status_code == 200, r.text
+    stats = r.json()
+    assert stats["last_hour"] == {"accepted": 6, "delivered": 1, "bounced": 1, "deferred": 2}, stats
+    assert stats["queue"] == {"queued": 0, "deferred": 2}, stats
+    assert stats["deferred_by_domain"] == [{"domain": REMOTE, "count": 2}], stats
+
+    assert_error(bob.get("/api/v1/stats"), 403, "forbidden")
+    assert_error(requests.get(srv.base_url + "/api/v1/stats", timeout=5), 401)

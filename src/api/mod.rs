@@ -8,6 +8,7 @@ pub mod health;
 pub mod messages;
 pub mod queue;
 pub mod send;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,6 +86,7 @@ impl ApiState {
         send::send,
         queue::list, queue::get, queue::retry, queue::cancel,
         cluster::view,
+        stats::stats,
     ),
     modifiers(&SecuritySchemes)
 )]
@@ -363,6 +365,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/queue/{id}", get(queue::get).delete(queue::cancel))
         .route("/queue/{id}/retry", post(queue::retry))
         .route("/cluster", get(cluster::view))
+        .route("/stats", get(stats::stats))
         .route("/debug/faults", post(inject_fault));
     let mut app = Router::new()
         .route("/health", get(health::health))

@@ -22,8 +22,8 @@ use serde::Serialize;
 pub use blob::{BlobError, BlobStore, blob_key};
 pub use dkim_keys::{DkimKeyRecord, DkimKeyStore};
 pub use queue::{
-    EntryUpdate, Lease, LeaseGrant, LeaseInfo, QueueEntry, QueueFilter, QueueStatus, QueueStore,
-    partition_of,
+    Activity, EntryUpdate, Lease, LeaseGrant, LeaseInfo, QueueEntry, QueueFilter, QueueStatus,
+    QueueStore, partition_of,
 };
 pub use sql::SqlStore;
 

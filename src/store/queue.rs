@@ -232,6 +232,24 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Pending row counts by partition and status, for metrics (reads only the index of
     /// pending rows, however much history the table keeps).
     async fn queue_depth(&self) -> Result<Vec<(u32, QueueStatus, i64)>, StoreError>;
+    /// Activity since `since` and the deferred mail by domain, for the dashboard; every
+    /// count reads an index (the recent or pending rows), not the retained history.
+    async fn activity(&self, since: Millis, top_domains: u32) -> Result<Activity, StoreError>;
+}
+
+/// What [`QueueStore::activity`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Messages accepted (by SMTP or the send API) since the cutoff.
+    pub accepted: i64,
+    /// Remote recipients whose row reached `delivered` since the cutoff.
+    pub delivered: i64,
+    /// Remote recipients whose row reached `failed` (bounced to the sender) since the cutoff.
+    pub bounced: i64,
+    /// Remote recipients deferred since the cutoff and still waiting for a retry.
+    pub deferred: i64,
+    /// Deferred rows by recipient domain, most first (then by name).
+    pub deferred_by_domain: Vec<(String, i64)>,
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use sqlx::any::AnyRow;
 use super::messages::insert_accepted;
 use super::{Dialect, SqlStore, Tx};
 use crate::store::queue::{
-    EntryUpdate, Lease, LeaseGrant, LeaseInfo, QueueEntry, QueueFilter, QueueStatus, QueueStore,
+    Activity, EntryUpdate, Lease, LeaseGrant, LeaseInfo, QueueEntry, QueueFilter, QueueStatus,
+    QueueStore,
 };
 use crate::store::{AcceptedMessage, Millis, Page, StoreError, now_millis};
 
@@ -143,6 +144,19 @@ pub(crate) async fn delete_finished(
 /// cost follows the pending mail, not the retained history.
 const QUEUE_DEPTH: &str = "SELECT partition, status, COUNT(*) FROM queue \
      WHERE status IN ('queued', 'deferred') GROUP BY partition, status";
+
+/// Finished and deferred rows changed since $1: reads `queue_by_status_updated`.
+const RECENT_BY_STATUS: &str = "SELECT status, COUNT(*) FROM queue \
+     WHERE status IN ('delivered', 'failed', 'deferred') AND updated_at >= $1 GROUP BY status";
+
+/// Messages received since $1: reads `messages_by_received`.
+const RECENT_ACCEPTED: &str = "SELECT COUNT(*) FROM messages WHERE received_at >= $1";
+
+/// Deferred rows by domain. The `IN` term repeats the predicate of the partial index
+/// `queue_pending_by_domain`, which lets SQLite pick it.
+const DEFERRED_BY_DOMAIN: &str = "SELECT domain, COUNT(*) AS n FROM queue \
+     WHERE status IN ('queued', 'deferred') AND status = 'deferred' \
+     GROUP BY domain ORDER BY n DESC, domain LIMIT $1";
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -410,6 +424,37 @@ impl QueueStore for SqlStore {
             if let Some(status) = QueueStatus::parse(&status) {
                 out.push((r.try_get::<i64, _>(0)? as u32, status, r.try_get(2)?));
             }
+        }
+        Ok(out)
+    }
+
+    async fn activity(&self, since: Millis, top_domains: u32) -> Result<Activity, StoreError> {
+        let mut out = Activity {
+            accepted: sqlx::query_scalar(RECENT_ACCEPTED)
+                .bind(since)
+                .fetch_one(self.pool())
+                .await?,
+            ..Activity::default()
+        };
+        for r in sqlx::query(RECENT_BY_STATUS)
+            .bind(since)
+            .fetch_all(self.pool())
+            .await?
+        {
+            let count: i64 = r.try_get(1)?;
+            match QueueStatus::parse(&r.try_get::<String, _>(0)?) {
+                Some(QueueStatus::Delivered) => out.delivered = count,
+                Some(QueueStatus::Failed) => out.bounced = count,
+                Some(QueueStatus::Deferred) => out.deferred = count,
+                _ => {}
+            }
+        }
+        for r in sqlx::query(DEFERRED_BY_DOMAIN)
+            .bind(i64::from(top_domains))
+            .fetch_all(self.pool())
+            .await?
+        {
+            out.deferred_by_domain.push((r.try_get(0)?, r.try_get(1)?));
         }
         Ok(out)
     }
@@ -912,6 +957,37 @@ mod tests {
         assert_eq!(
             store.queue_depth().await.expect("depth"),
             vec![(2, QueueStatus::Queued, 1)]
+        );
+    }
+
+    /// The dashboard refreshes often: each of its queries must search an index.
+    #[tokio::test]
+    async fn activity_reads_indexes() {
+        let (_dir, store) = store().await;
+        for query in [RECENT_BY_STATUS, RECENT_ACCEPTED, DEFERRED_BY_DOMAIN] {
+            let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
+                .bind(0_i64)
+                .fetch_all(store.pool())
+                .await
+                .expect("plan")
+                .iter()
+                .map(|r| r.try_get::<String, _>(3).expect("detail"))
+                .collect();
+            assert!(
+                plan.iter().any(|step| step.starts_with("SEARCH "))
+                    && !plan.iter().any(|step| step.starts_with("SCAN ")),
+                "{query}: {plan:?}"
+            );
+        }
+        write(&store, WriteOp::Accept(message("m1", "x@r.test", 2)))
+            .await
+            .expect("commit");
+        let activity = store.activity(0, 20).await.expect("activity");
+        assert_eq!(activity.accepted, 1);
+        assert_eq!(activity.deferred_by_domain, vec![]);
+        assert_eq!(
+            store.activity(i64::MAX, 20).await.expect("later").accepted,
+            0
         );
     }
 
