@@ -1,11 +1,16 @@
-"""API endpoints the web UI needs: the sanitized HTML view of a message."""
+"""API endpoints the web UI needs: the sanitized HTML view of a message, the dashboard's
+stats and the message trace with its delivery attempts."""
+
+import contextlib
+import json
+import time
 
 from email.message import EmailMessage
 from email.utils import make_msgid
 
 import requests
 
-from conftest import DOMAIN, USER_PASSWORD, assert_error, setup_domain_and_user
+from conftest import DOMAIN, USER_PASSWORD, assert_error, run_cli, setup_domain_and_user
 from test_delivery import REMOTE, receiver, relay_server, submit, wait_queue  # noqa: F401 (fixture)
 
 # The smallest valid PNG (1x1, transparent): its bytes must come back from the attachment URL.
@@ -161,3 +166,59 @@ def test_stats_count_the_last_hour_and_the_deferred_mail(server, receiver):
 
     assert_error(bob.get("/api/v1/stats"), 403, "forbidden")
     assert_error(requests.get(srv.base_url + "/api/v1/stats", timeout=5), 401)
+
+
+# ---------------------------------------------------------------------- message trace
+
+
+def test_trace_shows_each_delivery_attempt(server, receiver, tmp_path):
+    rcv = receiver()
+    rcv.tempfail_left = 1
+    srv = relay_server(server, rcv)
+    admin = srv.api()
+    bob = f"bob@{DOMAIN}"
+    header_id = f"trace-{time.time_ns()}@example.test"
+    with contextlib.closing(srv.submission(bob, USER_PASSWORD)) as s:
+        s.sendmail(bob, [f"tempfail@{REMOTE}", f"carol@{DOMAIN}"], (
+            f"From: {bob}\r\nTo: tempfail@{REMOTE}, carol@{DOMAIN}\r\nSubject: traced\r\n"
+            f"Message-ID: <{header_id}>\r\n\r\nHello.\r\n"
+        ).encode())
+    rcv.wait(1)
+    (row,) = wait_queue(srv, lambda items: items and items[0]["status"] == "delivered")
+
+    r = admin.get("/api/v1/trace", params={"q": f"<{header_id}>"})
+    assert r.status_code == 200, r.text
+    (msg,) = r.json()["messages"]
+    assert msg["message_id"] == header_id
+    assert msg["envelope_from"] == bob and bob in msg["from"]
+    assert msg["local_recipients"] == [f"carol@{DOMAIN}"]
+    assert msg["size"] > 0 and msg["received_at"].endswith("Z")
+    (remote,) = msg["remote"]
+    assert remote["queue_id"] == row["id"]
+    assert remote["recipient"] == f"tempfail@{REMOTE}"
+    assert remote["status"] == "delivered" and remote["attempts"] == 2
+    outcomes = [a["outcome"] for a in remote["history"]]
+    assert outcomes == ["deferred", "delivered"], remote["history"]
+    assert "451" in remote["history"][0]["detail"], remote["history"]
+    assert all(a["node"] for a in remote["history"])
+    assert remote["history"][0]["attempted_at"] <= remote["history"][1]["attempted_at"]
+
+    # The same message by queue id, by internal id and by the bare header.
+    for q in (str(row["id"]), msg["id"], header_id):
+        again = admin.get("/api/v1/trace", params={"q": q})
+        assert again.status_code == 200, (q, again.text)
+        assert [m["id"] for m in again.json()["messages"]] == [msg["id"]], q
+
+    assert_error(admin.get("/api/v1/trace", params={"q": "no-such@example.test"}), 404, "not_found")
+    assert_error(admin.get("/api/v1/trace", params={"q": "987654321"}), 404, "not_found")
+    assert_error(admin.get("/api/v1/trace"), 400)
+    user = srv.api(bob, USER_PASSWORD)
+    assert_error(user.get("/api/v1/trace", params={"q": header_id}), 403, "forbidden")
+
+    # The history moves with `db export`.
+    dump = tmp_path / "dump"
+    p = run_cli(["--config", str(srv.config_path), "db", "export", "--output", str(dump)], timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((dump / "manifest.json").read_text())["tables"]["delivery_attempts"] == 2
+    rows = [json.loads(line) for line in (dump / "delivery_attempts.jsonl").read_text().splitlines()]
+    assert [r["outcome"] for r in rows] == ["deferred", "delivered"], rows

@@ -9,6 +9,7 @@ pub mod messages;
 pub mod queue;
 pub mod send;
 pub mod stats;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,6 +88,7 @@ impl ApiState {
         queue::list, queue::get, queue::retry, queue::cancel,
         cluster::view,
         stats::stats,
+        trace::trace,
     ),
     modifiers(&SecuritySchemes)
 )]
@@ -366,6 +368,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/queue/{id}/retry", post(queue::retry))
         .route("/cluster", get(cluster::view))
         .route("/stats", get(stats::stats))
+        .route("/trace", get(trace::trace))
         .route("/debug/faults", post(inject_fault));
     let mut app = Router::new()
         .route("/health", get(health::health))

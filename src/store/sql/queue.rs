@@ -9,8 +9,8 @@ use sqlx::any::AnyRow;
 use super::messages::insert_accepted;
 use super::{Dialect, SqlStore, Tx};
 use crate::store::queue::{
-    Activity, EntryUpdate, Lease, LeaseGrant, LeaseInfo, QueueEntry, QueueFilter, QueueStatus,
-    QueueStore,
+    ATTEMPT_DETAIL_MAX, Activity, AttemptRecord, EntryUpdate, Lease, LeaseGrant, LeaseInfo,
+    QueueEntry, QueueFilter, QueueStatus, QueueStore, TraceMessage,
 };
 use crate::store::{AcceptedMessage, Millis, Page, StoreError, now_millis};
 
@@ -111,11 +111,35 @@ pub(crate) async fn apply_fenced(
         if changed != 1 {
             return Err(lost());
         }
+        // After the fenced UPDATE, in its transaction: an attempt is recorded only with
+        // the row change it explains.
+        if let Some(attempt) = &u.attempt {
+            sqlx::query(
+                "INSERT INTO delivery_attempts (queue_id, attempted_at, outcome, detail, node) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(u.id)
+            .bind(now)
+            .bind(attempt.outcome)
+            .bind(truncated(&attempt.detail, ATTEMPT_DETAIL_MAX))
+            .bind(&lease.owner)
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     for m in new_messages {
         insert_accepted(conn, m).await?;
     }
     Ok(())
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Deletes finished rows last changed before `before`, inside the caller's transaction;
@@ -124,6 +148,14 @@ pub(crate) async fn delete_finished(
     tx: &mut Tx,
     before: Millis,
 ) -> Result<Vec<String>, StoreError> {
+    // Their attempts first (they refer to the rows).
+    sqlx::query(
+        "DELETE FROM delivery_attempts WHERE queue_id IN (SELECT id FROM queue \
+         WHERE status IN ('delivered', 'failed', 'cancelled') AND updated_at < $1)",
+    )
+    .bind(before)
+    .execute(&mut **tx)
+    .await?;
     let rows = sqlx::query(
         "DELETE FROM queue WHERE status IN ('delivered', 'failed', 'cancelled') \
          AND updated_at < $1 RETURNING message_id",
@@ -458,6 +490,97 @@ impl QueueStore for SqlStore {
         }
         Ok(out)
     }
+
+    async fn trace(&self, q: &str, limit: u32) -> Result<Vec<TraceMessage>, StoreError> {
+        let q = q.trim();
+        let header = q.trim_start_matches('<').trim_end_matches('>');
+        let mut ids: Vec<String> = Vec::new();
+        if let Ok(queue_id) = q.parse::<i64>() {
+            ids.extend(
+                sqlx::query_scalar::<_, String>("SELECT message_id FROM queue WHERE id = $1")
+                    .bind(queue_id)
+                    .fetch_optional(self.pool())
+                    .await?,
+            );
+        }
+        ids.extend(
+            sqlx::query_scalar::<_, String>("SELECT id FROM messages WHERE id = $1")
+                .bind(q)
+                .fetch_optional(self.pool())
+                .await?,
+        );
+        ids.extend(
+            sqlx::query_scalar::<_, String>(
+                "SELECT id FROM messages WHERE message_id = $1 ORDER BY received_at DESC LIMIT $2",
+            )
+            .bind(header)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?,
+        );
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|id| seen.insert(id.clone()));
+        ids.truncate(limit as usize);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(m) = sqlx::query(
+                "SELECT id, message_id, from_addr, envelope_from, received_at, size \
+                 FROM messages WHERE id = $1",
+            )
+            .bind(&id)
+            .fetch_optional(self.pool())
+            .await?
+            else {
+                continue;
+            };
+            let local_recipients = sqlx::query_scalar(
+                "SELECT DISTINCT u.email FROM mailbox_entries e JOIN users u ON u.id = e.user_id \
+                 WHERE e.message_id = $1 ORDER BY u.email",
+            )
+            .bind(&id)
+            .fetch_all(self.pool())
+            .await?;
+            let rows = sqlx::query(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE q.message_id = $1 ORDER BY q.id"
+            ))
+            .bind(&id)
+            .fetch_all(self.pool())
+            .await?;
+            let mut remote = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let entry = entry_from_row(row)?;
+                let attempts = sqlx::query(
+                    "SELECT attempted_at, outcome, detail, node FROM delivery_attempts \
+                     WHERE queue_id = $1 ORDER BY id",
+                )
+                .bind(entry.id)
+                .fetch_all(self.pool())
+                .await?
+                .iter()
+                .map(|a| {
+                    Ok(AttemptRecord {
+                        attempted_at: a.try_get(0)?,
+                        outcome: a.try_get(1)?,
+                        detail: a.try_get(2)?,
+                        node: a.try_get(3)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                remote.push((entry, attempts));
+            }
+            out.push(TraceMessage {
+                id: m.try_get(0)?,
+                message_id: m.try_get(1)?,
+                from: m.try_get(2)?,
+                envelope_from: m.try_get(3)?,
+                received_at: m.try_get(4)?,
+                size: m.try_get(5)?,
+                local_recipients,
+                remote,
+            });
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -565,6 +688,7 @@ mod tests {
             attempts: entry.attempts + 1,
             next_attempt_at: now_millis() + 60_000,
             last_error: Some("451 later".into()),
+            attempt: None,
         }
     }
 
@@ -784,6 +908,7 @@ mod tests {
             attempts: 1,
             next_attempt_at: now_millis(),
             last_error: Some("451 later".into()),
+            attempt: None,
         };
         apply(&store, &a, std::slice::from_ref(&update))
             .await
@@ -841,19 +966,45 @@ mod tests {
             .expect("due")
             .remove(0);
         assert_eq!(entry.status, QueueStatus::Queued);
-        apply(
-            &store,
-            &lease,
-            &[EntryUpdate {
-                id: entry.id,
-                status: QueueStatus::Delivered,
-                attempts: 1,
-                next_attempt_at: entry.next_attempt_at,
-                last_error: None,
-            }],
-        )
-        .await
-        .expect("apply");
+        let update = EntryUpdate {
+            id: entry.id,
+            status: QueueStatus::Delivered,
+            attempts: 1,
+            next_attempt_at: entry.next_attempt_at,
+            last_error: None,
+            attempt: Some(crate::store::Attempt {
+                outcome: "delivered",
+                detail: format!("250 {}", "é".repeat(1000)),
+            }),
+        };
+        // A stale epoch writes neither the row nor its attempt.
+        let stale = Lease {
+            epoch: lease.epoch + 1,
+            ..lease.clone()
+        };
+        assert!(
+            apply(&store, &stale, std::slice::from_ref(&update))
+                .await
+                .is_err()
+        );
+        async fn attempts(store: &SqlStore) -> Vec<AttemptRecord> {
+            store
+                .trace("m1", 5)
+                .await
+                .expect("trace")
+                .remove(0)
+                .remote
+                .remove(0)
+                .1
+        }
+        assert!(attempts(&store).await.is_empty());
+        apply(&store, &lease, &[update]).await.expect("apply");
+        let recorded = attempts(&store).await;
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].outcome, "delivered");
+        assert_eq!(recorded[0].node, "n");
+        // Cut to 1 KB on a character boundary.
+        assert!(recorded[0].detail.len() <= ATTEMPT_DETAIL_MAX && recorded[0].detail.len() > 1000);
         assert!(
             store
                 .due_entries(0, "r.test", 10)
@@ -864,6 +1015,11 @@ mod tests {
         let keys = store.purge_finished(now_millis() + 1).await.expect("purge");
         assert_eq!(keys, vec!["0".repeat(64)]);
         assert_eq!(store.count_messages().await.expect("count"), 0);
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_attempts")
+            .fetch_one(store.pool())
+            .await
+            .expect("count attempts");
+        assert_eq!(left, 0, "attempts are purged with their rows");
     }
 
     #[tokio::test]
