@@ -182,7 +182,9 @@ mod tests {
     fn images_remote_blocked_cid_mapped_data_kept() {
         let html = r#"<img src="https://e.test/a.png"><img src="//e.test/b.png">
             <img src="cid:logo@x"><img src="cid:logo%40x"><img src="cid:unknown">
-            <img src="data:image/png;base64,AAAA"><img src="/api/v1/tokens">"#;
+            <img src="data:image/png;base64,AAAA"><img src="/api/v1/tokens">
+            <img srcset="https://e.test/c.png 2x"><table background="https://e.test/d.png">
+            <tr><td background="https://e.test/e.png">t</td></tr></table>"#;
         let out = clean(html);
         assert_eq!(out.remote_images_blocked, 2, "{}", out.html);
         assert!(!out.html.contains("e.test"), "{}", out.html);
