@@ -33,7 +33,7 @@ use crate::events::{
 };
 use crate::smtp::dsn::FailedRecipient;
 use crate::store::{
-    AcceptedMessage, EntryUpdate, Lease, QueueEntry, QueueStatus, StoreError, now_millis,
+    AcceptedMessage, Attempt, EntryUpdate, Lease, QueueEntry, QueueStatus, StoreError, now_millis,
 };
 
 /// Messages to a partition queue.
@@ -274,6 +274,7 @@ async fn record(
             attempts,
             next_attempt_at: r.entry.next_attempt_at,
             last_error: None,
+            attempt: None,
         };
         let failed = match r.outcome {
             Outcome::Delivered => {
@@ -361,6 +362,24 @@ async fn record(
                 }
             }
         }
+    }
+    // The attempt as it ends up in the row (a failure whose bounce could not be built is
+    // a deferral), written in the same transaction as the row.
+    for (update, r) in updates.iter_mut().zip(results) {
+        let outcome = match update.status {
+            QueueStatus::Delivered => "delivered",
+            QueueStatus::Failed if r.entry.sender.is_empty() => "failed",
+            QueueStatus::Failed => "bounced",
+            _ => "deferred",
+        };
+        let detail = match update.status {
+            QueueStatus::Delivered => r.detail.clone(),
+            _ => update
+                .last_error
+                .clone()
+                .unwrap_or_else(|| r.detail.clone()),
+        };
+        update.attempt = Some(Attempt { outcome, detail });
     }
     apply(ctx, lease, &updates, &bounces).await?;
     events::emit(BouncesQueued {
@@ -587,6 +606,7 @@ impl PartitionQueue {
             attempts: entry.attempts,
             next_attempt_at: now_millis(),
             last_error: entry.last_error,
+            attempt: None,
         };
         apply(&state.ctx, &state.lease, &[update], &[])
             .await
@@ -602,6 +622,7 @@ impl PartitionQueue {
             attempts: entry.attempts,
             next_attempt_at: entry.next_attempt_at,
             last_error: Some(reason.clone()),
+            attempt: None,
         };
         let mut bounces = Vec::new();
         if bounce {

@@ -205,6 +205,90 @@ pub async fn raw(
     Ok(([(header::CONTENT_TYPE, "message/rfc822")], out).into_response())
 }
 
+/// Whether the HTML view keeps remote images.
+#[derive(Deserialize, ToSchema, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteImages {
+    /// Drop them (the default): loading one tells the sender the mail was read.
+    #[default]
+    Block,
+    /// Keep `http:`/`https:` images.
+    Allow,
+}
+
+/// Query of `GET /api/v1/messages/{id}/html`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct HtmlQuery {
+    /// `block` (default) or `allow`.
+    pub remote_images: Option<RemoteImages>,
+}
+
+/// The header that tells how many remote images the HTML view dropped.
+const REMOTE_IMAGES_BLOCKED: &str = "x-remote-images-blocked";
+
+/// The message's HTML part, sanitized for a sandboxed frame: no scripts, event handlers,
+/// styles, forms, frames or plugins; links open a new window without referrer; remote images
+/// dropped unless `remote_images=allow`; `cid:` images point at their attachment.
+#[utoipa::path(get, path = "/api/v1/messages/{id}/html", tag = "messages",
+    params(("id" = String, Path, description = "Message id"), HtmlQuery),
+    responses(
+        (status = 200, content_type = "text/html; charset=utf-8", body = String,
+            description = "Sanitized HTML fragment",
+            headers(("X-Remote-Images-Blocked" = u64, description = "Remote images dropped"),
+                ("Content-Security-Policy" = String, description = "sandbox; no scripts; images from this server and data: (and http/https when allowed)"))),
+        (status = 404, body = ErrorBody, description = "No such message, or it has no HTML part")),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn html(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<HtmlQuery>,
+) -> ApiResult<Response> {
+    let allow = query.remote_images.unwrap_or_default() == RemoteImages::Allow;
+    let (item, raw) = load(&state, &caller, &id).await?;
+    let message_id = item.id;
+    // Parsing and sanitizing a large HTML mail is CPU work: off the async workers.
+    let sanitized = tokio::task::spawn_blocking(move || {
+        let body = message::html_body(&raw)?;
+        let images = body
+            .content_ids
+            .into_iter()
+            .map(|(cid, n)| {
+                (
+                    cid,
+                    format!("/api/v1/messages/{message_id}/attachments/{n}"),
+                )
+            })
+            .collect();
+        Some(message::html::sanitize(&body.html, images, allow))
+    })
+    .await
+    .map_err(ApiError::unavailable)?
+    .ok_or_else(|| ApiError::not_found(format!("message {id} has no HTML part")))?;
+    let csp = if allow {
+        "sandbox; default-src 'none'; img-src 'self' data: https: http:"
+    } else {
+        "sandbox; default-src 'none'; img-src 'self' data:"
+    };
+    let blocked = sanitized.remote_images_blocked.to_string();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, csp),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::HeaderName::from_static(REMOTE_IMAGES_BLOCKED),
+                blocked.as_str(),
+            ),
+        ],
+        sanitized.html,
+    )
+        .into_response())
+}
+
 /// The `n`-th attachment (from 0), decoded.
 #[utoipa::path(get, path = "/api/v1/messages/{id}/attachments/{n}", tag = "messages",
     params(("id" = String, Path, description = "Message id"), ("n" = u64, Path, minimum = 0, description = "Attachment index from 0")),

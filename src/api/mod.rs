@@ -9,6 +9,8 @@ pub mod messages;
 pub mod queue;
 pub mod send;
 pub mod session;
+pub mod stats;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,10 +87,12 @@ impl ApiState {
         admin::add_domain, admin::list_domains, admin::delete_domain, admin::create_dkim_key,
         admin::list_dkim_keys, admin::delete_dkim_key,
         admin::add_user, admin::list_users, admin::delete_user, admin::set_password,
-        messages::list, messages::get, messages::raw, messages::attachment, messages::patch, messages::delete,
+        messages::list, messages::get, messages::raw, messages::html, messages::attachment, messages::patch, messages::delete,
         send::send,
         queue::list, queue::get, queue::retry, queue::cancel,
         cluster::view,
+        stats::stats,
+        trace::trace,
     ),
     modifiers(&SecuritySchemes)
 )]
@@ -361,6 +365,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(messages::delete),
         )
         .route("/messages/{id}/raw", get(messages::raw))
+        .route("/messages/{id}/html", get(messages::html))
         .route("/messages/{id}/attachments/{n}", get(messages::attachment))
         .route(
             "/send",
@@ -372,6 +377,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/queue/{id}", get(queue::get).delete(queue::cancel))
         .route("/queue/{id}/retry", post(queue::retry))
         .route("/cluster", get(cluster::view))
+        .route("/stats", get(stats::stats))
+        .route("/trace", get(trace::trace))
         .route("/debug/faults", post(inject_fault));
     let mut app = Router::new()
         .route("/health", get(health::health))

@@ -1,6 +1,7 @@
 //! Message content: trace headers added at acceptance, and the fields the API shows, parsed
 //! with mail-parser (MIME, RFC 2047 encoded words, charsets).
 
+pub mod html;
 pub mod wire;
 
 use std::borrow::Cow;
@@ -326,6 +327,38 @@ pub fn attachment(data: &[u8], n: usize) -> Option<(AttachmentInfo, Vec<u8>)> {
         },
         part.contents().to_vec(),
     ))
+}
+
+/// A message's HTML body and the Content-IDs of its attachments, for the HTML view.
+#[derive(Debug, Clone)]
+pub struct HtmlBody {
+    /// First text/html body, decoded.
+    pub html: String,
+    /// `(Content-ID without angle brackets, attachment index)` for each attachment that has one.
+    pub content_ids: Vec<(String, usize)>,
+}
+
+/// The first text/html body and the attachments' Content-IDs, or `None` when the message has
+/// no HTML part (an HTML body that mail-parser converted from text does not count).
+pub fn html_body(data: &[u8]) -> Option<HtmlBody> {
+    let msg = MessageParser::default().parse(data)?;
+    msg.html_bodies()
+        .next()
+        .filter(|p| p.is_content_type("text", "html"))?;
+    let html = msg.body_html(0)?.into_owned();
+    let content_ids = msg
+        .attachments()
+        .enumerate()
+        .filter_map(|(n, part)| {
+            let id = part
+                .content_id()?
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>');
+            (!id.is_empty()).then(|| (id.to_string(), n))
+        })
+        .collect();
+    Some(HtmlBody { html, content_ids })
 }
 
 /// A [`Millis`] as RFC 3339 text, to the second.

@@ -33,6 +33,7 @@ const TABLES: &[(&str, bool)] = &[
     ("messages", false),
     ("mailbox_entries", true),
     ("queue", true),
+    ("delivery_attempts", true),
     ("partition_leases", false),
     ("dkim_keys", false),
 ];

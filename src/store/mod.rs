@@ -22,8 +22,8 @@ use serde::Serialize;
 pub use blob::{BlobError, BlobStore, blob_key};
 pub use dkim_keys::{DkimKeyRecord, DkimKeyStore};
 pub use queue::{
-    EntryUpdate, Lease, LeaseGrant, LeaseInfo, QueueEntry, QueueFilter, QueueStatus, QueueStore,
-    partition_of,
+    ATTEMPT_DETAIL_MAX, Activity, Attempt, AttemptRecord, EntryUpdate, Lease, LeaseGrant,
+    LeaseInfo, QueueEntry, QueueFilter, QueueStatus, QueueStore, TraceMessage, partition_of,
 };
 pub use sql::SqlStore;
 

@@ -161,6 +161,54 @@ pub struct EntryUpdate {
     pub next_attempt_at: Millis,
     /// The failure, if any.
     pub last_error: Option<String>,
+    /// The delivery attempt this update records (none for a retry or a cancellation).
+    pub attempt: Option<Attempt>,
+}
+
+/// One delivery attempt, kept for the message trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// `delivered`, `deferred`, `failed` (no one to notify) or `bounced` (sender notified).
+    pub outcome: &'static str,
+    /// The remote reply or the local error (stored truncated to [`ATTEMPT_DETAIL_MAX`]).
+    pub detail: String,
+}
+
+/// The longest attempt detail stored, in bytes.
+pub const ATTEMPT_DETAIL_MAX: usize = 1024;
+
+/// A stored attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// When it ended.
+    pub attempted_at: Millis,
+    /// See [`Attempt::outcome`].
+    pub outcome: String,
+    /// See [`Attempt::detail`].
+    pub detail: String,
+    /// The node that made it.
+    pub node: String,
+}
+
+/// What the message trace shows of a message.
+#[derive(Debug, Clone)]
+pub struct TraceMessage {
+    /// Internal id.
+    pub id: String,
+    /// `Message-ID:` header.
+    pub message_id: Option<String>,
+    /// `From:` header.
+    pub from: String,
+    /// Envelope sender.
+    pub envelope_from: String,
+    /// Arrival.
+    pub received_at: Millis,
+    /// Stored size.
+    pub size: i64,
+    /// Local mailboxes holding it.
+    pub local_recipients: Vec<String>,
+    /// Its queue rows, each with its attempts (oldest first).
+    pub remote: Vec<(QueueEntry, Vec<AttemptRecord>)>,
 }
 
 /// Filter of the queue listing.
@@ -232,6 +280,27 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Pending row counts by partition and status, for metrics (reads only the index of
     /// pending rows, however much history the table keeps).
     async fn queue_depth(&self) -> Result<Vec<(u32, QueueStatus, i64)>, StoreError>;
+    /// Activity since `since` and the deferred mail by domain, for the dashboard; every
+    /// count reads an index (the recent or pending rows), not the retained history.
+    async fn activity(&self, since: Millis, top_domains: u32) -> Result<Activity, StoreError>;
+    /// The messages `q` names (a queue id, an internal message id or a `Message-ID:`
+    /// header, with or without brackets), newest first, at most `limit`.
+    async fn trace(&self, q: &str, limit: u32) -> Result<Vec<TraceMessage>, StoreError>;
+}
+
+/// What [`QueueStore::activity`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Messages accepted (by SMTP or the send API) since the cutoff.
+    pub accepted: i64,
+    /// Remote recipients whose row reached `delivered` since the cutoff.
+    pub delivered: i64,
+    /// Remote recipients whose row reached `failed` (bounced to the sender) since the cutoff.
+    pub bounced: i64,
+    /// Remote recipients deferred since the cutoff and still waiting for a retry.
+    pub deferred: i64,
+    /// Deferred rows by recipient domain, most first (then by name).
+    pub deferred_by_domain: Vec<(String, i64)>,
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use sqlx::any::AnyRow;
 use super::messages::insert_accepted;
 use super::{Dialect, SqlStore, Tx};
 use crate::store::queue::{
-    EntryUpdate, Lease, LeaseGrant, LeaseInfo, QueueEntry, QueueFilter, QueueStatus, QueueStore,
+    ATTEMPT_DETAIL_MAX, Activity, AttemptRecord, EntryUpdate, Lease, LeaseGrant, LeaseInfo,
+    QueueEntry, QueueFilter, QueueStatus, QueueStore, TraceMessage,
 };
 use crate::store::{AcceptedMessage, Millis, Page, StoreError, now_millis};
 
@@ -110,11 +111,35 @@ pub(crate) async fn apply_fenced(
         if changed != 1 {
             return Err(lost());
         }
+        // After the fenced UPDATE, in its transaction: an attempt is recorded only with
+        // the row change it explains.
+        if let Some(attempt) = &u.attempt {
+            sqlx::query(
+                "INSERT INTO delivery_attempts (queue_id, attempted_at, outcome, detail, node) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(u.id)
+            .bind(now)
+            .bind(attempt.outcome)
+            .bind(truncated(&attempt.detail, ATTEMPT_DETAIL_MAX))
+            .bind(&lease.owner)
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     for m in new_messages {
         insert_accepted(conn, m).await?;
     }
     Ok(())
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Deletes finished rows last changed before `before`, inside the caller's transaction;
@@ -123,6 +148,14 @@ pub(crate) async fn delete_finished(
     tx: &mut Tx,
     before: Millis,
 ) -> Result<Vec<String>, StoreError> {
+    // Their attempts first (they refer to the rows).
+    sqlx::query(
+        "DELETE FROM delivery_attempts WHERE queue_id IN (SELECT id FROM queue \
+         WHERE status IN ('delivered', 'failed', 'cancelled') AND updated_at < $1)",
+    )
+    .bind(before)
+    .execute(&mut **tx)
+    .await?;
     let rows = sqlx::query(
         "DELETE FROM queue WHERE status IN ('delivered', 'failed', 'cancelled') \
          AND updated_at < $1 RETURNING message_id",
@@ -143,6 +176,19 @@ pub(crate) async fn delete_finished(
 /// cost follows the pending mail, not the retained history.
 const QUEUE_DEPTH: &str = "SELECT partition, status, COUNT(*) FROM queue \
      WHERE status IN ('queued', 'deferred') GROUP BY partition, status";
+
+/// Finished and deferred rows changed since $1: reads `queue_by_status_updated`.
+const RECENT_BY_STATUS: &str = "SELECT status, COUNT(*) FROM queue \
+     WHERE status IN ('delivered', 'failed', 'deferred') AND updated_at >= $1 GROUP BY status";
+
+/// Messages received since $1: reads `messages_by_received`.
+const RECENT_ACCEPTED: &str = "SELECT COUNT(*) FROM messages WHERE received_at >= $1";
+
+/// Deferred rows by domain. The `IN` term repeats the predicate of the partial index
+/// `queue_pending_by_domain`, which lets SQLite pick it.
+const DEFERRED_BY_DOMAIN: &str = "SELECT domain, COUNT(*) AS n FROM queue \
+     WHERE status IN ('queued', 'deferred') AND status = 'deferred' \
+     GROUP BY domain ORDER BY n DESC, domain LIMIT $1";
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -430,6 +476,128 @@ impl QueueStore for SqlStore {
         }
         Ok(out)
     }
+
+    async fn activity(&self, since: Millis, top_domains: u32) -> Result<Activity, StoreError> {
+        let mut out = Activity {
+            accepted: sqlx::query_scalar(RECENT_ACCEPTED)
+                .bind(since)
+                .fetch_one(self.pool())
+                .await?,
+            ..Activity::default()
+        };
+        for r in sqlx::query(RECENT_BY_STATUS)
+            .bind(since)
+            .fetch_all(self.pool())
+            .await?
+        {
+            let count: i64 = r.try_get(1)?;
+            match QueueStatus::parse(&r.try_get::<String, _>(0)?) {
+                Some(QueueStatus::Delivered) => out.delivered = count,
+                Some(QueueStatus::Failed) => out.bounced = count,
+                Some(QueueStatus::Deferred) => out.deferred = count,
+                _ => {}
+            }
+        }
+        for r in sqlx::query(DEFERRED_BY_DOMAIN)
+            .bind(i64::from(top_domains))
+            .fetch_all(self.pool())
+            .await?
+        {
+            out.deferred_by_domain.push((r.try_get(0)?, r.try_get(1)?));
+        }
+        Ok(out)
+    }
+
+    async fn trace(&self, q: &str, limit: u32) -> Result<Vec<TraceMessage>, StoreError> {
+        let q = q.trim();
+        let header = q.trim_start_matches('<').trim_end_matches('>');
+        let mut ids: Vec<String> = Vec::new();
+        if let Ok(queue_id) = q.parse::<i64>() {
+            ids.extend(
+                sqlx::query_scalar::<_, String>("SELECT message_id FROM queue WHERE id = $1")
+                    .bind(queue_id)
+                    .fetch_optional(self.pool())
+                    .await?,
+            );
+        }
+        ids.extend(
+            sqlx::query_scalar::<_, String>("SELECT id FROM messages WHERE id = $1")
+                .bind(q)
+                .fetch_optional(self.pool())
+                .await?,
+        );
+        ids.extend(
+            sqlx::query_scalar::<_, String>(
+                "SELECT id FROM messages WHERE message_id = $1 ORDER BY received_at DESC LIMIT $2",
+            )
+            .bind(header)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?,
+        );
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|id| seen.insert(id.clone()));
+        ids.truncate(limit as usize);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(m) = sqlx::query(
+                "SELECT id, message_id, from_addr, envelope_from, received_at, size \
+                 FROM messages WHERE id = $1",
+            )
+            .bind(&id)
+            .fetch_optional(self.pool())
+            .await?
+            else {
+                continue;
+            };
+            let local_recipients = sqlx::query_scalar(
+                "SELECT DISTINCT u.email FROM mailbox_entries e JOIN users u ON u.id = e.user_id \
+                 WHERE e.message_id = $1 ORDER BY u.email",
+            )
+            .bind(&id)
+            .fetch_all(self.pool())
+            .await?;
+            let rows = sqlx::query(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE q.message_id = $1 ORDER BY q.id"
+            ))
+            .bind(&id)
+            .fetch_all(self.pool())
+            .await?;
+            let mut remote = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let entry = entry_from_row(row)?;
+                let attempts = sqlx::query(
+                    "SELECT attempted_at, outcome, detail, node FROM delivery_attempts \
+                     WHERE queue_id = $1 ORDER BY id",
+                )
+                .bind(entry.id)
+                .fetch_all(self.pool())
+                .await?
+                .iter()
+                .map(|a| {
+                    Ok(AttemptRecord {
+                        attempted_at: a.try_get(0)?,
+                        outcome: a.try_get(1)?,
+                        detail: a.try_get(2)?,
+                        node: a.try_get(3)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                remote.push((entry, attempts));
+            }
+            out.push(TraceMessage {
+                id: m.try_get(0)?,
+                message_id: m.try_get(1)?,
+                from: m.try_get(2)?,
+                envelope_from: m.try_get(3)?,
+                received_at: m.try_get(4)?,
+                size: m.try_get(5)?,
+                local_recipients,
+                remote,
+            });
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -537,6 +705,7 @@ mod tests {
             attempts: entry.attempts + 1,
             next_attempt_at: now_millis() + 60_000,
             last_error: Some("451 later".into()),
+            attempt: None,
         }
     }
 
@@ -756,6 +925,7 @@ mod tests {
             attempts: 1,
             next_attempt_at: now_millis(),
             last_error: Some("451 later".into()),
+            attempt: None,
         };
         apply(&store, &a, std::slice::from_ref(&update))
             .await
@@ -813,19 +983,45 @@ mod tests {
             .expect("due")
             .remove(0);
         assert_eq!(entry.status, QueueStatus::Queued);
-        apply(
-            &store,
-            &lease,
-            &[EntryUpdate {
-                id: entry.id,
-                status: QueueStatus::Delivered,
-                attempts: 1,
-                next_attempt_at: entry.next_attempt_at,
-                last_error: None,
-            }],
-        )
-        .await
-        .expect("apply");
+        let update = EntryUpdate {
+            id: entry.id,
+            status: QueueStatus::Delivered,
+            attempts: 1,
+            next_attempt_at: entry.next_attempt_at,
+            last_error: None,
+            attempt: Some(crate::store::Attempt {
+                outcome: "delivered",
+                detail: format!("250 {}", "é".repeat(1000)),
+            }),
+        };
+        // A stale epoch writes neither the row nor its attempt.
+        let stale = Lease {
+            epoch: lease.epoch + 1,
+            ..lease.clone()
+        };
+        assert!(
+            apply(&store, &stale, std::slice::from_ref(&update))
+                .await
+                .is_err()
+        );
+        async fn attempts(store: &SqlStore) -> Vec<AttemptRecord> {
+            store
+                .trace("m1", 5)
+                .await
+                .expect("trace")
+                .remove(0)
+                .remote
+                .remove(0)
+                .1
+        }
+        assert!(attempts(&store).await.is_empty());
+        apply(&store, &lease, &[update]).await.expect("apply");
+        let recorded = attempts(&store).await;
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].outcome, "delivered");
+        assert_eq!(recorded[0].node, "n");
+        // Cut to 1 KB on a character boundary.
+        assert!(recorded[0].detail.len() <= ATTEMPT_DETAIL_MAX && recorded[0].detail.len() > 1000);
         assert!(
             store
                 .due_entries(0, "r.test", 10)
@@ -836,6 +1032,11 @@ mod tests {
         let keys = store.purge_finished(now_millis() + 1).await.expect("purge");
         assert_eq!(keys, vec!["0".repeat(64)]);
         assert_eq!(store.count_messages().await.expect("count"), 0);
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_attempts")
+            .fetch_one(store.pool())
+            .await
+            .expect("count attempts");
+        assert_eq!(left, 0, "attempts are purged with their rows");
     }
 
     #[tokio::test]
@@ -929,6 +1130,37 @@ mod tests {
         assert_eq!(
             store.queue_depth().await.expect("depth"),
             vec![(2, QueueStatus::Queued, 1)]
+        );
+    }
+
+    /// The dashboard refreshes often: each of its queries must search an index.
+    #[tokio::test]
+    async fn activity_reads_indexes() {
+        let (_dir, store) = store().await;
+        for query in [RECENT_BY_STATUS, RECENT_ACCEPTED, DEFERRED_BY_DOMAIN] {
+            let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
+                .bind(0_i64)
+                .fetch_all(store.pool())
+                .await
+                .expect("plan")
+                .iter()
+                .map(|r| r.try_get::<String, _>(3).expect("detail"))
+                .collect();
+            assert!(
+                plan.iter().any(|step| step.starts_with("SEARCH "))
+                    && !plan.iter().any(|step| step.starts_with("SCAN ")),
+                "{query}: {plan:?}"
+            );
+        }
+        write(&store, WriteOp::Accept(message("m1", "x@r.test", 2)))
+            .await
+            .expect("commit");
+        let activity = store.activity(0, 20).await.expect("activity");
+        assert_eq!(activity.accepted, 1);
+        assert_eq!(activity.deferred_by_domain, vec![]);
+        assert_eq!(
+            store.activity(i64::MAX, 20).await.expect("later").accepted,
+            0
         );
     }
 

@@ -1,0 +1,224 @@
+"""API endpoints the web UI needs: the sanitized HTML view of a message, the dashboard's
+stats and the message trace with its delivery attempts."""
+
+import contextlib
+import json
+import time
+
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import requests
+
+from conftest import DOMAIN, USER_PASSWORD, assert_error, run_cli, setup_domain_and_user
+from test_delivery import REMOTE, receiver, relay_server, submit, wait_queue  # noqa: F401 (fixture)
+
+# The smallest valid PNG (1x1, transparent): its bytes must come back from the attachment URL.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6300010000000500010d0a2db40000000049454e44ae426082"
+)
+
+
+def html_mail(to: str) -> EmailMessage:
+    """multipart/alternative (text + multipart/related HTML with a cid: image)."""
+    msg = EmailMessage()
+    msg["From"] = "Mallory <mallory@remote.test>"
+    msg["To"] = to
+    msg["Subject"] = "Newsletter"
+    msg["Message-ID"] = make_msgid(domain="remote.test")
+    msg.set_content("Plain text version.\n")
+    cid = "logo.1234@remote.test"
+    msg.add_alternative(
+        f"""<html><body>
+<h1>Hello</h1>
+<script>document.title = 'pwned'</script>
+<img src="x.png" onerror="alert('onerror')">
+<p onclick="steal()">Click <a href="javascript:alert('js')">here</a> or
+<a href="https://example.org/page">there</a>.</p>
+<img src="https://tracker.remote.test/pixel.gif?u=bob" alt="tracker">
+<img src="cid:{cid}" alt="logo">
+</body></html>""",
+        subtype="html",
+    )
+    msg.get_payload()[1].add_related(PNG, "image", "png", cid=f"<{cid}>", filename="logo.png")
+    return msg
+
+
+def send_html_mail(srv, to: str) -> str:
+    with srv.smtp() as s:
+        s.send_message(html_mail(to), from_addr="mallory@remote.test", to_addrs=[to])
+    items = srv.api(to, USER_PASSWORD).wait_messages(1)
+    assert len(items) == 1, items
+    return items[0]["id"]
+
+
+def test_html_view_is_sanitized_and_blocks_remote_images(server):
+    srv = server()
+    bob, carol = setup_domain_and_user(srv, users=("bob", "carol"))
+    mid = send_html_mail(srv, bob)
+    api = srv.api(bob, USER_PASSWORD)
+
+    r = api.get(f"/api/v1/messages/{mid}/html")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    csp = r.headers["content-security-policy"]
+    assert csp.startswith("sandbox;"), csp
+    assert "default-src 'none'" in csp and "img-src 'self' data:" in csp, csp
+    assert "http" not in csp and "script" not in csp, csp
+    assert r.headers["x-remote-images-blocked"] == "1"
+    html = r.text
+    lower = html.lower()
+    assert "<h1>Hello</h1>" in html
+    for bad in ("<script", "pwned", "onerror", "onclick", "javascript:", "tracker.remote.test"):
+        assert bad not in lower, (bad, html)
+    assert 'href="https://example.org/page"' in html
+    assert 'rel="noopener noreferrer"' in html and 'target="_blank"' in html, html
+    assert "cid:" not in html
+
+    # The cid: image points at the attachment carrying that Content-ID, which serves the PNG.
+    detail = api.get(f"/api/v1/messages/{mid}").json()
+    names = [a["filename"] for a in detail["attachments"]]
+    assert "logo.png" in names, detail["attachments"]
+    src = f'/api/v1/messages/{mid}/attachments/{names.index("logo.png")}'
+    assert f'src="{src}"' in html, html
+    img = api.get(src)
+    assert img.status_code == 200, img.text
+    assert img.content == PNG
+    assert img.headers["content-type"] == "image/png"
+
+    # Allowing remote images keeps the tracker and widens img-src, nothing else.
+    r = api.get(f"/api/v1/messages/{mid}/html", params={"remote_images": "allow"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-remote-images-blocked"] == "0"
+    assert 'src="https://tracker.remote.test/pixel.gif?u=bob"' in r.text, r.text
+    assert "https: http:" in r.headers["content-security-policy"]
+    assert "<script" not in r.text.lower() and "javascript:" not in r.text.lower()
+
+    assert_error(api.get(f"/api/v1/messages/{mid}/html", params={"remote_images": "yes"}), 400)
+
+    # Another user cannot tell the message exists; nor read its attachment.
+    other = srv.api(carol, USER_PASSWORD)
+    assert_error(other.get(f"/api/v1/messages/{mid}/html"), 404, "not_found")
+    assert_error(other.get(src), 404, "not_found")
+    assert other.get(f"/api/v1/messages/{mid}/html").status_code == 404
+
+
+def test_html_view_of_a_text_only_message_is_404(server):
+    srv = server()
+    (bob,) = setup_domain_and_user(srv)
+    with srv.smtp() as s:
+        s.sendmail("alice@remote.test", [bob], (
+            f"From: alice@remote.test\r\nTo: {bob}\r\nSubject: plain\r\n\r\nJust text.\r\n"
+        ))
+    api = srv.api(bob, USER_PASSWORD)
+    (item,) = api.wait_messages(1)
+    err = assert_error(api.get(f"/api/v1/messages/{item['id']}/html"), 404, "not_found")
+    assert "HTML" in err["message"], err
+    assert_error(api.get("/api/v1/messages/999999/html"), 404, "not_found")
+
+
+def test_html_view_is_in_the_openapi_document(srv):
+    doc = srv.api().get("/api/v1/openapi.json").json()
+    op = doc["paths"]["/api/v1/messages/{id}/html"]["get"]
+    assert "text/html; charset=utf-8" in op["responses"]["200"]["content"], op
+    assert {p["name"] for p in op["parameters"]} == {"id", "remote_images"}, op
+
+
+# ---------------------------------------------------------------------- dashboard stats
+
+
+def test_stats_count_the_last_hour_and_the_deferred_mail(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    admin = srv.api()
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    carol = srv.api(f"carol@{DOMAIN}", USER_PASSWORD)
+
+    empty = admin.get("/api/v1/stats")
+    assert empty.status_code == 200, empty.text
+    assert empty.json() == {
+        "last_hour": {"accepted": 0, "delivered": 0, "bounced": 0, "deferred": 0},
+        "queue": {"queued": 0, "deferred": 0},
+        "deferred_by_domain": [],
+    }
+
+    submit(srv, [f"carol@{DOMAIN}"], "local")
+    submit(srv, [f"alice@{REMOTE}"], "delivered")
+    submit(srv, [f"always451@{REMOTE}"], "deferred")
+    submit(srv, [f"always451-again@{REMOTE}"], "deferred too")
+    submit(srv, [f"reject@{REMOTE}"], "bounced")
+    carol.wait_messages(1)
+    rcv.wait(1)
+    wait_queue(srv, lambda items: sorted(i["status"] for i in items)
+               == ["deferred", "deferred", "delivered", "failed"])
+    # The bounce to bob is a message accepted too.
+    assert bob.wait_messages(1)[0]["subject"] == "Undelivered Mail Returned to Sender"
+
+    r = admin.get("/api/v1/stats")
+    assert r.status_code == 200, r.text
+    stats = r.json()
+    assert stats["last_hour"] == {"accepted": 6, "delivered": 1, "bounced": 1, "deferred": 2}, stats
+    assert stats["queue"] == {"queued": 0, "deferred": 2}, stats
+    assert stats["deferred_by_domain"] == [{"domain": REMOTE, "count": 2}], stats
+
+    assert_error(bob.get("/api/v1/stats"), 403, "forbidden")
+    assert_error(requests.get(srv.base_url + "/api/v1/stats", timeout=5), 401)
+
+
+# ---------------------------------------------------------------------- message trace
+
+
+def test_trace_shows_each_delivery_attempt(server, receiver, tmp_path):
+    rcv = receiver()
+    rcv.tempfail_left = 1
+    srv = relay_server(server, rcv)
+    admin = srv.api()
+    bob = f"bob@{DOMAIN}"
+    header_id = f"trace-{time.time_ns()}@example.test"
+    with contextlib.closing(srv.submission(bob, USER_PASSWORD)) as s:
+        s.sendmail(bob, [f"tempfail@{REMOTE}", f"carol@{DOMAIN}"], (
+            f"From: {bob}\r\nTo: tempfail@{REMOTE}, carol@{DOMAIN}\r\nSubject: traced\r\n"
+            f"Message-ID: <{header_id}>\r\n\r\nHello.\r\n"
+        ).encode())
+    rcv.wait(1)
+    (row,) = wait_queue(srv, lambda items: items and items[0]["status"] == "delivered")
+
+    r = admin.get("/api/v1/trace", params={"q": f"<{header_id}>"})
+    assert r.status_code == 200, r.text
+    (msg,) = r.json()["messages"]
+    assert msg["message_id"] == header_id
+    assert msg["envelope_from"] == bob and bob in msg["from"]
+    assert msg["local_recipients"] == [f"carol@{DOMAIN}"]
+    assert msg["size"] > 0 and msg["received_at"].endswith("Z")
+    (remote,) = msg["remote"]
+    assert remote["queue_id"] == row["id"]
+    assert remote["recipient"] == f"tempfail@{REMOTE}"
+    assert remote["status"] == "delivered" and remote["attempts"] == 2
+    outcomes = [a["outcome"] for a in remote["history"]]
+    assert outcomes == ["deferred", "delivered"], remote["history"]
+    assert "451" in remote["history"][0]["detail"], remote["history"]
+    assert all(a["node"] for a in remote["history"])
+    assert remote["history"][0]["attempted_at"] <= remote["history"][1]["attempted_at"]
+
+    # The same message by queue id, by internal id and by the bare header.
+    for q in (str(row["id"]), msg["id"], header_id):
+        again = admin.get("/api/v1/trace", params={"q": q})
+        assert again.status_code == 200, (q, again.text)
+        assert [m["id"] for m in again.json()["messages"]] == [msg["id"]], q
+
+    assert_error(admin.get("/api/v1/trace", params={"q": "no-such@example.test"}), 404, "not_found")
+    assert_error(admin.get("/api/v1/trace", params={"q": "987654321"}), 404, "not_found")
+    assert_error(admin.get("/api/v1/trace"), 400)
+    user = srv.api(bob, USER_PASSWORD)
+    assert_error(user.get("/api/v1/trace", params={"q": header_id}), 403, "forbidden")
+
+    # The history moves with `db export`.
+    dump = tmp_path / "dump"
+    p = run_cli(["--config", str(srv.config_path), "db", "export", "--output", str(dump)], timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((dump / "manifest.json").read_text())["tables"]["delivery_attempts"] == 2
+    rows = [json.loads(line) for line in (dump / "delivery_attempts.jsonl").read_text().splitlines()]
+    assert [r["outcome"] for r in rows] == ["deferred", "delivered"], rows
