@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -52,23 +51,6 @@ def compose_command() -> list[str] | None:
 
 def image_exists(name: str) -> bool:
     return _ok(["docker", "image", "inspect", name])
-
-
-def ensure_images(images: Iterable[str]) -> list[str]:
-    """Builds the images with scripts/build-images if any is missing (once, however many
-    test processes ask at the same time: they wait on a lock file); returns those still missing
-    (all of them when the script is not there)."""
-    images = list(images)
-    missing = [i for i in images if not image_exists(i)]
-    script = REPO / "scripts" / "build-images"
-    if not missing or not script.exists():
-        return missing
-    with open(Path(os.environ.get("TMPDIR", "/tmp")) / "mairust-build-images.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        missing = [i for i in images if not image_exists(i)]
-        if missing:
-            subprocess.run([str(script)], check=True, timeout=1800, cwd=REPO)
-    return [i for i in images if not image_exists(i)]
 
 
 def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

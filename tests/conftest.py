@@ -30,6 +30,8 @@ from typing import Any, Iterable
 import pytest
 import requests
 
+from compose_util import docker_unavailable
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = os.environ.get("MAIRUST_BIN", str(REPO / "target" / "debug" / "mairust"))
 
@@ -797,6 +799,7 @@ SERIAL_MODULES = {
     "test_cluster.py": "test_cluster.py",
     "test_images.py": "docker",
     "test_compose.py": "docker",
+    "test_compose_cluster.py": "docker",
 }
 
 
@@ -896,16 +899,6 @@ def mailsrv(server) -> Server:
 
 
 # ---------------------------------------------------------------------- docker
-
-
-def docker_unavailable() -> str | None:
-    """Why Docker cannot be used here, or None."""
-    if shutil.which("docker") is None:
-        return "docker is not installed"
-    r = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        return f"the docker daemon is unreachable: {r.stderr.strip()[:200]}"
-    return None
 
 
 def cargo_version() -> str:

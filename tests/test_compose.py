@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import smtplib
 import subprocess
 import time
@@ -19,6 +18,7 @@ from datetime import datetime
 
 import pytest
 import requests
+from compose_util import compose_command
 from conftest import (
     ADMIN_EMAIL,
     BACKEND,
@@ -38,16 +38,6 @@ pytestmark = pytest.mark.skipif(
 
 DOCKER_DIR = REPO / "docker"
 UP_TIMEOUT = 180
-
-
-def compose_command() -> list[str]:
-    """`docker compose` (v2) if present, else docker-compose v1 (which needs --compatibility
-    to apply deploy.resources)."""
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose", "--compatibility"]
-    pytest.skip("neither `docker compose` nor docker-compose is installed")
 
 
 class Project:
@@ -282,7 +272,6 @@ def test_production_starts_in_health_order_and_carries_mail(production):
     assert p.leftovers() == {"containers": [], "volumes": [], "networks": []}
 
 
-@pytest.mark.xfail(reason="web role not yet merged", strict=False)
 def test_production_web_serves_the_ui_and_proxies_the_api(production):
     p = production
     web = f"http://127.0.0.1:{p.ports['web']}"

@@ -13,6 +13,7 @@ import time
 import uuid
 
 import pytest
+from compose_util import docker
 from conftest import BACKEND, cargo_version
 
 # The images carry their own backends: one run, in the SQLite + files pass of scripts/test.
@@ -29,13 +30,6 @@ EXPECTED_ROLES = {
     "api": "api",
     "web": "web",
 }
-
-
-def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert r.returncode == 0, f"docker {' '.join(args)}: {r.stderr}"
-    return r
 
 
 def inspect(ref: str) -> dict:
@@ -110,11 +104,10 @@ def test_image_defaults(docker_images):
             assert env["MAIRUST_SERVER__API_PORT"] == "80"
             assert "80/tcp" in config["ExposedPorts"]
         else:
-            assert env["MAIRUST_SERVER__API_PORT"] == "8080"
+            # The binary's defaults (25, 587, 8080): a config file's ports are not overridden.
+            assert not any(k.endswith("_PORT") for k in env), env
         if name in ("all-in-one", "core"):
-            assert {"2525/tcp", "2587/tcp"} <= set(config["ExposedPorts"])
-            assert env["MAIRUST_SERVER__SMTP_PORT"] == "2525"
-            assert env["MAIRUST_SERVER__SUBMISSION_PORT"] == "2587"
+            assert {"25/tcp", "587/tcp", "8080/tcp"} <= set(config["ExposedPorts"])
 
 
 def test_runtime_files(docker_images):
