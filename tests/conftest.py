@@ -935,4 +935,5 @@ def docker_images() -> dict[str, str]:
     names["postgres"] = "mairust-test/postgres:15"
     names["s3"] = "mairust-test/s3:latest"
     names["build_output"] = r.stdout
+    names["binary"] = str(Path(binary).resolve())
     return names

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 from compose_util import docker
-from conftest import BACKEND, cargo_version
+from conftest import BACKEND, REPO, cargo_version
 
 # The images carry their own backends: one run, in the SQLite + files pass of scripts/test.
 pytestmark = pytest.mark.skipif(
@@ -69,11 +69,20 @@ def wait_healthy(cid: str, timeout: float = 60) -> dict:
 
 
 def test_sizes_are_within_the_spec_targets(docker_images):
+    """The spec's targets hold for images of a release binary (scripts/build-images enforces
+    them then). The suite builds its images from the binary it tests, a larger debug build:
+    then what the image adds to the binary (runtime, files) must stay small."""
     print("\n" + docker_images["build_output"])
+    binary = (REPO / "target" / "docker" / "mairust").stat().st_size
+    release = "/release/" in docker_images["binary"]
     for name in ROLE_IMAGES:
         size = inspect(docker_images[name])["Size"]
-        print(f"{docker_images[name]}: {size / 1e6:.1f} MB (target < {SIZE_TARGET_MB[name]} MB)")
-        assert size < SIZE_TARGET_MB[name] * 1_000_000, name
+        print(f"{docker_images[name]}: {size / 1e6:.1f} MB (target < {SIZE_TARGET_MB[name]} MB; "
+              f"binary {binary / 1e6:.1f} MB, {'release' if release else 'debug'} build)")
+        if release:
+            assert size < SIZE_TARGET_MB[name] * 1_000_000, name
+        else:
+            assert size - binary < 20_000_000, (name, size, binary)
 
 
 def test_labels_name_version_source_and_licence(docker_images):
@@ -127,18 +136,37 @@ def test_runtime_files(docker_images):
     assert not [f for f in files if f.startswith(("usr/bin/apt", "usr/bin/dpkg", "bin/sh"))]
 
 
+HARDENED = ("--read-only", "--user", "65532:65532", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges:true", "--health-interval", "1s",
+            "--health-start-period", "30s")
+
+
+@pytest.fixture
+def network():
+    """A private Docker network, removed at teardown (after the containers fixture's)."""
+    name = f"mairust-img-{uuid.uuid4().hex[:8]}"
+    docker("network", "create", name)
+    yield name
+    docker("network", "rm", name, check=False)
+
+
 @pytest.mark.parametrize("name", ROLE_IMAGES)
-def test_runs_read_only_as_non_root_and_becomes_healthy(docker_images, containers, name):
+def test_runs_read_only_as_non_root_and_becomes_healthy(docker_images, network, containers, name):
+    extra = []
+    if name == "web":
+        # A web node is ready when the API it proxies to answers: give it one.
+        api = containers(docker_images["api"], *HARDENED, "--network", network,
+                         "-e", "MAIRUST_ADMIN_EMAIL=admin@admin.test",
+                         "-e", "MAIRUST_ADMIN_PASSWORD=admin-password-123")
+        wait_healthy(api)
+        extra = ["-e", f"API_URL=http://{inspect(api)['Name'].lstrip('/')}:8080"]
     cid = containers(
         docker_images[name],
-        "--read-only",
-        "--user", "65532:65532",
-        "--cap-drop", "ALL",
-        "--security-opt", "no-new-privileges:true",
-        "--health-interval", "1s",
-        "--health-start-period", "30s",
+        *HARDENED,
+        "--network", network,
         "-e", "MAIRUST_ADMIN_EMAIL=admin@admin.test",
         "-e", "MAIRUST_ADMIN_PASSWORD=admin-password-123",
+        *extra,
     )
     wait_healthy(cid)
     # The server process itself, seen from the host.
