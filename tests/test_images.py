@@ -8,13 +8,15 @@ starts is removed at teardown, with its anonymous volumes.
 from __future__ import annotations
 
 import json
+import smtplib
 import subprocess
 import time
 import uuid
 
 import pytest
+import requests
 from compose_util import docker
-from conftest import BACKEND, REPO, cargo_version
+from conftest import BACKEND, REPO, cargo_version, free_ports, insecure_tls
 
 # The images carry their own backends: one run, in the SQLite + files pass of scripts/test.
 pytestmark = pytest.mark.skipif(
@@ -47,6 +49,7 @@ def containers():
         started.append(cid)
         return cid
 
+    run.started = started
     yield run
     for cid in started:
         docker("rm", "-f", "-v", cid, check=False)
@@ -214,6 +217,52 @@ def test_the_quick_start_volume_keeps_the_data(docker_images, containers):
     finally:
         if cid:
             docker("rm", "-f", cid, check=False)
+        docker("volume", "rm", "-f", volume, check=False)
+
+
+def test_the_quick_start_command_gives_a_working_server(docker_images, containers):
+    """The spec's `docker run -p 25:25 -p 587:587 -p 8080:8080 -v mairust_data:/var/lib/mairust
+    mairust/all-in-one`, on free host ports: mail in on 25, the generated admin signs in on 587
+    (STARTTLS) and reads it back over the API on 8080."""
+    volume = f"mairust-img-{uuid.uuid4().hex[:8]}"
+    smtp, submission, api = free_ports(3)
+    try:
+        cid = containers(
+            docker_images["all-in-one"], "--health-interval", "1s",
+            "-p", f"127.0.0.1:{smtp}:25", "-p", f"127.0.0.1:{submission}:587",
+            "-p", f"127.0.0.1:{api}:8080", "-v", f"{volume}:/var/lib/mairust",
+        )
+        wait_healthy(cid)
+        password = docker("run", "--rm", "--entrypoint", "cat", "-v", f"{volume}:/state",
+                          docker_images["s3"], "/state/db/initial-admin-password").stdout.strip()
+        admin = inspect(cid)["Config"]["Hostname"]
+        email = f"admin@{admin}"
+        base = f"http://127.0.0.1:{api}"
+        auth = (email, password)
+        assert requests.post(base + "/api/v1/domains", json={"name": "quick.test"}, auth=auth,
+                             timeout=10).status_code == 201
+        r = requests.post(base + "/api/v1/users", auth=auth, timeout=10,
+                          json={"email": "bob@quick.test", "password": "bob-password-123"})
+        assert r.status_code == 201, r.text
+        with smtplib.SMTP("127.0.0.1", smtp, timeout=20) as s:
+            s.ehlo("client.test")
+            s.sendmail("alice@remote.test", ["bob@quick.test"],
+                       b"From: alice@remote.test\r\nTo: bob@quick.test\r\nSubject: over 25\r\n\r\nHi.\r\n")
+        with smtplib.SMTP("127.0.0.1", submission, timeout=20) as s:
+            s.ehlo("client.test")
+            s.starttls(context=insecure_tls())
+            s.ehlo("client.test")
+            s.login("bob@quick.test", "bob-password-123")
+        deadline = time.monotonic() + 10
+        while True:
+            items = requests.get(base + "/api/v1/messages", auth=("bob@quick.test", "bob-password-123"),
+                                 timeout=10).json()["items"]
+            if items or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert [m["subject"] for m in items] == ["over 25"], items
+    finally:
+        docker("rm", "-f", *containers.started, check=False)
         docker("volume", "rm", "-f", volume, check=False)
 
 
