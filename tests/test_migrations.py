@@ -6,9 +6,11 @@ messages byte for byte. Uses private PostgreSQL and s3s-fs instances (the `servi
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.policy
 import json
 import signal
+import sqlite3
 import subprocess
 import time
 from email.message import EmailMessage
@@ -18,6 +20,7 @@ import pytest
 from conftest import (
     BIN,
     DOMAIN,
+    ServerStartError,
     USER_PASSWORD,
     clean_env,
     fs_blobs,
@@ -218,3 +221,22 @@ def test_the_way_back_to_sqlite_and_files_with_encrypted_bodies(server, services
 
     back = server(target, env=env)
     assert mailbox(back) == before
+
+
+def test_an_older_build_on_a_newer_schema_stops_at_once_saying_why(server):
+    """Rolling back the binary across a migration: the database knows a migration this build
+    does not. That is not an outage to wait out: the server exits at once and says what to do."""
+    srv = server()
+    srv.stop()
+    path = srv.config["database"]["url"].split("://", 1)[1]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("INSERT INTO _sqlx_migrations (version, description, success, checksum, "
+                   "execution_time) VALUES (9999, 'from a newer build', 1, X'00', 1)")
+        db.commit()
+    started = time.monotonic()
+    with pytest.raises(ServerStartError) as failed:
+        srv.start(first=False)
+    took = time.monotonic() - started
+    text = str(failed.value)
+    assert "newer MaiRust" in text and "9999" in text, text
+    assert took < 10, f"gave up after {took:.1f}s, not at once"

@@ -443,6 +443,16 @@ pub struct Stores {
     pub cipher: Option<crypto::Cipher>,
 }
 
+/// Whether a migration error says the schema is another build's (a newer one, or changed
+/// migrations), which waiting does not cure.
+fn schema_is_foreign(error: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    matches!(
+        error,
+        MigrateError::VersionMissing(_) | MigrateError::VersionMismatch(_) | MigrateError::Dirty(_)
+    )
+}
+
 /// Runs `connect` until it succeeds or `deadline` passes, logging each failed attempt and
 /// backing off from 0.5 s to 5 s.
 pub async fn retry_until<T, E, F, Fut>(
@@ -509,9 +519,25 @@ impl Stores {
     /// the master key against the data.
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
         let deadline = tokio::time::Instant::now() + config.server.startup_timeout;
-        let sql = Arc::new(
-            retry_until(deadline, "database", || SqlStore::connect(&config.database)).await?,
-        );
+        // A schema this build does not know is no outage to wait out: it fails at once.
+        let connected = retry_until(deadline, "database", || async {
+            match SqlStore::connect(&config.database).await {
+                Err(StoreError::Migrate(e)) if schema_is_foreign(&e) => Ok(Err(e)),
+                other => other.map(Ok),
+            }
+        })
+        .await?;
+        let sql = Arc::new(connected.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(version) => anyhow::anyhow!(
+                "the database was migrated by a newer MaiRust (its migration {version} is unknown \
+                 to this build): run that version or a later one, or restore the dump taken \
+                 before the upgrade (docs/DEPLOYMENT.md, upgrading and rolling back)"
+            ),
+            other => anyhow::anyhow!(
+                "the database's schema does not match this build's migrations: {other}; run the \
+                 MaiRust version that created it, or restore a dump"
+            ),
+        })?);
         let backend = Self::blob_backend(config, deadline).await?;
         let cipher = match &config.security.master_key {
             Some(key) => Some(crypto::Cipher::from_master_key(key)?),
