@@ -306,11 +306,23 @@ pub struct SmtpConfig {
     pub vrfy: bool,
     /// Allow AUTH without TLS (only for testing).
     pub allow_insecure_auth: bool,
+    /// Clients in these networks may relay without AUTH, on either port (Postfix's
+    /// `mynetworks`): `10.0.0.0/8`, `2001:db8::/32`, or a single address.
+    #[serde(deserialize_with = "networks")]
+    pub trusted_networks: Vec<ipnet::IpNet>,
     /// Delay added per recent AUTH failure from the same address.
     #[serde(deserialize_with = "duration")]
     pub auth_failure_delay: Duration,
     /// Failures from one address allowed before the delay starts.
     pub auth_failures_free: u32,
+}
+
+impl SmtpConfig {
+    /// Whether a client at `ip` may relay without AUTH (`smtp.trusted_networks`).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_networks.iter().any(|net| net.contains(&ip))
+    }
 }
 
 impl Default for SmtpConfig {
@@ -332,6 +344,7 @@ impl Default for SmtpConfig {
             max_connections_per_ip: 50,
             vrfy: false,
             allow_insecure_auth: false,
+            trusted_networks: Vec::new(),
             auth_failure_delay: Duration::from_secs(1),
             auth_failures_free: 3,
         }
@@ -696,6 +709,7 @@ impl Config {
                 .with_list_parse_key("delivery.retry_intervals")
                 .with_list_parse_key("delivery.dns_servers")
                 .with_list_parse_key("cluster.seeds")
+                .with_list_parse_key("smtp.trusted_networks")
                 .try_parsing(true)
                 .source(Some(generic)),
         );
@@ -1065,6 +1079,24 @@ impl<'de> Deserialize<'de> for HostPort {
             ))
         })
     }
+}
+
+/// Reads networks written as CIDR (`10.0.0.0/8`, `2001:db8::/32`) or single addresses.
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{text}` is not a network: write `10.0.0.0/8`, `2001:db8::/32` or one address"
+                    ))
+                })
+        })
+        .collect()
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {

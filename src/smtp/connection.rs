@@ -124,6 +124,7 @@ impl<P: SessionPolicy> Connection<P> {
                 max_errors: config.smtp.max_errors,
                 max_junk_commands: config.smtp.max_junk_commands,
                 vrfy_enabled: config.smtp.vrfy,
+                trusted_client: config.smtp.is_trusted(args.peer.ip()),
             },
             PeerInfo { ip: args.peer.ip() },
         );

@@ -78,6 +78,8 @@ pub struct SmtpPolicy {
     ctx: Arc<SmtpContext>,
     kind: ListenerKind,
     peer: SocketAddr,
+    /// The client is in `smtp.trusted_networks`: it may relay without AUTH.
+    trusted: bool,
     /// The current transaction's accepted recipients, by lower-cased address.
     recipients: HashMap<String, Route>,
 }
@@ -118,6 +120,7 @@ impl SmtpPolicy {
     /// The policy for one connection from `peer` on a `kind` listener.
     pub fn new(ctx: Arc<SmtpContext>, kind: ListenerKind, peer: SocketAddr) -> Self {
         Self {
+            trusted: ctx.config.smtp.is_trusted(peer.ip()),
             ctx,
             kind,
             peer,
@@ -157,7 +160,9 @@ impl SmtpPolicy {
     }
 
     fn check_sender(&self, address: &str, authenticated: Option<&str>) -> Answer {
-        if self.kind == ListenerKind::Submission {
+        // A trusted client without AUTH (an application server) sends as anyone, as with
+        // Postfix's mynetworks; a signed-in user only as themselves.
+        if self.kind == ListenerKind::Submission && (authenticated.is_some() || !self.trusted) {
             let owner = authenticated.unwrap_or_default();
             if !address.eq_ignore_ascii_case(owner) {
                 events::emit(SmtpMessageRejected {
@@ -243,7 +248,8 @@ impl SmtpPolicy {
                 ),
             ),
             Ok(RecipientLookup::NotHosted)
-                if self.kind == ListenerKind::Submission && authenticated.is_some() =>
+                if (self.kind == ListenerKind::Submission && authenticated.is_some())
+                    || self.trusted =>
             {
                 self.recipients
                     .insert(address.to_ascii_lowercase(), Route::Remote);
@@ -286,8 +292,9 @@ impl SmtpPolicy {
     }
 
     async fn accept(&mut self, envelope: Envelope, data: Vec<u8>) -> Answer {
-        if self.kind == ListenerKind::Submission {
-            let owner = envelope.authenticated.as_deref().unwrap_or_default();
+        if self.kind == ListenerKind::Submission
+            && let Some(owner) = envelope.authenticated.as_deref()
+        {
             let foreign = message::foreign_senders(&data, owner);
             if let Some(first) = foreign.first() {
                 events::emit(SmtpForeignHeaderSender {
@@ -342,8 +349,12 @@ impl SmtpPolicy {
             local_recipients: local,
             remote_recipients: remote,
             data: stored,
-            // Submission checked that From and Sender are the user's own address.
-            sign_for: envelope.authenticated.clone(),
+            // Submission checked that From and Sender are the user's own address. A trusted
+            // network's mail is signed for its envelope sender's domain (when From is there too).
+            sign_for: envelope
+                .authenticated
+                .clone()
+                .or_else(|| self.trusted.then(|| envelope.mail_from.clone())),
         };
         let size = match self.ctx.acceptor.accept(incoming).await {
             Ok(size) => size,

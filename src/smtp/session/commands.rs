@@ -212,7 +212,7 @@ impl ServerSession {
         if self.tx.mail_from.is_some() {
             return self.error(Reply::new(503, (5, 5, 1), "Nested MAIL command"));
         }
-        if self.config.submission && self.auth_user.is_none() {
+        if self.config.submission && self.auth_user.is_none() && !self.config.trusted_client {
             return self.error(Reply::new(530, (5, 7, 0), "Authentication required"));
         }
         let has_params = from.flags != 0 || from.size != 0 || from.auth.is_some();

@@ -170,6 +170,8 @@ pub struct SessionConfig {
     pub max_junk_commands: usize,
     /// Answer VRFY with a non-committal 252 instead of 502.
     pub vrfy_enabled: bool,
+    /// The client is in `smtp.trusted_networks`: on submission, MAIL needs no AUTH first.
+    pub trusted_client: bool,
 }
 
 impl Default for SessionConfig {
@@ -188,6 +190,7 @@ impl Default for SessionConfig {
             max_errors: 20,
             max_junk_commands: 100,
             vrfy_enabled: false,
+            trusted_client: false,
         }
     }
 }
