@@ -1,0 +1,155 @@
+"""The web UI in a real browser: Debian's Chromium driven by Selenium against an all-in-one
+server. Sign-in (and its error), the inbox, reading a text and an HTML mail, sign-out."""
+
+import shutil
+import uuid
+
+import pytest
+import requests
+
+from conftest import DOMAIN, USER_PASSWORD, setup_domain_and_user, simple_message
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+BOB = f"bob@{DOMAIN}"
+COOKIE = "mairust_session"
+WAIT = 15
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (tests/requirements.txt)")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+    pytest.skip("Debian's chromium and chromium-driver are not installed (/usr/bin/chromium, "
+                "/usr/bin/chromedriver); .ci/run installs them", allow_module_level=True)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.set_page_load_timeout(WAIT)
+    yield driver
+    driver.quit()
+
+
+def wait(driver, condition):
+    return WebDriverWait(driver, WAIT).until(condition)
+
+
+def visible(driver, element_id):
+    return wait(driver, EC.visibility_of_element_located((By.ID, element_id)))
+
+
+def csp_violations(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser")
+            if "Content Security Policy" in e["message"] or "Content-Security-Policy" in e["message"]]
+
+
+def sign_in(driver, email, password):
+    visible(driver, "email").clear()
+    driver.find_element(By.ID, "email").send_keys(email)
+    driver.find_element(By.ID, "password").clear()
+    driver.find_element(By.ID, "password").send_keys(password, Keys.ENTER)
+
+
+def html_message(subject: str) -> bytes:
+    boundary = uuid.uuid4().hex
+    return (
+        f"From: Alice <alice@remote.test>\r\nTo: {BOB}\r\nSubject: {subject}\r\n"
+        f"Date: Tue, 24 Nov 2026 11:00:00 +0000\r\nMessage-ID: <{boundary}@remote.test>\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary={boundary}\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe plain version.\r\n"
+        f"--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        "<html><body><p id=\"greeting\">Hello in <b>HTML</b>.</p>"
+        "<script>window.top.pwned = 1; parent.document.title = 'pwned';</script>"
+        "<img src=\"x\" onerror=\"parent.pwned = 2\"></body></html>\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+
+
+def test_sign_in_read_mail_and_sign_out_in_chromium(server, browser):
+    srv = server()
+    setup_domain_and_user(srv)
+    driver = browser
+
+    driver.get(srv.base_url + "/")
+    # Nobody signed in: the form, and an error written for people on a wrong password.
+    sign_in(driver, BOB, "not-the-password")
+    error = driver.find_element(By.ID, "sign-in-error")
+    wait(driver, lambda d: error.text == "Wrong email or password.")
+    assert error.get_attribute("aria-live") and not driver.find_element(By.ID, "inbox-view").is_displayed()
+
+    # Signed in with an empty mailbox: the empty state.
+    sign_in(driver, BOB, USER_PASSWORD)
+    empty = visible(driver, "empty")
+    assert empty.text == "No mail yet."
+    assert driver.find_element(By.ID, "whoami").text == BOB
+    assert not driver.find_element(By.ID, "admin-link").is_displayed()
+
+    # Mail over SMTP shows up in the inbox, unread in bold.
+    code, _ = srv.send(BOB, simple_message("Lunch on Friday?", "Shall we meet at noon?\r\n"))
+    assert code == 250
+    driver.refresh()
+    row = wait(driver, EC.visibility_of_element_located((By.CSS_SELECTOR, "#message-rows tr")))
+    assert "Lunch on Friday?" in row.text and "alice@remote.test" in row.text
+    assert int(row.value_of_css_property("font-weight")) >= 700
+    assert not driver.find_element(By.ID, "empty").is_displayed()
+
+    # Enter on the row opens it: headers and the text; it is read now.
+    row.send_keys(Keys.ENTER)
+    assert visible(driver, "msg-subject").text == "Lunch on Friday?"
+    wait(driver, lambda d: d.find_element(By.ID, "msg-text").text == "Shall we meet at noon?")
+    assert "alice@remote.test" in driver.find_element(By.ID, "msg-from").text
+    assert not driver.find_element(By.ID, "msg-html").is_displayed()
+    wait(driver, lambda d: d.find_element(By.ID, "toggle-seen").text == "Mark as unread")
+    items = srv.api(BOB, USER_PASSWORD).get("/api/v1/messages").json()["items"]
+    assert [m["seen"] for m in items] == [True]
+    driver.find_element(By.ID, "back").click()
+    row = wait(driver, EC.visibility_of_element_located((By.CSS_SELECTOR, "#message-rows tr")))
+    wait(driver, lambda d: int(d.find_element(By.CSS_SELECTOR, "#message-rows tr")
+                                .value_of_css_property("font-weight")) < 700)
+
+    # An HTML mail: shown in the sandboxed frame, its script gone and nothing of it ran.
+    title = driver.title
+    code, _ = srv.send(BOB, html_message("Newsletter"))
+    assert code == 250
+    driver.refresh()
+    rows = wait(driver, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#message-rows tr")
+                                   if "Newsletter" in r.text])
+    rows[0].click()
+    frame = visible(driver, "msg-html")
+    assert frame.get_attribute("sandbox") == ""
+    driver.switch_to.frame(frame)
+    # The sanitizer keeps the text and markup, not the attributes a script could use.
+    greeting = wait(driver, EC.presence_of_element_located((By.TAG_NAME, "p")))
+    assert greeting.text == "Hello in HTML.", driver.page_source
+    assert driver.find_elements(By.TAG_NAME, "script") == []
+    assert "onerror" not in driver.page_source
+    driver.switch_to.default_content()
+    assert driver.execute_script("return window.pwned === undefined") is True
+    assert driver.title == title
+
+    # Sign-out: back to the form, and the old cookie opens nothing any more.
+    cookie = driver.get_cookie(COOKIE)
+    assert cookie and cookie["httpOnly"]
+    api_with_cookie = requests.get(srv.base_url + "/api/v1/messages",
+                                   cookies={COOKIE: cookie["value"]}, timeout=15)
+    assert api_with_cookie.status_code == 200
+    driver.find_element(By.ID, "sign-out").click()
+    visible(driver, "sign-in-form")
+    assert not driver.find_element(By.ID, "inbox-view").is_displayed()
+    r = requests.get(srv.base_url + "/api/v1/messages", cookies={COOKIE: cookie["value"]}, timeout=15)
+    assert r.status_code == 401, r.text
+    driver.refresh()
+    visible(driver, "sign-in-form")
+
+    assert csp_violations(driver) == []
