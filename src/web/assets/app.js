@@ -15,6 +15,8 @@ let currentCursor = null;
 let nextCursor = null;
 /** The message being read. */
 let current = null;
+/** What to tell the user once the next view is shown (a view change clears the status line). */
+let notice = "";
 
 class HttpError extends Error {
   constructor(status, body) {
@@ -259,7 +261,7 @@ async function deleteMessage() {
   try {
     await api("DELETE", `/messages/${encodeURIComponent(current.id)}`);
     current = null;
-    say("Message deleted.");
+    notice = "Message deleted.";
     location.hash = "#inbox";
   } catch (error) {
     say(explain(error));
@@ -294,7 +296,8 @@ async function start() {
     loadInbox();
   });
   window.addEventListener("hashchange", () => {
-    say("");
+    say(notice);
+    notice = "";
     route();
   });
   try {
