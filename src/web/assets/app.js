@@ -150,7 +150,8 @@ async function openMessage(id) {
   $("msg-date").textContent = formatDate(msg.date);
   const text = $("msg-text");
   text.textContent = msg.text || "";
-  text.hidden = !msg.text;
+  // The HTML view, when there is one, is the message; the text part would repeat it.
+  text.hidden = !msg.text || Boolean(msg.html);
   const frame = $("msg-html");
   if (msg.html) {
     frame.src = `${API}/messages/${encodeURIComponent(msg.id)}/html`;
