@@ -169,6 +169,7 @@ def test_sign_in_read_mail_and_sign_out_in_chromium(server, browser):
     assert api_with_cookie.status_code == 200
     driver.find_element(By.ID, "sign-out").click()
     visible(driver, "sign-in-form")
+    assert driver.find_element(By.ID, "status").text == "You are signed out."
     assert not driver.find_element(By.ID, "inbox-view").is_displayed()
     r = requests.get(srv.base_url + "/api/v1/messages", cookies={COOKIE: cookie["value"]}, timeout=15)
     assert r.status_code == 401, r.text
@@ -252,4 +253,11 @@ def test_pages_attachments_read_flag_delete_and_the_admin_link(server, browser):
     visible(driver, "inbox-view")
     wait(driver, lambda d: "deleted" in d.find_element(By.ID, "status").text)
     assert bob.get(f"/api/v1/messages/{message_id}").status_code == 404
+
+    # A password reset ends the session: the next view is the form, saying why.
+    r = srv.api().put(f"/api/v1/users/{BOB}/password", json={"password": "another-password-456"})
+    assert r.status_code in (200, 204), r.text
+    driver.execute_script("location.hash = '#inbox-again'")
+    visible(driver, "sign-in-form")
+    assert driver.find_element(By.ID, "status").text == "Your session has ended. Please sign in again."
     assert csp_violations(driver) == []

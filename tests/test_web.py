@@ -396,6 +396,8 @@ def assert_ui_page(base_url: str) -> None:
     css = requests.get(base_url + "/assets/style.css", timeout=5)
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert css.headers.get("content-security-policy", "").startswith(CSP)
+    # The whole first page (the page, its style and its script) stays small.
+    assert len(r.content) + len(css.content) + len(js.content) < 200_000
     assert_error(requests.get(base_url + "/assets/nope.js", timeout=5), 404, "not_found")
 
 

@@ -67,6 +67,8 @@ function show(view) {
 }
 
 function showSignIn() {
+  // Sent back here by a 401 while signed in: the session expired or was revoked.
+  if (session) say("Your session has ended. Please sign in again.");
   session = null;
   current = null;
   show("sign-in-view");
@@ -239,9 +241,10 @@ async function signOut() {
       return;
     }
   }
-  say("You are signed out.");
+  session = null;
   history.replaceState(null, "", location.pathname);
   showSignIn();
+  say("You are signed out.");
 }
 
 async function toggleSeen() {
