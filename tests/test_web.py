@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import http.server
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -386,10 +387,17 @@ def assert_ui_page(base_url: str) -> None:
     assert csp.startswith(CSP), csp
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     # No inline script or style that the CSP would block anyway.
-    assert "<script" not in r.text and "<style" not in r.text and "style=" not in r.text
+    assert "<style" not in r.text and "style=" not in r.text
+    # Scripts only as files of this origin: every <script> names its src.
+    assert re.findall(r"<script\b[^>]*>", r.text) == ['<script type="module" src="/assets/app.js">'], r.text
+    js = requests.get(base_url + "/assets/app.js", timeout=5)
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    assert js.headers.get("content-security-policy", "").startswith(CSP)
     css = requests.get(base_url + "/assets/style.css", timeout=5)
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert css.headers.get("content-security-policy", "").startswith(CSP)
+    # The whole first page (the page, its style and its script) stays small.
+    assert len(r.content) + len(css.content) + len(js.content) < 200_000
     assert_error(requests.get(base_url + "/assets/nope.js", timeout=5), 404, "not_found")
 
 

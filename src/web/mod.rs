@@ -33,6 +33,7 @@ const CONTENT_SECURITY_POLICY: &str =
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const STYLE_CSS: &str = include_str!("assets/style.css");
+const APP_JS: &str = include_str!("assets/app.js");
 
 /// State of a web-only process's handlers.
 #[derive(Clone)]
@@ -99,6 +100,7 @@ async fn index() -> Response {
 async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "style.css" => page("text/css; charset=utf-8", STYLE_CSS),
+        "app.js" => page("text/javascript; charset=utf-8", APP_JS),
         _ => ApiError::not_found(format!("no asset named {file}")).into_response(),
     }
 }

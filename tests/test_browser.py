@@ -1,0 +1,263 @@
+"""The web UI in a real browser: Debian's Chromium driven by Selenium against an all-in-one
+server. Sign-in (and its error), the inbox, reading a text and an HTML mail, sign-out."""
+
+import contextlib
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import DOMAIN, USER_PASSWORD, setup_domain_and_user, simple_message
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+BOB = f"bob@{DOMAIN}"
+COOKIE = "mairust_session"
+WAIT = 15
+SHOTS = Path(__file__).parent / "screenshots"
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (tests/requirements.txt)")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+    pytest.skip("Debian's chromium and chromium-driver are not installed (/usr/bin/chromium, "
+                "/usr/bin/chromedriver); .ci/run installs them", allow_module_level=True)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.set_page_load_timeout(WAIT)
+    yield driver
+    driver.quit()
+
+
+def wait(driver, condition):
+    return WebDriverWait(driver, WAIT).until(condition)
+
+
+def visible(driver, element_id):
+    return wait(driver, EC.visibility_of_element_located((By.ID, element_id)))
+
+
+def csp_violations(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser")
+            if "Content Security Policy" in e["message"] or "Content-Security-Policy" in e["message"]]
+
+
+def screenshot(driver, name: str) -> None:
+    """Desktop and 360 px pictures of the page, for people to look at; at 360 px nothing may
+    need sideways scrolling."""
+    SHOTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(SHOTS / f"{name}-desktop.png"))
+    driver.set_window_size(360, 800)
+    try:
+        wait(driver, lambda d: d.execute_script("return window.innerWidth") <= 360)
+        driver.save_screenshot(str(SHOTS / f"{name}-360.png"))
+        overflow = driver.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{name}: {overflow} px wider than a 360 px screen"
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+def sign_in(driver, email, password):
+    visible(driver, "email").clear()
+    driver.find_element(By.ID, "email").send_keys(email)
+    driver.find_element(By.ID, "password").clear()
+    driver.find_element(By.ID, "password").send_keys(password, Keys.ENTER)
+
+
+def html_message(subject: str) -> bytes:
+    boundary = uuid.uuid4().hex
+    return (
+        f"From: Alice <alice@remote.test>\r\nTo: {BOB}\r\nSubject: {subject}\r\n"
+        f"Date: Tue, 24 Nov 2026 11:00:00 +0000\r\nMessage-ID: <{boundary}@remote.test>\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary={boundary}\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe plain version.\r\n"
+        f"--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        "<html><body><p id=\"greeting\">Hello in <b>HTML</b>.</p>"
+        "<script>window.top.pwned = 1; parent.document.title = 'pwned';</script>"
+        "<img src=\"x\" onerror=\"parent.pwned = 2\"></body></html>\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+
+
+def test_sign_in_read_mail_and_sign_out_in_chromium(server, browser):
+    srv = server()
+    setup_domain_and_user(srv)
+    driver = browser
+
+    driver.get(srv.base_url + "/")
+    # Nobody signed in: the form, and an error written for people on a wrong password.
+    sign_in(driver, BOB, "not-the-password")
+    error = driver.find_element(By.ID, "sign-in-error")
+    wait(driver, lambda d: error.text == "Wrong email or password.")
+    screenshot(driver, "sign-in")
+    assert error.get_attribute("aria-live") and not driver.find_element(By.ID, "inbox-view").is_displayed()
+
+    # Signed in with an empty mailbox: the empty state.
+    sign_in(driver, BOB, USER_PASSWORD)
+    empty = visible(driver, "empty")
+    assert empty.text == "No mail yet."
+    screenshot(driver, "inbox-empty")
+    assert driver.find_element(By.ID, "whoami").text == BOB
+    assert not driver.find_element(By.ID, "admin-link").is_displayed()
+
+    # Mail over SMTP shows up in the inbox, unread in bold.
+    code, _ = srv.send(BOB, simple_message("Lunch on Friday?", "Shall we meet at noon?\r\n"))
+    assert code == 250
+    driver.refresh()
+    row = wait(driver, EC.visibility_of_element_located((By.CSS_SELECTOR, "#message-rows tr")))
+    assert "Lunch on Friday?" in row.text and "alice@remote.test" in row.text
+    assert int(row.value_of_css_property("font-weight")) >= 700
+    assert not driver.find_element(By.ID, "empty").is_displayed()
+    screenshot(driver, "inbox")
+
+    # Enter on the row opens it: headers and the text; it is read now.
+    row.send_keys(Keys.ENTER)
+    assert visible(driver, "msg-subject").text == "Lunch on Friday?"
+    wait(driver, lambda d: d.find_element(By.ID, "msg-text").text == "Shall we meet at noon?")
+    assert "alice@remote.test" in driver.find_element(By.ID, "msg-from").text
+    assert not driver.find_element(By.ID, "msg-html").is_displayed()
+    wait(driver, lambda d: d.find_element(By.ID, "toggle-seen").text == "Mark as unread")
+    items = srv.api(BOB, USER_PASSWORD).get("/api/v1/messages").json()["items"]
+    assert [m["seen"] for m in items] == [True]
+    driver.find_element(By.ID, "back").click()
+    row = wait(driver, EC.visibility_of_element_located((By.CSS_SELECTOR, "#message-rows tr")))
+    wait(driver, lambda d: int(d.find_element(By.CSS_SELECTOR, "#message-rows tr")
+                                .value_of_css_property("font-weight")) < 700)
+
+    # An HTML mail: shown in the sandboxed frame, its script gone and nothing of it ran.
+    title = driver.title
+    code, _ = srv.send(BOB, html_message("Newsletter"))
+    assert code == 250
+    driver.refresh()
+    rows = wait(driver, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#message-rows tr")
+                                   if "Newsletter" in r.text])
+    rows[0].click()
+    frame = visible(driver, "msg-html")
+    assert frame.get_attribute("sandbox") == ""
+    driver.switch_to.frame(frame)
+    # The sanitizer keeps the text and markup, not the attributes a script could use.
+    greeting = wait(driver, EC.presence_of_element_located((By.TAG_NAME, "p")))
+    assert greeting.text == "Hello in HTML.", driver.page_source
+    assert driver.find_elements(By.TAG_NAME, "script") == []
+    assert "onerror" not in driver.page_source
+    driver.switch_to.default_content()
+    assert driver.execute_script("return window.pwned === undefined") is True
+    screenshot(driver, "message-html")
+    assert driver.title == title
+
+    # Sign-out: back to the form, and the old cookie opens nothing any more.
+    cookie = driver.get_cookie(COOKIE)
+    assert cookie and cookie["httpOnly"]
+    api_with_cookie = requests.get(srv.base_url + "/api/v1/messages",
+                                   cookies={COOKIE: cookie["value"]}, timeout=15)
+    assert api_with_cookie.status_code == 200
+    driver.find_element(By.ID, "sign-out").click()
+    visible(driver, "sign-in-form")
+    assert driver.find_element(By.ID, "status").text == "You are signed out."
+    assert not driver.find_element(By.ID, "inbox-view").is_displayed()
+    r = requests.get(srv.base_url + "/api/v1/messages", cookies={COOKIE: cookie["value"]}, timeout=15)
+    assert r.status_code == 401, r.text
+    driver.refresh()
+    visible(driver, "sign-in-form")
+
+    assert csp_violations(driver) == []
+
+
+def attachment_message(subject: str) -> bytes:
+    boundary = uuid.uuid4().hex
+    return (
+        f"From: Carol <carol@remote.test>\r\nTo: {BOB}\r\nSubject: {subject}\r\n"
+        f"Date: Tue, 24 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{boundary}@remote.test>\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary={boundary}\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe report is attached.\r\n"
+        f"--{boundary}\r\nContent-Type: text/csv; name=report.csv\r\n"
+        "Content-Disposition: attachment; filename=report.csv\r\n\r\na,b\r\n1,2\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+
+
+def test_pages_attachments_read_flag_delete_and_the_admin_link(server, browser):
+    srv = server()
+    setup_domain_and_user(srv)
+    driver = browser
+    # 51 mails: one more than a page.
+    with contextlib.closing(srv.smtp()) as s:
+        for i in range(50):
+            s.sendmail("alice@remote.test", [BOB], simple_message(f"Bulk {i:02d}"))
+    assert srv.send(BOB, attachment_message("Quarterly report"))[0] == 250
+
+    # An admin sees the (placeholder) way to the console; it is not built yet.
+    srv.api().add_user(f"root@{DOMAIN}", USER_PASSWORD, is_admin=True)
+    driver.get(srv.base_url + "/")
+    sign_in(driver, f"root@{DOMAIN}", USER_PASSWORD)
+    link = visible(driver, "admin-link")
+    link.click()
+    assert "later version" in visible(driver, "admin-view").text
+    driver.find_element(By.ID, "sign-out").click()
+    visible(driver, "sign-in-form")
+
+    sign_in(driver, BOB, USER_PASSWORD)
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#message-rows tr")) == 50)
+    first_page = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#message-rows tr")]
+    assert driver.find_element(By.ID, "prev-page").get_attribute("disabled")
+    driver.find_element(By.ID, "next-page").click()
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#message-rows tr")) == 1)
+    last = driver.find_element(By.CSS_SELECTOR, "#message-rows tr").text
+    assert last not in first_page
+    assert driver.find_element(By.ID, "next-page").get_attribute("disabled")
+    driver.find_element(By.ID, "prev-page").click()
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#message-rows tr")) == 50)
+    assert [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#message-rows tr")] == first_page
+
+    # The attachment mark, and the attachment as a download link that works with the session.
+    row = [r for r in driver.find_elements(By.CSS_SELECTOR, "#message-rows tr") if "Quarterly report" in r.text]
+    if not row:
+        driver.find_element(By.ID, "next-page").click()
+        wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#message-rows tr")) == 1)
+        row = driver.find_elements(By.CSS_SELECTOR, "#message-rows tr")
+    assert "📎" in row[0].text
+    row[0].click()
+    link = wait(driver, EC.visibility_of_element_located((By.CSS_SELECTOR, "#msg-attachments a")))
+    assert "report.csv" in link.text
+    cookie = driver.get_cookie(COOKIE)["value"]
+    r = requests.get(link.get_attribute("href"), cookies={COOKIE: cookie}, timeout=15)
+    assert r.status_code == 200 and r.content.replace(b"\r\n", b"\n") == b"a,b\n1,2", r.content
+    screenshot(driver, "message-attachment")
+    message_id = driver.execute_script("return location.hash").split("/", 1)[1]
+    bob = srv.api(BOB, USER_PASSWORD)
+    wait(driver, lambda d: bob.get(f"/api/v1/messages/{message_id}").json()["seen"] is True)
+
+    # Mark as unread, then delete: both reach the server.
+    toggle = driver.find_element(By.ID, "toggle-seen")
+    assert toggle.text == "Mark as unread"
+    toggle.click()
+    wait(driver, lambda d: toggle.text == "Mark as read")
+    assert bob.get(f"/api/v1/messages/{message_id}").json()["seen"] is False
+    driver.find_element(By.ID, "delete-message").click()
+    visible(driver, "inbox-view")
+    wait(driver, lambda d: "deleted" in d.find_element(By.ID, "status").text)
+    assert bob.get(f"/api/v1/messages/{message_id}").status_code == 404
+
+    # A password reset ends the session: the next view is the form, saying why.
+    r = srv.api().put(f"/api/v1/users/{BOB}/password", json={"password": "another-password-456"})
+    assert r.status_code in (200, 204), r.text
+    driver.execute_script("location.hash = '#inbox-again'")
+    visible(driver, "sign-in-form")
+    assert driver.find_element(By.ID, "status").text == "Your session has ended. Please sign in again."
+    assert csp_violations(driver) == []
