@@ -50,11 +50,15 @@ def test_a_wrong_password_gets_401_and_no_cookie(server):
                       json={"email": BOB, "password": "wrong-password"}, timeout=15)
     assert_error(r, 401)
     assert "set-cookie" not in r.headers
+    # No Basic challenge for a browser: it would open its login dialog and then send the
+    # cached password with every request, which no CSRF token guards.
+    assert "Basic" not in r.headers.get("www-authenticate", ""), r.headers
     assert_error(requests.post(srv.base_url + "/api/v1/session", json={"email": BOB}, timeout=15), 400)
     # Without a cookie (or with a made-up one), nothing is readable.
     assert_error(requests.get(srv.base_url + "/api/v1/session", timeout=15), 401)
     r = requests.get(srv.base_url + "/api/v1/messages", cookies={COOKIE: "made-up"}, timeout=15)
     assert_error(r, 401)
+    assert "Basic" not in r.headers.get("www-authenticate", ""), r.headers
 
 
 def test_changes_with_the_cookie_need_the_csrf_token(server):

@@ -34,8 +34,11 @@ impl FromRequestParts<ApiState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         if !parts.headers.contains_key(AUTHORIZATION)
-            && let Some(session) = super::session::cookie_session(&parts.headers, state).await?
+            && super::session::cookie_token(&parts.headers).is_some()
         {
+            let session = super::session::cookie_session(&parts.headers, state)
+                .await?
+                .ok_or_else(|| ApiError::signed_out("your session has ended: sign in again"))?;
             if !parts.method.is_safe() {
                 super::session::check_csrf(&parts.headers, &session)?;
             }

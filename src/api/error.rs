@@ -18,6 +18,10 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong and what to do.
     pub message: String,
+    /// A 401 carries the Basic challenge, except for browsers' sessions: a browser answers
+    /// that challenge with its login dialog, and then sends the cached password by itself
+    /// (which no CSRF token guards).
+    pub basic_challenge: bool,
 }
 
 /// The JSON shape of an error, for the OpenAPI document.
@@ -45,6 +49,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            basic_challenge: true,
+        }
+    }
+
+    /// 401 for a browser session (sign-in, an ended session): no Basic challenge.
+    pub fn signed_out(message: impl Into<String>) -> Self {
+        Self {
+            basic_challenge: false,
+            ..Self::unauthorized(message)
         }
     }
 
@@ -96,18 +109,27 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body was never read: the connection cannot carry another
-            // request, and saying so keeps clients from sending one on it.
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            // The body was not (or not wholly) read: refused by its size, or by who sent it
+            // before the handler ran. The server then closes the connection, and saying so
+            // keeps clients from sending another request on it.
             response.headers_mut().insert(
                 axum::http::header::CONNECTION,
                 axum::http::HeaderValue::from_static("close"),
             );
         }
         if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = if self.basic_challenge {
+                "Basic realm=\"mairust\", Bearer"
+            } else {
+                "Bearer"
+            };
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Basic realm=\"mairust\", Bearer"),
+                axum::http::HeaderValue::from_static(challenge),
             );
         }
         response

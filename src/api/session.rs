@@ -79,7 +79,7 @@ pub async fn sign_in(
     let user = state
         .authenticate(peer.ip(), &request.email, &request.password)
         .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid email or password"))?;
+        .ok_or_else(|| ApiError::signed_out("invalid email or password"))?;
     let token = auth::random_secret(32);
     let api = &state.config.api;
     let now = now_millis();
@@ -122,7 +122,7 @@ pub async fn current(
 ) -> ApiResult<Json<SessionInfo>> {
     let session = cookie_session(&headers, &state)
         .await?
-        .ok_or_else(|| ApiError::unauthorized("not signed in"))?;
+        .ok_or_else(|| ApiError::signed_out("not signed in"))?;
     Ok(Json(SessionInfo::of(&session)))
 }
 
@@ -137,7 +137,7 @@ pub async fn sign_out(
 ) -> ApiResult<impl IntoResponse> {
     let session = cookie_session(&headers, &state)
         .await?
-        .ok_or_else(|| ApiError::unauthorized("not signed in"))?;
+        .ok_or_else(|| ApiError::signed_out("not signed in"))?;
     check_csrf(&headers, &session)?;
     if let Some(token) = cookie_token(&headers) {
         state
