@@ -1106,18 +1106,27 @@ mod tests {
         );
     }
 
+    /// SQLite's plan steps for `query` (any `$1` bound to 0).
+    async fn query_plan(store: &SqlStore, query: &str) -> Vec<String> {
+        let sql = format!("EXPLAIN QUERY PLAN {query}");
+        let mut plan = sqlx::query(&sql);
+        if query.contains("$1") {
+            plan = plan.bind(0_i64);
+        }
+        plan.fetch_all(store.pool())
+            .await
+            .expect("plan")
+            .iter()
+            .map(|r| r.try_get::<String, _>(3).expect("detail"))
+            .collect()
+    }
+
     /// The gauges refresh every few seconds: they must read the pending rows' index, not the
     /// whole table with its retained history.
     #[tokio::test]
     async fn queue_depth_reads_only_the_pending_index() {
         let (_dir, store) = store().await;
-        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {QUEUE_DEPTH}"))
-            .fetch_all(store.pool())
-            .await
-            .expect("plan")
-            .iter()
-            .map(|r| r.try_get::<String, _>(3).expect("detail"))
-            .collect();
+        let plan = query_plan(&store, QUEUE_DEPTH).await;
         assert!(
             plan.iter()
                 .any(|step| step.starts_with("SEARCH queue USING"))
@@ -1138,14 +1147,7 @@ mod tests {
     async fn activity_reads_indexes() {
         let (_dir, store) = store().await;
         for query in [RECENT_BY_STATUS, RECENT_ACCEPTED, DEFERRED_BY_DOMAIN] {
-            let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
-                .bind(0_i64)
-                .fetch_all(store.pool())
-                .await
-                .expect("plan")
-                .iter()
-                .map(|r| r.try_get::<String, _>(3).expect("detail"))
-                .collect();
+            let plan = query_plan(&store, query).await;
             assert!(
                 plan.iter().any(|step| step.starts_with("SEARCH "))
                     && !plan.iter().any(|step| step.starts_with("SCAN ")),
