@@ -37,6 +37,8 @@ pub struct Incoming {
     pub local_recipients: Vec<i64>,
     /// Remote recipients.
     pub remote_recipients: Vec<String>,
+    /// The submitting user whose Sent folder keeps a copy (the send API).
+    pub sent_copy_for: Option<i64>,
     /// The full message as it will be stored (trace headers included).
     pub data: Vec<u8>,
     /// DKIM-sign outbound copies for this sender: only when the `From:` domain is this
@@ -86,6 +88,7 @@ impl Acceptor {
             envelope_from,
             local_recipients,
             remote_recipients,
+            sent_copy_for,
             mut data,
             sign_for,
         } = incoming;
@@ -134,6 +137,7 @@ impl Acceptor {
             envelope_from,
             summary,
             local_recipients,
+            sent_copy_for,
             remote_recipients: remote,
             expires_at: received_at.saturating_add(lifetime),
         };

@@ -363,6 +363,7 @@ pub async fn bounce(
         envelope_from: String::new(),
         summary: crate::message::summarize(&data),
         local_recipients: local,
+        sent_copy_for: None,
         remote_recipients: remote,
         expires_at: now + ctx.config.delivery.max_queue_lifetime.as_millis() as i64,
     }))

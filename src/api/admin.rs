@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Caller, ClientIp, Credential};
 use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody, OptionalJson, check_len};
 use crate::auth;
-use crate::store::{Domain, User, now_millis};
+use crate::store::{Domain, User, UserChanges, now_millis};
 
 /// A list of items.
 #[derive(Serialize, ToSchema)]
@@ -89,6 +89,29 @@ pub struct NewPassword {
         max_length = 1024
     )]
     pub password: String,
+    /// Your current password: needed to change your own password unless the request is
+    /// authenticated with it (HTTP Basic), so that a borrowed session cannot lock you out.
+    #[schema(max_length = 1024)]
+    pub current_password: Option<String>,
+}
+
+/// Body of `PATCH /api/v1/users/{email}`: the fields to change.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    /// Mailbox quota in bytes; `null` is unlimited.
+    #[schema(minimum = 0, maximum = 9007199254740991_i64)]
+    #[serde(default, deserialize_with = "present_whole_number")]
+    pub quota_bytes: Option<Option<i64>>,
+    /// Whether the account may manage the system.
+    pub is_admin: Option<bool>,
+}
+
+/// A field that may be `null`: `Some(None)` when it is, `None` when it is absent.
+fn present_whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<i64>>, D::Error> {
+    whole_number(d).map(Some)
 }
 
 /// Body of `POST /api/v1/tokens`.
@@ -215,6 +238,75 @@ pub async fn list_dkim_keys(
             .map(|(i, k)| DkimResponse::new(k, i == 0))
             .collect(),
     }))
+}
+
+/// A DNS record to publish for a hosted domain.
+#[derive(Serialize, ToSchema)]
+pub struct DnsRecord {
+    /// `MX` or `TXT`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Owner name, fully qualified without the final dot.
+    pub name: String,
+    /// Record data as a zone file wants it (TXT without quotes).
+    pub value: String,
+    /// What it is for.
+    pub purpose: String,
+}
+
+/// The DNS records a hosted domain needs: MX to this server (`server.hostname`), SPF,
+/// one DKIM TXT record per key, and a starting DMARC policy that only reports.
+#[utoipa::path(get, path = "/api/v1/domains/{name}/dns", tag = "admin",
+    params(("name" = String, Path, description = "Hosted domain")),
+    responses((status = 200, body = Items<DnsRecord>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn dns_records(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Items<DnsRecord>>> {
+    caller.require_admin()?;
+    let domain = hosted_domain(&state, &name).await?;
+    let hostname = state.config.server.hostname.trim_end_matches('.');
+    let mut items = vec![
+        DnsRecord {
+            kind: "MX",
+            name: domain.clone(),
+            value: format!("10 {hostname}."),
+            purpose: format!("mail for {domain} comes to this server"),
+        },
+        DnsRecord {
+            kind: "TXT",
+            name: domain.clone(),
+            value: "v=spf1 mx -all".into(),
+            purpose: "SPF: only the domain's MX hosts send its mail".into(),
+        },
+    ];
+    let keys = state.stores.dkim.dkim_keys(&domain).await?;
+    for (i, key) in keys.iter().enumerate() {
+        let (dns_name, dns_value) = crate::dkim::dns_record(key);
+        items.push(DnsRecord {
+            kind: "TXT",
+            name: dns_name,
+            value: dns_value,
+            purpose: if i == 0 {
+                format!("DKIM: the signing key ({})", key.selector)
+            } else {
+                format!(
+                    "DKIM: an older key ({}), keep while mail signed with it may be checked",
+                    key.selector
+                )
+            },
+        });
+    }
+    items.push(DnsRecord {
+        kind: "TXT",
+        name: format!("_dmarc.{domain}"),
+        value: format!("v=DMARC1; p=none; rua=mailto:postmaster@{domain}"),
+        purpose: "DMARC: reports only; tighten p= once the reports look right".into(),
+    });
+    Ok(Json(Items { items }))
 }
 
 /// Removes one of the domain's DKIM keys (after its DNS record is no longer needed). If it
@@ -451,18 +543,72 @@ pub async fn delete_user(
     security(("basic" = []), ("bearer" = [])))]
 pub async fn set_password(
     State(state): State<ApiState>,
+    ClientIp(ip): ClientIp,
     caller: Caller,
     ApiPath(email): ApiPath<String>,
     ApiJson(body): ApiJson<NewPassword>,
 ) -> ApiResult<StatusCode> {
-    if !email.eq_ignore_ascii_case(&caller.0.email) {
+    let own = email.eq_ignore_ascii_case(&caller.0.email);
+    if !own {
         caller.require_admin()?;
     }
     validate_password(&body.password)?;
+    if own && caller.1 != Credential::Password {
+        let current = body.current_password.as_deref().ok_or_else(|| {
+            ApiError::bad_request("give your current password in current_password")
+        })?;
+        check_len("current_password", current, MAX_PASSWORD)?;
+        if state
+            .authenticate(ip, &caller.0.email, current)
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::forbidden("the current password is wrong"));
+        }
+    }
     let hashed = hash(body.password).await?;
     state.stores.meta.set_password(&email, &hashed).await?;
     tracing::info!(user = %email, by = %caller.0.email, "password changed; the user's tokens are revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Changes a user's quota or admin flag (admin only; not your own admin flag).
+#[utoipa::path(patch, path = "/api/v1/users/{email}", tag = "admin", request_body = UserPatch,
+    params(("email" = String, Path, description = "User's address")),
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Your own admin flag")),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn update_user(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(email): ApiPath<String>,
+    ApiJson(body): ApiJson<UserPatch>,
+) -> ApiResult<Json<User>> {
+    caller.require_admin()?;
+    if body.quota_bytes.flatten().is_some_and(|q| q < 0) {
+        return Err(ApiError::bad_request("quota_bytes must not be negative"));
+    }
+    if body.is_admin.is_some() && email.eq_ignore_ascii_case(&caller.0.email) {
+        // Demoting yourself could leave nobody able to manage the system.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "you cannot change your own admin flag; ask another administrator",
+        ));
+    }
+    let user = state
+        .stores
+        .meta
+        .update_user(
+            &email,
+            &UserChanges {
+                quota_bytes: body.quota_bytes,
+                is_admin: body.is_admin,
+            },
+        )
+        .await?;
+    tracing::info!(user = %user.email, quota_bytes = ?user.quota_bytes, is_admin = user.is_admin, by = %caller.0.email, "user changed");
+    Ok(Json(user))
 }
 
 /// Longest token lifetime.

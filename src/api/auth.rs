@@ -14,9 +14,20 @@ use super::error::ApiError;
 use crate::auth;
 use crate::store::User;
 
-/// The signed-in user of a request.
+/// The signed-in user of a request, and how they proved it.
 #[derive(Debug, Clone)]
-pub struct Caller(pub User);
+pub struct Caller(pub User, pub Credential);
+
+/// What a request was authenticated with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// HTTP Basic: the request itself carries the password.
+    Password,
+    /// A bearer token.
+    Token,
+    /// The web UI's session cookie.
+    Session,
+}
 
 impl Caller {
     /// Fails with 403 unless the caller is an admin.
@@ -42,11 +53,34 @@ impl FromRequestParts<ApiState> for Caller {
             if !parts.method.is_safe() {
                 super::session::check_csrf(&parts.headers, &session)?;
             }
-            return Ok(Caller(session.user));
+            return Ok(Caller(session.user, Credential::Session));
         }
-        identify(&parts.headers, client_ip(parts), state)
-            .await
-            .map(Caller)
+        let basic = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.get(..6))
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic "));
+        let user = identify(&parts.headers, client_ip(parts), state).await?;
+        Ok(Caller(
+            user,
+            if basic {
+                Credential::Password
+            } else {
+                Credential::Token
+            },
+        ))
+    }
+}
+
+/// The client's address, as an extractor (see [`client_ip`]).
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(client_ip(parts)))
     }
 }
 

@@ -19,7 +19,7 @@ use crate::store::MailboxItem;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// Folder; default `INBOX`.
+    /// `INBOX` (default), or `Sent`: what the caller sent through the send API.
     pub folder: Option<String>,
     /// Page size; default 50, clamped to 1..=`api.max_page_size`.
     pub limit: Option<u32>,

@@ -85,8 +85,8 @@ impl ApiState {
         session::sign_in, session::current, session::sign_out,
         admin::create_token, admin::list_tokens, admin::delete_token,
         admin::add_domain, admin::list_domains, admin::delete_domain, admin::create_dkim_key,
-        admin::list_dkim_keys, admin::delete_dkim_key,
-        admin::add_user, admin::list_users, admin::delete_user, admin::set_password,
+        admin::list_dkim_keys, admin::delete_dkim_key, admin::dns_records,
+        admin::add_user, admin::list_users, admin::delete_user, admin::update_user, admin::set_password,
         messages::list, messages::get, messages::raw, messages::html, messages::attachment, messages::patch, messages::delete,
         send::send,
         queue::list, queue::get, queue::retry, queue::cancel,
@@ -350,12 +350,16 @@ pub fn router(state: ApiState) -> Router {
             "/domains/{name}/dkim",
             get(admin::list_dkim_keys).post(admin::create_dkim_key),
         )
+        .route("/domains/{name}/dns", get(admin::dns_records))
         .route(
             "/domains/{name}/dkim/{selector}",
             axum::routing::delete(admin::delete_dkim_key),
         )
         .route("/users", get(admin::list_users).post(admin::add_user))
-        .route("/users/{email}", axum::routing::delete(admin::delete_user))
+        .route(
+            "/users/{email}",
+            axum::routing::delete(admin::delete_user).patch(admin::update_user),
+        )
         .route("/users/{email}/password", put(admin::set_password))
         .route("/messages", get(messages::list))
         .route(

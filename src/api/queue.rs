@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::auth::Caller;
-use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, ErrorBody, check_len};
 use crate::actors::partition::QueueOpError;
 use crate::cluster::ErrorKind;
 use crate::message::rfc3339;
@@ -25,6 +25,9 @@ pub struct QueueQuery {
     pub status: Option<String>,
     /// Recipient domain.
     pub domain: Option<String>,
+    /// Part of the recipient address (any case), e.g. `bob@` or `example.com`.
+    #[param(max_length = 254)]
+    pub recipient: Option<String>,
     /// Page size; default 50, clamped to 1..=`api.max_page_size`.
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
@@ -168,6 +171,9 @@ pub async fn list(
     ApiQuery(query): ApiQuery<QueueQuery>,
 ) -> ApiResult<Json<QueuePage>> {
     caller.require_admin()?;
+    if let Some(r) = &query.recipient {
+        check_len("recipient", r, 254)?;
+    }
     let status = match query.status.as_deref() {
         None => None,
         Some(s) => Some(QueueStatus::parse(s).ok_or_else(|| {
@@ -184,6 +190,7 @@ pub async fn list(
             &QueueFilter {
                 status,
                 domain: query.domain,
+                recipient: query.recipient.filter(|r| !r.is_empty()),
             },
             limit,
             query.cursor.as_deref(),

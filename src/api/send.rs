@@ -333,6 +333,7 @@ pub async fn send(
             envelope_from: from.clone(),
             local_recipients: local,
             remote_recipients: remote.clone(),
+            sent_copy_for: Some(caller.0.id),
             data,
             sign_for: Some(from.clone()),
         })

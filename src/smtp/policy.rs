@@ -348,6 +348,7 @@ impl SmtpPolicy {
             envelope_from: envelope.mail_from.clone(),
             local_recipients: local,
             remote_recipients: remote,
+            sent_copy_for: None,
             data: stored,
             // Submission checked that From and Sender are the user's own address. A trusted
             // network's mail is signed for its envelope sender's domain (when From is there too).

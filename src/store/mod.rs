@@ -110,6 +110,15 @@ pub struct User {
     pub created_at: Millis,
 }
 
+/// Changes to an account; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserChanges {
+    /// New quota: `Some(None)` is unlimited.
+    pub quota_bytes: Option<Option<i64>>,
+    /// New admin flag.
+    pub is_admin: Option<bool>,
+}
+
 /// A bearer token as its owner may see it (never the secret, which is not stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
@@ -197,6 +206,8 @@ pub struct AcceptedMessage {
     pub summary: MessageSummary,
     /// Users whose INBOX receives the message.
     pub local_recipients: Vec<i64>,
+    /// The user who submitted it over the API, whose Sent folder keeps a copy.
+    pub sent_copy_for: Option<i64>,
     /// Recipients in other domains: one queue row each.
     pub remote_recipients: Vec<RemoteRecipient>,
     /// When undelivered queue rows expire (bounce).
@@ -321,6 +332,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn credentials(&self, email: &str) -> Result<Option<Credentials>, StoreError>;
     /// Replaces a password hash and revokes the user's bearer tokens (in one transaction).
     async fn set_password(&self, email: &str, password_hash: &str) -> Result<(), StoreError>;
+    /// Changes an account's quota and admin flag (fields left `None` stay as they are).
+    async fn update_user(&self, email: &str, changes: &UserChanges) -> Result<User, StoreError>;
     /// Removes an account, its mailbox and tokens; returns blob keys no longer referenced.
     async fn delete_user(&self, email: &str) -> Result<Vec<String>, StoreError>;
     /// Whether any admin account exists.

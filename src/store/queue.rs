@@ -218,6 +218,8 @@ pub struct QueueFilter {
     pub status: Option<QueueStatus>,
     /// Only rows for this domain.
     pub domain: Option<String>,
+    /// Only rows whose recipient contains this text (any case).
+    pub recipient: Option<String>,
 }
 
 /// Persistence of the delivery queue.

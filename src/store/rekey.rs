@@ -278,6 +278,7 @@ mod tests {
             envelope_from: String::new(),
             summary: MessageSummary::default(),
             local_recipients: vec![],
+            sent_copy_for: None,
             remote_recipients: vec![],
             expires_at: now_millis(),
         };

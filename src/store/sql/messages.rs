@@ -7,7 +7,7 @@ use super::{Dialect, SqlStore, Tx};
 use crate::store::blob::BlobStore;
 use crate::store::{
     AcceptedMessage, Credentials, Domain, MailboxItem, MessageSummary, MetadataStore, Millis, Page,
-    RecipientLookup, StoreError, TokenInfo, User, WebSession, WriteOp, now_millis,
+    RecipientLookup, StoreError, TokenInfo, User, UserChanges, WebSession, WriteOp, now_millis,
 };
 
 /// PostgreSQL advisory lock key serialising first-admin creation across replicas.
@@ -133,6 +133,23 @@ pub(crate) async fn insert_accepted(
         sqlx::query(
             "INSERT INTO mailbox_entries (user_id, message_id, folder, seen, created_at) \
              VALUES ($1, $2, 'INBOX', 0, $3)",
+        )
+        .bind(user_id)
+        .bind(&m.id)
+        .bind(m.received_at)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE users SET used_bytes = used_bytes + $1 WHERE id = $2")
+            .bind(m.size)
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(user_id) = m.sent_copy_for {
+        // The submitter's copy, in the same commit as the delivery itself.
+        sqlx::query(
+            "INSERT INTO mailbox_entries (user_id, message_id, folder, seen, created_at) \
+             VALUES ($1, $2, 'Sent', 1, $3)",
         )
         .bind(user_id)
         .bind(&m.id)
@@ -316,6 +333,35 @@ impl MetadataStore for SqlStore {
         Self::revoke_credentials(&mut tx, id).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn update_user(&self, email: &str, changes: &UserChanges) -> Result<User, StoreError> {
+        let email = email.trim().to_ascii_lowercase();
+        let mut tx = self.begin().await?;
+        if let Some(quota) = changes.quota_bytes {
+            sqlx::query("UPDATE users SET quota_bytes = $1 WHERE email = $2")
+                .bind(quota)
+                .bind(&email)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(is_admin) = changes.is_admin {
+            sqlx::query("UPDATE users SET is_admin = $1 WHERE email = $2")
+                .bind(flag(is_admin))
+                .bind(&email)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
+        ))
+        .bind(&email)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("user {email}")))?;
+        let user = user_from_row(&row)?;
+        tx.commit().await?;
+        Ok(user)
     }
 
     async fn delete_user(&self, email: &str) -> Result<Vec<String>, StoreError> {

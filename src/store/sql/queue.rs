@@ -434,7 +434,8 @@ impl QueueStore for SqlStore {
         let rows = sqlx::query(&format!(
             "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE q.id < $1 \
              AND ($2 = '' OR q.status = $2) AND ($3 = '' OR q.domain = $3) \
-             ORDER BY q.id DESC LIMIT $4"
+             AND ($4 = '' OR lower(q.recipient) LIKE $4 ESCAPE '\\') \
+             ORDER BY q.id DESC LIMIT $5"
         ))
         .bind(before)
         .bind(filter.status.map(QueueStatus::as_str).unwrap_or(""))
@@ -445,6 +446,15 @@ impl QueueStore for SqlStore {
                 .map(str::to_ascii_lowercase)
                 .unwrap_or_default(),
         )
+        .bind(filter.recipient.as_deref().map_or(String::new(), |r| {
+            // A case-insensitive substring: LIKE's wildcards in the text match themselves.
+            let escaped = r
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        }))
         .bind(i64::from(limit) + 1)
         .fetch_all(self.pool())
         .await?;
@@ -552,7 +562,7 @@ impl QueueStore for SqlStore {
             };
             let local_recipients = sqlx::query_scalar(
                 "SELECT DISTINCT u.email FROM mailbox_entries e JOIN users u ON u.id = e.user_id \
-                 WHERE e.message_id = $1 ORDER BY u.email",
+                 WHERE e.message_id = $1 AND e.folder = 'INBOX' ORDER BY u.email",
             )
             .bind(&id)
             .fetch_all(self.pool())
@@ -620,6 +630,7 @@ mod tests {
             envelope_from: "a@here.test".into(),
             summary: MessageSummary::default(),
             local_recipients: vec![],
+            sent_copy_for: None,
             remote_recipients: vec![RemoteRecipient {
                 recipient: rcpt.into(),
                 domain: rcpt.rsplit('@').next().unwrap_or_default().into(),
