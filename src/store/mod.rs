@@ -227,6 +227,8 @@ pub struct RemoteRecipient {
 
 /// One durable write for the storage writer's group commit.
 #[derive(Debug, Clone)]
+// One per message, moved once into the writer's channel: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum WriteOp {
     /// Store an accepted message: its row, mailbox entries and queue rows.
     Accept(AcceptedMessage),
