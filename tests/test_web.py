@@ -390,14 +390,18 @@ def assert_ui_page(base_url: str) -> None:
     assert "<style" not in r.text and "style=" not in r.text
     # Scripts only as files of this origin: every <script> names its src.
     assert re.findall(r"<script\b[^>]*>", r.text) == ['<script type="module" src="/assets/app.js">'], r.text
-    js = requests.get(base_url + "/assets/app.js", timeout=5)
-    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
-    assert js.headers.get("content-security-policy", "").startswith(CSP)
+    total = len(r.content)
+    # app.js and the modules it imports.
+    for name in ("app.js", "core.js", "mail.js", "admin.js"):
+        js = requests.get(f"{base_url}/assets/{name}", timeout=5)
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript"), name
+        assert js.headers.get("content-security-policy", "").startswith(CSP)
+        total += len(js.content)
     css = requests.get(base_url + "/assets/style.css", timeout=5)
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert css.headers.get("content-security-policy", "").startswith(CSP)
-    # The whole first page (the page, its style and its script) stays small.
-    assert len(r.content) + len(css.content) + len(js.content) < 200_000
+    # The whole first page (the page, its style and its scripts) stays small.
+    assert total + len(css.content) < 200_000
     assert_error(requests.get(base_url + "/assets/nope.js", timeout=5), 404, "not_found")
 
 

@@ -34,6 +34,9 @@ const CONTENT_SECURITY_POLICY: &str =
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 const APP_JS: &str = include_str!("assets/app.js");
+const CORE_JS: &str = include_str!("assets/core.js");
+const MAIL_JS: &str = include_str!("assets/mail.js");
+const ADMIN_JS: &str = include_str!("assets/admin.js");
 
 /// State of a web-only process's handlers.
 #[derive(Clone)]
@@ -101,6 +104,9 @@ async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "style.css" => page("text/css; charset=utf-8", STYLE_CSS),
         "app.js" => page("text/javascript; charset=utf-8", APP_JS),
+        "core.js" => page("text/javascript; charset=utf-8", CORE_JS),
+        "mail.js" => page("text/javascript; charset=utf-8", MAIL_JS),
+        "admin.js" => page("text/javascript; charset=utf-8", ADMIN_JS),
         _ => ApiError::not_found(format!("no asset named {file}")).into_response(),
     }
 }

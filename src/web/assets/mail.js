@@ -1,0 +1,313 @@
+// Webmail: the Inbox and Sent folders, reading a message, writing one, and the password page.
+
+import {
+  API, $, api, cell, el, explain, fail, focusHeading, formatDate, formatSize, HttpError, say, show,
+  state,
+} from "./core.js";
+
+const PAGE_SIZE = 50;
+
+const FOLDERS = {
+  INBOX: { hash: "#inbox", title: "Inbox", empty: "No mail yet.", who: "From" },
+  Sent: { hash: "#sent", title: "Sent", empty: "Nothing sent yet. Write a message to see it here.", who: "To" },
+};
+
+/** The folder on screen, the cursors of the pages before the current one, and the next. */
+const listing = { folder: "INBOX", before: [], cursor: null, next: null };
+/** The message being read. */
+let current = null;
+
+export function resetMailbox() {
+  listing.folder = "INBOX";
+  listing.before = [];
+  listing.cursor = null;
+  listing.next = null;
+  current = null;
+}
+
+export async function loadFolder(folder) {
+  if (folder !== listing.folder) {
+    resetMailbox();
+    listing.folder = folder;
+  }
+  const info = FOLDERS[folder];
+  show("inbox-view");
+  $("folder-title").textContent = info.title;
+  $("who-column").textContent = info.who;
+  $("empty").textContent = info.empty;
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE), folder });
+  if (listing.cursor) query.set("cursor", listing.cursor);
+  let page;
+  try {
+    page = await api("GET", `/messages?${query}`);
+  } catch (error) {
+    return fail(error);
+  }
+  listing.next = page.next_cursor || null;
+  const rows = $("message-rows");
+  rows.replaceChildren();
+  for (const item of page.items) {
+    const who = folder === "Sent" ? item.to.join(", ") : item.from;
+    const subject = item.subject || "(no subject)";
+    const tr = el("tr", { tabindex: "0", "data-id": item.id, class: item.seen ? "read" : "unread" },
+      cell(who || (folder === "Sent" ? "(no recipient)" : "(no sender)"), "from"),
+      cell(subject, "subject"),
+      cell(formatDate(item.date), "date"),
+      cell(formatSize(item.size), "size"),
+      cell(item.has_attachments ? "📎" : "", "attach"));
+    if (item.has_attachments) tr.lastChild.title = "Has attachments";
+    if (!item.seen) tr.setAttribute("aria-label", `Unread: ${subject}`);
+    rows.append(tr);
+  }
+  const empty = page.items.length === 0 && !listing.cursor;
+  $("empty").hidden = !empty;
+  $("messages").hidden = empty;
+  $("prev-page").disabled = listing.before.length === 0 && !listing.cursor;
+  $("next-page").disabled = !listing.next;
+}
+
+export async function openMessage(id) {
+  let msg;
+  try {
+    msg = await api("GET", `/messages/${encodeURIComponent(id)}`);
+  } catch (error) {
+    if (error instanceof HttpError && error.status === 404) state.notice = "That message no longer exists.";
+    else fail(error);
+    if (!(error instanceof HttpError && error.status === 401)) location.hash = FOLDERS[listing.folder].hash;
+    return;
+  }
+  current = msg;
+  show("message-view");
+  $("back").href = FOLDERS[listing.folder].hash;
+  $("back").textContent = `Back to ${FOLDERS[listing.folder].title === "Inbox" ? "the inbox" : "Sent"}`;
+  $("msg-subject").textContent = msg.subject || "(no subject)";
+  $("msg-from").textContent = msg.from;
+  $("msg-to").textContent = msg.to.join(", ");
+  $("msg-cc").textContent = msg.cc.join(", ");
+  $("msg-cc").hidden = $("msg-cc").previousElementSibling.hidden = msg.cc.length === 0;
+  $("msg-date").textContent = formatDate(msg.date);
+  const text = $("msg-text");
+  text.textContent = msg.text || "";
+  // The HTML view, when there is one, is the message; the text part would repeat it.
+  text.hidden = !msg.text || Boolean(msg.html);
+  showHtml(msg, false);
+  const list = $("msg-attachments");
+  list.replaceChildren();
+  msg.attachments.forEach((att, n) => {
+    const name = att.filename || `attachment ${n + 1}`;
+    list.append(el("li", {}, el("a", {
+      href: `${API}/messages/${encodeURIComponent(msg.id)}/attachments/${n}`,
+      download: att.filename || `attachment-${n + 1}`,
+      text: `${name} (${att.content_type}, ${formatSize(att.size)})`,
+    })));
+  });
+  $("msg-attachments-section").hidden = msg.attachments.length === 0;
+  if (!msg.seen) {
+    // Opening a message reads it, as in any mail client.
+    try {
+      await api("PATCH", `/messages/${encodeURIComponent(msg.id)}`, { seen: true });
+      msg.seen = true;
+    } catch (error) {
+      fail(error);
+    }
+  }
+  updateSeenButton();
+  focusHeading($("msg-subject"));
+}
+
+/** Shows the sanitized HTML part in the sandboxed frame; remote images stay out until the
+ * reader allows them for this message (loading one tells the sender the mail was read). */
+async function showHtml(msg, allowRemote) {
+  const frame = $("msg-html");
+  const bar = $("remote-images");
+  bar.hidden = true;
+  if (!msg.html) {
+    frame.removeAttribute("src");
+    frame.hidden = true;
+    return;
+  }
+  const url = `${API}/messages/${encodeURIComponent(msg.id)}/html${allowRemote ? "?remote_images=allow" : ""}`;
+  frame.src = url;
+  frame.hidden = false;
+  if (allowRemote) return;
+  try {
+    const response = await fetch(url, { method: "HEAD", credentials: "same-origin" });
+    const blocked = Number(response.headers.get("X-Remote-Images-Blocked") || "0");
+    if (blocked > 0 && current === msg) {
+      $("remote-images-text").textContent = blocked === 1
+        ? "1 remote image is blocked to protect your privacy."
+        : `${blocked} remote images are blocked to protect your privacy.`;
+      bar.hidden = false;
+    }
+  } catch {
+    // Without the count the images simply stay blocked.
+  }
+}
+
+function updateSeenButton() {
+  $("toggle-seen").textContent = current && current.seen ? "Mark as unread" : "Mark as read";
+}
+
+async function toggleSeen() {
+  if (!current) return;
+  const seen = !current.seen;
+  try {
+    await api("PATCH", `/messages/${encodeURIComponent(current.id)}`, { seen });
+    current.seen = seen;
+    updateSeenButton();
+    say(seen ? "Marked as read." : "Marked as unread.");
+  } catch (error) {
+    fail(error);
+  }
+}
+
+async function deleteMessage() {
+  if (!current) return;
+  try {
+    await api("DELETE", `/messages/${encodeURIComponent(current.id)}`);
+    current = null;
+    state.notice = "Message deleted.";
+    location.hash = FOLDERS[listing.folder].hash;
+  } catch (error) {
+    fail(error);
+  }
+}
+
+function openRow(target) {
+  const tr = target.closest("tr[data-id]");
+  if (tr) location.hash = `#message/${encodeURIComponent(tr.dataset.id)}`;
+}
+
+// ------------------------------------------------------------------------------ compose
+
+/** Addresses typed into one field, split at commas, semicolons and spaces. */
+function addresses(id) {
+  return $(id).value.split(/[,;\s]+/).map((a) => a.trim()).filter(Boolean);
+}
+
+function base64(buffer) {
+  const bytes = new Uint8Array(buffer);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+export function showCompose() {
+  show("compose-view");
+  $("compose-from").textContent = state.session.email;
+  $("compose-error").textContent = "";
+  focusHeading($("compose-title"));
+}
+
+async function send(event) {
+  event.preventDefault();
+  const error = $("compose-error");
+  error.textContent = "";
+  const to = addresses("compose-to");
+  const cc = addresses("compose-cc");
+  const bcc = addresses("compose-bcc");
+  if (to.length + cc.length + bcc.length === 0) {
+    error.textContent = "Enter at least one recipient in To, Cc or Bcc.";
+    $("compose-to").focus();
+    return;
+  }
+  const button = $("compose-send");
+  button.disabled = true;
+  try {
+    const attachments = [];
+    for (const file of $("compose-files").files) {
+      attachments.push({
+        filename: file.name,
+        content_type: file.type || "application/octet-stream",
+        content_base64: base64(await file.arrayBuffer()),
+      });
+    }
+    await api("POST", "/send", {
+      from: state.session.email,
+      to, cc, bcc,
+      subject: $("compose-subject").value,
+      text: $("compose-text").value,
+      attachments,
+    });
+    $("compose-form").reset();
+    state.notice = "Message sent.";
+    location.hash = "#sent";
+  } catch (e) {
+    if (e instanceof HttpError && e.status === 413) {
+      error.textContent = "The message is too large. Remove an attachment or send smaller files.";
+    } else if (!(e instanceof HttpError && e.status === 401)) {
+      error.textContent = `Not sent: ${explain(e)}`;
+    }
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ------------------------------------------------------------------------------ password
+
+export function showSettings() {
+  show("settings-view");
+  $("password-error").textContent = "";
+  focusHeading($("settings-title"));
+}
+
+async function changePassword(event, signedIn) {
+  event.preventDefault();
+  const error = $("password-error");
+  error.textContent = "";
+  const current = $("current-password").value;
+  const fresh = $("new-password").value;
+  if (fresh !== $("repeat-password").value) {
+    error.textContent = "The new passwords do not match.";
+    $("repeat-password").focus();
+    return;
+  }
+  const email = state.session.email;
+  try {
+    await api("PUT", `/users/${encodeURIComponent(email)}/password`,
+      { password: fresh, current_password: current });
+  } catch (e) {
+    if (e instanceof HttpError && e.status === 403) error.textContent = "The current password is wrong.";
+    else if (!(e instanceof HttpError && e.status === 401)) error.textContent = explain(e);
+    return;
+  }
+  $("password-form").reset();
+  // The change ends every session, this one too: sign in again with the new password.
+  try {
+    const info = await api("POST", "/session", { email, password: fresh });
+    signedIn(info);
+    say("Your password is changed. Your other sessions and API tokens are signed out.");
+  } catch (e) {
+    say(`Your password is changed; sign in again with it. (${explain(e)})`);
+  }
+}
+
+/** Wires the webmail's controls; `signedIn` is the app's handler of a new session. */
+export function initMail(signedIn) {
+  $("toggle-seen").addEventListener("click", toggleSeen);
+  $("delete-message").addEventListener("click", deleteMessage);
+  $("message-rows").addEventListener("click", (e) => openRow(e.target));
+  $("message-rows").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      openRow(e.target);
+    }
+  });
+  $("next-page").addEventListener("click", () => {
+    if (!listing.next) return;
+    listing.before.push(listing.cursor);
+    listing.cursor = listing.next;
+    loadFolder(listing.folder);
+  });
+  $("prev-page").addEventListener("click", () => {
+    listing.cursor = listing.before.pop() || null;
+    loadFolder(listing.folder);
+  });
+  $("allow-remote-images").addEventListener("click", () => {
+    if (current) showHtml(current, true);
+  });
+  $("compose-form").addEventListener("submit", send);
+  $("password-form").addEventListener("submit", (e) => changePassword(e, signedIn));
+}
