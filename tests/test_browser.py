@@ -2,6 +2,7 @@
 server. Sign-in (and its error), the inbox, reading a text and an HTML mail, sign-out."""
 
 import contextlib
+import time
 import shutil
 import uuid
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 import requests
 
 from conftest import DOMAIN, USER_PASSWORD, setup_domain_and_user, simple_message
+from test_delivery import REMOTE, delivery_overrides, receiver  # noqa: F401 (fixture)
+from test_web import web_node  # noqa: F401 (fixture)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -37,6 +40,10 @@ def browser(tmp_path):
                 "--no-first-run", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chrome'}"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    options.add_experimental_option("prefs", {
+        "download.default_directory": str(tmp_path / "downloads"),
+        "download.prompt_for_download": False,
+    })
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(WAIT)
@@ -90,7 +97,8 @@ def html_message(subject: str) -> bytes:
         f"--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
         "<html><body><p id=\"greeting\">Hello in <b>HTML</b>.</p>"
         "<script>window.top.pwned = 1; parent.document.title = 'pwned';</script>"
-        "<img src=\"x\" onerror=\"parent.pwned = 2\"></body></html>\r\n"
+        "<img src=\"x\" onerror=\"parent.pwned = 2\">"
+        "<img id=\"pixel\" src=\"https://images.remote.test/pixel.gif\" alt=\"tracking pixel\"></body></html>\r\n"
         f"--{boundary}--\r\n"
     ).encode()
 
@@ -260,4 +268,168 @@ def test_pages_attachments_read_flag_delete_and_the_admin_link(server, browser):
     driver.execute_script("location.hash = '#inbox-again'")
     visible(driver, "sign-in-form")
     assert driver.find_element(By.ID, "status").text == "Your session has ended. Please sign in again."
+    assert csp_violations(driver) == []
+
+
+def click_button(driver, form_id):
+    driver.find_element(By.CSS_SELECTOR, f"#{form_id} button[type=submit]").click()
+
+
+def status_says(driver, text):
+    wait(driver, lambda d: text in d.find_element(By.ID, "status").text)
+
+
+def accept_confirmation(driver):
+    wait(driver, EC.alert_is_present())
+    driver.switch_to.alert.accept()
+
+
+def test_the_admin_console_and_webmail_end_to_end_through_a_web_node(server, receiver, web_node, browser, tmp_path):
+    """The issue's walk-through, through a web-only node in front of the API: the admin sets
+    up a domain, its DKIM key and a user; the user reads mail (attachment, HTML with a remote
+    image) and sends mail with an attachment to a deferring receiver; the admin finds it in
+    the queue, retries it and traces it; a plain user is refused the admin pages."""
+    rcv = receiver()
+    rcv.tempfail_left = 1
+    srv = server(delivery_overrides(relay_host=f"127.0.0.1:{rcv.port}", retry_intervals=["1h"]))
+    web = web_node(srv.base_url)
+    driver = browser
+    admin_email, admin_password = srv.admin
+
+    # The admin: the dashboard shows this node and its partitions.
+    driver.get(web.base_url + "/")
+    sign_in(driver, admin_email, admin_password)
+    visible(driver, "admin-link").click()
+    wait(driver, lambda d: "this node" in d.find_element(By.ID, "dash-member-rows").text)
+    assert "All 64 queue partitions have an owner." == driver.find_element(By.ID, "dash-unowned").text
+    assert "Accepted" in driver.find_element(By.ID, "dash-hour").text
+    screenshot(driver, "admin-dashboard")
+
+    # A domain, then its DKIM key: the DNS records to publish, as the API has them.
+    driver.find_element(By.LINK_TEXT, "Domains").click()
+    visible(driver, "new-domain").send_keys(DOMAIN, Keys.ENTER)
+    wait(driver, lambda d: d.find_element(By.ID, "domain-title").text == DOMAIN)
+    status_says(driver, f"Domain {DOMAIN} added")
+    assert driver.find_element(By.ID, "dkim-empty").is_displayed()
+    driver.find_element(By.ID, "dkim-selector").send_keys("ui1")
+    click_button(driver, "dkim-form")
+    status_says(driver, "DKIM key ui1 created")
+    dns = srv.api().get(f"/api/v1/domains/{DOMAIN}/dns").json()["items"]
+    dkim = next(r for r in dns if r["name"] == f"ui1._domainkey.{DOMAIN}")
+    wait(driver, lambda d: dkim["value"] in d.find_element(By.ID, "dns-rows").text)
+    shown = driver.find_element(By.ID, "dns-rows").text
+    assert "MX" in shown and "v=spf1" in shown and f"_dmarc.{DOMAIN}" in shown
+    assert "signs new mail" in driver.find_element(By.ID, "dkim-rows").text
+    screenshot(driver, "admin-domain")
+
+    # A user with a 50 MB quota.
+    driver.find_element(By.LINK_TEXT, "Users").click()
+    visible(driver, "new-user-email").send_keys(BOB)
+    driver.find_element(By.ID, "new-user-password").send_keys(USER_PASSWORD)
+    driver.find_element(By.ID, "new-user-quota").send_keys("50")
+    click_button(driver, "add-user-form")
+    status_says(driver, f"User {BOB} added.")
+    wait(driver, lambda d: "0 B of 50.0 MB" in d.find_element(By.ID, "user-rows").text)
+    screenshot(driver, "admin-users")
+    driver.find_element(By.ID, "sign-out").click()
+
+    # The user: mail over SMTP with an attachment, and an HTML mail with a remote image.
+    assert srv.send(BOB, attachment_message("Quarterly report"))[0] == 250
+    assert srv.send(BOB, html_message("Newsletter"))[0] == 250
+    sign_in(driver, BOB, USER_PASSWORD)
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#message-rows tr")) == 2)
+    assert not driver.find_element(By.ID, "admin-link").is_displayed()
+    row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "#message-rows tr") if "Quarterly" in r.text)
+    row.send_keys(Keys.ENTER)
+    link = wait(driver, EC.visibility_of_element_located((By.CSS_SELECTOR, "#msg-attachments a")))
+    link.click()
+    downloaded = tmp_path / "downloads" / "report.csv"
+    wait(driver, lambda d: downloaded.exists() and downloaded.read_bytes().replace(b"\r\n", b"\n") == b"a,b\n1,2")
+
+    driver.find_element(By.ID, "back").click()
+    row = wait(driver, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#message-rows tr") if "Newsletter" in r.text])
+    row[0].click()
+    notice = visible(driver, "remote-images")
+    assert notice.text.startswith("1 remote image is blocked")
+    frame = visible(driver, "msg-html")
+    driver.switch_to.frame(frame)
+    wait(driver, EC.presence_of_element_located((By.TAG_NAME, "p")))
+    assert "images.remote.test" not in driver.page_source and "<script" not in driver.page_source
+    driver.switch_to.default_content()
+    screenshot(driver, "message-remote-images-blocked")
+    driver.find_element(By.ID, "allow-remote-images").click()
+    wait(driver, lambda d: "remote_images=allow" in d.find_element(By.ID, "msg-html").get_attribute("src"))
+    driver.switch_to.frame(driver.find_element(By.ID, "msg-html"))
+    pixel = wait(driver, EC.presence_of_element_located((By.CSS_SELECTOR, "img[alt='tracking pixel']")))
+    assert pixel.get_attribute("src") == "https://images.remote.test/pixel.gif"
+    driver.switch_to.default_content()
+    assert not driver.find_element(By.ID, "remote-images").is_displayed()
+
+    # Writing: a bad address gets a clear error; then the mail leaves with its attachment.
+    driver.find_element(By.LINK_TEXT, "Write").click()
+    visible(driver, "compose-to").send_keys("not an address")
+    driver.find_element(By.ID, "compose-subject").send_keys("Slides")
+    click_button(driver, "compose-form")
+    error = driver.find_element(By.ID, "compose-error")
+    wait(driver, lambda d: "is not a valid email address" in error.text)
+    screenshot(driver, "compose-error")
+    slides = tmp_path / "slides.txt"
+    slides.write_text("slide 1\nslide 2\n")
+    driver.find_element(By.ID, "compose-to").clear()
+    driver.find_element(By.ID, "compose-to").send_keys(f"tempfail@{REMOTE}")
+    driver.find_element(By.ID, "compose-text").send_keys("The slides for Friday.")
+    driver.find_element(By.ID, "compose-files").send_keys(str(slides))
+    click_button(driver, "compose-form")
+    status_says(driver, "Message sent.")
+    wait(driver, lambda d: d.find_element(By.ID, "folder-title").text == "Sent")
+    sent = wait(driver, EC.visibility_of_element_located((By.CSS_SELECTOR, "#message-rows tr")))
+    assert "Slides" in sent.text and f"tempfail@{REMOTE}" in sent.text and "📎" in sent.text
+    screenshot(driver, "sent")
+
+    # A plain user opening an admin page gets the server's refusal, not just a hidden link.
+    driver.get(web.base_url + "/#admin/users")
+    denied = visible(driver, "admin-denied")
+    assert "for administrators" in denied.text
+    assert driver.find_elements(By.CSS_SELECTOR, "#user-rows tr") == []
+    cookie = driver.get_cookie(COOKIE)["value"]
+    r = requests.get(web.base_url + "/api/v1/users", cookies={COOKIE: cookie}, timeout=15)
+    assert r.status_code == 403, r.text
+    screenshot(driver, "admin-denied")
+    driver.find_element(By.ID, "sign-out").click()
+
+    # The admin finds the deferred mail in the queue, retries it, and it is delivered signed.
+    sign_in(driver, admin_email, admin_password)
+    driver.get(web.base_url + "/#admin/queue")
+    visible(driver, "queue-recipient").send_keys("tempfail")
+    for _ in range(30):
+        click_button(driver, "queue-filter")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#queue-rows tr")
+        if rows and "deferred" in rows[0].text:
+            break
+        time.sleep(0.5)
+    (row,) = driver.find_elements(By.CSS_SELECTOR, "#queue-rows tr")
+    assert "deferred" in row.text and "451" in row.text and BOB in row.text, row.text
+    assert rcv.messages == []
+    screenshot(driver, "admin-queue")
+    row.find_element(By.XPATH, ".//button[text()='Retry now']").click()
+    status_says(driver, f"Retrying delivery to tempfail@{REMOTE} now.")
+    (delivered,) = rcv.wait(1)
+    content = delivered["content"].decode()
+    assert "s=ui1;" in content.replace(" ", "").replace("\r\n\t", "") and "slides.txt" in content
+    for _ in range(30):
+        click_button(driver, "queue-filter")
+        if "delivered" in driver.find_element(By.ID, "queue-rows").text:
+            break
+        time.sleep(0.5)
+    assert "delivered" in driver.find_element(By.ID, "queue-rows").text
+
+    # The trace: accepted, queued, the deferral, the delivery.
+    driver.find_element(By.LINK_TEXT, f"tempfail@{REMOTE}").click()
+    timeline = wait(driver, EC.visibility_of_element_located((By.CSS_SELECTOR, "#trace-result .timeline")))
+    wait(driver, lambda d: "delivered for" in timeline.text)
+    text = timeline.text
+    assert "accepted from " + BOB in text and f"queued for tempfail@{REMOTE}" in text
+    assert text.index("deferred for") < text.index("delivered for"), text
+    assert "Now: delivered after 2 attempts" in text
+    screenshot(driver, "admin-trace")
     assert csp_violations(driver) == []

@@ -26,9 +26,15 @@ function showPanel(id) {
   focusHeading($(id).querySelector("h2"));
 }
 
+/** Forgets what the pages showed (at sign-out, and when a page is refused). */
+export function clearAdmin() {
+  for (const body of document.querySelectorAll("#admin-view tbody, #trace-result")) body.replaceChildren();
+}
+
 /** A failed load: a 403 means this account is not an administrator (the server says so). */
 function loadFailed(error) {
   if (error instanceof HttpError && error.status === 403) {
+    clearAdmin();
     for (const panel of PANELS) $(panel).hidden = true;
     const denied = $("admin-denied");
     denied.textContent = "This page is for administrators. Your account cannot open it.";

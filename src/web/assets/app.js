@@ -3,13 +3,15 @@
 
 import { $, api, explain, HttpError, say, show, state, whenSignedOut } from "./core.js";
 import { initMail, loadFolder, openMessage, resetMailbox, showCompose, showSettings } from "./mail.js";
-import { initAdmin, routeAdmin } from "./admin.js";
+import { clearAdmin, initAdmin, routeAdmin } from "./admin.js";
 
 function showSignIn() {
   // Sent back here by a 401 while signed in: the session expired or was revoked.
   if (state.session) say("Your session has ended. Please sign in again.");
   state.session = null;
   resetMailbox();
+  clearAdmin();
+  $("message-rows").replaceChildren();
   show("sign-in-view");
   $("email").focus();
 }
