@@ -264,6 +264,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                 "mail_owner = postfix\nsetgid_group = postdrop\n"
                 "inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n"
                 "myhostname = postfix.bench.test\nmydestination =\nmynetworks = 127.0.0.0/8\n"
+                # maillog_file must start with one of maillog_file_prefixes (default /var,
+                # /dev/stdout), else `postfix start` fails with its reason sent to syslog only.
                 f"maillog_file_prefixes = {self.dir}\nmaillog_file = {self.dir}/maillog\n"
                 "smtpd_peername_lookup = no\nsmtp_dns_support_level = disabled\n"
                 "virtual_mailbox_domains = bench.test\n"

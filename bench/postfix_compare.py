@@ -436,7 +436,9 @@ class Bench:
                     unit = "msg/s end to end" if case == "relay" else "msg/s accepted"
                     mb = "" if case == "relay" else f"  ({med(ours, 'mbps'):.2f} vs {med(theirs, 'mbps'):.2f} MB/s)"
                     print(f"{label} mairust {a or 0:8.1f}  postfix {b or 0:8.1f} {unit}  ratio {ratio}{mb}  "
-                          f"p99 {fmt_ms(med(ours, 'p99'))} vs {fmt_ms(med(theirs, 'p99'))} ms")
+                          f"probe p99 {fmt_ms(med(ours, 'p99'))} vs {fmt_ms(med(theirs, 'p99'))} ms "
+                          f"(n={sum(r['probes'] for r in ours)} vs {sum(r['probes'] for r in theirs)} per "
+                          f"{len(ours)} rounds)")
                 elif case == "latency":
                     print(f"{label} at {med(ours, 'rate'):.1f} msg/s  p50 {fmt_ms(med(ours, 'p50'))} vs "
                           f"{fmt_ms(med(theirs, 'p50'))} ms  p99 {fmt_ms(med(ours, 'p99'))} vs "
