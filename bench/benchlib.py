@@ -159,3 +159,175 @@ class SmtpSink:
         self.proc.kill()
         self.proc.wait()
         self.out.close()
+
+
+def process_rss(pid):
+    """VmRSS of a process in bytes (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def process_pss(pid):
+    """Proportional set size of a process in bytes (shared pages split among their users)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def child_pids(pid):
+    """Direct children of a process, from /proc."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
+def postfix_binary(name):
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+class Postfix:
+    """A private Postfix on loopback: config, queue, data directory and Maildirs in a temp dir,
+    its own SMTP port, logging to a file (postlogd, no syslog). Mail for `user@bench.test` goes
+    to a virtual Maildir; other domains go to `relayhost` when `relay_port` is given. Postfix's
+    defaults otherwise, except no DNS (loopback only) and no reverse lookup of the client.
+    Needs root (Debian's `postfix` user and `postdrop` group own the queue)."""
+
+    MASTER_CF = """\
+{port} inet n - n - {smtpd_limit} smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+    def __init__(self, relay_port=None, smtpd_limit=None):
+        if os.geteuid() != 0:
+            raise SystemExit("a private Postfix needs root (its queue belongs to the postfix user)")
+        import grp
+        import pwd
+
+        user = pwd.getpwnam("postfix")
+        grp.getgrnam("postdrop")
+        self.dir = tempfile.mkdtemp(prefix="mairust-bench-postfix-")
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.conf = os.path.join(self.dir, "conf")
+        for sub in ("conf", "queue", "data", "mail"):
+            os.makedirs(os.path.join(self.dir, sub))
+        for sub in ("data", "mail"):
+            os.chown(os.path.join(self.dir, sub), user.pw_uid, user.pw_gid)
+        self.maildir = os.path.join(self.dir, "mail", "bench.test", "user", "new")
+        with open(os.path.join(self.conf, "vmailbox"), "w") as f:
+            f.write("user@bench.test bench.test/user/\n")
+        with open(os.path.join(self.conf, "main.cf"), "w") as f:
+            f.write(
+                "compatibility_level = 3.6\n"
+                f"queue_directory = {self.dir}/queue\n"
+                f"data_directory = {self.dir}/data\n"
+                "mail_owner = postfix\nsetgid_group = postdrop\n"
+                "inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n"
+                "myhostname = postfix.bench.test\nmydestination =\nmynetworks = 127.0.0.0/8\n"
+                # maillog_file must start with one of maillog_file_prefixes (default /var,
+                # /dev/stdout), else `postfix start` fails with its reason sent to syslog only.
+                f"maillog_file_prefixes = {self.dir}\nmaillog_file = {self.dir}/maillog\n"
+                "smtpd_peername_lookup = no\nsmtp_dns_support_level = disabled\n"
+                "virtual_mailbox_domains = bench.test\n"
+                f"virtual_mailbox_base = {self.dir}/mail\n"
+                f"virtual_mailbox_maps = texthash:{self.conf}/vmailbox\n"
+                f"virtual_uid_maps = static:{user.pw_uid}\nvirtual_gid_maps = static:{user.pw_gid}\n"
+                + (f"relayhost = [127.0.0.1]:{relay_port}\n" if relay_port else "")
+            )
+        self.smtpd_limit = smtpd_limit
+        with open(os.path.join(self.conf, "master.cf"), "w") as f:
+            f.write(self.MASTER_CF.format(port=f"127.0.0.1:{self.port}", smtpd_limit=smtpd_limit or "-"))
+        try:
+            subprocess.run([postfix_binary("postfix"), "-c", self.conf, "start"], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+            wait_port(self.port)
+        except BaseException:
+            self.stop()
+            raise
+
+    def master_pid(self):
+        try:
+            with open(os.path.join(self.dir, "queue", "pid", "master.pid")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def pids(self):
+        """The master and its children (each Postfix daemon is a child of the master)."""
+        master = self.master_pid()
+        return [master, *child_pids(master)] if master else []
+
+    def memory(self):
+        """Sums of VmRSS and of PSS over all Postfix processes of this instance, and their count."""
+        pids = self.pids()
+        return sum(process_rss(p) for p in pids), sum(process_pss(p) for p in pids), len(pids)
+
+    def delivered(self):
+        """Messages in the Maildir's new/."""
+        try:
+            return len(os.listdir(self.maildir))
+        except FileNotFoundError:
+            return 0
+
+    def _ours(self, pid):
+        """Whether `pid` still is a process of this instance (its environment names our config)."""
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                return f"MAIL_CONFIG={self.conf}".encode() in f.read().split(b"\0")
+        except OSError:
+            return False
+
+    def stop(self):
+        pids = self.pids()
+        subprocess.run([postfix_binary("postfix"), "-c", self.conf, "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        deadline = time.monotonic() + 20
+        while pids and time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+            time.sleep(0.1)
+        for p in pids:
+            if self._ours(p):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+        shutil.rmtree(self.dir, ignore_errors=True)
