@@ -729,6 +729,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quotas_are_whole_numbers_read_exactly_and_null_is_unlimited() {
+        let patch = |json: &str| serde_json::from_str::<UserPatch>(json).map(|p| p.quota_bytes);
+        // A float with a zero fraction near 2^51 must not round to a neighbour.
+        assert_eq!(
+            patch(r#"{"quota_bytes": 2251799813685247.0}"#).expect("whole"),
+            Some(Some(2_251_799_813_685_247))
+        );
+        assert_eq!(patch(r#"{"quota_bytes": null}"#).expect("null"), Some(None));
+        assert_eq!(patch("{}").expect("absent"), None);
+        assert!(patch(r#"{"quota_bytes": 1.5}"#).is_err());
+    }
+
+    #[test]
     fn domain_and_email_validation() {
         assert_eq!(
             validate_domain("Example.COM.").expect("valid"),
