@@ -440,3 +440,104 @@ def test_the_admin_console_and_webmail_end_to_end_through_a_web_node(server, rec
     assert "Now: delivered after 2 attempts" in text
     screenshot(driver, "admin-trace")
     assert csp_violations(driver) == []
+
+
+def test_an_admin_manages_users_and_the_queue_and_a_user_changes_their_password(server, receiver, browser):
+    rcv = receiver()
+    srv = server(delivery_overrides(relay_host=f"127.0.0.1:{rcv.port}", retry_intervals=["1h"]))
+    setup_domain_and_user(srv, users=("bob", "carol"))
+    driver = browser
+    admin_email, admin_password = srv.admin
+    admin_api = srv.api()
+
+    def user_record(email):
+        return {u["email"]: u for u in admin_api.get("/api/v1/users").json()["items"]}.get(email)
+
+    driver.get(srv.base_url + f"/#admin/user/{BOB}")
+    sign_in(driver, admin_email, admin_password)
+    wait(driver, lambda d: d.find_element(By.ID, "user-title").text == BOB)
+    # Quota, admin flag and password, each confirmed on the server.
+    quota = driver.find_element(By.ID, "user-quota")
+    quota.clear()
+    quota.send_keys("10", Keys.ENTER)
+    status_says(driver, "Quota set to 10.0 MB.")
+    assert user_record(BOB)["quota_bytes"] == 10 * 1024 * 1024
+    driver.find_element(By.ID, "toggle-admin").click()
+    status_says(driver, f"{BOB} is an administrator now.")
+    wait(driver, lambda d: d.find_element(By.ID, "user-role").text == "Administrator")
+    assert user_record(BOB)["is_admin"] is True
+    driver.find_element(By.ID, "toggle-admin").click()
+    status_says(driver, f"{BOB} is a plain user now.")
+    assert user_record(BOB)["is_admin"] is False
+    driver.find_element(By.ID, "reset-password").send_keys("reset-by-admin-1", Keys.ENTER)
+    status_says(driver, f"Password of {BOB} reset")
+    assert srv.api(BOB, USER_PASSWORD).get("/api/v1/messages").status_code == 401
+    assert srv.api(BOB, "reset-by-admin-1").get("/api/v1/messages").status_code == 200
+    screenshot(driver, "admin-user")
+    # Your own account cannot be demoted or deleted from here.
+    driver.get(srv.base_url + f"/#admin/user/{admin_email}")
+    wait(driver, lambda d: d.find_element(By.ID, "user-title").text == admin_email)
+    assert not driver.find_element(By.ID, "toggle-admin").is_enabled()
+    assert driver.find_element(By.ID, "user-self-note").is_displayed()
+
+    # Deleting a user asks first.
+    carol = f"carol@{DOMAIN}"
+    driver.get(srv.base_url + f"/#admin/user/{carol}")
+    wait(driver, lambda d: d.find_element(By.ID, "user-title").text == carol)
+    driver.find_element(By.ID, "delete-user").click()
+    accept_confirmation(driver)
+    status_says(driver, f"User {carol} deleted.")
+    wait(driver, lambda d: BOB in d.find_element(By.ID, "user-rows").text)
+    assert carol not in driver.find_element(By.ID, "user-rows").text and user_record(carol) is None
+
+    # Two mails stuck at a deferring receiver: one cancelled quietly, one with a bounce.
+    bob_api = srv.api(BOB, "reset-by-admin-1")
+    for rcpt in ("always451-quiet", "always451-bounce"):
+        assert bob_api.post("/api/v1/send", json={"from": BOB, "to": [f"{rcpt}@{REMOTE}"],
+                                                  "subject": rcpt, "text": "stuck"}).status_code == 202
+    driver.get(srv.base_url + "/#admin/queue?status=deferred")
+    for _ in range(30):
+        time.sleep(0.5)
+        driver.find_element(By.CSS_SELECTOR, "#queue-filter button").click()
+        if driver.find_element(By.ID, "queue-rows").text.count("deferred") == 2:
+            break
+    assert driver.find_element(By.ID, "queue-status").get_attribute("value") == "deferred"
+    time.sleep(0.5)
+    driver.find_element(By.CSS_SELECTOR, f"button[aria-label='Cancel: always451-quiet@{REMOTE}']").click()
+    accept_confirmation(driver)
+    status_says(driver, f"Delivery to always451-quiet@{REMOTE} cancelled.")
+    driver.find_element(By.CSS_SELECTOR, f"button[aria-label='Cancel and bounce: always451-bounce@{REMOTE}']").click()
+    accept_confirmation(driver)
+    status_says(driver, "the sender gets a bounce")
+    statuses = {i["recipient"]: i["status"] for i in admin_api.get("/api/v1/queue").json()["items"]}
+    assert statuses == {f"always451-quiet@{REMOTE}": "cancelled", f"always451-bounce@{REMOTE}": "cancelled"}
+    (bounce,) = bob_api.wait_messages(1)
+    assert bounce["subject"] == "Undelivered Mail Returned to Sender"
+    wait(driver, lambda d: d.find_element(By.ID, "queue-empty").is_displayed())
+    assert driver.find_element(By.ID, "queue-empty").text == "Nothing in the queue matches this filter."
+    driver.find_element(By.ID, "sign-out").click()
+
+    # The user changes their own password, with the keyboard alone.
+    sign_in(driver, BOB, "reset-by-admin-1")
+    visible(driver, "inbox-view")
+    driver.find_element(By.LINK_TEXT, "Password").send_keys(Keys.ENTER)
+    current = visible(driver, "current-password")
+    current.send_keys("not-my-password", Keys.TAB, "my-new-password-9", Keys.TAB, "my-new-password-9", Keys.ENTER)
+    error = driver.find_element(By.ID, "password-error")
+    wait(driver, lambda d: error.text == "The current password is wrong.")
+    current.send_keys("reset-by-admin-1", Keys.TAB, "my-new-password-9", Keys.TAB, "not-the-same-9", Keys.ENTER)
+    wait(driver, lambda d: error.text == "The new passwords do not match.")
+    screenshot(driver, "password")
+    driver.find_element(By.ID, "current-password").clear()
+    driver.find_element(By.ID, "current-password").send_keys("reset-by-admin-1")
+    driver.find_element(By.ID, "new-password").clear()
+    driver.find_element(By.ID, "new-password").send_keys("my-new-password-9")
+    driver.find_element(By.ID, "repeat-password").clear()
+    driver.find_element(By.ID, "repeat-password").send_keys("my-new-password-9", Keys.ENTER)
+    status_says(driver, "Your password is changed.")
+    assert srv.api(BOB, "reset-by-admin-1").get("/api/v1/messages").status_code == 401
+    assert srv.api(BOB, "my-new-password-9").get("/api/v1/messages").status_code == 200
+    # Still signed in, with the new session.
+    driver.find_element(By.LINK_TEXT, "Inbox").click()
+    wait(driver, lambda d: "Undelivered Mail" in d.find_element(By.ID, "message-rows").text)
+    assert csp_violations(driver) == []
