@@ -55,21 +55,8 @@ impl FromRequestParts<ApiState> for Caller {
             }
             return Ok(Caller(session.user, Credential::Session));
         }
-        let basic = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.get(..6))
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic "));
-        let user = identify(&parts.headers, client_ip(parts), state).await?;
-        Ok(Caller(
-            user,
-            if basic {
-                Credential::Password
-            } else {
-                Credential::Token
-            },
-        ))
+        let (user, credential) = identify(&parts.headers, client_ip(parts), state).await?;
+        Ok(Caller(user, credential))
     }
 }
 
@@ -93,8 +80,12 @@ pub fn client_ip(parts: &Parts) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
 }
 
-/// Who sent `headers`: the user of a bearer token or of Basic credentials.
-pub async fn identify(headers: &HeaderMap, ip: IpAddr, state: &ApiState) -> Result<User, ApiError> {
+/// Who sent `headers`: the user of a bearer token or of Basic credentials, and which.
+pub async fn identify(
+    headers: &HeaderMap,
+    ip: IpAddr,
+    state: &ApiState,
+) -> Result<(User, Credential), ApiError> {
     let header = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -106,12 +97,13 @@ pub async fn identify(headers: &HeaderMap, ip: IpAddr, state: &ApiState) -> Resu
         })?;
     let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
     if scheme.eq_ignore_ascii_case("bearer") {
-        Ok(state
+        let user = state
             .stores
             .meta
             .user_by_token(&auth::token_hash(value.trim()))
             .await?
-            .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))?)
+            .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))?;
+        Ok((user, Credential::Token))
     } else if scheme.eq_ignore_ascii_case("basic") {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(value.trim())
@@ -121,10 +113,11 @@ pub async fn identify(headers: &HeaderMap, ip: IpAddr, state: &ApiState) -> Resu
         let (email, password) = decoded
             .split_once(':')
             .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-        Ok(state
+        let user = state
             .authenticate(ip, email, password)
             .await?
-            .ok_or_else(|| ApiError::unauthorized("invalid email or password"))?)
+            .ok_or_else(|| ApiError::unauthorized("invalid email or password"))?;
+        Ok((user, Credential::Password))
     } else {
         Err(ApiError::unauthorized(format!(
             "unsupported authorization scheme `{scheme}`; use Basic or Bearer"

@@ -62,7 +62,7 @@ async fn caller_is_admin(state: &ApiState, headers: &HeaderMap, ip: IpAddr) -> b
     }
     super::auth::identify(headers, ip, state)
         .await
-        .is_ok_and(|user| user.is_admin)
+        .is_ok_and(|(user, _)| user.is_admin)
 }
 
 async fn report(

@@ -103,6 +103,33 @@ fn mailbox_item_from_row(row: &AnyRow) -> Result<MailboxItem, sqlx::Error> {
     })
 }
 
+/// Puts `m` in one of a user's folders and counts it in their mailbox size.
+async fn insert_mailbox_entry(
+    conn: &mut sqlx::AnyConnection,
+    m: &AcceptedMessage,
+    user_id: i64,
+    folder: &str,
+    seen: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO mailbox_entries (user_id, message_id, folder, seen, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(user_id)
+    .bind(&m.id)
+    .bind(folder)
+    .bind(flag(seen))
+    .bind(m.received_at)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE users SET used_bytes = used_bytes + $1 WHERE id = $2")
+        .bind(m.size)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Inserts an accepted message: its row, one mailbox entry per local recipient (with quota
 /// usage), and one queue row per remote recipient.
 pub(crate) async fn insert_accepted(
@@ -129,38 +156,12 @@ pub(crate) async fn insert_accepted(
     .bind(flag(s.has_attachments))
     .execute(&mut *conn)
     .await?;
-    for user_id in &m.local_recipients {
-        sqlx::query(
-            "INSERT INTO mailbox_entries (user_id, message_id, folder, seen, created_at) \
-             VALUES ($1, $2, 'INBOX', 0, $3)",
-        )
-        .bind(user_id)
-        .bind(&m.id)
-        .bind(m.received_at)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("UPDATE users SET used_bytes = used_bytes + $1 WHERE id = $2")
-            .bind(m.size)
-            .bind(user_id)
-            .execute(&mut *conn)
-            .await?;
+    for &user_id in &m.local_recipients {
+        insert_mailbox_entry(conn, m, user_id, "INBOX", false).await?;
     }
     if let Some(user_id) = m.sent_copy_for {
         // The submitter's copy, in the same commit as the delivery itself.
-        sqlx::query(
-            "INSERT INTO mailbox_entries (user_id, message_id, folder, seen, created_at) \
-             VALUES ($1, $2, 'Sent', 1, $3)",
-        )
-        .bind(user_id)
-        .bind(&m.id)
-        .bind(m.received_at)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("UPDATE users SET used_bytes = used_bytes + $1 WHERE id = $2")
-            .bind(m.size)
-            .bind(user_id)
-            .execute(&mut *conn)
-            .await?;
+        insert_mailbox_entry(conn, m, user_id, "Sent", true).await?;
     }
     for r in &m.remote_recipients {
         sqlx::query(
