@@ -161,28 +161,26 @@ class SmtpSink:
         self.out.close()
 
 
-def process_rss(pid):
-    """VmRSS of a process in bytes (0 once it is gone)."""
+def proc_kib_field(path, name):
+    """A `Name:  N kB` line of a /proc file, in bytes (0 once the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(name + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def process_rss(pid):
+    """VmRSS of a process in bytes (0 once it is gone)."""
+    return proc_kib_field(f"/proc/{pid}/status", "VmRSS")
 
 
 def process_pss(pid):
     """Proportional set size of a process in bytes (shared pages split among their users)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_kib_field(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def child_pids(pid):

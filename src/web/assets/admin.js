@@ -3,7 +3,7 @@
 // endpoints, so a plain user who opens one gets the server's 403, not just a hidden link.
 
 import {
-  $, api, cell, el, explain, fail, focusHeading, formatDate, formatSize, HttpError, say, show,
+  $, api, cell, el, explain, fail, focusHeading, formatDate, formatSize, HttpError, Pages, say, show,
   state,
 } from "./core.js";
 
@@ -12,8 +12,9 @@ const PANELS = ["dashboard-panel", "domains-panel", "domain-panel", "users-panel
 const QUEUE_PAGE = 50;
 const MB = 1024 * 1024;
 
-/** The queue page: its filter and cursors. */
-const queue = { filter: {}, before: [], cursor: null, next: null };
+/** The queue page's filter, and where in its rows (set up by `initAdmin`). */
+let queueFilter = {};
+let queuePages = null;
 
 function showPanel(id) {
   show("admin-view");
@@ -44,6 +45,16 @@ function loadFailed(error) {
   fail(error);
 }
 
+/** The answers of admin GET requests, or null once their failure is reported. */
+async function fetchAll(...paths) {
+  try {
+    return await Promise.all(paths.map((path) => api("GET", path)));
+  } catch (error) {
+    loadFailed(error);
+    return null;
+  }
+}
+
 function confirmed(question) {
   return window.confirm(question);
 }
@@ -61,13 +72,9 @@ function definitions(target, pairs) {
 
 async function dashboard() {
   showPanel("dashboard-panel");
-  let stats;
-  let cluster;
-  try {
-    [stats, cluster] = await Promise.all([api("GET", "/stats"), api("GET", "/cluster")]);
-  } catch (error) {
-    return loadFailed(error);
-  }
+  const answers = await fetchAll("/stats", "/cluster");
+  if (!answers) return;
+  const [stats, cluster] = answers;
   const h = stats.last_hour;
   definitions($("dash-hour"), [["Accepted", h.accepted], ["Delivered", h.delivered],
     ["Bounced", h.bounced], ["Deferred", h.deferred]]);
@@ -104,12 +111,8 @@ async function dashboard() {
 
 async function domains() {
   showPanel("domains-panel");
-  let list;
-  try {
-    list = await api("GET", "/domains");
-  } catch (error) {
-    return loadFailed(error);
-  }
+  const [list] = (await fetchAll("/domains")) || [];
+  if (!list) return;
   const rows = $("domain-rows");
   rows.replaceChildren();
   for (const d of list.items) {
@@ -247,12 +250,8 @@ function quotaText(user) {
 
 async function users() {
   showPanel("users-panel");
-  let list;
-  try {
-    list = await api("GET", "/users");
-  } catch (error) {
-    return loadFailed(error);
-  }
+  const [list] = (await fetchAll("/users")) || [];
+  if (!list) return;
   const rows = $("user-rows");
   rows.replaceChildren();
   for (const u of list.items) {
@@ -307,12 +306,8 @@ async function user(email) {
   showPanel("user-panel");
   $("user-title").textContent = email;
   $("user-panel-error").textContent = "";
-  let list;
-  try {
-    list = await api("GET", "/users");
-  } catch (error) {
-    return loadFailed(error);
-  }
+  const [list] = (await fetchAll("/users")) || [];
+  if (!list) return;
   const u = list.items.find((x) => x.email === email);
   if (!u) {
     state.notice = `There is no user ${email}.`;
@@ -389,22 +384,16 @@ async function deleteUser() {
 async function queuePage(params) {
   showPanel("queue-panel");
   if (params) {
-    queue.filter = Object.fromEntries([...params].filter(([, v]) => v));
-    queue.before = [];
-    queue.cursor = null;
-    $("queue-status").value = queue.filter.status || "";
-    $("queue-domain").value = queue.filter.domain || "";
-    $("queue-recipient").value = queue.filter.recipient || "";
+    queueFilter = Object.fromEntries([...params].filter(([, v]) => v));
+    queuePages.reset();
+    $("queue-status").value = queueFilter.status || "";
+    $("queue-domain").value = queueFilter.domain || "";
+    $("queue-recipient").value = queueFilter.recipient || "";
   }
-  const query = new URLSearchParams({ ...queue.filter, limit: String(QUEUE_PAGE) });
-  if (queue.cursor) query.set("cursor", queue.cursor);
-  let page;
-  try {
-    page = await api("GET", `/queue?${query}`);
-  } catch (error) {
-    return loadFailed(error);
-  }
-  queue.next = page.next_cursor || null;
+  const query = queuePages.query({ ...queueFilter, limit: String(QUEUE_PAGE) });
+  const [page] = (await fetchAll(`/queue?${query}`)) || [];
+  if (!page) return;
+  queuePages.loaded(page);
   const rows = $("queue-rows");
   rows.replaceChildren();
   for (const q of page.items) {
@@ -426,12 +415,10 @@ async function queuePage(params) {
   }
   const empty = page.items.length === 0;
   $("queue-empty").hidden = !empty;
-  $("queue-empty").textContent = Object.keys(queue.filter).length
+  $("queue-empty").textContent = Object.keys(queueFilter).length
     ? "Nothing in the queue matches this filter."
     : "The queue is empty.";
   $("queue-table").hidden = empty;
-  $("queue-prev").disabled = queue.before.length === 0 && !queue.cursor;
-  $("queue-next").disabled = !queue.next;
 }
 
 function filterQueue(event) {
@@ -541,15 +528,6 @@ export function initAdmin() {
   $("reset-form").addEventListener("submit", resetPassword);
   $("delete-user").addEventListener("click", deleteUser);
   $("queue-filter").addEventListener("submit", filterQueue);
-  $("queue-next").addEventListener("click", () => {
-    if (!queue.next) return;
-    queue.before.push(queue.cursor);
-    queue.cursor = queue.next;
-    queuePage();
-  });
-  $("queue-prev").addEventListener("click", () => {
-    queue.cursor = queue.before.pop() || null;
-    queuePage();
-  });
+  queuePages = new Pages("queue-prev", "queue-next", () => queuePage());
   $("trace-form").addEventListener("submit", traceSubmit);
 }

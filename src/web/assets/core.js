@@ -113,3 +113,49 @@ export function cell(content, className, label) {
   else td.textContent = content;
   return td;
 }
+
+/** Cursor paging of an API listing, with its Previous and Next buttons. */
+export class Pages {
+  /** `load` redraws the listing at the current cursor. */
+  constructor(prevId, nextId, load) {
+    this.prevId = prevId;
+    this.nextId = nextId;
+    this.reset();
+    $(nextId).addEventListener("click", () => {
+      if (!this.next) return;
+      this.before.push(this.cursor);
+      this.cursor = this.next;
+      load();
+    });
+    $(prevId).addEventListener("click", () => {
+      this.cursor = this.before.pop() || null;
+      load();
+    });
+  }
+
+  /** Back to the first page. */
+  reset() {
+    this.before = [];
+    this.cursor = null;
+    this.next = null;
+  }
+
+  /** Whether the current page is the first. */
+  get first() {
+    return !this.cursor;
+  }
+
+  /** The query for the current page. */
+  query(params) {
+    const query = new URLSearchParams(params);
+    if (this.cursor) query.set("cursor", this.cursor);
+    return query;
+  }
+
+  /** Takes a page's answer and enables the buttons that lead somewhere. */
+  loaded(page) {
+    this.next = page.next_cursor || null;
+    $(this.prevId).disabled = this.before.length === 0 && !this.cursor;
+    $(this.nextId).disabled = !this.next;
+  }
+}

@@ -1,8 +1,8 @@
 // Webmail: the Inbox and Sent folders, reading a message, writing one, and the password page.
 
 import {
-  API, $, api, cell, el, explain, fail, focusHeading, formatDate, formatSize, HttpError, say, show,
-  state,
+  API, $, api, cell, el, explain, fail, focusHeading, formatDate, formatSize, HttpError, Pages, say,
+  show, state,
 } from "./core.js";
 
 const PAGE_SIZE = 50;
@@ -12,38 +12,36 @@ const FOLDERS = {
   Sent: { hash: "#sent", title: "Sent", empty: "Nothing sent yet. Write a message to see it here.", who: "To" },
 };
 
-/** The folder on screen, the cursors of the pages before the current one, and the next. */
-const listing = { folder: "INBOX", before: [], cursor: null, next: null };
+/** The folder on screen and where in it (set up by `initMail`). */
+let shownFolder = "INBOX";
+let pages = null;
 /** The message being read. */
 let current = null;
 
 export function resetMailbox() {
-  listing.folder = "INBOX";
-  listing.before = [];
-  listing.cursor = null;
-  listing.next = null;
+  shownFolder = "INBOX";
+  pages.reset();
   current = null;
 }
 
 export async function loadFolder(folder) {
-  if (folder !== listing.folder) {
+  if (folder !== shownFolder) {
     resetMailbox();
-    listing.folder = folder;
+    shownFolder = folder;
   }
   const info = FOLDERS[folder];
   show("inbox-view");
   $("folder-title").textContent = info.title;
   $("who-column").textContent = info.who;
   $("empty").textContent = info.empty;
-  const query = new URLSearchParams({ limit: String(PAGE_SIZE), folder });
-  if (listing.cursor) query.set("cursor", listing.cursor);
+  const query = pages.query({ limit: String(PAGE_SIZE), folder });
   let page;
   try {
     page = await api("GET", `/messages?${query}`);
   } catch (error) {
     return fail(error);
   }
-  listing.next = page.next_cursor || null;
+  pages.loaded(page);
   const rows = $("message-rows");
   rows.replaceChildren();
   for (const item of page.items) {
@@ -59,11 +57,9 @@ export async function loadFolder(folder) {
     if (!item.seen) tr.setAttribute("aria-label", `Unread: ${subject}`);
     rows.append(tr);
   }
-  const empty = page.items.length === 0 && !listing.cursor;
+  const empty = page.items.length === 0 && pages.first;
   $("empty").hidden = !empty;
   $("messages").hidden = empty;
-  $("prev-page").disabled = listing.before.length === 0 && !listing.cursor;
-  $("next-page").disabled = !listing.next;
 }
 
 export async function openMessage(id) {
@@ -73,13 +69,13 @@ export async function openMessage(id) {
   } catch (error) {
     if (error instanceof HttpError && error.status === 404) state.notice = "That message no longer exists.";
     else fail(error);
-    if (!(error instanceof HttpError && error.status === 401)) location.hash = FOLDERS[listing.folder].hash;
+    if (!(error instanceof HttpError && error.status === 401)) location.hash = FOLDERS[shownFolder].hash;
     return;
   }
   current = msg;
   show("message-view");
-  $("back").href = FOLDERS[listing.folder].hash;
-  $("back").textContent = `Back to ${FOLDERS[listing.folder].title === "Inbox" ? "the inbox" : "Sent"}`;
+  $("back").href = FOLDERS[shownFolder].hash;
+  $("back").textContent = `Back to ${FOLDERS[shownFolder].title === "Inbox" ? "the inbox" : "Sent"}`;
   $("msg-subject").textContent = msg.subject || "(no subject)";
   $("msg-from").textContent = msg.from;
   $("msg-to").textContent = msg.to.join(", ");
@@ -167,7 +163,7 @@ async function deleteMessage() {
     await api("DELETE", `/messages/${encodeURIComponent(current.id)}`);
     current = null;
     state.notice = "Message deleted.";
-    location.hash = FOLDERS[listing.folder].hash;
+    location.hash = FOLDERS[shownFolder].hash;
   } catch (error) {
     fail(error);
   }
@@ -295,16 +291,7 @@ export function initMail(signedIn) {
       openRow(e.target);
     }
   });
-  $("next-page").addEventListener("click", () => {
-    if (!listing.next) return;
-    listing.before.push(listing.cursor);
-    listing.cursor = listing.next;
-    loadFolder(listing.folder);
-  });
-  $("prev-page").addEventListener("click", () => {
-    listing.cursor = listing.before.pop() || null;
-    loadFolder(listing.folder);
-  });
+  pages = new Pages("prev-page", "next-page", () => loadFolder(shownFolder));
   $("allow-remote-images").addEventListener("click", () => {
     if (current) showHtml(current, true);
   });
