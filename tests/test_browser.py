@@ -23,6 +23,7 @@ SHOTS = Path(__file__).parent / "screenshots"
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (tests/requirements.txt)")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -279,6 +280,17 @@ def test_pages_attachments_read_flag_delete_and_the_admin_link(server, browser):
     assert csp_violations(driver) == []
 
 
+def open_row(driver, text):
+    """Opens the mailbox row containing `text`. Going back to the list shows the rows drawn
+    before until the new page arrives, so a row found early may be replaced: look again."""
+    def click(d):
+        rows = [r for r in d.find_elements(By.CSS_SELECTOR, "#message-rows tr") if text in r.text]
+        if rows:
+            rows[0].click()
+        return bool(rows)
+    WebDriverWait(driver, WAIT, ignored_exceptions=[StaleElementReferenceException]).until(click)
+
+
 def click_button(driver, form_id):
     driver.find_element(By.CSS_SELECTOR, f"#{form_id} button[type=submit]").click()
 
@@ -355,8 +367,7 @@ def test_the_admin_console_and_webmail_end_to_end_through_a_web_node(server, rec
     wait(driver, lambda d: downloaded.exists() and downloaded.read_bytes().replace(b"\r\n", b"\n") == b"a,b\n1,2")
 
     driver.find_element(By.ID, "back").click()
-    row = wait(driver, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#message-rows tr") if "Newsletter" in r.text])
-    row[0].click()
+    open_row(driver, "Newsletter")
     notice = visible(driver, "remote-images")
     assert notice.text.startswith("1 remote image is blocked")
     frame = visible(driver, "msg-html")
