@@ -1,6 +1,8 @@
 //! The acceptance path shared by SMTP and the send API: DKIM-sign outbound mail, write the
-//! body durably, commit its metadata (mailbox entries and queue rows) through the storage
-//! writer's group commit, then hint the queue. When [`Acceptor::accept`] returns `Ok`, the
+//! body durably (a small one in the same commit as its metadata), commit its metadata (mailbox
+//! entries and queue rows) through the storage writer's group commit, then hint the queue.
+//! Parsing, hashing and sealing the body run on the blocking pool, never on the threads that
+//! drive the sessions. When [`Acceptor::accept`] returns `Ok`, the
 //! message is durable and may be acknowledged.
 
 use std::sync::Arc;
@@ -95,18 +97,32 @@ impl Acceptor {
         if !remote_recipients.is_empty() {
             // Mail that leaves gets its wire form (CRLF only, no line over 998 octets) before
             // it is signed and stored, so the signature covers exactly what is sent.
-            data = crate::message::wire::outbound_form(data)?;
+            data = off_async(move || crate::message::wire::outbound_form(data)).await??;
             if let Some(sender) = sign_for {
                 data = self.dkim_sign(data, &sender).await;
             }
         }
-        let summary = crate::message::summarize(&data);
-        let key = self.stores.blobs.key_for(&data);
-        let started = Instant::now();
-        self.stores.blobs.put(&key, &data).await?;
-        events::emit(BlobWritten {
-            elapsed: started.elapsed(),
-        });
+        let size = data.len();
+        let stores = self.stores.clone();
+        let (summary, key, body) = off_async(move || {
+            let summary = crate::message::summarize(&data);
+            let key = stores.blobs.key_for(&data);
+            (summary, key, stores.inline_form(data))
+        })
+        .await?;
+        // A large body is written now and kept for a second write should its commit find it
+        // deleted meanwhile.
+        let (inline_body, large) = match body {
+            Ok(inline) => (Some(inline), None),
+            Err(data) => {
+                let started = Instant::now();
+                self.stores.blobs.put(&key, &data).await?;
+                events::emit(BlobWritten {
+                    elapsed: started.elapsed(),
+                });
+                (None, Some(data))
+            }
+        };
 
         let remote: Vec<RemoteRecipient> = remote_recipients
             .into_iter()
@@ -128,10 +144,10 @@ impl Acceptor {
         let received_at = now_millis();
         let lifetime =
             i64::try_from(self.config.delivery.max_queue_lifetime.as_millis()).unwrap_or(i64::MAX);
-        let size = data.len();
         let message = AcceptedMessage {
             id,
             blob_key: key,
+            inline_body,
             size: size as i64,
             received_at,
             envelope_from,
@@ -141,15 +157,16 @@ impl Acceptor {
             remote_recipients: remote,
             expires_at: received_at.saturating_add(lifetime),
         };
-        match self.writer.commit(message.clone()).await {
+        match (self.writer.commit(message.clone()).await, large) {
             // The same body was stored before and deleted as unreferenced after our put
             // found it present: store it again (the delete is over) and commit once more.
-            Err(crate::actors::CommitError::BodyMissing(key)) => {
+            // (Inline bodies are written by the commit itself and never miss.)
+            (Err(crate::actors::CommitError::BodyMissing(key)), Some(data)) => {
                 tracing::info!(%key, "message body deleted as unreferenced meanwhile; storing it again");
                 self.stores.blobs.put(&key, &data).await?;
                 self.writer.commit(message).await?;
             }
-            other => other?,
+            (other, _) => other?,
         }
         for partition in partitions {
             self.queue.hint(partition);
@@ -200,6 +217,13 @@ impl Acceptor {
             }
         }
     }
+}
+
+/// Runs CPU-bound work over a body on the blocking pool.
+async fn off_async<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, AcceptError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AcceptError::Blob(BlobError::Io(std::io::Error::other(e))))
 }
 
 /// Whether mail from `sender` may be signed with the key of `from_domain`: only when it is

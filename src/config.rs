@@ -207,13 +207,21 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// Backend options; both backends' keys may be present.
     pub options: StorageOptions,
+    /// Bodies up to this many bytes are kept in the database, in their message's row, and made
+    /// durable by the metadata's group commit; larger ones go to the backend. 0: all go to
+    /// the backend.
+    pub inline_max_bytes: usize,
 }
+
+/// Default `storage.inline_max_bytes`: most mail without large attachments.
+pub const DEFAULT_INLINE_MAX_BYTES: usize = 128 * 1024;
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             backend: StorageBackend::Fs,
             options: StorageOptions::default(),
+            inline_max_bytes: DEFAULT_INLINE_MAX_BYTES,
         }
     }
 }

@@ -169,36 +169,46 @@ pub async fn deliver(
     };
 
     // One transaction per message: its recipients in this domain.
+    let mut by_message: Vec<Vec<QueueEntry>> = Vec::new();
+    for e in entries {
+        match by_message
+            .iter_mut()
+            .find(|list| list[0].message_id == e.message_id)
+        {
+            Some(list) => list.push(e),
+            None => by_message.push(vec![e]),
+        }
+    }
+    // Every body of the connection at once, not one read after the other.
+    let bodies = futures::future::join_all(
+        by_message
+            .iter()
+            .map(|list| ctx.stores.blobs.get(&list[0].blob_key)),
+    )
+    .await;
     let mut groups: Vec<(Transaction, Vec<QueueEntry>)> = Vec::new();
     let mut results = Vec::new();
-    for e in entries {
-        if let Some((tx, list)) = groups
-            .iter_mut()
-            .find(|(_, list)| list[0].message_id == e.message_id)
-        {
-            tx.rcpt_to.push(e.recipient.clone());
-            list.push(e);
-            continue;
-        }
-        match ctx.stores.blobs.get(&e.blob_key).await {
+    for (list, body) in by_message.into_iter().zip(bodies) {
+        let e = &list[0];
+        match body {
             Ok(body) => {
-                let smtputf8 = !e.sender.is_ascii() || !e.recipient.is_ascii();
+                let smtputf8 = !e.sender.is_ascii() || list.iter().any(|e| !e.recipient.is_ascii());
                 let body_8bit = !body.is_ascii();
                 groups.push((
                     Transaction {
                         mail_from: e.sender.clone(),
-                        rcpt_to: vec![e.recipient.clone()],
+                        rcpt_to: list.iter().map(|e| e.recipient.clone()).collect(),
                         body: Arc::from(body),
                         smtputf8,
                         body_8bit,
                     },
-                    vec![e],
+                    list,
                 ));
             }
             Err(error) => {
                 tracing::error!(message = %e.message_id, %error, "message body unavailable for delivery");
                 results.extend(all(
-                    std::slice::from_ref(&e),
+                    &list,
                     Outcome::Temporary,
                     &format!("message body unavailable: {error}"),
                     "4.3.0",
@@ -349,19 +359,22 @@ pub async fn bounce(
         Err(error) => return Err(BounceError::Sender(error)),
     };
     let key = ctx.stores.blobs.key_for(&data);
-    ctx.stores
-        .blobs
-        .put(&key, &data)
+    let size = data.len() as i64;
+    let summary = crate::message::summarize(&data);
+    let inline_body = ctx
+        .stores
+        .stage_body(&key, data)
         .await
         .map_err(BounceError::Store)?;
     let now = now_millis();
     Ok(Some(AcceptedMessage {
         id,
         blob_key: key,
-        size: data.len() as i64,
+        inline_body,
+        size,
         received_at: now,
         envelope_from: String::new(),
-        summary: crate::message::summarize(&data),
+        summary,
         local_recipients: local,
         sent_copy_for: None,
         remote_recipients: remote,

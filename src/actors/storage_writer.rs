@@ -1,8 +1,9 @@
 //! The storage writer: every durable metadata write (accepted messages, and the queue owners'
 //! fenced changes) goes through it and is committed in groups.
 //!
-//! Sessions write the body to the blob store themselves (in parallel), then ask the writer to
-//! commit the metadata and wait for the answer before replying `250`. The writer buffers every
+//! Sessions write a large body to the blob store themselves (in parallel); a small one travels
+//! in the request and is written by the commit, in its message's row. Then they wait for the
+//! writer's answer before replying `250`. The writer buffers every
 //! request; the first one of a batch also sends the writer a `Flush`, which lands behind all
 //! requests already in the mailbox. So when `Flush` runs, every concurrent request is in the
 //! buffer and they share one transaction (one fsync): group commit without a timer.
@@ -131,17 +132,19 @@ async fn flush(state: &mut WriterState) -> Result<(), ActorProcessingErr> {
     if std::mem::take(&mut state.fail_next_flush) {
         panic!("injected storage writer fault");
     }
-    let batch = std::mem::take(&mut state.pending);
+    let (ops, replies): (Vec<WriteOp>, Vec<CommitReply>) = std::mem::take(&mut state.pending)
+        .into_iter()
+        .map(|(op, reply)| (*op, reply))
+        .unzip();
     let started = Instant::now();
-    let ops: Vec<WriteOp> = batch.iter().map(|(op, _)| (**op).clone()).collect();
     let result = state.store.write_batch(&ops, state.blobs.as_ref()).await;
     events::emit(StorageBatchCommitted {
         elapsed: started.elapsed(),
-        batch_size: batch.len(),
+        batch_size: ops.len(),
     });
     match result {
         Ok(results) => {
-            for ((_, reply), result) in batch.into_iter().zip(results) {
+            for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result.map_err(|e| match e {
                     StoreError::LeaseLost { partition } => CommitError::LeaseLost(partition),
                     StoreError::BlobMissing(key) => CommitError::BodyMissing(key),
@@ -150,9 +153,9 @@ async fn flush(state: &mut WriterState) -> Result<(), ActorProcessingErr> {
             }
         }
         Err(error) => {
-            tracing::error!(%error, size = batch.len(), "group commit failed");
+            tracing::error!(%error, size = ops.len(), "group commit failed");
             let error = Arc::new(error);
-            for (_, reply) in batch {
+            for reply in replies {
                 let _ = reply.send(Err(CommitError::Failed(error.clone())));
             }
         }

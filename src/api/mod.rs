@@ -276,7 +276,7 @@ async fn not_found() -> ApiError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FaultRequest {
-    /// `storage_writer` or `smtp_session`.
+    /// `storage_writer`, `smtp_session` or `abort_before_commit`.
     target: String,
 }
 
@@ -292,6 +292,7 @@ async fn inject_fault(
     }
     match body.target.as_str() {
         "storage_writer" => state.writer.inject_fault().map_err(ApiError::unavailable)?,
+        "abort_before_commit" => crate::store::sql::abort_before_next_commit(),
         "smtp_session" => state
             .faults
             .panic_next_session

@@ -1,5 +1,6 @@
 //! `mairust storage migrate --from fs --to s3` (and back): copies every message body the
-//! database refers to from one blob backend to the other.
+//! database refers to from one blob backend to the other (bodies kept in their message rows
+//! stay where they are).
 //!
 //! Each body is read from the source, checked against its key (the key is the body's content
 //! address, so a corrupted copy cannot pass), written to the target, read back and checked
@@ -127,10 +128,12 @@ pub async fn migrate(
     summary
 }
 
-/// Every blob key the database refers to.
+/// Every key of a body in the blob store (not in its message's row) the database refers to.
 pub async fn referenced_keys(store: &super::SqlStore) -> anyhow::Result<Vec<String>> {
     use sqlx::Row;
-    let rows = sqlx::query("SELECT DISTINCT blob_key FROM messages ORDER BY blob_key")
+    let rows = sqlx::query(
+        "SELECT DISTINCT blob_key FROM messages WHERE body IS NULL ORDER BY blob_key",
+    )
         .fetch_all(store.pool())
         .await
         .context("cannot list message bodies")?;

@@ -3,7 +3,8 @@
 //!
 //! A dump is a directory with `manifest.json` (format version, schema version, row count per
 //! table) and one `<table>.jsonl` file per table, one JSON object per row. Every column is an
-//! integer, a string or null, the same on both databases. The export reads all tables in one
+//! integer, a string, bytes (`{"base64": "..."}`: message bodies kept in their rows) or null,
+//! the same on both databases. The export reads all tables in one
 //! read-only transaction (a snapshot: consistent while the server runs). The import runs the
 //! target's migrations, refuses a non-empty target unless forced, inserts every table in one
 //! transaction, resets PostgreSQL's identity sequences, and verifies the row counts before it
@@ -19,6 +20,8 @@ use serde_json::{Map, Value};
 use sqlx::{Column, Executor, Row};
 
 use super::sql::{Dialect, SqlStore};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 
 /// Version of the dump format.
 pub const FORMAT_VERSION: u32 = 1;
@@ -73,11 +76,17 @@ fn value_of(row: &sqlx::any::AnyRow, i: usize) -> Value {
     if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
         return v.map(Value::from).unwrap_or(Value::Null);
     }
-    match row.try_get::<Option<String>, _>(i) {
-        Ok(Some(s)) => Value::from(s),
+    if let Ok(v) = row.try_get::<Option<String>, _>(i) {
+        return v.map(Value::from).unwrap_or(Value::Null);
+    }
+    match row.try_get::<Option<Vec<u8>>, _>(i) {
+        Ok(Some(bytes)) => serde_json::json!({ BYTES_KEY: B64.encode(bytes) }),
         _ => Value::Null,
     }
 }
+
+/// The key of the one-field object a bytes value is written as.
+const BYTES_KEY: &str = "base64";
 
 /// Exports the database behind `store` into `dir` (created; must be empty or absent).
 pub async fn export(store: &SqlStore, dir: &Path) -> anyhow::Result<Manifest> {
@@ -297,6 +306,15 @@ pub async fn import(store: &SqlStore, dir: &Path, force: bool) -> anyhow::Result
                         format!("{}:{}: `{column}` is not an integer", path.display(), n + 1)
                     })?),
                     Value::String(s) => query.bind(s.clone()),
+                    Value::Object(o) if o.len() == 1 && o.contains_key(BYTES_KEY) => {
+                        let bytes = o[BYTES_KEY]
+                            .as_str()
+                            .and_then(|b| B64.decode(b).ok())
+                            .with_context(|| {
+                                format!("{}:{}: `{column}` is not valid base64", path.display(), n + 1)
+                            })?;
+                        query.bind(bytes)
+                    }
                     other => bail!(
                         "{}:{}: `{column}` has an unsupported value {other}",
                         path.display(),
@@ -337,6 +355,28 @@ mod tests {
     use super::*;
     use crate::store::MetadataStore;
 
+    /// A blob store that is never asked for anything: every body of these tests is inline.
+    struct NoBlobs;
+
+    #[async_trait::async_trait]
+    impl crate::store::BlobStore for NoBlobs {
+        async fn contains(&self, key: &str) -> Result<bool, crate::store::BlobError> {
+            Err(crate::store::BlobError::NotFound(key.into()))
+        }
+        async fn put(&self, key: &str, _: &[u8]) -> Result<(), crate::store::BlobError> {
+            Err(crate::store::BlobError::NotFound(key.into()))
+        }
+        async fn get(&self, key: &str) -> Result<Vec<u8>, crate::store::BlobError> {
+            Err(crate::store::BlobError::NotFound(key.into()))
+        }
+        async fn delete(&self, key: &str) -> Result<(), crate::store::BlobError> {
+            Err(crate::store::BlobError::NotFound(key.into()))
+        }
+        async fn health(&self) -> Result<(), crate::store::BlobError> {
+            Ok(())
+        }
+    }
+
     async fn store(dir: &Path, name: &str) -> SqlStore {
         crate::store::sql::test_sqlite(dir, name).await
     }
@@ -350,6 +390,15 @@ mod tests {
             .add_user("bob@example.test", "hash", false, Some(1000))
             .await
             .expect("user");
+        // A message whose body is kept in its row: bytes survive the dump exactly.
+        let body: &[u8] = b"Subject: inline\r\n\r\n\x00\xff bytes\r\n";
+        let mut message = crate::store::sql::tests::accepted("m1", &"ab".repeat(32));
+        message.inline_body = Some(bytes::Bytes::from_static(body));
+        let committed = source
+            .write_batch(&[crate::store::WriteOp::Accept(message)], &NoBlobs)
+            .await
+            .expect("commit");
+        assert!(committed[0].is_ok(), "{committed:?}");
         let dump = dir.path().join("dump");
         let manifest = export(&source, &dump).await.expect("export");
         assert_eq!(manifest.tables["domains"], 1);
@@ -361,6 +410,14 @@ mod tests {
         let users = target.list_users().await.expect("users");
         assert_eq!(users[0].email, "bob@example.test");
         assert_eq!(users[0].quota_bytes, Some(1000));
+        assert_eq!(
+            target
+                .inline_body(&"ab".repeat(32))
+                .await
+                .expect("read")
+                .as_deref(),
+            Some(body)
+        );
         // New rows continue after the imported ids.
         let carol = target
             .add_user("carol@example.test", "hash", false, None)

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod dkim_keys;
 pub mod dump;
 pub mod fs;
+pub mod inline;
 pub mod queue;
 pub mod rekey;
 pub mod s3;
@@ -189,13 +190,17 @@ pub struct MessageSummary {
     pub has_attachments: bool,
 }
 
-/// A message whose body is durable in the blob store, ready for its metadata commit.
+/// A message ready for its metadata commit: its body is either durable in the blob store
+/// already or carried in `inline_body`, made durable by the same commit.
 #[derive(Debug, Clone)]
 pub struct AcceptedMessage {
     /// Acceptance id (shown in the 250 reply and the Received header).
     pub id: String,
-    /// Blob key of the body.
+    /// Content address of the body.
     pub blob_key: String,
+    /// The body as stored (sealed when a master key is set), kept in the message's row;
+    /// `None`: the body is in the blob store under `blob_key`.
+    pub inline_body: Option<bytes::Bytes>,
     /// Body size in bytes.
     pub size: i64,
     /// Acceptance time.
@@ -456,6 +461,8 @@ pub struct Stores {
     pub blobs: Arc<dyn BlobStore>,
     /// Encryption at rest, when `security.master_key` is set.
     pub cipher: Option<crypto::Cipher>,
+    /// Bodies up to this size are kept in their message's row (`storage.inline_max_bytes`).
+    pub inline_max: usize,
 }
 
 /// Whether a migration error says the schema is another build's (a newer one, or changed
@@ -559,9 +566,12 @@ impl Stores {
             None => None,
         };
         check_master_key(sql.as_ref(), cipher.as_ref()).await?;
+        // Bodies kept in their rows are read before the backend; encryption wraps both.
+        let stored: Arc<dyn BlobStore> =
+            Arc::new(inline::InlineBodyStore::new(sql.as_ref().clone(), backend));
         let blobs: Arc<dyn BlobStore> = match &cipher {
-            Some(c) => Arc::new(crypto::EncryptedBlobStore::new(backend, c.clone())),
-            None => backend,
+            Some(c) => Arc::new(crypto::EncryptedBlobStore::new(stored, c.clone())),
+            None => stored,
         };
         Ok(Self {
             meta: sql.clone(),
@@ -569,7 +579,38 @@ impl Stores {
             dkim: sql,
             blobs,
             cipher,
+            inline_max: config.storage.inline_max_bytes,
         })
+    }
+
+    /// The stored form of a body small enough to travel with its metadata (sealed when a
+    /// master key is set), or the body back when it belongs in the blob store. CPU work for
+    /// large bodies: call it off the async threads.
+    pub fn inline_form(&self, data: Vec<u8>) -> Result<bytes::Bytes, Vec<u8>> {
+        if data.len() > self.inline_max {
+            return Err(data);
+        }
+        Ok(match &self.cipher {
+            Some(c) => c.seal_blob(&data).into(),
+            None => data.into(),
+        })
+    }
+
+    /// Readies a body for the commit of its message: a small one is returned to travel in the
+    /// commit (durable with it, one fsync for the whole group), a larger one is written to the
+    /// blob store now and `None` is returned.
+    pub async fn stage_body(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+    ) -> Result<Option<bytes::Bytes>, BlobError> {
+        match self.inline_form(data) {
+            Ok(inline) => Ok(Some(inline)),
+            Err(data) => {
+                self.blobs.put(key, &data).await?;
+                Ok(None)
+            }
+        }
     }
 
     /// The configured blob backend, without encryption.

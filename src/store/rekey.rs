@@ -179,7 +179,27 @@ pub struct Rotated {
     pub secrets: u64,
 }
 
-/// Re-encrypts bodies in `blobs` (the raw backend) and secrets in `store` from `old` to `new`.
+/// A stored body sealed under `new`, with its address under `new`; `None` if it is already.
+fn reseal(
+    key: &str,
+    stored: Vec<u8>,
+    old: Option<&Cipher>,
+    new: &Cipher,
+) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+    let plaintext = if Cipher::is_sealed_blob(&stored) {
+        if new.open_blob(&stored).is_ok() {
+            return Ok(None);
+        }
+        old.context("bodies are encrypted: give the current key in MAIRUST_MASTER_KEY")?
+            .open_blob(&stored)
+            .with_context(|| format!("cannot decrypt body {key} with the current key"))?
+    } else {
+        stored
+    };
+    Ok(Some((new.address(&plaintext), new.seal_blob(&plaintext))))
+}
+
+/// Re-encrypts bodies in their rows and in `blobs` (the raw backend) and secrets in `store` from `old` to `new`.
 pub async fn rotate(
     store: &SqlStore,
     blobs: Arc<dyn BlobStore>,
@@ -187,25 +207,37 @@ pub async fn rotate(
     new: &Cipher,
 ) -> anyhow::Result<Rotated> {
     let mut done = Rotated::default();
+    // Bodies kept in their rows: re-sealed and re-addressed in place, row by row.
+    let rows = sqlx::query("SELECT id, blob_key, body FROM messages WHERE body IS NOT NULL")
+        .fetch_all(store.pool())
+        .await?;
+    for row in rows {
+        let id: String = row.try_get(0)?;
+        let key: String = row.try_get(1)?;
+        let stored: Vec<u8> = row.try_get(2)?;
+        let Some((new_key, sealed)) = reseal(&key, stored, old, new)? else {
+            done.already += 1;
+            continue;
+        };
+        sqlx::query("UPDATE messages SET blob_key = $1, body = $2 WHERE id = $3")
+            .bind(&new_key)
+            .bind(sealed)
+            .bind(&id)
+            .execute(store.pool())
+            .await?;
+        done.bodies += 1;
+    }
     for key in super::blob_migrate::referenced_keys(store).await? {
         let stored = blobs
             .get(&key)
             .await
             .with_context(|| format!("cannot read body {key}"))?;
-        let plaintext = if Cipher::is_sealed_blob(&stored) {
-            if new.open_blob(&stored).is_ok() {
-                done.already += 1;
-                continue;
-            }
-            old.context("bodies are encrypted: give the current key in MAIRUST_MASTER_KEY")?
-                .open_blob(&stored)
-                .with_context(|| format!("cannot decrypt body {key} with the current key"))?
-        } else {
-            stored
+        let Some((new_key, sealed)) = reseal(&key, stored, old, new)? else {
+            done.already += 1;
+            continue;
         };
-        let new_key = new.address(&plaintext);
-        blobs.put(&new_key, &new.seal_blob(&plaintext)).await?;
-        sqlx::query("UPDATE messages SET blob_key = $1 WHERE blob_key = $2")
+        blobs.put(&new_key, &sealed).await?;
+        sqlx::query("UPDATE messages SET blob_key = $1 WHERE blob_key = $2 AND body IS NULL")
             .bind(&new_key)
             .bind(&key)
             .execute(store.pool())
@@ -273,6 +305,7 @@ mod tests {
         let accepted = AcceptedMessage {
             id: "m1".into(),
             blob_key: key.clone(),
+            inline_body: None,
             size: body.len() as i64,
             received_at: now_millis(),
             envelope_from: String::new(),
@@ -282,8 +315,18 @@ mod tests {
             remote_recipients: vec![],
             expires_at: now_millis(),
         };
+        // A second body kept in its row, sealed under the old key.
+        let small = b"Subject: in its row\r\n\r\nhi\r\n";
+        let small_key = old.address(small);
+        let mut inline = accepted.clone();
+        inline.id = "m2".into();
+        inline.blob_key = small_key.clone();
+        inline.inline_body = Some(old.seal_blob(small).into());
         store
-            .write_batch(&[WriteOp::Accept(accepted)], &encrypted)
+            .write_batch(
+                &[WriteOp::Accept(accepted), WriteOp::Accept(inline)],
+                &encrypted,
+            )
             .await
             .expect("commit");
 
@@ -291,9 +334,15 @@ mod tests {
         let done = rotate(&store, raw.clone(), Some(&old), &new)
             .await
             .expect("rotate");
-        assert_eq!(done.bodies, 1);
+        assert_eq!(done.bodies, 2);
         let new_key = new.address(body);
-        let reader = EncryptedBlobStore::new(raw.clone(), new.clone());
+        let rows = crate::store::inline::InlineBodyStore::new(store.clone(), raw.clone());
+        let reader = EncryptedBlobStore::new(Arc::new(rows), new.clone());
+        assert_eq!(
+            reader.get(&new.address(small)).await.expect("re-sealed in its row"),
+            small
+        );
+        assert!(store.inline_body(&small_key).await.expect("read").is_none());
         assert_eq!(
             reader
                 .get(&new_key)
@@ -314,7 +363,7 @@ mod tests {
             Some(new.check_value())
         );
         let again = rotate(&store, raw, Some(&old), &new).await.expect("rerun");
-        assert_eq!((again.bodies, again.already), (0, 1));
+        assert_eq!((again.bodies, again.already), (0, 2));
     }
 
     #[tokio::test]

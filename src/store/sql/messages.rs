@@ -29,8 +29,28 @@ impl SqlStore {
         Ok(())
     }
 
+    /// The body kept in the row of a message under `key`, as stored.
+    pub(crate) async fn inline_body(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query(
+            "SELECT body FROM messages WHERE blob_key = $1 AND body IS NOT NULL LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Whether a message under `key` keeps its body in its row.
+    pub(crate) async fn has_inline_body(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT 1 FROM messages WHERE blob_key = $1 AND body IS NOT NULL LIMIT 1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
     /// Deletes messages that no mailbox and no queue entry refer to any more; returns the
-    /// blob keys that became unreferenced, for [`crate::store::Stores::delete_blobs`] (which decides
+    /// keys of blob-store bodies that became unreferenced, for [`crate::store::Stores::delete_blobs`] (which decides
     /// again, under its lock, after this transaction commits).
     pub(crate) async fn delete_orphans(
         tx: &mut Tx,
@@ -41,13 +61,18 @@ impl SqlStore {
             let deleted = sqlx::query(
                 "DELETE FROM messages WHERE id = $1 \
                  AND NOT EXISTS (SELECT 1 FROM mailbox_entries WHERE message_id = $1) \
-                 AND NOT EXISTS (SELECT 1 FROM queue WHERE message_id = $1) RETURNING blob_key",
+                 AND NOT EXISTS (SELECT 1 FROM queue WHERE message_id = $1) \
+                 RETURNING blob_key, CAST(CASE WHEN body IS NULL THEN 0 ELSE 1 END AS BIGINT)",
             )
             .bind(id)
             .fetch_optional(&mut **tx)
             .await?;
             if let Some(row) = deleted {
                 let key: String = row.try_get(0)?;
+                if row.try_get::<i64, _>(1)? == 1 {
+                    // The body went with its row; the blob store never had it.
+                    continue;
+                }
                 // Another message may carry the same body (same content address).
                 let shared: i64 = sqlx::query("SELECT COUNT(*) FROM messages WHERE blob_key = $1")
                     .bind(&key)
@@ -139,8 +164,8 @@ pub(crate) async fn insert_accepted(
     let s = &m.summary;
     sqlx::query(
         "INSERT INTO messages (id, blob_key, size, received_at, envelope_from, from_addr, \
-         to_addrs, cc_addrs, subject, date, message_id, has_attachments) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         to_addrs, cc_addrs, subject, date, message_id, has_attachments, body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(&m.id)
     .bind(&m.blob_key)
@@ -154,6 +179,7 @@ pub(crate) async fn insert_accepted(
     .bind(s.date)
     .bind(&s.message_id)
     .bind(flag(s.has_attachments))
+    .bind(m.inline_body.as_deref())
     .execute(&mut *conn)
     .await?;
     for &user_id in &m.local_recipients {

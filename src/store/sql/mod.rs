@@ -75,6 +75,17 @@ impl Dialect {
     }
 }
 
+/// Test hook (`server.fault_injection`): the next group commit of two or more messages writes
+/// everything and then aborts the process instead of committing, which is a crash between a
+/// batch's body writes and its commit.
+static ABORT_BEFORE_NEXT_COMMIT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Arms [`ABORT_BEFORE_NEXT_COMMIT`].
+pub fn abort_before_next_commit() {
+    ABORT_BEFORE_NEXT_COMMIT.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// A transaction on either database.
 pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -299,9 +310,11 @@ impl SqlStore {
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let dialect = self.dialect();
         let mut tx = self.begin().await?;
+        // Bodies in the blob store are checked; inline ones are written by this transaction.
         let keys: HashSet<&str> = ops
             .iter()
             .flat_map(WriteOp::new_messages)
+            .filter(|m| m.inline_body.is_none())
             .map(|m| m.blob_key.as_str())
             .collect();
         let mut missing = HashSet::new();
@@ -331,7 +344,7 @@ impl SqlStore {
         for op in ops {
             if let Some(m) = op
                 .new_messages()
-                .find(|m| missing.contains(m.blob_key.as_str()))
+                .find(|m| m.inline_body.is_none() && missing.contains(m.blob_key.as_str()))
             {
                 results.push(Err(StoreError::BlobMissing(m.blob_key.clone())));
                 continue;
@@ -353,6 +366,12 @@ impl SqlStore {
                 Err(_) => savepoint.rollback().await?,
             }
             results.push(result);
+        }
+        if ops.iter().flat_map(WriteOp::new_messages).nth(1).is_some()
+            && ABORT_BEFORE_NEXT_COMMIT.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            tracing::error!(ops = ops.len(), "fault injection: aborting before the commit");
+            std::process::abort();
         }
         tx.commit().await?;
         Ok(results)
@@ -402,15 +421,17 @@ pub(crate) async fn test_sqlite(dir: &std::path::Path, name: &str) -> SqlStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::fs::FsBlobStore;
     use crate::store::{AcceptedMessage, MessageSummary, MetadataStore, now_millis};
 
-    fn accepted(id: &str, key: &str) -> AcceptedMessage {
+    /// A message with no recipients whose body is `key` in the blob store.
+    pub(crate) fn accepted(id: &str, key: &str) -> AcceptedMessage {
         AcceptedMessage {
             id: id.into(),
             blob_key: key.into(),
+            inline_body: None,
             size: 4,
             received_at: now_millis(),
             envelope_from: String::new(),

@@ -625,6 +625,7 @@ mod tests {
         AcceptedMessage {
             id: id.into(),
             blob_key: "0".repeat(64),
+            inline_body: None,
             size: 10,
             received_at: now_millis(),
             envelope_from: "a@here.test".into(),
