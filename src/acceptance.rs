@@ -220,7 +220,9 @@ impl Acceptor {
 }
 
 /// Runs CPU-bound work over a body on the blocking pool.
-async fn off_async<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, AcceptError> {
+async fn off_async<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AcceptError> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| AcceptError::Blob(BlobError::Io(std::io::Error::other(e))))

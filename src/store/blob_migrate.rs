@@ -131,12 +131,11 @@ pub async fn migrate(
 /// Every key of a body in the blob store (not in its message's row) the database refers to.
 pub async fn referenced_keys(store: &super::SqlStore) -> anyhow::Result<Vec<String>> {
     use sqlx::Row;
-    let rows = sqlx::query(
-        "SELECT DISTINCT blob_key FROM messages WHERE body IS NULL ORDER BY blob_key",
-    )
-        .fetch_all(store.pool())
-        .await
-        .context("cannot list message bodies")?;
+    let rows =
+        sqlx::query("SELECT DISTINCT blob_key FROM messages WHERE body IS NULL ORDER BY blob_key")
+            .fetch_all(store.pool())
+            .await
+            .context("cannot list message bodies")?;
     Ok(rows
         .iter()
         .map(|r| r.try_get(0))

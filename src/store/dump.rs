@@ -311,7 +311,11 @@ pub async fn import(store: &SqlStore, dir: &Path, force: bool) -> anyhow::Result
                             .as_str()
                             .and_then(|b| B64.decode(b).ok())
                             .with_context(|| {
-                                format!("{}:{}: `{column}` is not valid base64", path.display(), n + 1)
+                                format!(
+                                    "{}:{}: `{column}` is not valid base64",
+                                    path.display(),
+                                    n + 1
+                                )
                             })?;
                         query.bind(bytes)
                     }

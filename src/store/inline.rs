@@ -27,7 +27,9 @@ impl InlineBodyStore {
 }
 
 fn db_error(error: super::StoreError) -> BlobError {
-    BlobError::Backend(format!("cannot read a message body from the database: {error}"))
+    BlobError::Backend(format!(
+        "cannot read a message body from the database: {error}"
+    ))
 }
 
 #[async_trait::async_trait]
@@ -115,7 +117,10 @@ mod tests {
             .await
             .expect("delete")
             .expect("was there");
-        assert!(freed.is_empty(), "nothing to delete in the blob store: {freed:?}");
+        assert!(
+            freed.is_empty(),
+            "nothing to delete in the blob store: {freed:?}"
+        );
         assert!(matches!(blobs.get(&key).await, Err(BlobError::NotFound(_))));
     }
 

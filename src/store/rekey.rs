@@ -339,7 +339,10 @@ mod tests {
         let rows = crate::store::inline::InlineBodyStore::new(store.clone(), raw.clone());
         let reader = EncryptedBlobStore::new(Arc::new(rows), new.clone());
         assert_eq!(
-            reader.get(&new.address(small)).await.expect("re-sealed in its row"),
+            reader
+                .get(&new.address(small))
+                .await
+                .expect("re-sealed in its row"),
             small
         );
         assert!(store.inline_body(&small_key).await.expect("read").is_none());

@@ -42,11 +42,13 @@ impl SqlStore {
 
     /// Whether a message under `key` keeps its body in its row.
     pub(crate) async fn has_inline_body(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT 1 FROM messages WHERE blob_key = $1 AND body IS NOT NULL LIMIT 1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
+        Ok(
+            sqlx::query("SELECT 1 FROM messages WHERE blob_key = $1 AND body IS NOT NULL LIMIT 1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
     }
 
     /// Deletes messages that no mailbox and no queue entry refer to any more; returns the

@@ -370,7 +370,10 @@ impl SqlStore {
         if ops.iter().flat_map(WriteOp::new_messages).nth(1).is_some()
             && ABORT_BEFORE_NEXT_COMMIT.swap(false, std::sync::atomic::Ordering::SeqCst)
         {
-            tracing::error!(ops = ops.len(), "fault injection: aborting before the commit");
+            tracing::error!(
+                ops = ops.len(),
+                "fault injection: aborting before the commit"
+            );
             std::process::abort();
         }
         tx.commit().await?;
