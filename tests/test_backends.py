@@ -7,7 +7,9 @@ fixture), so the shared ones of the postgres-s3 pass are never disturbed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import smtplib
 import time
 import uuid
@@ -57,20 +59,26 @@ def test_postgres_and_s3_serve_mail(server, services):
 
 @pytest.mark.sqlite_fs
 def test_readiness_follows_s3_down_and_back(server, services):
-    srv = server({"database": {"url": services.database()}, "storage": services.storage()})
+    storage = {**services.storage(), "inline_max_bytes": 1024}
+    srv = server({"database": {"url": services.database()}, "storage": storage})
     setup_domain_and_user(srv)
+    large = ("s" * 70 + "\r\n") * 40
     services.stop_s3()
     wait_ready(srv, 503)
     assert srv.anon().get("/health").json()["checks"]["blob_store"] != "ok"
-    # No 250 while bodies cannot be stored.
+    # No 250 for a body that belongs in S3 while it cannot be stored there...
     with contextlib.closing(srv.smtp()) as s:
         s.mail("a@remote.test")
         s.rcpt(BOB)
-        code, _ = s.data(simple_message("while S3 is down"))
+        code, _ = s.data(simple_message("while S3 is down", body=large))
     assert 400 <= code < 500
+    # ...while one small enough for its row needs only PostgreSQL.
+    assert srv.send(BOB, simple_message("small, while S3 is down"))[0] == 250
     services.start_s3()
     wait_ready(srv, 200)
-    assert srv.send(BOB, simple_message("S3 is back"))[0] == 250
+    assert srv.send(BOB, simple_message("S3 is back", body=large))[0] == 250
+    subjects = {m["subject"] for m in srv.api(BOB, USER_PASSWORD).all_messages()}
+    assert subjects == {"small, while S3 is down", "S3 is back"}
 
 
 @pytest.mark.sqlite_fs
@@ -137,13 +145,15 @@ def threading_start(srv: Server):
 
 def test_encryption_at_rest(server):
     key = run_cli(["key", "generate"]).stdout.strip()
-    srv = server(env={"MAIRUST_MASTER_KEY": key})
+    # One body in the blob store and one in its row, both sealed.
+    srv = server({"storage": {"inline_max_bytes": 1024}}, env={"MAIRUST_MASTER_KEY": key})
     setup_domain_and_user(srv)
     secret = "Subject: confidential " + uuid.uuid4().hex
-    assert srv.send(BOB, simple_message(secret.removeprefix("Subject: ")))[0] == 250
+    assert srv.send(BOB, simple_message(secret.removeprefix("Subject: "), body="x" * 2000 + "\r\n"))[0] == 250
+    small_secret = "small confidential " + uuid.uuid4().hex
+    assert srv.send(BOB, simple_message(small_secret))[0] == 250
     bob = srv.api(BOB, USER_PASSWORD)
-    item = bob.wait_messages(1)[0]
-    assert secret.removeprefix("Subject: ") in item["subject"]
+    item = next(i for i in bob.wait_messages(2) if i["subject"] == secret.removeprefix("Subject: "))
     raw = bob.get(f"/api/v1/messages/{item['id']}/raw").content
     assert secret.encode() in raw
     if BACKEND == "sqlite-fs":
@@ -163,6 +173,11 @@ def test_encryption_at_rest(server):
                 env={"MAIRUST_MASTER_KEY": key})
     assert p.returncode == 0, p.stderr
     assert '"private_key":"enc:v1:' in (dump / "dkim_keys.jsonl").read_text().replace(" ", "")
+    # The body kept in its row is sealed in the database.
+    rows = [json.loads(line) for line in (dump / "messages.jsonl").read_text().splitlines()]
+    inline = [base64.b64decode(r["body"]["base64"]) for r in rows if r["body"] is not None]
+    assert len(inline) == 1 and inline[0].startswith(b"MRE1"), rows
+    assert small_secret.encode() not in inline[0], "plaintext in the database"
     # A wrong key and a missing key are clear start-up errors.
     for env, expected in (
         ({"MAIRUST_MASTER_KEY": run_cli(["key", "generate"]).stdout.strip()}, "not the key"),

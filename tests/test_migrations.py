@@ -35,17 +35,25 @@ BOB = f"bob@{DOMAIN}"
 pytestmark = pytest.mark.sqlite_fs
 
 
-def embedded(tmp_path, name: str) -> dict:
+# Bodies up to this size stay in their message rows (and move with the dump); larger ones are
+# in the blob store (and move with `storage migrate`).
+INLINE_MAX = 1024
+LARGE = ("z" * 70 + "\r\n") * 40
+
+
+def embedded(tmp_path, name: str, inline_max_bytes: int = INLINE_MAX) -> dict:
     data = tmp_path / name
     return {
         "database": {"url": f"sqlite://{data}/db/mairust.db"},
-        "storage": {"backend": "fs", "options": {"path": str(data / "mail")}},
+        "storage": {"backend": "fs", "options": {"path": str(data / "mail")},
+                    "inline_max_bytes": inline_max_bytes},
     }
 
 
 def production(services, bucket: str, fs_path) -> dict:
     storage = services.storage(bucket)
     storage["options"]["path"] = str(fs_path)
+    storage["inline_max_bytes"] = INLINE_MAX
     return {"database": {"url": services.database()}, "storage": storage}
 
 
@@ -71,7 +79,8 @@ def test_move_from_sqlite_and_files_to_postgres_and_s3(server, services, tmp_pat
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = "a@remote.test", BOB, "with attachment"
     msg.set_content("see attached")
-    msg.add_attachment(b"\x00\x01binary", maintype="application", subtype="octet-stream", filename="b.bin")
+    # Over INLINE_MAX: the one body in the blob store; the five others are in their rows.
+    msg.add_attachment(b"\x00\x01binary" * 400, maintype="application", subtype="octet-stream", filename="b.bin")
     assert old.send(BOB, msg.as_bytes(policy=email.policy.SMTP))[0] == 250
     token = old.api(BOB, USER_PASSWORD).post("/api/v1/tokens", json={}).json()["token"]
     before = mailbox(old)
@@ -93,7 +102,7 @@ def test_move_from_sqlite_and_files_to_postgres_and_s3(server, services, tmp_pat
     migrate_cfg = {**old.config, "storage": target["storage"]}
     old.config_path.write_text(json.dumps(migrate_cfg))
     out = cli(old, "storage", "migrate", "--from", "fs", "--to", "s3")
-    assert "copied 6" in out and "failed 0" in out, out
+    assert "copied 1" in out and "failed 0" in out, out
 
     new = server(target)
     assert mailbox(new) == before, "same messages, byte for byte"
@@ -109,7 +118,7 @@ def test_move_from_sqlite_and_files_to_postgres_and_s3(server, services, tmp_pat
 
 
 def test_interrupted_storage_migration_completes_when_run_again(server, services, tmp_path):
-    srv = server(embedded(tmp_path, "src"))
+    srv = server(embedded(tmp_path, "src", inline_max_bytes=0))
     setup_domain_and_user(srv)
     big = "x" * 20000 + "\r\n"
     for i in range(150):
@@ -204,7 +213,8 @@ def test_the_way_back_to_sqlite_and_files_with_encrypted_bodies(server, services
     srv = server(production(services, services.bucket(), fs_path), env=env)
     setup_domain_and_user(srv)
     for i in range(4):
-        assert srv.send(BOB, simple_message(f"sealed {i}"))[0] == 250
+        # Two in their rows, two in the bucket.
+        assert srv.send(BOB, simple_message(f"sealed {i}", body=LARGE if i % 2 else "small\r\n"))[0] == 250
     before = mailbox(srv)
     srv.stop()
 
@@ -213,11 +223,15 @@ def test_the_way_back_to_sqlite_and_files_with_encrypted_bodies(server, services
     target = embedded(tmp_path, "back")
     out = cli(srv, "db", "import", "--input", str(dump), "--target", target["database"]["url"], env=env)
     assert "counts verified" in out
+    # The bodies kept in their rows came with the dump, still sealed.
+    rows = [json.loads(line) for line in (dump / "messages.jsonl").read_text().splitlines()]
+    inline = [base64.b64decode(r["body"]["base64"]) for r in rows if r["body"] is not None]
+    assert len(inline) == 2 and all(b.startswith(b"MRE1") for b in inline), rows
     out = cli(srv, "storage", "migrate", "--from", "s3", "--to", "fs", env=env)
-    assert "copied 4" in out and "failed 0" in out, out
+    assert "copied 2" in out and "failed 0" in out, out
     # The copies on disk are still sealed: migration moves ciphertext, verified by its HMAC key.
     files = fs_blobs(fs_path)
-    assert len(files) == 4 and all(p.read_bytes().startswith(b"MRE1") for p in files)
+    assert len(files) == 2 and all(p.read_bytes().startswith(b"MRE1") for p in files)
 
     back = server(target, env=env)
     assert mailbox(back) == before
