@@ -29,7 +29,8 @@ the median of the rounds is compared. Cases:
       --postfix-process-limit): sessions past it get no banner, and the output says so.
 
 Variants (MaiRust only): sqlite-fs, sqlite-fs+key, postgres-s3, postgres-s3+key (a throwaway
-PostgreSQL and s3s-fs; +key: encryption at rest with a fresh master key).
+PostgreSQL and s3s-fs; +key: encryption at rest with a fresh master key). With --baseline-bin,
+each variant also runs on that earlier build (VARIANT@before) in the same rounds.
 
 Needs root (Postfix's queue), Debian's postfix package (postfix, smtp-source, smtp-sink).
 No assertions: this prints figures.
@@ -55,6 +56,8 @@ SIZES = {"accept-2k": 2048, "accept-64k": 65536, "accept-1m": 1048576, "relay": 
 LOCAL_RCPT = "user@bench.test"
 REMOTE_RCPT = "user@remote.test"
 SENDER = "bench@client.test"
+# Suffix of a variant run with --baseline-bin (an earlier build), measured in the same rounds.
+BEFORE = "@before"
 
 
 def quantiles(latencies):
@@ -267,8 +270,10 @@ class Bench:
 
     def mairust(self, variant, extra_yaml=""):
         env = {}
+        binary = self.args.baseline_bin if variant.endswith(BEFORE) else self.args.bin
+        variant = variant.removesuffix(BEFORE)
         if variant.endswith("+key"):
-            key = subprocess.run([self.args.bin, "key", "generate"], capture_output=True, text=True, check=True)
+            key = subprocess.run([binary, "key", "generate"], capture_output=True, text=True, check=True)
             env["MAIRUST_MASTER_KEY"] = key.stdout.strip()
         backend = None
         if variant.startswith("postgres-s3"):
@@ -276,7 +281,7 @@ class Bench:
                 self.services = Services()
             self.databases += 1
             backend = self.services.backend_yaml(f"cmp{self.databases}")
-        server = MaiRust(self.args.bin, extra_yaml, backend_yaml=backend, env=env)
+        server = MaiRust(binary, extra_yaml, backend_yaml=backend, env=env)
         try:
             server.api("POST", "/api/v1/domains", {"name": "bench.test"})
             server.api("POST", "/api/v1/users", {"email": LOCAL_RCPT, "password": "userpassword"})
@@ -464,6 +469,9 @@ def interrupted(signum, frame):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", default=os.environ.get("MAIRUST_BIN", "target/release/mairust"))
+    ap.add_argument("--baseline-bin", default=None,
+                    help="an earlier build: each variant also runs on it (as VARIANT@before), in the "
+                         "same rounds, so before and after are compared against the same Postfix")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--messages", type=int, default=5000,
                     help="messages per run of accept-2k, relay and latency (at most); accept-64k "
@@ -487,6 +495,8 @@ def main():
                          f"variants: {', '.join(VARIANTS)}")
     if args.rounds < 1 or args.messages < 1:
         raise SystemExit("--rounds and --messages must be positive")
+    if args.baseline_bin:
+        args.variants = [x for v in args.variants for x in (f"{v}{BEFORE}", v)]
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if "idle" in args.cases:
@@ -498,7 +508,8 @@ def main():
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     version = subprocess.run([postfix_binary("postconf"), "-h", "mail_version"], capture_output=True, text=True)
-    print(f"mairust: {args.bin}; postfix {version.stdout.strip()} (private instance, Debian's defaults "
+    before = f" (before: {args.baseline_bin})" if args.baseline_bin else ""
+    print(f"mairust: {args.bin}{before}; postfix {version.stdout.strip()} (private instance, Debian's defaults "
           f"but no DNS and no client reverse lookup)")
     print(f"load: smtp-source -s {args.sessions}, a new connection per message; {args.messages} messages "
           f"(64 KiB: {max(20, args.messages // 5)}, 1 MiB: {max(20, args.messages // 50)}); "

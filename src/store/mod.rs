@@ -584,8 +584,8 @@ impl Stores {
     }
 
     /// The stored form of a body small enough to travel with its metadata (sealed when a
-    /// master key is set), or the body back when it belongs in the blob store. CPU work for
-    /// large bodies: call it off the async threads.
+    /// master key is set), or the body back when it belongs in the blob store. Sealing is CPU
+    /// work: the acceptance path calls this on the blocking pool.
     pub fn inline_form(&self, data: Vec<u8>) -> Result<bytes::Bytes, Vec<u8>> {
         if data.len() > self.inline_max {
             return Err(data);
