@@ -101,6 +101,11 @@ impl Drop for ActiveGauge {
 
 /// One connection: its stream, its session state machine and the policy that answers the
 /// session's events.
+/// Read buffer of a session exchanging commands.
+const COMMAND_BUFFER: usize = 4 * 1024;
+/// Read buffer of a session once it transfers a message.
+const TRANSFER_BUFFER: usize = 64 * 1024;
+
 struct Connection<P> {
     ctx: Arc<SmtpContext>,
     stream: Stream,
@@ -150,7 +155,9 @@ impl<P: SessionPolicy> Connection<P> {
     }
 
     async fn run(mut self) -> anyhow::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
+        // Small while the session only exchanges commands (most of an idle session's memory),
+        // grown once for a message transfer.
+        let mut buf = vec![0u8; COMMAND_BUFFER];
         let mut shutdown = self.ctx.shutdown.clone();
         let smtp = &self.ctx.config.smtp;
         let (command_deadline, data_deadline) = (smtp.command_deadline, smtp.data_deadline);
@@ -162,7 +169,9 @@ impl<P: SessionPolicy> Connection<P> {
         let mut errors_seen = 0;
         loop {
             if let Some(event) = self.session.poll_event() {
-                self.handle_event(event).await?;
+                // Boxed: the event's future (a TLS handshake, the acceptance path) is large,
+                // and inline it would be part of every session's task, idle ones included.
+                Box::pin(self.handle_event(event)).await?;
                 continue;
             }
             self.delay_errors(&mut errors_seen).await;
@@ -175,6 +184,7 @@ impl<P: SessionPolicy> Connection<P> {
                 transfer_started = None;
             } else if transfer_started.is_none() {
                 transfer_started = Some(now);
+                buf.resize(TRANSFER_BUFFER, 0);
             }
             let lines = self.session.lines_read();
             command_started = match command_started {
