@@ -99,13 +99,13 @@ impl Drop for ActiveGauge {
     }
 }
 
-/// One connection: its stream, its session state machine and the policy that answers the
-/// session's events.
 /// Read buffer of a session exchanging commands.
 const COMMAND_BUFFER: usize = 4 * 1024;
 /// Read buffer of a session once it transfers a message.
 const TRANSFER_BUFFER: usize = 64 * 1024;
 
+/// One connection: its stream, its session state machine and the policy that answers the
+/// session's events.
 struct Connection<P> {
     ctx: Arc<SmtpContext>,
     stream: Stream,

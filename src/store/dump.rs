@@ -359,28 +359,6 @@ mod tests {
     use super::*;
     use crate::store::MetadataStore;
 
-    /// A blob store that is never asked for anything: every body of these tests is inline.
-    struct NoBlobs;
-
-    #[async_trait::async_trait]
-    impl crate::store::BlobStore for NoBlobs {
-        async fn contains(&self, key: &str) -> Result<bool, crate::store::BlobError> {
-            Err(crate::store::BlobError::NotFound(key.into()))
-        }
-        async fn put(&self, key: &str, _: &[u8]) -> Result<(), crate::store::BlobError> {
-            Err(crate::store::BlobError::NotFound(key.into()))
-        }
-        async fn get(&self, key: &str) -> Result<Vec<u8>, crate::store::BlobError> {
-            Err(crate::store::BlobError::NotFound(key.into()))
-        }
-        async fn delete(&self, key: &str) -> Result<(), crate::store::BlobError> {
-            Err(crate::store::BlobError::NotFound(key.into()))
-        }
-        async fn health(&self) -> Result<(), crate::store::BlobError> {
-            Ok(())
-        }
-    }
-
     async fn store(dir: &Path, name: &str) -> SqlStore {
         crate::store::sql::test_sqlite(dir, name).await
     }
@@ -398,8 +376,9 @@ mod tests {
         let body: &[u8] = b"Subject: inline\r\n\r\n\x00\xff bytes\r\n";
         let mut message = crate::store::sql::tests::accepted("m1", &"ab".repeat(32));
         message.inline_body = Some(bytes::Bytes::from_static(body));
+        let blobs = crate::store::fs::FsBlobStore::open(&dir.path().join("blobs")).expect("fs");
         let committed = source
-            .write_batch(&[crate::store::WriteOp::Accept(message)], &NoBlobs)
+            .write_batch(&[crate::store::WriteOp::Accept(message)], &blobs)
             .await
             .expect("commit");
         assert!(committed[0].is_ok(), "{committed:?}");

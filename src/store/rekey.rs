@@ -199,7 +199,8 @@ fn reseal(
     Ok(Some((new.address(&plaintext), new.seal_blob(&plaintext))))
 }
 
-/// Re-encrypts bodies in their rows and in `blobs` (the raw backend) and secrets in `store` from `old` to `new`.
+/// Re-encrypts bodies in their rows and in `blobs` (the raw backend), and secrets in `store`,
+/// from `old` to `new`.
 pub async fn rotate(
     store: &SqlStore,
     blobs: Arc<dyn BlobStore>,
@@ -287,9 +288,9 @@ pub async fn rotate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::WriteOp;
     use crate::store::crypto::EncryptedBlobStore;
     use crate::store::fs::FsBlobStore;
-    use crate::store::{AcceptedMessage, MessageSummary, WriteOp, now_millis};
 
     #[tokio::test]
     async fn rotation_re_encrypts_and_is_resumable() {
@@ -302,19 +303,8 @@ mod tests {
         let body = b"Subject: rotate me\r\n\r\nhi\r\n";
         let key = encrypted.key_for(body);
         encrypted.put(&key, body).await.expect("put");
-        let accepted = AcceptedMessage {
-            id: "m1".into(),
-            blob_key: key.clone(),
-            inline_body: None,
-            size: body.len() as i64,
-            received_at: now_millis(),
-            envelope_from: String::new(),
-            summary: MessageSummary::default(),
-            local_recipients: vec![],
-            sent_copy_for: None,
-            remote_recipients: vec![],
-            expires_at: now_millis(),
-        };
+        let mut accepted = crate::store::sql::tests::accepted("m1", &key);
+        accepted.size = body.len() as i64;
         // A second body kept in its row, sealed under the old key.
         let small = b"Subject: in its row\r\n\r\nhi\r\n";
         let small_key = old.address(small);

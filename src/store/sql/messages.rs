@@ -52,8 +52,9 @@ impl SqlStore {
     }
 
     /// Deletes messages that no mailbox and no queue entry refer to any more; returns the
-    /// keys of blob-store bodies that became unreferenced, for [`crate::store::Stores::delete_blobs`] (which decides
-    /// again, under its lock, after this transaction commits).
+    /// keys of blob-store bodies that became unreferenced, for
+    /// [`crate::store::Stores::delete_blobs`] (which decides again, under its lock, after this
+    /// transaction commits).
     pub(crate) async fn delete_orphans(
         tx: &mut Tx,
         message_ids: &[String],
