@@ -337,7 +337,8 @@ class Bench:
                 if variant else Postfix()
             try:
                 lat, errors, offered = asyncio.run(
-                    paced(server.smtp_port if variant else server.port, rate, count, 2048, LOCAL_RCPT, args.timeout))
+                    paced(server.smtp_port if variant else server.port, rate, count, 2048, LOCAL_RCPT,
+                          args.transaction_timeout))
             finally:
                 server.stop()
             p50, p99 = quantiles(lat)
@@ -486,6 +487,8 @@ def main():
     ap.add_argument("--latency-seconds", type=float, default=20.0,
                     help="length of the paced latency run (capped by --messages)")
     ap.add_argument("--timeout", type=float, default=600.0, help="bound of each load and wait")
+    ap.add_argument("--transaction-timeout", type=float, default=30.0,
+                    help="bound of one paced transaction in the latency case (an error beyond it)")
     args = ap.parse_args()
     args.cases = [c for c in args.cases.split(",") if c]
     args.variants = [v for v in args.variants.split(",") if v]

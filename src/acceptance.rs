@@ -97,14 +97,17 @@ impl Acceptor {
         if !remote_recipients.is_empty() {
             // Mail that leaves gets its wire form (CRLF only, no line over 998 octets) before
             // it is signed and stored, so the signature covers exactly what is sent.
-            data = off_async(move || crate::message::wire::outbound_form(data)).await??;
+            data = body_work(data.len(), move || {
+                crate::message::wire::outbound_form(data)
+            })
+            .await??;
             if let Some(sender) = sign_for {
                 data = self.dkim_sign(data, &sender).await;
             }
         }
         let size = data.len();
         let stores = self.stores.clone();
-        let (summary, key, body) = off_async(move || {
+        let (summary, key, body) = body_work(size, move || {
             let summary = crate::message::summarize(&data);
             let key = stores.blobs.key_for(&data);
             (summary, key, stores.inline_form(data))
@@ -219,10 +222,19 @@ impl Acceptor {
     }
 }
 
-/// Runs CPU-bound work over a body on the blocking pool.
-async fn off_async<T: Send + 'static>(
+/// Bodies up to this size are parsed, hashed and sealed in place: tens of microseconds, less
+/// than the two thread switches a trip to the blocking pool costs.
+const IN_PLACE_MAX_BYTES: usize = 16 * 1024;
+
+/// Runs CPU-bound work over a body of `size` bytes: in place when it is small, otherwise on
+/// the blocking pool, so that a large body never stalls the sessions sharing this thread.
+async fn body_work<T: Send + 'static>(
+    size: usize,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, AcceptError> {
+    if size <= IN_PLACE_MAX_BYTES {
+        return Ok(work());
+    }
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| AcceptError::Blob(BlobError::Io(std::io::Error::other(e))))

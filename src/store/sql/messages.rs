@@ -7,7 +7,8 @@ use super::{Dialect, SqlStore, Tx};
 use crate::store::blob::BlobStore;
 use crate::store::{
     AcceptedMessage, Credentials, Domain, MailboxItem, MessageSummary, MetadataStore, Millis, Page,
-    RecipientLookup, StoreError, TokenInfo, User, UserChanges, WebSession, WriteOp, now_millis,
+    RecipientLookup, RemoteRecipient, StoreError, TokenInfo, User, UserChanges, WebSession,
+    WriteOp, now_millis,
 };
 
 /// PostgreSQL advisory lock key serialising first-admin creation across replicas.
@@ -131,82 +132,171 @@ fn mailbox_item_from_row(row: &AnyRow) -> Result<MailboxItem, sqlx::Error> {
     })
 }
 
-/// Puts `m` in one of a user's folders and counts it in their mailbox size.
-async fn insert_mailbox_entry(
+/// Most rows in one multi-row statement: far below both databases' limits on bound
+/// parameters (SQLite 32,766; PostgreSQL 65,535) at the widest row (13).
+const ROWS_PER_STATEMENT: usize = 256;
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// `row` (parameters `$1`..`$k`) once per item after `head`, numbered on from copy to copy:
+/// one statement per [`ROWS_PER_STATEMENT`] items instead of one per item, because each
+/// statement is a round trip (to the server, or to sqlx's SQLite thread).
+async fn insert_rows<T>(
     conn: &mut sqlx::AnyConnection,
-    m: &AcceptedMessage,
-    user_id: i64,
-    folder: &str,
-    seen: bool,
+    head: &str,
+    row: &str,
+    items: &[T],
+    bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO mailbox_entries (user_id, message_id, folder, seen, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(user_id)
-    .bind(&m.id)
-    .bind(folder)
-    .bind(flag(seen))
-    .bind(m.received_at)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE users SET used_bytes = used_bytes + $1 WHERE id = $2")
-        .bind(m.size)
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?;
+    let width = parameters_in(row);
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| renumbered(row, i * width))
+            .collect();
+        let sql = format!("{head}{}", rows.join(", "));
+        let query = chunk
+            .iter()
+            .fold(sqlx::query(&sql), |q, item| bind(q, item));
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
-/// Inserts an accepted message: its row, one mailbox entry per local recipient (with quota
-/// usage), and one queue row per remote recipient.
+/// The highest `$N` in `sql`.
+fn parameters_in(sql: &str) -> usize {
+    sql.split('$')
+        .skip(1)
+        .filter_map(|rest| {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            rest[..digits].parse::<usize>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// `sql` with every `$N` replaced by `$(N + offset)`.
+fn renumbered(sql: &str, offset: usize) -> String {
+    let mut parts = sql.split('$');
+    let mut out = parts.next().unwrap_or_default().to_string();
+    for rest in parts {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&format!("${}{}", n + offset, &rest[digits..])),
+            Err(_) => out.push_str(&format!("${rest}")),
+        }
+    }
+    out
+}
+
+/// Inserts accepted messages: their rows, one mailbox entry per local recipient (with quota
+/// usage), and one queue row per remote recipient. A few statements for the whole slice.
 pub(crate) async fn insert_accepted(
     conn: &mut sqlx::AnyConnection,
-    m: &AcceptedMessage,
+    messages: &[&AcceptedMessage],
 ) -> Result<(), StoreError> {
-    let s = &m.summary;
-    sqlx::query(
+    insert_rows(
+        conn,
         "INSERT INTO messages (id, blob_key, size, received_at, envelope_from, from_addr, \
-         to_addrs, cc_addrs, subject, date, message_id, has_attachments, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         to_addrs, cc_addrs, subject, date, message_id, has_attachments, body) VALUES ",
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        messages,
+        |q, m| {
+            let s = &m.summary;
+            q.bind(&m.id)
+                .bind(&m.blob_key)
+                .bind(m.size)
+                .bind(m.received_at)
+                .bind(&m.envelope_from)
+                .bind(&s.from)
+                .bind(serde_json::to_string(&s.to).unwrap_or_else(|_| "[]".into()))
+                .bind(serde_json::to_string(&s.cc).unwrap_or_else(|_| "[]".into()))
+                .bind(&s.subject)
+                .bind(s.date)
+                .bind(&s.message_id)
+                .bind(flag(s.has_attachments))
+                .bind(m.inline_body.as_deref())
+        },
     )
-    .bind(&m.id)
-    .bind(&m.blob_key)
-    .bind(m.size)
-    .bind(m.received_at)
-    .bind(&m.envelope_from)
-    .bind(&s.from)
-    .bind(serde_json::to_string(&s.to).unwrap_or_else(|_| "[]".into()))
-    .bind(serde_json::to_string(&s.cc).unwrap_or_else(|_| "[]".into()))
-    .bind(&s.subject)
-    .bind(s.date)
-    .bind(&s.message_id)
-    .bind(flag(s.has_attachments))
-    .bind(m.inline_body.as_deref())
-    .execute(&mut *conn)
     .await?;
-    for &user_id in &m.local_recipients {
-        insert_mailbox_entry(conn, m, user_id, "INBOX", false).await?;
+    // (message, user, folder, seen); the submitter's Sent copy is in the same commit as the
+    // delivery itself.
+    let entries: Vec<(&AcceptedMessage, i64, &str, bool)> = messages
+        .iter()
+        .flat_map(|&m| {
+            let inbox = m
+                .local_recipients
+                .iter()
+                .map(move |&u| (m, u, "INBOX", false));
+            inbox.chain(m.sent_copy_for.map(|u| (m, u, "Sent", true)))
+        })
+        .collect();
+    insert_rows(
+        conn,
+        "INSERT INTO mailbox_entries (user_id, message_id, folder, seen, created_at) VALUES ",
+        "($1, $2, $3, $4, $5)",
+        &entries,
+        |q, &(m, user_id, folder, seen)| {
+            q.bind(user_id)
+                .bind(&m.id)
+                .bind(folder)
+                .bind(flag(seen))
+                .bind(m.received_at)
+        },
+    )
+    .await?;
+    add_usage(conn, &entries).await?;
+    let queued: Vec<(&AcceptedMessage, &RemoteRecipient)> = messages
+        .iter()
+        .flat_map(|&m| m.remote_recipients.iter().map(move |r| (m, r)))
+        .collect();
+    insert_rows(
+        conn,
+        "INSERT INTO queue (message_id, sender, recipient, domain, partition, status, attempts, \
+         next_attempt_at, created_at, expires_at, updated_at) VALUES ",
+        "($1, $2, $3, $4, $5, 'queued', 0, $6, $6, $7, $6)",
+        &queued,
+        |q, &(m, r)| {
+            q.bind(&m.id)
+                .bind(&m.envelope_from)
+                .bind(&r.recipient)
+                .bind(&r.domain)
+                .bind(i64::from(r.partition))
+                .bind(m.received_at)
+                .bind(m.expires_at)
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Counts new mailbox entries in their users' mailbox sizes: one statement per
+/// [`ROWS_PER_STATEMENT`] users, in id order (so that writers on several nodes lock the same
+/// users in the same order).
+async fn add_usage(
+    conn: &mut sqlx::AnyConnection,
+    entries: &[(&AcceptedMessage, i64, &str, bool)],
+) -> Result<(), sqlx::Error> {
+    let mut usage = std::collections::BTreeMap::<i64, i64>::new();
+    for &(m, user_id, ..) in entries {
+        *usage.entry(user_id).or_default() += m.size;
     }
-    if let Some(user_id) = m.sent_copy_for {
-        // The submitter's copy, in the same commit as the delivery itself.
-        insert_mailbox_entry(conn, m, user_id, "Sent", true).await?;
-    }
-    for r in &m.remote_recipients {
-        sqlx::query(
-            "INSERT INTO queue (message_id, sender, recipient, domain, partition, status, attempts, \
-             next_attempt_at, created_at, expires_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $6, $7, $6)",
-        )
-        .bind(&m.id)
-        .bind(&m.envelope_from)
-        .bind(&r.recipient)
-        .bind(&r.domain)
-        .bind(i64::from(r.partition))
-        .bind(m.received_at)
-        .bind(m.expires_at)
-        .execute(&mut *conn)
-        .await?;
+    let usage: Vec<(i64, i64)> = usage.into_iter().collect();
+    for chunk in usage.chunks(ROWS_PER_STATEMENT) {
+        let cases: Vec<String> = (0..chunk.len())
+            .map(|i| format!("WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let ids: Vec<String> = (0..chunk.len())
+            .map(|i| format!("${}", 2 * i + 1))
+            .collect();
+        let sql = format!(
+            "UPDATE users SET used_bytes = used_bytes + CASE id {} END WHERE id IN ({})",
+            cases.join(" "),
+            ids.join(", ")
+        );
+        let query = chunk
+            .iter()
+            .fold(sqlx::query(&sql), |q, &(id, bytes)| q.bind(id).bind(bytes));
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }

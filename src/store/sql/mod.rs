@@ -21,7 +21,7 @@ use sqlx::{AnyConnection, Connection};
 use sqlx::{AnyPool, Executor};
 
 use super::blob::BlobStore;
-use super::{Millis, StoreError, WriteOp};
+use super::{AcceptedMessage, Millis, StoreError, WriteOp};
 use crate::config::DatabaseConfig;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -340,19 +340,45 @@ impl SqlStore {
             .await;
             missing.extend(checks.into_iter().flatten());
         }
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
-            if let Some(m) = op
-                .new_messages()
-                .find(|m| m.inline_body.is_none() && missing.contains(m.blob_key.as_str()))
-            {
-                results.push(Err(StoreError::BlobMissing(m.blob_key.clone())));
+        let mut results: Vec<Option<Result<(), StoreError>>> = ops
+            .iter()
+            .map(|op| {
+                op.new_messages()
+                    .find(|m| m.inline_body.is_none() && missing.contains(m.blob_key.as_str()))
+                    .map(|m| Err(StoreError::BlobMissing(m.blob_key.clone())))
+            })
+            .collect();
+        // The accepted messages together first, in a few statements: the common batch.
+        let accepted: Vec<(usize, &AcceptedMessage)> = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| match op {
+                WriteOp::Accept(m) if results[i].is_none() => Some((i, m)),
+                _ => None,
+            })
+            .collect();
+        if accepted.len() > 1 {
+            let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+            let messages: Vec<&AcceptedMessage> = accepted.iter().map(|&(_, m)| m).collect();
+            match messages::insert_accepted(&mut savepoint, &messages).await {
+                Ok(()) => {
+                    savepoint.commit().await?;
+                    for &(i, _) in &accepted {
+                        results[i] = Some(Ok(()));
+                    }
+                }
+                // One of them fails (its user was just deleted): each on its own below.
+                Err(_) => savepoint.rollback().await?,
+            }
+        }
+        for (op, result) in ops.iter().zip(results.iter_mut()) {
+            if result.is_some() {
                 continue;
             }
             // Each op in its own savepoint: one failing op (a lost lease) leaves the others.
             let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
-            let result = match op {
-                WriteOp::Accept(m) => messages::insert_accepted(&mut savepoint, m).await,
+            let outcome = match op {
+                WriteOp::Accept(m) => messages::insert_accepted(&mut savepoint, &[m]).await,
                 WriteOp::Apply {
                     lease,
                     updates,
@@ -361,11 +387,11 @@ impl SqlStore {
                     queue::apply_fenced(&mut savepoint, dialect, lease, updates, new_messages).await
                 }
             };
-            match result {
+            match outcome {
                 Ok(()) => savepoint.commit().await?,
                 Err(_) => savepoint.rollback().await?,
             }
-            results.push(result);
+            *result = Some(outcome);
         }
         if ops.iter().flat_map(WriteOp::new_messages).nth(1).is_some()
             && ABORT_BEFORE_NEXT_COMMIT.swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -377,7 +403,7 @@ impl SqlStore {
             std::process::abort();
         }
         tx.commit().await?;
-        Ok(results)
+        Ok(results.into_iter().flatten().collect())
     }
 }
 
@@ -444,6 +470,83 @@ pub(crate) mod tests {
             remote_recipients: vec![],
             expires_at: now_millis(),
         }
+    }
+
+    /// A batch larger than one multi-row statement, with mailbox entries for two users, Sent
+    /// copies and queue rows, and one message to a user who no longer exists: that one fails
+    /// alone and everything else is committed, counted once in each user's mailbox size.
+    #[tokio::test]
+    async fn a_large_batch_commits_in_few_statements_and_fails_only_its_bad_message() {
+        use crate::store::{MetadataStore, RemoteRecipient};
+        use sqlx::Row;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_sqlite(dir.path(), "m").await;
+        let blobs = FsBlobStore::open(&dir.path().join("blobs")).expect("fs");
+        store.add_domain("example.org").await.expect("domain");
+        let alice = store
+            .add_user("alice@example.org", "x", false, None)
+            .await
+            .expect("alice");
+        let bob = store
+            .add_user("bob@example.org", "x", false, None)
+            .await
+            .expect("bob");
+        const BAD: usize = 150;
+        let ops: Vec<WriteOp> = (0..300)
+            .map(|i| {
+                let mut m = accepted(&format!("m{i}"), &format!("k{i}"));
+                m.inline_body = Some(bytes::Bytes::from(format!("body {i}\r\n")));
+                m.size = 10 + i as i64;
+                m.local_recipients = vec![if i == BAD { 99_999 } else { alice.id }];
+                m.sent_copy_for = (i % 3 == 0).then_some(bob.id);
+                if i % 2 == 0 {
+                    m.remote_recipients = vec![RemoteRecipient {
+                        recipient: format!("r{i}@remote.test"),
+                        domain: "remote.test".into(),
+                        partition: 3,
+                    }];
+                }
+                WriteOp::Accept(m)
+            })
+            .collect();
+        let results = store.write_batch(&ops, &blobs).await.expect("batch");
+        assert_eq!(results.len(), 300);
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(result.is_ok(), i != BAD, "message {i}: {result:?}");
+        }
+        assert_eq!(store.count_messages().await.expect("count"), 299);
+
+        let count = |sql: String, bound: i64| {
+            let pool = store.pool().clone();
+            async move {
+                let row = sqlx::query(&sql).bind(bound).fetch_one(&pool).await;
+                row.expect("count").try_get::<i64, _>(0).expect("i64")
+            }
+        };
+        let in_folder = |folder: &str| {
+            format!(
+                "SELECT COUNT(*) FROM mailbox_entries WHERE user_id = $1 AND folder = '{folder}'"
+            )
+        };
+        assert_eq!(count(in_folder("INBOX"), alice.id).await, 299);
+        assert_eq!(
+            count(in_folder("Sent"), bob.id).await,
+            99,
+            "i % 3 == 0 except {BAD}"
+        );
+        let queued = "SELECT COUNT(*) FROM queue WHERE partition = $1 AND status = 'queued'";
+        assert_eq!(count(queued.into(), 3).await, 149, "even i except {BAD}");
+
+        let sizes = |keep: fn(usize) -> bool| {
+            (0..300)
+                .filter(|&i| i != BAD && keep(i))
+                .map(|i| 10 + i as i64)
+                .sum::<i64>()
+        };
+        let users = store.list_users().await.expect("users");
+        let used = |id: i64| users.iter().find(|u| u.id == id).expect("user").used_bytes;
+        assert_eq!(used(alice.id), sizes(|_| true));
+        assert_eq!(used(bob.id), sizes(|i| i % 3 == 0));
     }
 
     /// The purge decided a body was unreferenced; the same body was then stored again (the

@@ -127,9 +127,8 @@ pub(crate) async fn apply_fenced(
             .await?;
         }
     }
-    for m in new_messages {
-        insert_accepted(conn, m).await?;
-    }
+    let new_messages: Vec<&AcceptedMessage> = new_messages.iter().collect();
+    insert_accepted(conn, &new_messages).await?;
     Ok(())
 }
 
