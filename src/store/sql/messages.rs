@@ -3,7 +3,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Dialect, SqlStore, Tx};
+use super::{Dialect, SqlStore, Tx, batch};
 use crate::store::blob::BlobStore;
 use crate::store::{
     AcceptedMessage, Credentials, Domain, MailboxItem, MessageSummary, MetadataStore, Millis, Page,
@@ -132,72 +132,16 @@ fn mailbox_item_from_row(row: &AnyRow) -> Result<MailboxItem, sqlx::Error> {
     })
 }
 
-/// Most rows in one multi-row statement: far below both databases' limits on bound
-/// parameters (SQLite 32,766; PostgreSQL 65,535) at the widest row (13).
-const ROWS_PER_STATEMENT: usize = 256;
-
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
-
-/// `row` (parameters `$1`..`$k`) once per item after `head`, numbered on from copy to copy:
-/// one statement per [`ROWS_PER_STATEMENT`] items instead of one per item, because each
-/// statement is a round trip (to the server, or to sqlx's SQLite thread).
-async fn insert_rows<T>(
-    conn: &mut sqlx::AnyConnection,
-    head: &str,
-    row: &str,
-    items: &[T],
-    bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
-) -> Result<(), sqlx::Error> {
-    let width = parameters_in(row);
-    for chunk in items.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| renumbered(row, i * width))
-            .collect();
-        let sql = format!("{head}{}", rows.join(", "));
-        let query = chunk
-            .iter()
-            .fold(sqlx::query(&sql), |q, item| bind(q, item));
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// The highest `$N` in `sql`.
-fn parameters_in(sql: &str) -> usize {
-    sql.split('$')
-        .skip(1)
-        .filter_map(|rest| {
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            rest[..digits].parse::<usize>().ok()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-/// `sql` with every `$N` replaced by `$(N + offset)`.
-fn renumbered(sql: &str, offset: usize) -> String {
-    let mut parts = sql.split('$');
-    let mut out = parts.next().unwrap_or_default().to_string();
-    for rest in parts {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        match rest[..digits].parse::<usize>() {
-            Ok(n) => out.push_str(&format!("${}{}", n + offset, &rest[digits..])),
-            Err(_) => out.push_str(&format!("${rest}")),
-        }
-    }
-    out
-}
-
 /// Inserts accepted messages: their rows, one mailbox entry per local recipient (with quota
 /// usage), and one queue row per remote recipient. A few statements for the whole slice.
 pub(crate) async fn insert_accepted(
     conn: &mut sqlx::AnyConnection,
     messages: &[&AcceptedMessage],
 ) -> Result<(), StoreError> {
-    insert_rows(
+    batch::insert(
         conn,
-        "INSERT INTO messages (id, blob_key, size, received_at, envelope_from, from_addr, \
-         to_addrs, cc_addrs, subject, date, message_id, has_attachments, body) VALUES ",
+        "messages (id, blob_key, size, received_at, envelope_from, from_addr, to_addrs, \
+         cc_addrs, subject, date, message_id, has_attachments, body)",
         "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         messages,
         |q, m| {
@@ -230,9 +174,9 @@ pub(crate) async fn insert_accepted(
             inbox.chain(m.sent_copy_for.map(|u| (m, u, "Sent", true)))
         })
         .collect();
-    insert_rows(
+    batch::insert(
         conn,
-        "INSERT INTO mailbox_entries (user_id, message_id, folder, seen, created_at) VALUES ",
+        "mailbox_entries (user_id, message_id, folder, seen, created_at)",
         "($1, $2, $3, $4, $5)",
         &entries,
         |q, &(m, user_id, folder, seen)| {
@@ -249,10 +193,10 @@ pub(crate) async fn insert_accepted(
         .iter()
         .flat_map(|&m| m.remote_recipients.iter().map(move |r| (m, r)))
         .collect();
-    insert_rows(
+    batch::insert(
         conn,
-        "INSERT INTO queue (message_id, sender, recipient, domain, partition, status, attempts, \
-         next_attempt_at, created_at, expires_at, updated_at) VALUES ",
+        "queue (message_id, sender, recipient, domain, partition, status, attempts, \
+         next_attempt_at, created_at, expires_at, updated_at)",
         "($1, $2, $3, $4, $5, 'queued', 0, $6, $6, $7, $6)",
         &queued,
         |q, &(m, r)| {
@@ -269,9 +213,7 @@ pub(crate) async fn insert_accepted(
     Ok(())
 }
 
-/// Counts new mailbox entries in their users' mailbox sizes: one statement per
-/// [`ROWS_PER_STATEMENT`] users, in id order (so that writers on several nodes lock the same
-/// users in the same order).
+/// Counts new mailbox entries in their users' mailbox sizes: one row change per user.
 async fn add_usage(
     conn: &mut sqlx::AnyConnection,
     entries: &[(&AcceptedMessage, i64, &str, bool)],
@@ -281,23 +223,16 @@ async fn add_usage(
         *usage.entry(user_id).or_default() += m.size;
     }
     let usage: Vec<(i64, i64)> = usage.into_iter().collect();
-    for chunk in usage.chunks(ROWS_PER_STATEMENT) {
-        let cases: Vec<String> = (0..chunk.len())
-            .map(|i| format!("WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2))
-            .collect();
-        let ids: Vec<String> = (0..chunk.len())
-            .map(|i| format!("${}", 2 * i + 1))
-            .collect();
-        let sql = format!(
-            "UPDATE users SET used_bytes = used_bytes + CASE id {} END WHERE id IN ({})",
-            cases.join(" "),
-            ids.join(", ")
-        );
-        let query = chunk
-            .iter()
-            .fold(sqlx::query(&sql), |q, &(id, bytes)| q.bind(id).bind(bytes));
-        query.execute(&mut *conn).await?;
-    }
+    let statement = |rows: &str| {
+        format!(
+            "UPDATE users SET used_bytes = used_bytes + v.column2 FROM (VALUES {rows}) AS v \
+             WHERE users.id = v.column1"
+        )
+    };
+    batch::execute(conn, statement, "($1, $2)", &usage, |q, &(id, bytes)| {
+        q.bind(id).bind(bytes)
+    })
+    .await?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! group commit, the purge); each table's SQL lives in its own submodule, which implements
 //! that table's trait for [`SqlStore`].
 
+mod batch;
 mod dkim_keys;
 mod messages;
 mod queue;

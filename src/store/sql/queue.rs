@@ -7,10 +7,10 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::messages::insert_accepted;
-use super::{Dialect, SqlStore, Tx};
+use super::{Dialect, SqlStore, Tx, batch};
 use crate::store::queue::{
-    ATTEMPT_DETAIL_MAX, Activity, AttemptRecord, EntryUpdate, Lease, LeaseGrant, LeaseInfo,
-    QueueEntry, QueueFilter, QueueStatus, QueueStore, TraceMessage,
+    ATTEMPT_DETAIL_MAX, Activity, Attempt, AttemptRecord, EntryUpdate, Lease, LeaseGrant,
+    LeaseInfo, QueueEntry, QueueFilter, QueueStatus, QueueStore, TraceMessage,
 };
 use crate::store::{AcceptedMessage, Millis, Page, StoreError, now_millis};
 
@@ -55,8 +55,8 @@ fn lease_from_row(row: &AnyRow, owner: &str) -> Result<Lease, sqlx::Error> {
 
 /// Applies an owner's changes if its lease is still valid: the lease row is checked (and
 /// locked on PostgreSQL) inside the caller's transaction, so a takeover cannot interleave.
-/// Each row UPDATE repeats the lease condition and must change exactly its row, so no write
-/// slips through even where the up-front check would not lock (a row of another partition,
+/// The UPDATE repeats the lease condition for every row and must change all of them, so no
+/// write slips through even where the up-front check would not lock (a row of another partition,
 /// a lock the database did not take): any miss fails the whole op with `LeaseLost` and the
 /// caller rolls it back. A pending row never disappears under its owner (the purge deletes
 /// finished rows only, and rows in flight are never cancelled), so a miss means the lease.
@@ -86,47 +86,63 @@ pub(crate) async fn apply_fenced(
         return Err(lost());
     }
     let now = now_millis();
-    let sql = format!(
-        "UPDATE queue SET status = $1, attempts = $2, next_attempt_at = $3, \
-         last_error = $4, updated_at = $5, epoch = $6, \
-         delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END \
-         WHERE id = $7 AND partition = $8 AND EXISTS (SELECT 1 FROM partition_leases l \
-         WHERE l.partition = $8 AND l.owner = $9 AND l.epoch = $6 AND l.lease_until > {})",
-        dialect.now_ms()
-    );
-    for u in updates {
-        let changed = sqlx::query(&sql)
-            .bind(u.status.as_str())
-            .bind(i64::from(u.attempts))
-            .bind(u.next_attempt_at)
-            .bind(&u.last_error)
-            .bind(now)
-            .bind(lease.epoch)
-            .bind(u.id)
-            .bind(i64::from(lease.partition))
-            .bind(&lease.owner)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        if changed != 1 {
-            return Err(lost());
-        }
-        // After the fenced UPDATE, in its transaction: an attempt is recorded only with
-        // the row change it explains.
-        if let Some(attempt) = &u.attempt {
-            sqlx::query(
-                "INSERT INTO delivery_attempts (queue_id, attempted_at, outcome, detail, node) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(u.id)
-            .bind(now)
-            .bind(attempt.outcome)
-            .bind(truncated(&attempt.detail, ATTEMPT_DETAIL_MAX))
-            .bind(&lease.owner)
-            .execute(&mut *conn)
-            .await?;
-        }
+    let now_ms = dialect.now_ms();
+    // v: (id, status, attempts, next_attempt_at, last_error, updated_at, epoch, partition,
+    // owner), the lease's values repeated in every row.
+    let statement = |rows: &str| {
+        format!(
+            "UPDATE queue SET status = v.column2, attempts = v.column3, \
+             next_attempt_at = v.column4, last_error = v.column5, updated_at = v.column6, \
+             epoch = v.column7, \
+             delivered_at = CASE WHEN v.column2 = 'delivered' THEN v.column6 ELSE delivered_at END \
+             FROM (VALUES {rows}) AS v \
+             WHERE queue.id = v.column1 AND queue.partition = v.column8 \
+             AND EXISTS (SELECT 1 FROM partition_leases l WHERE l.partition = v.column8 \
+             AND l.owner = v.column9 AND l.epoch = v.column7 AND l.lease_until > {now_ms})"
+        )
+    };
+    let changed = batch::execute(
+        conn,
+        statement,
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        updates,
+        |q, u| {
+            q.bind(u.id)
+                .bind(u.status.as_str())
+                .bind(i64::from(u.attempts))
+                .bind(u.next_attempt_at)
+                .bind(&u.last_error)
+                .bind(now)
+                .bind(lease.epoch)
+                .bind(i64::from(lease.partition))
+                .bind(lease.owner.clone())
+        },
+    )
+    .await?;
+    // Every row must have changed (each update names a distinct row).
+    if changed != updates.len() as u64 {
+        return Err(lost());
     }
+    // After the fenced UPDATE, in its transaction: an attempt is recorded only with the row
+    // change it explains.
+    let attempts: Vec<(i64, &Attempt)> = updates
+        .iter()
+        .filter_map(|u| u.attempt.as_ref().map(|a| (u.id, a)))
+        .collect();
+    batch::insert(
+        conn,
+        "delivery_attempts (queue_id, attempted_at, outcome, detail, node)",
+        "($1, $2, $3, $4, $5)",
+        &attempts,
+        |q, &(id, attempt)| {
+            q.bind(id)
+                .bind(now)
+                .bind(attempt.outcome)
+                .bind(truncated(&attempt.detail, ATTEMPT_DETAIL_MAX))
+                .bind(lease.owner.clone())
+        },
+    )
+    .await?;
     let new_messages: Vec<&AcceptedMessage> = new_messages.iter().collect();
     insert_accepted(conn, &new_messages).await?;
     Ok(())
@@ -743,6 +759,65 @@ mod tests {
         assert_eq!(after.status, QueueStatus::Queued);
         assert_eq!(after.attempts, 0);
         assert!(after.last_error.is_none());
+    }
+
+    /// One op changes several rows in one statement: each row gets its own update's values,
+    /// and each attempt is recorded with its row.
+    #[tokio::test]
+    async fn one_apply_changes_each_row_as_its_own_update_says() {
+        let (_dir, store) = store().await;
+        let lease = granted(store.acquire_lease(1, "n", Duration::from_secs(10)).await);
+        let entries = [
+            queued(&store, "m1", "a@r.test", 1).await,
+            queued(&store, "m2", "b@r.test", 1).await,
+            queued(&store, "m3", "c@r.test", 1).await,
+        ];
+        let attempt = |outcome, detail: &str| {
+            Some(Attempt {
+                outcome,
+                detail: detail.into(),
+            })
+        };
+        let delivered = EntryUpdate {
+            status: QueueStatus::Delivered,
+            attempts: 1,
+            last_error: None,
+            attempt: attempt("delivered", "250 2.0.0 queued as A"),
+            ..deferral(&entries[0])
+        };
+        let deferred = EntryUpdate {
+            attempt: attempt("deferred", "451 later"),
+            ..deferral(&entries[1])
+        };
+        let failed = EntryUpdate {
+            status: QueueStatus::Failed,
+            last_error: Some("550 no such user".into()),
+            attempt: attempt("bounced", "550 no such user"),
+            ..deferral(&entries[2])
+        };
+        let updates = [delivered, deferred, failed];
+        apply(&store, &lease, &updates).await.expect("apply");
+        for (entry, update) in entries.iter().zip(&updates) {
+            let after = store
+                .queue_entry(entry.id)
+                .await
+                .expect("read")
+                .expect("row");
+            assert_eq!(
+                (after.status, after.attempts, &after.last_error, after.next_attempt_at),
+                (update.status, update.attempts, &update.last_error, update.next_attempt_at),
+                "row {}",
+                entry.message_id
+            );
+            let trace = store.trace(&entry.message_id, 1).await.expect("trace");
+            let recorded: Vec<&str> = trace[0].remote[0]
+                .1
+                .iter()
+                .map(|a| a.detail.as_str())
+                .collect();
+            let expected = update.attempt.as_ref().map(|a| a.detail.as_str());
+            assert_eq!(recorded, Vec::from_iter(expected), "row {}", entry.message_id);
+        }
     }
 
     /// The row UPDATE itself is fenced, not only the check before it: an update aimed at a
