@@ -27,7 +27,7 @@ pub(super) async fn execute<T>(
         let sql = statement(&rows.join(", "));
         let query = chunk
             .iter()
-            .fold(sqlx::query(&sql), |q, item| bind(q, item));
+            .fold(sqlx::query(&sql), &bind);
         affected += query.execute(&mut *conn).await?.rows_affected();
     }
     Ok(affected)
