@@ -25,9 +25,7 @@ pub(super) async fn execute<T>(
             .map(|i| renumbered(row, i * width))
             .collect();
         let sql = statement(&rows.join(", "));
-        let query = chunk
-            .iter()
-            .fold(sqlx::query(&sql), &bind);
+        let query = chunk.iter().fold(sqlx::query(&sql), &bind);
         affected += query.execute(&mut *conn).await?.rows_affected();
     }
     Ok(affected)

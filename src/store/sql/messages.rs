@@ -647,28 +647,26 @@ impl MetadataStore for SqlStore {
         let Some(domain) = domain_of(&address) else {
             return Ok(RecipientLookup::NotHosted);
         };
-        let hosted = sqlx::query("SELECT 1 FROM domains WHERE name = $1")
-            .bind(domain)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
-        if !hosted {
+        // One round trip per RCPT: no row when the domain is not hosted, NULLs for no user.
+        let row = sqlx::query(
+            "SELECT u.id, u.quota_bytes, u.used_bytes FROM domains d \
+             LEFT JOIN users u ON u.email = $2 WHERE d.name = $1",
+        )
+        .bind(domain)
+        .bind(&address)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
             return Ok(RecipientLookup::NotHosted);
-        }
-        let row = sqlx::query("SELECT id, quota_bytes, used_bytes FROM users WHERE email = $1")
-            .bind(&address)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            None => RecipientLookup::UnknownUser,
-            Some(r) => {
-                let quota: Option<i64> = r.try_get(1)?;
-                let used: i64 = r.try_get(2)?;
-                RecipientLookup::Local {
-                    user_id: r.try_get(0)?,
-                    over_quota: quota.is_some_and(|q| used >= q),
-                }
-            }
+        };
+        let Some(user_id) = row.try_get::<Option<i64>, _>(0)? else {
+            return Ok(RecipientLookup::UnknownUser);
+        };
+        let quota: Option<i64> = row.try_get(1)?;
+        let used: i64 = row.try_get::<Option<i64>, _>(2)?.unwrap_or_default();
+        Ok(RecipientLookup::Local {
+            user_id,
+            over_quota: quota.is_some_and(|q| used >= q),
         })
     }
 

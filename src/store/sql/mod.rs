@@ -15,6 +15,7 @@ mod queue;
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -94,6 +95,8 @@ pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// SQLite only: the task that checkpoints the write-ahead log, stopped with the last clone.
+    _wal_checkpointer: Option<Arc<AbortOnDrop>>,
     /// Connections for the lease statements only: renewal must not queue behind the group
     /// commit, the API and the schedulers on the main pool, or a busy node would lose its
     /// leases while perfectly alive.
@@ -102,6 +105,38 @@ pub struct SqlStore {
     /// hold locked: apart, so such waits never take the renewals' connections.
     takeover_pool: AnyPool,
     dialect: Dialect,
+}
+
+/// How often SQLite's write-ahead log is copied into the database file, apart from the
+/// commits: an automatic checkpoint runs inside the commit that crosses the threshold and
+/// holds up every message of its batch (with the bodies in their rows, one every few seconds
+/// under load).
+const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Checkpoints the write-ahead log of SQLite every [`WAL_CHECKPOINT_INTERVAL`], in `PASSIVE`
+/// mode: it copies what no reader still needs and never waits for, or blocks, a writer.
+async fn checkpoint_wal(pool: AnyPool) {
+    let mut tick = tokio::time::interval(WAL_CHECKPOINT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(%error, "SQLite WAL checkpoint failed; retrying");
+        }
+    }
 }
 
 /// How long one connection attempt may take.
@@ -183,9 +218,11 @@ fn pool_options(
         pool = pool.after_connect(|conn, _meta| {
             Box::pin(async move {
                 // FULL: a commit is on disk when it returns, which the 250 promise needs.
+                // No automatic checkpoints: `checkpoint_wal` runs them beside the commits.
                 conn.execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                     PRAGMA wal_autocheckpoint = 0;",
                 )
                 .await?;
                 Ok(())
@@ -260,8 +297,13 @@ impl SqlStore {
             Some(TAKEOVER_LOCK_TIMEOUT),
         )
         .connect_lazy_with(options);
+        let wal_checkpointer = (dialect == Dialect::Sqlite).then(|| {
+            let task = tokio::spawn(checkpoint_wal(pool.clone()));
+            Arc::new(AbortOnDrop(task.abort_handle()))
+        });
         Ok(Self {
             pool,
+            _wal_checkpointer: wal_checkpointer,
             lease_pool,
             takeover_pool,
             dialect,
@@ -548,6 +590,33 @@ pub(crate) mod tests {
         let used = |id: i64| users.iter().find(|u| u.id == id).expect("user").used_bytes;
         assert_eq!(used(alice.id), sizes(|_| true));
         assert_eq!(used(bob.id), sizes(|i| i % 3 == 0));
+    }
+
+    /// Committed pages reach the database file without a commit running the checkpoint (and
+    /// long before SQLite's own threshold of 1,000 pages would).
+    #[tokio::test]
+    async fn the_write_ahead_log_is_checkpointed_beside_the_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_sqlite(dir.path(), "m").await;
+        let blobs = FsBlobStore::open(&dir.path().join("blobs")).expect("fs");
+        let db = dir.path().join("m.db");
+        let before = std::fs::metadata(&db).expect("db file").len();
+        let ops: Vec<WriteOp> = (0..100)
+            .map(|i| {
+                let mut m = accepted(&format!("m{i}"), &format!("k{i}"));
+                m.inline_body = Some(bytes::Bytes::from(vec![b'x'; 4096]));
+                WriteOp::Accept(m)
+            })
+            .collect();
+        store.write_batch(&ops, &blobs).await.expect("batch");
+        let deadline = std::time::Instant::now() + 10 * WAL_CHECKPOINT_INTERVAL;
+        while std::fs::metadata(&db).expect("db file").len() < before + 100 * 4096 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file did not grow: nothing checkpointed"
+            );
+            tokio::time::sleep(WAL_CHECKPOINT_INTERVAL / 5).await;
+        }
     }
 
     /// The purge decided a body was unreferenced; the same body was then stored again (the

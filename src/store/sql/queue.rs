@@ -804,8 +804,18 @@ mod tests {
                 .expect("read")
                 .expect("row");
             assert_eq!(
-                (after.status, after.attempts, &after.last_error, after.next_attempt_at),
-                (update.status, update.attempts, &update.last_error, update.next_attempt_at),
+                (
+                    after.status,
+                    after.attempts,
+                    &after.last_error,
+                    after.next_attempt_at
+                ),
+                (
+                    update.status,
+                    update.attempts,
+                    &update.last_error,
+                    update.next_attempt_at
+                ),
                 "row {}",
                 entry.message_id
             );
@@ -816,7 +826,12 @@ mod tests {
                 .map(|a| a.detail.as_str())
                 .collect();
             let expected = update.attempt.as_ref().map(|a| a.detail.as_str());
-            assert_eq!(recorded, Vec::from_iter(expected), "row {}", entry.message_id);
+            assert_eq!(
+                recorded,
+                Vec::from_iter(expected),
+                "row {}",
+                entry.message_id
+            );
         }
     }
 
