@@ -416,6 +416,7 @@ impl MetadataStore for SqlStore {
         .ok_or_else(|| StoreError::NotFound(format!("user {email}")))?;
         let user = user_from_row(&row)?;
         tx.commit().await?;
+        self.recipients.clear();
         Ok(user)
     }
 
@@ -447,6 +448,7 @@ impl MetadataStore for SqlStore {
             .await?;
         let keys = Self::delete_orphans(&mut tx, &message_ids).await?;
         tx.commit().await?;
+        self.recipients.clear();
         Ok(keys)
     }
 
@@ -647,7 +649,13 @@ impl MetadataStore for SqlStore {
         let Some(domain) = domain_of(&address) else {
             return Ok(RecipientLookup::NotHosted);
         };
-        // One round trip per RCPT: no row when the domain is not hosted, NULLs for no user.
+        if let Some(user_id) = self.recipients.get(&address) {
+            return Ok(RecipientLookup::Local {
+                user_id,
+                over_quota: false,
+            });
+        }
+        // No row when the domain is not hosted, NULLs for no user.
         let row = sqlx::query(
             "SELECT u.id, u.quota_bytes, u.used_bytes FROM domains d \
              LEFT JOIN users u ON u.email = $2 WHERE d.name = $1",
@@ -664,6 +672,9 @@ impl MetadataStore for SqlStore {
         };
         let quota: Option<i64> = row.try_get(1)?;
         let used: i64 = row.try_get::<Option<i64>, _>(2)?.unwrap_or_default();
+        if quota.is_none() {
+            self.recipients.put(address, user_id);
+        }
         Ok(RecipientLookup::Local {
             user_id,
             over_quota: quota.is_some_and(|q| used >= q),

@@ -12,6 +12,7 @@ mod batch;
 mod dkim_keys;
 mod messages;
 mod queue;
+mod recipients;
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -95,6 +96,8 @@ pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// Recent lookups of recipients without a quota.
+    recipients: Arc<recipients::RecipientCache>,
     /// SQLite only: the task that checkpoints the write-ahead log, stopped with the last clone.
     _wal_checkpointer: Option<Arc<AbortOnDrop>>,
     /// Connections for the lease statements only: renewal must not queue behind the group
@@ -304,6 +307,7 @@ impl SqlStore {
         Ok(Self {
             pool,
             _wal_checkpointer: wal_checkpointer,
+            recipients: Arc::default(),
             lease_pool,
             takeover_pool,
             dialect,
@@ -617,6 +621,48 @@ pub(crate) mod tests {
             );
             tokio::time::sleep(WAL_CHECKPOINT_INTERVAL / 5).await;
         }
+    }
+
+    /// A lookup remembered by one node while another deletes the user: the message is not
+    /// committed to a mailbox that no longer exists (the writer answers an error, the client
+    /// retries); on the node that deleted it, the next lookup already says so.
+    #[tokio::test]
+    async fn a_remembered_recipient_deleted_elsewhere_fails_its_commit() {
+        use crate::store::{MetadataStore, RecipientLookup};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let here = test_sqlite(dir.path(), "m").await;
+        let there = test_sqlite(dir.path(), "m").await;
+        let blobs = FsBlobStore::open(&dir.path().join("blobs")).expect("fs");
+        here.add_domain("example.org").await.expect("domain");
+        let alice = here
+            .add_user("alice@example.org", "x", false, None)
+            .await
+            .expect("alice");
+        let local = RecipientLookup::Local {
+            user_id: alice.id,
+            over_quota: false,
+        };
+        for store in [&here, &there] {
+            let found = store.lookup_recipient("Alice@example.org").await;
+            assert_eq!(found.expect("lookup"), local);
+        }
+        there
+            .delete_user("alice@example.org")
+            .await
+            .expect("delete");
+        let gone = there.lookup_recipient("alice@example.org").await;
+        assert_eq!(gone.expect("lookup"), RecipientLookup::UnknownUser);
+        let stale = here.lookup_recipient("alice@example.org").await;
+        assert_eq!(stale.expect("lookup"), local, "remembered for a moment");
+        let mut m = accepted("m1", "k1");
+        m.inline_body = Some(bytes::Bytes::from_static(b"body\r\n"));
+        m.local_recipients = vec![alice.id];
+        let results = here
+            .write_batch(&[WriteOp::Accept(m)], &blobs)
+            .await
+            .expect("batch");
+        assert!(results[0].is_err(), "{results:?}");
+        assert_eq!(here.count_messages().await.expect("count"), 0);
     }
 
     /// The purge decided a body was unreferenced; the same body was then stored again (the
