@@ -82,9 +82,10 @@ class Services:
 
 class MaiRust:
     """A `mairust serve` on a fresh data directory; `extra_yaml` is appended to the config,
-    `backend_yaml` replaces the embedded database and storage, `env` adds variables."""
+    `backend_yaml` replaces the embedded database and storage, `env` adds variables, `wrapper`
+    is a command line the binary runs under (valgrind)."""
 
-    def __init__(self, binary, extra_yaml="", backend_yaml=None, env=None):
+    def __init__(self, binary, extra_yaml="", backend_yaml=None, env=None, wrapper=(), start_timeout=20.0):
         self.dir = tempfile.mkdtemp(prefix="mairust-bench-")
         self.smtp_port, self.submission_port, self.api_port = free_port(), free_port(), free_port()
         config = os.path.join(self.dir, "config.yaml")
@@ -104,10 +105,10 @@ class MaiRust:
         env = dict(os.environ, MAIRUST_ADMIN_EMAIL=ADMIN[0], MAIRUST_ADMIN_PASSWORD=ADMIN[1], **(env or {}))
         self.log = open(os.path.join(self.dir, "server.log"), "w")
         self.proc = subprocess.Popen(
-            [binary, "serve", "--config", config], env=env, stdout=self.log, stderr=self.log
+            [*wrapper, binary, "serve", "--config", config], env=env, stdout=self.log, stderr=self.log
         )
-        wait_port(self.api_port)
-        wait_port(self.smtp_port)
+        wait_port(self.api_port, start_timeout)
+        wait_port(self.smtp_port, start_timeout)
 
     def api(self, method, path, body=None, auth=ADMIN):
         return api(self.api_port, method, path, body, auth)

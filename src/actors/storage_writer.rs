@@ -8,8 +8,10 @@
 //! requests already in the mailbox. So when `Flush` runs, every concurrent request is in the
 //! buffer and they share one transaction (one fsync): group commit without a timer.
 //!
-//! Each request runs in its own savepoint, so one failing request (a lost lease, a deleted
-//! user) leaves the others in the batch. If the writer dies, pending callers see their reply
+//! The accepted messages of a batch are written together in one savepoint; if that fails,
+//! they are written again one by one, each in its own savepoint like every queue owner's
+//! change, so one failing request (a lost lease, a deleted user) leaves the others in the
+//! batch. If the writer dies, pending callers see their reply
 //! port dropped and answer `451`: the client still holds the message and retries.
 //!
 //! Callers wait at most `database.commit_timeout` (a hung database answers `451 4.3.0`, not
