@@ -326,6 +326,8 @@ class Bench:
     def measure(self, case, name, variant=None):
         """One round of `case` on MaiRust (`variant`) or Postfix (variant None)."""
         args = self.args
+        # The previous run's dirty pages are written back now, not during this run's fsyncs.
+        os.sync()
         if case in SIZES:
             size = SIZES[case]
             args.count = {"accept-64k": max(20, args.messages // 5),
@@ -349,6 +351,7 @@ class Bench:
             self.print_throughput(case, name, r)
         elif case == "latency":
             rate = self.half_peak(variant or self.current_variant)
+            os.sync()  # after the peak run, if there was one
             count = max(50, min(args.messages, int(rate * args.latency_seconds)))
             server = self.mairust(variant, self.mairust_yaml(connections=args.sessions * 10 + 100)) \
                 if variant else Postfix()
