@@ -222,7 +222,7 @@ impl Acceptor {
     }
 }
 
-/// Bodies up to this size are parsed, hashed and sealed in place: tens of microseconds, less
+/// Bodies up to this size are parsed, hashed and sealed in place: at most tens of microseconds, less
 /// than the two thread switches a trip to the blocking pool costs.
 const IN_PLACE_MAX_BYTES: usize = 16 * 1024;
 
