@@ -222,8 +222,8 @@ impl Acceptor {
     }
 }
 
-/// Bodies up to this size are parsed, hashed and sealed in place: at most tens of microseconds, less
-/// than the two thread switches a trip to the blocking pool costs.
+/// Bodies up to this size are parsed, hashed and sealed in place: at most tens of
+/// microseconds, less than the two thread switches a trip to the blocking pool costs.
 const IN_PLACE_MAX_BYTES: usize = 16 * 1024;
 
 /// Runs CPU-bound work over a body of `size` bytes: in place when it is small, otherwise on
