@@ -585,7 +585,8 @@ impl Stores {
 
     /// The stored form of a body small enough to travel with its metadata (sealed when a
     /// master key is set), or the body back when it belongs in the blob store. Sealing is CPU
-    /// work: the acceptance path calls this on the blocking pool.
+    /// work: the acceptance path calls this in place for small bodies and on the blocking pool
+    /// for large ones (`acceptance::body_work`).
     pub fn inline_form(&self, data: Vec<u8>) -> Result<bytes::Bytes, Vec<u8>> {
         if data.len() > self.inline_max {
             return Err(data);
