@@ -38,6 +38,12 @@ def smtp_source(port, messages, sessions):
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
 
 
+def head_of(path):
+    """The start of a callgrind dump, where its description (the dump hint) stands."""
+    with open(path, errors="replace") as f:
+        return f.read(4096)
+
+
 def measure(binary, args):
     """(instructions per message, [(Ir, function)] of the top functions) for one build."""
     out = tempfile.mkdtemp(prefix="mairust-callgrind-")
@@ -59,8 +65,7 @@ def measure(binary, args):
         subprocess.run(["callgrind_control", "--dump=measured", pid], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
         server.stop()
-    dumps = [f for f in glob.glob(f"{out}/callgrind.out.*") if open(f, errors="replace").read(4096).find(
-        "measured") >= 0]
+    dumps = [f for f in glob.glob(f"{out}/callgrind.out.*") if "measured" in head_of(f)]
     if not dumps:
         raise SystemExit(f"no callgrind dump named 'measured' in {out}")
     annotated = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", dumps[0]], capture_output=True,
