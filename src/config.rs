@@ -414,6 +414,10 @@ pub struct DeliveryConfig {
     pub data_timeout: Duration,
     /// Messages sent over one connection before it is closed.
     pub max_messages_per_connection: usize,
+    /// How long an idle outbound connection stays open for the next delivery to its host
+    /// (Postfix's `smtp_connection_cache_time_limit`); zero closes every connection at once.
+    #[serde(deserialize_with = "duration")]
+    pub connection_cache_time: Duration,
     /// How long delivered, failed and cancelled rows stay visible in the queue API.
     #[serde(deserialize_with = "duration")]
     pub retention: Duration,
@@ -442,6 +446,7 @@ impl Default for DeliveryConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             max_messages_per_connection: 50,
+            connection_cache_time: Duration::from_secs(2),
             retention: Duration::from_secs(7 * 24 * 3600),
         }
     }

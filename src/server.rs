@@ -9,6 +9,7 @@ use anyhow::Context;
 use ractor::Actor;
 
 use crate::acceptance::Acceptor;
+use crate::actors::connection_cache::ConnectionCache;
 use crate::actors::delivery::{DeliveryContext, DestinationLimiter};
 use crate::actors::queue_manager::QueueManagerArgs;
 use crate::actors::storage_writer::WriterArgs;
@@ -128,6 +129,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             stores: stores.clone(),
             router: Router::new(&config.delivery)?,
             limiter: DestinationLimiter::new(config.delivery.concurrency_per_destination),
+            connections: ConnectionCache::new(
+                config.delivery.connection_cache_time,
+                config.delivery.concurrency_per_destination,
+                config.delivery.max_messages_per_connection,
+            ),
             tls: tls::outbound_client_config(),
             queue: queue.clone(),
             writer: writer.clone(),

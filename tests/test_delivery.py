@@ -27,6 +27,7 @@ from conftest import (
     USER_PASSWORD,
     Server,
     free_ports,
+    metric_value,
     run_cli,
     setup_domain_and_user,
     simple_message,
@@ -50,9 +51,11 @@ class Receiver:
         credentials: tuple[str, str] | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
+        idle_timeout: float = 300,
     ):
         self.messages: list[dict] = []
         self.sessions: set[int] = set()
+        self.quits: list[tuple[int, float]] = []
         self.tempfail_left = 1
         self.data_delay = 0.0
         self.lock = threading.Lock()
@@ -76,7 +79,7 @@ class Receiver:
 
             kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
         self.controller = Controller(
-            self, hostname=host, port=self.port, enable_SMTPUTF8=True, **kwargs
+            self, hostname=host, port=self.port, enable_SMTPUTF8=True, timeout=idle_timeout, **kwargs
         )
         self.controller.start()
 
@@ -89,6 +92,11 @@ class Receiver:
             self.sessions.add(id(session))
         session.host_name = hostname
         return responses
+
+    async def handle_QUIT(self, server, session, envelope):
+        with self.lock:
+            self.quits.append((id(session), time.monotonic()))
+        return "221 Bye"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@")[0]
@@ -589,6 +597,57 @@ def test_connections_are_reused_for_queued_mail(server, receiver):
     got = rcv.wait(6, timeout=30)
     assert len(got) == 6
     assert len({m["session"] for m in got}) < 6, "several messages shared a connection"
+
+
+def test_an_idle_connection_carries_the_next_message_then_quits(server, receiver):
+    # Each message leaves on its own wake-up (the previous one is delivered before the next
+    # is submitted): all of them share one connection, kept idle in between, and that
+    # connection ends with QUIT once it has been idle for the cache time.
+    rcv = receiver()
+    srv = relay_server(server, rcv, connection_cache_time="3s")
+    for i in range(3):
+        submit(srv, [f"alice@{REMOTE}"], f"one by one {i}")
+        got = rcv.wait(i + 1)
+        wait_queue(srv, lambda items, n=i + 1: sum(x["status"] == "delivered" for x in items) == n)
+    assert len({m["session"] for m in got}) == 1, got
+    assert rcv.quits == []
+    last = time.monotonic()
+    deadline = last + 10
+    while not rcv.quits and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [q[0] for q in rcv.quits] == [got[0]["session"]]
+    assert rcv.quits[0][1] - last > 2, "the connection was closed before its idle time was up"
+    text = srv.metrics()
+    assert metric_value(text, "mairust_delivery_connections_total", {"reused": "true"}) == 2, text
+    assert metric_value(text, "mairust_delivery_connections_total", {"reused": "false"}) == 1, text
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(server, receiver):
+    # The receiver hangs up after 0.5 s of silence (with a 421, as servers do); the next
+    # message, 1.5 s later, must go out on a new connection at its first attempt.
+    rcv = receiver(idle_timeout=0.5)
+    srv = relay_server(server, rcv, connection_cache_time="10s")
+    submit(srv, [f"alice@{REMOTE}"], "before the hang-up")
+    rcv.wait(1)
+    time.sleep(1.5)
+    submit(srv, [f"alice@{REMOTE}"], "after the hang-up")
+    got = rcv.wait(2)
+    assert len({m["session"] for m in got}) == 2
+    items = wait_queue(srv, lambda i: len(i) == 2 and all(x["status"] == "delivered" for x in i))
+    assert [x["attempts"] for x in items] == [1, 1], items
+
+
+def test_without_a_cache_time_every_delivery_opens_its_own_connection(server, receiver):
+    rcv = receiver()
+    srv = relay_server(server, rcv, connection_cache_time="0s")
+    for i in range(2):
+        submit(srv, [f"alice@{REMOTE}"], f"uncached {i}")
+        got = rcv.wait(i + 1)
+    assert len({m["session"] for m in got}) == 2
+    deadline = time.monotonic() + 5
+    while len(rcv.quits) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(rcv.quits) == 2, "each connection ended with QUIT"
 
 
 def test_queue_metrics(server, receiver):

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::QueueHandle;
+use super::connection_cache::ConnectionCache;
 use super::lease_deadline::LeaseDeadline;
 use crate::config::{Config, DeliveryTls};
 use crate::smtp::client::{ClientConfig, Credentials, TlsPolicy, Transaction};
@@ -29,6 +30,8 @@ pub struct DeliveryContext {
     pub router: Router,
     /// Connections per destination host.
     pub limiter: DestinationLimiter,
+    /// Idle connections kept for the next delivery to their host.
+    pub connections: ConnectionCache,
     /// TLS for STARTTLS to remote servers.
     pub tls: Arc<rustls::ClientConfig>,
     /// Hints for bounces queued to other partitions.
@@ -229,7 +232,11 @@ pub async fn deliver(
     let mut last_error = String::from("no destination could be reached");
     for dest in &destinations {
         let _permit = ctx.limiter.acquire(&dest.host).await;
-        for addr in &dest.addrs {
+        // An idle connection to this host first; if it fails before any answer (the server
+        // dropped it meanwhile), a new one to each of the host's addresses.
+        let mut cached = ctx.connections.take(&dest.host).await;
+        let mut addrs = dest.addrs.iter();
+        loop {
             // Routing and the wait for a slot take time: check again right before connecting.
             if !deadline.is_valid() {
                 for (_, list) in &groups {
@@ -242,22 +249,40 @@ pub async fn deliver(
                 }
                 return results;
             }
+            let reused = cached.is_some();
+            let mut conn = match cached.take() {
+                Some(conn) => conn,
+                None => {
+                    let Some(addr) = addrs.next() else { break };
+                    match outbound::Connection::open(
+                        &params,
+                        *addr,
+                        &dest.host,
+                        client_config(&ctx.config),
+                    )
+                    .await
+                    {
+                        Ok(conn) => conn,
+                        Err(error) => {
+                            tracing::info!(host = %dest.host, %addr, %error, "cannot deliver via this host; trying the next");
+                            last_error = format!("{} [{addr}]: {error}", dest.host);
+                            continue;
+                        }
+                    }
+                }
+            };
+            metrics::counter!("mairust_delivery_connections_total", "reused" => if reused { "true" } else { "false" })
+                .increment(1);
             let transactions: Vec<Transaction> = groups.iter().map(|(t, _)| t.clone()).collect();
-            match outbound::send(
-                &params,
-                *addr,
-                &dest.host,
-                client_config(&ctx.config),
-                transactions,
-                deadline,
-            )
-            .await
-            {
+            match conn.send(transactions, deadline).await {
                 Err(error) => {
-                    tracing::info!(host = %dest.host, %addr, %error, "cannot deliver via this host; trying the next");
+                    let addr = conn.addr();
+                    tracing::info!(host = %dest.host, %addr, reused, %error, "cannot deliver via this connection; trying the next");
                     last_error = format!("{} [{addr}]: {error}", dest.host);
+                    conn.close().await;
                 }
                 Ok(per_transaction) => {
+                    ctx.connections.put(conn);
                     for ((_, list), rcpt_results) in groups.iter().zip(per_transaction) {
                         for entry in list {
                             let r = rcpt_results

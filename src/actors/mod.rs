@@ -2,6 +2,7 @@
 //! writers that turn concurrent acceptances into group commits, and the partitioned delivery
 //! queue (manager, one actor per owned partition, delivery workers).
 
+pub mod connection_cache;
 pub mod delivery;
 pub mod lease_deadline;
 pub mod partition;

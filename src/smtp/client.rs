@@ -514,6 +514,26 @@ impl ClientSession {
         self.done
     }
 
+    /// Transactions pushed so far: the index the next one gets in its
+    /// [`ClientEvent::TransactionDone`].
+    pub fn pushed(&self) -> usize {
+        self.pushed
+    }
+
+    /// Whether the connection is open, past its greeting, TLS and AUTH, and waits for a
+    /// transaction with nothing in flight: it can be kept and given more.
+    pub fn is_idle(&self) -> bool {
+        self.ready
+            && !self.failed
+            && !self.done
+            && !self.finished
+            && !self.awaiting_commit
+            && !self.waiting_tls
+            && self.current.is_none()
+            && self.queue.is_empty()
+            && self.expect.is_empty()
+    }
+
     /// Whether the next reply is the one after the message data (longer timeout).
     pub fn expects_data_reply(&self) -> bool {
         self.expect.front() == Some(&Expect::DataEnd)
@@ -1046,6 +1066,49 @@ mod tests {
                 ]
             )]
         );
+        assert!(c.is_done());
+    }
+
+    #[test]
+    fn an_idle_session_takes_later_transactions_without_a_new_greeting() {
+        let mut c = ClientSession::new(config());
+        let (out, _) = script(&mut c, &["220 mx ESMTP", "250-mx", "250 PIPELINING"]);
+        assert_eq!(out, "EHLO out.example.test\r\n");
+        assert!(c.is_idle(), "greeted and nothing to send");
+
+        c.push(tx(&["x@r.test"], b"one\r\n"));
+        assert!(!c.is_idle());
+        let (_, events) = script(&mut c, &["250 ok", "250 ok", "354 go", "250 2.0.0 one"]);
+        assert_eq!(
+            outcomes(&events),
+            vec![(0, vec![("x@r.test".into(), Outcome::Delivered, 250)])]
+        );
+        assert!(
+            c.is_idle(),
+            "the transaction is over and nothing else is queued"
+        );
+
+        // A refused sender leaves an open transaction behind on a pipelining server: the RSET
+        // that ends it must be answered before the session is idle again.
+        c.push(tx(&["y@r.test"], b"two\r\n"));
+        let (_, events) = script(
+            &mut c,
+            &["250 ok", "550 5.1.1 no", "554 5.5.1 no recipients"],
+        );
+        assert_eq!(c.pushed(), 2);
+        assert_eq!(
+            outcomes(&events),
+            vec![(1, vec![("y@r.test".into(), Outcome::Permanent, 550)])]
+        );
+        assert!(!c.is_idle(), "RSET is in flight");
+        let (out, _) = script(&mut c, &["250 reset"]);
+        assert!(out.is_empty(), "{out}");
+        assert!(c.is_idle());
+
+        c.finish();
+        assert!(!c.is_idle());
+        assert_eq!(c.poll_output().as_deref(), Some(&b"QUIT\r\n"[..]));
+        script(&mut c, &["221 bye"]);
         assert!(c.is_done());
     }
 

@@ -156,7 +156,7 @@ impl<P: SessionPolicy> Connection<P> {
 
     async fn run(mut self) -> anyhow::Result<()> {
         // Small while the session only exchanges commands (most of an idle session's memory),
-        // grown once for a message transfer.
+        // grown while a message transfer fills it.
         let mut buf = vec![0u8; COMMAND_BUFFER];
         let mut shutdown = self.ctx.shutdown.clone();
         let smtp = &self.ctx.config.smtp;
@@ -184,7 +184,6 @@ impl<P: SessionPolicy> Connection<P> {
                 transfer_started = None;
             } else if transfer_started.is_none() {
                 transfer_started = Some(now);
-                buf.resize(TRANSFER_BUFFER, 0);
             }
             let lines = self.session.lines_read();
             command_started = match command_started {
@@ -207,7 +206,14 @@ impl<P: SessionPolicy> Connection<P> {
                 read = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match read {
                     Err(_) => self.session.handle_timeout(),
                     Ok(Ok(0)) => break,
-                    Ok(Ok(n)) => self.session.handle_input(&buf[..n]),
+                    Ok(Ok(n)) => {
+                        self.session.handle_input(&buf[..n]);
+                        // A transfer that fills the buffer gets a bigger one, doubling up to
+                        // the transfer size: small messages never pay for zeroing 64 KiB.
+                        if n == buf.len() && transfer_started.is_some() && n < TRANSFER_BUFFER {
+                            buf.resize(n * 2, 0);
+                        }
+                    }
                     Ok(Err(e)) => return Err(e.into()),
                 },
                 _ = shutting_down(&mut shutdown) => {

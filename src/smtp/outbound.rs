@@ -8,6 +8,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::client::{
     ClientConfig, ClientEvent, ClientSession, Outcome, RecipientResult, Transaction,
@@ -39,114 +40,211 @@ fn server_name(host: &str, addr: SocketAddr) -> ServerName<'static> {
         .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()))
 }
 
-/// Sends `transactions` over one connection to `addr`. Returns each transaction's recipient
-/// results in order, or `Err` when the host failed before answering any recipient (connect
-/// error, refused greeting, TLS failure): then the caller tries the next host.
-///
-/// Before each end of data the partition's lease `deadline` is checked: past it the
-/// connection is dropped without the terminator (the server discards the message) and that
-/// transaction and the later ones are temporary failures ([`DEADLINE_PASSED`]), reported as
-/// `Ok` so that no other host is tried either.
-pub async fn send(
-    params: &ConnectionParams,
+/// An outbound SMTP connection: greeted, past STARTTLS and AUTH, and then given transactions,
+/// one batch after another, until it is closed or kept idle by the connection cache.
+pub struct Connection {
+    session: ClientSession,
+    stream: Stream,
+    params: ConnectionParams,
+    host: String,
     addr: SocketAddr,
-    host: &str,
-    config: ClientConfig,
-    transactions: Vec<Transaction>,
-    deadline: &LeaseDeadline,
-) -> Result<Vec<Vec<RecipientResult>>, String> {
-    let tcp = tokio::time::timeout(params.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connection timed out".to_string())?
-        .map_err(|e| format!("connection failed: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let count = transactions.len();
-    let mut session = ClientSession::new(config);
-    for tx in transactions {
-        session.push(tx);
-    }
-    session.finish();
+    opened: Instant,
+    sent: usize,
+    /// Dropped mid-data at the lease deadline: nothing more may reach the server.
+    fenced: bool,
+}
 
-    let mut stream = Stream::Plain(tcp);
-    let mut results: Vec<Vec<RecipientResult>> = vec![Vec::new(); count];
-    let mut failure: Option<String> = None;
-    let mut fenced = false;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        while let Some(event) = session.poll_event() {
-            match event {
-                ClientEvent::StartTls => {
-                    flush(&mut session, &mut stream).await;
-                    match upgrade(params, host, addr, &mut stream).await {
-                        Ok(()) => session.tls_started(),
-                        Err(e) => {
-                            failure = Some(format!("TLS handshake failed: {e}"));
-                            session.handle_disconnect();
+impl Connection {
+    /// Connects to `addr` (named `host`, for TLS) and runs the greeting, EHLO, STARTTLS and
+    /// AUTH. `Err` when the host cannot take mail now (connect error, refused greeting, TLS
+    /// failure): the caller tries the next host.
+    pub async fn open(
+        params: &ConnectionParams,
+        addr: SocketAddr,
+        host: &str,
+        config: ClientConfig,
+    ) -> Result<Self, String> {
+        let tcp = tokio::time::timeout(params.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connection timed out".to_string())?
+            .map_err(|e| format!("connection failed: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Self {
+            session: ClientSession::new(config),
+            stream: Stream::Plain(tcp),
+            params: params.clone(),
+            host: host.to_string(),
+            addr,
+            opened: Instant::now(),
+            sent: 0,
+            fenced: false,
+        };
+        // Nothing is pushed yet, so no end of data can come up: any deadline will do.
+        let failure = conn.run(&mut [], 0, &LeaseDeadline::default()).await;
+        if conn.session.is_idle() {
+            return Ok(conn);
+        }
+        let reason =
+            failure.unwrap_or_else(|| "connection lost before the server was ready".into());
+        conn.close().await;
+        Err(reason)
+    }
+
+    /// Sends `transactions` and returns each one's recipient results in order, or `Err` when
+    /// the session failed before any recipient got a definitive answer: then the caller may
+    /// try another connection or host.
+    ///
+    /// Before each end of data the partition's lease `deadline` is checked: past it the
+    /// connection is dropped without the terminator (the server discards the message) and that
+    /// transaction and the later ones are temporary failures ([`DEADLINE_PASSED`]), reported as
+    /// `Ok` so that no other host is tried either.
+    pub async fn send(
+        &mut self,
+        transactions: Vec<Transaction>,
+        deadline: &LeaseDeadline,
+    ) -> Result<Vec<Vec<RecipientResult>>, String> {
+        let base = self.session.pushed();
+        let mut results: Vec<Vec<RecipientResult>> = vec![Vec::new(); transactions.len()];
+        self.sent += transactions.len();
+        for tx in transactions {
+            self.session.push(tx);
+        }
+        let failure = self.run(&mut results, base, deadline).await;
+        if self.fenced {
+            return Ok(results);
+        }
+        // After a session failure, only a definitive answer (delivered or refused) counts as
+        // the host having dealt with the mail; otherwise the next host gets a chance.
+        let answered = results
+            .iter()
+            .flatten()
+            .any(|r| r.outcome != Outcome::Temporary);
+        match failure {
+            Some(reason) if !answered => Err(reason),
+            _ => Ok(results),
+        }
+    }
+
+    /// The host this connection was opened to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The address this connection was opened to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the connection can take another transaction now, `sent` so far being fewer
+    /// than `max_messages` and its age less than `max_age`.
+    pub fn reusable(&self, max_messages: usize, max_age: Duration) -> bool {
+        self.session.is_idle() && self.sent < max_messages && self.opened.elapsed() < max_age
+    }
+
+    /// Returns when the server sent something or closed the connection while nothing was
+    /// asked of it: a `421` before an idle timeout, or the close itself. Either way the
+    /// connection is no use any more.
+    pub async fn spoke_unasked(&mut self) {
+        let mut byte = [0u8; 1];
+        let _ = self.stream.read(&mut byte).await;
+    }
+
+    /// Ends the connection: QUIT (if the session is still up), then the TCP or TLS shutdown.
+    /// A fenced connection is only dropped: nothing more may reach the server, not even a TLS
+    /// close_notify.
+    pub async fn close(mut self) {
+        if self.fenced {
+            return;
+        }
+        if !self.session.is_done() {
+            self.session.finish();
+            let bound = self.params.command_timeout.min(QUIT_TIMEOUT);
+            let _ =
+                tokio::time::timeout(bound, self.run(&mut [], 0, &LeaseDeadline::default())).await;
+        }
+        let _ = tokio::time::timeout(QUIT_TIMEOUT, self.stream.shutdown()).await;
+    }
+
+    /// Runs the session until it is idle or done: writes what it queues, reads the replies,
+    /// answers its events. Results of transaction `base + i` land in `results[i]`. Returns
+    /// why the session failed, if it did.
+    async fn run(
+        &mut self,
+        results: &mut [Vec<RecipientResult>],
+        base: usize,
+        deadline: &LeaseDeadline,
+    ) -> Option<String> {
+        let (host, addr) = (self.host.as_str(), self.addr);
+        let session = &mut self.session;
+        let stream = &mut self.stream;
+        let mut failure: Option<String> = None;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            while let Some(event) = session.poll_event() {
+                match event {
+                    ClientEvent::StartTls => {
+                        flush(session, stream).await;
+                        match upgrade(&self.params, host, addr, stream).await {
+                            Ok(()) => session.tls_started(),
+                            Err(e) => {
+                                failure = Some(format!("TLS handshake failed: {e}"));
+                                session.handle_disconnect();
+                            }
                         }
                     }
-                }
-                ClientEvent::ReadyToCommit { index } => {
-                    // The data first: it may take long to send, and the check must come
-                    // after it, right before the only bytes that make the server keep it.
-                    if !flush(&mut session, &mut stream).await {
-                        session.handle_disconnect();
-                    } else if deadline.is_valid() {
-                        session.commit();
-                    } else {
-                        tracing::warn!(%host, %addr, transaction = index, "lease deadline passed before the end of data; dropping the connection");
-                        session.abort_commit(DEADLINE_PASSED);
-                        fenced = true;
+                    ClientEvent::ReadyToCommit { index } => {
+                        // The data first: it may take long to send, and the check must come
+                        // after it, right before the only bytes that make the server keep it.
+                        if !flush(session, stream).await {
+                            session.handle_disconnect();
+                        } else if deadline.is_valid() {
+                            session.commit();
+                        } else {
+                            tracing::warn!(%host, %addr, transaction = index, "lease deadline passed before the end of data; dropping the connection");
+                            session.abort_commit(DEADLINE_PASSED);
+                            self.fenced = true;
+                        }
                     }
-                }
-                ClientEvent::TransactionDone { index, results: r } => {
-                    if let Some(slot) = results.get_mut(index) {
-                        *slot = r;
+                    ClientEvent::TransactionDone { index, results: r } => {
+                        if let Some(slot) = index.checked_sub(base).and_then(|i| results.get_mut(i))
+                        {
+                            *slot = r;
+                        }
                     }
-                }
-                ClientEvent::SessionFailed { reply, reason } => {
-                    failure = Some(match reply {
-                        Some(reply) => format!("{reason}: {}", reply.summary()),
-                        None => reason,
-                    });
+                    ClientEvent::SessionFailed { reply, reason } => {
+                        failure = Some(match reply {
+                            Some(reply) => format!("{reason}: {}", reply.summary()),
+                            None => reason,
+                        });
+                    }
                 }
             }
+            if self.fenced {
+                return failure;
+            }
+            if !flush(session, stream).await {
+                session.handle_disconnect();
+                continue;
+            }
+            if session.is_done() || session.is_idle() {
+                return failure;
+            }
+            let timeout = if session.expects_data_reply() {
+                self.params.data_timeout
+            } else {
+                self.params.command_timeout
+            };
+            match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+                Err(_) => session.handle_timeout(),
+                Ok(Ok(0)) | Ok(Err(_)) => session.handle_disconnect(),
+                Ok(Ok(n)) => session.handle_input(&buf[..n]),
+            }
         }
-        if !flush(&mut session, &mut stream).await {
-            session.handle_disconnect();
-            continue;
-        }
-        if session.is_done() {
-            break;
-        }
-        let timeout = if session.expects_data_reply() {
-            params.data_timeout
-        } else {
-            params.command_timeout
-        };
-        match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
-            Err(_) => session.handle_timeout(),
-            Ok(Ok(0)) | Ok(Err(_)) => session.handle_disconnect(),
-            Ok(Ok(n)) => session.handle_input(&buf[..n]),
-        }
-    }
-    if fenced {
-        // Dropped, not shut down: nothing more may reach the server, not even a TLS
-        // close_notify, and the results stand as they are.
-        drop(stream);
-        return Ok(results);
-    }
-    let _ = stream.shutdown().await;
-    // After a session failure, only a definitive answer (delivered or refused) counts as the
-    // host having dealt with the mail; otherwise the next host gets a chance.
-    let answered = results
-        .iter()
-        .flatten()
-        .any(|r| r.outcome != Outcome::Temporary);
-    match failure {
-        Some(reason) if !answered => Err(reason),
-        _ => Ok(results),
     }
 }
+
+/// Longest wait for the reply to QUIT, and for the shutdown after it.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Writes everything the session has queued; false if the connection broke.
 async fn flush(session: &mut ClientSession, stream: &mut Stream) -> bool {
@@ -229,42 +327,122 @@ mod tests {
         (stored, data.is_some())
     }
 
-    async fn send_one(deadline: &LeaseDeadline) -> (Vec<Vec<RecipientResult>>, Vec<String>, bool) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(receiver(listener));
-        let params = ConnectionParams {
+    fn params() -> ConnectionParams {
+        ConnectionParams {
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
             data_timeout: Duration::from_secs(5),
             tls: crate::tls::outbound_client_config(),
-        };
-        let config = ClientConfig {
+        }
+    }
+
+    fn config() -> ClientConfig {
+        ClientConfig {
             helo_name: "out.test".into(),
             tls: TlsPolicy::Disabled,
             tls_available: false,
             auth: None,
             allow_plain_auth: false,
-        };
-        let tx = |rcpt: &str| Transaction {
+        }
+    }
+
+    fn tx(rcpt: &str) -> Transaction {
+        Transaction {
             mail_from: "a@here.test".into(),
             rcpt_to: vec![rcpt.into()],
             body: Arc::from(&b"Subject: s\r\n\r\nbody\r\n"[..]),
             smtputf8: false,
             body_8bit: false,
-        };
-        let results = send(
-            &params,
-            addr,
-            "mx.test",
-            config,
-            vec![tx("x@r.test"), tx("y@r.test")],
-            deadline,
-        )
-        .await
-        .expect("answered");
+        }
+    }
+
+    async fn listener() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        (listener, addr)
+    }
+
+    async fn send_one(deadline: &LeaseDeadline) -> (Vec<Vec<RecipientResult>>, Vec<String>, bool) {
+        let (listener, addr) = listener().await;
+        let server = tokio::spawn(receiver(listener));
+        let mut conn = Connection::open(&params(), addr, "mx.test", config())
+            .await
+            .expect("greeted");
+        let results = conn
+            .send(vec![tx("x@r.test"), tx("y@r.test")], deadline)
+            .await
+            .expect("answered");
+        conn.close().await;
         let (stored, cut) = server.await.expect("receiver");
         (results, stored, cut)
+    }
+
+    #[tokio::test]
+    async fn one_connection_takes_one_batch_after_another_until_its_limit() {
+        let (listener, addr) = listener().await;
+        let server = tokio::spawn(receiver(listener));
+        let deadline = LeaseDeadline::default();
+        deadline.renewed(tokio::time::Instant::now(), Duration::from_secs(60));
+        let mut conn = Connection::open(&params(), addr, "mx.test", config())
+            .await
+            .expect("greeted");
+        let age = Duration::from_secs(60);
+        assert!(conn.reusable(2, age));
+        let first = conn.send(vec![tx("x@r.test")], &deadline).await.expect("x");
+        assert!(conn.reusable(2, age), "one of two messages sent");
+        let second = conn.send(vec![tx("y@r.test")], &deadline).await.expect("y");
+        assert!(
+            !conn.reusable(2, age),
+            "the connection's two messages are sent"
+        );
+        assert!(
+            !conn.reusable(10, Duration::ZERO),
+            "the connection is too old"
+        );
+        for (results, rcpt) in [(first, "x@r.test"), (second, "y@r.test")] {
+            assert_eq!(results.len(), 1);
+            assert_eq!(results[0][0].recipient, rcpt);
+            assert_eq!(results[0][0].outcome, Outcome::Delivered);
+        }
+        conn.close().await;
+        // The receiver accepts a single connection: both messages came over it, and it ended
+        // with QUIT (the receiver returns only then or on a cut).
+        let (stored, cut) = server.await.expect("receiver");
+        assert_eq!(stored.len(), 2);
+        assert!(!cut);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_notices_the_server_hanging_up() {
+        let (listener, addr) = listener().await;
+        let (idle, idle_seen) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut lines = BufReader::new(&mut socket);
+            lines
+                .get_mut()
+                .write_all(b"220 mx\r\n")
+                .await
+                .expect("greet");
+            let mut line = String::new();
+            lines.read_line(&mut line).await.expect("ehlo");
+            lines.get_mut().write_all(b"250 mx\r\n").await.expect("w");
+            // Once the client is idle: an idle timeout, as servers have.
+            let _ = idle_seen.await;
+            lines
+                .get_mut()
+                .write_all(b"421 4.4.2 idle too long\r\n")
+                .await
+                .expect("w");
+        });
+        let mut conn = Connection::open(&params(), addr, "mx.test", config())
+            .await
+            .expect("greeted");
+        let _ = idle.send(());
+        tokio::time::timeout(Duration::from_secs(5), conn.spoke_unasked())
+            .await
+            .expect("the 421 or the close was seen");
+        server.await.expect("server");
     }
 
     #[tokio::test]
