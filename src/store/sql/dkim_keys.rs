@@ -23,6 +23,7 @@ impl DkimKeyStore for SqlStore {
         .bind(key.created_at)
         .execute(self.pool())
         .await;
+        self.signing_keys.clear();
         match result {
             Ok(_) => Ok(()),
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(
@@ -33,7 +34,13 @@ impl DkimKeyStore for SqlStore {
     }
 
     async fn dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>, StoreError> {
-        Ok(self.dkim_keys(domain).await?.into_iter().next())
+        let domain = domain.to_ascii_lowercase();
+        if let Some(key) = self.signing_keys.get(&domain) {
+            return Ok(key);
+        }
+        let key = self.dkim_keys(&domain).await?.into_iter().next();
+        self.signing_keys.put(domain, key.clone());
+        Ok(key)
     }
 
     async fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKeyRecord>, StoreError> {
@@ -64,6 +71,7 @@ impl DkimKeyStore for SqlStore {
             .bind(selector)
             .execute(self.pool())
             .await?;
+        self.signing_keys.clear();
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!(
                 "DKIM selector {selector} of {domain}"

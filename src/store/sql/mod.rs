@@ -12,7 +12,7 @@ mod batch;
 mod dkim_keys;
 mod messages;
 mod queue;
-mod recipients;
+mod recent;
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -24,6 +24,7 @@ use sqlx::{AnyConnection, Connection};
 use sqlx::{AnyPool, Executor};
 
 use super::blob::BlobStore;
+use super::dkim_keys::DkimKeyRecord;
 use super::{AcceptedMessage, Millis, StoreError, WriteOp};
 use crate::config::DatabaseConfig;
 
@@ -96,8 +97,10 @@ pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
-    /// Recent lookups of recipients without a quota.
-    recipients: Arc<recipients::RecipientCache>,
+    /// Recent lookups of recipients without a quota: address → user id.
+    recipients: Arc<recent::Recent<i64>>,
+    /// Recent lookups of DKIM signing keys: domain → its newest key, if any.
+    signing_keys: Arc<recent::Recent<Option<DkimKeyRecord>>>,
     /// SQLite only: the task that checkpoints the write-ahead log, stopped with the last clone.
     _wal_checkpointer: Option<Arc<AbortOnDrop>>,
     /// Connections for the lease statements only: renewal must not queue behind the group
@@ -307,6 +310,7 @@ impl SqlStore {
             pool,
             _wal_checkpointer: wal_checkpointer,
             recipients: Arc::default(),
+            signing_keys: Arc::default(),
             lease_pool,
             takeover_pool,
             dialect,
@@ -666,6 +670,53 @@ pub(crate) mod tests {
             .expect("batch");
         assert!(results[0].is_err(), "{results:?}");
         assert_eq!(here.count_messages().await.expect("count"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_signing_key_is_remembered_briefly_and_changes_here_are_seen_at_once() {
+        use crate::store::MetadataStore;
+        use crate::store::dkim_keys::DkimKeyStore;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let here = test_sqlite(dir.path(), "m").await;
+        let there = test_sqlite(dir.path(), "m").await;
+        here.add_domain("example.org").await.expect("domain");
+        let key = |selector: &str, created_at| DkimKeyRecord {
+            domain: "example.org".into(),
+            selector: selector.into(),
+            algorithm: "ed25519".into(),
+            private_key: "plain:AAAA".into(),
+            public_key: "BBBB".into(),
+            created_at,
+        };
+        let selector = |k: Option<DkimKeyRecord>| k.map(|k| k.selector);
+        assert_eq!(
+            selector(here.dkim_key("example.org").await.expect("none")),
+            None
+        );
+        here.put_dkim_key(&key("s1", 1)).await.expect("s1");
+        assert_eq!(
+            selector(here.dkim_key("Example.ORG").await.expect("s1")).as_deref(),
+            Some("s1"),
+            "a key added through this node signs at once"
+        );
+        there.put_dkim_key(&key("s2", 2)).await.expect("s2");
+        assert_eq!(
+            selector(here.dkim_key("example.org").await.expect("s1")).as_deref(),
+            Some("s1"),
+            "another node's key is seen only once the memory expires"
+        );
+        tokio::time::sleep(recent::TTL + Duration::from_millis(100)).await;
+        assert_eq!(
+            selector(here.dkim_key("example.org").await.expect("s2")).as_deref(),
+            Some("s2")
+        );
+        here.delete_dkim_key("example.org", "s2")
+            .await
+            .expect("delete");
+        assert_eq!(
+            selector(here.dkim_key("example.org").await.expect("s1")).as_deref(),
+            Some("s1")
+        );
     }
 
     /// The purge decided a body was unreferenced; the same body was then stored again (the
