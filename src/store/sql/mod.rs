@@ -509,6 +509,15 @@ pub(crate) mod tests {
     use crate::store::fs::FsBlobStore;
     use crate::store::{AcceptedMessage, MessageSummary, MetadataStore, now_millis};
 
+    /// A dump from one dialect must import into the other: both keep the same versions.
+    #[test]
+    fn both_dialects_have_the_same_migration_versions() {
+        let versions = |m: &sqlx::migrate::Migrator| -> Vec<i64> {
+            m.iter().map(|migration| migration.version).collect()
+        };
+        assert_eq!(versions(&SQLITE_MIGRATIONS), versions(&POSTGRES_MIGRATIONS));
+    }
+
     /// A message with no recipients whose body is `key` in the blob store.
     pub(crate) fn accepted(id: &str, key: &str) -> AcceptedMessage {
         AcceptedMessage {
