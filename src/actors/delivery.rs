@@ -182,13 +182,13 @@ pub async fn deliver(
             None => by_message.push(vec![e]),
         }
     }
-    // Every body of the connection at once, not one read after the other.
-    let bodies = futures::future::join_all(
-        by_message
-            .iter()
-            .map(|list| ctx.stores.blobs.get(&list[0].blob_key)),
-    )
-    .await;
+    // Every body of the connection at once (one query for those in their rows), not one
+    // read after the other.
+    let keys: Vec<&str> = by_message
+        .iter()
+        .map(|list| list[0].blob_key.as_str())
+        .collect();
+    let bodies = ctx.stores.blobs.get_many(&keys).await;
     let mut groups: Vec<(Transaction, Vec<QueueEntry>)> = Vec::new();
     let mut results = Vec::new();
     for (list, body) in by_message.into_iter().zip(bodies) {

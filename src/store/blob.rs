@@ -38,6 +38,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn put(&self, key: &str, data: &[u8]) -> Result<(), BlobError>;
     /// Reads the blob under `key`.
     async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError>;
+    /// Reads the blobs under `keys`, each result in the place of its key; all at once, not
+    /// one after the other. Stores that can read several in one request override it.
+    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Vec<u8>, BlobError>> {
+        futures::future::join_all(keys.iter().map(|key| self.get(key))).await
+    }
     /// Removes the blob under `key`; a missing blob is not an error.
     async fn delete(&self, key: &str) -> Result<(), BlobError>;
     /// Answers only when the backend is usable (readable and writable).

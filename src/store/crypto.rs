@@ -173,6 +173,15 @@ impl EncryptedBlobStore {
     pub fn new(inner: std::sync::Arc<dyn super::BlobStore>, cipher: Cipher) -> Self {
         Self { inner, cipher }
     }
+
+    /// A stored blob as it was written: opened if sealed, as is if it predates encryption.
+    fn open(&self, stored: Vec<u8>) -> Result<Vec<u8>, super::BlobError> {
+        if Cipher::is_sealed_blob(&stored) {
+            Ok(self.cipher.open_blob(&stored)?)
+        } else {
+            Ok(stored)
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -192,11 +201,12 @@ impl super::BlobStore for EncryptedBlobStore {
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, super::BlobError> {
         let stored = self.inner.get(key).await?;
-        if Cipher::is_sealed_blob(&stored) {
-            Ok(self.cipher.open_blob(&stored)?)
-        } else {
-            Ok(stored)
-        }
+        self.open(stored)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Vec<u8>, super::BlobError>> {
+        let stored = self.inner.get_many(keys).await;
+        stored.into_iter().map(|s| self.open(s?)).collect()
     }
 
     async fn delete(&self, key: &str) -> Result<(), super::BlobError> {

@@ -56,6 +56,39 @@ impl BlobStore for InlineBodyStore {
         }
     }
 
+    /// The inline bodies among `keys` in one query; the others from the backend.
+    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Vec<u8>, BlobError>> {
+        let rows = match self.rows.inline_bodies(keys).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                let message = db_error(error).to_string();
+                return keys
+                    .iter()
+                    .map(|_| Err(BlobError::Backend(message.clone())))
+                    .collect();
+            }
+        };
+        let elsewhere: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|key| !rows.contains_key(*key))
+            .collect();
+        let mut from_backend = if elsewhere.is_empty() {
+            Vec::new()
+        } else {
+            self.backend.get_many(&elsewhere).await
+        }
+        .into_iter();
+        keys.iter()
+            .map(|key| match rows.get(*key) {
+                Some(body) => Ok(body.clone()),
+                None => from_backend.next().unwrap_or_else(|| {
+                    Err(BlobError::Backend(format!("no answer for body {key}")))
+                }),
+            })
+            .collect()
+    }
+
     async fn delete(&self, key: &str) -> Result<(), BlobError> {
         self.backend.delete(key).await
     }
@@ -122,6 +155,52 @@ mod tests {
             "nothing to delete in the blob store: {freed:?}"
         );
         assert!(matches!(blobs.get(&key).await, Err(BlobError::NotFound(_))));
+    }
+
+    /// Delivery reads a connection's bodies at once: those in rows in one query, the rest from
+    /// the backend, each answer in the place of its key, a missing one failing alone.
+    #[tokio::test]
+    async fn many_bodies_come_back_in_key_order_from_rows_and_backend() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rows = crate::store::sql::test_sqlite(dir.path(), "m").await;
+        let backend: Arc<dyn BlobStore> =
+            Arc::new(FsBlobStore::open(&dir.path().join("blobs")).expect("fs"));
+        let cipher = Cipher::from_master_key(&Cipher::generate_master_key()).expect("key");
+        let stored = Arc::new(InlineBodyStore::new(rows.clone(), backend));
+        let blobs = EncryptedBlobStore::new(stored, cipher.clone());
+
+        let small = b"Subject: small\r\n\r\nin the row\r\n".as_slice();
+        let large = b"Subject: large\r\n\r\nin a file\r\n".as_slice();
+        let small_key = blobs.key_for(small);
+        let large_key = blobs.key_for(large);
+        blobs.put(&large_key, large).await.expect("put");
+        let mut inline = crate::store::sql::tests::accepted("m1", &small_key);
+        inline.inline_body = Some(cipher.seal_blob(small).into());
+        let mut in_file = crate::store::sql::tests::accepted("m2", &large_key);
+        in_file.inline_body = None;
+        let results = rows
+            .write_batch(&[WriteOp::Accept(inline), WriteOp::Accept(in_file)], &blobs)
+            .await
+            .expect("commit");
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+        let missing = blobs.key_for(b"never stored");
+        let keys = [
+            large_key.as_str(),
+            missing.as_str(),
+            small_key.as_str(),
+            large_key.as_str(),
+        ];
+        let got = blobs.get_many(&keys).await;
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0].as_deref().expect("large"), large);
+        assert!(
+            matches!(got[1], Err(BlobError::NotFound(_))),
+            "{:?}",
+            got[1]
+        );
+        assert_eq!(got[2].as_deref().expect("small"), small);
+        assert_eq!(got[3].as_deref().expect("large again"), large);
     }
 
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

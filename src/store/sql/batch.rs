@@ -3,7 +3,7 @@
 
 /// Most rows in one statement: far below both databases' limits on bound parameters
 /// (SQLite 32,766; PostgreSQL 65,535) at the widest row (13).
-const ROWS_PER_STATEMENT: usize = 256;
+pub(super) const ROWS_PER_STATEMENT: usize = 256;
 
 /// A query on the `Any` driver.
 pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;

@@ -1,5 +1,7 @@
 //! Domains, users, tokens, mailboxes and messages: the [`MetadataStore`] half of [`SqlStore`].
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -39,6 +41,30 @@ impl SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// The bodies kept in their rows among `keys` (in one query per 256 keys), by key; keys
+    /// whose bodies are in the blob store are missing from the map.
+    pub(crate) async fn inline_bodies(
+        &self,
+        keys: &[&str],
+    ) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        let mut bodies = HashMap::new();
+        for chunk in keys.chunks(super::batch::ROWS_PER_STATEMENT) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT blob_key, body FROM messages WHERE blob_key IN ({}) AND body IS NOT NULL",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for key in chunk {
+                query = query.bind(*key);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                bodies.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        Ok(bodies)
     }
 
     /// Whether a message under `key` keeps its body in its row.
