@@ -3,7 +3,7 @@
 depend on the machine's load or clock, so two builds compare even on a noisy machine.
 
 `mairust serve` (SQLite + files) runs under callgrind. After a warm-up, the counters are zeroed,
-smtp-source sends --messages messages of 2 KiB to a local mailbox over --sessions sessions (a
+smtp-source sends --messages messages of --size bytes (2 KiB) to a local mailbox over --sessions sessions (a
 new connection per message), and the counters are dumped. The script prints the instructions
 (Ir) per message of the whole process, the functions with the most instructions of their own,
 and with --baseline-bin the same for an earlier build and the ratio of the medians over
@@ -31,9 +31,9 @@ RUNTIME_FRAMES = re.compile(r"thread_start|start_thread|clone\.S|__rust_begin_sh
                             r"FnOnce::call_once|tokio::runtime::")
 
 
-def smtp_source(port, messages, sessions):
+def smtp_source(port, messages, sessions, size):
     subprocess.run(
-        ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "2048", "-f", "bench@client.test",
+        ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size), "-f", "bench@client.test",
          "-t", LOCAL_RCPT, f"127.0.0.1:{port}"],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
 
@@ -53,10 +53,10 @@ def measure(binary, args):
     try:
         server.api("POST", "/api/v1/domains", {"name": "bench.test"})
         server.api("POST", "/api/v1/users", {"email": LOCAL_RCPT, "password": "userpassword"})
-        smtp_source(server.smtp_port, args.warmup, args.sessions)
+        smtp_source(server.smtp_port, args.warmup, args.sessions, args.size)
         pid = str(server.proc.pid)
         subprocess.run(["callgrind_control", "--zero", pid], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        smtp_source(server.smtp_port, args.messages, args.sessions)
+        smtp_source(server.smtp_port, args.messages, args.sessions, args.size)
         deadline = time.monotonic() + 120
         while server.api("GET", "/api/v1/stats")["last_hour"]["accepted"] < args.warmup + args.messages:
             if time.monotonic() > deadline:
@@ -89,6 +89,7 @@ def main():
     ap.add_argument("--messages", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--size", type=int, default=2048, help="bytes per message (smtp-source -l)")
     ap.add_argument("--top", type=int, default=12, help="functions listed per build (first run)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each build")
     args = ap.parse_args()
@@ -101,7 +102,7 @@ def main():
             ir, top = measure(binary, args)
             counts[name].append(ir)
             print(f"== {name} ({run + 1}/{args.repeat}): {binary}\n  {ir:,.0f} instructions per message "
-                  f"({args.messages} messages of 2 KiB, {args.sessions} sessions, SQLite + files)", flush=True)
+                  f"({args.messages} messages of {args.size:,} bytes, {args.sessions} sessions, SQLite + files)", flush=True)
             for cost, function in top if run == 0 else []:
                 print(f"  {cost / args.messages:12,.0f}  {function[:110]}")
     per_message = {name: statistics.median(values) for name, values in counts.items()}

@@ -63,6 +63,26 @@ impl Sink<'_> {
     }
 }
 
+/// The length of the run at the start of `input` (inside a line) that goes into the body as
+/// it is: line content, and line ends CRLF whose next line starts with neither `.` nor CR nor
+/// LF. Returns the position of the CR or LF that ends the run, or `None` when the whole input
+/// is such a run. Most of a body is one run, copied in one piece instead of line by line.
+fn plain_run(input: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    loop {
+        let at = from + memchr::memchr2(b'\r', b'\n', &input[from..])?;
+        let ordinary_line_follows = input[at] == b'\r'
+            && input.get(at + 1) == Some(&b'\n')
+            && input
+                .get(at + 2)
+                .is_some_and(|b| !matches!(b, b'.' | b'\r' | b'\n'));
+        if !ordinary_line_follows {
+            return Some(at);
+        }
+        from = at + 2;
+    }
+}
+
 impl DataParser {
     fn new() -> Self {
         Self {
@@ -80,7 +100,7 @@ impl DataParser {
             match self.pos {
                 DataPos::Mid => {
                     let rest = &input[i..];
-                    match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+                    match plain_run(rest) {
                         None => {
                             sink.push(rest);
                             i = input.len();
