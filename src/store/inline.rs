@@ -26,10 +26,12 @@ impl InlineBodyStore {
     }
 }
 
+fn db_error_text(error: &super::StoreError) -> String {
+    format!("cannot read a message body from the database: {error}")
+}
+
 fn db_error(error: super::StoreError) -> BlobError {
-    BlobError::Backend(format!(
-        "cannot read a message body from the database: {error}"
-    ))
+    BlobError::Backend(db_error_text(&error))
 }
 
 #[async_trait::async_trait]
@@ -61,7 +63,7 @@ impl BlobStore for InlineBodyStore {
         let rows = match self.rows.inline_bodies(keys).await {
             Ok(rows) => rows,
             Err(error) => {
-                let message = db_error(error).to_string();
+                let message = db_error_text(&error);
                 return keys
                     .iter()
                     .map(|_| Err(BlobError::Backend(message.clone())))
@@ -176,8 +178,7 @@ mod tests {
         blobs.put(&large_key, large).await.expect("put");
         let mut inline = crate::store::sql::tests::accepted("m1", &small_key);
         inline.inline_body = Some(cipher.seal_blob(small).into());
-        let mut in_file = crate::store::sql::tests::accepted("m2", &large_key);
-        in_file.inline_body = None;
+        let in_file = crate::store::sql::tests::accepted("m2", &large_key);
         let results = rows
             .write_batch(&[WriteOp::Accept(inline), WriteOp::Accept(in_file)], &blobs)
             .await

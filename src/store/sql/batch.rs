@@ -5,6 +5,12 @@
 /// (SQLite 32,766; PostgreSQL 65,535) at the widest row (13).
 pub(super) const ROWS_PER_STATEMENT: usize = 256;
 
+/// `$first, $first+1, ...`: `n` parameters, for an `IN (...)` list.
+pub(super) fn parameter_list(first: usize, n: usize) -> String {
+    let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+    list.join(", ")
+}
+
 /// A query on the `Any` driver.
 pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
@@ -85,5 +91,11 @@ mod tests {
         assert_eq!(renumbered(row, 0), row);
         assert_eq!(renumbered(row, 3), "($4, $5, 'queued', 0, $6, $6)");
         assert_eq!(renumbered("(x$, $10)", 10), "(x$, $20)");
+    }
+
+    #[test]
+    fn a_parameter_list_starts_where_it_is_told() {
+        assert_eq!(parameter_list(1, 3), "$1, $2, $3");
+        assert_eq!(parameter_list(4, 1), "$4");
     }
 }

@@ -50,11 +50,10 @@ impl SqlStore {
         keys: &[&str],
     ) -> Result<HashMap<String, Vec<u8>>, StoreError> {
         let mut bodies = HashMap::new();
-        for chunk in keys.chunks(super::batch::ROWS_PER_STATEMENT) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        for chunk in keys.chunks(batch::ROWS_PER_STATEMENT) {
             let sql = format!(
                 "SELECT blob_key, body FROM messages WHERE blob_key IN ({}) AND body IS NOT NULL",
-                placeholders.join(", ")
+                batch::parameter_list(1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for key in chunk {

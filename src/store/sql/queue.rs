@@ -386,8 +386,10 @@ impl QueueStore for SqlStore {
         let skipped = if skip.is_empty() {
             String::new()
         } else {
-            let list: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 4)).collect();
-            format!(" AND domain NOT IN ({})", list.join(", "))
+            format!(
+                " AND domain NOT IN ({})",
+                batch::parameter_list(4, skip.len())
+            )
         };
         let sql = format!(
             "SELECT domain, MIN(next_attempt_at) AS due FROM queue WHERE partition = $1 \
