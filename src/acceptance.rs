@@ -180,6 +180,12 @@ impl Acceptor {
     /// Prepends a DKIM signature when the From domain is the sender's and has a key; mail
     /// goes out unsigned (and a warning is logged) if signing fails, rather than not at all.
     async fn dkim_sign(&self, data: Vec<u8>, sender: &str) -> Vec<u8> {
+        // Every entry point refuses such mail first; a signature must never cover fields that
+        // readers could see differently from the checks that ran.
+        if let Err(problem) = crate::message::check_header_section(&data) {
+            tracing::error!(sender, %problem, "malformed header section; sending unsigned");
+            return data;
+        }
         let Some(domain) = crate::message::from_domain(&data) else {
             return data;
         };

@@ -720,20 +720,33 @@ def test_smuggling_sequences_never_leave_and_the_signature_verifies(server, rece
         # The text arrives as separate lines, not as hidden commands.
         assert b"\r\nMAIL FROM:<evil@remote.test>\r\n" in raw, raw
 
-    # BDAT chunks are binary: a bare CR inside one must still not leave as it is.
-    body = (
-        f"From: bob@{DOMAIN}\r\nTo: alice@{REMOTE}\r\nSubject: bdat smuggle\r\n\r\n"
-        "outer\r.\rMAIL FROM:<evil@remote.test>\r\n.\nlast\r\n"
-    ).encode()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"Subject: hi\rFrom: carol@example.test", b"Subject: hi\nFrom: carol@example.test"],
+    ids=["bare-cr", "bare-lf"],
+)
+def test_bdat_line_break_tricks_cannot_forge_a_signed_from(server, receiver, header):
+    """BDAT LAST with `Subject: hi<CR>From: carol@...`: the From check would see one Subject
+    field, the receiver (after CRLF normalisation) a From signed for the domain. Refused whole,
+    like DATA's bare line breaks; nothing is stored, queued or sent."""
+    rcv = receiver()
+    srv = relay_server(server, rcv)
+    dkim_key(srv)
+    body = header + f"\r\nTo: alice@{REMOTE}\r\n\r\nbody\r\n".encode()
     with contextlib.closing(srv.submission(f"bob@{DOMAIN}", USER_PASSWORD)) as s:
         assert s.mail(f"bob@{DOMAIN}")[0] == 250
         assert s.rcpt(f"alice@{REMOTE}")[0] == 250
+        assert s.rcpt(f"carol@{DOMAIN}")[0] == 250
         s.send(b"BDAT %d LAST\r\n" % len(body) + body)
         code, msg = s.getreply()
-        assert code == 250, msg
-    raw = received_with(rcv, b"bdat smuggle", sent + 1)
-    assert bare_line_breaks(raw) == [], raw
-    assert dkim_verifies(raw, record), raw
+        assert (code, msg[:7]) == (550, b"5.6.11 "), (code, msg)
+        # The session goes on.
+        assert s.noop()[0] == 250
+    assert queue_items(srv) == []
+    assert srv.api(f"carol@{DOMAIN}", USER_PASSWORD).all_messages() == []
+    assert srv.metric_value("mairust_smtp_messages_accepted_total") in (None, 0)
 
 
 def test_long_lines_are_reencoded_before_they_leave(server, receiver):

@@ -3,7 +3,7 @@
 Inside DATA only CRLF.CRLF ends a message. Sequences that other servers may take for the end
 (`\\n.\\n`, `\\n.\\r\\n`, `\\r\\n.\\n`, `\\r.\\r\\n`) must neither end the message nor let the
 text after them run as commands; MaiRust rejects such a message with `550 5.6.11` once its
-real end arrives, and stores nothing of it. Command lines with a bare CR or LF are refused
+real end arrives, and stores nothing of it; BDAT chunks follow the same rule. Command lines with a bare CR or LF are refused
 whole (`500`) and never split into two commands.
 """
 
@@ -202,15 +202,39 @@ def test_refused_bdat_chunk_is_consumed_not_executed(smtpsrv):
     assert stored_subjects(smtpsrv, BOB) == []
 
 
-def test_bdat_may_carry_bare_lf(smtpsrv):
-    """Counted octets have no terminator to confuse, so bare LF is allowed in BDAT (RFC 3030)."""
-    body = b"Subject: binary-ish\r\n\r\nunix\nline endings\n.\nstill data\r\n"
+@pytest.mark.parametrize("body", [
+    b"Subject: binary-ish\r\n\r\nunix\nline endings\n.\nstill data\r\n",
+    b"Subject: hi\rFrom: carol@example.test\r\n\r\nbody\r\n",
+    b"Subject: ends in a bare CR\r\n\r\nbody\r",
+], ids=["bare-lf-in-body", "bare-cr-in-header", "cr-at-the-end"])
+def test_bdat_with_bare_cr_or_lf_is_refused_like_data(smtpsrv, body):
+    """One rule for DATA and BDAT: a bare CR or LF is read as a line break by some readers and
+    not by others, so such a message is refused (MaiRust offers no BINARYMIME)."""
     with smtpsrv.raw() as r:
         r.greet()
         assert r.cmd("MAIL FROM:<alice@remote.test>")[0] == 250
         assert r.cmd(f"RCPT TO:<{BOB}>")[0] == 250
-        r.send(b"BDAT %d LAST\r\n" % len(body) + body)
+        half = len(body) // 2
+        r.send(b"BDAT %d\r\n" % half + body[:half])
+        assert r.reply()[0] == 250
+        r.send(b"BDAT %d LAST\r\n" % (len(body) - half) + body[half:])
         code, msg = r.reply()
-        assert code == 250, (code, msg)
+        assert code == 550 and "5.6.11" in msg, (code, msg)
         assert r.nothing_pending(0.3) == b""
+        assert r.cmd("NOOP")[0] == 250
+    assert stored_subjects(smtpsrv) == []
+
+
+def test_bdat_line_break_split_between_chunks_is_kept(smtpsrv):
+    body = b"Subject: split\r\n\r\nline one\r\nline two\r\n"
+    cut = body.index(b"one\r") + 4  # between the CR and the LF
+    with smtpsrv.raw() as r:
+        r.greet()
+        assert r.cmd("MAIL FROM:<alice@remote.test>")[0] == 250
+        assert r.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+        r.send(b"BDAT %d\r\n" % cut + body[:cut])
+        assert r.reply()[0] == 250
+        r.send(b"BDAT %d LAST\r\n" % (len(body) - cut) + body[cut:])
+        code, msg = r.reply()
+        assert code == 250, msg
     assert stored_raw(smtpsrv).endswith(body)

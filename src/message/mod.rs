@@ -133,6 +133,66 @@ pub fn return_path_line(envelope_from: &str) -> String {
     format!("Return-Path: <{}>\r\n", sanitize(envelope_from))
 }
 
+/// What makes a header section unsafe to check, sign and send: readers would not agree on
+/// its fields, so a check could pass on fields other than those a recipient sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderProblem {
+    /// A CR or LF that is not part of a CRLF pair.
+    #[error("bare CR or LF in the header section; use CRLF line endings")]
+    BareLineBreak,
+    /// A NUL octet (`From\0:` is a From field to some readers and not to others).
+    #[error("NUL in the header section")]
+    Nul,
+    /// A line that is neither `name: value` (the name printable US-ASCII) nor a continuation.
+    #[error("header line {0} is not a field (name: value) or a continuation line")]
+    NotAField(usize),
+    /// RFC 5322 §3.6 allows one `From:` field; with two, readers pick different ones.
+    #[error("more than one From header field")]
+    SeveralFroms,
+}
+
+/// Checks the header section of a message whose sender is vouched for (submission, a trusted
+/// network, the API) before its fields are checked and it is signed: every line a field or a
+/// continuation, CRLF line breaks only, no NUL, one `From:` at most.
+pub fn check_header_section(data: &[u8]) -> Result<(), HeaderProblem> {
+    let mut froms = 0;
+    let mut rest = data;
+    let mut number = 0;
+    while !rest.is_empty() {
+        number += 1;
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(at) if at > 0 && rest[at - 1] == b'\r' => (&rest[..at - 1], &rest[at + 1..]),
+            Some(_) => return Err(HeaderProblem::BareLineBreak),
+            None => (rest, &rest[rest.len()..]),
+        };
+        if line.is_empty() {
+            break; // the empty line that ends the header section
+        }
+        if line.contains(&b'\r') {
+            return Err(HeaderProblem::BareLineBreak);
+        }
+        if line.contains(&0) {
+            return Err(HeaderProblem::Nul);
+        }
+        if !matches!(line[0], b' ' | b'\t') {
+            let name = line
+                .iter()
+                .position(|&b| b == b':')
+                .map(|colon| line[..colon].trim_ascii_end())
+                .filter(|name| !name.is_empty() && name.iter().all(|b| (33..=126).contains(b)))
+                .ok_or(HeaderProblem::NotAField(number))?;
+            if name.eq_ignore_ascii_case(b"from") {
+                froms += 1;
+                if froms > 1 {
+                    return Err(HeaderProblem::SeveralFroms);
+                }
+            }
+        }
+        rest = next;
+    }
+    Ok(())
+}
+
 /// The addresses in the `From:` and `Sender:` fields of `data` that are not `owner`. A
 /// field that holds no address at all, or one the parser does not see as such (`From :`),
 /// is listed as well, so that it is refused too.
@@ -478,6 +538,46 @@ Content-Length: 3\r\nresent-bcc : y@x\r\nSubject: Bcc: kept\r\nDelivered-To: d@x
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn header_sections_readers_could_disagree_on_are_found() {
+        let ok = b"From: a@x.test\r\nSubject: s\r\n folded\r\nResent-From: b@x.test\r\n\r\nFrom: body\r\n\n\0";
+        assert_eq!(check_header_section(ok), Ok(()));
+        assert_eq!(check_header_section(b"From : a@x.test\r\n\r\n"), Ok(()));
+        assert_eq!(check_header_section(b""), Ok(()));
+        assert_eq!(check_header_section(b"Subject: no body"), Ok(()));
+        for (data, problem) in [
+            (
+                &b"Subject: hi\rFrom: b@x.test\r\n\r\nx\r\n"[..],
+                HeaderProblem::BareLineBreak,
+            ),
+            (
+                b"Subject: hi\nFrom: b@x.test\r\n\r\n",
+                HeaderProblem::BareLineBreak,
+            ),
+            (b"Subject: hi\r", HeaderProblem::BareLineBreak),
+            (b"From\0: b@x.test\r\n\r\n", HeaderProblem::Nul),
+            (b"Subject: a\0b\r\n\r\n", HeaderProblem::Nul),
+            (
+                b"Subject: a\r\nno colon here\r\n\r\n",
+                HeaderProblem::NotAField(2),
+            ),
+            (b": empty name\r\n\r\n", HeaderProblem::NotAField(1)),
+            (b"Fr\x01om: b@x.test\r\n\r\n", HeaderProblem::NotAField(1)),
+            (b"Fr om: b@x.test\r\n\r\n", HeaderProblem::NotAField(1)),
+            (
+                b"From: a@x.test\r\nFROM: b@x.test\r\n\r\n",
+                HeaderProblem::SeveralFroms,
+            ),
+        ] {
+            assert_eq!(
+                check_header_section(data),
+                Err(problem.clone()),
+                "{}",
+                String::from_utf8_lossy(data)
+            );
+        }
     }
 
     #[test]

@@ -292,6 +292,19 @@ impl SmtpPolicy {
     }
 
     async fn accept(&mut self, envelope: Envelope, data: Vec<u8>) -> Answer {
+        // Mail that is vouched for (and signed) must have a header section every reader
+        // agrees on, or the From check below could pass on a field a recipient never sees.
+        let vouched = self.kind == ListenerKind::Submission || self.trusted;
+        if vouched && let Err(problem) = message::check_header_section(&data) {
+            events::emit(SmtpMessageRejected {
+                reason: "malformed_header",
+            });
+            return Answer::Reject(reply(
+                550,
+                (5, 6, 0),
+                format!("Message rejected: {problem}"),
+            ));
+        }
         if self.kind == ListenerKind::Submission
             && let Some(owner) = envelope.authenticated.as_deref()
         {

@@ -42,6 +42,46 @@ pub(super) struct DataParser {
     bare: bool,
 }
 
+/// Finds a bare CR or bare LF in BDAT octets, across chunk boundaries (a chunk may end
+/// between the CR and the LF of one line break).
+#[derive(Debug, Default)]
+pub(super) struct LineBreakCheck {
+    /// The octets so far end in a CR.
+    after_cr: bool,
+    /// A bare CR or LF was seen.
+    bare: bool,
+}
+
+impl LineBreakCheck {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !self.bare && !bytes.is_empty() {
+            if self.after_cr {
+                self.after_cr = false;
+                if bytes[0] != b'\n' {
+                    self.bare = true;
+                    break;
+                }
+                bytes = &bytes[1..];
+                continue;
+            }
+            let Some(at) = memchr::memchr2(b'\r', b'\n', bytes) else {
+                break;
+            };
+            if bytes[at] == b'\n' {
+                self.bare = true;
+            } else {
+                self.after_cr = true;
+            }
+            bytes = &bytes[at + 1..];
+        }
+    }
+
+    /// The octets seen hold a bare CR or LF (a CR at the very end counts once it is the end).
+    fn found_bare(&self) -> bool {
+        self.bare || self.after_cr
+    }
+}
+
 /// Where DATA/BDAT octets go: into the body up to the size limit, then nowhere.
 struct Sink<'a> {
     body: &'a mut Vec<u8>,
@@ -187,7 +227,7 @@ impl ServerSession {
         self.consumed += used;
         if ended {
             self.state = State::Command;
-            self.finish_data(bare);
+            self.finish_message(bare);
         }
         true
     }
@@ -202,6 +242,7 @@ impl ServerSession {
             return false;
         }
         if chunk.refusal.is_none() {
+            self.tx.bdat_line_breaks.feed(&buf[..take]);
             let mut sink = Sink {
                 body: &mut self.tx.body,
                 oversize: &mut self.tx.oversize,
@@ -265,6 +306,7 @@ impl ServerSession {
                 self.tx.bdat = true;
                 self.tx.body = Vec::new();
                 self.tx.oversize = false;
+                self.tx.bdat_line_breaks = LineBreakCheck::default();
             }
             None
         };
@@ -293,16 +335,19 @@ impl ServerSession {
                 format!("{} octets received", chunk.size),
             ));
         } else {
-            let tx = std::mem::take(&mut self.tx);
-            if tx.oversize {
-                self.send(&size_exceeded());
-            } else {
-                self.deliver(tx);
-            }
+            let bare = self.tx.bdat_line_breaks.found_bare();
+            self.finish_message(bare);
         }
     }
 
-    fn finish_data(&mut self, bare: bool) {
+    /// The end of a message (DATA's end marker or BDAT LAST): refused if it held a bare CR or
+    /// LF or went over the size limit, otherwise handed to the application.
+    ///
+    /// BDAT follows DATA's rule although its octets are counted: a bare CR or LF would be
+    /// read as a line break by some readers and not others (a header a check never saw), and
+    /// without BINARYMIME, which MaiRust does not offer, the content must be CRLF text anyway
+    /// (RFC 3030 §3).
+    fn finish_message(&mut self, bare: bool) {
         let tx = std::mem::take(&mut self.tx);
         if bare {
             self.send(&Reply::new(

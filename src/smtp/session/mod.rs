@@ -289,6 +289,8 @@ struct Transaction {
     oversize: bool,
     /// A BDAT chunk was accepted: RCPT and DATA are out of sequence now.
     bdat: bool,
+    /// The line breaks of the BDAT chunks so far (DATA checks its own as it unstuffs).
+    bdat_line_breaks: data::LineBreakCheck,
 }
 
 impl ServerSession {

@@ -158,21 +158,65 @@ fn data_needs_mail_and_recipients() {
 // ------------------------------------------------------------ BDAT
 
 #[test]
-fn bdat_chunks_join_and_allow_bare_lf() {
+fn bdat_chunks_join_and_a_crlf_may_span_them() {
     let mut h = greeted(config());
     h.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
     h.take();
     h.take_events();
     assert_eq!(h.send("BDAT 6\r\nhel"), "");
     assert!(h.session.expects_data());
-    assert_eq!(h.send("lo\n"), "250 2.0.0 6 octets received\r\n");
+    assert_eq!(h.send("lo\r"), "250 2.0.0 6 octets received\r\n");
     assert!(!h.session.expects_data());
     assert_eq!(
-        h.send("BDAT 9 LAST\r\n.\r\nQUIT\r\nNOOP\r\n"),
+        h.send("BDAT 10 LAST\r\n\n.\r\nQUIT\r\nNOOP\r\n"),
         "250 2.0.0 Message accepted\r\n250 2.0.0 Ok\r\n"
     );
-    assert_eq!(h.messages(), vec![&b"hello\n.\r\nQUIT\r\n"[..]]);
+    assert_eq!(h.messages(), vec![&b"hello\r\n.\r\nQUIT\r\n"[..]]);
     assert!(!h.session.is_closed());
+}
+
+#[test]
+fn bdat_with_a_bare_cr_or_lf_is_refused_like_data() {
+    // A bare CR in the header section would become a line break on the way out: a From
+    // header no check saw (the forgery this rule stops).
+    for (chunks, why) in [
+        (
+            &["Subject: hi\rFrom: bob@x.test\r\n\r\nbody\r\n"][..],
+            "bare CR",
+        ),
+        (&["Subject: hi\r\n\r\nunix\nline\r\n"][..], "bare LF"),
+        (&["Subject: hi\r\n\r\nends in CR\r"][..], "CR at the end"),
+        (
+            &["Subject: hi\r", "X\r\n\r\nb\r\n"][..],
+            "CR at a chunk's end",
+        ),
+        (
+            &["Subject: hi\r\n\r\nb\r\n", "\nb\r\n"][..],
+            "LF at a chunk's start",
+        ),
+    ] {
+        let mut h = greeted(config());
+        h.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
+        h.take();
+        let last = chunks.len() - 1;
+        let mut out = String::new();
+        for (n, chunk) in chunks.iter().enumerate() {
+            let tail = if n == last { " LAST" } else { "" };
+            out += &h.send(&format!("BDAT {}{tail}\r\n{chunk}", chunk.len()));
+        }
+        assert!(
+            out.ends_with(
+                "550 5.6.11 Message rejected: bare CR or LF in message data; use CRLF line endings\r\n"
+            ),
+            "{why}: {out}"
+        );
+        assert!(h.messages().is_empty(), "{why}");
+        // The transaction is over; the session goes on.
+        assert_eq!(
+            h.send("RCPT TO:<c@d.example>\r\n"),
+            "503 5.5.1 Need MAIL command\r\n"
+        );
+    }
 }
 
 #[test]

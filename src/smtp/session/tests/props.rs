@@ -186,4 +186,29 @@ proptest! {
             prop_assert_eq!(messages, vec![&expected]);
         }
     }
+
+    #[test]
+    fn bdat_with_bare_cr_or_lf_is_never_delivered(
+        body in prop::collection::vec(prop::sample::select(b"\r\naQ".to_vec()), 0..60),
+        cuts in prop::collection::vec(any::<usize>(), 0..4),
+    ) {
+        let mut stream = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n".to_vec();
+        let chunks = split_at_points(&body, &cuts);
+        for (n, chunk) in chunks.iter().enumerate() {
+            let last = if n + 1 == chunks.len() { " LAST" } else { "" };
+            stream.extend_from_slice(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes());
+            stream.extend_from_slice(chunk);
+        }
+        let (out, events) = run(config(), &[&stream]);
+        let messages: Vec<&Vec<u8>> = events.iter().filter_map(|e| match e {
+            Event::Message { data, .. } => Some(data),
+            _ => None,
+        }).collect();
+        if has_bare_cr_or_lf(&body) {
+            prop_assert!(messages.is_empty());
+            prop_assert!(String::from_utf8_lossy(&out).contains("550 5.6.11 "));
+        } else {
+            prop_assert_eq!(messages, vec![&body]);
+        }
+    }
 }
