@@ -87,6 +87,20 @@ pub fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password(&random_secret(16)).unwrap_or_default())
 }
 
+/// Why a password could not be checked (a wrong password is `Ok(None)`, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The account could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Too many guesses at this account are being checked already: answer at once with a
+    /// temporary refusal (SMTP `454 4.7.0`, HTTP 429) instead of queueing another.
+    #[error(
+        "too many sign-in attempts for this account are in progress; try again in a few seconds"
+    )]
+    Busy,
+}
+
 /// How long a verified (email, password, stored hash) triple skips the argon2 check.
 const VERIFIED_TTL: Duration = Duration::from_secs(60);
 
@@ -121,7 +135,7 @@ impl Authenticator {
         ip: IpAddr,
         email: &str,
         password: &str,
-    ) -> Result<Option<User>, StoreError> {
+    ) -> Result<Option<User>, AuthError> {
         let creds = self.store.credentials(email).await?;
         let key = creds
             .as_ref()
@@ -137,7 +151,7 @@ impl Authenticator {
                 return Ok(Some(creds.user.clone()));
             }
         }
-        let attempt = self.throttle.begin(ip, email, password);
+        let attempt = self.throttle.begin(ip, email, password)?;
         attempt.wait().await;
         let hash = creds
             .as_ref()
@@ -182,7 +196,15 @@ struct ThrottleState {
     tallies: HashMap<ThrottleKey, Tally>,
     /// Attempts being checked, by digest of (account, password).
     in_flight: HashMap<[u8; 32], u32>,
+    /// New guesses (attempts that reserved a count) waiting or being checked, per account.
+    guesses_in_flight: HashMap<String, u32>,
 }
+
+/// Most new guesses at one account waiting or being checked at once. The delay bounds each
+/// attempt's wait, not how many wait side by side: without this bound, guesses from many
+/// addresses (up to the connection limit) would each wait their 30 s and be checked together.
+/// With it, an account sees at most this many guesses per delay, whatever the sources.
+pub const MAX_GUESSES_IN_FLIGHT: u32 = 4;
 
 /// Slows down repeated authentication failures, for SMTP AUTH and API Basic alike.
 ///
@@ -194,7 +216,9 @@ struct ThrottleState {
 /// failures within the window, an attempt waits `step` times the number of failures beyond
 /// `free` (the larger of the address's and the account's), capped at 30 s. A success only
 /// withdraws its own reservation: it never clears failures that other attempts recorded, so
-/// owning one account does not buy free guesses at another.
+/// owning one account does not buy free guesses at another. At most
+/// [`MAX_GUESSES_IN_FLIGHT`] new guesses at one account wait or are checked at once; the
+/// rest are refused at once ([`AuthError::Busy`]) and count as nothing.
 #[derive(Debug)]
 pub struct FailureThrottle {
     step: Duration,
@@ -211,6 +235,8 @@ pub struct FailureThrottle {
 pub struct Attempt<'a> {
     throttle: &'a FailureThrottle,
     keys: [ThrottleKey; 2],
+    /// The account, as counted in `guesses_in_flight`.
+    account: String,
     digest: [u8; 32],
     reserved: bool,
     succeeded: bool,
@@ -240,19 +266,26 @@ impl FailureThrottle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The form of an account name the throttle counts under.
+    fn account_key(account: &str) -> String {
+        account.trim().to_ascii_lowercase()
+    }
+
     fn keys(ip: IpAddr, account: &str) -> [ThrottleKey; 2] {
         [
             ThrottleKey::Addr(ip),
-            ThrottleKey::Account(account.trim().to_ascii_lowercase()),
+            ThrottleKey::Account(Self::account_key(account)),
         ]
     }
 
     /// Starts an attempt from `ip` at `account` with `secret`: counts it as a failure until it
-    /// succeeds, and says how long to wait before checking the password.
-    pub fn begin(&self, ip: IpAddr, account: &str, secret: &str) -> Attempt<'_> {
+    /// succeeds, and says how long to wait before checking the password. A new guess at an
+    /// account that already has [`MAX_GUESSES_IN_FLIGHT`] is refused with [`AuthError::Busy`].
+    pub fn begin(&self, ip: IpAddr, account: &str, secret: &str) -> Result<Attempt<'_>, AuthError> {
         let keys = Self::keys(ip, account);
+        let account = Self::account_key(account);
         let mut hasher = Sha256::new();
-        hasher.update(account.trim().to_ascii_lowercase().as_bytes());
+        hasher.update(account.as_bytes());
         hasher.update([0]);
         hasher.update(secret.as_bytes());
         let digest: [u8; 32] = hasher.finalize().into();
@@ -271,6 +304,13 @@ impl FailureThrottle {
             }
         }
         let reserved = !state.in_flight.contains_key(&digest);
+        if reserved {
+            let guesses = state.guesses_in_flight.entry(account.clone()).or_insert(0);
+            if *guesses >= MAX_GUESSES_IN_FLIGHT {
+                return Err(AuthError::Busy);
+            }
+            *guesses += 1;
+        }
         let mut prior = 0;
         for key in &keys {
             let tally = state.tallies.entry(key.clone()).or_insert(Tally {
@@ -287,14 +327,15 @@ impl FailureThrottle {
             }
         }
         *state.in_flight.entry(digest).or_insert(0) += 1;
-        Attempt {
+        Ok(Attempt {
             throttle: self,
             keys,
+            account,
             digest,
             reserved,
             succeeded: false,
             delay: self.delay_for(prior),
-        }
+        })
     }
 
     /// The delay an attempt from `ip` at `account` would get now, without reserving.
@@ -340,6 +381,14 @@ impl Drop for Attempt<'_> {
             *n -= 1;
             if *n == 0 {
                 state.in_flight.remove(&self.digest);
+            }
+        }
+        if self.reserved
+            && let Some(n) = state.guesses_in_flight.get_mut(&self.account)
+        {
+            *n -= 1;
+            if *n == 0 {
+                state.guesses_in_flight.remove(&self.account);
             }
         }
         match (self.succeeded, self.reserved) {
@@ -397,7 +446,7 @@ mod tests {
         let t = FailureThrottle::new(Duration::from_secs(1), 2);
         let delays: Vec<Duration> = (0..4)
             .map(|i| {
-                let a = t.begin(IP, "bob@example.test", &format!("guess{i}"));
+                let a = t.begin(IP, "bob@example.test", &format!("guess{i}")).expect("not busy");
                 let d = a.delay();
                 a.failed();
                 d
@@ -412,18 +461,18 @@ mod tests {
     fn a_success_on_one_account_does_not_reset_failures_on_another() {
         let t = FailureThrottle::new(Duration::from_secs(1), 1);
         for i in 0..3 {
-            t.begin(IP, "victim@example.test", &format!("guess{i}"))
+            t.begin(IP, "victim@example.test", &format!("guess{i}")).expect("not busy")
                 .failed();
         }
         // The attacker signs in to their own account from the same address...
-        let own = t.begin(IP, "mine@example.test", "my-password");
+        let own = t.begin(IP, "mine@example.test", "my-password").expect("not busy");
         own.succeeded();
         // ...and the next guess at the victim still waits.
-        let guess = t.begin(IP, "victim@example.test", "guess3");
+        let guess = t.begin(IP, "victim@example.test", "guess3").expect("not busy");
         assert_eq!(guess.delay(), Duration::from_secs(2));
         // Another address guessing the same account waits too (per-account counter).
         let other: IpAddr = [192, 0, 2, 1].into();
-        assert!(t.begin(other, "victim@example.test", "guess4").delay() >= Duration::from_secs(2));
+        assert!(t.begin(other, "victim@example.test", "guess4").expect("not busy").delay() >= Duration::from_secs(2));
     }
 
     #[test]
@@ -431,7 +480,7 @@ mod tests {
         let t = FailureThrottle::new(Duration::from_secs(1), 2);
         // Ten attempts in flight at once, none settled yet.
         let attempts: Vec<Attempt<'_>> = (0..10)
-            .map(|i| t.begin(IP, &format!("user{i}@example.test"), "guess"))
+            .map(|i| t.begin(IP, &format!("user{i}@example.test"), "guess").expect("not busy"))
             .collect();
         let delays: Vec<u64> = attempts.iter().map(|a| a.delay().as_secs()).collect();
         assert_eq!(delays, vec![0, 0, 0, 1, 2, 3, 4, 5, 6, 7]);
@@ -442,8 +491,8 @@ mod tests {
     #[test]
     fn a_success_withdraws_only_its_own_reservation() {
         let t = FailureThrottle::new(Duration::from_secs(1), 0);
-        t.begin(IP, "a@example.test", "guess").failed();
-        t.begin(IP, "b@example.test", "right").succeeded();
+        t.begin(IP, "a@example.test", "guess").expect("not busy").failed();
+        t.begin(IP, "b@example.test", "right").expect("not busy").succeeded();
         assert_eq!(
             t.current_delay(IP, "c@example.test"),
             Duration::from_secs(1)
@@ -455,7 +504,7 @@ mod tests {
         let t = FailureThrottle::new(Duration::from_secs(1), 1);
         // One client opening five sessions with the same credentials at once.
         let same: Vec<Attempt<'_>> = (0..5)
-            .map(|_| t.begin(IP, "bob@example.test", "pw"))
+            .map(|_| t.begin(IP, "bob@example.test", "pw").expect("not busy"))
             .collect();
         assert!(same.iter().all(|a| a.delay().is_zero()));
         for a in same {
@@ -464,13 +513,45 @@ mod tests {
         assert_eq!(t.current_delay(IP, "bob@example.test"), Duration::ZERO);
         // The same wrong password five times at once: every failure is recorded.
         let wrong: Vec<Attempt<'_>> = (0..5)
-            .map(|_| t.begin(IP, "bob@example.test", "bad"))
+            .map(|_| t.begin(IP, "bob@example.test", "bad").expect("not busy"))
             .collect();
         drop(wrong);
         assert_eq!(
             t.current_delay(IP, "bob@example.test"),
             Duration::from_secs(4)
         );
+    }
+
+    #[test]
+    fn guesses_at_one_account_in_flight_are_bounded() {
+        let t = FailureThrottle::new(Duration::from_secs(1), 2);
+        let account = "victim@example.test";
+        // Guesses from many addresses at once: the first few wait their turn...
+        let waiting: Vec<Attempt<'_>> = (0..MAX_GUESSES_IN_FLIGHT)
+            .map(|i| {
+                let ip: IpAddr = [192, 0, 2, i as u8].into();
+                t.begin(ip, account, &format!("guess{i}")).expect("room")
+            })
+            .collect();
+        // ...the next is refused at once, from any address, and counts as nothing.
+        let other: IpAddr = [198, 51, 100, 1].into();
+        assert!(matches!(
+            t.begin(other, account, "guess-x"),
+            Err(AuthError::Busy)
+        ));
+        assert!(matches!(
+            t.begin(other, "VICTIM@example.test ", "guess-y"),
+            Err(AuthError::Busy)
+        ));
+        assert_eq!(t.current_delay(other, "someone@example.test"), Duration::ZERO);
+        // The same credentials as a guess in flight are no new guess: not refused.
+        let ip0: IpAddr = [192, 0, 2, 0].into();
+        t.begin(ip0, account, "guess0").expect("a repeat").failed();
+        // Other accounts are not affected.
+        t.begin(other, "bob@example.test", "pw").expect("room").succeeded();
+        // As guesses finish, room comes back.
+        drop(waiting);
+        t.begin(other, account, "guess-z").expect("room again").failed();
     }
 
     #[test]

@@ -101,9 +101,9 @@ def test_smtp_success_on_own_account_does_not_reset_failures_on_another(server):
 
 
 def test_smtp_parallel_burst_escalates(server):
-    srv = server(THROTTLE)
+    srv = server({"smtp": {"auth_failure_delay": "500ms", "auth_failures_free": 0}})
     setup_domain_and_user(srv)
-    n = 6
+    n = 4  # at most 4 guesses at one account are in flight (see the next test)
     sessions = [tls_session(srv) for _ in range(n)]
     barrier = threading.Barrier(n)
     results: list[tuple[int, float]] = [(0, 0.0)] * n
@@ -124,9 +124,75 @@ def test_smtp_parallel_burst_escalates(server):
             s.close()
     assert all(code == 535 for code, _ in results), results
     took = sorted(t for _, t in results)
-    # Reserved before the check: 3 without delay (2 free), then 0.5, 1.0 and 1.5 s.
+    # Reserved before the check: one without delay (none free), then 0.5, 1.0 and 1.5 s.
     assert took[-1] >= 1.4, took
     assert took[-1] - took[0] >= 1.2, took
+
+
+def test_guesses_in_flight_at_one_account_are_bounded(server):
+    """The delay bounds each guess's wait, not how many wait side by side: guesses at one
+    account from many addresses (SMTP AUTH and API Basic alike) beyond 4 in flight are
+    refused at once (454 4.7.0, HTTP 429 with Retry-After) instead of all being checked when
+    their delays end."""
+    srv = server({"smtp": {"auth_failure_delay": "1s", "auth_failures_free": 0}})
+    setup_domain_and_user(srv)
+    # One failure first, so every guess below waits at least a second before its check.
+    assert timed_auth(srv, BOB, "first-guess")[0] == 535
+    n_smtp, n_api = 10, 4
+    sessions = []
+    for i in range(n_smtp):
+        s = smtplib.SMTP(srv.host, srv.submission_port, source_address=(f"127.0.0.{10 + i}", 0), timeout=30)
+        s.ehlo("client.test")
+        assert s.starttls(context=insecure_tls())[0] == 220
+        s.ehlo("client.test")
+        sessions.append(s)
+    barrier = threading.Barrier(n_smtp + n_api)
+    results: list[tuple[str, int, float]] = []
+    lock = threading.Lock()
+
+    def smtp_guess(i: int) -> None:
+        barrier.wait(timeout=10)
+        t0 = time.monotonic()
+        code, msg = sessions[i].docmd("AUTH", "PLAIN " + plain(BOB, f"parallel-guess-{i}"))
+        with lock:
+            results.append(("smtp", code, time.monotonic() - t0))
+        if code == 454:
+            assert msg.startswith(b"4.7.0 too many sign-in attempts"), msg
+
+    def api_guess(i: int) -> None:
+        import http.client
+
+        conn = http.client.HTTPConnection(srv.host, srv.api_port, timeout=30, source_address=(f"127.0.1.{10 + i}", 0))
+        token = base64.b64encode(f"{BOB}:api-guess-{i}".encode()).decode()
+        barrier.wait(timeout=10)
+        t0 = time.monotonic()
+        conn.request("GET", "/api/v1/messages", headers={"Authorization": f"Basic {token}"})
+        r = conn.getresponse()
+        body = r.read()
+        with lock:
+            results.append(("api", r.status, time.monotonic() - t0))
+        if r.status == 429:
+            assert r.getheader("Retry-After") == "5", r.getheaders()
+            assert b'"too_many_requests"' in body, body
+        conn.close()
+
+    threads = [threading.Thread(target=smtp_guess, args=(i,)) for i in range(n_smtp)]
+    threads += [threading.Thread(target=api_guess, args=(i,)) for i in range(n_api)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for s in sessions:
+        with contextlib.suppress(Exception):
+            s.close()
+    assert len(results) == n_smtp + n_api, results
+    checked = [r for r in results if r[1] in (535, 401)]
+    refused = [r for r in results if r[1] in (454, 429)]
+    assert len(checked) == 4, results
+    assert len(refused) == n_smtp + n_api - 4, results
+    assert max(t for _, _, t in refused) < 1.0, results
+    # The four in flight waited their escalating delays (1, 2, 3 and 4 s) before failing.
+    assert max(t for _, _, t in checked) >= 3.9, results
 
 
 # ---------------------------------------------------------------------- first admin

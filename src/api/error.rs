@@ -22,6 +22,8 @@ pub struct ApiError {
     /// that challenge with its login dialog, and then sends the cached password by itself
     /// (which no CSRF token guards).
     pub basic_challenge: bool,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u32>,
 }
 
 /// The JSON shape of an error, for the OpenAPI document.
@@ -35,7 +37,8 @@ pub struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `unsupported_media_type`, `unavailable`, `internal`; from a web
+    /// `payload_too_large`, `unsupported_media_type`, `too_many_requests`, `unavailable`,
+    /// `internal`; from a web
     /// node's proxy also `bad_gateway` and `gateway_timeout`.
     pub code: String,
     /// Human-readable explanation.
@@ -50,6 +53,7 @@ impl ApiError {
             code,
             message: message.into(),
             basic_challenge: true,
+            retry_after: None,
         }
     }
 
@@ -84,6 +88,14 @@ impl ApiError {
     /// 413.
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// 429, asking the client to come back after `retry_after` seconds.
+    pub fn too_many_requests(message: impl Into<String>, retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+        }
     }
 
     /// 503, logging the cause.
@@ -121,6 +133,11 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("close"),
             );
         }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             let challenge = if self.basic_challenge {
                 "Basic realm=\"mairust\", Bearer"
@@ -148,6 +165,15 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => Self::not_found(format!("{what} not found")),
             StoreError::Invalid(message) => Self::bad_request(message),
             other => Self::unavailable(other),
+        }
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        match e {
+            crate::auth::AuthError::Store(e) => e.into(),
+            busy @ crate::auth::AuthError::Busy => Self::too_many_requests(busy.to_string(), 5),
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::events::{self, ApiRequestCompleted};
 use crate::smtp::Faults;
-use crate::store::{StoreError, Stores, User};
+use crate::store::{Stores, User};
 use error::{ApiError, ApiJson, ApiResult};
 
 /// Shared state of the API handlers.
@@ -71,7 +71,7 @@ impl ApiState {
         ip: std::net::IpAddr,
         email: &str,
         password: &str,
-    ) -> Result<Option<User>, StoreError> {
+    ) -> Result<Option<User>, crate::auth::AuthError> {
         self.authenticator.authenticate(ip, email, password).await
     }
 }
@@ -194,6 +194,13 @@ pub fn openapi_document(config: &Config) -> serde_json::Value {
                     add("401", "Missing or wrong credentials");
                     add("403", "Not allowed for this account");
                     add("503", "A storage backend is unavailable");
+                }
+                if secured || (path == "/api/v1/session" && method == "post") {
+                    add(
+                        "429",
+                        "Too many requests (sign-in attempts at this account in progress, or a \
+                         rate limit); retry after Retry-After seconds",
+                    );
                 }
             }
         }

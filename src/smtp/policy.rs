@@ -18,6 +18,7 @@ use std::time::Instant;
 use super::session::{Answer, AuthMechanism, Envelope, Reply};
 use super::{ListenerKind, SmtpContext};
 use crate::acceptance::{AcceptError, Incoming};
+use crate::auth::AuthError;
 use crate::events::{
     self, SmtpAuthFailed, SmtpForeignHeaderSender, SmtpMessageAccepted, SmtpMessageRejected,
 };
@@ -98,8 +99,10 @@ impl SessionPolicy for SmtpPolicy {
     ) -> Answer {
         // Acting on behalf of another identity is not supported.
         let proxy = authzid.is_some_and(|z| !z.is_empty() && !z.eq_ignore_ascii_case(username));
-        let ok = !proxy && self.check_credentials(mechanism, username, password).await;
-        Answer::Auth(ok)
+        if proxy {
+            return Answer::Auth(false);
+        }
+        self.check_credentials(mechanism, username, password).await
     }
 
     async fn mail_from(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
@@ -133,7 +136,7 @@ impl SmtpPolicy {
         mechanism: AuthMechanism,
         username: &str,
         password: &str,
-    ) -> bool {
+    ) -> Answer {
         let user = match self
             .ctx
             .authenticator
@@ -141,21 +144,29 @@ impl SmtpPolicy {
             .await
         {
             Ok(user) => user,
+            Err(busy @ AuthError::Busy) => {
+                tracing::warn!(target: LOG_TARGET, peer = %self.peer, user = username, "AUTH refused: {busy}");
+                return Answer::Reject(reply(454, (4, 7, 0), busy.to_string()));
+            }
             Err(error) => {
                 tracing::error!(target: LOG_TARGET, %error, "AUTH lookup failed");
-                None
+                return Answer::Reject(reply(
+                    454,
+                    (4, 7, 0),
+                    "Temporary authentication failure; try again later",
+                ));
             }
         };
         if user.is_some() {
             tracing::info!(target: LOG_TARGET, peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH succeeded");
-            true
+            Answer::Auth(true)
         } else {
             events::emit(SmtpAuthFailed {
                 peer: self.peer,
                 user: username,
                 mechanism: &mechanism,
             });
-            false
+            Answer::Auth(false)
         }
     }
 
