@@ -1098,18 +1098,35 @@ impl<'de> Deserialize<'de> for HostPort {
 fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
-        .map(|text| {
-            let text = text.trim();
-            text.parse::<ipnet::IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
-                .map(|net| net.trunc())
-                .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "`{text}` is not a network: write `10.0.0.0/8`, `2001:db8::/32` or one address"
-                    ))
-                })
-        })
+        .map(|text| parse_trusted_network(text).map_err(serde::de::Error::custom))
         .collect()
+}
+
+/// One entry of `smtp.trusted_networks`: a network or one address. A network that covers
+/// every address would make an open relay, and one with host bits set (`127.0.0.1/8`) does
+/// not say which was meant: both are refused, naming the entry.
+fn parse_trusted_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    let net = text
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            format!("`{text}` is not a network: write `10.0.0.0/8`, `2001:db8::/32` or one address")
+        })?;
+    if net.prefix_len() == 0 {
+        return Err(format!(
+            "`{text}` covers every address and would make an open relay: list the networks of \
+             your own servers only"
+        ));
+    }
+    if net != net.trunc() {
+        return Err(format!(
+            "`{text}` has host bits set: write `{}` for the network or `{}` for one address",
+            net.trunc(),
+            ipnet::IpNet::from(net.addr())
+        ));
+    }
+    Ok(net)
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {

@@ -62,11 +62,21 @@ def test_ipv6_clients_are_matched_as_ipv6_and_mapped_ipv4_as_ipv4(server):
             assert (code == 250) == allowed, (host, source, code)
 
 
-def test_a_bad_network_is_a_startup_error_naming_it(tmp_path):
+@pytest.mark.parametrize("entry, says", [
+    ("10.0.0.0/33", "is not a network"),
+    ("0.0.0.0/0", "covers every address and would make an open relay"),
+    ("::/0", "covers every address and would make an open relay"),
+    ("127.0.0.1/8", "has host bits set: write `127.0.0.0/8` for the network or `127.0.0.1/32`"),
+    ("2001:db8::1/32", "has host bits set: write `2001:db8::/32`"),
+])
+def test_a_bad_network_is_a_startup_error_naming_it(tmp_path, entry, says):
     from conftest import run_cli, write_config
 
     cfg = tmp_path / "c.yaml"
-    write_config(cfg, {"smtp": {"trusted_networks": ["10.0.0.0/33"]}})
+    write_config(cfg, {"smtp": {"trusted_networks": ["192.0.2.0/24", entry]}})
     r = run_cli(["check-config", "--config", str(cfg)])
     assert r.returncode != 0
-    assert "10.0.0.0/33" in r.stderr and "trusted_networks" in r.stderr, r.stderr
+    assert entry in r.stderr and "trusted_networks" in r.stderr and says in r.stderr, r.stderr
+    # The environment's list form too.
+    r = run_cli(["check-config"], env={"MAIRUST_SMTP__TRUSTED_NETWORKS": entry})
+    assert r.returncode != 0 and says in r.stderr, r.stderr
