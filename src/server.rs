@@ -239,6 +239,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         roles = ?config.server.roles,
         "MaiRust started"
     );
+    if !config.smtp.trusted_networks.is_empty() {
+        let networks: Vec<String> = config
+            .smtp
+            .trusted_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        tracing::warn!(
+            networks = %networks.join(", "),
+            "clients in smtp.trusted_networks relay without AUTH"
+        );
+    }
 
     wait_for_signal().await?;
     tracing::info!("shutting down: draining connections");
