@@ -45,15 +45,15 @@ pub struct Metric {
     pub kind: MetricKind,
     /// Label keys, in the order they are given.
     pub labels: &'static [&'static str],
-    /// Unit and help text registered at start-up, if any.
-    pub help: Option<(Option<Unit>, &'static str)>,
+    /// Unit (if any) and help text, registered at start-up (Prometheus' `# HELP`).
+    pub help: (Option<Unit>, &'static str),
 }
 
 const fn metric(
     name: &'static str,
     kind: MetricKind,
     labels: &'static [&'static str],
-    help: Option<(Option<Unit>, &'static str)>,
+    help: (Option<Unit>, &'static str),
 ) -> Metric {
     Metric {
         name,
@@ -71,177 +71,230 @@ pub const METRICS: &[Metric] = &[
         "mairust_smtp_connections_total",
         Counter,
         &["listener"],
-        Some((None, "SMTP connections accepted, by listener")),
+        (None, "SMTP connections accepted, by listener"),
     ),
     metric(
         "mairust_smtp_connections_active",
         Gauge,
         &["listener"],
-        Some((None, "SMTP connections open now, by listener")),
+        (None, "SMTP connections open now, by listener"),
     ),
     metric(
         "mairust_smtp_connections_rejected_total",
         Counter,
         &["listener"],
-        Some((None, "SMTP connections refused by a connection limit")),
+        (None, "SMTP connections refused by a connection limit"),
     ),
     metric(
         "mairust_smtp_messages_accepted_total",
         Counter,
         &["listener"],
-        Some((
+        (
             None,
             "Messages acknowledged with 250 after DATA or BDAT LAST",
-        )),
+        ),
     ),
     metric(
         "mairust_smtp_messages_rejected_total",
         Counter,
         &["reason"],
-        Some((None, "Messages or recipients refused, by reason")),
+        (None, "Messages or recipients refused, by reason"),
     ),
     metric(
         "mairust_smtp_received_bytes_total",
         Counter,
         &["listener"],
-        Some((Some(Unit::Bytes), "Bytes of accepted messages")),
+        (Some(Unit::Bytes), "Bytes of accepted messages"),
     ),
     metric(
         "mairust_smtp_auth_failures_total",
         Counter,
         &[],
-        Some((None, "Failed SMTP AUTH attempts")),
+        (None, "Failed SMTP AUTH attempts"),
     ),
     metric(
         "mairust_smtp_acceptance_seconds",
         Histogram,
         &[],
-        Some((
+        (
             Some(Unit::Seconds),
             "Time from end of DATA to the 250 reply",
-        )),
+        ),
     ),
     metric(
         "mairust_smtp_session_failures_total",
         Counter,
         &["listener"],
-        None,
+        (
+            None,
+            "SMTP sessions that failed (panicked) and had their connection closed, by listener",
+        ),
     ),
     metric(
         "mairust_storage_blob_write_seconds",
         Histogram,
         &[],
-        Some((
+        (
             Some(Unit::Seconds),
             "Time to write and fsync a message body",
-        )),
+        ),
     ),
     metric(
         "mairust_storage_commit_seconds",
         Histogram,
         &[],
-        Some((
+        (
             Some(Unit::Seconds),
             "Time of one group commit of message metadata",
-        )),
+        ),
     ),
     metric(
         "mairust_storage_commit_batch_size",
         Histogram,
         &[],
-        Some((None, "Messages per group commit")),
+        (None, "Messages per group commit"),
     ),
-    metric("mairust_storage_commit_timeouts_total", Counter, &[], None),
+    metric(
+        "mairust_storage_commit_timeouts_total",
+        Counter,
+        &[],
+        (
+            None,
+            "Sessions that waited longer than database.commit_timeout for their commit",
+        ),
+    ),
     metric(
         "mairust_actor_restarts_total",
         Counter,
         &["actor"],
-        Some((
+        (
             None,
             "Supervised actors restarted after a failure, by actor",
-        )),
+        ),
     ),
     metric(
         "mairust_api_requests_total",
         Counter,
         &["method", "status"],
-        Some((None, "REST API requests, by method and status")),
+        (None, "REST API requests, by method and status"),
     ),
     metric(
         "mairust_web_proxy_requests_total",
         Counter,
         &["status"],
-        Some((
+        (
             None,
             "Requests the web role proxied to web.api_url, by the status returned to the client",
-        )),
+        ),
     ),
-    metric("mairust_queue_depth", Gauge, &["status"], None),
+    metric(
+        "mairust_queue_depth",
+        Gauge,
+        &["status"],
+        (
+            None,
+            "Queue rows waiting for delivery on this node's partitions, by status",
+        ),
+    ),
     metric(
         "mairust_queue_partition_depth",
         Gauge,
         &["partition", "status"],
-        None,
+        (
+            None,
+            "Queue rows waiting for delivery in one owned partition, by status",
+        ),
     ),
     metric(
         "mairust_delivery_attempts_total",
         Counter,
         &["result"],
-        None,
+        (
+            None,
+            "Delivery attempts of queue rows, by result (delivered, deferred, failed)",
+        ),
     ),
-    metric("mairust_delivery_latency_seconds", Histogram, &[], None),
-    metric("mairust_bounces_total", Counter, &[], None),
-    metric("mairust_bounce_failures_total", Counter, &[], None),
+    metric(
+        "mairust_delivery_connections_total",
+        Counter,
+        &["reused"],
+        (
+            None,
+            "Outbound SMTP connections used for a delivery, by whether an idle one was reused",
+        ),
+    ),
+    metric(
+        "mairust_delivery_latency_seconds",
+        Histogram,
+        &[],
+        (
+            Some(Unit::Seconds),
+            "Time from acceptance to the remote server's 250",
+        ),
+    ),
+    metric(
+        "mairust_bounces_total",
+        Counter,
+        &[],
+        (
+            None,
+            "Delivery status notifications (bounces) queued to senders",
+        ),
+    ),
+    metric(
+        "mairust_bounce_failures_total",
+        Counter,
+        &[],
+        (None, "Bounces that could not be built yet and are retried"),
+    ),
     metric(
         "mairust_cluster_partitions_owned",
         Gauge,
         &[],
-        Some((None, "Queue partitions whose lease this node holds")),
+        (None, "Queue partitions whose lease this node holds"),
     ),
     metric(
         "mairust_cluster_lease_renew_seconds",
         Histogram,
         &[],
-        Some((
+        (
             Some(Unit::Seconds),
             "Time one renewal of all of this node's leases took",
-        )),
+        ),
     ),
     metric(
         "mairust_cluster_takeovers_total",
         Counter,
         &[],
-        Some((
+        (
             None,
             "Partitions this node acquired that another node had held",
-        )),
+        ),
     ),
     metric(
         "mairust_queue_fenced_writes_rejected_total",
         Counter,
         &[],
-        Some((
+        (
             None,
             "Queue writes refused because the partition's lease had passed to another epoch",
-        )),
+        ),
     ),
     metric(
         "mairust_cluster_members",
         Gauge,
         &["state"],
-        Some((
+        (
             None,
             "Cluster members this node knows, by state (itself included)",
-        )),
+        ),
     ),
 ];
 
-/// Registers the unit and help text of every metric in [`METRICS`] that has them.
+/// Registers the unit and help text of every metric in [`METRICS`].
 pub fn describe_metrics() {
     for m in METRICS {
-        let Some((unit, help)) = m.help else {
-            continue;
-        };
+        let (unit, help) = m.help;
         match (m.kind, unit) {
             (Counter, Some(unit)) => metrics::describe_counter!(m.name, unit, help),
             (Counter, None) => metrics::describe_counter!(m.name, help),
@@ -585,6 +638,19 @@ impl InternalEvent for QueueDepth {
     }
 }
 
+/// A delivery got its outbound connection: a new one, or an idle one from the cache.
+pub struct DeliveryConnectionUsed {
+    /// The connection was idle in the cache.
+    pub reused: bool,
+}
+
+impl InternalEvent for DeliveryConnectionUsed {
+    fn emit(self) {
+        let reused = if self.reused { "true" } else { "false" };
+        metrics::counter!("mairust_delivery_connections_total", "reused" => reused).increment(1);
+    }
+}
+
 /// A recipient was delivered (the remote server answered `250`).
 pub struct DeliverySucceeded<'a> {
     /// Queue row id.
@@ -681,18 +747,31 @@ impl InternalEvent for BouncesQueued {
 // --- API --------------------------------------------------------------------------------
 
 /// The REST API answered a request.
-pub struct ApiRequestCompleted {
-    /// The HTTP method.
-    pub method: String,
+pub struct ApiRequestCompleted<'a> {
+    /// The HTTP method, as the client sent it.
+    pub method: &'a str,
     /// The status code.
     pub status: u16,
 }
 
-impl InternalEvent for ApiRequestCompleted {
+/// A request method as a label: the methods HTTP defines, anything else `other`. The
+/// method is the client's text, and an unauthenticated request with an invented one must
+/// not add a series (of any length) to `/metrics`.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
+impl InternalEvent for ApiRequestCompleted<'_> {
     fn emit(self) {
         metrics::counter!(
             "mairust_api_requests_total",
-            "method" => self.method,
+            "method" => method_label(self.method),
             "status" => self.status.to_string()
         )
         .increment(1);
@@ -781,6 +860,24 @@ mod tests {
             .collect()
     }
 
+    /// Every `.rs` file under `src/`, with its path.
+    fn sources() -> Vec<(std::path::PathBuf, String)> {
+        let mut found = Vec::new();
+        let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read src") {
+                let path = entry.expect("dir entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).expect("read source");
+                    found.push((path, text));
+                }
+            }
+        }
+        found
+    }
+
     /// The metric names this module's macro calls record, with their kind.
     fn recorded() -> Vec<(String, MetricKind)> {
         let source = include_str!("events.rs");
@@ -800,6 +897,44 @@ mod tests {
             }
         }
         found
+    }
+
+    #[test]
+    fn metrics_are_recorded_here_only() {
+        // A metric recorded elsewhere escapes METRICS, its help text and the README check.
+        let mut elsewhere = Vec::new();
+        for (path, text) in sources() {
+            if path.ends_with("src/events.rs") {
+                continue;
+            }
+            for call in ["counter!(", "gauge!(", "histogram!("] {
+                for (line, _) in text.lines().enumerate().filter(|(_, l)| l.contains(call)) {
+                    elsewhere.push(format!("{}:{}", path.display(), line + 1));
+                }
+            }
+        }
+        assert!(
+            elsewhere.is_empty(),
+            "record metrics through a typed event in src/events.rs: {elsewhere:#?}"
+        );
+    }
+
+    #[test]
+    fn every_metric_has_help_text() {
+        for m in METRICS {
+            let (_, help) = m.help;
+            assert!(help.len() > 10, "{} needs a HELP text", m.name);
+            assert!(!help.contains('\n'), "{}: HELP is one line", m.name);
+        }
+    }
+
+    #[test]
+    fn request_methods_are_labels_of_a_known_set() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("DELETE"), "DELETE");
+        assert_eq!(method_label("M123X"), "other");
+        assert_eq!(method_label("get"), "other");
+        assert_eq!(method_label(&"X".repeat(8000)), "other");
     }
 
     #[test]

@@ -4,6 +4,7 @@ for bad input and unknown routes."""
 
 import re
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -536,6 +537,56 @@ def test_nul_characters_are_bad_input_not_a_storage_failure(srv):
     # A body of only white space is not an empty body.
     r = admin.post("/api/v1/tokens", data=b"\r", headers={"content-type": "application/json"})
     assert_error(r, 400)
+
+
+def promtool_problems(text: str) -> str:
+    """What `promtool check metrics` (Debian's prometheus package) says of `text`."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    return (r.stdout + r.stderr).strip() if r.returncode != 0 else ""
+
+
+def test_promtool_finds_nothing_in_a_live_metrics_page(server):
+    """Every metric the node has recorded after real traffic (SMTP in, a delivery attempt, a
+    bounce, API requests of every kind) passes promtool's lint: HELP text, names, units."""
+    srv = server({"delivery": {"relay_host": "127.0.0.1:9", "retry_intervals": ["1s"], "max_queue_lifetime": "1s",
+                               "connect_timeout": "1s"}, "queue": {"poll_interval": "1s"}})
+    setup_domain_and_user(srv)
+    code, msg = srv.send(f"bob@{DOMAIN}", b"From: a@remote.test\r\nSubject: m\r\n\r\nhi\r\n")
+    assert code == 250, msg
+    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    r = bob.post("/api/v1/send", json={"from": f"bob@{DOMAIN}", "to": ["x@unreachable.test"],
+                                       "subject": "s", "text": "t"})
+    assert r.status_code == 202, r.text
+    srv.anon().get("/api/v1/domains")
+    srv.api().delete("/api/v1/domains/nothing.test")
+    # The remote recipient fails (nothing listens on port 9) and expires: delivery and bounce
+    # metrics appear.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not srv.metric_value("mairust_bounces_total"):
+        time.sleep(0.2)
+    assert srv.metric_value("mairust_bounces_total"), "no bounce was recorded"
+    text = requests.get(srv.base_url + "/metrics", timeout=5).text
+    assert promtool_problems(text) == "", text
+
+
+def test_invented_request_methods_add_no_series(srv):
+    """`M123X /health` from anyone (and an 8,000-character method) counts as `other`: a
+    label takes known values only, so /metrics cannot be grown from outside."""
+    import socket
+
+    for method in ("M123X", "X" * 8000, "get"):
+        with socket.create_connection(("127.0.0.1", srv.api_port), timeout=5) as sock:
+            sock.sendall(f"{method} /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            while sock.recv(65536):
+                pass
+    text = requests.get(srv.base_url + "/metrics", timeout=5).text
+    methods = set(re.findall(r'^mairust_api_requests_total\{[^}]*method="([^"]*)"', text, re.M))
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}, methods
+    assert "other" in methods, text
+    assert max(len(line) for line in text.splitlines()) < 300
 
 
 def test_a_node_without_the_api_role_still_serves_health_and_metrics(server):

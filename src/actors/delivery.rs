@@ -11,6 +11,7 @@ use super::QueueHandle;
 use super::connection_cache::ConnectionCache;
 use super::lease_deadline::LeaseDeadline;
 use crate::config::{Config, DeliveryTls};
+use crate::events::{self, DeliveryConnectionUsed};
 use crate::smtp::client::{ClientConfig, Credentials, TlsPolicy, Transaction};
 use crate::smtp::dsn::{self, FailedRecipient};
 use crate::smtp::outbound;
@@ -271,8 +272,7 @@ pub async fn deliver(
                     }
                 }
             };
-            metrics::counter!("mairust_delivery_connections_total", "reused" => if reused { "true" } else { "false" })
-                .increment(1);
+            events::emit(DeliveryConnectionUsed { reused });
             let transactions: Vec<Transaction> = groups.iter().map(|(t, _)| t.clone()).collect();
             match conn.send(transactions, deadline).await {
                 Err(error) => {

@@ -328,10 +328,10 @@ async fn refuse_nul(request: Request, next: Next) -> Response {
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
+    let method = request.method().clone();
     let response = next.run(request).await;
     events::emit(ApiRequestCompleted {
-        method,
+        method: method.as_str(),
         status: response.status().as_u16(),
     });
     response
