@@ -446,7 +446,9 @@ mod tests {
         let t = FailureThrottle::new(Duration::from_secs(1), 2);
         let delays: Vec<Duration> = (0..4)
             .map(|i| {
-                let a = t.begin(IP, "bob@example.test", &format!("guess{i}")).expect("not busy");
+                let a = t
+                    .begin(IP, "bob@example.test", &format!("guess{i}"))
+                    .expect("not busy");
                 let d = a.delay();
                 a.failed();
                 d
@@ -461,18 +463,28 @@ mod tests {
     fn a_success_on_one_account_does_not_reset_failures_on_another() {
         let t = FailureThrottle::new(Duration::from_secs(1), 1);
         for i in 0..3 {
-            t.begin(IP, "victim@example.test", &format!("guess{i}")).expect("not busy")
+            t.begin(IP, "victim@example.test", &format!("guess{i}"))
+                .expect("not busy")
                 .failed();
         }
         // The attacker signs in to their own account from the same address...
-        let own = t.begin(IP, "mine@example.test", "my-password").expect("not busy");
+        let own = t
+            .begin(IP, "mine@example.test", "my-password")
+            .expect("not busy");
         own.succeeded();
         // ...and the next guess at the victim still waits.
-        let guess = t.begin(IP, "victim@example.test", "guess3").expect("not busy");
+        let guess = t
+            .begin(IP, "victim@example.test", "guess3")
+            .expect("not busy");
         assert_eq!(guess.delay(), Duration::from_secs(2));
         // Another address guessing the same account waits too (per-account counter).
         let other: IpAddr = [192, 0, 2, 1].into();
-        assert!(t.begin(other, "victim@example.test", "guess4").expect("not busy").delay() >= Duration::from_secs(2));
+        assert!(
+            t.begin(other, "victim@example.test", "guess4")
+                .expect("not busy")
+                .delay()
+                >= Duration::from_secs(2)
+        );
     }
 
     #[test]
@@ -480,7 +492,10 @@ mod tests {
         let t = FailureThrottle::new(Duration::from_secs(1), 2);
         // Ten attempts in flight at once, none settled yet.
         let attempts: Vec<Attempt<'_>> = (0..10)
-            .map(|i| t.begin(IP, &format!("user{i}@example.test"), "guess").expect("not busy"))
+            .map(|i| {
+                t.begin(IP, &format!("user{i}@example.test"), "guess")
+                    .expect("not busy")
+            })
             .collect();
         let delays: Vec<u64> = attempts.iter().map(|a| a.delay().as_secs()).collect();
         assert_eq!(delays, vec![0, 0, 0, 1, 2, 3, 4, 5, 6, 7]);
@@ -491,8 +506,12 @@ mod tests {
     #[test]
     fn a_success_withdraws_only_its_own_reservation() {
         let t = FailureThrottle::new(Duration::from_secs(1), 0);
-        t.begin(IP, "a@example.test", "guess").expect("not busy").failed();
-        t.begin(IP, "b@example.test", "right").expect("not busy").succeeded();
+        t.begin(IP, "a@example.test", "guess")
+            .expect("not busy")
+            .failed();
+        t.begin(IP, "b@example.test", "right")
+            .expect("not busy")
+            .succeeded();
         assert_eq!(
             t.current_delay(IP, "c@example.test"),
             Duration::from_secs(1)
@@ -543,15 +562,22 @@ mod tests {
             t.begin(other, "VICTIM@example.test ", "guess-y"),
             Err(AuthError::Busy)
         ));
-        assert_eq!(t.current_delay(other, "someone@example.test"), Duration::ZERO);
+        assert_eq!(
+            t.current_delay(other, "someone@example.test"),
+            Duration::ZERO
+        );
         // The same credentials as a guess in flight are no new guess: not refused.
         let ip0: IpAddr = [192, 0, 2, 0].into();
         t.begin(ip0, account, "guess0").expect("a repeat").failed();
         // Other accounts are not affected.
-        t.begin(other, "bob@example.test", "pw").expect("room").succeeded();
+        t.begin(other, "bob@example.test", "pw")
+            .expect("room")
+            .succeeded();
         // As guesses finish, room comes back.
         drop(waiting);
-        t.begin(other, account, "guess-z").expect("room again").failed();
+        t.begin(other, account, "guess-z")
+            .expect("room again")
+            .failed();
     }
 
     #[test]
