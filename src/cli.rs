@@ -168,6 +168,7 @@ pub enum UserCommand {
 
 /// Parses the command line and runs it; errors are printed with their causes.
 pub fn main() -> ExitCode {
+    crate::private::restrict_new_files();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

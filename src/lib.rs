@@ -14,6 +14,7 @@ pub mod config;
 pub mod dkim;
 pub mod events;
 pub mod message;
+pub mod private;
 pub mod server;
 pub mod smtp;
 pub mod store;

@@ -64,6 +64,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config.server.data_dir.display()
         )
     })?;
+    // Created 0700 under the process umask; one left open by an earlier version is closed.
+    crate::private::tighten(&config.server.data_dir)?;
     let stores = Stores::open(&config).await?;
     // Held for the life of the process: `key rotate` refuses to run next to a server.
     let _database_lock = crate::store::rekey::DatabaseLock::acquire(

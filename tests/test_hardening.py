@@ -195,6 +195,52 @@ def test_guesses_in_flight_at_one_account_are_bounded(server):
     assert max(t for _, _, t in checked) >= 3.9, results
 
 
+# ---------------------------------------------------------------------- file permissions
+
+
+@pytest.mark.sqlite_fs
+def test_data_files_are_private_to_the_server_user(server):
+    """The SQLite database holds password hashes, DKIM keys, session tokens and bodies: every
+    file MaiRust creates is 0600 and every directory 0700 whatever the umask, and what an
+    earlier version left readable by others is made private at start, with a log line."""
+    import os
+    import stat
+
+    old = os.umask(0o022)  # the usual umask the server inherits
+    try:
+        srv = server()
+        setup_domain_and_user(srv)
+        assert srv.send(BOB, b"Subject: x\r\n\r\n" + b"y" * 200_000 + b"\r\n")[0] == 250
+        data = srv.root / "data"
+
+        def modes() -> dict[str, int]:
+            found = {}
+            for dirpath, dirnames, filenames in os.walk(data):
+                for name in dirnames + filenames:
+                    path = os.path.join(dirpath, name)
+                    found[os.path.relpath(path, data)] = stat.S_IMODE(os.lstat(path).st_mode)
+            found["."] = stat.S_IMODE(os.lstat(data).st_mode)
+            return found
+
+        found = modes()
+        assert "db/mairust.db" in found and any(p.startswith("mail/") for p in found), found
+        loose = {p: oct(m) for p, m in found.items() if m & 0o077}
+        assert loose == {}, loose
+        # An earlier version's loose modes are fixed at the next start.
+        srv.stop()
+        os.chmod(data, 0o755)
+        os.chmod(data / "db", 0o755)
+        os.chmod(data / "db" / "mairust.db", 0o644)
+        srv.start(first=False)
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(data / "db" / "mairust.db").st_mode) == 0o600
+        fixed = [line["fields"].get("path") for line in srv.log_lines()
+                 if line["message"].startswith("made private")]
+        assert str(data) in fixed and str(data / "db" / "mairust.db") in fixed, fixed
+    finally:
+        os.umask(old)
+
+
 # ---------------------------------------------------------------------- first admin
 
 

@@ -178,9 +178,9 @@ async fn table_columns(
 /// renamed into place.
 fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    // Readable like the table files next to it (a temporary file would be 0600).
+    // Private like the table files next to it: a dump holds what the database holds.
     let mut file = tempfile::Builder::new()
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     file.write_all(bytes)?;

@@ -29,6 +29,8 @@ impl FsBlobStore {
                 ),
             ))
         })?;
+        // The bodies beneath are readable only through a private root.
+        crate::private::tighten(root).map_err(BlobError::Io)?;
         Ok(Self {
             root: root.to_path_buf(),
         })

@@ -483,6 +483,11 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
             ))
         })?;
     }
+    // New files are private (the process umask); existing ones left readable are fixed.
+    for suffix in ["", "-wal", "-shm"] {
+        crate::private::tighten(std::path::Path::new(&format!("{path}{suffix}")))
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    }
     Ok(if rest.contains("mode=") {
         url.to_string()
     } else if rest.contains('?') {
