@@ -195,6 +195,30 @@ def test_guesses_in_flight_at_one_account_are_bounded(server):
     assert max(t for _, _, t in checked) >= 3.9, results
 
 
+def test_a_deleted_users_open_sessions_send_and_read_nothing(server):
+    """Deleting an account ends what it had open: its signed-in SMTP session gets 530 at the
+    next MAIL FROM (before: MAIL, RCPT, DATA, 250, delivered), and its web session 401."""
+    import requests
+
+    srv = server()
+    setup_domain_and_user(srv, users=("bob", "carol"))
+    web = requests.Session()
+    r = web.post(srv.base_url + "/api/v1/session", json={"email": BOB, "password": USER_PASSWORD},
+                 headers={"Origin": srv.base_url}, timeout=15)
+    assert r.status_code == 201, r.text
+    assert web.get(srv.base_url + "/api/v1/messages", timeout=15).status_code == 200
+    with contextlib.closing(srv.submission(BOB, USER_PASSWORD)) as s:
+        msg = f"From: {BOB}\r\nTo: {CAROL}\r\nSubject: before\r\n\r\nhi\r\n".encode()
+        assert s.sendmail(BOB, [CAROL], msg) == {}
+        assert srv.api().delete(f"/api/v1/users/{BOB}").status_code == 204
+        code, text = s.mail(BOB)
+        assert (code, text[:6]) == (530, b"5.7.0 "), (code, text)
+        assert b"no longer exists" in text, text
+    assert web.get(srv.base_url + "/api/v1/messages", timeout=15).status_code == 401
+    subjects = [m["subject"] for m in srv.api(CAROL, USER_PASSWORD).all_messages()]
+    assert subjects == ["before"], subjects
+
+
 # ---------------------------------------------------------------------- file permissions
 
 

@@ -107,6 +107,11 @@ impl SessionPolicy for SmtpPolicy {
 
     async fn mail_from(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
         self.recipients.clear();
+        if let Some(user) = authenticated
+            && let Some(refusal) = self.check_account_still_exists(user).await
+        {
+            return refusal;
+        }
         self.check_sender(address, authenticated)
     }
 
@@ -167,6 +172,33 @@ impl SmtpPolicy {
                 mechanism: &mechanism,
             });
             Answer::Auth(false)
+        }
+    }
+
+    /// A session signed in as `user` sends nothing once the account is deleted (on this node
+    /// or another): each transaction checks it again.
+    async fn check_account_still_exists(&self, user: &str) -> Option<Answer> {
+        match self.ctx.stores.meta.credentials(user).await {
+            Ok(Some(_)) => None,
+            Ok(None) => {
+                events::emit(SmtpMessageRejected {
+                    reason: "account_deleted",
+                });
+                tracing::warn!(target: LOG_TARGET, peer = %self.peer, user, "signed-in account no longer exists; sender refused");
+                Some(Answer::Reject(reply(
+                    530,
+                    (5, 7, 0),
+                    format!("Authentication required: the account {user} no longer exists"),
+                )))
+            }
+            Err(error) => {
+                tracing::error!(target: LOG_TARGET, %error, "account lookup failed");
+                Some(Answer::Reject(reply(
+                    451,
+                    (4, 3, 0),
+                    "Temporary lookup failure, try again later",
+                )))
+            }
         }
     }
 
