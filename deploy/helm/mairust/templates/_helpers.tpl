@@ -199,6 +199,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The cluster's members, the core and api pods of this release (a label selector). */}}
+{{- define "mairust.clusterMemberSelector" -}}
+matchLabels:
+  {{- include "mairust.selectorLabels" . | nindent 2 }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: [core, api]
+{{- end }}
+
 {{/* Liveness and readiness probes (deployment spec 8.2) on the container's "http" port. */}}
 {{- define "mairust.probes" -}}
 {{- $l := .Values.probes.liveness }}
