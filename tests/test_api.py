@@ -539,6 +539,29 @@ def test_nul_characters_are_bad_input_not_a_storage_failure(srv):
     assert_error(r, 400)
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", None, "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize("path, body", [
+    ("/api/v1/tokens", '{"name": "t"}'),          # an optional JSON body
+    (f"/api/v1/domains/{DOMAIN}/dkim", "{}"),      # an optional JSON body
+    ("/api/v1/users", '{"email": "x@example.test", "password": "long-password-1"}'),
+    ("/api/v1/queue/1/retry", "x"),                # a route that reads no body
+])
+def test_a_body_that_is_not_declared_json_is_415(srv, path, body, content_type):
+    """README promises 415 for a body that is not JSON: every body, on every route, whether the
+    handler reads it or not (a form or text/plain post is what a browser sends cross-site
+    without a preflight)."""
+    setup_domain_and_user(srv)
+    headers = {"Authorization": basic(ADMIN_EMAIL, ADMIN_PASSWORD)}
+    if content_type:
+        headers["Content-Type"] = content_type
+    r = requests.post(srv.base_url + path, data=body.encode(), headers=headers, timeout=10)
+    assert_error(r, 415, "unsupported_media_type")
+    # Declared JSON, or no body at all, passes on to the handler.
+    headers["Content-Type"] = "application/json"
+    r = requests.post(srv.base_url + path, data=body.encode(), headers=headers, timeout=10)
+    assert r.status_code != 415, r.text
+
+
 def promtool_problems(text: str) -> str:
     """What `promtool check metrics` (Debian's prometheus package) says of `text`."""
     promtool = shutil.which("promtool")

@@ -192,15 +192,19 @@ fn body_too_large() -> ApiError {
     )
 }
 
+fn not_json() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as JSON with `Content-Type: application/json`",
+    )
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as JSON with `Content-Type: application/json`",
-            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => not_json(),
             _ => Self::bad_request(format!("invalid JSON body: {}", r.body_text())),
         }
     }
@@ -285,7 +289,7 @@ pub struct ApiQuery<T>(pub T);
 pub struct ApiPath<T>(pub T);
 
 /// A JSON body that may be left out (no bytes at all): then `T::default()`. Anything else
-/// must be a JSON object. Any content type is accepted, since the body is optional.
+/// must be a JSON object sent as JSON (see [`json_bodies_only`]).
 pub struct OptionalJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for OptionalJson<T>
@@ -311,6 +315,41 @@ where
     }
 }
 
+/// Middleware: a request that carries a body (a `Content-Length` above 0, or chunked) must
+/// declare it JSON (`application/json` or `application/*+json`), or it gets `415`, whatever
+/// the route does with the body. A route that ignores its body would otherwise accept a
+/// form post or a `text/plain` one that a browser sends cross-site without a preflight.
+pub async fn json_bodies_only(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    if has_body && !is_json(headers) {
+        return not_json().into_response();
+    }
+    next.run(request).await
+}
+
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json") || subtype.to_ascii_lowercase().ends_with("+json"))
+}
+
 /// Refuses a string field longer than `max` characters.
 pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.chars().count() > max {
@@ -323,3 +362,28 @@ pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
 
 /// The result type of handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let with = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                value.parse().expect("header"),
+            );
+            is_json(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/merge-patch+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/x-www-form-urlencoded"));
+        assert!(!with("application/jsonx"));
+        assert!(!with("json"));
+        assert!(!is_json(&axum::http::HeaderMap::new()));
+    }
+}

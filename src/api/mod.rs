@@ -391,7 +391,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/cluster", get(cluster::view))
         .route("/stats", get(stats::stats))
         .route("/trace", get(trace::trace))
-        .route("/debug/faults", post(inject_fault));
+        .route("/debug/faults", post(inject_fault))
+        .layer(middleware::from_fn(error::json_bodies_only));
     let mut app = Router::new()
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
