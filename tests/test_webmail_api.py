@@ -106,6 +106,36 @@ def test_html_view_is_sanitized_and_blocks_remote_images(server):
     assert other.get(f"/api/v1/messages/{mid}/html").status_code == 404
 
 
+def test_attachments_and_raw_are_served_as_untrusted_content(server):
+    """Attachments carry the sender's content type (`text/html`, `image/svg+xml`, a script)
+    and are served from the UI's origin: never sniffed, and sandboxed should a browser render
+    one (no scripts, no access to the signed-in origin); `/raw` likewise."""
+    srv = server()
+    bob, = setup_domain_and_user(srv)
+    msg = EmailMessage()
+    msg["From"] = "mallory@remote.test"
+    msg["To"] = bob
+    msg["Subject"] = "files"
+    msg.set_content("see attached\n")
+    msg.add_attachment(b"<script>fetch('/api/v1/tokens')</script>", maintype="text", subtype="html",
+                       filename="page.html")
+    msg.add_attachment(b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>', maintype="image",
+                       subtype="svg+xml", filename="pic.svg")
+    msg.add_attachment(b"alert(1)", maintype="application", subtype="javascript", filename="x.js")
+    with srv.smtp() as s:
+        s.send_message(msg, from_addr="mallory@remote.test", to_addrs=[bob])
+    api = srv.api(bob, USER_PASSWORD)
+    [item] = api.wait_messages(1)
+    paths = [f"/api/v1/messages/{item['id']}/attachments/{n}" for n in range(3)]
+    for path in paths + [f"/api/v1/messages/{item['id']}/raw"]:
+        r = api.get(path)
+        assert r.status_code == 200, (path, r.text)
+        assert r.headers.get("x-content-type-options") == "nosniff", (path, r.headers)
+        csp = r.headers.get("content-security-policy", "")
+        assert csp.startswith("sandbox") and "default-src 'none'" in csp, (path, r.headers)
+    assert api.get(paths[0]).headers["content-type"].startswith("text/html")
+
+
 def test_html_view_of_a_text_only_message_is_404(server):
     srv = server()
     (bob,) = setup_domain_and_user(srv)

@@ -202,7 +202,29 @@ pub async fn raw(
     let (item, raw) = load(&state, &caller, &id).await?;
     let mut out = message::return_path_line(&item.envelope_from).into_bytes();
     out.extend_from_slice(&raw);
-    Ok(([(header::CONTENT_TYPE, "message/rfc822")], out).into_response())
+    let mut response = ([(header::CONTENT_TYPE, "message/rfc822")], out).into_response();
+    mark_untrusted(&mut response);
+    Ok(response)
+}
+
+/// Content the sender wrote, served from the UI's origin: never sniffed into another type,
+/// and sandboxed (no scripts, no same-origin access) should a browser render it, whatever
+/// content type the sender gave an attachment (`text/html`, `image/svg+xml`, scripts).
+fn mark_untrusted(response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(header::HeaderValue::from_static(
+            "sandbox; default-src 'none'",
+        ));
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
 }
 
 /// Whether the HTML view keeps remote images.
@@ -273,12 +295,10 @@ pub async fn html(
         "sandbox; default-src 'none'; img-src 'self' data:"
     };
     let blocked = sanitized.remote_images_blocked.to_string();
-    Ok((
+    let mut response = (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CONTENT_SECURITY_POLICY, csp),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
             (
                 header::HeaderName::from_static(REMOTE_IMAGES_BLOCKED),
                 blocked.as_str(),
@@ -286,7 +306,9 @@ pub async fn html(
         ],
         sanitized.html,
     )
-        .into_response())
+        .into_response();
+    mark_untrusted(&mut response);
+    Ok(response)
 }
 
 /// The `n`-th attachment (from 0), decoded.
@@ -315,14 +337,16 @@ pub async fn attachment(
     let disposition =
         header::HeaderValue::from_str(&format!("attachment; filename=\"{filename}\""))
             .unwrap_or(header::HeaderValue::from_static("attachment"));
-    Ok((
+    let mut response = (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CONTENT_DISPOSITION, disposition),
         ],
         bytes,
     )
-        .into_response())
+        .into_response();
+    mark_untrusted(&mut response);
+    Ok(response)
 }
 
 /// Updates flags.
