@@ -217,8 +217,7 @@ async fn domain(config: &Config, cmd: DomainCommand) -> anyhow::Result<()> {
     let meta = stores.meta.as_ref();
     match cmd {
         DomainCommand::Add { name } => {
-            let name = crate::api::admin::validate_domain(&name)
-                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let name = crate::accounts::validate_domain(&name)?;
             meta.add_domain(&name).await?;
             println!("added domain {name}");
         }
@@ -245,22 +244,21 @@ async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             admin,
             quota_bytes,
         } => {
-            let email = crate::api::admin::validate_email(&email)
-                .map_err(|e| anyhow::anyhow!(e.message))?;
             let (password, generated) = match password {
                 Some(p) => (p, false),
                 None => (crate::auth::random_secret(18), true),
             };
-            if password.len() < 8 {
-                anyhow::bail!("password must be at least 8 characters");
-            }
-            meta.add_user(
-                &email,
-                &crate::auth::hash_password(&password)?,
-                admin,
-                quota_bytes,
+            let user = crate::accounts::add_user(
+                meta,
+                crate::accounts::NewAccount {
+                    email: &email,
+                    password: &password,
+                    is_admin: admin,
+                    quota_bytes,
+                },
             )
             .await?;
+            let email = user.email;
             if generated {
                 println!("added user {email} with password {password}");
             } else {
@@ -278,16 +276,14 @@ async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::Remove { email } => {
+            let email = crate::accounts::normalize_address(&email);
             let orphans = meta.delete_user(&email).await?;
             stores.delete_blobs(&orphans).await;
             println!("removed user {email}");
         }
         UserCommand::Passwd { email, password } => {
-            if password.len() < 8 {
-                anyhow::bail!("password must be at least 8 characters");
-            }
-            meta.set_password(&email, &crate::auth::hash_password(&password)?)
-                .await?;
+            let email = crate::accounts::normalize_address(&email);
+            crate::accounts::set_password(meta, &email, &password).await?;
             println!("password changed for {email}");
         }
     }

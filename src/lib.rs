@@ -5,6 +5,7 @@
 //! in the blob store and its metadata committed.
 
 pub mod acceptance;
+pub mod accounts;
 pub mod actors;
 pub mod api;
 pub mod auth;

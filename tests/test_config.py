@@ -384,6 +384,15 @@ def test_cli_errors_are_clear(server):
     assert p.returncode != 0 and "unhosted.test" in p.stderr, p.stderr
     p = run_cli(["--config", cfg, "user", "add", f"bob@{DOMAIN}", "--password", "short"])
     assert p.returncode != 0 and "8" in p.stderr, p.stderr
+    # The API's rules, from the one place both call.
+    p = run_cli(["--config", cfg, "user", "add", f"bob@{DOMAIN}", "--password", USER_PASSWORD,
+                 "--quota-bytes=-5"])
+    assert p.returncode != 0 and "quota_bytes must not be negative" in p.stderr, p.stderr
+    p = run_cli(["--config", cfg, "user", "add", f"bob@{DOMAIN}", "--password", "tab\tinside-it"])
+    assert p.returncode != 0 and "control characters" in p.stderr, p.stderr
+    assert run_cli(["--config", cfg, "user", "add", f"bob@{DOMAIN}", "--password", USER_PASSWORD]).returncode == 0
+    p = run_cli(["--config", cfg, "user", "passwd", f"BOB@{DOMAIN}", "--password", "x" * 1025])
+    assert p.returncode != 0 and "too long" in p.stderr, p.stderr
     p = run_cli(["--config", cfg, "user", "remove", f"nobody@{DOMAIN}"])
     assert p.returncode != 0 and "nobody" in p.stderr, p.stderr
 

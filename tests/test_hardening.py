@@ -219,6 +219,25 @@ def test_a_deleted_users_open_sessions_send_and_read_nothing(server):
     assert subjects == ["before"], subjects
 
 
+def test_an_address_in_a_path_is_normalised_before_the_own_account_check(server):
+    """`PUT /users/%20adm2@.../password` is the caller's own account: with a token (not the
+    password) it needs `current_password`, as `/users/adm2@.../password` does."""
+    srv = server()
+    setup_domain_and_user(srv)
+    srv.api().add_user("adm2@admin.test", "adm2-password-1", is_admin=True)
+    r = srv.api("adm2@admin.test", "adm2-password-1").post("/api/v1/tokens", json={"name": "t"})
+    assert r.status_code == 201, r.text
+    with_token = srv.api(token=r.json()["token"])
+    for path in ("%20adm2@admin.test", "ADM2@Admin.test", "adm2@admin.test%09"):
+        r = with_token.put(f"/api/v1/users/{path}/password", json={"password": "taken-over-1"})
+        assert r.status_code == 400 and "current_password" in r.text, (path, r.status_code, r.text)
+    assert srv.api("adm2@admin.test", "adm2-password-1").get("/api/v1/users").status_code == 200
+    # An admin changes another's password through any spelling of the address.
+    r = srv.api().put(f"/api/v1/users/%20BOB@{DOMAIN}/password", json={"password": "reset-password-1"})
+    assert r.status_code == 204, r.text
+    assert srv.api(BOB, "reset-password-1").get("/api/v1/messages").status_code == 200
+
+
 # ---------------------------------------------------------------------- file permissions
 
 

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::{Caller, ClientIp, Credential};
 use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody, OptionalJson, check_len};
+use crate::accounts::{self, MAX_PASSWORD, NewAccount, normalize_address, validate_domain};
 use crate::auth;
 use crate::store::{Domain, User, UserChanges, now_millis};
 
@@ -344,73 +345,6 @@ fn valid_selector(selector: &str) -> bool {
 
 /// Longest token name accepted.
 pub const MAX_TOKEN_NAME: usize = 200;
-/// Longest password accepted (argon2 input; longer adds nothing).
-pub const MAX_PASSWORD: usize = 1024;
-/// Longest address accepted (RFC 5321 §4.5.3.1.3 path limit less the brackets).
-pub const MAX_EMAIL: usize = 254;
-
-/// Checks a domain name (RFC 1035 letters, digits, hyphens; dots between labels).
-pub fn validate_domain(name: &str) -> Result<String, ApiError> {
-    check_len("name", name, 255)?;
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if ok {
-        Ok(name)
-    } else {
-        Err(ApiError::bad_request(format!(
-            "`{name}` is not a valid domain name"
-        )))
-    }
-}
-
-/// Checks an email address (`local@domain`, no spaces or control characters).
-pub fn validate_email(email: &str) -> Result<String, ApiError> {
-    check_len("email", email, MAX_EMAIL)?;
-    let email = email.to_ascii_lowercase();
-    let invalid = || ApiError::bad_request(format!("`{email}` is not a valid email address"));
-    let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
-    if local.is_empty()
-        || local.len() > 64
-        || local
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "<>()[],;:\\\"@".contains(c))
-    {
-        return Err(invalid());
-    }
-    validate_domain(domain).map_err(|_| invalid())?;
-    Ok(email)
-}
-
-fn validate_password(password: &str) -> Result<(), ApiError> {
-    check_len("password", password, MAX_PASSWORD)?;
-    if password.chars().count() < 8 {
-        return Err(ApiError::bad_request(
-            "password must be at least 8 characters",
-        ));
-    }
-    if password.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "password must not contain control characters",
-        ));
-    }
-    Ok(())
-}
-
-async fn hash(password: String) -> Result<String, ApiError> {
-    auth::hash_password_async(&password)
-        .await
-        .map_err(ApiError::unavailable)
-}
 
 /// Adds a hosted domain.
 #[utoipa::path(post, path = "/api/v1/domains", tag = "admin", request_body = NewDomain,
@@ -468,31 +402,16 @@ pub async fn add_user(
     ApiJson(body): ApiJson<NewUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     caller.require_admin()?;
-    let email = validate_email(&body.email)?;
-    validate_password(&body.password)?;
-    if body.quota_bytes.is_some_and(|q| q < 0) {
-        return Err(ApiError::bad_request("quota_bytes must not be negative"));
-    }
-    let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-    if !body.is_admin
-        && !state
-            .stores
-            .meta
-            .list_domains()
-            .await?
-            .iter()
-            .any(|d| d.name == domain)
-    {
-        return Err(ApiError::not_found(format!(
-            "domain {domain} is not hosted here; add it first"
-        )));
-    }
-    let hashed = hash(body.password).await?;
-    let user = state
-        .stores
-        .meta
-        .add_user(&email, &hashed, body.is_admin, body.quota_bytes)
-        .await?;
+    let user = accounts::add_user(
+        state.stores.meta.as_ref(),
+        NewAccount {
+            email: &body.email,
+            password: &body.password,
+            is_admin: body.is_admin,
+            quota_bytes: body.quota_bytes,
+        },
+    )
+    .await?;
     tracing::info!(user = %user.email, by = %caller.0.email, "user added");
     Ok((StatusCode::CREATED, Json(user)))
 }
@@ -522,7 +441,8 @@ pub async fn delete_user(
     ApiPath(email): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
-    if email.eq_ignore_ascii_case(&caller.0.email) {
+    let email = normalize_address(&email);
+    if email == caller.0.email {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
@@ -548,11 +468,13 @@ pub async fn set_password(
     ApiPath(email): ApiPath<String>,
     ApiJson(body): ApiJson<NewPassword>,
 ) -> ApiResult<StatusCode> {
-    let own = email.eq_ignore_ascii_case(&caller.0.email);
+    // The path's address as the store keys it, or `%20me@...` would pass for another's.
+    let email = normalize_address(&email);
+    let own = email == caller.0.email;
     if !own {
         caller.require_admin()?;
     }
-    validate_password(&body.password)?;
+    accounts::validate_password(&body.password)?;
     if own && caller.1 != Credential::Password {
         let current = body.current_password.as_deref().ok_or_else(|| {
             ApiError::bad_request("give your current password in current_password")
@@ -566,8 +488,7 @@ pub async fn set_password(
             return Err(ApiError::forbidden("the current password is wrong"));
         }
     }
-    let hashed = hash(body.password).await?;
-    state.stores.meta.set_password(&email, &hashed).await?;
+    accounts::set_password(state.stores.meta.as_ref(), &email, &body.password).await?;
     tracing::info!(user = %email, by = %caller.0.email, "password changed; the user's tokens are revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -585,10 +506,11 @@ pub async fn update_user(
     ApiJson(body): ApiJson<UserPatch>,
 ) -> ApiResult<Json<User>> {
     caller.require_admin()?;
+    let email = normalize_address(&email);
     if body.quota_bytes.flatten().is_some_and(|q| q < 0) {
         return Err(ApiError::bad_request("quota_bytes must not be negative"));
     }
-    if body.is_admin.is_some() && email.eq_ignore_ascii_case(&caller.0.email) {
+    if body.is_admin.is_some() && email == caller.0.email {
         // Demoting yourself could leave nobody able to manage the system.
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -739,25 +661,6 @@ mod tests {
         assert_eq!(patch(r#"{"quota_bytes": null}"#).expect("null"), Some(None));
         assert_eq!(patch("{}").expect("absent"), None);
         assert!(patch(r#"{"quota_bytes": 1.5}"#).is_err());
-    }
-
-    #[test]
-    fn domain_and_email_validation() {
-        assert_eq!(
-            validate_domain("Example.COM.").expect("valid"),
-            "example.com"
-        );
-        assert!(validate_domain("bad_domain.com").is_err());
-        assert!(validate_domain("-x.com").is_err());
-        assert!(validate_domain("a..b").is_err());
-        assert_eq!(
-            validate_email("Bob@Example.test").expect("valid"),
-            "bob@example.test"
-        );
-        assert!(validate_email("no-at-sign").is_err());
-        assert!(validate_email("a b@example.test").is_err());
-        assert!(validate_email("a@b@example.test").is_err());
-        assert!(validate_email("x@bad domain").is_err());
     }
 
     #[test]

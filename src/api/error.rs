@@ -169,6 +169,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::accounts::AccountError> for ApiError {
+    fn from(e: crate::accounts::AccountError) -> Self {
+        use crate::accounts::AccountError;
+        match e {
+            AccountError::Store(e) => e.into(),
+            AccountError::Hash(cause) => Self::unavailable(cause),
+            not_hosted @ AccountError::DomainNotHosted(_) => {
+                Self::not_found(not_hosted.to_string())
+            }
+            invalid => Self::bad_request(invalid.to_string()),
+        }
+    }
+}
+
 impl From<crate::auth::AuthError> for ApiError {
     fn from(e: crate::auth::AuthError) -> Self {
         match e {

@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::admin::validate_email;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiResult, ErrorBody, check_len};
 use crate::acceptance::Incoming;
+use crate::accounts::validate_email;
 use crate::store::RecipientLookup;
 use crate::store::new_id;
 
