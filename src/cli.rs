@@ -191,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], config.server.api_port))),
         ),
         Command::CheckConfig => {
-            println!("{config:#?}");
+            print!("{}", config.to_redacted_yaml());
             Ok(())
         }
         command => {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mairust/config.yaml";
@@ -56,7 +56,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of a MaiRust process.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Listeners, host name and roles.
@@ -88,7 +88,7 @@ pub struct Config {
 }
 
 /// A part of MaiRust that a process can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// SMTP listeners (MX and submission).
@@ -102,7 +102,7 @@ pub enum Role {
 }
 
 /// `server` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Name used in the SMTP greeting, EHLO reply, Received headers and Message-IDs.
@@ -122,7 +122,7 @@ pub struct ServerConfig {
     /// Test-only: lets an admin make an actor fail through the API, to exercise supervision.
     pub fault_injection: bool,
     /// How long start-up keeps retrying an unreachable database or S3 endpoint.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub startup_timeout: Duration,
 }
 
@@ -158,10 +158,11 @@ impl ServerConfig {
 }
 
 /// `database` section.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH` or `postgres://...`.
+    #[serde(serialize_with = "write_url")]
     pub url: String,
     /// Connection pool size.
     pub max_connections: u32,
@@ -169,11 +170,11 @@ pub struct DatabaseConfig {
     pub max_batch: usize,
     /// Longest a single PostgreSQL statement may run (`statement_timeout`), so a hung
     /// database fails requests instead of holding them.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub statement_timeout: Duration,
     /// Longest a session or worker waits for its commit through the storage writer before
     /// giving up (`451 4.3.0`; the client retries).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub commit_timeout: Duration,
 }
 
@@ -190,7 +191,7 @@ impl Default for DatabaseConfig {
 }
 
 /// Blob store kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
     /// Local filesystem.
@@ -200,7 +201,7 @@ pub enum StorageBackend {
 }
 
 /// `storage` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Which backend stores bodies.
@@ -227,7 +228,7 @@ impl Default for StorageConfig {
 }
 
 /// `storage.options`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageOptions {
     /// Root directory of the fs backend.
@@ -237,10 +238,12 @@ pub struct StorageOptions {
     /// S3 region.
     pub region: Option<String>,
     /// S3 endpoint URL (MinIO and other S3-compatible servers).
+    #[serde(serialize_with = "write_url")]
     pub endpoint: Option<String>,
     /// S3 access key.
     pub access_key: Option<String>,
     /// S3 secret key.
+    #[serde(serialize_with = "write_secret")]
     pub secret_key: Option<String>,
     /// Declares the fs backend's `path` a volume every node of a cluster shares.
     pub shared: bool,
@@ -261,7 +264,7 @@ impl Default for StorageOptions {
 }
 
 /// `tls` section: both set, or neither (a self-signed certificate is generated).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain.
@@ -271,7 +274,7 @@ pub struct TlsConfig {
 }
 
 /// `smtp` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// Largest message accepted, in bytes (advertised in SIZE).
@@ -286,25 +289,25 @@ pub struct SmtpConfig {
     /// (Postfix's `smtpd_soft_error_limit`). 0 disables the delay.
     pub soft_error_limit: usize,
     /// Delay before the reply to each bad command past `soft_error_limit`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub error_delay: Duration,
     /// NOOP/RSET/VRFY/HELP and excess RCPTs allowed per session (and after each accepted
     /// message) before each counts as a bad command. 0 disables the limit.
     pub max_junk_commands: usize,
     /// Longest time one command line may take to arrive, however its bytes trickle in.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub command_deadline: Duration,
     /// Longest time a whole DATA or BDAT transfer may take.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub data_deadline: Duration,
     /// Where mail to `postmaster` (bare, or at a hosted domain without such a user) goes:
     /// a local user's address. Unset: `admin.email`, else the oldest admin account.
     pub postmaster: Option<String>,
     /// Idle time allowed while waiting for a command.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub command_timeout: Duration,
     /// Idle time allowed while receiving message data.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub data_timeout: Duration,
     /// Concurrent connections over all listeners.
     pub max_connections: usize,
@@ -316,10 +319,10 @@ pub struct SmtpConfig {
     pub allow_insecure_auth: bool,
     /// Clients in these networks may relay without AUTH, on either port (Postfix's
     /// `mynetworks`): `10.0.0.0/8`, `2001:db8::/32`, or a single address.
-    #[serde(deserialize_with = "networks")]
+    #[serde(deserialize_with = "networks", serialize_with = "write_displayed")]
     pub trusted_networks: Vec<ipnet::IpNet>,
     /// Delay added per recent AUTH failure from the same address.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub auth_failure_delay: Duration,
     /// Failures from one address allowed before the delay starts.
     pub auth_failures_free: u32,
@@ -360,7 +363,7 @@ impl Default for SmtpConfig {
 }
 
 /// TLS policy for outbound delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryTls {
     /// STARTTLS when offered, else plain text.
@@ -372,17 +375,18 @@ pub enum DeliveryTls {
 }
 
 /// `delivery.relay_auth`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayAuth {
     /// Smarthost user.
     pub username: String,
     /// Smarthost password.
+    #[serde(serialize_with = "write_secret")]
     pub password: String,
 }
 
 /// `delivery` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Smarthost `host:port`; unset means MX routing.
@@ -394,32 +398,32 @@ pub struct DeliveryConfig {
     /// DNS servers (`ip:port`) for MX lookups; empty means the system resolver.
     pub dns_servers: Vec<std::net::SocketAddr>,
     /// Waits between attempts; the last one repeats.
-    #[serde(deserialize_with = "durations")]
+    #[serde(deserialize_with = "durations", serialize_with = "write_durations")]
     pub retry_intervals: Vec<Duration>,
     /// After this long undelivered mail bounces.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub max_queue_lifetime: Duration,
     /// Concurrent connections to one destination host.
     pub concurrency_per_destination: usize,
     /// Port of MX hosts (25; other values are for tests).
     pub port: u16,
     /// Timeout of a TCP connect.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub connect_timeout: Duration,
     /// Timeout of each command reply.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub command_timeout: Duration,
     /// Timeout of the reply after the message data.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub data_timeout: Duration,
     /// Messages sent over one connection before it is closed.
     pub max_messages_per_connection: usize,
     /// How long an idle outbound connection stays open for the next delivery to its host
     /// (Postfix's `smtp_connection_cache_time_limit`); zero closes every connection at once.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub connection_cache_time: Duration,
     /// How long delivered, failed and cancelled rows stay visible in the queue API.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub retention: Duration,
 }
 
@@ -464,16 +468,16 @@ impl DeliveryConfig {
 }
 
 /// `queue` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Number of partitions; fixed once mail is queued.
     pub partitions: u32,
     /// Lease lifetime: how long a dead owner blocks its partitions.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub lease_ttl: Duration,
     /// How often a partition looks for due mail without a hint.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub poll_interval: Duration,
     /// Most rows a partition takes per scan.
     pub batch_size: u32,
@@ -491,7 +495,7 @@ impl Default for QueueConfig {
 }
 
 /// `cluster` section: replicas on one database and one bucket that share the queue.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Whether this process joins a cluster.
@@ -509,6 +513,7 @@ pub struct ClusterConfig {
     /// periodically; `host:port`.
     pub seed_dns: Option<String>,
     /// Shared secret: every node with the same secret trusts every other.
+    #[serde(serialize_with = "write_secret")]
     pub secret: Option<String>,
     /// Operator-supplied certificates instead of the secret.
     pub tls: Option<ClusterTls>,
@@ -540,7 +545,7 @@ impl ClusterConfig {
 }
 
 /// `cluster.tls`: PEM files of the cluster CA and this node's certificate and key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTls {
     /// CA certificate(s) every peer's certificate must chain to.
@@ -552,22 +557,22 @@ pub struct ClusterTls {
 }
 
 /// `api` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Largest page a list endpoint returns.
     pub max_page_size: u32,
     /// Lifetime of bearer tokens.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub token_ttl: Duration,
     /// Largest request body in bytes (the send API allows what `smtp.max_message_size`
     /// needs in base64 instead).
     pub max_body_bytes: usize,
     /// A web session ends after this long without a request.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub session_idle_timeout: Duration,
     /// A web session ends this long after sign-in, however active.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub session_lifetime: Duration,
     /// When the session cookie carries `Secure`.
     pub secure_cookies: SecureCookies,
@@ -587,7 +592,7 @@ impl Default for ApiConfig {
 }
 
 /// `api.secure_cookies`: whether browsers may send the session cookie over plain HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SecureCookies {
     /// `Secure` when the request came over HTTPS, as a TLS-terminating proxy says in
@@ -600,7 +605,7 @@ pub enum SecureCookies {
 }
 
 /// `web` section: the web role's proxy to the API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     /// Base URL of the API (`http://api:8080`) that `/api` is proxied to; required with the
@@ -608,7 +613,7 @@ pub struct WebConfig {
     pub api_url: Option<String>,
     /// Longest wait for the API's response headers to a proxied request (bodies then stream
     /// without this limit, so large downloads are not cut).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub proxy_timeout: Duration,
 }
 
@@ -622,7 +627,7 @@ impl Default for WebConfig {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// JSON, or text when stdout is a terminal.
@@ -634,7 +639,7 @@ pub enum LogFormat {
 }
 
 /// `log` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
@@ -653,20 +658,22 @@ impl Default for LogConfig {
 }
 
 /// `admin` section: the account created on first start.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Admin's email address.
     pub email: Option<String>,
     /// Admin's password.
+    #[serde(serialize_with = "write_secret")]
     pub password: Option<String>,
 }
 
 /// `security` section.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Master key for encryption at rest.
+    #[serde(serialize_with = "write_secret")]
     pub master_key: Option<String>,
 }
 
@@ -943,11 +950,6 @@ impl Config {
 /// What `Debug` output (and `check-config`) shows instead of a secret.
 const REDACTED: &str = "<redacted>";
 
-/// An optional secret as `Debug` shows it: whether it is set, never its value.
-fn redacted(secret: &Option<String>) -> Option<&'static str> {
-    secret.as_ref().map(|_| REDACTED)
-}
-
 /// A URL with the password of its user info replaced, for output and logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -962,71 +964,155 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-// Hand-written `Debug` for every section holding a secret, so that `{:?}` of a `Config`
-// (panics, logs, `check-config`) never prints one.
+// How values are written out (`check-config`, `Debug`): secrets never, durations and
+// networks in the form they are written in.
 
-impl std::fmt::Debug for DatabaseConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseConfig")
-            .field("url", &redact_url(&self.url))
-            .field("max_connections", &self.max_connections)
-            .field("max_batch", &self.max_batch)
-            .finish()
+/// A secret (`String` or `Option<String>`): whether it is set, never its value.
+fn write_secret<T: SecretField, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    if value.is_set() {
+        s.serialize_str(REDACTED)
+    } else {
+        s.serialize_none()
     }
 }
 
-impl std::fmt::Debug for StorageOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StorageOptions")
-            .field("path", &self.path)
-            .field("bucket", &self.bucket)
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
-            .field("access_key", &self.access_key)
-            .field("secret_key", &redacted(&self.secret_key))
-            .field("shared", &self.shared)
-            .finish()
+/// A field [`write_secret`] writes.
+trait SecretField {
+    fn is_set(&self) -> bool;
+}
+
+impl SecretField for String {
+    fn is_set(&self) -> bool {
+        !self.is_empty()
     }
 }
 
-impl std::fmt::Debug for RelayAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayAuth")
-            .field("username", &self.username)
-            .field("password", &REDACTED)
-            .finish()
+impl SecretField for Option<String> {
+    fn is_set(&self) -> bool {
+        self.is_some()
     }
 }
 
-impl std::fmt::Debug for AdminConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminConfig")
-            .field("email", &self.email)
-            .field("password", &redacted(&self.password))
-            .finish()
+/// A URL (`String` or `Option<String>`) without the password of its user info.
+fn write_url<T: UrlField, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    match value.url() {
+        Some(url) => s.serialize_str(&redact_url(url)),
+        None => s.serialize_none(),
     }
 }
 
-impl std::fmt::Debug for ClusterConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterConfig")
-            .field("enabled", &self.enabled)
-            .field("node_id", &self.node_id)
-            .field("bind", &self.bind)
-            .field("advertise", &self.advertise)
-            .field("seeds", &self.seeds)
-            .field("seed_dns", &self.seed_dns)
-            .field("secret", &redacted(&self.secret))
-            .field("tls", &self.tls)
-            .finish()
+/// A field [`write_url`] writes.
+trait UrlField {
+    fn url(&self) -> Option<&str>;
+}
+
+impl UrlField for String {
+    fn url(&self) -> Option<&str> {
+        Some(self)
     }
 }
 
-impl std::fmt::Debug for SecurityConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecurityConfig")
-            .field("master_key", &redacted(&self.master_key))
-            .finish()
+impl UrlField for Option<String> {
+    fn url(&self) -> Option<&str> {
+        self.as_deref()
+    }
+}
+
+fn write_duration<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*value).to_string())
+}
+
+fn write_durations<S: Serializer>(values: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(
+        values
+            .iter()
+            .map(|v| humantime::format_duration(*v).to_string()),
+    )
+}
+
+fn write_displayed<T: std::fmt::Display, S: Serializer>(
+    values: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(values.iter().map(ToString::to_string))
+}
+
+/// `Debug` of a section holding secrets: what `check-config` prints of it, secrets redacted.
+macro_rules! debug_as_written {
+    ($($section:ty),*) => {$(
+        impl std::fmt::Debug for $section {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match serde_json::to_string(self) {
+                    Ok(text) => f.write_str(&text),
+                    Err(_) => f.write_str(stringify!($section)),
+                }
+            }
+        }
+    )*};
+}
+
+debug_as_written!(
+    DatabaseConfig,
+    StorageOptions,
+    RelayAuth,
+    AdminConfig,
+    ClusterConfig,
+    SecurityConfig
+);
+
+impl Config {
+    /// The effective configuration as YAML: every key, secrets redacted (`check-config`).
+    pub fn to_redacted_yaml(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        let mut out = String::new();
+        write_yaml(&value, 0, &mut out);
+        out
+    }
+}
+
+/// Writes `value` as block YAML at `indent` (a mapping or a list on its own lines; strings
+/// double-quoted, which YAML reads as JSON strings).
+fn write_yaml(value: &serde_json::Value, indent: usize, out: &mut String) {
+    use serde_json::Value;
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                match item {
+                    Value::Object(inner) if !inner.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        write_yaml(item, indent + 2, out);
+                    }
+                    Value::Array(items) if !items.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        write_yaml(item, indent + 2, out);
+                    }
+                    scalar => out.push_str(&format!("{pad}{key}: {}\n", inline_yaml(scalar))),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::Object(inner) if !inner.is_empty() => {
+                        out.push_str(&format!("{pad}-\n"));
+                        write_yaml(item, indent + 2, out);
+                    }
+                    scalar => out.push_str(&format!("{pad}- {}\n", inline_yaml(scalar))),
+                }
+            }
+        }
+        scalar => out.push_str(&format!("{pad}{}\n", inline_yaml(scalar))),
+    }
+}
+
+/// A scalar (or an empty mapping or list) on one line.
+fn inline_yaml(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "null".into(),
+        serde_json::Value::Object(_) => "{}".into(),
+        serde_json::Value::Array(_) => "[]".into(),
+        other => other.to_string(),
     }
 }
 
@@ -1080,6 +1166,12 @@ impl std::fmt::Display for HostPort {
 impl std::fmt::Debug for HostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "\"{self}\"")
+    }
+}
+
+impl Serialize for HostPort {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -1140,7 +1232,7 @@ fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error>
 
 /// Reads durations written as `30s`, `5m`, `1h 30m`, or a bare number of seconds.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
+    #[derive(Deserialize, Serialize)]
     #[serde(untagged)]
     enum Raw {
         Secs(u64),

@@ -164,7 +164,19 @@ def test_check_config(tmp_path):
     cfg = config_file(tmp_path)
     p = run_cli(["check-config", "--config", str(cfg)])
     assert p.returncode == 0, p.stderr
-    assert HOSTNAME in p.stdout
+    # The effective configuration as YAML, every key (these two were left out once).
+    import yaml
+
+    printed = yaml.safe_load(p.stdout)
+    assert printed["server"]["hostname"] == HOSTNAME
+    assert printed["database"]["statement_timeout"] == "30s"
+    assert printed["database"]["commit_timeout"] == "1m"
+    # It is a configuration file: fed back, it gives the same configuration.
+    again = tmp_path / "printed.yaml"
+    again.write_text(p.stdout)
+    p2 = run_cli(["check-config", "--config", str(again)])
+    assert p2.returncode == 0, p2.stderr
+    assert p2.stdout == p.stdout
     p = run_cli(["check-config", "--config", str(cfg)], env={"MAIRUST_SERVER__SMTP_PORT": "99999"})
     assert p.returncode != 0
     assert "smtp_port" in p.stderr, p.stderr

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 chart = pytest.importorskip(
     "helm_python.chart",
@@ -530,23 +531,25 @@ def test_engine_accepts_the_rendered_configuration(variant, component, request, 
         timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert 'seed_dns: Some(\n            "' + f"{HEADLESS}.{NAMESPACE}.svc.cluster.local:7946" in out
-    assert 'advertise: Some(\n            "10.1.2.3:7946"' in out
-    assert 'node_id: Some(\n            "' + FIELDS["metadata.name"] in out
-    assert "enabled: true" in out
+    # check-config prints the effective configuration as YAML, every key.
+    cfg = yaml.safe_load(proc.stdout)
+    cluster = cfg["cluster"]
+    assert cluster["seed_dns"] == f"{HEADLESS}.{NAMESPACE}.svc.cluster.local:7946", cluster
+    assert cluster["advertise"] == "10.1.2.3:7946", cluster
+    assert cluster["node_id"] == FIELDS["metadata.name"], cluster
+    assert cluster["enabled"] is True
     if component == "core":
-        assert "smtp_port: 2525," in out and "submission_port: 2587," in out
-        assert "roles: [\n            Smtp,\n            Queue,\n        ]" in out
-        assert "lease_ttl: 4s," in out
+        assert (cfg["server"]["smtp_port"], cfg["server"]["submission_port"]) == (2525, 2587)
+        assert cfg["server"]["roles"] == ["smtp", "queue"]
+        assert cfg["queue"]["lease_ttl"] == "4s"
     else:
-        assert "roles: [\n            Api,\n        ]" in out
+        assert cfg["server"]["roles"] == ["api"]
     if variant == "spec":
-        assert "@postgres.example.com:5432/mairust" in out
-        assert "backend: S3," in out and '"ap-northeast-1"' in out
+        assert "@postgres.example.com:5432/mairust" in cfg["database"]["url"]
+        assert cfg["storage"]["backend"] == "s3" and cfg["storage"]["options"]["region"] == "ap-northeast-1"
     else:
-        assert "backend: Fs," in out and "shared: true," in out
-        assert 'relay_host: Some(\n            "smarthost.example.com:587"' in out
+        assert cfg["storage"]["backend"] == "fs" and cfg["storage"]["options"]["shared"] is True
+        assert cfg["delivery"]["relay_host"] == "smarthost.example.com:587"
 
 
 # --------------------------------------------------------------------- other options
