@@ -3,8 +3,14 @@
 //! address given by a caller is normalised, and the checks a new account passes (a hosted
 //! domain, a quota that is not negative) live here once, so no interface skips one.
 
+use std::path::Path;
+
 use crate::auth;
 use crate::store::{MetadataStore, StoreError, User};
+
+/// In `server.data_dir`: the first admin's generated password, written when no admin password
+/// is configured, and deleted when that account's password changes.
+pub const GENERATED_PASSWORD_FILE: &str = "initial-admin-password";
 
 /// Longest address accepted (RFC 5321 §4.5.3.1.3 path limit less the brackets).
 pub const MAX_EMAIL: usize = 254;
@@ -157,16 +163,37 @@ pub async fn add_user(
 }
 
 /// Sets an account's password after checking it (which revokes the account's tokens and
-/// sessions in the store).
+/// sessions in the store). If the generated first-admin password in `data_dir` was this
+/// account's, the file goes too: it no longer opens anything and should not lie around.
 pub async fn set_password(
     meta: &dyn MetadataStore,
+    data_dir: &Path,
     email: &str,
     password: &str,
 ) -> Result<(), AccountError> {
     validate_password(password)?;
+    let email = normalize_address(email);
+    let file = data_dir.join(GENERATED_PASSWORD_FILE);
+    // Whose password the file holds is known only before the change.
+    let generated = match std::fs::read_to_string(&file) {
+        Ok(on_file) => match meta.credentials(&email).await? {
+            Some(creds) => auth::verify_password_async(on_file.trim(), &creds.password_hash).await,
+            None => false,
+        },
+        Err(_) => false,
+    };
     let hashed = hash(password).await?;
-    meta.set_password(&normalize_address(email), &hashed)
-        .await?;
+    meta.set_password(&email, &hashed).await?;
+    if generated {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {
+                tracing::info!(user = %email, file = %file.display(), "the generated first password was changed; its file is deleted")
+            }
+            Err(error) => {
+                tracing::warn!(file = %file.display(), %error, "cannot delete the generated password's file; delete it yourself")
+            }
+        }
+    }
     Ok(())
 }
 
@@ -252,11 +279,19 @@ mod tests {
         };
         assert!(add_user(&store, admin).await.is_ok());
         assert!(matches!(
-            set_password(&store, " BOB@hosted.test", "tiny").await,
+            set_password(&store, dir.path(), " BOB@hosted.test", "tiny").await,
             Err(AccountError::InvalidPassword(_))
         ));
-        set_password(&store, " BOB@hosted.test", "password-2")
+        // The generated password on file is root's: bob's change leaves it, root's removes it.
+        let file = dir.path().join(GENERATED_PASSWORD_FILE);
+        std::fs::write(&file, "password-1\n").expect("write");
+        set_password(&store, dir.path(), " BOB@hosted.test", "password-2")
             .await
             .expect("set");
+        assert!(file.exists());
+        set_password(&store, dir.path(), "root@admin.test", "password-3")
+            .await
+            .expect("set");
+        assert!(!file.exists());
     }
 }

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use std::io::IsTerminal;
 
-use crate::config::{Config, StorageBackend};
+use crate::config::{Config, DEFAULT_CONFIG_PATH, StorageBackend};
 use crate::store::{SqlStore, Stores};
 
 /// MaiRust mail engine.
@@ -156,7 +156,7 @@ pub enum UserCommand {
         /// Email address.
         email: String,
     },
-    /// Set a user's password.
+    /// Set a user's password (an admin's generated first password is then deleted).
     Passwd {
         /// Email address.
         email: String,
@@ -164,6 +164,9 @@ pub enum UserCommand {
         #[arg(long, env = "MAIRUST_NEW_USER_PASSWORD")]
         password: String,
     },
+    /// Print the first admin's generated password (`<data_dir>/initial-admin-password`),
+    /// while it is still the account's password.
+    InitialPassword,
 }
 
 /// Parses the command line and runs it; errors are printed with their causes.
@@ -186,6 +189,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     crate::tls::install_crypto_provider();
     let config = Config::load(cli.config.as_deref())?;
+    if needs_existing_database(&cli.command) {
+        require_existing_database(&config, cli.config.as_deref())?;
+    }
     match cli.command {
         Command::Healthcheck { addr } => healthcheck(
             addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], config.server.api_port))),
@@ -212,6 +218,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Commands that administer an installation: they work on its existing database, and never
+/// create an empty one somewhere the server does not look.
+fn needs_existing_database(command: &Command) -> bool {
+    match command {
+        Command::Domain(_) | Command::Storage(_) => true,
+        Command::User(cmd) => !matches!(cmd, UserCommand::InitialPassword),
+        Command::Db(cmd) => matches!(cmd, DbCommand::Export { .. }),
+        Command::Key(cmd) => matches!(cmd, KeyCommand::Rotate { .. }),
+        Command::Serve | Command::Healthcheck { .. } | Command::CheckConfig => false,
+    }
+}
+
+/// Where the configuration came from, for messages that say where a command looked.
+fn config_origin(path: Option<&Path>) -> String {
+    match path {
+        Some(path) => format!("--config {}", path.display()),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => DEFAULT_CONFIG_PATH.to_string(),
+        None => format!(
+            "the built-in defaults and the environment (no --config given, no {DEFAULT_CONFIG_PATH})"
+        ),
+    }
+}
+
+/// Fails, saying where it looked, when the configured SQLite database does not exist.
+fn require_existing_database(config: &Config, path: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(file) = crate::store::sql::sqlite_path(&config.database.url)
+        && !Path::new(file).exists()
+    {
+        anyhow::bail!(
+            "no database at {file} (database.url from {}); admin commands work on the server's \
+             existing database: give the server's configuration with --config, or set \
+             DATABASE_URL",
+            config_origin(path)
+        );
+    }
+    Ok(())
+}
+
+/// `user initial-password`: the generated first-admin password, for images without `cat`.
+fn initial_password(config: &Config) -> anyhow::Result<()> {
+    let path = config
+        .server
+        .data_dir
+        .join(crate::accounts::GENERATED_PASSWORD_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(password) => {
+            print!("{password}");
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "no generated admin password at {}: the admin's password was configured \
+             (MAIRUST_ADMIN_PASSWORD) or has been changed since; set a new one with \
+             `mairust user passwd <email>`",
+            path.display()
+        ),
+        Err(error) => Err(anyhow::anyhow!("cannot read {}: {error}", path.display())),
+    }
+}
+
 async fn domain(config: &Config, cmd: DomainCommand) -> anyhow::Result<()> {
     let stores = Stores::open(config).await?;
     let meta = stores.meta.as_ref();
@@ -235,6 +300,9 @@ async fn domain(config: &Config, cmd: DomainCommand) -> anyhow::Result<()> {
 }
 
 async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
+    if let UserCommand::InitialPassword = cmd {
+        return initial_password(config);
+    }
     let stores = Stores::open(config).await?;
     let meta = stores.meta.as_ref();
     match cmd {
@@ -283,9 +351,10 @@ async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Passwd { email, password } => {
             let email = crate::accounts::normalize_address(&email);
-            crate::accounts::set_password(meta, &email, &password).await?;
+            crate::accounts::set_password(meta, &config.server.data_dir, &email, &password).await?;
             println!("password changed for {email}");
         }
+        UserCommand::InitialPassword => unreachable!("answered before the stores are opened"),
     }
     Ok(())
 }

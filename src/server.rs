@@ -411,9 +411,6 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Name of the file in `server.data_dir` that receives a generated first-admin password.
-pub const ADMIN_PASSWORD_FILE: &str = "initial-admin-password";
-
 /// Makes sure an administrator exists.
 ///
 /// With `admin.email` and `admin.password` set, that account exists and has that password
@@ -473,7 +470,10 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
                 .await
             {
                 Ok(true) => {
-                    let path = config.server.data_dir.join(ADMIN_PASSWORD_FILE);
+                    let path = config
+                        .server
+                        .data_dir
+                        .join(crate::accounts::GENERATED_PASSWORD_FILE);
                     staged.persist(&path).with_context(|| {
                         format!(
                             "cannot write the first admin's password to {}",

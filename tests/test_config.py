@@ -251,6 +251,51 @@ def test_bootstrap_admin_is_idempotent(server):
     assert len(admins) == 1
 
 
+def test_the_generated_password_is_printed_by_the_cli_and_forgotten_once_changed(server):
+    """In a shell-less image `cat` and `rm` do not exist: `mairust user initial-password`
+    prints the generated password, and changing that admin's password (API or CLI) deletes
+    the file; another account's change leaves it."""
+    srv = server(admin=False)
+    line = srv.wait_for_log(lambda l: "first admin" in l["message"])
+    email = line["fields"]["email"]
+    cfg = str(srv.config_path)
+    p = run_cli(["--config", cfg, "user", "initial-password"])
+    assert p.returncode == 0, p.stderr
+    password = p.stdout.strip()
+    assert srv.api(email, password).get("/api/v1/users").status_code == 200
+    setup = srv.api(email, password)
+    assert setup.post("/api/v1/domains", json={"name": DOMAIN}).status_code == 201
+    setup.add_user(f"bob@{DOMAIN}")
+    # Another account's change does not touch the file.
+    p = run_cli(["--config", cfg, "user", "passwd", f"bob@{DOMAIN}", "--password", "bob-password-2"])
+    assert p.returncode == 0, p.stderr
+    assert (srv.data_dir / "initial-admin-password").exists()
+    # The admin's own change does.
+    r = setup.put(f"/api/v1/users/{email}/password", json={"password": "chosen-password-1"})
+    assert r.status_code == 204, r.text
+    assert not (srv.data_dir / "initial-admin-password").exists()
+    p = run_cli(["--config", cfg, "user", "initial-password"])
+    assert p.returncode != 0 and "no generated admin password" in p.stderr, p.stderr
+    assert "user passwd" in p.stderr, p.stderr
+
+
+def test_admin_commands_never_create_a_database(tmp_path):
+    """`mairust domain list` on a machine without the server's configuration created an empty
+    database under /var/lib/mairust; admin commands open an existing database only and say
+    where they looked."""
+    missing = tmp_path / "nowhere" / "mairust.db"
+    for args in (["domain", "list"], ["user", "list"], ["user", "add", f"x@{DOMAIN}"], ["db", "export", "--output", str(tmp_path / "d")]):
+        p = run_cli(args, env={"DATABASE_URL": f"sqlite://{missing}"})
+        assert p.returncode != 0, (args, p.stdout)
+        assert f"no database at {missing}" in p.stderr, p.stderr
+        assert "built-in defaults and the environment" in p.stderr, p.stderr
+        assert "--config" in p.stderr
+    assert not (tmp_path / "nowhere").exists()
+    cfg = config_file(tmp_path, {"database": {"url": f"sqlite://{missing}"}})
+    p = run_cli(["--config", str(cfg), "domain", "list"])
+    assert p.returncode != 0 and f"--config {cfg}" in p.stderr, p.stderr
+
+
 def test_admin_env_naming_a_regular_user_is_refused(server):
     srv = server()
     setup_domain_and_user(srv)
@@ -312,7 +357,9 @@ def test_cli_passwd_and_bootstrap_password_update_revoke_tokens(server):
 
 
 def test_cli_domain_and_user_then_delivery(server):
-    srv = server(start=False)
+    # The first start creates the database; the CLI then works on it with the server stopped.
+    srv = server()
+    srv.stop()
     cfg = str(srv.config_path)
     p = run_cli(["domain", "add", DOMAIN, "--config", cfg])
     assert p.returncode == 0, p.stderr
@@ -383,7 +430,7 @@ def test_cli_changes_apply_to_a_running_server(server):
 
 
 def test_cli_errors_are_clear(server):
-    srv = server(start=False)
+    srv = server()
     cfg = str(srv.config_path)
     assert run_cli(["--config", cfg, "domain", "add", DOMAIN]).returncode == 0
     p = run_cli(["--config", cfg, "domain", "add", DOMAIN])

@@ -488,7 +488,13 @@ pub async fn set_password(
             return Err(ApiError::forbidden("the current password is wrong"));
         }
     }
-    accounts::set_password(state.stores.meta.as_ref(), &email, &body.password).await?;
+    accounts::set_password(
+        state.stores.meta.as_ref(),
+        &state.config.server.data_dir,
+        &email,
+        &body.password,
+    )
+    .await?;
     tracing::info!(user = %email, by = %caller.0.email, "password changed; the user's tokens are revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -461,18 +461,26 @@ impl SqlStore {
     }
 }
 
+/// The file a `sqlite:` URL names; `None` for another scheme, no path or `:memory:`.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
 /// Adds `mode=rwc` (create if missing) and creates the file's directory.
 fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or_default();
-    let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
-        return Err(StoreError::Invalid(format!(
+    let path = sqlite_path(url).ok_or_else(|| {
+        StoreError::Invalid(format!(
             "database.url `{url}` names no SQLite file; write sqlite:///absolute/path.db or sqlite://./relative.db"
-        )));
-    }
+        ))
+    })?;
     if let Some(dir) = std::path::Path::new(path).parent()
         && !dir.as_os_str().is_empty()
     {
