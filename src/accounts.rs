@@ -275,7 +275,7 @@ mod tests {
         ));
         let admin = NewAccount {
             is_admin: true,
-            ..account("root@admin.test", "password-1", None)
+            ..account("root@admin.test", "root-password-1", None)
         };
         assert!(add_user(&store, admin).await.is_ok());
         assert!(matches!(
@@ -284,7 +284,7 @@ mod tests {
         ));
         // The generated password on file is root's: bob's change leaves it, root's removes it.
         let file = dir.path().join(GENERATED_PASSWORD_FILE);
-        std::fs::write(&file, "password-1\n").expect("write");
+        std::fs::write(&file, "root-password-1\n").expect("write");
         set_password(&store, dir.path(), " BOB@hosted.test", "password-2")
             .await
             .expect("set");
