@@ -1060,7 +1060,53 @@ debug_as_written!(
     SecurityConfig
 );
 
+/// Passwords the documentation and earlier compose files show as examples: a bootstrap admin
+/// with one of them is open to anyone who read the docs.
+const EXAMPLE_PASSWORDS: &[&str] = &[
+    "changeme",
+    "change-me",
+    "change_me",
+    "a-long-password",
+    "password",
+    "password123",
+    "admin",
+    "administrator",
+    "secret",
+    "mairust",
+    "letmein",
+    "12345678",
+];
+
 impl Config {
+    /// What an operator must fix in this configuration although MaiRust runs: logged loudly
+    /// at start and shown on the admin dashboard.
+    pub fn setup_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let hostname = self.server.hostname.trim_end_matches('.');
+        if !hostname.contains('.') {
+            warnings.push(format!(
+                "server.hostname `{hostname}` is not a fully qualified domain name (in a container \
+                 it is the container id): the SMTP greeting, the certificate, Message-IDs, a \
+                 generated admin's address and the suggested MX record carry it; set \
+                 server.hostname (MAIRUST_SERVER__HOSTNAME) to the name your MX record points at, \
+                 e.g. mail.example.com"
+            ));
+        }
+        if let Some(password) = &self.admin.password
+            && EXAMPLE_PASSWORDS
+                .iter()
+                .any(|example| password.eq_ignore_ascii_case(example))
+        {
+            warnings.push(
+                "the bootstrap admin's password (admin.password, MAIRUST_ADMIN_PASSWORD) is an \
+                 example from the documentation: anyone who read it can sign in; set a password \
+                 of your own (openssl rand -base64 18)"
+                    .to_string(),
+            );
+        }
+        warnings
+    }
+
     /// The effective configuration as YAML: every key, secrets redacted (`check-config`).
     pub fn to_redacted_yaml(&self) -> String {
         let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
@@ -1548,5 +1594,19 @@ mod tests {
         let f = yaml("web:\n  api_url: http://api:8080\n  timeout: 5s\n");
         let e = Config::load_from(Some(f.path()), env(&[])).expect_err("unknown key");
         assert!(e.to_string().contains("timeout"), "{e}");
+    }
+
+    #[test]
+    fn setup_warnings_name_what_to_fix() {
+        let mut config = Config::default();
+        config.server.hostname = "mail.example.com".into();
+        config.admin.password = Some("a password of mine".into());
+        assert!(config.setup_warnings().is_empty());
+        config.server.hostname = "754d265ac29a".into();
+        config.admin.password = Some("ChangeMe".into());
+        let warnings = config.setup_warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("`754d265ac29a` is not a fully qualified"));
+        assert!(warnings[1].contains("example from the documentation"));
     }
 }

@@ -241,6 +241,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         roles = ?config.server.roles,
         "MaiRust started"
     );
+    for warning in config.setup_warnings() {
+        tracing::warn!(setup = true, "{warning}");
+    }
     if !config.smtp.trusted_networks.is_empty() {
         let networks: Vec<String> = config
             .smtp

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import DOMAIN, USER_PASSWORD, setup_domain_and_user, simple_message
+from conftest import ADMIN_EMAIL, DOMAIN, USER_PASSWORD, setup_domain_and_user, simple_message
 from test_delivery import REMOTE, delivery_overrides, receiver  # noqa: F401 (fixture)
 from test_web import web_node  # noqa: F401 (fixture)
 
@@ -323,6 +323,7 @@ def test_the_admin_console_and_webmail_end_to_end_through_a_web_node(server, rec
     wait(driver, lambda d: "this node" in d.find_element(By.ID, "dash-member-rows").text)
     assert "All 64 queue partitions have an owner." == driver.find_element(By.ID, "dash-unowned").text
     assert "Accepted" in driver.find_element(By.ID, "dash-hour").text
+    assert not driver.find_element(By.ID, "dash-warnings").is_displayed()
     screenshot(driver, "admin-dashboard")
 
     # A domain, then its DKIM key: the DNS records to publish, as the API has them.
@@ -451,6 +452,24 @@ def test_the_admin_console_and_webmail_end_to_end_through_a_web_node(server, rec
     assert "Now: delivered after 2 attempts" in text
     screenshot(driver, "admin-trace")
     assert csp_violations(driver) == []
+
+
+def test_the_dashboard_says_what_to_fix_before_going_live(server, browser):
+    """A container's host name (the container id) and a documented example password are
+    shown loudly on the admin dashboard, as in the start-up log, each saying what to do."""
+    srv = server({"server": {"hostname": "754d265ac29a"}}, env={"MAIRUST_ADMIN_PASSWORD": "changeme"})
+    srv.admin = (ADMIN_EMAIL, "changeme")
+    logged = [l["message"] for l in srv.log_lines() if l["level"] == "WARN"]
+    assert any("`754d265ac29a` is not a fully qualified domain name" in m for m in logged), logged
+    assert any("example from the documentation" in m for m in logged), logged
+    driver = browser
+    driver.get(srv.base_url + "/")
+    sign_in(driver, ADMIN_EMAIL, "changeme")
+    visible(driver, "admin-link").click()
+    box = visible(driver, "dash-warnings")
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dash-warning-list li")) == 2)
+    assert "MAIRUST_SERVER__HOSTNAME" in box.text and "MAIRUST_ADMIN_PASSWORD" in box.text, box.text
+    screenshot(driver, "admin-dashboard-warnings")
 
 
 def test_an_admin_manages_users_and_the_queue_and_a_user_changes_their_password(server, receiver, browser):

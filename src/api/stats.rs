@@ -27,6 +27,9 @@ pub struct Stats {
     pub queue: BTreeMap<String, i64>,
     /// Deferred rows by recipient domain, most first; at most 20.
     pub deferred_by_domain: Vec<DomainCount>,
+    /// What the operator must fix in this node's configuration (a host name that is not a
+    /// fully qualified domain name, an example admin password), each saying how.
+    pub setup_warnings: Vec<String>,
 }
 
 /// Activity in the last hour.
@@ -79,5 +82,6 @@ pub async fn stats(State(state): State<ApiState>, caller: Caller) -> ApiResult<J
             .into_iter()
             .map(|(domain, count)| DomainCount { domain, count })
             .collect(),
+        setup_warnings: state.config.setup_warnings(),
     }))
 }

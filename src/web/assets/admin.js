@@ -75,6 +75,9 @@ async function dashboard() {
   const answers = await fetchAll("/stats", "/cluster");
   if (!answers) return;
   const [stats, cluster] = answers;
+  const warnings = $("dash-warning-list");
+  warnings.replaceChildren(...stats.setup_warnings.map((w) => el("li", { text: w })));
+  $("dash-warnings").hidden = stats.setup_warnings.length === 0;
   const h = stats.last_hour;
   definitions($("dash-hour"), [["Accepted", h.accepted], ["Delivered", h.delivered],
     ["Bounced", h.bounced], ["Deferred", h.deferred]]);
