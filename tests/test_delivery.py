@@ -749,6 +749,28 @@ def test_bdat_line_break_tricks_cannot_forge_a_signed_from(server, receiver, hea
     assert srv.metric_value("mairust_smtp_messages_accepted_total") in (None, 0)
 
 
+def test_quoted_local_parts_stay_quoted_in_return_path_and_on_the_wire(server, receiver):
+    """`MAIL FROM:<"a>b"@attacker.test>` was stored as `Return-Path: <a>b@attacker.test>`
+    and relayed as `MAIL FROM:<a>b@attacker.test>`: a quoted local part keeps its quotes."""
+    rcv = receiver()
+    srv = server(delivery_overrides(relay_host=f"127.0.0.1:{rcv.port}") |
+                 {"smtp": {"trusted_networks": ["127.0.0.1"]}})
+    setup_domain_and_user(srv, users=("bob",))
+    with contextlib.closing(srv.smtp()) as s:
+        assert s.mail('"a>b"@attacker.test')[0] == 250
+        assert s.rcpt(f"bob@{DOMAIN}")[0] == 250
+        assert s.rcpt(f'"x y"@{REMOTE}')[0] == 250
+        code, msg = s.data(b"From: app@app.test\r\nSubject: quoted\r\n\r\nhi\r\n")
+        assert code == 250, msg
+    api = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
+    [item] = api.wait_messages(1)
+    raw = api.get(f"/api/v1/messages/{item['id']}/raw").content
+    assert raw.startswith(b'Return-Path: <"a>b"@attacker.test>\r\n'), raw[:80]
+    [got] = rcv.wait(1)
+    assert got["mail_from"] == '"a>b"@attacker.test', got
+    assert got["rcpt_tos"] == [f'"x y"@{REMOTE}'], got
+
+
 def test_long_lines_are_reencoded_before_they_leave(server, receiver):
     rcv = receiver()
     srv = relay_server(server, rcv)

@@ -1,5 +1,6 @@
 //! SMTP: the sans-I/O server session, the listeners and the per-connection driver.
 
+pub mod address;
 pub mod client;
 pub mod connection;
 pub mod dsn;

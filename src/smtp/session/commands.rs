@@ -253,7 +253,7 @@ impl ServerSession {
                 "Message size exceeds fixed maximum message size",
             ));
         }
-        let address = from.address.into_owned();
+        let address = crate::smtp::address::wire_form(&from.address).into_owned();
         let size = (from.size > 0).then_some(from.size);
         self.emit(
             Event::MailFrom {
@@ -279,7 +279,7 @@ impl ServerSession {
             return self.error(Reply::new(555, (5, 5, 4), "Unsupported RCPT parameter"));
         }
         let address = if !to.address.is_empty() {
-            to.address.into_owned()
+            crate::smtp::address::wire_form(&to.address).into_owned()
         } else if bracketed_is_postmaster(raw) {
             // smtp-proto maps <postmaster> to "", RFC 5321 requires accepting it.
             "postmaster".to_owned()
