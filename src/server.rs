@@ -216,6 +216,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             authenticator: authenticator.clone(),
             node_id: node_id.clone(),
             cluster: cluster.clone(),
+            unknown_recipients: Arc::default(),
             web_proxy,
         };
         let addr = SocketAddr::new(config.server.bind, config.server.api_port);

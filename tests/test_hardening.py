@@ -238,6 +238,28 @@ def test_an_address_in_a_path_is_normalised_before_the_own_account_check(server)
     assert srv.api(BOB, "reset-password-1").get("/api/v1/messages").status_code == 200
 
 
+def test_the_send_api_is_no_free_oracle_of_which_addresses_exist(server):
+    """The send API says at once that a hosted address does not exist (60 checks took 0.1 s).
+    After 10 such refusals in 10 minutes the caller's sends are all refused (429), so the
+    answer no longer depends on the address; other users are not affected."""
+    srv = server()
+    setup_domain_and_user(srv, users=("bob", "carol"))
+    bob = srv.api(BOB, USER_PASSWORD)
+
+    def send(to: str):
+        return bob.post("/api/v1/send", json={"from": BOB, "to": [to], "subject": "s", "text": "t"})
+
+    for i in range(10):
+        r = send(f"guess{i}@{DOMAIN}")
+        assert r.status_code == 400 and "does not exist" in r.text, (i, r.text)
+    for to in (f"guess-more@{DOMAIN}", CAROL):
+        r = send(to)
+        assert r.status_code == 429, (to, r.status_code, r.text)
+        assert int(r.headers["Retry-After"]) > 500, r.headers
+    r = srv.api(CAROL, USER_PASSWORD).post("/api/v1/send", json={"from": CAROL, "to": [BOB], "subject": "s", "text": "t"})
+    assert r.status_code == 202, r.text
+
+
 # ---------------------------------------------------------------------- file permissions
 
 

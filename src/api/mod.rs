@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod messages;
 pub mod queue;
 pub mod send;
@@ -60,6 +61,8 @@ pub struct ApiState {
     pub node_id: String,
     /// The cluster, when this node is in one.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// Unknown-recipient refusals of the send API, per caller.
+    pub unknown_recipients: Arc<limits::AccountLimit>,
     /// `/api` proxied to `web.api_url`: with the web role but not the api role.
     pub web_proxy: Option<crate::web::Proxy>,
 }

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiResult, ErrorBody, check_len};
+use super::limits;
 use crate::acceptance::Incoming;
 use crate::accounts::validate_email;
 use crate::store::RecipientLookup;
@@ -236,6 +237,18 @@ pub async fn send(
         attachments.push((content_type, a.filename.clone(), bytes));
     }
 
+    // Refused before any lookup: the answer must not depend on which addresses exist.
+    if let Some(wait) = state.unknown_recipients.blocked_for(caller.0.id) {
+        return Err(ApiError::too_many_requests(
+            format!(
+                "too many messages to addresses that do not exist (at most {} in {} minutes); \
+                 check the recipients and try again later",
+                limits::UNKNOWN_RECIPIENTS_PER_WINDOW,
+                limits::UNKNOWN_RECIPIENT_WINDOW.as_secs() / 60
+            ),
+            u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX),
+        ));
+    }
     let mut local = Vec::new();
     let mut remote = Vec::new();
     let mut delivered = Vec::new();
@@ -256,6 +269,7 @@ pub async fn send(
                 delivered.push(address.clone());
             }
             RecipientLookup::UnknownUser => {
+                state.unknown_recipients.record(caller.0.id);
                 return Err(ApiError::bad_request(format!(
                     "{address} does not exist in its hosted domain"
                 )));
