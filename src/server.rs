@@ -142,7 +142,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         });
         tracing::info!(node_id = %node_id, partitions = config.queue.partitions, "queue role enabled");
         let queue = queue.clone();
-        let members = cluster.as_ref().map(Cluster::subscribe);
+        let members = cluster.as_ref().map(|c| (c.subscribe(), c.admission()));
         let node_id = node_id.clone();
         specs.push(ChildSpec::new("queue_manager", move |sup| {
             let args = QueueManagerArgs {
@@ -349,19 +349,28 @@ const JOIN_WAIT: Duration = Duration::from_secs(3);
 
 /// Gives membership a moment to learn the other nodes, so that a node joining a running
 /// cluster does not first claim every free partition as if it were alone. A lone first node
-/// (no seed answers) goes on after the wait.
+/// (no seed answers) goes on after the wait; a node every answering peer refused waits
+/// too, and owns nothing until one accepts it (see [`crate::cluster::admission`]).
 async fn wait_for_peers(config: &Config, cluster: &Cluster) {
-    if config.cluster.seeds.is_empty() && config.cluster.seed_dns.is_none() {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if cluster.members().len() > 1 {
-            return;
+    if !config.cluster.seeds.is_empty() || config.cluster.seed_dns.is_some() {
+        let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if cluster.members().len() > 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tracing::info!("no cluster peer answered yet; starting as the first node");
+    match cluster.refusal() {
+        Some(reason) => tracing::error!(
+            %reason,
+            "no cluster peer accepted this node: it is not ready and owns no partition until one does"
+        ),
+        None => {
+            cluster.no_peer_answered();
+            tracing::info!("no cluster peer answered yet; starting as the first node");
+        }
+    }
 }
 
 /// Periodically deletes finished queue rows older than `delivery.retention`, and the messages

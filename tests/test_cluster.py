@@ -653,11 +653,21 @@ def test_a_node_with_a_wrong_secret_never_joins_and_gets_nothing(cluster):
             assert "rogue" not in {p["owner"] for p in v["partitions"]}, (i, v["partitions"])
         time.sleep(0.5)
     assert cluster.wait_converged(cluster.ids) == owners, "the rogue node moved partitions"
-    if rogue.running():
-        owned = None
-        with contextlib.suppress(requests.RequestException):
-            owned = rogue.metric_value("mairust_cluster_partitions_owned")
-        assert not owned, f"the rogue node reports {owned} partitions owned"
+    assert rogue.running(), "the rogue node stays up, saying why it is not ready"
+    assert not rogue.metric_value("mairust_cluster_partitions_owned")
+    r = requests.get(rogue.base_url + "/health/ready", timeout=5)
+    assert r.status_code == 503 and r.json()["checks"]["cluster"] == "unavailable", r.text
+    r = rogue.api().get("/health/ready")
+    assert "no cluster peer accepted this node" in r.json()["details"]["cluster"], r.text
+    # The real members stop: their partitions are free in the shared database, and still
+    # the rogue node takes none (it used to take every one as orphans).
+    for i in cluster.ids:
+        cluster.nodes[i].stop()
+    deadline = time.monotonic() + 3 * LEASE_TTL
+    while time.monotonic() < deadline:
+        owned = rogue.metric_value("mairust_cluster_partitions_owned")
+        assert not owned, f"the rogue node took {owned} partitions once the members stopped"
+        time.sleep(0.25)
 
 
 # ---------------------------------------------------------------------- a node cut off

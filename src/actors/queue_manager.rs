@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::delivery::DeliveryContext;
 use super::lease_deadline::LeaseDeadline;
 use super::partition::{PartitionArgs, PartitionExit, PartitionMsg, PartitionQueue, QueueOpError};
+use crate::cluster::admission::Admission;
 use crate::cluster::{Member, assignment};
 use crate::events::{
     self, LeasesRenewed, PartitionAcquired, PartitionQueueExited, PartitionsOwned, QueueDepth,
@@ -60,8 +61,9 @@ pub struct QueueManagerArgs {
     pub ctx: Arc<DeliveryContext>,
     /// Lease owner name of this process.
     pub node_id: String,
-    /// The cluster's members, when this node is in one; `None` takes every free partition.
-    pub members: Option<watch::Receiver<Vec<Member>>>,
+    /// The cluster's members and this node's admission, when it is in one; `None` takes
+    /// every free partition. A node the cluster refused counts itself out.
+    pub members: Option<(watch::Receiver<Vec<Member>>, watch::Receiver<Admission>)>,
 }
 
 struct Owned {
@@ -167,14 +169,16 @@ impl QueueManagerState {
     }
 }
 
-/// The alive queue members of `view`, with `me` (which is alive as long as it runs).
-fn queue_members(view: &[Member], me: &str) -> Vec<String> {
+/// The alive queue members of `view`, with `me` (which is alive as long as it runs) when it
+/// may own partitions, and without it otherwise (so it wants none).
+fn queue_members(view: &[Member], me: &str, admission: &Admission) -> Vec<String> {
     let mut ids: Vec<String> = view
         .iter()
         .filter(|m| m.owns_partitions())
         .map(|m| m.node_id.clone())
         .collect();
-    if !ids.iter().any(|id| id == me) {
+    ids.retain(|id| id != me);
+    if admission.may_own_partitions() {
         ids.push(me.to_string());
     }
     ids.sort();
@@ -435,7 +439,12 @@ impl QueueManager {
     /// desired owner is a member (it may be cut off from the database, or unable to start
     /// them): mail must not wait for it.
     async fn adopt_orphans(state: &mut QueueManagerState) {
-        if state.members.is_none() {
+        // Outside a cluster every partition is wanted anyway; a node its cluster refused
+        // (not among its own queue members) adopts nothing either.
+        let Some(members) = &state.members else {
+            return;
+        };
+        if !members.contains(&state.node_id) {
             return;
         }
         let ctx = state.ctx.clone();
@@ -566,13 +575,29 @@ impl Actor for QueueManager {
         myself.send_interval(period, || QueueMsg::Tick);
         let mut members = None;
         let mut watch_task = None;
-        if let Some(mut view) = args.members {
-            members = Some(queue_members(&view.borrow_and_update(), &args.node_id));
+        if let Some((mut view, mut admission)) = args.members {
+            let current = |view: &mut watch::Receiver<Vec<Member>>,
+                           admission: &mut watch::Receiver<Admission>,
+                           me: &str| {
+                queue_members(
+                    &view.borrow_and_update(),
+                    me,
+                    &admission.borrow_and_update(),
+                )
+            };
+            members = Some(current(&mut view, &mut admission, &args.node_id));
             let me = myself.clone();
             let node_id = args.node_id.clone();
             watch_task = Some(tokio::spawn(async move {
-                while view.changed().await.is_ok() {
-                    let ids = queue_members(&view.borrow_and_update(), &node_id);
+                loop {
+                    let changed = tokio::select! {
+                        changed = view.changed() => changed,
+                        changed = admission.changed() => changed,
+                    };
+                    if changed.is_err() {
+                        break;
+                    }
+                    let ids = current(&mut view, &mut admission, &node_id);
                     if me.send_message(QueueMsg::Members(ids)).is_err() {
                         break;
                     }
@@ -802,7 +827,7 @@ mod tests {
     }
 
     #[test]
-    fn queue_members_that_are_not_down_own_partitions_and_this_node_is_always_one() {
+    fn queue_members_that_are_not_down_own_partitions_and_this_node_is_one_unless_refused() {
         use crate::cluster::MemberState::{Alive, Down, Suspect};
         let view = vec![
             member("api-0", &[Role::Api], Alive),
@@ -810,10 +835,21 @@ mod tests {
             member("core-2", &[Role::Queue], Suspect),
             member("core-3", &[Role::Queue], Down),
         ];
+        let admitted = Admission::Admitted;
         assert_eq!(
-            queue_members(&view, "core-0"),
+            queue_members(&view, "core-0", &admitted),
             vec!["core-0", "core-1", "core-2"]
         );
-        assert_eq!(queue_members(&view, "core-1"), vec!["core-1", "core-2"]);
+        assert_eq!(
+            queue_members(&view, "core-1", &Admission::Alone),
+            vec!["core-1", "core-2"]
+        );
+        // Refused by its peers (or still joining), a node counts itself out: it wants nothing.
+        let refused = Admission::Refused("peer refused".into());
+        assert_eq!(queue_members(&view, "core-1", &refused), vec!["core-2"]);
+        assert_eq!(
+            queue_members(&[], "core-9", &Admission::Joining),
+            Vec::<String>::new()
+        );
     }
 }

@@ -79,10 +79,15 @@ async fn report(
         }
     }
     let cluster = state.cluster.as_ref().map(|c| {
-        if c.is_up() {
-            Ok(())
-        } else {
+        if !c.is_up() {
             Err("the cluster endpoint is not running".to_string())
+        } else if let Some(reason) = c.refusal() {
+            Err(format!(
+                "no cluster peer accepted this node ({reason}); give every node the same \
+                 cluster.secret (or CA)"
+            ))
+        } else {
+            Ok(())
         }
     });
     if let Some(Err(error)) = &cluster {

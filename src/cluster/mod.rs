@@ -6,6 +6,7 @@
 //! liveness only: who owns a partition is decided by the fenced lease in the database, and
 //! [`assignment`] only says who *should*.
 
+pub mod admission;
 pub mod assignment;
 pub mod envelope;
 pub mod identity;
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{ClusterConfig, Role};
+use admission::{Admission, AdmissionTracker};
 use identity::{Input, NodeIdentity};
 use transport::{RequestFrame, Service, Transport, TransportError};
 
@@ -220,6 +222,7 @@ pub struct Cluster {
 
 struct Inner {
     node_id: String,
+    admission: AdmissionTracker,
     transport: Arc<Transport>,
     view: watch::Receiver<Vec<Member>>,
     membership: mpsc::Sender<Input>,
@@ -291,13 +294,15 @@ impl Cluster {
 
         let me = NodeIdentity::new(node_id.clone(), advertise, &roles);
         let (inputs, rx) = mpsc::channel(1024);
-        let transport = Transport::new(endpoint.clone(), inputs.clone());
+        let admission = AdmissionTracker::new();
+        let transport = Transport::new(endpoint.clone(), inputs.clone(), admission.clone());
         let (view_tx, view) = watch::channel(membership::view(&me, []));
         let accept = tokio::spawn(transport::accept_loop(
             endpoint,
             Service {
                 membership: inputs.clone(),
                 handler: handler.clone(),
+                admission: admission.clone(),
             },
         ));
         let tasks = vec![
@@ -320,6 +325,7 @@ impl Cluster {
         Ok(Cluster {
             inner: Arc::new(Inner {
                 node_id,
+                admission,
                 transport,
                 view,
                 membership: inputs,
@@ -399,6 +405,24 @@ impl Cluster {
                 node_id: node_id.to_string(),
                 after: REQUEST_TIMEOUT,
             }),
+        }
+    }
+
+    /// Whether this node is in its cluster (see [`admission`]), and every change.
+    pub fn admission(&self) -> watch::Receiver<Admission> {
+        self.inner.admission.subscribe()
+    }
+
+    /// The join wait passed and no peer answered: this node is the first one.
+    pub fn no_peer_answered(&self) {
+        self.inner.admission.alone();
+    }
+
+    /// Why this node is not in its cluster, if it is refused (for `/health/ready`).
+    pub fn refusal(&self) -> Option<String> {
+        match self.inner.admission.current() {
+            Admission::Refused(reason) => Some(reason),
+            _ => None,
         }
     }
 

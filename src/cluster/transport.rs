@@ -11,6 +11,7 @@ use quinn::{Connection, ConnectionError, Endpoint, TransportErrorCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::admission::AdmissionTracker;
 use super::envelope::{self, EnvelopeError, MAX_MESSAGE_BYTES};
 use super::identity::Input;
 use super::tls::{Credentials, SERVER_NAME};
@@ -59,6 +60,7 @@ pub struct Transport {
     endpoint: Endpoint,
     membership: mpsc::Sender<Input>,
     peers: Mutex<HashMap<SocketAddr, mpsc::Sender<PeerCommand>>>,
+    admission: AdmissionTracker,
 }
 
 /// The quinn endpoint configurations for `credentials`.
@@ -96,12 +98,17 @@ pub fn is_handshake_refusal(error: &ConnectionError) -> bool {
 }
 
 impl Transport {
-    /// Wraps a bound endpoint.
-    pub fn new(endpoint: Endpoint, membership: mpsc::Sender<Input>) -> Arc<Self> {
+    /// Wraps a bound endpoint; handshake outcomes go to `admission`.
+    pub fn new(
+        endpoint: Endpoint,
+        membership: mpsc::Sender<Input>,
+        admission: AdmissionTracker,
+    ) -> Arc<Self> {
         Arc::new(Self {
             endpoint,
             membership,
             peers: Mutex::new(HashMap::new()),
+            admission,
         })
     }
 
@@ -158,6 +165,7 @@ impl Transport {
         tokio::spawn(peer_task(
             self.endpoint.clone(),
             self.membership.clone(),
+            self.admission.clone(),
             to,
             rx,
         ));
@@ -170,6 +178,7 @@ impl Transport {
 async fn peer_task(
     endpoint: Endpoint,
     membership: mpsc::Sender<Input>,
+    admission: AdmissionTracker,
     to: SocketAddr,
     mut rx: mpsc::Receiver<PeerCommand>,
 ) {
@@ -177,7 +186,7 @@ async fn peer_task(
     while let Some(command) = rx.recv().await {
         let connection = match current.as_ref().filter(|c| c.close_reason().is_none()) {
             Some(connection) => Ok(connection.clone()),
-            None => connect(&endpoint, &membership, to).await,
+            None => connect(&endpoint, &membership, &admission, to).await,
         };
         current = connection.as_ref().ok().cloned();
         match command {
@@ -212,6 +221,7 @@ fn send_datagram(connection: &Connection, to: SocketAddr, data: Bytes) {
 async fn connect(
     endpoint: &Endpoint,
     membership: &mpsc::Sender<Input>,
+    admission: &AdmissionTracker,
     to: SocketAddr,
 ) -> Result<Connection, TransportError> {
     let connecting = endpoint
@@ -227,6 +237,7 @@ async fn connect(
         Ok(Err(error)) => {
             if is_handshake_refusal(&error) {
                 log_refusal(to, &error);
+                admission.refused(format!("peer {to} refused the handshake: {error}"));
             } else {
                 tracing::debug!(peer = %to, %error, "cannot connect to cluster peer");
             }
@@ -235,7 +246,13 @@ async fn connect(
             )))
         }
         Ok(Ok(connection)) => {
-            tokio::spawn(read_datagrams(connection.clone(), membership.clone()));
+            // The peer may still refuse this node's certificate after the handshake: then the
+            // connection closes with a crypto error, which read_datagrams reports.
+            tokio::spawn(read_datagrams(
+                connection.clone(),
+                membership.clone(),
+                admission.clone(),
+            ));
             Ok(connection)
         }
     }
@@ -289,6 +306,8 @@ pub struct Service {
     pub membership: mpsc::Sender<Input>,
     /// Who answers requests.
     pub handler: Arc<dyn RequestHandler>,
+    /// Where handshake outcomes go.
+    pub admission: AdmissionTracker,
 }
 
 /// Accepts connections until the endpoint closes.
@@ -308,18 +327,42 @@ pub async fn accept_loop(endpoint: Endpoint, service: Service) {
                     return;
                 }
             };
+            // Its certificate passed this node's check: a member of the same cluster.
+            service.admission.admitted();
             tokio::spawn(read_datagrams(
                 connection.clone(),
                 service.membership.clone(),
+                service.admission.clone(),
             ));
             serve_streams(connection, service.handler).await;
         });
     }
 }
 
-/// Hands the datagrams of `connection` (incoming or outgoing) to membership.
-async fn read_datagrams(connection: Connection, membership: mpsc::Sender<Input>) {
-    while let Ok(datagram) = connection.read_datagram().await {
+/// Hands the datagrams of `connection` (incoming or outgoing) to membership. A datagram from
+/// the peer shows it accepted this node; a close for a crypto error, that it did not.
+async fn read_datagrams(
+    connection: Connection,
+    membership: mpsc::Sender<Input>,
+    admission: AdmissionTracker,
+) {
+    let mut heard = false;
+    loop {
+        let datagram = match connection.read_datagram().await {
+            Ok(datagram) => datagram,
+            Err(error) => {
+                if is_handshake_refusal(&error) {
+                    let peer = connection.remote_address();
+                    log_refusal(peer, &error);
+                    admission.refused(format!("peer {peer} refused the handshake: {error}"));
+                }
+                return;
+            }
+        };
+        if !heard {
+            heard = true;
+            admission.admitted();
+        }
         match envelope::open(&datagram) {
             Ok(body) => {
                 let body = datagram.slice(datagram.len() - body.len()..);
