@@ -4,22 +4,33 @@
 - `compose_command()` is `docker compose` (v2 plugin) when present, else `docker-compose`
   (v1, with `--compatibility` so that `deploy.resources.limits` apply).
 - `Compose` runs one project (unique name, given files and environment) and finds what it
-  left behind.
+  left behind; like every compose command here it reads `empty_env_file()`, never a
+  developer's docker/.env.
+- `build_images()` runs scripts/build-images once per process (the test stand-ins included
+  when asked), and the session fixture `docker_images` gives the tests its image names.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import shutil
+import smtplib
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Iterable
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO / "docker"
+# Held while scripts/build-images runs, by every test session (conftest's fixture too).
+BUILD_LOCK = "/tmp/mairust-build-images.lock"
 
 
 def _ok(cmd: list[str], timeout: float = 20) -> bool:
@@ -49,6 +60,71 @@ def compose_command() -> list[str] | None:
     return None
 
 
+def empty_env_file() -> Path:
+    """An empty file for compose's `--env-file`: the tests set every variable they mean in the
+    environment, and a developer's docker/.env (which compose reads by default) changes none."""
+    path = Path(tempfile.gettempdir()) / "mairust-tests-empty.env"
+    if not path.exists() or path.stat().st_size:
+        path.write_text("")
+    return path
+
+
+def cargo_version() -> str:
+    return re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+
+
+_builds: dict[bool, tuple[subprocess.CompletedProcess, str]] = {}
+
+
+def build_images(test_images: bool = True) -> dict[str, str]:
+    """Runs scripts/build-images (with `--test-images`: the PostgreSQL and S3 stand-ins too)
+    once per process, under the lock every session takes, with the test binary
+    (`MAIRUST_IMAGE_BIN`, else `MAIRUST_BIN`, else target/debug/mairust) as PREBUILT; returns
+    the image names, the script's output ("build_output") and the binary's path ("binary").
+    Skips where Docker cannot be used."""
+    reason = docker_unavailable()
+    if reason:
+        pytest.skip(reason)
+    if test_images not in _builds:
+        binary = os.environ.get("MAIRUST_IMAGE_BIN") or os.environ.get(
+            "MAIRUST_BIN", str(REPO / "target" / "debug" / "mairust"))
+        args = [str(REPO / "scripts" / "build-images"), *(["--test-images"] if test_images else [])]
+        with open(BUILD_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            proc = subprocess.run(args, env={**os.environ, "PREBUILT": binary}, capture_output=True,
+                                  text=True, timeout=1800)
+        _builds[test_images] = (proc, binary)
+    proc, binary = _builds[test_images]
+    assert proc.returncode == 0, f"scripts/build-images failed:\n{proc.stdout}\n{proc.stderr}"
+    version = cargo_version()
+    names = {n: f"mairust/{n}:{version}" for n in ("all-in-one", "core", "api", "web")}
+    if test_images:
+        names["postgres"] = "mairust-test/postgres:15"
+        names["s3"] = "mairust-test/s3:latest"
+    names["build_output"] = proc.stdout
+    names["binary"] = str(Path(binary).resolve())
+    return names
+
+
+@pytest.fixture(scope="session")
+def docker_images() -> dict[str, str]:
+    """The images, the test stand-ins included (`build_images(test_images=True)`). Test modules
+    import it, in place of conftest's fixture of the same name, which builds the product images
+    only now that scripts/build-images makes the stand-ins only when asked."""
+    return build_images(test_images=True)
+
+
+def smtp_greeting(port: int, host: str = "127.0.0.1") -> str:
+    """The text of the 220 greeting on host:port (e.g. "mail.example.test ESMTP ready")."""
+    smtp = smtplib.SMTP(timeout=20)
+    try:
+        code, text = smtp.connect(host, port)
+        assert code == 220, (code, text)
+        return text.decode()
+    finally:
+        smtp.close()
+
+
 def image_exists(name: str) -> bool:
     return _ok(["docker", "image", "inspect", name])
 
@@ -76,7 +152,7 @@ class Compose:
         self.files = [Path(f) for f in files]
         self.env = {**os.environ, **env}
         self.base = base
-        self.cmd = [*base, "-p", project]
+        self.cmd = [*base, "--env-file", str(empty_env_file()), "-p", project]
         for f in self.files:
             self.cmd += ["-f", str(f)]
 

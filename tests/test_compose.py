@@ -1,15 +1,22 @@
-"""docker/compose.all-in-one.yml and docker/compose.production.yml, brought up for real.
+"""docker/compose.all-in-one.yml and docker/compose.production.yml, brought up for real, and
+what every compose file (the cluster file's too) requires of docker/.env.
 
-Each test runs its own compose project (unique `-p` name) on free loopback ports, with the
-images of scripts/build-images (conftest's `docker_images`); the production file runs with the
-PostgreSQL and S3 stand-ins in place of postgres and minio. Every project is taken down with
-`down -v` at teardown, also when the test failed.
+The `config` tests need a compose command and no image: each compose file must refuse to
+render without the variables the operator has to choose (the mail host name, the first admin,
+the secrets), naming the missing one, and put the host name into every MaiRust container.
+
+Each other test runs its own compose project (unique `-p` name) on free loopback ports, with
+the images of `scripts/build-images --test-images` (compose_util's `docker_images`); the
+production file runs with the PostgreSQL and S3 stand-ins in place of postgres and minio.
+Every project is taken down with `down -v` at teardown, also when the test failed. No command
+reads a developer's docker/.env (`--env-file` names an empty file).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import smtplib
 import subprocess
 import time
@@ -18,7 +25,13 @@ from datetime import datetime
 
 import pytest
 import requests
-from compose_util import compose_command
+import yaml
+from compose_util import (  # noqa: F401 (docker_images: the fixture)
+    compose_command,
+    docker_images,
+    empty_env_file,
+    smtp_greeting,
+)
 from conftest import (
     ADMIN_EMAIL,
     BACKEND,
@@ -38,6 +51,7 @@ pytestmark = pytest.mark.skipif(
 
 DOCKER_DIR = REPO / "docker"
 UP_TIMEOUT = 180
+MAIL_HOSTNAME = "mail.compose.test"
 
 
 class Project:
@@ -47,7 +61,8 @@ class Project:
         self.name = f"mairust-t{uuid.uuid4().hex[:10]}"
         self.file = str(DOCKER_DIR / file)
         self.env = {**os.environ, **env}
-        self.base = [*compose_command(), "-p", self.name, "-f", self.file]
+        self.base = [*compose_command(), "--env-file", str(empty_env_file()), "-p", self.name,
+                     "-f", self.file]
 
     def run(self, *args: str, timeout: float = UP_TIMEOUT, check: bool = True):
         r = subprocess.run([*self.base, *args], env=self.env, capture_output=True, text=True,
@@ -153,6 +168,7 @@ def test_all_in_one_keeps_mail_across_down_and_up(project):
         "SMTP_PORT": str(smtp),
         "SUBMISSION_PORT": str(submission),
         "API_PORT": str(api),
+        "MAIL_HOSTNAME": MAIL_HOSTNAME,
         "MAIRUST_ADMIN_EMAIL": ADMIN_EMAIL,
         "MAIRUST_ADMIN_PASSWORD": ADMIN_PASSWORD,
     })
@@ -163,13 +179,16 @@ def test_all_in_one_keeps_mail_across_down_and_up(project):
     assert state["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     mounts = {m["Destination"]: m for m in state["Mounts"]}
     assert mounts["/etc/mairust/config.yaml"]["RW"] is False
+    assert mounts["/etc/mairust/config.yaml"]["Source"] == str(DOCKER_DIR / "config.yaml")
     url = f"http://127.0.0.1:{api}"
     bob = setup_mailbox(url)
     send(smtp, "before restart")
     assert subjects(bob) == ["before restart"]
-    # The mounted config file is the one in use (its hostname answers in the greeting).
+    # MAIL_HOSTNAME from the environment (docker/.env) is the name in the greeting, not the
+    # container's id.
+    assert smtp_greeting(smtp) == f"{MAIL_HOSTNAME} ESMTP ready"
     with smtplib.SMTP("127.0.0.1", smtp, timeout=20) as s:
-        assert b"mx.example.com" in s.ehlo("client.test")[1]
+        assert s.ehlo("client.test")[1].startswith(MAIL_HOSTNAME.encode())
 
     p.down(volumes=False)
     assert p.leftovers()["containers"] == []
@@ -205,6 +224,7 @@ def production(project, docker_images):
         "POSTGRES_PASSWORD": f"db-{uuid.uuid4().hex}",
         "MINIO_ROOT_USER": "mairust-s3",
         "MINIO_ROOT_PASSWORD": f"s3-{uuid.uuid4().hex}",
+        "MAIL_HOSTNAME": MAIL_HOSTNAME,
         "MAIRUST_ADMIN_EMAIL": ADMIN_EMAIL,
         "MAIRUST_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "PUBLISH_ADDRESS": "127.0.0.1",
@@ -257,6 +277,7 @@ def test_production_starts_in_health_order_and_carries_mail(production):
         nets = p.inspect(s)["NetworkSettings"]["Networks"]
         assert list(nets) == [f"{p.name}_backend"], nets
 
+    assert smtp_greeting(p.ports["smtp"]) == f"{MAIL_HOSTNAME} ESMTP ready"
     bob = setup_mailbox(f"http://127.0.0.1:{p.ports['api']}")
     send(p.ports["smtp"], "through core")
     assert subjects(bob) == ["through core"]
@@ -282,3 +303,99 @@ def test_production_web_serves_the_ui_and_proxies_the_api(production):
     assert subjects(bob_api) == ["through web"]
     bob_web = ApiClient(web, (f"bob@{DOMAIN}", USER_PASSWORD), None)
     assert subjects(bob_web) == ["through web"]
+
+
+# ---------------------------------------------------------------------- `config`, no images
+
+needs_compose = pytest.mark.skipif(compose_command() is None,
+                                   reason="neither `docker compose` nor `docker-compose` is installed")
+
+# What the operator must choose, in docker/.env: the values the tests choose.
+CHOSEN = {
+    "MAIL_HOSTNAME": "mail.config.test",
+    "MAIRUST_ADMIN_EMAIL": "root@config.test",
+    "MAIRUST_ADMIN_PASSWORD": "admin-password-config",
+    "POSTGRES_PASSWORD": "db-password-config",
+    "MINIO_ROOT_PASSWORD": "s3-password-config",
+    "CLUSTER_SECRET": "cluster-secret-config-0123456789abcdef",
+}
+COMMON = ["MAIL_HOSTNAME", "MAIRUST_ADMIN_EMAIL", "MAIRUST_ADMIN_PASSWORD"]
+BACKENDS = ["POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"]
+FILES = {
+    # file: (required variables, its MaiRust services, those given the first admin)
+    "compose.all-in-one.yml": (COMMON, ["mairust"], ["mairust"]),
+    "compose.production.yml": (COMMON + BACKENDS, ["core", "api", "web"], ["core", "api"]),
+    "compose.cluster.yml": (COMMON + BACKENDS + ["CLUSTER_SECRET"],
+                            ["core-1", "core-2", "core-3", "api", "web"], ["api"]),
+}
+
+
+def compose_config(file: str, env: dict[str, str], env_file=None) -> subprocess.CompletedProcess:
+    """`compose -f docker/FILE config` with `env` and nothing of the caller's environment that
+    the file reads, and `env_file` (default: an empty one) in place of docker/.env."""
+    text = (DOCKER_DIR / file).read_text()
+    read = set(re.findall(r"\$\{([A-Za-z0-9_]+)", text))
+    base = {k: v for k, v in os.environ.items() if k not in read}
+    return subprocess.run(
+        [*compose_command(), "--env-file", str(env_file or empty_env_file()), "-f",
+         str(DOCKER_DIR / file), "config"],
+        env={**base, **env}, capture_output=True, text=True, timeout=60, cwd=DOCKER_DIR)
+
+
+def refusal(proc: subprocess.CompletedProcess) -> str:
+    """The message of compose's refusal, without the interpolated text docker-compose v1
+    prints before it (which repeats every `${...}` of the service)."""
+    return (proc.stderr + proc.stdout).rsplit("}", 1)[-1]
+
+
+@needs_compose
+@pytest.mark.parametrize("file, variable", [(f, v) for f, (req, _, _) in FILES.items() for v in req])
+def test_config_refuses_a_missing_required_variable_and_names_it(file, variable):
+    """Unset or empty, each variable the operator must choose stops compose before anything
+    starts, with a message naming it (no default host name, admin or password)."""
+    for value in (None, ""):
+        env = {k: v for k, v in CHOSEN.items() if k != variable}
+        if value is not None:
+            env[variable] = value
+        proc = compose_config(file, env)
+        assert proc.returncode != 0, f"{file} rendered with {variable}={value!r}:\n{proc.stdout}"
+        message = refusal(proc)
+        assert f"set {variable} in docker/.env" in message, proc.stderr
+
+
+@needs_compose
+@pytest.mark.parametrize("file", list(FILES))
+def test_config_puts_the_chosen_host_name_and_admin_into_the_containers(file):
+    _, mairust, with_admin = FILES[file]
+    proc = compose_config(file, CHOSEN)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    assert sorted(s for s, c in services.items() if "mairust/" in c["image"]) == sorted(mairust)
+    for name in mairust:
+        env = services[name].get("environment") or {}
+        assert env.get("MAIRUST_SERVER__HOSTNAME") == CHOSEN["MAIL_HOSTNAME"], (name, env)
+        if name in with_admin:
+            assert env["MAIRUST_ADMIN_EMAIL"] == CHOSEN["MAIRUST_ADMIN_EMAIL"], (name, env)
+            assert env["MAIRUST_ADMIN_PASSWORD"] == CHOSEN["MAIRUST_ADMIN_PASSWORD"], (name, env)
+        else:
+            assert "MAIRUST_ADMIN_PASSWORD" not in env, (name, env)
+        assert services[name].get("read_only") is True, name
+
+
+@needs_compose
+@pytest.mark.parametrize("file", list(FILES))
+def test_the_example_env_file_starts_nothing_until_the_operator_fills_it_in(file):
+    """docker/.env.example holds no usable password or secret, and no host name or admin: a
+    copy of it alone is refused; filled in (here through the environment, which takes
+    precedence over the file), it renders."""
+    example = DOCKER_DIR / ".env.example"
+    entries = dict(line.split("=", 1) for line in example.read_text().splitlines()
+                   if line.strip() and not line.lstrip().startswith("#"))
+    for key in CHOSEN:
+        assert entries.get(key, "") == "", f".env.example sets {key}={entries[key]}"
+    assert not [k for k, v in entries.items() if re.search("PASSWORD|SECRET", k) and v], entries
+    refused = compose_config(file, {}, env_file=example)
+    assert refused.returncode != 0, refused.stdout
+    assert re.search(r"set [A-Z_]+ in docker/\.env", refusal(refused)), refused.stderr
+    filled = compose_config(file, CHOSEN, env_file=example)
+    assert filled.returncode == 0, filled.stderr

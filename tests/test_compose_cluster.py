@@ -5,8 +5,8 @@ python3-minimal) that the cores relay to over the compose network. It answers `4
 flag file exists and records the Message-ID of every message it accepts.
 
 One test, in order (each step needs the state the previous one left):
-0. every service healthy (compose starts them in their depends_on order); the web
-   container proxies /api to the api;
+0. every service healthy (compose starts them in their depends_on order); every core greets
+   with MAIL_HOSTNAME; the web container proxies /api to the api;
 1. mail for remote domains is submitted (AUTH on submission) through every core while the
    receiver defers; every message is attempted and deferred;
 2. `docker kill` of the core holding the most deferred mail: the api's GET /api/v1/cluster shows
@@ -22,9 +22,10 @@ One test, in order (each step needs the state the previous one left):
 5. `down -v` leaves no container, volume or network of the project.
 
 Images: `mairust/{core,api,web}:<Cargo.toml version>` and the stand-ins
-`mairust-test/postgres:15`, `mairust-test/s3:latest` (built by scripts/build-images when
-missing); MAIRUST_TEST_IMAGE_PREFIX, MAIRUST_TEST_POSTGRES_IMAGE, MAIRUST_TEST_S3_IMAGE name
-others, and MAIRUST_TEST_COMPOSE_FILES adds override files (os.pathsep-separated).
+`mairust-test/postgres:15`, `mairust-test/s3:latest` (built by `scripts/build-images
+--test-images`: compose_util's `docker_images`); MAIRUST_TEST_IMAGE_PREFIX,
+MAIRUST_TEST_POSTGRES_IMAGE, MAIRUST_TEST_S3_IMAGE name others, and MAIRUST_TEST_COMPOSE_FILES
+adds override files (os.pathsep-separated). No compose command reads a developer's docker/.env.
 
 Skipped, saying why, where Docker (daemon and compose) is absent, and in the PostgreSQL + S3
 pass of scripts/test (the containers bring their own backends, so one pass is enough).
@@ -55,8 +56,10 @@ from compose_util import (
     REPO,
     Compose,
     docker,
+    docker_images,  # noqa: F401 (fixture: the images, the stand-ins included)
     docker_unavailable,
     image_exists,
+    smtp_greeting,
     unique_project,
 )
 from conftest import BACKEND, free_ports, insecure_tls
@@ -77,6 +80,7 @@ S3_IMAGE = os.environ.get("MAIRUST_TEST_S3_IMAGE", "mairust-test/s3:latest")
 CORES = ["core-1", "core-2", "core-3"]
 PARTITIONS = 64
 ADMIN = ("admin@example.test", "admin-password-123")
+MAIL_HOSTNAME = "mail.cluster.test"
 SENDER, SENDER_PASSWORD = "bob@example.test", "user-password-123"
 DOMAINS = [f"d{i}.remote.test" for i in range(24)]
 PER_CORE = 8
@@ -111,7 +115,7 @@ def require_images() -> None:
     images = [f"{IMAGE_PREFIX}/{n}:{VERSION}" for n in ("core", "api", "web")]
     images += [POSTGRES_IMAGE, S3_IMAGE]
     missing = [i for i in images if not image_exists(i)]
-    assert not missing, f"images not built: {missing}; run scripts/build-images"
+    assert not missing, f"images not built: {missing}; run scripts/build-images --test-images"
 
 
 # ---------------------------------------------------------------------- setup
@@ -159,9 +163,8 @@ def override(receiver_image: str, receiver_dir: Path) -> str:
 
 def cluster_config(path: Path) -> None:
     """The file mounted as every MaiRust container's config (CLUSTER_CONFIG): relay to the
-    receiver, retry every second, a short backstop scan."""
+    receiver, retry every second, a short backstop scan. (The host name is MAIL_HOSTNAME's.)"""
     path.write_text(
-        "server:\n  hostname: mail.cluster.test\n"
         "queue:\n  lease_ttl: 4s\n  poll_interval: 2s\n"
         "delivery:\n  relay_host: \"receiver:25\"\n  tls: none\n  retry_intervals: [1s]\n"
         "  connect_timeout: 5s\n"
@@ -319,6 +322,7 @@ def test_cluster_compose_survives_a_killed_and_a_cut_off_core(tmp_path, docker_i
         "MINIO_ROOT_USER": "mairust-test",
         "MINIO_ROOT_PASSWORD": "s3-password-" + uuid.uuid4().hex[:8],
         "S3_BUCKET": "mairust-mails",
+        "MAIL_HOSTNAME": MAIL_HOSTNAME,
         "MAIRUST_ADMIN_EMAIL": ADMIN[0],
         "MAIRUST_ADMIN_PASSWORD": ADMIN[1],
         "CLUSTER_SECRET": uuid.uuid4().hex + uuid.uuid4().hex,
@@ -342,6 +346,9 @@ def test_cluster_compose_survives_a_killed_and_a_cut_off_core(tmp_path, docker_i
         volumes = compose.volumes_in_use()
         view = cluster.wait("cluster formed", lambda: cluster.converged([*CORES, "api"]), 60)
         print("cluster formed:", view)
+        # MAIL_HOSTNAME, not the container's host name (core-1...), in every core's greeting.
+        for core in CORES:
+            assert smtp_greeting(ports[f"{core}-smtp"]) == f"{MAIL_HOSTNAME} ESMTP ready", core
 
         # The web container serves the UI and proxies /api to the api container.
         through_web = cluster.api.get(f"http://127.0.0.1:{ports['web']}/api/v1/cluster", timeout=10)
@@ -442,7 +449,7 @@ def test_cluster_compose_survives_a_killed_and_a_cut_off_core(tmp_path, docker_i
             print(f"vanished lock holder: session ended after {ended:.1f}s, "
                   f"converged after {time.monotonic() - started:.1f}s")
         finally:
-            docker("rm", "-f", locker, check=False)
+            docker("rm", "-f", "-v", locker, check=False)  # -v: its image's anonymous data volume
 
         time.sleep(3)  # anything the reconnected core might still send would arrive by now
         got = receiver.received()

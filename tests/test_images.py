@@ -1,8 +1,10 @@
 """The container images built by scripts/build-images: sizes, labels, a read-only root, a
-non-root user, the health check, and no shell.
+non-root user, the health check, no shell, and the documented quick start and first-admin
+commands (which therefore need none).
 
-The images are built once per session (conftest's `docker_images`); every container a test
-starts is removed at teardown, with its anonymous volumes.
+The images are built once per session, the test stand-ins included (`scripts/build-images
+--test-images`, compose_util's `docker_images`); every container a test starts is removed at
+teardown, with its anonymous volumes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import uuid
 
 import pytest
 import requests
-from compose_util import docker
+from compose_util import docker, docker_images, smtp_greeting  # noqa: F401 (docker_images: fixture)
 from conftest import BACKEND, REPO, cargo_version, free_ports, insecure_tls
 
 # The images carry their own backends: one run, in the SQLite + files pass of scripts/test.
@@ -179,12 +181,15 @@ def test_runs_read_only_as_non_root_and_becomes_healthy(docker_images, network, 
     for uid, args in procs:
         assert uid == "65532", top
     assert any("mairust serve" in args for _, args in procs), top
-    # The root filesystem refuses writes; the state volume takes them.
-    r = docker("exec", cid, "/usr/local/bin/mairust", "db", "export", "--output", "/etc/mairust/x",
-               check=False)
-    assert r.returncode != 0
-    assert "read-only" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    assert inspect(cid)["HostConfig"]["ReadonlyRootfs"] is True
     if name != "web":
+        # The root filesystem refuses writes; the state volume takes them. (A web node has no
+        # database, so `db export` refuses there before it writes anything; it shares the
+        # runtime with the others.)
+        r = docker("exec", cid, "/usr/local/bin/mairust", "db", "export", "--output",
+                   "/etc/mairust/x", check=False)
+        assert r.returncode != 0
+        assert "read-only" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
         r = docker("exec", cid, "/usr/local/bin/mairust", "db", "export", "--output",
                    "/var/lib/mairust/db/export-test")
         assert r.returncode == 0
@@ -221,22 +226,25 @@ def test_the_quick_start_volume_keeps_the_data(docker_images, containers):
 
 
 def test_the_quick_start_command_gives_a_working_server(docker_images, containers):
-    """The spec's `docker run -p 25:25 -p 587:587 -p 8080:8080 -v mairust_data:/var/lib/mairust
-    mairust/all-in-one`, on free host ports: mail in on 25, the generated admin signs in on 587
-    (STARTTLS) and reads it back over the API on 8080."""
+    """The README's `docker run --read-only -p 25:25 -p 587:587 -p 8080:8080
+    -e MAIRUST_SERVER__HOSTNAME=... -v mairust_data:/var/lib/mairust mairust/all-in-one`, on free
+    host ports: the greeting carries the host name, mail comes in on 25, the generated admin
+    (admin@<that name>, its password from `mairust user initial-password`) adds a domain and a
+    user over the API on 8080, who signs in on 587 (STARTTLS) and reads the mail back."""
     volume = f"mairust-img-{uuid.uuid4().hex[:8]}"
     smtp, submission, api = free_ports(3)
+    hostname = "mail.quick.test"
     try:
         cid = containers(
-            docker_images["all-in-one"], "--health-interval", "1s",
+            docker_images["all-in-one"], "--read-only", "--health-interval", "1s",
             "-p", f"127.0.0.1:{smtp}:25", "-p", f"127.0.0.1:{submission}:587",
-            "-p", f"127.0.0.1:{api}:8080", "-v", f"{volume}:/var/lib/mairust",
+            "-p", f"127.0.0.1:{api}:8080", "-e", f"MAIRUST_SERVER__HOSTNAME={hostname}",
+            "-v", f"{volume}:/var/lib/mairust",
         )
         wait_healthy(cid)
-        password = docker("run", "--rm", "--entrypoint", "cat", "-v", f"{volume}:/state",
-                          docker_images["s3"], "/state/db/initial-admin-password").stdout.strip()
-        admin = inspect(cid)["Config"]["Hostname"]
-        email = f"admin@{admin}"
+        password = docker("exec", cid, "mairust", "user", "initial-password").stdout.strip()
+        email = f"admin@{hostname}"
+        assert smtp_greeting(smtp) == f"{hostname} ESMTP ready"
         base = f"http://127.0.0.1:{api}"
         auth = (email, password)
         assert requests.post(base + "/api/v1/domains", json={"name": "quick.test"}, auth=auth,
@@ -261,6 +269,50 @@ def test_the_quick_start_command_gives_a_working_server(docker_images, container
                 break
             time.sleep(0.2)
         assert [m["subject"] for m in items] == ["over 25"], items
+    finally:
+        docker("rm", "-f", *containers.started, check=False)
+        docker("volume", "rm", "-f", volume, check=False)
+
+
+def test_the_first_admin_commands_need_no_shell(docker_images, containers):
+    """README and DEPLOYMENT, for the shell-less image: `docker exec mairust mairust user
+    initial-password` prints the generated first-admin password; `docker exec mairust mairust
+    user passwd EMAIL --password P` (or `docker exec -e MAIRUST_NEW_USER_PASSWORD=P ...`)
+    changes it and deletes the generated-password file."""
+    volume = f"mairust-img-{uuid.uuid4().hex[:8]}"
+    (api,) = free_ports(1)
+    hostname = "mail.first.test"
+    email = f"admin@{hostname}"
+    base = f"http://127.0.0.1:{api}"
+
+    def signs_in(password: str) -> bool:
+        r = requests.get(base + "/api/v1/users", auth=(email, password), timeout=10)
+        assert r.status_code in (200, 401), (r.status_code, r.text)
+        return r.status_code == 200
+
+    def state_files() -> list[str]:
+        return docker("run", "--rm", "--entrypoint", "ls", "-v", f"{volume}:/state:ro",
+                      docker_images["s3"], "/state/db").stdout.split()
+
+    try:
+        cid = containers(
+            docker_images["all-in-one"], "--read-only", "--health-interval", "1s",
+            "-p", f"127.0.0.1:{api}:8080", "-e", f"MAIRUST_SERVER__HOSTNAME={hostname}",
+            "-v", f"{volume}:/var/lib/mairust",
+        )
+        wait_healthy(cid)
+        generated = docker("exec", cid, "mairust", "user", "initial-password").stdout.strip()
+        assert generated and signs_in(generated)
+
+        docker("exec", cid, "mairust", "user", "passwd", email, "--password", "first-new-password")
+        assert signs_in("first-new-password") and not signs_in(generated)
+        assert "initial-admin-password" not in state_files()
+        r = docker("exec", cid, "mairust", "user", "initial-password", check=False)
+        assert r.returncode != 0 and generated not in r.stdout, r.stdout + r.stderr
+
+        docker("exec", "-e", "MAIRUST_NEW_USER_PASSWORD=second-new-password", cid,
+               "mairust", "user", "passwd", email)
+        assert signs_in("second-new-password") and not signs_in("first-new-password")
     finally:
         docker("rm", "-f", *containers.started, check=False)
         docker("volume", "rm", "-f", volume, check=False)
