@@ -194,37 +194,49 @@ impl Acceptor {
             tracing::warn!(%domain, sender, "From domain is not the sender's; sending unsigned");
             return data;
         }
-        let key = match self.stores.dkim.dkim_key(&domain).await {
-            Ok(Some(key)) => key,
-            Ok(None) => return data,
+        let keys = match self.stores.dkim.signing_keys(&domain).await {
+            Ok(keys) if !keys.is_empty() => keys,
+            Ok(_) => return data,
             Err(error) => {
-                tracing::warn!(%domain, %error, "cannot load DKIM key; sending unsigned");
+                tracing::warn!(%domain, %error, "cannot load DKIM keys; sending unsigned");
                 return data;
             }
         };
         let data = Arc::new(data);
         let to_sign = data.clone();
         let cipher = self.stores.cipher.clone();
-        let header =
-            tokio::task::spawn_blocking(move || crate::dkim::sign(&key, &to_sign, cipher.as_ref()))
-                .await;
+        // One signature per key (RSA and Ed25519 side by side, RFC 8463), each over the
+        // message without the others; a key that fails is left out, not the message.
+        let headers = tokio::task::spawn_blocking(move || {
+            keys.iter()
+                .map(|key| {
+                    (
+                        key.selector.clone(),
+                        crate::dkim::sign(key, &to_sign, cipher.as_ref()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
         let data = Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone());
-        match header {
-            Ok(Ok(header)) => {
-                let mut out = Vec::with_capacity(header.len() + data.len());
-                out.extend_from_slice(header.as_bytes());
-                out.extend_from_slice(&data);
-                out
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(%domain, %error, "DKIM signing failed; sending unsigned");
-                data
-            }
+        let headers = match headers {
+            Ok(headers) => headers,
             Err(error) => {
                 tracing::error!(%domain, %error, "DKIM signing task failed; sending unsigned");
-                data
+                return data;
+            }
+        };
+        let mut out = Vec::with_capacity(data.len() + 1024);
+        for (selector, header) in headers {
+            match header {
+                Ok(header) => out.extend_from_slice(header.as_bytes()),
+                Err(error) => {
+                    tracing::warn!(%domain, %selector, %error, "DKIM signing failed; this signature is left out");
+                }
             }
         }
+        out.extend_from_slice(&data);
+        out
     }
 }
 

@@ -48,6 +48,12 @@ def test_a_domain_lists_the_dns_records_to_publish(server):
     assert records[("TXT", DOMAIN)]["value"].startswith("v=spf1 ")
     dkim = records[("TXT", f"s1._domainkey.{DOMAIN}")]
     assert dkim["value"] == key["dns_value"] and "signing" in dkim["purpose"]
+    # RSA by default: a value over 255 bytes, given as the strings a zone file needs.
+    assert key["algorithm"] == "rsa" and len(dkim["value"]) > 255
+    assert dkim["value_strings"] == key["dns_value_strings"]
+    assert "".join(dkim["value_strings"]) == dkim["value"]
+    assert [len(part) for part in dkim["value_strings"]] == [255, len(dkim["value"]) - 255]
+    assert records[("MX", DOMAIN)]["value_strings"] == ["10 mx1.example.test."]
     assert records[("TXT", f"_dmarc.{DOMAIN}")]["value"].startswith("v=DMARC1; p=none")
     assert all(x["purpose"] for x in r.json()["items"])
     assert_error(admin.get("/api/v1/domains/not-hosted.test/dns"), 404)

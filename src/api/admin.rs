@@ -158,7 +158,8 @@ pub struct TokenSummary {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DkimRequest {
-    /// `ed25519` (default) or `rsa` (2048 bits).
+    /// `rsa` (2048 bits, the default: every receiver verifies it) or `ed25519` (RFC 8463;
+    /// add it beside an RSA key, and the domain's mail carries both signatures).
     pub algorithm: Option<crate::dkim::Algorithm>,
     /// Selector; default `mairust` followed by the date (and `-2`, `-3`... if taken).
     #[schema(pattern = "^[A-Za-z0-9_-]{1,63}$")]
@@ -178,9 +179,12 @@ pub struct DkimResponse {
     pub dns_name: String,
     /// Value of the TXT record.
     pub dns_value: String,
+    /// The same value as the character-strings of at most 255 bytes a zone file needs
+    /// (`"part1" "part2"`); an RSA key's value is longer than one.
+    pub dns_value_strings: Vec<String>,
     /// Creation time, RFC 3339.
     pub created_at: String,
-    /// Whether this key signs new mail (the domain's newest key).
+    /// Whether this key signs new mail (the domain's newest key of its algorithm).
     pub signing: bool,
 }
 
@@ -192,6 +196,7 @@ impl DkimResponse {
             selector: key.selector.clone(),
             algorithm: key.algorithm.clone(),
             dns_name,
+            dns_value_strings: crate::dkim::txt_strings(&dns_value),
             dns_value,
             created_at: crate::message::rfc3339(key.created_at),
             signing,
@@ -217,8 +222,9 @@ async fn hosted_domain(state: &ApiState, name: &str) -> Result<String, ApiError>
     Ok(domain)
 }
 
-/// Lists the domain's DKIM keys with their DNS records, the signing key first. Keep every
-/// listed record published: mail signed with an older key verifies only while it is.
+/// Lists the domain's DKIM keys with their DNS records, newest first; the newest of each
+/// algorithm signs. Keep every listed record published: mail signed with an older key
+/// verifies only while it is.
 #[utoipa::path(get, path = "/api/v1/domains/{name}/dkim", tag = "admin",
     params(("name" = String, Path, description = "Hosted domain")),
     responses((status = 200, body = Items<DkimResponse>), (status = 400, body = ErrorBody),
@@ -232,11 +238,12 @@ pub async fn list_dkim_keys(
     caller.require_admin()?;
     let domain = hosted_domain(&state, &name).await?;
     let keys = state.stores.dkim.dkim_keys(&domain).await?;
+    let signing = crate::store::dkim_keys::signing_subset(keys.clone());
+    let signs = |k: &crate::store::DkimKeyRecord| signing.iter().any(|s| s.selector == k.selector);
     Ok(Json(Items {
         items: keys
             .iter()
-            .enumerate()
-            .map(|(i, k)| DkimResponse::new(k, i == 0))
+            .map(|k| DkimResponse::new(k, signs(k)))
             .collect(),
     }))
 }
@@ -249,10 +256,30 @@ pub struct DnsRecord {
     pub kind: &'static str,
     /// Owner name, fully qualified without the final dot.
     pub name: String,
-    /// Record data as a zone file wants it (TXT without quotes).
+    /// Record data (TXT without quotes).
     pub value: String,
+    /// For TXT, the value as the character-strings of at most 255 bytes a zone file needs
+    /// (`"part1" "part2"`); for MX, the value alone.
+    pub value_strings: Vec<String>,
     /// What it is for.
     pub purpose: String,
+}
+
+impl DnsRecord {
+    fn new(kind: &'static str, name: String, value: String, purpose: String) -> Self {
+        let value_strings = if kind == "TXT" {
+            crate::dkim::txt_strings(&value)
+        } else {
+            vec![value.clone()]
+        };
+        Self {
+            kind,
+            name,
+            value,
+            value_strings,
+            purpose,
+        }
+    }
 }
 
 /// The DNS records a hosted domain needs: MX to this server (`server.hostname`), SPF,
@@ -270,43 +297,40 @@ pub async fn dns_records(
     caller.require_admin()?;
     let domain = hosted_domain(&state, &name).await?;
     let hostname = state.config.server.hostname.trim_end_matches('.');
-    let mut items = vec![
-        DnsRecord {
-            kind: "MX",
-            name: domain.clone(),
-            value: format!("10 {hostname}."),
-            purpose: format!("mail for {domain} comes to this server"),
-        },
-        DnsRecord {
-            kind: "TXT",
-            name: domain.clone(),
-            value: "v=spf1 mx -all".into(),
-            purpose: "SPF: only the domain's MX hosts send its mail".into(),
-        },
-    ];
     let keys = state.stores.dkim.dkim_keys(&domain).await?;
-    for (i, key) in keys.iter().enumerate() {
+    let signing = crate::store::dkim_keys::signing_subset(keys.clone());
+    let mut items = vec![
+        DnsRecord::new(
+            "MX",
+            domain.clone(),
+            format!("10 {hostname}."),
+            format!("mail for {domain} comes to this server"),
+        ),
+        DnsRecord::new(
+            "TXT",
+            domain.clone(),
+            "v=spf1 mx -all".into(),
+            "SPF: only the domain's MX hosts send its mail".into(),
+        ),
+    ];
+    for key in &keys {
         let (dns_name, dns_value) = crate::dkim::dns_record(key);
-        items.push(DnsRecord {
-            kind: "TXT",
-            name: dns_name,
-            value: dns_value,
-            purpose: if i == 0 {
-                format!("DKIM: the signing key ({})", key.selector)
-            } else {
-                format!(
-                    "DKIM: an older key ({}), keep while mail signed with it may be checked",
-                    key.selector
-                )
-            },
-        });
+        let purpose = if signing.iter().any(|s| s.selector == key.selector) {
+            format!("DKIM: a signing key ({}, {})", key.algorithm, key.selector)
+        } else {
+            format!(
+                "DKIM: an older key ({}, {}), keep while mail signed with it may be checked",
+                key.algorithm, key.selector
+            )
+        };
+        items.push(DnsRecord::new("TXT", dns_name, dns_value, purpose));
     }
-    items.push(DnsRecord {
-        kind: "TXT",
-        name: format!("_dmarc.{domain}"),
-        value: format!("v=DMARC1; p=none; rua=mailto:postmaster@{domain}"),
-        purpose: "DMARC: reports only; tighten p= once the reports look right".into(),
-    });
+    items.push(DnsRecord::new(
+        "TXT",
+        format!("_dmarc.{domain}"),
+        format!("v=DMARC1; p=none; rua=mailto:postmaster@{domain}"),
+        "DMARC: reports only; tighten p= once the reports look right".into(),
+    ));
     Ok(Json(Items { items }))
 }
 
@@ -725,7 +749,7 @@ pub async fn create_dkim_key(
             "selector must be 1 to 63 letters, digits, '-' and '_'",
         ));
     }
-    let algorithm = request.algorithm.unwrap_or(crate::dkim::Algorithm::Ed25519);
+    let algorithm = request.algorithm.unwrap_or(crate::dkim::Algorithm::Rsa);
     let key = {
         let (domain, selector) = (domain.clone(), selector.clone());
         let cipher = state.stores.cipher.clone();

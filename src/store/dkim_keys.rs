@@ -66,15 +66,29 @@ impl DkimKeyRecord {
     }
 }
 
+/// The keys of `keys` (newest first) that sign: the first of each algorithm, RSA first
+/// (verifiers that look at one signature look at the first, and every one knows RSA).
+pub fn signing_subset(keys: Vec<DkimKeyRecord>) -> Vec<DkimKeyRecord> {
+    let mut signing: Vec<DkimKeyRecord> = Vec::new();
+    for key in keys {
+        if !signing.iter().any(|k| k.algorithm == key.algorithm) {
+            signing.push(key);
+        }
+    }
+    signing.sort_by_key(|k| k.algorithm != "rsa");
+    signing
+}
+
 /// Persistence of DKIM keys.
 #[async_trait::async_trait]
 pub trait DkimKeyStore: Send + Sync + 'static {
-    /// Adds a DKIM key to its domain; it becomes the signing key. A selector already used
-    /// by the domain is a [`StoreError::Conflict`].
+    /// Adds a DKIM key to its domain; it becomes the signing key of its algorithm. A
+    /// selector already used by the domain is a [`StoreError::Conflict`].
     async fn put_dkim_key(&self, key: &DkimKeyRecord) -> Result<(), StoreError>;
-    /// A domain's signing key: its newest.
-    async fn dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>, StoreError>;
-    /// All keys of a domain, newest (the signing key) first.
+    /// A domain's signing keys: its newest of each algorithm (RSA and Ed25519 sign side by
+    /// side, RFC 8463 §4), RSA first.
+    async fn signing_keys(&self, domain: &str) -> Result<Vec<DkimKeyRecord>, StoreError>;
+    /// All keys of a domain, newest first.
     async fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKeyRecord>, StoreError>;
     /// Removes one key; [`StoreError::NotFound`] if the domain has no such selector.
     async fn delete_dkim_key(&self, domain: &str, selector: &str) -> Result<(), StoreError>;

@@ -4,7 +4,7 @@ use sqlx::Row;
 
 use super::SqlStore;
 use crate::store::StoreError;
-use crate::store::dkim_keys::{DkimKeyRecord, DkimKeyStore};
+use crate::store::dkim_keys::{DkimKeyRecord, DkimKeyStore, signing_subset};
 
 #[async_trait::async_trait]
 impl DkimKeyStore for SqlStore {
@@ -33,14 +33,14 @@ impl DkimKeyStore for SqlStore {
         }
     }
 
-    async fn dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>, StoreError> {
+    async fn signing_keys(&self, domain: &str) -> Result<Vec<DkimKeyRecord>, StoreError> {
         let domain = domain.to_ascii_lowercase();
-        if let Some(key) = self.signing_keys.get(&domain) {
-            return Ok(key);
+        if let Some(keys) = self.signing_keys.get(&domain) {
+            return Ok(keys);
         }
-        let key = self.dkim_keys(&domain).await?.into_iter().next();
-        self.signing_keys.put(domain, key.clone());
-        Ok(key)
+        let keys = signing_subset(self.dkim_keys(&domain).await?);
+        self.signing_keys.put(domain, keys.clone());
+        Ok(keys)
     }
 
     async fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKeyRecord>, StoreError> {

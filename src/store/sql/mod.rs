@@ -100,7 +100,7 @@ pub struct SqlStore {
     /// Recent lookups of recipients without a quota: address → user id.
     recipients: Arc<recent::Recent<i64>>,
     /// Recent lookups of DKIM signing keys: domain → its newest key, if any.
-    signing_keys: Arc<recent::Recent<Option<DkimKeyRecord>>>,
+    signing_keys: Arc<recent::Recent<Vec<DkimKeyRecord>>>,
     /// SQLite only: the task that checkpoints the write-ahead log, stopped with the last clone.
     _wal_checkpointer: Option<Arc<AbortOnDrop>>,
     /// Connections for the lease statements only: renewal must not queue behind the group
@@ -695,50 +695,61 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_signing_key_is_remembered_briefly_and_changes_here_are_seen_at_once() {
+    async fn signing_keys_are_remembered_briefly_and_changes_here_are_seen_at_once() {
         use crate::store::MetadataStore;
         use crate::store::dkim_keys::DkimKeyStore;
         let dir = tempfile::tempdir().expect("tempdir");
         let here = test_sqlite(dir.path(), "m").await;
         let there = test_sqlite(dir.path(), "m").await;
         here.add_domain("example.org").await.expect("domain");
-        let key = |selector: &str, created_at| DkimKeyRecord {
+        let key = |selector: &str, algorithm: &str, created_at| DkimKeyRecord {
             domain: "example.org".into(),
             selector: selector.into(),
-            algorithm: "ed25519".into(),
+            algorithm: algorithm.into(),
             private_key: "plain:AAAA".into(),
             public_key: "BBBB".into(),
             created_at,
         };
-        let selector = |k: Option<DkimKeyRecord>| k.map(|k| k.selector);
+        let selectors =
+            |keys: Vec<DkimKeyRecord>| keys.into_iter().map(|k| k.selector).collect::<Vec<_>>();
+        let signing = |store: &SqlStore| {
+            let store = store.clone();
+            async move { selectors(store.signing_keys("Example.ORG").await.expect("keys")) }
+        };
+        assert!(signing(&here).await.is_empty());
+        here.put_dkim_key(&key("s1", "ed25519", 1))
+            .await
+            .expect("s1");
         assert_eq!(
-            selector(here.dkim_key("example.org").await.expect("none")),
-            None
+            signing(&here).await,
+            ["s1"],
+            "a key added here signs at once"
         );
-        here.put_dkim_key(&key("s1", 1)).await.expect("s1");
+        here.put_dkim_key(&key("r1", "rsa", 2)).await.expect("r1");
         assert_eq!(
-            selector(here.dkim_key("Example.ORG").await.expect("s1")).as_deref(),
-            Some("s1"),
-            "a key added through this node signs at once"
+            signing(&here).await,
+            ["r1", "s1"],
+            "one key of each algorithm signs"
         );
-        there.put_dkim_key(&key("s2", 2)).await.expect("s2");
+        there
+            .put_dkim_key(&key("s2", "ed25519", 3))
+            .await
+            .expect("s2");
         assert_eq!(
-            selector(here.dkim_key("example.org").await.expect("s1")).as_deref(),
-            Some("s1"),
+            signing(&here).await,
+            ["r1", "s1"],
             "another node's key is seen only once the memory expires"
         );
         tokio::time::sleep(recent::TTL + Duration::from_millis(100)).await;
         assert_eq!(
-            selector(here.dkim_key("example.org").await.expect("s2")).as_deref(),
-            Some("s2")
+            signing(&here).await,
+            ["r1", "s2"],
+            "the newest Ed25519 key replaces s1"
         );
         here.delete_dkim_key("example.org", "s2")
             .await
             .expect("delete");
-        assert_eq!(
-            selector(here.dkim_key("example.org").await.expect("s1")).as_deref(),
-            Some("s1")
-        );
+        assert_eq!(signing(&here).await, ["r1", "s1"]);
     }
 
     /// The purge decided a body was unreferenced; the same body was then stored again (the

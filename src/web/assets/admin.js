@@ -195,8 +195,10 @@ async function domain(name) {
   const records = $("dns-rows");
   records.replaceChildren();
   for (const r of dns.items) {
-    const value = el("code", { class: "record", text: r.value });
-    const copyButton = button("Copy", () => copy(r.value, value));
+    // TXT values as zone files want them: strings of at most 255 bytes, each quoted.
+    const text = r.type === "TXT" ? r.value_strings.map((s) => `"${s}"`).join(" ") : r.value;
+    const value = el("code", { class: "record", text });
+    const copyButton = button("Copy", () => copy(text, value));
     copyButton.setAttribute("aria-label", `Copy the ${r.type} record of ${r.name}`);
     records.append(el("tr", {},
       cell(r.type, "", "Type"), cell(el("code", { text: r.name }), "wrap", "Name"),
