@@ -562,6 +562,28 @@ def test_a_body_that_is_not_declared_json_is_415(srv, path, body, content_type):
     assert r.status_code != 415, r.text
 
 
+def test_mail_sent_through_the_api_has_a_received_line_spamassassin_can_parse(server):
+    """`Received: from api (authenticated user ...) ... with HTTP` was UNPARSEABLE_RELAY to
+    SpamAssassin: the line has the RFC 5321 form, with the client's address."""
+    spamassassin = shutil.which("spamassassin")
+    if spamassassin is None:
+        pytest.skip("spamassassin is not installed (apt-get install spamassassin)")
+    srv = server()
+    bob, carol = setup_domain_and_user(srv, users=("bob", "carol"))
+    r = srv.api(bob, USER_PASSWORD).post("/api/v1/send", json={
+        "from": bob, "to": [carol], "subject": "through the API", "text": "hello"})
+    assert r.status_code == 202, r.text
+    api = srv.api(carol, USER_PASSWORD)
+    [item] = api.wait_messages(1)
+    raw = api.get(f"/api/v1/messages/{item['id']}/raw").content
+    received = raw.split(b"\r\nReceived: ", 1)[1].split(b";", 1)[0]
+    assert received.startswith(b"from [127.0.0.1] ([127.0.0.1])\r\n\tby mx.example.test (MaiRust) with ESMTPA id "), received
+    assert b"(via the REST API)" in received and f"for <{carol}>".encode() in received
+    p = subprocess.run([spamassassin, "-L", "-t"], input=raw, capture_output=True, timeout=120)
+    status = p.stdout.split(b"X-Spam-Status:", 1)[1].split(b"\n\n", 1)[0]
+    assert b"UNPARSEABLE_RELAY" not in status, status
+
+
 def promtool_problems(text: str) -> str:
     """What `promtool check metrics` (Debian's prometheus package) says of `text`."""
     promtool = shutil.which("promtool")

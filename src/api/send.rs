@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Caller, ClientIp};
 use super::error::{ApiError, ApiJson, ApiResult, ErrorBody, check_len};
 use super::limits;
 use crate::acceptance::Incoming;
@@ -163,6 +163,7 @@ pub fn body_limit(config: &crate::config::Config) -> usize {
     security(("basic" = []), ("bearer" = [])))]
 pub async fn send(
     State(state): State<ApiState>,
+    ClientIp(ip): ClientIp,
     caller: Caller,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult<(StatusCode, Json<SendResponse>)> {
@@ -320,13 +321,27 @@ pub async fn send(
     let body = builder
         .write_to_vec()
         .map_err(|e| ApiError::bad_request(format!("cannot compose the message: {e}")))?;
-    let mut data = format!(
-        "Received: from api (authenticated user {}) by {hostname} (MaiRust) with HTTP id {id};\r\n\t{}\r\n",
-        caller.0.email,
-        chrono::Utc::now().to_rfc2822()
-    )
-    .into_bytes();
-    data.extend_from_slice(&body);
+    // In the form RFC 5321 §4.4 gives and parsers (SpamAssassin's among them) read: the
+    // client's address, an authenticated-submission protocol word, and a comment saying how.
+    let single_recipient = match envelope.as_slice() {
+        [only] => Some(only.as_str()),
+        _ => None,
+    };
+    let data = crate::message::prepare_for_storage(
+        &crate::message::Arrival {
+            hostname,
+            helo: &crate::message::address_literal(ip),
+            peer_ip: ip,
+            esmtp: true,
+            tls: false,
+            authenticated: true,
+            id: &id,
+            single_recipient,
+            fix_missing_headers: false,
+            via: Some("via the REST API"),
+        },
+        &body,
+    );
     if data.len() > state.config.smtp.max_message_size {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -31,6 +31,17 @@ pub struct Arrival<'a> {
     pub single_recipient: Option<&'a str>,
     /// Whether to add `Message-ID:` and `Date:` when missing (submissions).
     pub fix_missing_headers: bool,
+    /// A comment after the id saying how the message came, when not over SMTP.
+    pub via: Option<&'a str>,
+}
+
+/// An address as a `Received:` line's client name when there is no HELO name: an address
+/// literal (RFC 5321 §4.1.3).
+pub fn address_literal(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => format!("[{v4}]"),
+        std::net::IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    }
 }
 
 /// Header fields a client must not set, dropped from every incoming message (Postfix's
@@ -61,6 +72,9 @@ pub fn prepare_for_storage(arrival: &Arrival<'_>, data: &[u8]) -> Vec<u8> {
         )
         .as_bytes(),
     );
+    if let Some(via) = arrival.via {
+        out.extend_from_slice(format!("\r\n\t({})", sanitize(via)).as_bytes());
+    }
     if let Some(rcpt) = arrival.single_recipient {
         out.extend_from_slice(format!("\r\n\tfor <{}>", sanitize(rcpt)).as_bytes());
     }
@@ -461,6 +475,7 @@ mod tests {
             id: "abc123",
             single_recipient: Some("bob@example.test"),
             fix_missing_headers: fix,
+            via: None,
         }
     }
 

@@ -382,6 +382,7 @@ impl SmtpPolicy {
             id: &id,
             single_recipient,
             fix_missing_headers: self.kind == ListenerKind::Submission,
+            via: None,
         };
         let stored = message::prepare_for_storage(&arrival, &data);
         drop(data);
