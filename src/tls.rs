@@ -41,8 +41,20 @@ pub fn ensure_certificate(config: &Config) -> anyhow::Result<CertPaths> {
         key: dir.join("key.pem"),
     };
     let hostname = &config.server.hostname;
+    let now = chrono::Utc::now().timestamp();
     if paths.key.exists() && names_host(&paths.cert, hostname) {
-        return Ok(paths);
+        match first_certificate(&paths.cert).and_then(|der| not_after(&der)) {
+            // Valid for more than RENEW_BEFORE, and not one of the century-long certificates
+            // earlier versions made.
+            Some(until) if until - now > RENEW_BEFORE && until - now <= VALIDITY + DAY => {
+                return Ok(paths);
+            }
+            until => tracing::info!(
+                cert = %paths.cert.display(),
+                not_after = ?until.and_then(|t| chrono::DateTime::from_timestamp(t, 0)).map(|t| t.to_rfc3339()),
+                "the generated certificate expires within 30 days (or is not one of a year); making a new one"
+            ),
+        }
     }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create TLS directory {}", dir.display()))?;
@@ -58,11 +70,25 @@ pub fn ensure_certificate(config: &Config) -> anyhow::Result<CertPaths> {
     Ok(paths)
 }
 
+/// A generated certificate is valid for a year (from yesterday, for clocks a little behind),
+/// and made again at a start within 30 days of its end.
+const DAY: i64 = 86_400;
+const VALIDITY: i64 = 365 * DAY;
+const RENEW_BEFORE: i64 = 30 * DAY;
+
 /// A self-signed certificate and its key (PEM) with `hostname` as the subject's common name
-/// and as a DNS subject alternative name.
+/// and as a DNS subject alternative name, valid for [`VALIDITY`] (rcgen's default is
+/// 1975 to 4096, which testssl.sh and careful clients flag).
 fn generate(hostname: &str) -> anyhow::Result<(String, String)> {
     let mut params = rcgen::CertificateParams::new(vec![hostname.to_owned()])
         .with_context(|| format!("`{hostname}` cannot be a certificate name"))?;
+    let day = |offset: i64| {
+        let date = chrono::Utc::now() + chrono::Duration::seconds(offset);
+        use chrono::Datelike;
+        rcgen::date_time_ymd(date.year(), date.month() as u8, date.day() as u8)
+    };
+    params.not_before = day(-DAY);
+    params.not_after = day(VALIDITY);
     let mut subject = rcgen::DistinguishedName::new();
     subject.push(rcgen::DnType::CommonName, hostname);
     params.distinguished_name = subject;
@@ -82,6 +108,57 @@ fn names_host(path: &Path, hostname: &str) -> bool {
     let needle = hostname.as_bytes();
     matches!(certs.next(), Some(Ok(der))
         if der.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle)))
+}
+
+/// The first certificate of a PEM file.
+fn first_certificate(path: &Path) -> Option<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path).ok()?.next()?.ok()
+}
+
+/// The end of a DER certificate's validity, in seconds since the epoch: the `notAfter` of
+/// `tbsCertificate.validity` (RFC 5280 §4.1), found by walking the DER structure.
+fn not_after(der: &[u8]) -> Option<i64> {
+    /// One DER element: its tag, its content, and what follows it.
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    let (_, certificate, _) = element(der)?;
+    let (_, tbs, _) = element(certificate)?;
+    let (tag, _, after_version) = element(tbs)?;
+    let tbs = if tag == 0xa0 { after_version } else { tbs };
+    let (_, _, rest) = element(tbs)?; // serialNumber
+    let (_, _, rest) = element(rest)?; // signature
+    let (_, _, rest) = element(rest)?; // issuer
+    let (_, validity, _) = element(rest)?;
+    let (_, _, rest) = element(validity)?; // notBefore
+    let (tag, time, _) = element(rest)?;
+    let text = std::str::from_utf8(time).ok()?;
+    let full = match tag {
+        // UTCTime: two-digit years, 50 to 99 in the 1900s (RFC 5280 §4.1.2.5.1).
+        0x17 => {
+            let year: u32 = text.get(..2)?.parse().ok()?;
+            format!("{}{text}", if year >= 50 { "19" } else { "20" })
+        }
+        0x18 => text.to_string(),
+        _ => return None,
+    };
+    chrono::NaiveDateTime::parse_from_str(full.trim_end_matches('Z'), "%Y%m%d%H%M%S")
+        .ok()
+        .map(|t| t.and_utc().timestamp())
 }
 
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
@@ -109,10 +186,12 @@ pub fn server_config(paths: &CertPaths) -> anyhow::Result<Arc<rustls::ServerConf
     }
     let key = PrivateKeyDer::from_pem_file(&paths.key)
         .with_context(|| format!("cannot read private key {}", paths.key.display()))?;
-    let config = rustls::ServerConfig::builder()
+    let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("certificate and private key do not match")?;
+    // The server's order (strongest first) decides, not the client's.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -215,5 +294,30 @@ mod tests {
         assert!(!text.contains("rcgen"), "library default subject left in");
         // Issuer and subject (self-signed, so the same name) and the SAN hold the host name.
         assert_eq!(text.matches("mx.example.test").count(), 3, "{text}");
+    }
+
+    #[test]
+    fn generated_certificates_are_valid_for_a_year() {
+        let (pem, _) = generate("mail.example.test").expect("generate");
+        let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .expect("one")
+            .expect("pem");
+        let until = not_after(&der).expect("notAfter");
+        let left = until - chrono::Utc::now().timestamp();
+        assert!(
+            (VALIDITY - 2 * DAY..=VALIDITY + DAY).contains(&left),
+            "{left}"
+        );
+        // rcgen's default, as earlier versions generated: GeneralizedTime in 4096.
+        let params = rcgen::CertificateParams::new(vec!["old.test".into()]).expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let old = params.self_signed(&key).expect("cert");
+        let until = not_after(old.der()).expect("notAfter");
+        assert_eq!(
+            chrono::DateTime::from_timestamp(until, 0).map(|t| t.to_rfc3339()),
+            Some("4096-01-01T00:00:00+00:00".into())
+        );
+        assert_eq!(not_after(b"\x30\x03\x02\x01"), None, "truncated input");
     }
 }
