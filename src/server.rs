@@ -17,7 +17,7 @@ use crate::actors::{
     ChildSpec, QueueHandle, QueueManager, RootSupervisor, StorageWriter, WriterHandle,
 };
 use crate::api::{ApiServer, ApiServerArgs, ApiState};
-use crate::auth::{Authenticator, hash_password, random_secret, verify_password};
+use crate::auth::{Authenticator, random_secret, verify_password_async};
 use crate::cluster::Cluster;
 use crate::config::{Config, Role};
 use crate::smtp::listener::{ListenerArgs, SmtpListener};
@@ -435,18 +435,16 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
     let meta = stores.meta.as_ref();
     match (&config.admin.email, &config.admin.password) {
         (Some(email), Some(password)) => {
-            if password.len() < 8 {
-                anyhow::bail!(
-                    "MAIRUST_ADMIN_PASSWORD (admin.password) must be at least 8 characters"
-                );
-            }
+            crate::accounts::validate_password(password)
+                .map_err(|e| anyhow::anyhow!("MAIRUST_ADMIN_PASSWORD (admin.password): {e}"))?;
             // Twice at most: a replica starting at the same time may create the account
             // between our lookup and our insert.
             for _ in 0..2 {
                 match meta.credentials(email).await? {
                     Some(creds) if creds.user.is_admin => {
-                        if !verify_password(password, &creds.password_hash) {
-                            meta.set_password(email, &hash_password(password)?).await?;
+                        if !verify_password_async(password, &creds.password_hash).await {
+                            meta.set_password(email, &crate::accounts::hash(password).await?)
+                                .await?;
                             tracing::info!(email = %email, "bootstrap admin password updated from configuration; its tokens are revoked");
                         }
                         return Ok(());
@@ -455,7 +453,7 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
                         "admin.email {email} belongs to an existing non-admin user; choose another address"
                     ),
                     None => match meta
-                        .add_user(email, &hash_password(password)?, true, None)
+                        .add_user(email, &crate::accounts::hash(password).await?, true, None)
                         .await
                     {
                         Ok(_) => {
@@ -479,7 +477,7 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
             // its password on disk; a replica that loses the race discards its file.
             let staged = stage_secret_file(&config.server.data_dir, &format!("{password}\n"))?;
             match meta
-                .create_first_admin(&email, &hash_password(&password)?)
+                .create_first_admin(&email, &crate::accounts::hash(&password).await?)
                 .await
             {
                 Ok(true) => {

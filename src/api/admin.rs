@@ -133,8 +133,8 @@ pub struct TokenRequest {
 /// A new bearer token; it is shown only once.
 #[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
-    /// Token id, for `DELETE /api/v1/tokens/{id}`.
-    pub id: i64,
+    /// Token id, for `DELETE /api/v1/tokens/{id}` (a string, like every id in the API).
+    pub id: String,
     /// Send as `Authorization: Bearer <token>`.
     pub token: String,
     /// Expiry, RFC 3339.
@@ -145,7 +145,7 @@ pub struct TokenResponse {
 #[derive(Serialize, ToSchema)]
 pub struct TokenSummary {
     /// Token id.
-    pub id: i64,
+    pub id: String,
     /// The label given at creation.
     pub name: String,
     /// Creation time, RFC 3339.
@@ -499,11 +499,14 @@ pub async fn set_password(
         caller.require_admin()?;
     }
     accounts::validate_password(&body.password)?;
+    // The document's limit holds whether or not the field is needed.
+    if let Some(current) = &body.current_password {
+        check_len("current_password", current, MAX_PASSWORD)?;
+    }
     if own && caller.1 != Credential::Password {
         let current = body.current_password.as_deref().ok_or_else(|| {
             ApiError::bad_request("give your current password in current_password")
         })?;
-        check_len("current_password", current, MAX_PASSWORD)?;
         if state
             .authenticate(ip, &caller.0.email, current)
             .await?
@@ -627,7 +630,7 @@ pub async fn create_token(
     Ok((
         StatusCode::CREATED,
         Json(TokenResponse {
-            id,
+            id: id.to_string(),
             token,
             expires_at: crate::message::rfc3339(expires_at),
         }),
@@ -649,7 +652,7 @@ pub async fn list_tokens(
         .await?
         .into_iter()
         .map(|t| TokenSummary {
-            id: t.id,
+            id: t.id.to_string(),
             name: t.name,
             created_at: crate::message::rfc3339(t.created_at),
             expires_at: crate::message::rfc3339(t.expires_at),
@@ -660,15 +663,20 @@ pub async fn list_tokens(
 
 /// Revokes one of the caller's tokens.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "auth",
-    params(("id" = i64, Path, description = "Token id")),
+    params(("id" = String, Path, description = "Token id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn delete_token(
     State(state): State<ApiState>,
     caller: Caller,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    if !state.stores.meta.delete_token(caller.0.id, id).await? {
+    // Any string is a fair question; one that is no token id names no token.
+    let revoked = match id.parse::<i64>() {
+        Ok(number) => state.stores.meta.delete_token(caller.0.id, number).await?,
+        Err(_) => false,
+    };
+    if !revoked {
         // Another user's token is 404 too, so ids reveal nothing.
         return Err(ApiError::not_found(format!("token {id} not found")));
     }

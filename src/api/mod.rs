@@ -97,6 +97,8 @@ impl ApiState {
         stats::stats,
         trace::trace,
     ),
+    // Referenced from query parameters, which utoipa does not collect by itself.
+    components(schemas(messages::RemoteImages)),
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;
@@ -226,7 +228,35 @@ pub fn openapi_document(config: &Config) -> serde_json::Value {
             json!({"type": "string", "pattern": "^[^\\r\\n\\u0000]*$", "maxLength": 900});
     }
     forbid_nul_in_requests(&mut doc);
+    mark_times(&mut doc);
     doc
+}
+
+/// Every time the API shows is RFC 3339 text (`created_at`, `expires_at`, ...): the
+/// document says so with `format: date-time` on each `*_at` string property.
+fn mark_times(doc: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for schema in schemas.values_mut() {
+        let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (name, property) in properties.iter_mut() {
+            let string = property.get("type").is_some_and(|t| {
+                t == "string"
+                    || t.as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == "string"))
+            });
+            if name.ends_with("_at") && string {
+                property["format"] = Value::from("date-time");
+            }
+        }
+    }
 }
 
 /// No string the server takes may hold a NUL (PostgreSQL cannot store one, so the server
@@ -498,5 +528,63 @@ impl Actor for ApiServer {
     ) -> Result<(), ActorProcessingErr> {
         let ApiServerMsg::Failed(error) = message;
         Err(format!("API server stopped: {error}").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` of `value`.
+    fn refs(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(target)) = map.get("$ref") {
+                    found.push(target.clone());
+                }
+                map.values().for_each(|v| refs(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_in_the_document_resolves() {
+        let doc = openapi_document(&Config::default());
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for target in found {
+            let pointer = target.trim_start_matches('#');
+            assert!(doc.pointer(pointer).is_some(), "dangling $ref {target}");
+        }
+    }
+
+    #[test]
+    fn ids_are_strings_and_times_rfc3339_text() {
+        let doc = openapi_document(&Config::default());
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        let mut problems = Vec::new();
+        for (schema, body) in schemas {
+            let Some(properties) = body["properties"].as_object() else {
+                continue;
+            };
+            for (name, property) in properties {
+                let is_string = property["type"] == "string"
+                    || property["type"]
+                        .as_array()
+                        .is_some_and(|t| t.iter().any(|x| x == "string"));
+                // A partition is named by its number (0 to queue.partitions - 1).
+                let id = (name == "id" || name.ends_with("_id")) && schema != "PartitionLease";
+                if id && !is_string {
+                    problems.push(format!("{schema}.{name} is an id but not a string"));
+                }
+                if name.ends_with("_at") && !(is_string && property["format"] == "date-time") {
+                    problems.push(format!("{schema}.{name} is a time but not RFC 3339 text"));
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
     }
 }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser, MimeHeaders};
 
-use crate::store::{MessageSummary, Millis};
+use crate::store::MessageSummary;
 
 /// How a message arrived, for its `Received:` header (RFC 5321 §4.4, RFC 3848).
 #[derive(Debug, Clone)]
@@ -435,22 +435,7 @@ pub fn html_body(data: &[u8]) -> Option<HtmlBody> {
     Some(HtmlBody { html, content_ids })
 }
 
-/// A [`Millis`] as RFC 3339 text, to the second.
-pub fn rfc3339(ms: Millis) -> String {
-    rfc3339_as(ms, chrono::SecondsFormat::Secs)
-}
-
-/// A [`Millis`] as RFC 3339 text with milliseconds (lease times, where a second is a
-/// quarter of a lease).
-pub fn rfc3339_millis(ms: Millis) -> String {
-    rfc3339_as(ms, chrono::SecondsFormat::Millis)
-}
-
-fn rfc3339_as(ms: Millis, format: chrono::SecondsFormat) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(format, true)
-}
+pub use crate::store::{rfc3339, rfc3339_millis};
 
 #[cfg(test)]
 mod tests {

@@ -89,8 +89,32 @@ pub enum StoreError {
 pub struct Domain {
     /// Domain name, lower case.
     pub name: String,
-    /// Creation time, ms since the epoch.
+    /// Creation time (RFC 3339 in the API, like every time it shows).
+    #[serde(serialize_with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
+}
+
+/// A time as the API shows every time: RFC 3339, UTC, to the second.
+fn as_rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&rfc3339(*ms))
+}
+
+/// A [`Millis`] as RFC 3339 text, to the second.
+pub fn rfc3339(ms: Millis) -> String {
+    rfc3339_as(ms, chrono::SecondsFormat::Secs)
+}
+
+/// A [`Millis`] as RFC 3339 text with milliseconds (lease times, where a second is a
+/// quarter of a lease).
+pub fn rfc3339_millis(ms: Millis) -> String {
+    rfc3339_as(ms, chrono::SecondsFormat::Millis)
+}
+
+fn rfc3339_as(ms: Millis, format: chrono::SecondsFormat) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(format, true)
 }
 
 /// An account.
@@ -107,7 +131,9 @@ pub struct User {
     pub quota_bytes: Option<i64>,
     /// Bytes currently stored for this user.
     pub used_bytes: i64,
-    /// Creation time, ms since the epoch.
+    /// Creation time (RFC 3339 in the API).
+    #[serde(serialize_with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
 }
 
