@@ -12,7 +12,7 @@ use super::connection_cache::ConnectionCache;
 use super::lease_deadline::LeaseDeadline;
 use crate::config::{Config, DeliveryTls};
 use crate::events::{self, DeliveryConnectionUsed};
-use crate::smtp::client::{ClientConfig, Credentials, TlsPolicy, Transaction};
+use crate::smtp::client::{ClientConfig, Credentials, RecipientResult, TlsPolicy, Transaction};
 use crate::smtp::dsn::{self, FailedRecipient};
 use crate::smtp::outbound;
 use crate::smtp::routing::{RouteError, Router};
@@ -150,7 +150,70 @@ fn client_config(config: &Config) -> ClientConfig {
 const DEADLINE_PASSED_BEFORE_CONNECT: &str =
     "lease deadline passed before the connection; the next owner retries";
 
-/// Attempts delivery of `entries` (all for `domain`) and reports each row's result. No
+/// Makes results durable as they arrive: returns the task committing them (the partition
+/// supplies it, with its lease).
+pub type RecordResults = Arc<dyn Fn(Vec<EntryResult>) -> tokio::task::JoinHandle<()> + Send + Sync>;
+
+/// The results of one connection's transactions as the server gives them: each message's
+/// definitive results (delivered, refused) are recorded at once through [`RecordResults`],
+/// while the next message is being sent, so that a crash repeats at most one delivery.
+/// Temporary results wait for the end of the batch, when another host may still be tried.
+struct EarlyRecorder<'a> {
+    groups: &'a [(Transaction, Vec<QueueEntry>)],
+    host: &'a str,
+    record: &'a RecordResults,
+    /// Queue rows whose results were handed to `record`.
+    recorded: std::collections::HashSet<i64>,
+}
+
+impl outbound::Recorder for EarlyRecorder<'_> {
+    fn record(
+        &mut self,
+        index: usize,
+        results: &[RecipientResult],
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (_, list) = self.groups.get(index)?;
+        let definitive: Vec<EntryResult> = entry_results(list, results, self.host)
+            .into_iter()
+            .filter(|r| r.outcome != Outcome::Temporary)
+            .collect();
+        if definitive.is_empty() {
+            return None;
+        }
+        self.recorded.extend(definitive.iter().map(|r| r.entry.id));
+        Some((self.record)(definitive))
+    }
+}
+
+/// The results of `list` (one message's rows) from its transaction's recipient results.
+fn entry_results(list: &[QueueEntry], results: &[RecipientResult], host: &str) -> Vec<EntryResult> {
+    list.iter()
+        .map(|entry| {
+            match results
+                .iter()
+                .find(|r| r.recipient.eq_ignore_ascii_case(&entry.recipient))
+            {
+                Some(r) => EntryResult {
+                    entry: entry.clone(),
+                    outcome: r.outcome,
+                    detail: r.reply.summary(),
+                    status: r.reply.status.map(|(a, b, c)| format!("{a}.{b}.{c}")),
+                    remote_mta: Some(host.to_string()),
+                },
+                None => EntryResult {
+                    entry: entry.clone(),
+                    outcome: Outcome::Temporary,
+                    detail: "no result reported for this recipient".into(),
+                    status: Some("4.3.0".into()),
+                    remote_mta: Some(host.to_string()),
+                },
+            }
+        })
+        .collect()
+}
+
+/// Attempts delivery of `entries` (all for `domain`) and reports each row's result: the
+/// definitive ones through `record` as they arrive, the rest as the return value. No
 /// connection is opened and no end of data sent once the partition's lease `deadline` has
 /// passed: those rows are temporary failures, left to the lease's next owner.
 pub async fn deliver(
@@ -158,6 +221,7 @@ pub async fn deliver(
     domain: &str,
     entries: Vec<QueueEntry>,
     deadline: &LeaseDeadline,
+    record: &RecordResults,
 ) -> Vec<EntryResult> {
     let destinations = match ctx.router.route(domain).await {
         Ok(d) => d,
@@ -274,7 +338,13 @@ pub async fn deliver(
             };
             events::emit(DeliveryConnectionUsed { reused });
             let transactions: Vec<Transaction> = groups.iter().map(|(t, _)| t.clone()).collect();
-            match conn.send(transactions, deadline).await {
+            let mut recorder = EarlyRecorder {
+                groups: &groups,
+                host: &dest.host,
+                record,
+                recorded: Default::default(),
+            };
+            match conn.send(transactions, deadline, &mut recorder).await {
                 Err(error) => {
                     let addr = conn.addr();
                     tracing::info!(host = %dest.host, %addr, reused, %error, "cannot deliver via this connection; trying the next");
@@ -283,28 +353,13 @@ pub async fn deliver(
                 }
                 Ok(per_transaction) => {
                     ctx.connections.put(conn);
+                    let recorded = recorder.recorded;
                     for ((_, list), rcpt_results) in groups.iter().zip(per_transaction) {
-                        for entry in list {
-                            let r = rcpt_results
-                                .iter()
-                                .find(|r| r.recipient.eq_ignore_ascii_case(&entry.recipient));
-                            results.push(match r {
-                                Some(r) => EntryResult {
-                                    entry: entry.clone(),
-                                    outcome: r.outcome,
-                                    detail: r.reply.summary(),
-                                    status: r.reply.status.map(|(a, b, c)| format!("{a}.{b}.{c}")),
-                                    remote_mta: Some(dest.host.clone()),
-                                },
-                                None => EntryResult {
-                                    entry: entry.clone(),
-                                    outcome: Outcome::Temporary,
-                                    detail: "no result reported for this recipient".into(),
-                                    status: Some("4.3.0".into()),
-                                    remote_mta: Some(dest.host.clone()),
-                                },
-                            });
-                        }
+                        results.extend(
+                            entry_results(list, &rcpt_results, &dest.host)
+                                .into_iter()
+                                .filter(|r| !recorded.contains(&r.entry.id)),
+                        );
                     }
                     return results;
                 }

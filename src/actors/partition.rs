@@ -4,7 +4,9 @@
 //! Rows being delivered are tracked in memory only (`in_flight`): if the process dies, they
 //! are still pending in the database and the next owner delivers them. That is the one window
 //! for a duplicate: a remote server answered `250` and the process died before the result was
-//! committed.
+//! committed. A worker records each message's definitive results as soon as the server
+//! answers, while it sends the next message, and sends no further end of data before that
+//! commit ends: the window is one message wide, not a connection's batch.
 //!
 //! Delivery workers are tasks of the partition's own `JoinSet`: a worker's results are its
 //! task's output, and its message to the actor is only a signal to collect them. So results
@@ -389,6 +391,32 @@ async fn record(
     Ok(())
 }
 
+/// What a worker records its definitive results through as they arrive (see
+/// [`delivery::RecordResults`]): [`record`] under this partition's lease; a lost lease stops
+/// the partition, as it does when the partition records.
+fn recorder(
+    ctx: &Arc<DeliveryContext>,
+    lease: &Lease,
+    partition: &ActorRef<PartitionMsg>,
+) -> delivery::RecordResults {
+    let (ctx, lease, partition) = (ctx.clone(), lease.clone(), partition.clone());
+    Arc::new(move |results: Vec<EntryResult>| {
+        let (ctx, lease, partition) = (ctx.clone(), lease.clone(), partition.clone());
+        tokio::spawn(async move {
+            match record(&ctx, &lease, &results).await {
+                Ok(()) => {}
+                Err(CommitError::LeaseLost(_)) => {
+                    partition.stop(Some(PartitionExit::LeaseLost.reason()));
+                }
+                Err(error) => {
+                    // The rows stay pending and are retried: a duplicate is possible, a loss not.
+                    tracing::error!(partition = lease.partition, %error, "cannot record delivery results");
+                }
+            }
+        })
+    })
+}
+
 impl PartitionQueue {
     /// Rows this partition can send now: for each domain with a free connection slot (the
     /// longest-waiting first), its due rows that are not already being delivered. Domains at
@@ -473,12 +501,14 @@ impl PartitionQueue {
                 let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
                 state.in_flight.extend(ids.iter().copied());
                 *state.workers.entry(domain.clone()).or_default() += 1;
+                let record = recorder(&ctx, &state.lease, myself);
                 let ctx = ctx.clone();
                 let me = myself.clone();
                 let deadline = state.deadline.clone();
                 let worker_domain = domain.clone();
                 let handle = state.tasks.spawn(async move {
-                    let results = delivery::deliver(&ctx, &worker_domain, batch, &deadline).await;
+                    let results =
+                        delivery::deliver(&ctx, &worker_domain, batch, &deadline, &record).await;
                     // Only a signal: the output stays in the partition's JoinSet, where even
                     // a stopping actor still collects it.
                     let _ = me.send_message(PartitionMsg::WorkerDone(tokio::task::try_id()));

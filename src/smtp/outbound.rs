@@ -80,7 +80,9 @@ impl Connection {
             fenced: false,
         };
         // Nothing is pushed yet, so no end of data can come up: any deadline will do.
-        let failure = conn.run(&mut [], 0, &LeaseDeadline::default()).await;
+        let failure = conn
+            .run(&mut [], 0, &LeaseDeadline::default(), &mut ())
+            .await;
         if conn.session.is_idle() {
             return Ok(conn);
         }
@@ -94,6 +96,11 @@ impl Connection {
     /// the session failed before any recipient got a definitive answer: then the caller may
     /// try another connection or host.
     ///
+    /// Each transaction's results also go to `recorder` as soon as the server answers its end
+    /// of data; what the recorder starts (the commit of those results) runs while the next
+    /// message is sent, and ends before that message's end of data. So a crash can repeat at
+    /// most the one message whose result was being recorded.
+    ///
     /// Before each end of data the partition's lease `deadline` is checked: past it the
     /// connection is dropped without the terminator (the server discards the message) and that
     /// transaction and the later ones are temporary failures ([`DEADLINE_PASSED`]), reported as
@@ -102,6 +109,7 @@ impl Connection {
         &mut self,
         transactions: Vec<Transaction>,
         deadline: &LeaseDeadline,
+        recorder: &mut dyn Recorder,
     ) -> Result<Vec<Vec<RecipientResult>>, String> {
         let base = self.session.pushed();
         let mut results: Vec<Vec<RecipientResult>> = vec![Vec::new(); transactions.len()];
@@ -109,7 +117,7 @@ impl Connection {
         for tx in transactions {
             self.session.push(tx);
         }
-        let failure = self.run(&mut results, base, deadline).await;
+        let failure = self.run(&mut results, base, deadline, recorder).await;
         if self.fenced {
             return Ok(results);
         }
@@ -159,20 +167,39 @@ impl Connection {
         if !self.session.is_done() {
             self.session.finish();
             let bound = self.params.command_timeout.min(QUIT_TIMEOUT);
-            let _ =
-                tokio::time::timeout(bound, self.run(&mut [], 0, &LeaseDeadline::default())).await;
+            let (deadline, mut nothing) = (LeaseDeadline::default(), ());
+            let quit = self.run(&mut [], 0, &deadline, &mut nothing);
+            let _ = tokio::time::timeout(bound, quit).await;
         }
         let _ = tokio::time::timeout(QUIT_TIMEOUT, self.stream.shutdown()).await;
     }
 
     /// Runs the session until it is idle or done: writes what it queues, reads the replies,
-    /// answers its events. Results of transaction `base + i` land in `results[i]`. Returns
-    /// why the session failed, if it did.
+    /// answers its events. Results of transaction `base + i` land in `results[i]` and go to
+    /// `recorder` at once. Returns why the session failed, if it did, once what the recorder
+    /// started has ended.
     async fn run(
         &mut self,
         results: &mut [Vec<RecipientResult>],
         base: usize,
         deadline: &LeaseDeadline,
+        recorder: &mut dyn Recorder,
+    ) -> Option<String> {
+        let mut recording = Vec::new();
+        let failure = self
+            .drive(results, base, deadline, recorder, &mut recording)
+            .await;
+        settle(&mut recording).await;
+        failure
+    }
+
+    async fn drive(
+        &mut self,
+        results: &mut [Vec<RecipientResult>],
+        base: usize,
+        deadline: &LeaseDeadline,
+        recorder: &mut dyn Recorder,
+        recording: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Option<String> {
         let (host, addr) = (self.host.as_str(), self.addr);
         let session = &mut self.session;
@@ -195,7 +222,11 @@ impl Connection {
                     ClientEvent::ReadyToCommit { index } => {
                         // The data first: it may take long to send, and the check must come
                         // after it, right before the only bytes that make the server keep it.
-                        if !flush(session, stream).await {
+                        let flushed = flush(session, stream).await;
+                        // The previous message's result is recorded before this one can be
+                        // delivered: a crash repeats at most one message.
+                        settle(recording).await;
+                        if !flushed {
                             session.handle_disconnect();
                         } else if deadline.is_valid() {
                             session.commit();
@@ -206,8 +237,10 @@ impl Connection {
                         }
                     }
                     ClientEvent::TransactionDone { index, results: r } => {
-                        if let Some(slot) = index.checked_sub(base).and_then(|i| results.get_mut(i))
+                        if let Some(i) = index.checked_sub(base)
+                            && let Some(slot) = results.get_mut(i)
                         {
+                            recording.extend(recorder.record(i, &r));
                             *slot = r;
                         }
                     }
@@ -240,6 +273,32 @@ impl Connection {
                 Ok(Ok(n)) => session.handle_input(&buf[..n]),
             }
         }
+    }
+}
+
+/// Takes each transaction's recipient results as soon as its end-of-data reply arrives (see
+/// [`Connection::send`]).
+pub trait Recorder: Send {
+    /// Results of the `index`-th transaction given to `send`. A returned task (making them
+    /// durable) is awaited before the next end of data, and before `send` returns.
+    fn record(
+        &mut self,
+        index: usize,
+        results: &[RecipientResult],
+    ) -> Option<tokio::task::JoinHandle<()>>;
+}
+
+/// Records nothing.
+impl Recorder for () {
+    fn record(&mut self, _: usize, _: &[RecipientResult]) -> Option<tokio::task::JoinHandle<()>> {
+        None
+    }
+}
+
+/// Waits for every recording started so far.
+async fn settle(recording: &mut Vec<tokio::task::JoinHandle<()>>) {
+    for task in recording.drain(..) {
+        let _ = task.await;
     }
 }
 
@@ -369,7 +428,7 @@ mod tests {
             .await
             .expect("greeted");
         let results = conn
-            .send(vec![tx("x@r.test"), tx("y@r.test")], deadline)
+            .send(vec![tx("x@r.test"), tx("y@r.test")], deadline, &mut ())
             .await
             .expect("answered");
         conn.close().await;
@@ -388,9 +447,15 @@ mod tests {
             .expect("greeted");
         let age = Duration::from_secs(60);
         assert!(conn.reusable(2, age));
-        let first = conn.send(vec![tx("x@r.test")], &deadline).await.expect("x");
+        let first = conn
+            .send(vec![tx("x@r.test")], &deadline, &mut ())
+            .await
+            .expect("x");
         assert!(conn.reusable(2, age), "one of two messages sent");
-        let second = conn.send(vec![tx("y@r.test")], &deadline).await.expect("y");
+        let second = conn
+            .send(vec![tx("y@r.test")], &deadline, &mut ())
+            .await
+            .expect("y");
         assert!(
             !conn.reusable(2, age),
             "the connection's two messages are sent"
@@ -410,6 +475,93 @@ mod tests {
         let (stored, cut) = server.await.expect("receiver");
         assert_eq!(stored.len(), 2);
         assert!(!cut);
+    }
+
+    /// Records each transaction slowly, noting when each recording ended.
+    struct SlowRecorder(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Recorder for SlowRecorder {
+        fn record(
+            &mut self,
+            index: usize,
+            results: &[RecipientResult],
+        ) -> Option<tokio::task::JoinHandle<()>> {
+            let log = self.0.clone();
+            let rcpt = results[0].recipient.clone();
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                log.lock()
+                    .expect("log")
+                    .push(format!("recorded {index} {rcpt}"));
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn each_result_is_recorded_before_the_next_message_is_delivered() {
+        let (listener, addr) = listener().await;
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server_log = log.clone();
+        // A receiver that notes each end of data it takes.
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let (read, mut write) = socket.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"220 mx ESMTP\r\n").await.expect("greet");
+            let (mut in_data, mut n) = (false, 0);
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply: &[u8] = if in_data {
+                    if line != "." {
+                        continue;
+                    }
+                    in_data = false;
+                    server_log
+                        .lock()
+                        .expect("log")
+                        .push(format!("delivered {n}"));
+                    n += 1;
+                    b"250 2.0.0 queued\r\n"
+                } else {
+                    match line.get(..4).unwrap_or_default() {
+                        "EHLO" => b"250-mx\r\n250 PIPELINING\r\n",
+                        "DATA" => {
+                            in_data = true;
+                            b"354 go\r\n"
+                        }
+                        "QUIT" => break,
+                        _ => b"250 ok\r\n",
+                    }
+                };
+                write.write_all(reply).await.expect("w");
+            }
+        });
+        let deadline = LeaseDeadline::default();
+        deadline.renewed(tokio::time::Instant::now(), Duration::from_secs(60));
+        let mut conn = Connection::open(&params(), addr, "mx.test", config())
+            .await
+            .expect("greeted");
+        let mut recorder = SlowRecorder(log.clone());
+        let txs = vec![tx("a@r.test"), tx("b@r.test"), tx("c@r.test")];
+        let results = conn
+            .send(txs, &deadline, &mut recorder)
+            .await
+            .expect("sent");
+        assert_eq!(results.len(), 3);
+        conn.close().await;
+        server.await.expect("server");
+        let log = log.lock().expect("log").clone();
+        assert_eq!(
+            log,
+            [
+                "delivered 0",
+                "recorded 0 a@r.test",
+                "delivered 1",
+                "recorded 1 b@r.test",
+                "delivered 2",
+                "recorded 2 c@r.test",
+            ],
+            "a crash repeats at most the one message being recorded"
+        );
     }
 
     #[tokio::test]
