@@ -432,23 +432,26 @@ def test_expiry_bounces_with_4_4_7(server, receiver):
 
 
 def test_null_sender_failures_never_bounce(server, receiver):
+    """A message from a remote sender fails: its DSN goes back to that sender with the null
+    sender. That DSN fails too, and must bounce nowhere (RFC 3464 §2.1; no loops)."""
     rcv = receiver()
-    srv = relay_server(server, rcv)
-    # Admins may send as any hosted address; a bounce-like message from <> cannot be sent over
-    # the API, so take the route a DSN takes: a failed DSN must not create another DSN.
-    submit(srv, [f"reject@{REMOTE}"], "first failure")
-    wait_queue(srv, lambda i: any(x["status"] == "failed" for x in i))
-    bob = srv.api(f"bob@{DOMAIN}", USER_PASSWORD)
-    assert len(bob.wait_messages(1)) == 1
-    # Now a message whose sender is remote and whose delivery fails: its DSN is queued to the
-    # remote sender with the null sender, and that DSN's own failure bounces nowhere.
-    admin = srv.api()
-    r = admin.post("/api/v1/send", json={
-        "from": f"bob@{DOMAIN}", "to": [f"reject2@{REMOTE}"], "subject": "x", "text": "y"})
-    assert r.status_code == 202, r.text
-    time.sleep(2)
-    null_sender = [x for x in queue_items(srv) if x["sender"] == ""]
-    assert null_sender == [], "local senders get DSNs locally, never through the queue"
+    srv = server(delivery_overrides(relay_host=f"127.0.0.1:{rcv.port}") |
+                 {"smtp": {"trusted_networks": ["127.0.0.1"]}})
+    setup_domain_and_user(srv, users=("bob",))
+    # An application on a trusted network relays for a remote sender the receiver refuses.
+    code, msg = srv.send([f"reject-target@{REMOTE}"], simple_message("doomed"),
+                         mail_from=f"reject-origin@{REMOTE}")
+    assert code == 250, msg
+    # The original fails, its DSN (null sender) is queued to reject-origin and fails as well.
+    items = wait_queue(srv, lambda i: len(i) >= 2 and all(x["status"] == "failed" for x in i))
+    dsn = [x for x in items if x["sender"] == ""]
+    assert [x["recipient"] for x in dsn] == [f"reject-origin@{REMOTE}"], items
+    # A bounce is committed with the failure that causes it: had the DSN's failure bounced,
+    # its row would be here by now.
+    items = queue_items(srv)
+    assert len(items) == 2, items
+    assert srv.metric_value("mairust_bounces_total") == 1
+    assert srv.metric_value("mairust_delivery_attempts_total", {"result": "failed"}) == 2
 
 
 def test_queue_api_retry_and_cancel(server, receiver):

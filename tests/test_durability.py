@@ -4,6 +4,7 @@ hard restarts, graceful shutdown of open sessions, and actor supervision with in
 acknowledged, a panicking SMTP session takes down only its own connection."""
 
 import contextlib
+import signal
 import smtplib
 import threading
 import time
@@ -205,7 +206,10 @@ def test_a_crash_between_a_batchs_body_writes_and_its_commit_loses_and_doubles_n
     r = srv.api().post("/api/v1/debug/faults", json={"target": "abort_before_commit"})
     assert r.status_code == 202, r.text
     code = srv.proc.wait(timeout=60)
-    assert code != 0, "the process was to abort before a commit"
+    # The fault hit where it was meant to: inside a commit of a batch, by abort().
+    assert code == -signal.SIGABRT, f"the process was to abort before a commit, not exit {code}"
+    assert any(line["message"] == "fault injection: aborting before the commit" and line["fields"]["ops"] >= 2
+               for line in srv.log_lines()), "no batch reached the armed commit"
     for t in threads:
         t.join(timeout=SMTP_TIMEOUT + 5)
     assert not any(t.is_alive() for t in threads), "client threads hung after the crash"
@@ -296,26 +300,34 @@ def test_storage_writer_fault_is_supervised(server):
 
 
 def test_storage_writer_fault_under_concurrent_load(server):
-    """Messages in flight when the writer dies get 4xx (never 250 without storage)."""
+    """Messages in flight when the writer dies get 4xx (never 250 without storage), and their
+    retries are stored once. The fault is armed before the load starts, so the load's first
+    group commit meets it: the test cannot pass with the fault missing the load."""
     srv = server({"server": {"fault_injection": True}})
     setup_domain_and_user(srv)
-    acked, lock = [], threading.Lock()
+    acked, codes, lock = [], [], threading.Lock()
+    start = threading.Barrier(5)
 
     def worker(n):
+        start.wait(timeout=30)
         for i in range(6):
             subj = f"w{n}-{i}"
-            send_with_retry(srv, subj)
+            seen = send_with_retry(srv, subj)
             with lock:
                 acked.append(subj)
+                codes.extend(seen)
 
     threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.1)
     assert srv.api().post("/api/v1/debug/faults", json={"target": "storage_writer"}).status_code == 202
+    start.wait(timeout=30)
     for t in threads:
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads)
+    assert any(400 <= c < 500 for c in codes), f"the fault hit no message in flight: {codes}"
+    restarts = srv.metric_value("mairust_actor_restarts_total", {"actor": "storage_writer"})
+    assert restarts is not None and restarts >= 1, "the writer did not fail and restart"
     stored = subjects(srv)
     assert sorted(stored) == sorted(acked), (sorted(stored), sorted(acked))
 
