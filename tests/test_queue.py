@@ -143,7 +143,13 @@ def test_a_locked_postgresql_answers_451_instead_of_hanging(server):
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(1.0)
+        # Until psql holds the lock (not a fixed second): the send must meet it.
+        held = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation " \
+               "WHERE c.relname = 'messages' AND l.mode = 'AccessExclusiveLock' AND l.granted"
+        deadline = time.monotonic() + 10
+        while subprocess.run(["psql", url, "-tAc", held], capture_output=True, text=True).stdout.strip() != "1":
+            assert time.monotonic() < deadline, "psql never took the lock"
+            time.sleep(0.05)
         code, took = send_and_time(srv)
         assert code == 451
         assert took < 8, f"451 came after {took:.1f}s"
