@@ -3,8 +3,8 @@
 // endpoints, so a plain user who opens one gets the server's 403, not just a hidden link.
 
 import {
-  $, api, cell, el, explain, fail, focusHeading, formatDate, formatSize, HttpError, Pages, say, show,
-  state,
+  $, address, api, cell, el, explain, fail, focusHeading, formatAge, formatDate, formatSize, HttpError,
+  Pages, say, show, state,
 } from "./core.js";
 
 const PANELS = ["dashboard-panel", "domains-panel", "domain-panel", "users-panel", "user-panel",
@@ -410,11 +410,12 @@ async function queuePage(params) {
         actions.append(b);
       }
     }
-    const trace = el("a", { href: `#admin/trace/${encodeURIComponent(q.id)}`, text: q.recipient });
+    const trace = el("a", { href: `#admin/trace/${encodeURIComponent(q.id)}` }, address(q.recipient));
     const when = q.next_attempt_at ? `next ${formatDate(q.next_attempt_at)}` : "";
+    const age = el("time", { datetime: q.created_at, title: formatDate(q.created_at), text: formatAge(q.created_at) });
     rows.append(el("tr", { "data-queue-id": q.id },
-      cell(trace, "wrap", "Recipient"), cell(q.sender || "<> (bounce)", "wrap", "Sender"),
-      cell(q.status, `status status-${q.status}`, "Status"),
+      cell(trace, "", "Recipient"), cell(q.sender ? address(q.sender) : "<> (bounce)", "", "Sender"),
+      cell(age, "age", "Age"), cell(q.status, `status status-${q.status}`, "Status"),
       cell(`${q.attempts}${when ? `, ${when}` : ""}`, "", "Attempts"),
       cell(q.last_error || "", "wrap", "Last error"), cell(actions, "", "")));
   }

@@ -85,6 +85,40 @@ export function formatSize(bytes) {
   return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
 }
 
+/** How long ago `value` (a time the API gave) was: "12 s", "5 min", "3 h", "2 d". */
+export function formatAge(value, now = Date.now()) {
+  const seconds = Math.max(0, Math.round((now - new Date(value).getTime()) / 1000));
+  if (Number.isNaN(seconds)) return "";
+  if (seconds < 60) return `${seconds} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h`;
+  return `${Math.floor(seconds / 86400)} d`;
+}
+
+/** An address that may wrap after its `@` and its dots, never inside a word. */
+export function address(text) {
+  const span = el("span", { class: "address" });
+  for (const part of String(text).split(/(?<=[@.])/)) {
+    if (span.childNodes.length) span.append(document.createElement("wbr"));
+    span.append(part);
+  }
+  return span;
+}
+
+/** A paperclip drawn in the page (an emoji shows as a box without an emoji font). */
+export function paperclip() {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  for (const [k, v] of [["viewBox", "0 0 16 16"], ["width", "16"], ["height", "16"], ["aria-hidden", "true"],
+    ["class", "icon"], ["focusable", "false"]]) svg.setAttribute(k, v);
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", "M10.5 4.5v6a2.5 2.5 0 0 1-5 0v-7a1.5 1.5 0 0 1 3 0v6.5a.5.5 0 0 1-1 0V4.5");
+  for (const [k, v] of [["fill", "none"], ["stroke", "currentColor"], ["stroke-width", "1.3"],
+    ["stroke-linecap", "round"]]) path.setAttribute(k, v);
+  svg.append(path);
+  return svg;
+}
+
 export function formatDate(value) {
   if (value === null || value === undefined || value === "") return "";
   const d = new Date(value);

@@ -1,8 +1,8 @@
 // Webmail: the Inbox and Sent folders, reading a message, writing one, and the password page.
 
 import {
-  API, $, api, cell, el, explain, fail, focusHeading, formatDate, formatSize, HttpError, Pages, say,
-  show, state,
+  API, $, api, cell, el, explain, fail, focusHeading, formatDate, formatSize, HttpError, Pages,
+  paperclip, say, show, state,
 } from "./core.js";
 
 const PAGE_SIZE = 50;
@@ -47,13 +47,20 @@ export async function loadFolder(folder) {
   for (const item of page.items) {
     const who = folder === "Sent" ? item.to.join(", ") : item.from;
     const subject = item.subject || "(no subject)";
+    // Unread shows as a mark and words too, not only as bold type.
+    const from = cell(who || (folder === "Sent" ? "(no recipient)" : "(no sender)"), "from");
+    if (!item.seen) {
+      from.prepend(el("span", { class: "unread-mark", "aria-hidden": "true", text: "●" }),
+        el("span", { class: "sr-only", text: "Unread: " }));
+    }
+    const attach = cell("", "attach");
+    if (item.has_attachments) {
+      attach.append(paperclip(), el("span", { class: "sr-only", text: "Has attachments" }));
+      attach.title = "Has attachments";
+    }
     const tr = el("tr", { tabindex: "0", "data-id": item.id, class: item.seen ? "read" : "unread" },
-      cell(who || (folder === "Sent" ? "(no recipient)" : "(no sender)"), "from"),
-      cell(subject, "subject"),
-      cell(formatDate(item.date), "date"),
-      cell(formatSize(item.size), "size"),
-      cell(item.has_attachments ? "📎" : "", "attach"));
-    if (item.has_attachments) tr.lastChild.title = "Has attachments";
+      from, cell(subject, "subject"), cell(formatDate(item.date), "date"),
+      cell(formatSize(item.size), "size"), attach);
     if (!item.seen) tr.setAttribute("aria-label", `Unread: ${subject}`);
     rows.append(tr);
   }
