@@ -89,6 +89,12 @@ fn reply(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Reply {
     Reply::new(code, status, text)
 }
 
+/// Refuses with `r`, counting the refusal under `reason`.
+fn rejected(reason: &'static str, r: Reply) -> Answer {
+    events::emit(SmtpMessageRejected { reason });
+    Answer::Reject(r)
+}
+
 impl SessionPolicy for SmtpPolicy {
     async fn authenticate(
         &mut self,
@@ -181,15 +187,15 @@ impl SmtpPolicy {
         match self.ctx.stores.meta.credentials(user).await {
             Ok(Some(_)) => None,
             Ok(None) => {
-                events::emit(SmtpMessageRejected {
-                    reason: "account_deleted",
-                });
                 tracing::warn!(target: LOG_TARGET, peer = %self.peer, user, "signed-in account no longer exists; sender refused");
-                Some(Answer::Reject(reply(
-                    530,
-                    (5, 7, 0),
-                    format!("Authentication required: the account {user} no longer exists"),
-                )))
+                Some(rejected(
+                    "account_deleted",
+                    reply(
+                        530,
+                        (5, 7, 0),
+                        format!("Authentication required: the account {user} no longer exists"),
+                    ),
+                ))
             }
             Err(error) => {
                 tracing::error!(target: LOG_TARGET, %error, "account lookup failed");
@@ -208,24 +214,20 @@ impl SmtpPolicy {
         if self.kind == ListenerKind::Submission && (authenticated.is_some() || !self.trusted) {
             let owner = authenticated.unwrap_or_default();
             if !address.eq_ignore_ascii_case(owner) {
-                events::emit(SmtpMessageRejected {
-                    reason: "sender_not_owned",
-                });
-                return Answer::Reject(reply(
-                    553,
-                    (5, 7, 1),
-                    format!("<{address}>: Sender address rejected: not owned by user {owner}"),
-                ));
+                return rejected(
+                    "sender_not_owned",
+                    reply(
+                        553,
+                        (5, 7, 1),
+                        format!("<{address}>: Sender address rejected: not owned by user {owner}"),
+                    ),
+                );
             }
         }
         Answer::Accept
     }
 
     async fn check_recipient(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
-        let rejected = |reason: &'static str, r: Reply| {
-            events::emit(SmtpMessageRejected { reason });
-            Answer::Reject(r)
-        };
         let lookup = self.ctx.stores.meta.lookup_recipient(address).await;
         let postmaster = match &lookup {
             // RFC 5321 §4.5.1: bare <postmaster> and postmaster@ every hosted domain MUST be
@@ -339,14 +341,10 @@ impl SmtpPolicy {
         // agrees on, or the From check below could pass on a field a recipient never sees.
         let vouched = self.kind == ListenerKind::Submission || self.trusted;
         if vouched && let Err(problem) = message::check_header_section(&data) {
-            events::emit(SmtpMessageRejected {
-                reason: "malformed_header",
-            });
-            return Answer::Reject(reply(
-                550,
-                (5, 6, 0),
-                format!("Message rejected: {problem}"),
-            ));
+            return rejected(
+                "malformed_header",
+                reply(550, (5, 6, 0), format!("Message rejected: {problem}")),
+            );
         }
         if self.kind == ListenerKind::Submission
             && let Some(owner) = envelope.authenticated.as_deref()
@@ -422,10 +420,7 @@ impl SmtpPolicy {
                     AcceptError::Blob(_) => "blob_write_failed",
                     AcceptError::Commit(_) => "commit_failed",
                     AcceptError::Unsendable(e) => {
-                        events::emit(SmtpMessageRejected {
-                            reason: "unsendable",
-                        });
-                        return Answer::Reject(reply(550, (5, 6, 0), e.to_string()));
+                        return rejected("unsendable", reply(550, (5, 6, 0), e.to_string()));
                     }
                 };
                 return self.temporary_failure(reason);
@@ -445,11 +440,13 @@ impl SmtpPolicy {
     }
 
     fn temporary_failure(&self, reason: &'static str) -> Answer {
-        events::emit(SmtpMessageRejected { reason });
-        Answer::Reject(reply(
-            451,
-            (4, 3, 0),
-            "Temporary storage failure, message not accepted; try again later",
-        ))
+        rejected(
+            reason,
+            reply(
+                451,
+                (4, 3, 0),
+                "Temporary storage failure, message not accepted; try again later",
+            ),
+        )
     }
 }
