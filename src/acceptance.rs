@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::actors::{QueueHandle, WriterHandle};
+use crate::actors::WriterHandle;
 use crate::config::Config;
+use crate::delivery::QueueHandle;
 use crate::events::{self, BlobWritten};
 use crate::store::{AcceptedMessage, BlobError, RemoteRecipient, Stores, now_millis, partition_of};
 

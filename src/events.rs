@@ -309,8 +309,8 @@ pub fn describe_metrics() {
 const SMTP_CONNECTION: &str = "mairust::smtp::connection";
 const SMTP_LISTENER: &str = "mairust::smtp::listener";
 const SUPERVISOR: &str = "mairust::actors::supervisor";
-const QUEUE_MANAGER: &str = "mairust::actors::queue_manager";
-const PARTITION: &str = "mairust::actors::partition";
+const QUEUE_MANAGER: &str = "mairust::delivery::queue_manager";
+const PARTITION: &str = "mairust::delivery::partition";
 
 // --- SMTP -------------------------------------------------------------------------------
 

@@ -9,19 +9,18 @@ use anyhow::Context;
 use ractor::Actor;
 
 use crate::acceptance::Acceptor;
-use crate::actors::connection_cache::ConnectionCache;
-use crate::actors::delivery::{DeliveryContext, DestinationLimiter};
-use crate::actors::queue_manager::QueueManagerArgs;
 use crate::actors::storage_writer::WriterArgs;
-use crate::actors::{
-    ChildSpec, QueueHandle, QueueManager, RootSupervisor, StorageWriter, WriterHandle,
-};
+use crate::actors::{ChildSpec, RootSupervisor, StorageWriter, WriterHandle};
 use crate::api::{ApiServer, ApiServerArgs, ApiState};
 use crate::auth::{Authenticator, random_secret, verify_password_async};
 use crate::cluster::Cluster;
 use crate::config::{Config, Role};
+use crate::delivery::connection_cache::ConnectionCache;
+use crate::delivery::queue_manager::QueueManagerArgs;
+use crate::delivery::routing::Router;
+use crate::delivery::worker::{DeliveryContext, DestinationLimiter};
+use crate::delivery::{QueueHandle, QueueManager};
 use crate::smtp::listener::{ListenerArgs, SmtpListener};
-use crate::smtp::routing::Router;
 use crate::smtp::{ConnectionLimits, Faults, ListenerKind, SmtpContext};
 use crate::store::Stores;
 use crate::store::crypto::Cipher;
@@ -383,8 +382,8 @@ fn purge_spec(config: &Config, stores: &Stores) -> ChildSpec {
         async move {
             let (actor, _) = Actor::spawn_linked(
                 None,
-                crate::actors::purger::Purger,
-                crate::actors::purger::PurgerArgs { stores, retention },
+                crate::delivery::purger::Purger,
+                crate::delivery::purger::PurgerArgs { stores, retention },
                 sup,
             )
             .await?;

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use mairust::smtp::client::{
+use mairust::delivery::client::{
     ClientConfig, ClientEvent, ClientSession, Credentials, TlsPolicy, Transaction,
 };
 

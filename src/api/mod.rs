@@ -30,9 +30,10 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
 use crate::acceptance::Acceptor;
-use crate::actors::{QueueHandle, WriterHandle};
+use crate::actors::WriterHandle;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::delivery::QueueHandle;
 use crate::events::{self, ApiRequestCompleted};
 use crate::smtp::Faults;
 use crate::store::{Stores, User};

@@ -10,8 +10,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, ErrorBody, check_len};
-use crate::actors::partition::QueueOpError;
 use crate::cluster::ErrorKind;
+use crate::delivery::partition::QueueOpError;
 use crate::message::rfc3339;
 use crate::store::{QueueEntry, QueueFilter, QueueStatus};
 

@@ -1,14 +1,10 @@
 //! SMTP: the sans-I/O server session, the listeners and the per-connection driver.
 
 pub mod address;
-pub mod client;
 pub mod connection;
-pub mod dsn;
 pub mod listener;
-pub mod outbound;
 pub mod policy;
 pub mod reply;
-pub mod routing;
 pub mod session;
 pub mod stream;
 

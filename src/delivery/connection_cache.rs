@@ -7,7 +7,7 @@
 //! Each idle connection is owned by a keeper task that closes it (QUIT) when its idle time is
 //! up, drops it when the server speaks or hangs up unasked (a `421` idle timeout), and hands
 //! it over when a delivery asks for it. Idle connections hold no slot of the
-//! [`DestinationLimiter`](super::delivery::DestinationLimiter): a delivery takes its slot
+//! [`DestinationLimiter`](super::worker::DestinationLimiter): a delivery takes its slot
 //! first and then a cached connection before opening a new one, so a host has no more
 //! connections in use or idle than its limit (besides any still saying QUIT).
 
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::smtp::outbound::Connection;
+use crate::delivery::outbound::Connection;
 
 /// A connection is not reused past this age (Postfix's `smtp_connection_reuse_time_limit`),
 /// so a long-lived one does not pin a host whose DNS or configuration changed meanwhile.

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 
-use super::supervisor::ActorSlot;
 use super::{QueueMsg, QueueOpError};
+use crate::actors::supervisor::ActorSlot;
 use crate::cluster::{Cluster, ErrorKind, Request, RequestHandler, Response, assignment};
 use crate::store::{QueueStore, now_millis};
 

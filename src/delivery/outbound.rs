@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::client::{
     ClientConfig, ClientEvent, ClientSession, Outcome, RecipientResult, Transaction,
 };
-use crate::actors::lease_deadline::LeaseDeadline;
+use crate::delivery::lease_deadline::LeaseDeadline;
 
 /// Why a transaction was given up at the end-of-data gate.
 pub const DEADLINE_PASSED: &str =
@@ -33,7 +33,7 @@ pub struct ConnectionParams {
 }
 
 /// The connection, plain or after STARTTLS.
-type Stream = super::stream::Stream<tokio_rustls::client::TlsStream<TcpStream>>;
+type Stream = crate::smtp::stream::Stream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 fn server_name(host: &str, addr: SocketAddr) -> ServerName<'static> {
     ServerName::try_from(host.trim_end_matches('.').to_string())
@@ -346,7 +346,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::smtp::client::TlsPolicy;
+    use crate::delivery::client::TlsPolicy;
 
     /// A minimal pipelining receiver on loopback: answers every command, stores what ends
     /// with `.`; returns the stored messages and whether a message was cut off mid-data.

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-pub use super::reply::Reply;
+pub use crate::smtp::reply::Reply;
 
 /// Most unparsed server input kept before the session gives up.
 const MAX_INPUT: usize = 1024 * 1024;

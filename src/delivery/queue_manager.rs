@@ -19,9 +19,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::delivery::DeliveryContext;
 use super::lease_deadline::LeaseDeadline;
 use super::partition::{PartitionArgs, PartitionExit, PartitionMsg, PartitionQueue, QueueOpError};
+use super::worker::DeliveryContext;
 use crate::cluster::admission::Admission;
 use crate::cluster::{Member, assignment};
 use crate::events::{
@@ -746,7 +746,7 @@ impl Actor for QueueManager {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let Some((cell, reason)) = super::supervisor::child_exit(event) else {
+        let Some((cell, reason)) = crate::actors::supervisor::child_exit(event) else {
             return Ok(());
         };
         let Some(partition) = state

@@ -26,14 +26,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::delivery::{self, DeliveryContext, EntryResult, Outcome};
 use super::lease_deadline::LeaseDeadline;
-use super::storage_writer::CommitError;
+use super::worker::{self as delivery, DeliveryContext, EntryResult, Outcome};
+use crate::actors::storage_writer::CommitError;
+use crate::delivery::dsn::FailedRecipient;
 use crate::events::{
     self, BounceBuildFailed, BouncesQueued, DeliveryDeferred, DeliveryFailed, DeliverySucceeded,
     FencedWriteRejected,
 };
-use crate::smtp::dsn::FailedRecipient;
 use crate::store::{
     AcceptedMessage, Attempt, EntryUpdate, Lease, QueueEntry, QueueStatus, StoreError, now_millis,
 };

@@ -11,11 +11,11 @@ use super::QueueHandle;
 use super::connection_cache::ConnectionCache;
 use super::lease_deadline::LeaseDeadline;
 use crate::config::{Config, DeliveryTls};
+use crate::delivery::client::{ClientConfig, Credentials, RecipientResult, TlsPolicy, Transaction};
+use crate::delivery::dsn::{self, FailedRecipient};
+use crate::delivery::outbound;
+use crate::delivery::routing::{RouteError, Router};
 use crate::events::{self, DeliveryConnectionUsed};
-use crate::smtp::client::{ClientConfig, Credentials, RecipientResult, TlsPolicy, Transaction};
-use crate::smtp::dsn::{self, FailedRecipient};
-use crate::smtp::outbound;
-use crate::smtp::routing::{RouteError, Router};
 use crate::store::new_id;
 use crate::store::{
     AcceptedMessage, QueueEntry, RecipientLookup, RemoteRecipient, Stores, now_millis, partition_of,
@@ -38,7 +38,7 @@ pub struct DeliveryContext {
     /// Hints for bounces queued to other partitions.
     pub queue: QueueHandle,
     /// The group commit that records results.
-    pub writer: super::WriterHandle,
+    pub writer: crate::actors::WriterHandle,
 }
 
 /// The result of one queue row's attempt.
@@ -58,7 +58,7 @@ pub struct EntryResult {
 
 /// Outcome of an attempt for one recipient: the SMTP client's, whatever decided it (the
 /// remote server, routing, or a missing body).
-pub use crate::smtp::client::Outcome;
+pub use crate::delivery::client::Outcome;
 
 /// Caps concurrent connections per destination host, across all partitions of this node.
 #[derive(Debug)]
