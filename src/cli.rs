@@ -187,7 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", crate::store::crypto::Cipher::generate_master_key());
         return Ok(());
     }
-    crate::tls::install_crypto_provider();
+    crate::net::tls::install_crypto_provider();
     let config = Config::load(cli.config.as_deref())?;
     if needs_existing_database(&cli.command) {
         require_existing_database(&config, cli.config.as_deref())?;

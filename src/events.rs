@@ -307,7 +307,7 @@ pub fn describe_metrics() {
 }
 
 const SMTP_CONNECTION: &str = "mairust::smtp::connection";
-const SMTP_LISTENER: &str = "mairust::smtp::listener";
+const LISTENER: &str = "mairust::net::listener";
 const SUPERVISOR: &str = "mairust::actors::supervisor";
 const QUEUE_MANAGER: &str = "mairust::delivery::queue_manager";
 const PARTITION: &str = "mairust::delivery::partition";
@@ -356,7 +356,7 @@ impl InternalEvent for SmtpConnectionRefused<'_> {
     fn emit(self) {
         metrics::counter!("mairust_smtp_connections_rejected_total", "listener" => self.listener)
             .increment(1);
-        tracing::info!(target: SMTP_LISTENER, listener = self.listener, peer = %self.peer, limit = ?self.limit, "connection refused by limit");
+        tracing::info!(target: LISTENER, listener = self.listener, peer = %self.peer, limit = ?self.limit, "connection refused by limit");
     }
 }
 
@@ -372,7 +372,7 @@ impl InternalEvent for SmtpSessionFailed<'_> {
     fn emit(self) {
         metrics::counter!("mairust_smtp_session_failures_total", "listener" => self.listener)
             .increment(1);
-        tracing::error!(target: SMTP_LISTENER, listener = self.listener, error = %self.error, "SMTP session failed; its connection was closed");
+        tracing::error!(target: LISTENER, listener = self.listener, error = %self.error, "session failed; its connection was closed");
     }
 }
 

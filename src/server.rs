@@ -20,11 +20,12 @@ use crate::delivery::queue_manager::QueueManagerArgs;
 use crate::delivery::routing::Router;
 use crate::delivery::worker::{DeliveryContext, DestinationLimiter};
 use crate::delivery::{QueueHandle, QueueManager};
-use crate::smtp::listener::{ListenerArgs, SmtpListener};
-use crate::smtp::{ConnectionLimits, Faults, ListenerKind, SmtpContext};
+use crate::net::tls;
+use crate::net::{ConnectionLimits, Listener, ListenerArgs};
+use crate::smtp::{Faults, ListenerKind, SmtpContext, SmtpProtocol};
 use crate::store::Stores;
 use crate::store::crypto::Cipher;
-use crate::{telemetry, tls};
+use crate::telemetry;
 
 /// How long shutdown waits for open SMTP sessions to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,7 +169,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             acceptor: acceptor.clone(),
             tls: Some(tls_acceptor),
             authenticator: authenticator.clone(),
-            limits: limits.clone(),
             shutdown: shutdown_rx.clone(),
             faults: faults.clone(),
         });
@@ -180,16 +180,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 config.server.submission_port,
             ),
         ] {
-            let ctx = ctx.clone();
+            let protocol = Arc::new(SmtpProtocol {
+                ctx: ctx.clone(),
+                kind,
+            });
+            let limits = limits.clone();
             let addr = SocketAddr::new(config.server.bind, port);
             specs.push(ChildSpec::new(name, move |sup| {
                 let args = ListenerArgs {
-                    ctx: ctx.clone(),
-                    kind,
+                    protocol: protocol.clone(),
+                    limits: limits.clone(),
                     addr,
                 };
                 async move {
-                    let (actor, _) = Actor::spawn_linked(None, SmtpListener, args, sup).await?;
+                    let (actor, _) =
+                        Actor::spawn_linked(None, Listener::<SmtpProtocol>::default(), args, sup)
+                            .await?;
                     Ok(actor.get_cell())
                 }
             }));
@@ -260,10 +266,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down: draining connections");
     let _ = shutdown_tx.send(true);
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while limits.open_connections() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::net::drain(&limits, DRAIN_TIMEOUT).await;
     root.stop(Some("shutdown".into()));
     let _ = root_handle.await;
     // Only now, with every lease released: the others see this node leave and take its

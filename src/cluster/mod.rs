@@ -272,7 +272,7 @@ impl Cluster {
         roles: Vec<Role>,
         handler: Arc<dyn RequestHandler>,
     ) -> Result<Cluster, ClusterError> {
-        crate::tls::install_crypto_provider();
+        crate::net::tls::install_crypto_provider();
         if node_id.trim().is_empty() {
             return Err(ClusterError::Config {
                 key: "cluster.node_id",

@@ -380,7 +380,7 @@ fn lax_client(secret: Option<&str>) -> quinn::ClientConfig {
 
 #[tokio::test]
 async fn the_same_secret_connects_and_another_is_refused_both_ways() {
-    crate::tls::install_crypto_provider();
+    crate::net::tls::install_crypto_provider();
     let one = endpoint(&tls::from_secret("one").unwrap());
     let one_again = endpoint(&tls::from_secret("one").unwrap());
     let two = endpoint(&tls::from_secret("two").unwrap());
@@ -436,7 +436,7 @@ fn write_operator_files(dir: &std::path::Path, name: &str) -> crate::config::Clu
 
 #[tokio::test]
 async fn operator_certificates_verify_against_their_ca() {
-    crate::tls::install_crypto_provider();
+    crate::net::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let ours = write_operator_files(dir.path(), "ours");
     let theirs = write_operator_files(dir.path(), "theirs");

@@ -33,7 +33,7 @@ pub struct ConnectionParams {
 }
 
 /// The connection, plain or after STARTTLS.
-type Stream = crate::smtp::stream::Stream<tokio_rustls::client::TlsStream<TcpStream>>;
+type Stream = crate::net::stream::Stream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 fn server_name(host: &str, addr: SocketAddr) -> ServerName<'static> {
     ServerName::try_from(host.trim_end_matches('.').to_string())
@@ -391,7 +391,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
             data_timeout: Duration::from_secs(5),
-            tls: crate::tls::outbound_client_config(),
+            tls: crate::net::tls::outbound_client_config(),
         }
     }
 

@@ -16,11 +16,12 @@ use tokio::net::TcpStream;
 
 use super::policy::{SessionPolicy, SmtpPolicy};
 use super::session::{Event, PeerInfo, ServerSession, SessionConfig};
-use super::{ConnectionGuard, ListenerKind, SmtpContext};
+use super::{ListenerKind, SmtpContext};
 use crate::events::{self, SmtpConnectionClosed, SmtpConnectionOpened};
+use crate::net::ConnectionGuard;
 
 /// The connection, plain or after STARTTLS.
-type Stream = super::stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
+type Stream = crate::net::stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// What a session actor is started with.
 pub struct SessionArgs {
@@ -37,6 +38,7 @@ pub struct SessionArgs {
 }
 
 /// One actor per connection; its only message runs the connection to its end.
+#[derive(Default)]
 pub struct SessionActor;
 
 impl Actor for SessionActor {

@@ -1,21 +1,19 @@
-//! SMTP: the sans-I/O server session, the listeners and the per-connection driver.
+//! The inbound SMTP server: the sans-I/O session, the per-connection driver, the policy its
+//! events ask, and the [`Protocol`] that puts it behind a [`crate::net::Listener`].
 
 pub mod address;
 pub mod connection;
-pub mod listener;
 pub mod policy;
 pub mod reply;
 pub mod session;
-pub mod stream;
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 
 use crate::acceptance::Acceptor;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::net::{ConnectionGuard, LimitExceeded, Protocol};
 use crate::store::Stores;
 
 /// Which port a connection came in on; it decides the policy.
@@ -49,8 +47,6 @@ pub struct SmtpContext {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Password checks, shared by all sessions and the API.
     pub authenticator: Arc<Authenticator>,
-    /// Connection limits shared by both listeners.
-    pub limits: Arc<ConnectionLimits>,
     /// Flips to true when the server shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Test hooks.
@@ -64,92 +60,41 @@ pub struct Faults {
     pub panic_next_session: AtomicBool,
 }
 
-/// Caps on concurrent connections, in total and per client address.
-#[derive(Debug)]
-pub struct ConnectionLimits {
-    max_total: usize,
-    max_per_ip: usize,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+/// SMTP on one listener (MX or submission), for [`crate::net::Listener`].
+pub struct SmtpProtocol {
+    /// Shared session context.
+    pub ctx: Arc<SmtpContext>,
+    /// MX or submission.
+    pub kind: ListenerKind,
 }
 
-/// Which connection limit was hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitExceeded {
-    /// Too many connections in total.
-    Total,
-    /// Too many from this address.
-    PerIp,
-}
+impl Protocol for SmtpProtocol {
+    type Session = connection::SessionActor;
 
-impl ConnectionLimits {
-    /// Limits of `max_total` connections, `max_per_ip` from one address.
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(Self {
-            max_total,
-            max_per_ip,
-            open: Mutex::new((0, HashMap::new())),
-        })
+    fn label(&self) -> &'static str {
+        self.kind.label()
     }
 
-    /// Connections open now.
-    pub fn open_connections(&self) -> usize {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).0
+    fn refusal(&self, why: LimitExceeded) -> String {
+        let text = match why {
+            LimitExceeded::Total => "Too many connections, try again later",
+            LimitExceeded::PerIp => "Too many connections from your address, try again later",
+        };
+        format!("421 4.7.0 {} {text}\r\n", self.ctx.config.server.hostname)
     }
 
-    /// Counts a new connection from `ip`, unless a limit is reached.
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionGuard, LimitExceeded> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.0 >= self.max_total {
-            return Err(LimitExceeded::Total);
+    fn session(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        guard: ConnectionGuard,
+    ) -> connection::SessionArgs {
+        connection::SessionArgs {
+            ctx: self.ctx.clone(),
+            kind: self.kind,
+            stream,
+            peer,
+            guard,
         }
-        let per_ip = open.1.entry(ip).or_insert(0);
-        if *per_ip >= self.max_per_ip {
-            return Err(LimitExceeded::PerIp);
-        }
-        *per_ip += 1;
-        open.0 += 1;
-        Ok(ConnectionGuard {
-            limits: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// One counted connection; dropping it (also when a session panics) frees its slot.
-#[derive(Debug)]
-pub struct ConnectionGuard {
-    limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.0 = open.0.saturating_sub(1);
-        if let Some(n) = open.1.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&self.ip);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_count_and_release() {
-        let limits = ConnectionLimits::new(3, 2);
-        let a: IpAddr = [127, 0, 0, 1].into();
-        let b: IpAddr = [127, 0, 0, 2].into();
-        let g1 = limits.try_acquire(a).expect("first");
-        let _g2 = limits.try_acquire(a).expect("second");
-        assert_eq!(limits.try_acquire(a).err(), Some(LimitExceeded::PerIp));
-        let _g3 = limits.try_acquire(b).expect("other ip");
-        assert_eq!(limits.try_acquire(b).err(), Some(LimitExceeded::Total));
-        drop(g1);
-        limits.try_acquire(a).expect("slot freed");
     }
 }

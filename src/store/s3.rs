@@ -210,7 +210,7 @@ mod tests {
     /// Object requests carry their status as a typed error, whatever the message says.
     #[test]
     fn typed_errors_are_explained_without_their_text() {
-        crate::tls::install_crypto_provider();
+        crate::net::tls::install_crypto_provider();
         let store = S3BlobStore::new(&StorageOptions {
             bucket: Some("mail".into()),
             endpoint: Some("http://127.0.0.1:9".into()),
