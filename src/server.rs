@@ -205,11 +205,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Health and metrics are served on the API port by every node; the REST API itself only
     // with the api role (see `api::router`).
     {
-        let web_proxy = if config.server.has_role(Role::Web) && !config.server.has_role(Role::Api) {
-            Some(crate::web::Proxy::new(&config)?)
-        } else {
-            None
-        };
+        // The web UI's pages on the same listener (all-in-one); with the api role its `/api`
+        // is the local API, without it `/api` is proxied to `web.api_url`.
+        let mut others = axum::Router::new();
+        if config.server.has_role(Role::Web) {
+            others = others.merge(crate::web::ui_router());
+            if !config.server.has_role(Role::Api) {
+                others = others.merge(crate::web::proxy::routes(crate::web::Proxy::new(&config)?));
+            }
+        }
         let state = ApiState {
             config: config.clone(),
             stores: stores.clone(),
@@ -222,7 +226,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             node_id: node_id.clone(),
             cluster: cluster.clone(),
             unknown_recipients: Arc::default(),
-            web_proxy,
         };
         let addr = SocketAddr::new(config.server.bind, config.server.api_port);
         let shutdown = shutdown_rx.clone();
@@ -231,6 +234,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 state: state.clone(),
                 addr,
                 shutdown: shutdown.clone(),
+                others: others.clone(),
             };
             async move {
                 let (actor, _) = Actor::spawn_linked(None, ApiServer, args, sup).await?;

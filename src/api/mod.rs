@@ -64,8 +64,6 @@ pub struct ApiState {
     pub cluster: Option<crate::cluster::Cluster>,
     /// Unknown-recipient refusals of the send API, per caller.
     pub unknown_recipients: Arc<limits::AccountLimit>,
-    /// `/api` proxied to `web.api_url`: with the web role but not the api role.
-    pub web_proxy: Option<crate::web::Proxy>,
 }
 
 impl ApiState {
@@ -371,8 +369,9 @@ async fn count_requests(request: Request, next: Next) -> Response {
     response
 }
 
-/// All routes.
-pub fn router(state: ApiState) -> Router {
+/// All routes: health and metrics, the REST API with the api role, and `others` (the web
+/// UI's pages, or `/api` proxied, which the caller composes: this module knows no web role).
+pub fn router(state: ApiState, others: Router<ApiState>) -> Router {
     let v1 = Router::new()
         .route("/openapi.json", get(openapi_json))
         .route(
@@ -436,15 +435,9 @@ pub fn router(state: ApiState) -> Router {
     // queue-only pods too); the REST API only with the api role.
     if state.config.server.has_role(crate::config::Role::Api) {
         app = app.nest("/api/v1", v1);
-    } else if let Some(proxy) = &state.web_proxy {
-        app = app.merge(crate::web::proxy::routes(proxy.clone()));
     }
-    // The web UI's pages on the same listener (all-in-one); with the api role, its `/api`
-    // is the local API above.
-    if state.config.server.has_role(crate::config::Role::Web) {
-        app = app.merge(crate::web::ui_router());
-    }
-    app.fallback(not_found)
+    app.merge(others)
+        .fallback(not_found)
         .layer(middleware::from_fn(refuse_nul))
         .layer(middleware::from_fn(count_requests))
         // Every body is capped (also one the handler reads as raw bytes); the send route
@@ -473,6 +466,8 @@ pub struct ApiServerArgs {
     pub addr: SocketAddr,
     /// Flips to true on shutdown.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Routes served beside the API's (see [`router`]).
+    pub others: Router<ApiState>,
 }
 
 /// Aborts the server task with the actor.
@@ -504,7 +499,7 @@ impl Actor for ApiServer {
             })?;
         let api = args.state.config.server.has_role(crate::config::Role::Api);
         tracing::info!(addr = %args.addr, rest_api = api, "API listening");
-        let app = router(args.state);
+        let app = router(args.state, args.others);
         let mut shutdown = args.shutdown;
         let task = tokio::spawn(async move {
             // Connection info gives handlers the client address (for the failure throttle).

@@ -11,7 +11,7 @@ use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, ErrorBody, check_len};
 use crate::cluster::ErrorKind;
-use crate::delivery::partition::QueueOpError;
+use crate::delivery::QueueOpError;
 use crate::message::rfc3339;
 use crate::store::{QueueEntry, QueueFilter, QueueStatus};
 

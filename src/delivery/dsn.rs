@@ -112,6 +112,21 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// Why a bounce could not be built now; the failure is kept pending and tried again, so the
+/// sender is never left without a notice.
+#[derive(Debug, thiserror::Error)]
+pub enum BounceError {
+    /// The original message could not be read.
+    #[error("cannot read the original message: {0}")]
+    Original(crate::store::BlobError),
+    /// The sender could not be looked up.
+    #[error("cannot look up the sender: {0}")]
+    Sender(crate::store::StoreError),
+    /// The bounce's body could not be stored.
+    #[error("cannot store the bounce: {0}")]
+    Store(crate::store::BlobError),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

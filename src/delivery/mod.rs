@@ -6,6 +6,7 @@ pub mod client;
 pub mod connection_cache;
 pub mod dsn;
 pub mod lease_deadline;
+pub mod ops;
 pub mod outbound;
 pub mod partition;
 pub mod purger;
@@ -15,6 +16,6 @@ pub mod routing;
 pub mod worker;
 
 pub use lease_deadline::LeaseDeadline;
-pub use partition::QueueOpError;
+pub use ops::{QueueMsg, QueueOpError};
 pub use queue_handle::QueueHandle;
-pub use queue_manager::{QueueManager, QueueMsg};
+pub use queue_manager::QueueManager;

@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::lease_deadline::LeaseDeadline;
+use super::ops::QueueOpError;
 use super::worker::{self as delivery, DeliveryContext, EntryResult, Outcome};
 use crate::actors::storage_writer::CommitError;
 use crate::delivery::dsn::FailedRecipient;
@@ -35,7 +36,7 @@ use crate::events::{
     FencedWriteRejected,
 };
 use crate::store::{
-    AcceptedMessage, Attempt, EntryUpdate, Lease, QueueEntry, QueueStatus, StoreError, now_millis,
+    AcceptedMessage, Attempt, EntryUpdate, Lease, QueueEntry, QueueStatus, now_millis,
 };
 
 /// Messages to a partition queue.
@@ -49,64 +50,6 @@ pub enum PartitionMsg {
     Retry(i64, RpcReplyPort<Result<(), QueueOpError>>),
     /// Cancel a row, bouncing it if asked.
     Cancel(i64, bool, RpcReplyPort<Result<(), QueueOpError>>),
-}
-
-/// Why a queue operation was refused.
-///
-/// The storage variants print their cause in their own message (which the API returns), so
-/// they do not report it again as `source()`.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum QueueOpError {
-    /// No such row in this partition.
-    #[error("queue entry {0} not found")]
-    NotFound(i64),
-    /// The row is delivered, failed or cancelled already.
-    #[error("queue entry {0} is {1} and can no longer change")]
-    Finished(i64, &'static str),
-    /// A delivery of the row is in progress.
-    #[error("queue entry {0} is being delivered right now; try again in a moment")]
-    InFlight(i64),
-    /// This node does not own the partition.
-    #[error("partition {0} is not owned by this node")]
-    NotOwned(u32),
-    /// The queue is restarting or has no owner.
-    #[error("the delivery queue is unavailable; try again")]
-    Unavailable,
-    /// The row could not be read from the database.
-    #[error("queue storage error: {0}")]
-    Store(Arc<StoreError>),
-    /// The change was not committed (the database failed, the writer was unavailable or the
-    /// lease was lost).
-    #[error("queue storage error: {0}")]
-    Commit(CommitError),
-    /// The bounce a cancellation asked for could not be built, so nothing was cancelled.
-    #[error("queue storage error: {0}")]
-    Bounce(Arc<delivery::BounceError>),
-    /// No node holds the partition's lease right now (a takeover is under way).
-    #[error(
-        "partition {0} has no owner right now (a takeover is under way); try again in a few seconds"
-    )]
-    NoOwner(u32),
-    /// The node that owns the partition could not be asked.
-    #[error(
-        "the owner of partition {partition}, node {node}, cannot be reached ({reason}); try again in a few seconds"
-    )]
-    Unreachable {
-        /// The partition.
-        partition: u32,
-        /// Its owner.
-        node: String,
-        /// Why the request failed.
-        reason: String,
-    },
-    /// The owning node refused the operation.
-    #[error("{message}")]
-    Remote {
-        /// How it refused.
-        kind: crate::cluster::ErrorKind,
-        /// Its message.
-        message: String,
-    },
 }
 
 /// The partition actor.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 
-use super::{QueueMsg, QueueOpError};
+use super::ops::{QueueMsg, QueueOpError};
 use crate::actors::supervisor::ActorSlot;
 use crate::cluster::{Cluster, ErrorKind, Request, RequestHandler, Response, assignment};
 use crate::store::{QueueStore, now_millis};

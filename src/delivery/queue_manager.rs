@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::lease_deadline::LeaseDeadline;
-use super::partition::{PartitionArgs, PartitionExit, PartitionMsg, PartitionQueue, QueueOpError};
+use super::ops::{QueueMsg, QueueOpError};
+use super::partition::{PartitionArgs, PartitionExit, PartitionMsg, PartitionQueue};
 use super::worker::DeliveryContext;
 use crate::cluster::admission::Admission;
 use crate::cluster::{Member, assignment};
@@ -29,28 +30,6 @@ use crate::events::{
     QueuePartitionDepth,
 };
 use crate::store::{Lease, LeaseGrant, QueueStatus};
-
-/// Messages to the queue manager.
-pub enum QueueMsg {
-    /// Renew and acquire leases, refresh queue metrics.
-    Tick,
-    /// Try the wanted partitions whose holder's lease has ended by now.
-    Acquire,
-    /// New work in the partitions [`super::QueueHandle`] collected.
-    Hint,
-    /// The alive queue members changed (cluster only).
-    Members(Vec<String>),
-    /// A drained partition's lease was released (or could not be).
-    Released(u32, Lease),
-    /// Node (the second field), the partition's desired owner, asks for it.
-    Handover(u32, String),
-    /// A leaving node released the partition and offers it: take it now.
-    Offered(u32),
-    /// Make a row due now (through its partition's owner).
-    Retry(u32, i64, RpcReplyPort<Result<(), QueueOpError>>),
-    /// Cancel a row, optionally bouncing it.
-    Cancel(u32, i64, bool, RpcReplyPort<Result<(), QueueOpError>>),
-}
 
 /// The manager actor.
 pub struct QueueManager;

@@ -12,7 +12,7 @@ use super::connection_cache::ConnectionCache;
 use super::lease_deadline::LeaseDeadline;
 use crate::config::{Config, DeliveryTls};
 use crate::delivery::client::{ClientConfig, Credentials, RecipientResult, TlsPolicy, Transaction};
-use crate::delivery::dsn::{self, FailedRecipient};
+use crate::delivery::dsn::{self, BounceError, FailedRecipient};
 use crate::delivery::outbound;
 use crate::delivery::routing::{RouteError, Router};
 use crate::events::{self, DeliveryConnectionUsed};
@@ -370,21 +370,6 @@ pub async fn deliver(
         results.extend(all(list, Outcome::Temporary, &last_error, "4.4.1"));
     }
     results
-}
-
-/// Why a bounce could not be built now; the failure is kept pending and tried again, so the
-/// sender is never left without a notice.
-#[derive(Debug, thiserror::Error)]
-pub enum BounceError {
-    /// The original message could not be read.
-    #[error("cannot read the original message: {0}")]
-    Original(crate::store::BlobError),
-    /// The sender could not be looked up.
-    #[error("cannot look up the sender: {0}")]
-    Sender(crate::store::StoreError),
-    /// The bounce's body could not be stored.
-    #[error("cannot store the bounce: {0}")]
-    Store(crate::store::BlobError),
 }
 
 /// Builds the bounce for `failed` recipients of `entry`'s message, stores its body, and

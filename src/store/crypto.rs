@@ -161,63 +161,6 @@ impl Cipher {
     }
 }
 
-/// A blob store that encrypts bodies before they reach `inner` and addresses them with a
-/// keyed hash. Blobs written before encryption was enabled stay readable.
-pub struct EncryptedBlobStore {
-    inner: std::sync::Arc<dyn super::BlobStore>,
-    cipher: Cipher,
-}
-
-impl EncryptedBlobStore {
-    /// Wraps `inner`.
-    pub fn new(inner: std::sync::Arc<dyn super::BlobStore>, cipher: Cipher) -> Self {
-        Self { inner, cipher }
-    }
-
-    /// A stored blob as it was written: opened if sealed, as is if it predates encryption.
-    fn open(&self, stored: Vec<u8>) -> Result<Vec<u8>, super::BlobError> {
-        if Cipher::is_sealed_blob(&stored) {
-            Ok(self.cipher.open_blob(&stored)?)
-        } else {
-            Ok(stored)
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl super::BlobStore for EncryptedBlobStore {
-    fn key_for(&self, data: &[u8]) -> String {
-        self.cipher.address(data)
-    }
-
-    async fn contains(&self, key: &str) -> Result<bool, super::BlobError> {
-        self.inner.contains(key).await
-    }
-
-    async fn put(&self, key: &str, data: &[u8]) -> Result<(), super::BlobError> {
-        let sealed = self.cipher.seal_blob(data);
-        self.inner.put(key, &sealed).await
-    }
-
-    async fn get(&self, key: &str) -> Result<Vec<u8>, super::BlobError> {
-        let stored = self.inner.get(key).await?;
-        self.open(stored)
-    }
-
-    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Vec<u8>, super::BlobError>> {
-        let stored = self.inner.get_many(keys).await;
-        stored.into_iter().map(|s| self.open(s?)).collect()
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), super::BlobError> {
-        self.inner.delete(key).await
-    }
-
-    async fn health(&self) -> Result<(), super::BlobError> {
-        self.inner.health().await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,7 +103,8 @@ impl BlobStore for InlineBodyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::crypto::{Cipher, EncryptedBlobStore};
+    use crate::store::crypto::Cipher;
+    use crate::store::encrypted::EncryptedBlobStore;
     use crate::store::fs::FsBlobStore;
     use crate::store::{MetadataStore, WriteOp};
 

@@ -9,6 +9,7 @@ pub mod blob_migrate;
 pub mod crypto;
 pub mod dkim_keys;
 pub mod dump;
+pub mod encrypted;
 pub mod fs;
 pub mod inline;
 pub mod queue;
@@ -596,7 +597,7 @@ impl Stores {
         let stored: Arc<dyn BlobStore> =
             Arc::new(inline::InlineBodyStore::new(sql.as_ref().clone(), backend));
         let blobs: Arc<dyn BlobStore> = match &cipher {
-            Some(c) => Arc::new(crypto::EncryptedBlobStore::new(stored, c.clone())),
+            Some(c) => Arc::new(encrypted::EncryptedBlobStore::new(stored, c.clone())),
             None => stored,
         };
         Ok(Self {

@@ -289,7 +289,7 @@ pub async fn rotate(
 mod tests {
     use super::*;
     use crate::store::WriteOp;
-    use crate::store::crypto::EncryptedBlobStore;
+    use crate::store::encrypted::EncryptedBlobStore;
     use crate::store::fs::FsBlobStore;
 
     #[tokio::test]
