@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::auth;
-use crate::store::{MetadataStore, StoreError, User};
+use crate::store::{AccountStore, StoreError, User};
 
 /// In `server.data_dir`: the first admin's generated password, written when no admin password
 /// is configured, and deleted when that account's password changes.
@@ -144,7 +144,7 @@ pub struct NewAccount<'a> {
 /// Creates an account after every check: a valid address, a valid password, a quota that is
 /// not negative, and (for users) a hosted domain.
 pub async fn add_user(
-    meta: &dyn MetadataStore,
+    accounts: &dyn AccountStore,
     account: NewAccount<'_>,
 ) -> Result<User, AccountError> {
     let email = validate_email(account.email)?;
@@ -153,11 +153,17 @@ pub async fn add_user(
         return Err(AccountError::NegativeQuota);
     }
     let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-    if !account.is_admin && !meta.list_domains().await?.iter().any(|d| d.name == domain) {
+    if !account.is_admin
+        && !accounts
+            .list_domains()
+            .await?
+            .iter()
+            .any(|d| d.name == domain)
+    {
         return Err(AccountError::DomainNotHosted(domain.to_string()));
     }
     let hashed = hash(account.password).await?;
-    Ok(meta
+    Ok(accounts
         .add_user(&email, &hashed, account.is_admin, account.quota_bytes)
         .await?)
 }
@@ -166,7 +172,7 @@ pub async fn add_user(
 /// sessions in the store). If the generated first-admin password in `data_dir` was this
 /// account's, the file goes too: it no longer opens anything and should not lie around.
 pub async fn set_password(
-    meta: &dyn MetadataStore,
+    accounts: &dyn AccountStore,
     data_dir: &Path,
     email: &str,
     password: &str,
@@ -176,14 +182,14 @@ pub async fn set_password(
     let file = data_dir.join(GENERATED_PASSWORD_FILE);
     // Whose password the file holds is known only before the change.
     let generated = match std::fs::read_to_string(&file) {
-        Ok(on_file) => match meta.credentials(&email).await? {
+        Ok(on_file) => match accounts.credentials(&email).await? {
             Some(creds) => auth::verify_password_async(on_file.trim(), &creds.password_hash).await,
             None => false,
         },
         Err(_) => false,
     };
     let hashed = hash(password).await?;
-    meta.set_password(&email, &hashed).await?;
+    accounts.set_password(&email, &hashed).await?;
     if generated {
         match std::fs::remove_file(&file) {
             Ok(()) => {

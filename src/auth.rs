@@ -11,7 +11,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::store::{MetadataStore, StoreError, User};
+use crate::store::{AccountStore, StoreError, User};
 
 /// Hashes a password with argon2id (PHC string format).
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
@@ -113,7 +113,7 @@ const VERIFIED_TTL: Duration = Duration::from_secs(60);
 /// counted before the check so a parallel burst escalates) and costs one lookup and one argon2
 /// run whether or not the user exists, so neither timing nor work reveals which accounts exist.
 pub struct Authenticator {
-    store: std::sync::Arc<dyn MetadataStore>,
+    store: std::sync::Arc<dyn AccountStore>,
     throttle: FailureThrottle,
     /// Verified triples, by digest, with when they were verified.
     verified: Mutex<HashMap<String, Instant>>,
@@ -121,7 +121,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Checks passwords against `store`, throttling failures after `free` by `step`.
-    pub fn new(store: std::sync::Arc<dyn MetadataStore>, step: Duration, free: u32) -> Self {
+    pub fn new(store: std::sync::Arc<dyn AccountStore>, step: Duration, free: u32) -> Self {
         Self {
             store,
             throttle: FailureThrottle::new(step, free),

@@ -279,20 +279,20 @@ fn initial_password(config: &Config) -> anyhow::Result<()> {
 
 async fn domain(config: &Config, cmd: DomainCommand) -> anyhow::Result<()> {
     let stores = Stores::open(config).await?;
-    let meta = stores.meta.as_ref();
+    let accounts = stores.accounts.as_ref();
     match cmd {
         DomainCommand::Add { name } => {
             let name = crate::accounts::validate_domain(&name)?;
-            meta.add_domain(&name).await?;
+            accounts.add_domain(&name).await?;
             println!("added domain {name}");
         }
         DomainCommand::List => {
-            for d in meta.list_domains().await? {
+            for d in accounts.list_domains().await? {
                 println!("{}", d.name);
             }
         }
         DomainCommand::Remove { name } => {
-            meta.delete_domain(&name).await?;
+            accounts.delete_domain(&name).await?;
             println!("removed domain {name}");
         }
     }
@@ -304,7 +304,7 @@ async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
         return initial_password(config);
     }
     let stores = Stores::open(config).await?;
-    let meta = stores.meta.as_ref();
+    let accounts = stores.accounts.as_ref();
     match cmd {
         UserCommand::Add {
             email,
@@ -317,7 +317,7 @@ async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
                 None => (crate::auth::random_secret(18), true),
             };
             let user = crate::accounts::add_user(
-                meta,
+                accounts,
                 crate::accounts::NewAccount {
                     email: &email,
                     password: &password,
@@ -334,7 +334,7 @@ async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::List => {
-            for u in meta.list_users().await? {
+            for u in accounts.list_users().await? {
                 println!(
                     "{}\t{}\t{} bytes used",
                     u.email,
@@ -345,13 +345,14 @@ async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Remove { email } => {
             let email = crate::accounts::normalize_address(&email);
-            let orphans = meta.delete_user(&email).await?;
+            let orphans = accounts.delete_user(&email).await?;
             stores.delete_blobs(&orphans).await;
             println!("removed user {email}");
         }
         UserCommand::Passwd { email, password } => {
             let email = crate::accounts::normalize_address(&email);
-            crate::accounts::set_password(meta, &config.server.data_dir, &email, &password).await?;
+            crate::accounts::set_password(accounts, &config.server.data_dir, &email, &password)
+                .await?;
             println!("password changed for {email}");
         }
         UserCommand::InitialPassword => unreachable!("answered before the stores are opened"),

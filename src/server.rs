@@ -101,7 +101,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     // One authentication path for SMTP AUTH and API Basic: guesses over both count together.
     let authenticator = Arc::new(Authenticator::new(
-        stores.meta.clone(),
+        stores.accounts.clone(),
         config.smtp.auth_failure_delay,
         config.smtp.auth_failures_free,
     ));
@@ -400,7 +400,7 @@ fn purge_spec(config: &Config, stores: &Stores) -> ChildSpec {
 }
 
 fn writer_spec(config: &Config, stores: &Stores, writer: &WriterHandle) -> ChildSpec {
-    let store = stores.meta.clone();
+    let store = stores.mailboxes.clone();
     let blobs = stores.blobs.clone();
     let max_batch = config.database.max_batch;
     let writer = writer.clone();
@@ -438,7 +438,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 /// `<data_dir>/initial-admin-password` (mode 0600), never to the log. Creation is atomic in
 /// the database, so replicas starting together create exactly one admin.
 pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result<()> {
-    let meta = stores.meta.as_ref();
+    let accounts = stores.accounts.as_ref();
     match (&config.admin.email, &config.admin.password) {
         (Some(email), Some(password)) => {
             crate::accounts::validate_password(password)
@@ -446,10 +446,11 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
             // Twice at most: a replica starting at the same time may create the account
             // between our lookup and our insert.
             for _ in 0..2 {
-                match meta.credentials(email).await? {
+                match accounts.credentials(email).await? {
                     Some(creds) if creds.user.is_admin => {
                         if !verify_password_async(password, &creds.password_hash).await {
-                            meta.set_password(email, &crate::accounts::hash(password).await?)
+                            accounts
+                                .set_password(email, &crate::accounts::hash(password).await?)
                                 .await?;
                             tracing::info!(email = %email, "bootstrap admin password updated from configuration; its tokens are revoked");
                         }
@@ -458,7 +459,7 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
                     Some(_) => anyhow::bail!(
                         "admin.email {email} belongs to an existing non-admin user; choose another address"
                     ),
-                    None => match meta
+                    None => match accounts
                         .add_user(email, &crate::accounts::hash(password).await?, true, None)
                         .await
                     {
@@ -474,7 +475,7 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
             anyhow::bail!("cannot create the bootstrap admin {email}: the account keeps changing")
         }
         (None, None) => {
-            if meta.admin_exists().await? {
+            if accounts.admin_exists().await? {
                 return Ok(());
             }
             let email = format!("admin@{}", config.server.hostname);
@@ -482,7 +483,7 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
             // The file is staged before the account exists, so a created account always has
             // its password on disk; a replica that loses the race discards its file.
             let staged = stage_secret_file(&config.server.data_dir, &format!("{password}\n"))?;
-            match meta
+            match accounts
                 .create_first_admin(&email, &crate::accounts::hash(&password).await?)
                 .await
             {

@@ -27,7 +27,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::events::{self, StorageBatchCommitted, StorageCommitTimedOut};
 use crate::store::{
-    AcceptedMessage, BlobStore, EntryUpdate, Lease, MetadataStore, StoreError, WriteOp,
+    AcceptedMessage, BlobStore, EntryUpdate, Lease, MailboxStore, StoreError, WriteOp,
 };
 
 /// Where the writer answers a request: `Ok` once it is durable.
@@ -69,7 +69,7 @@ pub struct StorageWriter;
 
 /// The writer's state.
 pub struct WriterState {
-    store: Arc<dyn MetadataStore>,
+    store: Arc<dyn MailboxStore>,
     blobs: Arc<dyn BlobStore>,
     max_batch: usize,
     pending: Vec<(Box<WriteOp>, CommitReply)>,
@@ -79,7 +79,7 @@ pub struct WriterState {
 /// Arguments: the store and the largest batch.
 pub struct WriterArgs {
     /// Where metadata goes.
-    pub store: Arc<dyn MetadataStore>,
+    pub store: Arc<dyn MailboxStore>,
     /// Where the bodies are (each new message's body is checked before its commit).
     pub blobs: Arc<dyn BlobStore>,
     /// Most messages per transaction.

@@ -211,7 +211,7 @@ async fn hosted_domain(state: &ApiState, name: &str) -> Result<String, ApiError>
         .map_err(|_| ApiError::not_found(format!("domain {name} not found")))?;
     if !state
         .stores
-        .meta
+        .accounts
         .list_domains()
         .await?
         .iter()
@@ -381,7 +381,7 @@ pub async fn add_domain(
 ) -> ApiResult<(StatusCode, Json<Domain>)> {
     caller.require_admin()?;
     let name = validate_domain(&body.name)?;
-    let domain = state.stores.meta.add_domain(&name).await?;
+    let domain = state.stores.accounts.add_domain(&name).await?;
     tracing::info!(domain = %domain.name, by = %caller.0.email, "domain added");
     Ok((StatusCode::CREATED, Json(domain)))
 }
@@ -395,7 +395,7 @@ pub async fn list_domains(
 ) -> ApiResult<Json<Items<Domain>>> {
     caller.require_admin()?;
     Ok(Json(Items {
-        items: state.stores.meta.list_domains().await?,
+        items: state.stores.accounts.list_domains().await?,
     }))
 }
 
@@ -410,7 +410,7 @@ pub async fn delete_domain(
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
-    state.stores.meta.delete_domain(&name).await?;
+    state.stores.accounts.delete_domain(&name).await?;
     tracing::info!(domain = %name, by = %caller.0.email, "domain deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -427,7 +427,7 @@ pub async fn add_user(
 ) -> ApiResult<(StatusCode, Json<User>)> {
     caller.require_admin()?;
     let user = accounts::add_user(
-        state.stores.meta.as_ref(),
+        state.stores.accounts.as_ref(),
         NewAccount {
             email: &body.email,
             password: &body.password,
@@ -449,7 +449,7 @@ pub async fn list_users(
 ) -> ApiResult<Json<Items<User>>> {
     caller.require_admin()?;
     Ok(Json(Items {
-        items: state.stores.meta.list_users().await?,
+        items: state.stores.accounts.list_users().await?,
     }))
 }
 
@@ -473,7 +473,7 @@ pub async fn delete_user(
             "you cannot delete your own account",
         ));
     }
-    let orphans = state.stores.meta.delete_user(&email).await?;
+    let orphans = state.stores.accounts.delete_user(&email).await?;
     state.stores.delete_blobs(&orphans).await;
     tracing::info!(user = %email, by = %caller.0.email, "user deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -516,7 +516,7 @@ pub async fn set_password(
         }
     }
     accounts::set_password(
-        state.stores.meta.as_ref(),
+        state.stores.accounts.as_ref(),
         &state.config.server.data_dir,
         &email,
         &body.password,
@@ -553,7 +553,7 @@ pub async fn update_user(
     }
     let user = state
         .stores
-        .meta
+        .accounts
         .update_user(
             &email,
             &UserChanges {
@@ -624,7 +624,7 @@ pub async fn create_token(
     let name = request.name.unwrap_or_else(|| "api".into());
     let id = state
         .stores
-        .meta
+        .accounts
         .add_token(caller.0.id, &auth::token_hash(&token), &name, expires_at)
         .await?;
     Ok((
@@ -647,7 +647,7 @@ pub async fn list_tokens(
 ) -> ApiResult<Json<Items<TokenSummary>>> {
     let items = state
         .stores
-        .meta
+        .accounts
         .list_tokens(caller.0.id)
         .await?
         .into_iter()
@@ -673,7 +673,13 @@ pub async fn delete_token(
 ) -> ApiResult<StatusCode> {
     // Any string is a fair question; one that is no token id names no token.
     let revoked = match id.parse::<i64>() {
-        Ok(number) => state.stores.meta.delete_token(caller.0.id, number).await?,
+        Ok(number) => {
+            state
+                .stores
+                .accounts
+                .delete_token(caller.0.id, number)
+                .await?
+        }
         Err(_) => false,
     };
     if !revoked {

@@ -99,7 +99,7 @@ pub async fn identify(
     if scheme.eq_ignore_ascii_case("bearer") {
         let user = state
             .stores
-            .meta
+            .accounts
             .user_by_token(&auth::token_hash(value.trim()))
             .await?
             .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))?;

@@ -129,7 +129,7 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
 async fn load(state: &ApiState, caller: &Caller, id: &str) -> ApiResult<(MailboxItem, Vec<u8>)> {
     let item = state
         .stores
-        .meta
+        .mailboxes
         .get_mailbox_item(caller.0.id, parse_id(id)?)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("message {id} not found")))?;
@@ -150,7 +150,7 @@ pub async fn list(
     let folder = query.folder.as_deref().unwrap_or("INBOX");
     let page = state
         .stores
-        .meta
+        .mailboxes
         .list_mailbox(caller.0.id, folder, limit, query.cursor.as_deref())
         .await?;
     Ok(Json(MessagePage {
@@ -364,7 +364,7 @@ pub async fn patch(
     if let Some(seen) = body.seen
         && !state
             .stores
-            .meta
+            .mailboxes
             .set_seen(caller.0.id, numeric, seen)
             .await?
     {
@@ -372,7 +372,7 @@ pub async fn patch(
     }
     let item = state
         .stores
-        .meta
+        .mailboxes
         .get_mailbox_item(caller.0.id, numeric)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("message {id} not found")))?;
@@ -391,7 +391,7 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     let orphans = state
         .stores
-        .meta
+        .mailboxes
         .delete_mailbox_item(caller.0.id, parse_id(&id)?)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("message {id} not found")))?;

@@ -171,10 +171,14 @@ pub async fn send(
     no_line_breaks("subject", &req.subject)?;
     check_len("subject", &req.subject, MAX_SUBJECT)?;
     let from = validate_email(&req.from)?;
-    let meta = state.stores.meta.as_ref();
+    let accounts = state.stores.accounts.as_ref();
     if !from.eq_ignore_ascii_case(&caller.0.email) {
         let domain = from.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-        let hosted = meta.list_domains().await?.iter().any(|d| d.name == domain);
+        let hosted = accounts
+            .list_domains()
+            .await?
+            .iter()
+            .any(|d| d.name == domain);
         if !(caller.0.is_admin && hosted) {
             return Err(ApiError::forbidden(format!(
                 "you may send only as {} (administrators: any address in a hosted domain)",
@@ -254,7 +258,7 @@ pub async fn send(
     let mut remote = Vec::new();
     let mut delivered = Vec::new();
     for address in &envelope {
-        match meta.lookup_recipient(address).await? {
+        match accounts.lookup_recipient(address).await? {
             RecipientLookup::Local {
                 user_id,
                 over_quota,

@@ -92,7 +92,7 @@ pub async fn sign_in(
     };
     let id = state
         .stores
-        .meta
+        .accounts
         .add_web_session(
             session.user.id,
             &auth::token_hash(&token),
@@ -142,7 +142,7 @@ pub async fn sign_out(
     if let Some(token) = cookie_token(&headers) {
         state
             .stores
-            .meta
+            .accounts
             .delete_web_session(&auth::token_hash(token))
             .await?;
     }
@@ -165,7 +165,7 @@ pub async fn cookie_session(
     let idle_since = now_millis().saturating_sub(millis(state.config.api.session_idle_timeout));
     Ok(state
         .stores
-        .meta
+        .accounts
         .web_session(&auth::token_hash(token), idle_since, millis(TOUCH_EVERY))
         .await?)
 }

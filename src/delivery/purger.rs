@@ -42,7 +42,7 @@ impl Actor for Purger {
         (args, _): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let before = now_millis() - args.retention.as_millis() as i64;
-        match args.stores.meta.purge_finished(before).await {
+        match args.stores.mailboxes.purge_finished(before).await {
             Ok(keys) => {
                 if !keys.is_empty() {
                     tracing::info!(blobs = keys.len(), "purged finished queue entries");

@@ -400,7 +400,7 @@ pub async fn bounce(
         original: &original,
         recipients: failed,
     });
-    let (local, remote) = match ctx.stores.meta.lookup_recipient(&entry.sender).await {
+    let (local, remote) = match ctx.stores.accounts.lookup_recipient(&entry.sender).await {
         Ok(RecipientLookup::Local { user_id, .. }) => (vec![user_id], vec![]),
         Ok(RecipientLookup::NotHosted) => {
             let domain = entry

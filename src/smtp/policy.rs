@@ -184,7 +184,7 @@ impl SmtpPolicy {
     /// A session signed in as `user` sends nothing once the account is deleted (on this node
     /// or another): each transaction checks it again.
     async fn check_account_still_exists(&self, user: &str) -> Option<Answer> {
-        match self.ctx.stores.meta.credentials(user).await {
+        match self.ctx.stores.accounts.credentials(user).await {
             Ok(Some(_)) => None,
             Ok(None) => {
                 tracing::warn!(target: LOG_TARGET, peer = %self.peer, user, "signed-in account no longer exists; sender refused");
@@ -228,7 +228,7 @@ impl SmtpPolicy {
     }
 
     async fn check_recipient(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
-        let lookup = self.ctx.stores.meta.lookup_recipient(address).await;
+        let lookup = self.ctx.stores.accounts.lookup_recipient(address).await;
         let postmaster = match &lookup {
             // RFC 5321 §4.5.1: bare <postmaster> and postmaster@ every hosted domain MUST be
             // accepted; a real user of that name keeps their own mail.
@@ -318,15 +318,15 @@ impl SmtpPolicy {
     /// the oldest admin account.
     async fn postmaster_mailbox(&self) -> Result<Option<i64>, crate::store::StoreError> {
         let config = &self.ctx.config;
-        let meta = self.ctx.stores.meta.as_ref();
+        let accounts = self.ctx.stores.accounts.as_ref();
         match config
             .smtp
             .postmaster
             .as_ref()
             .or(config.admin.email.as_ref())
         {
-            Some(address) => Ok(meta.credentials(address).await?.map(|c| c.user.id)),
-            None => Ok(meta
+            Some(address) => Ok(accounts.credentials(address).await?.map(|c| c.user.id)),
+            None => Ok(accounts
                 .list_users()
                 .await?
                 .into_iter()

@@ -357,7 +357,7 @@ pub async fn import(store: &SqlStore, dir: &Path, force: bool) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MetadataStore;
+    use crate::store::{AccountStore, MailboxStore};
 
     async fn store(dir: &Path, name: &str) -> SqlStore {
         crate::store::sql::test_sqlite(dir, name).await

@@ -106,7 +106,7 @@ mod tests {
     use crate::store::crypto::Cipher;
     use crate::store::encrypted::EncryptedBlobStore;
     use crate::store::fs::FsBlobStore;
-    use crate::store::{MetadataStore, WriteOp};
+    use crate::store::{AccountStore, MailboxStore, WriteOp};
 
     #[tokio::test]
     async fn an_inline_body_is_committed_read_sealed_and_deleted_with_its_row() {

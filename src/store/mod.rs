@@ -339,19 +339,16 @@ pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<i64, StoreError> {
     }
 }
 
-/// Metadata storage, implemented for SQLite and PostgreSQL.
+/// Accounts: hosted domains, users and their credentials, bearer tokens and the web UI's
+/// sessions, and the lookup that tells where mail for an address goes.
 #[async_trait::async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
-    /// Answers only when the database does.
-    async fn health(&self) -> Result<(), StoreError>;
-
+pub trait AccountStore: Send + Sync + 'static {
     /// Adds a hosted domain.
     async fn add_domain(&self, name: &str) -> Result<Domain, StoreError>;
     /// All hosted domains, by name.
     async fn list_domains(&self) -> Result<Vec<Domain>, StoreError>;
     /// Removes a domain that has no users.
     async fn delete_domain(&self, name: &str) -> Result<(), StoreError>;
-
     /// Adds an account; the domain of a non-admin must be hosted.
     async fn add_user(
         &self,
@@ -379,7 +376,6 @@ pub trait MetadataStore: Send + Sync + 'static {
         email: &str,
         password_hash: &str,
     ) -> Result<bool, StoreError>;
-
     /// Stores a bearer token's hash for a user; returns the token's id.
     async fn add_token(
         &self,
@@ -394,7 +390,6 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError>;
     /// The user owning an unexpired token.
     async fn user_by_token(&self, token_hash: &str) -> Result<Option<User>, StoreError>;
-
     /// Stores a new web session (its cookie token hashed) and drops every expired one.
     async fn add_web_session(
         &self,
@@ -414,15 +409,20 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<Option<WebSession>, StoreError>;
     /// Ends a session (sign-out); false if there was none.
     async fn delete_web_session(&self, token_hash: &str) -> Result<bool, StoreError>;
-
     /// Resolves an address for RCPT TO.
     async fn lookup_recipient(&self, address: &str) -> Result<RecipientLookup, StoreError>;
+}
 
+/// Mailboxes and the messages in them: the acceptance commit that writes messages, mailbox
+/// entries and queue rows; listing, flags and deletion; and the purge of what nothing
+/// references any more.
+#[async_trait::async_trait]
+pub trait MailboxStore: Send + Sync + 'static {
     /// Commits `ops` in one transaction, each in its own savepoint: the outer error means
     /// nothing was committed; otherwise each op's result says whether it is durable.
     ///
     /// Every new message's body must be in `blobs`: it is checked inside the transaction,
-    /// under the lock [`MetadataStore::delete_unreferenced_blobs`] takes, so a body deleted as
+    /// under the lock [`MailboxStore::delete_unreferenced_blobs`] takes, so a body deleted as
     /// unreferenced after it was written fails its op with [`StoreError::BlobMissing`]
     /// instead of committing a reference to nothing.
     async fn write_batch(
@@ -430,20 +430,18 @@ pub trait MetadataStore: Send + Sync + 'static {
         ops: &[WriteOp],
         blobs: &dyn BlobStore,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
-
     /// Deletes finished queue rows last changed before `before`, and messages nothing refers to;
     /// returns blob keys no longer referenced.
     async fn purge_finished(&self, before: Millis) -> Result<Vec<String>, StoreError>;
     /// Deletes from `blobs` those of `keys` that no message references, deciding and deleting
     /// under a lock that excludes concurrent acceptance commits (see
-    /// [`MetadataStore::write_batch`]); returns how many were deleted. A blob that cannot be
+    /// [`MailboxStore::write_batch`]); returns how many were deleted. A blob that cannot be
     /// deleted is logged and left (it only costs space).
     async fn delete_unreferenced_blobs(
         &self,
         keys: &[String],
         blobs: &dyn BlobStore,
     ) -> Result<usize, StoreError>;
-
     /// A page of a user's folder, newest first.
     async fn list_mailbox(
         &self,
@@ -466,20 +464,30 @@ pub trait MetadataStore: Send + Sync + 'static {
         user_id: i64,
         id: i64,
     ) -> Result<Option<Vec<String>>, StoreError>;
+    /// Total stored messages (one per acceptance), for tests and status.
+    async fn count_messages(&self) -> Result<i64, StoreError>;
+}
+
+/// The database itself: its health and the settings table.
+#[async_trait::async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Answers only when the database does.
+    async fn health(&self) -> Result<(), StoreError>;
     /// A value from the settings table.
     async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Stores a value in the settings table.
     async fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError>;
-
-    /// Total stored messages (one per acceptance), for tests and status.
-    async fn count_messages(&self) -> Result<i64, StoreError>;
 }
 
 /// The two halves of storage, shared by every part of the process.
 #[derive(Clone)]
 pub struct Stores {
-    /// Metadata.
+    /// The database's health and settings.
     pub meta: Arc<dyn MetadataStore>,
+    /// Domains, users, tokens, sessions (same database).
+    pub accounts: Arc<dyn AccountStore>,
+    /// Mailboxes and messages, and the acceptance commit (same database).
+    pub mailboxes: Arc<dyn MailboxStore>,
     /// The delivery queue (same database as `meta`).
     pub queue: Arc<dyn QueueStore>,
     /// DKIM signing keys (same database as `meta`).
@@ -602,6 +610,8 @@ impl Stores {
         };
         Ok(Self {
             meta: sql.clone(),
+            accounts: sql.clone(),
+            mailboxes: sql.clone(),
             queue: sql.clone(),
             dkim: sql,
             blobs,
@@ -671,7 +681,7 @@ impl Stores {
         // Small groups: acceptance commits wait while a group is decided and deleted.
         for group in keys.chunks(64) {
             if let Err(error) = self
-                .meta
+                .mailboxes
                 .delete_unreferenced_blobs(group, self.blobs.as_ref())
                 .await
             {

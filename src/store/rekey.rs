@@ -288,9 +288,9 @@ pub async fn rotate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::WriteOp;
     use crate::store::encrypted::EncryptedBlobStore;
     use crate::store::fs::FsBlobStore;
+    use crate::store::{MailboxStore, WriteOp};
 
     #[tokio::test]
     async fn rotation_re_encrypts_and_is_resumable() {

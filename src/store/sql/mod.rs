@@ -8,9 +8,10 @@
 //! group commit, the purge); each table's SQL lives in its own submodule, which implements
 //! that table's trait for [`SqlStore`].
 
+mod accounts;
 mod batch;
 mod dkim_keys;
-mod messages;
+mod mailbox;
 mod queue;
 mod recent;
 
@@ -25,7 +26,7 @@ use sqlx::{AnyPool, Executor};
 
 use super::blob::BlobStore;
 use super::dkim_keys::DkimKeyRecord;
-use super::{AcceptedMessage, Millis, StoreError, WriteOp};
+use super::{AcceptedMessage, MetadataStore, Millis, StoreError, WriteOp};
 use crate::config::DatabaseConfig;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -341,7 +342,7 @@ impl SqlStore {
         Ok(self.pool.begin_with(self.dialect.begin()).await?)
     }
 
-    /// [`MetadataStore::purge_finished`]: finished queue rows and then the messages nothing
+    /// [`MailboxStore::purge_finished`](crate::store::MailboxStore::purge_finished): finished queue rows and then the messages nothing
     /// refers to any more, in one transaction.
     pub(crate) async fn purge(&self, before: Millis) -> Result<Vec<String>, StoreError> {
         let mut tx = self.begin().await?;
@@ -351,7 +352,7 @@ impl SqlStore {
         Ok(keys)
     }
 
-    /// [`MetadataStore::write_batch`]: one transaction over the messages and the queue
+    /// [`MailboxStore::write_batch`](crate::store::MailboxStore::write_batch): one transaction over the messages and the queue
     /// tables, each op in its own savepoint.
     pub(crate) async fn commit_batch(
         &self,
@@ -410,7 +411,7 @@ impl SqlStore {
         if accepted.len() > 1 {
             let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
             let messages: Vec<&AcceptedMessage> = accepted.iter().map(|&(_, m)| m).collect();
-            match messages::insert_accepted(&mut savepoint, &messages).await {
+            match mailbox::insert_accepted(&mut savepoint, &messages).await {
                 Ok(()) => {
                     savepoint.commit().await?;
                     for &(i, _) in &accepted {
@@ -428,7 +429,7 @@ impl SqlStore {
             // Each op in its own savepoint: one failing op (a lost lease) leaves the others.
             let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
             let outcome = match op {
-                WriteOp::Accept(m) => messages::insert_accepted(&mut savepoint, &[m]).await,
+                WriteOp::Accept(m) => mailbox::insert_accepted(&mut savepoint, &[m]).await,
                 WriteOp::Apply {
                     lease,
                     updates,
@@ -506,6 +507,36 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
 }
 
 /// A migrated SQLite store in `dir/<name>.db`, for tests.
+#[async_trait::async_trait]
+impl MetadataStore for SqlStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        use sqlx::Row;
+        Ok(sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+    }
+
+    async fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 pub(crate) async fn test_sqlite(dir: &std::path::Path, name: &str) -> SqlStore {
     SqlStore::connect(&DatabaseConfig {
@@ -520,7 +551,7 @@ pub(crate) async fn test_sqlite(dir: &std::path::Path, name: &str) -> SqlStore {
 pub(crate) mod tests {
     use super::*;
     use crate::store::fs::FsBlobStore;
-    use crate::store::{AcceptedMessage, MessageSummary, MetadataStore, now_millis};
+    use crate::store::{AcceptedMessage, MailboxStore, MessageSummary, now_millis};
 
     /// A dump from one dialect must import into the other: both keep the same versions.
     #[test]
@@ -553,7 +584,7 @@ pub(crate) mod tests {
     /// alone and everything else is committed, counted once in each user's mailbox size.
     #[tokio::test]
     async fn a_large_batch_commits_in_few_statements_and_fails_only_its_bad_message() {
-        use crate::store::{MetadataStore, RemoteRecipient};
+        use crate::store::{AccountStore, MailboxStore, RemoteRecipient};
         use sqlx::Row;
         let dir = tempfile::tempdir().expect("tempdir");
         let store = test_sqlite(dir.path(), "m").await;
@@ -657,7 +688,7 @@ pub(crate) mod tests {
     /// retries); on the node that deleted it, the next lookup already says so.
     #[tokio::test]
     async fn a_remembered_recipient_deleted_elsewhere_fails_its_commit() {
-        use crate::store::{MetadataStore, RecipientLookup};
+        use crate::store::{AccountStore, MailboxStore, RecipientLookup};
         let dir = tempfile::tempdir().expect("tempdir");
         let here = test_sqlite(dir.path(), "m").await;
         let there = test_sqlite(dir.path(), "m").await;
@@ -696,7 +727,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn signing_keys_are_remembered_briefly_and_changes_here_are_seen_at_once() {
-        use crate::store::MetadataStore;
+        use crate::store::AccountStore;
         use crate::store::dkim_keys::DkimKeyStore;
         let dir = tempfile::tempdir().expect("tempdir");
         let here = test_sqlite(dir.path(), "m").await;

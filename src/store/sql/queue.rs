@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::messages::insert_accepted;
+use super::mailbox::insert_accepted;
 use super::{Dialect, SqlStore, Tx, batch};
 use crate::store::queue::{
     ATTEMPT_DETAIL_MAX, Activity, Attempt, AttemptRecord, EntryUpdate, Lease, LeaseGrant,
@@ -630,7 +630,7 @@ impl QueueStore for SqlStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MessageSummary, MetadataStore, RemoteRecipient, WriteOp};
+    use crate::store::{MailboxStore, MessageSummary, RemoteRecipient, WriteOp};
 
     async fn store() -> (tempfile::TempDir, SqlStore) {
         let dir = tempfile::tempdir().expect("tempdir");
