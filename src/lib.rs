@@ -4,7 +4,6 @@
 //! The promise everything serves: a `250` after DATA (or BDAT LAST) means the body is fsynced
 //! in the blob store and its metadata committed.
 
-pub mod acceptance;
 pub mod accounts;
 pub mod actors;
 pub mod api;
@@ -15,6 +14,7 @@ pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod events;
+pub mod inbound;
 pub mod message;
 pub mod net;
 pub mod private;

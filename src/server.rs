@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use ractor::Actor;
 
-use crate::acceptance::Acceptor;
 use crate::actors::storage_writer::WriterArgs;
 use crate::actors::{ChildSpec, RootSupervisor, StorageWriter, WriterHandle};
 use crate::api::{ApiServer, ApiServerArgs, ApiState};
@@ -20,9 +19,11 @@ use crate::delivery::queue_manager::QueueManagerArgs;
 use crate::delivery::routing::Router;
 use crate::delivery::worker::{DeliveryContext, DestinationLimiter};
 use crate::delivery::{QueueHandle, QueueManager};
+use crate::inbound::commit::Acceptor;
+use crate::inbound::smtp::{SmtpContext, SmtpProtocol};
 use crate::net::tls;
 use crate::net::{ConnectionLimits, Listener, ListenerArgs};
-use crate::smtp::{Faults, ListenerKind, SmtpContext, SmtpProtocol};
+use crate::smtp::{Faults, ListenerKind, SessionContext};
 use crate::store::Stores;
 use crate::store::crypto::Cipher;
 use crate::telemetry;
@@ -167,10 +168,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config: config.clone(),
             stores: stores.clone(),
             acceptor: acceptor.clone(),
-            tls: Some(tls_acceptor),
             authenticator: authenticator.clone(),
-            shutdown: shutdown_rx.clone(),
-            faults: faults.clone(),
+            session: Arc::new(SessionContext {
+                config: config.clone(),
+                tls: Some(tls_acceptor),
+                shutdown: shutdown_rx.clone(),
+                faults: faults.clone(),
+            }),
         });
         for (name, kind, port) in [
             ("smtp_listener", ListenerKind::Mx, config.server.smtp_port),

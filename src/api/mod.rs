@@ -29,12 +29,12 @@ use serde::Deserialize;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
-use crate::acceptance::Acceptor;
 use crate::actors::WriterHandle;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::delivery::QueueHandle;
 use crate::events::{self, ApiRequestCompleted};
+use crate::inbound::commit::Acceptor;
 use crate::smtp::Faults;
 use crate::store::{Stores, User};
 use error::{ApiError, ApiJson, ApiResult};

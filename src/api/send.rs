@@ -16,10 +16,10 @@ use super::ApiState;
 use super::auth::{Caller, ClientIp};
 use super::error::{ApiError, ApiJson, ApiResult, ErrorBody, check_len};
 use super::limits;
-use crate::acceptance::Incoming;
 use crate::accounts::validate_email;
-use crate::store::RecipientLookup;
+use crate::inbound::commit::Incoming;
 use crate::store::new_id;
+use crate::store::{LocalDelivery, RecipientLookup};
 
 /// An attachment of a message to send.
 #[derive(Deserialize, ToSchema)]
@@ -270,7 +270,7 @@ pub async fn send(
                         format!("mailbox of {address} is full"),
                     ));
                 }
-                local.push(user_id);
+                local.push(LocalDelivery::inbox(user_id));
                 delivered.push(address.clone());
             }
             RecipientLookup::UnknownUser => {
@@ -357,6 +357,8 @@ pub async fn send(
             ),
         ));
     }
+    // The submitter's Sent folder keeps a copy, committed with the message itself.
+    local.push(LocalDelivery::sent_copy(caller.0.id));
     local.sort_unstable();
     local.dedup();
     state
@@ -364,15 +366,16 @@ pub async fn send(
         .accept(Incoming {
             id: id.clone(),
             envelope_from: from.clone(),
-            local_recipients: local,
+            deliveries: local,
             remote_recipients: remote.clone(),
-            sent_copy_for: Some(caller.0.id),
             data,
             sign_for: Some(from.clone()),
         })
         .await
         .map_err(|e| match e {
-            crate::acceptance::AcceptError::Unsendable(e) => ApiError::bad_request(e.to_string()),
+            crate::inbound::commit::AcceptError::Unsendable(e) => {
+                ApiError::bad_request(e.to_string())
+            }
             other => ApiError::unavailable(other),
         })?;
     tracing::info!(id = %id, from = %from, recipients = envelope.len(), "message submitted over the API");

@@ -18,7 +18,8 @@ use crate::delivery::routing::{RouteError, Router};
 use crate::events::{self, DeliveryConnectionUsed};
 use crate::store::new_id;
 use crate::store::{
-    AcceptedMessage, QueueEntry, RecipientLookup, RemoteRecipient, Stores, now_millis, partition_of,
+    AcceptedMessage, LocalDelivery, QueueEntry, RecipientLookup, RemoteRecipient, Stores,
+    now_millis, partition_of,
 };
 
 /// Everything delivery needs, shared by all partitions of a node.
@@ -401,7 +402,7 @@ pub async fn bounce(
         recipients: failed,
     });
     let (local, remote) = match ctx.stores.accounts.lookup_recipient(&entry.sender).await {
-        Ok(RecipientLookup::Local { user_id, .. }) => (vec![user_id], vec![]),
+        Ok(RecipientLookup::Local { user_id, .. }) => (vec![LocalDelivery::inbox(user_id)], vec![]),
         Ok(RecipientLookup::NotHosted) => {
             let domain = entry
                 .sender
@@ -440,8 +441,7 @@ pub async fn bounce(
         received_at: now,
         envelope_from: String::new(),
         summary,
-        local_recipients: local,
-        sent_copy_for: None,
+        deliveries: local,
         remote_recipients: remote,
         expires_at: now + ctx.config.delivery.max_queue_lifetime.as_millis() as i64,
     }))

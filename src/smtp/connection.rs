@@ -14,9 +14,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::policy::{SessionPolicy, SmtpPolicy};
+use super::policy::SessionPolicy;
 use super::session::{Event, PeerInfo, ServerSession, SessionConfig};
-use super::{ListenerKind, SmtpContext};
+use super::{ListenerKind, SessionContext};
 use crate::events::{self, SmtpConnectionClosed, SmtpConnectionOpened};
 use crate::net::ConnectionGuard;
 
@@ -24,9 +24,9 @@ use crate::net::ConnectionGuard;
 type Stream = crate::net::stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// What a session actor is started with.
-pub struct SessionArgs {
+pub struct SessionArgs<P> {
     /// Shared context.
-    pub ctx: Arc<SmtpContext>,
+    pub ctx: Arc<SessionContext>,
     /// The listener it came in on.
     pub kind: ListenerKind,
     /// The accepted socket.
@@ -35,21 +35,28 @@ pub struct SessionArgs {
     pub peer: SocketAddr,
     /// Its slot in the connection limits, freed when the session ends however it ends.
     pub guard: ConnectionGuard,
+    /// What decides the session's events.
+    pub policy: P,
 }
 
 /// One actor per connection; its only message runs the connection to its end.
-#[derive(Default)]
-pub struct SessionActor;
+pub struct SessionActor<P>(std::marker::PhantomData<fn() -> P>);
 
-impl Actor for SessionActor {
+impl<P> Default for SessionActor<P> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<P: SessionPolicy + Sync + 'static> Actor for SessionActor<P> {
     type Msg = ();
-    type State = Option<SessionArgs>;
-    type Arguments = SessionArgs;
+    type State = Option<SessionArgs<P>>;
+    type Arguments = SessionArgs<P>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<()>,
-        args: SessionArgs,
+        args: SessionArgs<P>,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(Some(args))
     }
@@ -82,8 +89,7 @@ impl Actor for SessionActor {
                 panic!("injected session fault");
             }
             let peer = args.peer;
-            let policy = SmtpPolicy::new(args.ctx.clone(), args.kind, args.peer);
-            if let Err(error) = Connection::new(args, policy).run().await {
+            if let Err(error) = Connection::new(args).run().await {
                 tracing::debug!(%peer, %error, "SMTP connection ended with an error");
             }
         }
@@ -109,7 +115,7 @@ const TRANSFER_BUFFER: usize = 64 * 1024;
 /// One connection: its stream, its session state machine and the policy that answers the
 /// session's events.
 struct Connection<P> {
-    ctx: Arc<SmtpContext>,
+    ctx: Arc<SessionContext>,
     stream: Stream,
     session: ServerSession,
     policy: P,
@@ -117,7 +123,7 @@ struct Connection<P> {
 }
 
 impl<P: SessionPolicy> Connection<P> {
-    fn new(args: SessionArgs, policy: P) -> Self {
+    fn new(args: SessionArgs<P>) -> Self {
         let config = &args.ctx.config;
         let session = ServerSession::new(
             SessionConfig {
@@ -138,7 +144,7 @@ impl<P: SessionPolicy> Connection<P> {
         Self {
             stream: Stream::Plain(args.stream),
             session,
-            policy,
+            policy: args.policy,
             ctx: args.ctx,
             _guard: args.guard,
         }

@@ -127,7 +127,7 @@ mod tests {
         let key = blobs.key_for(body);
         let mut message = crate::store::sql::tests::accepted("m1", &key);
         message.inline_body = Some(cipher.seal_blob(body).into());
-        message.local_recipients = vec![bob.id];
+        message.deliveries = vec![crate::store::LocalDelivery::inbox(bob.id)];
         let results = rows
             .write_batch(&[WriteOp::Accept(message)], &blobs)
             .await

@@ -236,14 +236,50 @@ pub struct AcceptedMessage {
     pub envelope_from: String,
     /// Parsed header fields.
     pub summary: MessageSummary,
-    /// Users whose INBOX receives the message.
-    pub local_recipients: Vec<i64>,
-    /// The user who submitted it over the API, whose Sent folder keeps a copy.
-    pub sent_copy_for: Option<i64>,
+    /// The local copies: one mailbox entry each (a recipient's INBOX, the submitter's Sent).
+    pub deliveries: Vec<LocalDelivery>,
     /// Recipients in other domains: one queue row each.
     pub remote_recipients: Vec<RemoteRecipient>,
     /// When undelivered queue rows expire (bounce).
     pub expires_at: Millis,
+}
+
+/// The folder new mail goes to.
+pub const INBOX: &str = "INBOX";
+
+/// The folder that keeps what a user sent through the API.
+pub const SENT: &str = "Sent";
+
+/// One local copy of a message: the user whose mailbox receives it, the folder, and its flags
+/// on arrival. The inbound pipeline decides them per recipient.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LocalDelivery {
+    /// The receiving user.
+    pub user_id: i64,
+    /// The folder, `INBOX` unless a rule says otherwise.
+    pub folder: String,
+    /// Arrives read.
+    pub seen: bool,
+}
+
+impl LocalDelivery {
+    /// New mail in `user_id`'s INBOX, unread.
+    pub fn inbox(user_id: i64) -> Self {
+        Self {
+            user_id,
+            folder: INBOX.into(),
+            seen: false,
+        }
+    }
+
+    /// The copy of what `user_id` sent, in their Sent folder, read.
+    pub fn sent_copy(user_id: i64) -> Self {
+        Self {
+            user_id,
+            folder: SENT.into(),
+            seen: true,
+        }
+    }
 }
 
 /// A recipient that goes through the delivery queue.

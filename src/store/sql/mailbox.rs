@@ -160,16 +160,14 @@ pub(crate) async fn insert_accepted(
         },
     )
     .await?;
-    // (message, user, folder, seen); the submitter's Sent copy is in the same commit as the
-    // delivery itself.
+    // (message, user, folder, seen): every local copy, the submitter's Sent copy included, in
+    // the same commit as the message.
     let entries: Vec<(&AcceptedMessage, i64, &str, bool)> = messages
         .iter()
         .flat_map(|&m| {
-            let inbox = m
-                .local_recipients
+            m.deliveries
                 .iter()
-                .map(move |&u| (m, u, "INBOX", false));
-            inbox.chain(m.sent_copy_for.map(|u| (m, u, "Sent", true)))
+                .map(move |d| (m, d.user_id, d.folder.as_str(), d.seen))
         })
         .collect();
     batch::insert(

@@ -551,7 +551,7 @@ pub(crate) async fn test_sqlite(dir: &std::path::Path, name: &str) -> SqlStore {
 pub(crate) mod tests {
     use super::*;
     use crate::store::fs::FsBlobStore;
-    use crate::store::{AcceptedMessage, MailboxStore, MessageSummary, now_millis};
+    use crate::store::{AcceptedMessage, LocalDelivery, MailboxStore, MessageSummary, now_millis};
 
     /// A dump from one dialect must import into the other: both keep the same versions.
     #[test]
@@ -572,8 +572,7 @@ pub(crate) mod tests {
             received_at: now_millis(),
             envelope_from: String::new(),
             summary: MessageSummary::default(),
-            local_recipients: vec![],
-            sent_copy_for: None,
+            deliveries: vec![],
             remote_recipients: vec![],
             expires_at: now_millis(),
         }
@@ -604,8 +603,14 @@ pub(crate) mod tests {
                 let mut m = accepted(&format!("m{i}"), &format!("k{i}"));
                 m.inline_body = Some(bytes::Bytes::from(format!("body {i}\r\n")));
                 m.size = 10 + i as i64;
-                m.local_recipients = vec![if i == BAD { 99_999 } else { alice.id }];
-                m.sent_copy_for = (i % 3 == 0).then_some(bob.id);
+                m.deliveries = vec![LocalDelivery::inbox(if i == BAD {
+                    99_999
+                } else {
+                    alice.id
+                })];
+                if i % 3 == 0 {
+                    m.deliveries.push(LocalDelivery::sent_copy(bob.id));
+                }
                 if i % 2 == 0 {
                     m.remote_recipients = vec![RemoteRecipient {
                         recipient: format!("r{i}@remote.test"),
@@ -716,7 +721,7 @@ pub(crate) mod tests {
         assert_eq!(stale.expect("lookup"), local, "remembered for a moment");
         let mut m = accepted("m1", "k1");
         m.inline_body = Some(bytes::Bytes::from_static(b"body\r\n"));
-        m.local_recipients = vec![alice.id];
+        m.deliveries = vec![LocalDelivery::inbox(alice.id)];
         let results = here
             .write_batch(&[WriteOp::Accept(m)], &blobs)
             .await

@@ -647,8 +647,7 @@ mod tests {
             received_at: now_millis(),
             envelope_from: "a@here.test".into(),
             summary: MessageSummary::default(),
-            local_recipients: vec![],
-            sent_copy_for: None,
+            deliveries: vec![],
             remote_recipients: vec![RemoteRecipient {
                 recipient: rcpt.into(),
                 domain: rcpt.rsplit('@').next().unwrap_or_default().into(),

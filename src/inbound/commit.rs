@@ -12,7 +12,9 @@ use crate::actors::WriterHandle;
 use crate::config::Config;
 use crate::delivery::QueueHandle;
 use crate::events::{self, BlobWritten};
-use crate::store::{AcceptedMessage, BlobError, RemoteRecipient, Stores, now_millis, partition_of};
+use crate::store::{
+    AcceptedMessage, BlobError, LocalDelivery, RemoteRecipient, Stores, now_millis, partition_of,
+};
 
 /// Why a message was not accepted. Every case but [`AcceptError::Unsendable`] is temporary
 /// for the client.
@@ -36,12 +38,10 @@ pub struct Incoming {
     pub id: String,
     /// Envelope sender (empty for the null sender).
     pub envelope_from: String,
-    /// Local users receiving it.
-    pub local_recipients: Vec<i64>,
+    /// The local copies, each to a user's folder with its flags.
+    pub deliveries: Vec<LocalDelivery>,
     /// Remote recipients.
     pub remote_recipients: Vec<String>,
-    /// The submitting user whose Sent folder keeps a copy (the send API).
-    pub sent_copy_for: Option<i64>,
     /// The full message as it will be stored (trace headers included).
     pub data: Vec<u8>,
     /// DKIM-sign outbound copies for this sender: only when the `From:` domain is this
@@ -89,9 +89,8 @@ impl Acceptor {
         let Incoming {
             id,
             envelope_from,
-            local_recipients,
+            deliveries,
             remote_recipients,
-            sent_copy_for,
             mut data,
             sign_for,
         } = incoming;
@@ -156,8 +155,7 @@ impl Acceptor {
             received_at,
             envelope_from,
             summary,
-            local_recipients,
-            sent_copy_for,
+            deliveries,
             remote_recipients: remote,
             expires_at: received_at.saturating_add(lifetime),
         };

@@ -1,0 +1,475 @@
+//! SMTP's way into the inbound pipeline: who may authenticate, which senders and recipients
+//! are accepted (and where each recipient's mail goes), and how a complete message becomes
+//! durable before its `250`; and the [`Protocol`] that puts SMTP sessions with this policy
+//! behind a [`crate::net::Listener`].
+//!
+//! The driver ([`crate::smtp::connection`]) turns each event of the sans-I/O session that needs
+//! an application decision into one call of a [`SessionPolicy`]. [`SmtpPolicy`] is the real
+//! policy over the stores and the acceptor: on a complete message the body (with its
+//! `Received:` header) is written and fsynced to the blob store, its metadata is committed
+//! through the storage writer's group commit, and only then is the `250` answered.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::commit::{AcceptError, Acceptor, Incoming};
+use crate::auth::AuthError;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::events::{
+    self, SmtpAuthFailed, SmtpForeignHeaderSender, SmtpMessageAccepted, SmtpMessageRejected,
+};
+use crate::message::{self, Arrival};
+use crate::net::{ConnectionGuard, LimitExceeded, Protocol};
+use crate::smtp::connection::{SessionActor, SessionArgs};
+use crate::smtp::policy::SessionPolicy;
+use crate::smtp::session::{Answer, AuthMechanism, Envelope, Reply};
+use crate::smtp::{ListenerKind, SessionContext};
+use crate::store::{LocalDelivery, Stores};
+use crate::store::{RecipientLookup, new_id};
+
+/// A session's log lines, the driver's and the policy's, share the driver's target, so one
+/// filter directive (`mairust::smtp::connection=debug`) selects a connection's whole story.
+const LOG_TARGET: &str = "mairust::smtp::connection";
+
+/// Where an accepted recipient goes.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// A local user's mailbox.
+    Local(i64),
+    /// The delivery queue (authenticated submission only).
+    Remote,
+}
+
+/// What SMTP's policy needs from the rest of the process.
+pub struct SmtpContext {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Metadata and blobs.
+    pub stores: Stores,
+    /// The acceptance path (blob, group commit, queue hint).
+    pub acceptor: Acceptor,
+    /// Password checks, shared by all sessions and the API.
+    pub authenticator: Arc<Authenticator>,
+    /// What the session driver needs (TLS, shutdown, test hooks).
+    pub session: Arc<SessionContext>,
+}
+
+/// SMTP on one listener (MX or submission), for [`crate::net::Listener`].
+pub struct SmtpProtocol {
+    /// Shared context.
+    pub ctx: Arc<SmtpContext>,
+    /// MX or submission.
+    pub kind: ListenerKind,
+}
+
+impl Protocol for SmtpProtocol {
+    type Session = SessionActor<SmtpPolicy>;
+
+    fn label(&self) -> &'static str {
+        self.kind.label()
+    }
+
+    fn refusal(&self, why: LimitExceeded) -> String {
+        let text = match why {
+            LimitExceeded::Total => "Too many connections, try again later",
+            LimitExceeded::PerIp => "Too many connections from your address, try again later",
+        };
+        format!("421 4.7.0 {} {text}\r\n", self.ctx.config.server.hostname)
+    }
+
+    fn session(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        guard: ConnectionGuard,
+    ) -> SessionArgs<SmtpPolicy> {
+        SessionArgs {
+            ctx: self.ctx.session.clone(),
+            kind: self.kind,
+            stream,
+            peer,
+            guard,
+            policy: SmtpPolicy::new(self.ctx.clone(), self.kind, peer),
+        }
+    }
+}
+
+/// The policy of a MaiRust listener: hosted domains and users from the store, postmaster
+/// routing, submission sender ownership, and acceptance through the acceptor.
+pub struct SmtpPolicy {
+    ctx: Arc<SmtpContext>,
+    kind: ListenerKind,
+    peer: SocketAddr,
+    /// The client is in `smtp.trusted_networks`: it may relay without AUTH.
+    trusted: bool,
+    /// The current transaction's accepted recipients, by lower-cased address.
+    recipients: HashMap<String, Route>,
+}
+
+fn reply(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Reply {
+    Reply::new(code, status, text)
+}
+
+/// Refuses with `r`, counting the refusal under `reason`.
+fn rejected(reason: &'static str, r: Reply) -> Answer {
+    events::emit(SmtpMessageRejected { reason });
+    Answer::Reject(r)
+}
+
+impl SessionPolicy for SmtpPolicy {
+    async fn authenticate(
+        &mut self,
+        mechanism: AuthMechanism,
+        authzid: Option<&str>,
+        username: &str,
+        password: &str,
+    ) -> Answer {
+        // Acting on behalf of another identity is not supported.
+        let proxy = authzid.is_some_and(|z| !z.is_empty() && !z.eq_ignore_ascii_case(username));
+        if proxy {
+            return Answer::Auth(false);
+        }
+        self.check_credentials(mechanism, username, password).await
+    }
+
+    async fn mail_from(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
+        self.recipients.clear();
+        if let Some(user) = authenticated
+            && let Some(refusal) = self.check_account_still_exists(user).await
+        {
+            return refusal;
+        }
+        self.check_sender(address, authenticated)
+    }
+
+    async fn rcpt_to(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
+        self.check_recipient(address, authenticated).await
+    }
+
+    async fn message(&mut self, envelope: Envelope, data: Vec<u8>) -> Answer {
+        self.accept(envelope, data).await
+    }
+}
+
+impl SmtpPolicy {
+    /// The policy for one connection from `peer` on a `kind` listener.
+    pub fn new(ctx: Arc<SmtpContext>, kind: ListenerKind, peer: SocketAddr) -> Self {
+        Self {
+            trusted: ctx.config.smtp.is_trusted(peer.ip()),
+            ctx,
+            kind,
+            peer,
+            recipients: HashMap::new(),
+        }
+    }
+
+    async fn check_credentials(
+        &self,
+        mechanism: AuthMechanism,
+        username: &str,
+        password: &str,
+    ) -> Answer {
+        let user = match self
+            .ctx
+            .authenticator
+            .authenticate(self.peer.ip(), username, password)
+            .await
+        {
+            Ok(user) => user,
+            Err(busy @ AuthError::Busy) => {
+                tracing::warn!(target: LOG_TARGET, peer = %self.peer, user = username, "AUTH refused: {busy}");
+                return Answer::Reject(reply(454, (4, 7, 0), busy.to_string()));
+            }
+            Err(error) => {
+                tracing::error!(target: LOG_TARGET, %error, "AUTH lookup failed");
+                return Answer::Reject(reply(
+                    454,
+                    (4, 7, 0),
+                    "Temporary authentication failure; try again later",
+                ));
+            }
+        };
+        if user.is_some() {
+            tracing::info!(target: LOG_TARGET, peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH succeeded");
+            Answer::Auth(true)
+        } else {
+            events::emit(SmtpAuthFailed {
+                peer: self.peer,
+                user: username,
+                mechanism: &mechanism,
+            });
+            Answer::Auth(false)
+        }
+    }
+
+    /// A session signed in as `user` sends nothing once the account is deleted (on this node
+    /// or another): each transaction checks it again.
+    async fn check_account_still_exists(&self, user: &str) -> Option<Answer> {
+        match self.ctx.stores.accounts.credentials(user).await {
+            Ok(Some(_)) => None,
+            Ok(None) => {
+                tracing::warn!(target: LOG_TARGET, peer = %self.peer, user, "signed-in account no longer exists; sender refused");
+                Some(rejected(
+                    "account_deleted",
+                    reply(
+                        530,
+                        (5, 7, 0),
+                        format!("Authentication required: the account {user} no longer exists"),
+                    ),
+                ))
+            }
+            Err(error) => {
+                tracing::error!(target: LOG_TARGET, %error, "account lookup failed");
+                Some(Answer::Reject(reply(
+                    451,
+                    (4, 3, 0),
+                    "Temporary lookup failure, try again later",
+                )))
+            }
+        }
+    }
+
+    fn check_sender(&self, address: &str, authenticated: Option<&str>) -> Answer {
+        // A trusted client without AUTH (an application server) sends as anyone, as with
+        // Postfix's mynetworks; a signed-in user only as themselves.
+        if self.kind == ListenerKind::Submission && (authenticated.is_some() || !self.trusted) {
+            let owner = authenticated.unwrap_or_default();
+            if !address.eq_ignore_ascii_case(owner) {
+                return rejected(
+                    "sender_not_owned",
+                    reply(
+                        553,
+                        (5, 7, 1),
+                        format!("<{address}>: Sender address rejected: not owned by user {owner}"),
+                    ),
+                );
+            }
+        }
+        Answer::Accept
+    }
+
+    async fn check_recipient(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
+        let lookup = self.ctx.stores.accounts.lookup_recipient(address).await;
+        let postmaster = match &lookup {
+            // RFC 5321 §4.5.1: bare <postmaster> and postmaster@ every hosted domain MUST be
+            // accepted; a real user of that name keeps their own mail.
+            Ok(RecipientLookup::NotHosted) => address.eq_ignore_ascii_case("postmaster"),
+            Ok(RecipientLookup::UnknownUser) => address
+                .split_once('@')
+                .is_some_and(|(local, _)| local.eq_ignore_ascii_case("postmaster")),
+            _ => false,
+        };
+        if postmaster {
+            return match self.postmaster_mailbox().await {
+                Ok(Some(user_id)) => {
+                    self.recipients
+                        .insert(address.to_ascii_lowercase(), Route::Local(user_id));
+                    Answer::Accept
+                }
+                Ok(None) => {
+                    tracing::error!(
+                        target: LOG_TARGET,
+                        recipient = address,
+                        "no mailbox for postmaster; set smtp.postmaster to a local user"
+                    );
+                    rejected(
+                        "temporary_failure",
+                        reply(
+                            451,
+                            (4, 3, 0),
+                            "Postmaster mailbox unavailable, try again later",
+                        ),
+                    )
+                }
+                Err(error) => {
+                    tracing::error!(target: LOG_TARGET, %error, "postmaster lookup failed");
+                    rejected(
+                        "temporary_failure",
+                        reply(451, (4, 3, 0), "Temporary lookup failure, try again later"),
+                    )
+                }
+            };
+        }
+        match lookup {
+            Ok(RecipientLookup::Local {
+                user_id,
+                over_quota,
+            }) => {
+                if over_quota {
+                    return rejected(
+                        "mailbox_full",
+                        reply(452, (4, 2, 2), format!("<{address}>: Mailbox full")),
+                    );
+                }
+                self.recipients
+                    .insert(address.to_ascii_lowercase(), Route::Local(user_id));
+                Answer::Accept
+            }
+            Ok(RecipientLookup::UnknownUser) => rejected(
+                "unknown_user",
+                reply(
+                    550,
+                    (5, 1, 1),
+                    format!("<{address}>: Recipient address rejected: User unknown"),
+                ),
+            ),
+            Ok(RecipientLookup::NotHosted)
+                if (self.kind == ListenerKind::Submission && authenticated.is_some())
+                    || self.trusted =>
+            {
+                self.recipients
+                    .insert(address.to_ascii_lowercase(), Route::Remote);
+                Answer::Accept
+            }
+            Ok(RecipientLookup::NotHosted) => rejected(
+                "relay_denied",
+                reply(554, (5, 7, 1), format!("<{address}>: Relay access denied")),
+            ),
+            Err(error) => {
+                tracing::error!(target: LOG_TARGET, %error, "recipient lookup failed");
+                rejected(
+                    "temporary_failure",
+                    reply(451, (4, 3, 0), "Temporary lookup failure, try again later"),
+                )
+            }
+        }
+    }
+
+    /// The user who receives mail to `postmaster`: `smtp.postmaster`, else `admin.email`, else
+    /// the oldest admin account.
+    async fn postmaster_mailbox(&self) -> Result<Option<i64>, crate::store::StoreError> {
+        let config = &self.ctx.config;
+        let accounts = self.ctx.stores.accounts.as_ref();
+        match config
+            .smtp
+            .postmaster
+            .as_ref()
+            .or(config.admin.email.as_ref())
+        {
+            Some(address) => Ok(accounts.credentials(address).await?.map(|c| c.user.id)),
+            None => Ok(accounts
+                .list_users()
+                .await?
+                .into_iter()
+                .filter(|u| u.is_admin)
+                .min_by_key(|u| (u.created_at, u.id))
+                .map(|u| u.id)),
+        }
+    }
+
+    async fn accept(&mut self, envelope: Envelope, data: Vec<u8>) -> Answer {
+        // Mail that is vouched for (and signed) must have a header section every reader
+        // agrees on, or the From check below could pass on a field a recipient never sees.
+        let vouched = self.kind == ListenerKind::Submission || self.trusted;
+        if vouched && let Err(problem) = message::check_header_section(&data) {
+            return rejected(
+                "malformed_header",
+                reply(550, (5, 6, 0), format!("Message rejected: {problem}")),
+            );
+        }
+        if self.kind == ListenerKind::Submission
+            && let Some(owner) = envelope.authenticated.as_deref()
+        {
+            let foreign = message::foreign_senders(&data, owner);
+            if let Some(first) = foreign.first() {
+                events::emit(SmtpForeignHeaderSender {
+                    peer: self.peer,
+                    user: owner,
+                    from: first,
+                });
+                let shown: String = first.chars().take(64).collect();
+                return Answer::Reject(reply(
+                    553,
+                    (5, 7, 1),
+                    format!("<{shown}>: From/Sender header rejected: not owned by user {owner}"),
+                ));
+            }
+        }
+        let started = Instant::now();
+        let id = new_id();
+        let single_recipient = match envelope.rcpt_to.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
+        let arrival = Arrival {
+            hostname: &self.ctx.config.server.hostname,
+            helo: &envelope.helo,
+            peer_ip: self.peer.ip(),
+            esmtp: envelope.esmtp,
+            tls: envelope.tls,
+            authenticated: envelope.authenticated.is_some(),
+            id: &id,
+            single_recipient,
+            fix_missing_headers: self.kind == ListenerKind::Submission,
+            via: None,
+        };
+        let stored = message::prepare_for_storage(&arrival, &data);
+        drop(data);
+
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for rcpt in &envelope.rcpt_to {
+            match self.recipients.get(&rcpt.to_ascii_lowercase()) {
+                Some(Route::Local(user)) => local.push(LocalDelivery::inbox(*user)),
+                Some(Route::Remote) => remote.push(rcpt.clone()),
+                None => {}
+            }
+        }
+        local.sort_unstable();
+        local.dedup();
+        remote.sort_unstable();
+        remote.dedup();
+        let incoming = Incoming {
+            id: id.clone(),
+            envelope_from: envelope.mail_from.clone(),
+            deliveries: local,
+            remote_recipients: remote,
+            data: stored,
+            // Submission checked that From and Sender are the user's own address. A trusted
+            // network's mail is signed for its envelope sender's domain (when From is there too).
+            sign_for: envelope
+                .authenticated
+                .clone()
+                .or_else(|| self.trusted.then(|| envelope.mail_from.clone())),
+        };
+        let size = match self.ctx.acceptor.accept(incoming).await {
+            Ok(size) => size,
+            Err(error) => {
+                tracing::error!(target: LOG_TARGET, %error, id = %id, "message not accepted");
+                let reason = match error {
+                    AcceptError::Blob(_) => "blob_write_failed",
+                    AcceptError::Commit(_) => "commit_failed",
+                    AcceptError::Unsendable(e) => {
+                        return rejected("unsendable", reply(550, (5, 6, 0), e.to_string()));
+                    }
+                };
+                return self.temporary_failure(reason);
+            }
+        };
+        events::emit(SmtpMessageAccepted {
+            listener: self.kind.label(),
+            id: &id,
+            peer: self.peer,
+            from: &envelope.mail_from,
+            recipients: envelope.rcpt_to.len(),
+            size,
+            elapsed: started.elapsed(),
+        });
+        self.recipients.clear();
+        Answer::AcceptWith(reply(250, (2, 0, 0), format!("Ok: queued as {id}")))
+    }
+
+    fn temporary_failure(&self, reason: &'static str) -> Answer {
+        rejected(
+            reason,
+            reply(
+                451,
+                (4, 3, 0),
+                "Temporary storage failure, message not accepted; try again later",
+            ),
+        )
+    }
+}
