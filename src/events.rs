@@ -416,9 +416,10 @@ pub struct SmtpForeignHeaderSender<'a> {
     pub from: &'a str,
 }
 
+/// Logged only: the refusal that follows is counted with the others
+/// ([`SmtpMessageRejected`], reason `header_sender_not_owned`).
 impl InternalEvent for SmtpForeignHeaderSender<'_> {
     fn emit(self) {
-        metrics::counter!("mairust_smtp_messages_rejected_total", "reason" => "header_sender_not_owned").increment(1);
         tracing::warn!(target: SMTP_CONNECTION, peer = %self.peer, user = self.user, from = %self.from, "submission with a From/Sender the user does not own");
     }
 }

@@ -95,6 +95,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         writer.clone(),
         queue.clone(),
     );
+    // One chain of checks on incoming mail, for SMTP and the API's send path alike.
+    let checks = Arc::new(crate::inbound::checks::Checks::standard());
     let faults = Arc::new(Faults::default());
     let limits = ConnectionLimits::new(
         config.smtp.max_connections,
@@ -169,6 +171,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             stores: stores.clone(),
             acceptor: acceptor.clone(),
             authenticator: authenticator.clone(),
+            checks: checks.clone(),
             session: Arc::new(SessionContext {
                 config: config.clone(),
                 tls: Some(tls_acceptor),
@@ -224,6 +227,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             metrics,
             writer: writer.clone(),
             acceptor: acceptor.clone(),
+            checks: checks.clone(),
             queue: queue.clone(),
             faults: faults.clone(),
             authenticator: authenticator.clone(),

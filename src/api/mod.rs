@@ -52,6 +52,8 @@ pub struct ApiState {
     pub writer: WriterHandle,
     /// The acceptance path (for the send API).
     pub acceptor: Acceptor,
+    /// The checks on a complete message, shared with SMTP.
+    pub checks: Arc<crate::inbound::checks::Checks>,
     /// The delivery queue's owner (for queue operations).
     pub queue: QueueHandle,
     /// Test-only fault hooks.

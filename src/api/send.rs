@@ -17,6 +17,7 @@ use super::auth::{Caller, ClientIp};
 use super::error::{ApiError, ApiJson, ApiResult, ErrorBody, check_len};
 use super::limits;
 use crate::accounts::validate_email;
+use crate::inbound::checks::{Candidate, place};
 use crate::inbound::commit::Incoming;
 use crate::store::new_id;
 use crate::store::{LocalDelivery, RecipientLookup};
@@ -325,6 +326,33 @@ pub async fn send(
     let body = builder
         .write_to_vec()
         .map_err(|e| ApiError::bad_request(format!("cannot compose the message: {e}")))?;
+    // The submitter's Sent folder keeps a copy, committed with the message itself.
+    local.push(LocalDelivery::sent_copy(caller.0.id));
+    local.sort_unstable();
+    local.dedup();
+    // The same checks as SMTP's: the caller's permitted `from` is the proven identity.
+    let candidate = Candidate {
+        data: &body,
+        envelope_from: &from,
+        sender_identity: Some(&from),
+        vouched: true,
+        peer: std::net::SocketAddr::new(ip, 0),
+        deliveries: &local,
+    };
+    let accepted = state.checks.run(&candidate).await.map_err(|refusal| {
+        let status = if refusal.is_temporary() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let code = if refusal.is_temporary() {
+            "unavailable"
+        } else {
+            "bad_request"
+        };
+        ApiError::new(status, code, refusal.text)
+    })?;
+    place(&mut local, &accepted.placements);
     // In the form RFC 5321 §4.4 gives and parsers (SpamAssassin's among them) read: the
     // client's address, an authenticated-submission protocol word, and a comment saying how.
     let single_recipient = match envelope.as_slice() {
@@ -345,6 +373,7 @@ pub async fn send(
             via: Some("via the REST API"),
         },
         &body,
+        &accepted.headers,
     );
     if data.len() > state.config.smtp.max_message_size {
         return Err(ApiError::new(
@@ -357,10 +386,6 @@ pub async fn send(
             ),
         ));
     }
-    // The submitter's Sent folder keeps a copy, committed with the message itself.
-    local.push(LocalDelivery::sent_copy(caller.0.id));
-    local.sort_unstable();
-    local.dedup();
     state
         .acceptor
         .accept(Incoming {

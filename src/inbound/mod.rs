@@ -3,8 +3,12 @@
 //!
 //! - [`smtp`]: SMTP's way in, the policy that answers a session's events and the protocol
 //!   that puts sessions behind a listener;
+//! - [`checks`]: the chain of checks on a complete message, each returning a typed verdict
+//!   (accept, with header fields to add and a folder or flags per recipient, or refuse with
+//!   the reply the sender reads), run by SMTP and the API alike;
 //! - [`commit`]: the durable commit behind every `250` and `202` (DKIM signing, the body,
 //!   the group commit, the queue hint).
 
+pub mod checks;
 pub mod commit;
 pub mod smtp;

@@ -14,13 +14,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::checks::{self, Candidate, Checks};
 use super::commit::{AcceptError, Acceptor, Incoming};
 use crate::auth::AuthError;
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::events::{
-    self, SmtpAuthFailed, SmtpForeignHeaderSender, SmtpMessageAccepted, SmtpMessageRejected,
-};
+use crate::events::{self, SmtpAuthFailed, SmtpMessageAccepted, SmtpMessageRejected};
 use crate::message::{self, Arrival};
 use crate::net::{ConnectionGuard, LimitExceeded, Protocol};
 use crate::smtp::connection::{SessionActor, SessionArgs};
@@ -53,6 +52,8 @@ pub struct SmtpContext {
     pub acceptor: Acceptor,
     /// Password checks, shared by all sessions and the API.
     pub authenticator: Arc<Authenticator>,
+    /// The checks on a complete message, shared with the API's send path.
+    pub checks: Arc<Checks>,
     /// What the session driver needs (TLS, shutdown, test hooks).
     pub session: Arc<SessionContext>,
 }
@@ -361,33 +362,43 @@ impl SmtpPolicy {
     }
 
     async fn accept(&mut self, envelope: Envelope, data: Vec<u8>) -> Answer {
-        // Mail that is vouched for (and signed) must have a header section every reader
-        // agrees on, or the From check below could pass on a field a recipient never sees.
-        let vouched = self.kind == ListenerKind::Submission || self.trusted;
-        if vouched && let Err(problem) = message::check_header_section(&data) {
-            return rejected(
-                "malformed_header",
-                reply(550, (5, 6, 0), format!("Message rejected: {problem}")),
-            );
-        }
-        if self.kind == ListenerKind::Submission
-            && let Some(owner) = envelope.authenticated.as_deref()
-        {
-            let foreign = message::foreign_senders(&data, owner);
-            if let Some(first) = foreign.first() {
-                events::emit(SmtpForeignHeaderSender {
-                    peer: self.peer,
-                    user: owner,
-                    from: first,
-                });
-                let shown: String = first.chars().take(64).collect();
-                return Answer::Reject(reply(
-                    553,
-                    (5, 7, 1),
-                    format!("<{shown}>: From/Sender header rejected: not owned by user {owner}"),
-                ));
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for rcpt in &envelope.rcpt_to {
+            match self.recipients.get(&rcpt.to_ascii_lowercase()) {
+                Some(Route::Local(user)) => local.push(LocalDelivery::inbox(*user)),
+                Some(Route::Remote) => remote.push(rcpt.clone()),
+                None => {}
             }
         }
+        local.sort_unstable();
+        local.dedup();
+        remote.sort_unstable();
+        remote.dedup();
+        let candidate = Candidate {
+            data: &data,
+            envelope_from: &envelope.mail_from,
+            // A signed-in submitter sends as themselves; a trusted network's application (no
+            // AUTH) as anyone.
+            sender_identity: envelope
+                .authenticated
+                .as_deref()
+                .filter(|_| self.kind == ListenerKind::Submission),
+            // Mail MaiRust signs: submission and trusted networks.
+            vouched: self.kind == ListenerKind::Submission || self.trusted,
+            peer: self.peer,
+            deliveries: &local,
+        };
+        let accepted = match self.ctx.checks.run(&candidate).await {
+            Ok(accepted) => accepted,
+            Err(refusal) => {
+                return rejected(
+                    refusal.reason,
+                    reply(refusal.code, refusal.status, refusal.text),
+                );
+            }
+        };
+        checks::place(&mut local, &accepted.placements);
         let started = Instant::now();
         let id = new_id();
         let single_recipient = match envelope.rcpt_to.as_slice() {
@@ -406,22 +417,8 @@ impl SmtpPolicy {
             fix_missing_headers: self.kind == ListenerKind::Submission,
             via: None,
         };
-        let stored = message::prepare_for_storage(&arrival, &data);
+        let stored = message::prepare_for_storage(&arrival, &data, &accepted.headers);
         drop(data);
-
-        let mut local = Vec::new();
-        let mut remote = Vec::new();
-        for rcpt in &envelope.rcpt_to {
-            match self.recipients.get(&rcpt.to_ascii_lowercase()) {
-                Some(Route::Local(user)) => local.push(LocalDelivery::inbox(*user)),
-                Some(Route::Remote) => remote.push(rcpt.clone()),
-                None => {}
-            }
-        }
-        local.sort_unstable();
-        local.dedup();
-        remote.sort_unstable();
-        remote.dedup();
         let incoming = Incoming {
             id: id.clone(),
             envelope_from: envelope.mail_from.clone(),

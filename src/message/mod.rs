@@ -51,10 +51,10 @@ pub fn address_literal(ip: std::net::IpAddr) -> String {
 /// `Delivered-To:` is kept: other hosts add it for loop detection.
 pub const DROPPED_HEADERS: &[&str] = &["bcc", "resent-bcc", "return-path", "content-length"];
 
-/// Returns the message as stored: `Received:` first, then (for submissions) a `Message-ID:`
-/// and a `Date:` if the client sent none, then the client's data without the
-/// [`DROPPED_HEADERS`] fields, otherwise unchanged.
-pub fn prepare_for_storage(arrival: &Arrival<'_>, data: &[u8]) -> Vec<u8> {
+/// Returns the message as stored: `Received:` first, then the `added` header lines (the
+/// inbound checks'), then (for submissions) a `Message-ID:` and a `Date:` if the client sent
+/// none, then the client's data without the [`DROPPED_HEADERS`] fields, otherwise unchanged.
+pub fn prepare_for_storage(arrival: &Arrival<'_>, data: &[u8], added: &[String]) -> Vec<u8> {
     let now = chrono::Utc::now();
     let protocol = match (arrival.esmtp, arrival.tls, arrival.authenticated) {
         (false, _, _) => "SMTP",
@@ -79,6 +79,9 @@ pub fn prepare_for_storage(arrival: &Arrival<'_>, data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(format!("\r\n\tfor <{}>", sanitize(rcpt)).as_bytes());
     }
     out.extend_from_slice(format!(";\r\n\t{}\r\n", now.to_rfc2822()).as_bytes());
+    for line in added {
+        out.extend_from_slice(line.as_bytes());
+    }
     if arrival.fix_missing_headers {
         let headers = header_section(data);
         if !has_header(headers, "message-id") {
@@ -477,7 +480,7 @@ Content-Length: 3\r\nresent-bcc : y@x\r\nSubject: Bcc: kept\r\nDelivered-To: d@x
         assert!(matches!(strip_client_headers(clean), Cow::Borrowed(_)));
         assert_eq!(&*strip_client_headers(b""), b"");
         assert_eq!(&*strip_client_headers(b"Bcc: x"), b"");
-        let stored = prepare_for_storage(&arrival(false), data);
+        let stored = prepare_for_storage(&arrival(false), data, &[]);
         assert!(!String::from_utf8_lossy(&stored).contains("secret"));
     }
 
@@ -581,8 +584,22 @@ Content-Length: 3\r\nresent-bcc : y@x\r\nSubject: Bcc: kept\r\nDelivered-To: d@x
     }
 
     #[test]
+    fn the_checks_header_lines_follow_received() {
+        let added = ["Authentication-Results: mx.example.test; none\r\n".to_string()];
+        let out = prepare_for_storage(&arrival(false), b"Subject: x\r\n\r\nhi\r\n", &added);
+        let text = String::from_utf8(out).expect("utf8");
+        let received_end = text.find(";\r\n\t").expect("date") + 3;
+        let line_end = text[received_end..].find("\r\n").expect("date line") + received_end + 2;
+        assert!(
+            text[line_end..]
+                .starts_with("Authentication-Results: mx.example.test; none\r\nSubject: x"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn received_header_comes_first() {
-        let out = prepare_for_storage(&arrival(false), b"Subject: x\r\n\r\nhi\r\n");
+        let out = prepare_for_storage(&arrival(false), b"Subject: x\r\n\r\nhi\r\n", &[]);
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.starts_with("Received: from client.example ([127.0.0.1])\r\n\tby mx.example.test (MaiRust) with ESMTPSA id abc123\r\n\tfor <bob@example.test>;"), "{text}");
         assert!(text.ends_with("Subject: x\r\n\r\nhi\r\n"));
@@ -591,13 +608,14 @@ Content-Length: 3\r\nresent-bcc : y@x\r\nSubject: Bcc: kept\r\nDelivered-To: d@x
 
     #[test]
     fn submissions_get_message_id_and_date_when_missing() {
-        let out = prepare_for_storage(&arrival(true), b"Subject: x\r\n\r\nhi\r\n");
+        let out = prepare_for_storage(&arrival(true), b"Subject: x\r\n\r\nhi\r\n", &[]);
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.contains("Message-ID: <abc123@mx.example.test>\r\n"));
         assert!(text.contains("\r\nDate: "));
         let kept = prepare_for_storage(
             &arrival(true),
             b"Message-Id: <a@b>\r\nDATE: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nhi\r\n",
+            &[],
         );
         let text = String::from_utf8(kept).expect("utf8");
         assert_eq!(text.matches("Message-I").count(), 1);
