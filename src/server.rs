@@ -475,7 +475,7 @@ pub async fn bootstrap_admin(config: &Config, stores: &Stores) -> anyhow::Result
                             tracing::info!(email = %email, "bootstrap admin created");
                             return Ok(());
                         }
-                        Err(crate::store::StoreError::Conflict(_)) => continue,
+                        Err(crate::store::StoreError::AlreadyExists(_)) => continue,
                         Err(e) => return Err(e.into()),
                     },
                 }

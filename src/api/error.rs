@@ -156,14 +156,13 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(what) => Self::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("{what} already exists"),
-            ),
-            StoreError::InUse(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
-            StoreError::NotFound(what) => Self::not_found(format!("{what} not found")),
-            StoreError::Invalid(message) => Self::bad_request(message),
+            StoreError::AlreadyExists(_) | StoreError::DomainHasUsers { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            StoreError::NotFound(_) => Self::not_found(e.to_string()),
+            StoreError::NotAnAddress(_)
+            | StoreError::DomainNotHosted(_)
+            | StoreError::InvalidCursor(_) => Self::bad_request(e.to_string()),
             other => Self::unavailable(other),
         }
     }

@@ -20,18 +20,77 @@ pub struct Destination {
     pub addrs: Vec<SocketAddr>,
 }
 
-/// Why no destination was found.
+/// Why no destination was found. [`RouteError::is_permanent`] says whether to bounce now
+/// or retry, [`RouteError::status`] the enhanced status code the DSN carries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    /// The domain publishes a null MX (RFC 7505): it accepts no mail; bounce now.
-    #[error("{0}")]
-    NullMx(String),
-    /// The domain cannot receive mail; bounce now.
-    #[error("{0}")]
-    Permanent(String),
-    /// DNS trouble; retry later.
-    #[error("{0}")]
-    Temporary(String),
+    /// The domain publishes a null MX (RFC 7505): it accepts no mail.
+    #[error("{domain} does not accept mail (null MX, RFC 7505)")]
+    NullMx {
+        /// The recipient domain.
+        domain: String,
+    },
+    /// The recipient domain is an address literal that is no IP address.
+    #[error("invalid address literal {literal}")]
+    BadLiteral {
+        /// The literal as written, brackets included.
+        literal: String,
+    },
+    /// DNS says the domain (or the named mail host) does not exist.
+    #[error("{what} {name} does not exist")]
+    NoSuchName {
+        /// "domain" or "host".
+        what: &'static str,
+        /// The name looked up.
+        name: String,
+    },
+    /// The host exists but has no address.
+    #[error("{host} has no address")]
+    NoAddress {
+        /// The host.
+        host: String,
+    },
+    /// None of the domain's MX hosts resolved to an address.
+    #[error("no MX host of {domain} has an address: {last}")]
+    NoMxAddress {
+        /// The recipient domain.
+        domain: String,
+        /// Why the last MX host failed.
+        last: Box<RouteError>,
+    },
+    /// The lookup itself failed (timeout, SERVFAIL, unreachable resolver).
+    #[error("{lookup} lookup for {name} failed: {reason}")]
+    Lookup {
+        /// "MX" or "address".
+        lookup: &'static str,
+        /// The name looked up.
+        name: String,
+        /// The resolver's explanation.
+        reason: String,
+    },
+}
+
+impl RouteError {
+    /// Whether the mail must bounce now; otherwise the failure is DNS trouble worth a retry.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            RouteError::NullMx { .. }
+                | RouteError::BadLiteral { .. }
+                | RouteError::NoSuchName { .. }
+        )
+    }
+
+    /// The enhanced status code (RFC 3463) for the recipients' delivery status.
+    pub fn status(&self) -> &'static str {
+        match self {
+            RouteError::NullMx { .. } => "5.1.10",
+            RouteError::BadLiteral { .. } | RouteError::NoSuchName { .. } => "5.1.2",
+            RouteError::NoAddress { .. }
+            | RouteError::NoMxAddress { .. }
+            | RouteError::Lookup { .. } => "4.4.3",
+        }
+    }
 }
 
 /// Resolves destinations for recipient domains.
@@ -100,10 +159,11 @@ impl Router {
             }]);
         }
         if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-            let ip: IpAddr = literal
-                .trim_start_matches("IPv6:")
-                .parse()
-                .map_err(|_| RouteError::Permanent(format!("invalid address literal {domain}")))?;
+            let ip: IpAddr = literal.trim_start_matches("IPv6:").parse().map_err(|_| {
+                RouteError::BadLiteral {
+                    literal: domain.to_string(),
+                }
+            })?;
             return Ok(vec![Destination {
                 host: literal.to_string(),
                 addrs: vec![SocketAddr::new(ip, self.mx_port)],
@@ -121,9 +181,9 @@ impl Router {
                     })
                     .collect();
                 if mxs.iter().any(|(_, host)| host == "." || host.is_empty()) {
-                    return Err(RouteError::NullMx(format!(
-                        "{domain} does not accept mail (null MX, RFC 7505)"
-                    )));
+                    return Err(RouteError::NullMx {
+                        domain: domain.to_string(),
+                    });
                 }
                 if mxs.is_empty() {
                     return self.implicit_mx(domain, &fqdn).await;
@@ -140,21 +200,26 @@ impl Router {
                         Err(e) => last_error = Some(e),
                     }
                 }
-                if out.is_empty() {
-                    return Err(RouteError::Temporary(format!(
-                        "no MX host of {domain} has an address: {}",
-                        last_error.map(|e| e.to_string()).unwrap_or_default()
-                    )));
+                if out.is_empty()
+                    && let Some(last) = last_error
+                {
+                    return Err(RouteError::NoMxAddress {
+                        domain: domain.to_string(),
+                        last: Box::new(last),
+                    });
                 }
                 Ok(out)
             }
-            Err(e) if e.is_nx_domain() => Err(RouteError::Permanent(format!(
-                "domain {domain} does not exist"
-            ))),
+            Err(e) if e.is_nx_domain() => Err(RouteError::NoSuchName {
+                what: "domain",
+                name: domain.to_string(),
+            }),
             Err(e) if e.is_no_records_found() => self.implicit_mx(domain, &fqdn).await,
-            Err(e) => Err(RouteError::Temporary(format!(
-                "MX lookup for {domain} failed: {e}"
-            ))),
+            Err(e) => Err(RouteError::Lookup {
+                lookup: "MX",
+                name: domain.to_string(),
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -181,17 +246,22 @@ impl Router {
                 let addrs: Vec<SocketAddr> =
                     ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
                 if addrs.is_empty() {
-                    Err(RouteError::Temporary(format!("{host} has no address")))
+                    Err(RouteError::NoAddress {
+                        host: host.to_string(),
+                    })
                 } else {
                     Ok(addrs)
                 }
             }
-            Err(e) if e.is_nx_domain() => {
-                Err(RouteError::Permanent(format!("host {host} does not exist")))
-            }
-            Err(e) => Err(RouteError::Temporary(format!(
-                "address lookup for {host} failed: {e}"
-            ))),
+            Err(e) if e.is_nx_domain() => Err(RouteError::NoSuchName {
+                what: "host",
+                name: host.to_string(),
+            }),
+            Err(e) => Err(RouteError::Lookup {
+                lookup: "address",
+                name: host.to_string(),
+                reason: e.to_string(),
+            }),
         }
     }
 }

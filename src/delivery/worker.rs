@@ -14,7 +14,7 @@ use crate::config::{Config, DeliveryTls};
 use crate::delivery::client::{ClientConfig, Credentials, RecipientResult, TlsPolicy, Transaction};
 use crate::delivery::dsn::{self, BounceError, FailedRecipient};
 use crate::delivery::outbound;
-use crate::delivery::routing::{RouteError, Router};
+use crate::delivery::routing::Router;
 use crate::events::{self, DeliveryConnectionUsed};
 use crate::store::new_id;
 use crate::store::{
@@ -226,14 +226,13 @@ pub async fn deliver(
 ) -> Vec<EntryResult> {
     let destinations = match ctx.router.route(domain).await {
         Ok(d) => d,
-        Err(RouteError::NullMx(reason)) => {
-            return all(&entries, Outcome::Permanent, &reason, "5.1.10");
-        }
-        Err(RouteError::Permanent(reason)) => {
-            return all(&entries, Outcome::Permanent, &reason, "5.1.2");
-        }
-        Err(RouteError::Temporary(reason)) => {
-            return all(&entries, Outcome::Temporary, &reason, "4.4.3");
+        Err(e) => {
+            let outcome = if e.is_permanent() {
+                Outcome::Permanent
+            } else {
+                Outcome::Temporary
+            };
+            return all(&entries, outcome, &e.to_string(), e.status());
         }
     };
 

@@ -26,6 +26,9 @@ pub enum AcceptError {
     /// The metadata could not be committed.
     #[error("{0}")]
     Commit(#[from] crate::actors::CommitError),
+    /// The task parsing, hashing or sealing the body panicked or was cancelled (a bug).
+    #[error("message processing failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
     /// The message cannot be sent to remote recipients in any conforming form (permanent).
     #[error("message cannot be relayed: {0}")]
     Unsendable(#[from] crate::message::wire::WireError),
@@ -252,9 +255,7 @@ async fn body_work<T: Send + 'static>(
     if size <= IN_PLACE_MAX_BYTES {
         return Ok(work());
     }
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| AcceptError::Blob(BlobError::Io(std::io::Error::other(e))))
+    Ok(tokio::task::spawn_blocking(work).await?)
 }
 
 /// Whether mail from `sender` may be signed with the key of `from_domain`: only when it is

@@ -439,6 +439,7 @@ impl SmtpPolicy {
                 let reason = match error {
                     AcceptError::Blob(_) => "blob_write_failed",
                     AcceptError::Commit(_) => "commit_failed",
+                    AcceptError::Worker(_) => "worker_failed",
                     AcceptError::Unsendable(e) => {
                         return rejected("unsendable", reply(550, (5, 6, 0), e.to_string()));
                     }

@@ -20,6 +20,9 @@ pub enum BlobError {
     /// The backend is misconfigured.
     #[error("blob store configuration: {0}")]
     Config(String),
+    /// A blocking worker of the store panicked or was cancelled: a bug, not an I/O failure.
+    #[error("blob store worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
     /// Encryption at rest failed (usually a wrong master key).
     #[error(transparent)]
     Crypto(#[from] super::crypto::CryptoError),

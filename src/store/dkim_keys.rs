@@ -83,7 +83,7 @@ pub fn signing_subset(keys: Vec<DkimKeyRecord>) -> Vec<DkimKeyRecord> {
 #[async_trait::async_trait]
 pub trait DkimKeyStore: Send + Sync + 'static {
     /// Adds a DKIM key to its domain; it becomes the signing key of its algorithm. A
-    /// selector already used by the domain is a [`StoreError::Conflict`].
+    /// selector already used by the domain is a [`StoreError::AlreadyExists`].
     async fn put_dkim_key(&self, key: &DkimKeyRecord) -> Result<(), StoreError>;
     /// A domain's signing keys: its newest of each algorithm (RSA and Ed25519 sign side by
     /// side, RFC 8463 §4), RSA first.

@@ -98,9 +98,7 @@ impl BlobStore for FsBlobStore {
         let path = self.path_of(key)?;
         let root = self.root.clone();
         let data = data.to_vec();
-        tokio::task::spawn_blocking(move || Self::put_sync(&root, &path, &data))
-            .await
-            .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || Self::put_sync(&root, &path, &data)).await?
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
@@ -133,8 +131,7 @@ impl BlobStore for FsBlobStore {
             probe.write_all(b"health")?;
             Ok(())
         })
-        .await
-        .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
+        .await?
     }
 }
 

@@ -48,21 +48,78 @@ pub fn new_id() -> String {
     )
 }
 
-/// Why a metadata operation failed.
+/// A stored record an error is about, named the way an operator would look it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A hosted domain, by name.
+    Domain(String),
+    /// A user, by address.
+    User(String),
+    /// A DKIM key, by domain and selector.
+    DkimKey {
+        /// The signing domain.
+        domain: String,
+        /// The selector.
+        selector: String,
+    },
+}
+
+impl std::fmt::Display for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Record::Domain(name) => write!(f, "domain {name}"),
+            Record::User(email) => write!(f, "user {email}"),
+            Record::DkimKey { domain, selector } => {
+                write!(f, "DKIM selector {selector} of {domain}")
+            }
+        }
+    }
+}
+
+/// Why a metadata operation failed. Callers branch on the kind: the API answers 409 for
+/// [`StoreError::AlreadyExists`] and [`StoreError::DomainHasUsers`], 404 for
+/// [`StoreError::NotFound`], 400 for the bad-request kinds, and 503 for the backend's own
+/// failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A unique name is already taken.
     #[error("{0} already exists")]
-    Conflict(String),
-    /// The named thing does not exist.
+    AlreadyExists(Record),
+    /// The named record does not exist.
     #[error("{0} not found")]
-    NotFound(String),
-    /// The request is malformed (for example an address without a domain).
+    NotFound(Record),
+    /// A domain cannot be removed while users remain in it.
+    #[error("domain {domain} still has {users} user(s); delete them first")]
+    DomainHasUsers {
+        /// The domain.
+        domain: String,
+        /// How many users it still has.
+        users: i64,
+    },
+    /// The text given as an address has no domain part.
+    #[error("`{0}` is not an email address")]
+    NotAnAddress(String),
+    /// A user's domain must be hosted here first (only the bootstrap admin is exempt).
+    #[error("domain {0} is not hosted here; add it first")]
+    DomainNotHosted(String),
+    /// A listing's cursor is not one a previous page returned.
+    #[error("invalid cursor `{0}`: pass the next_cursor of the previous page")]
+    InvalidCursor(String),
+    /// The configured partition count differs from the one the database was created with.
+    #[error(
+        "queue.partitions is {configured} but the database was created with {stored}; \
+         the partition count cannot change once mail is queued"
+    )]
+    PartitionCountChanged {
+        /// `queue.partitions` from the configuration.
+        configured: u32,
+        /// The count stored in the database.
+        stored: String,
+    },
+    /// The database cannot be opened as configured: a malformed URL, a directory that
+    /// cannot be created, a server that does not answer. The text says which and what to fix.
     #[error("{0}")]
-    Invalid(String),
-    /// The thing is still in use (for example a domain that has users).
-    #[error("{0}")]
-    InUse(String),
+    Unavailable(String),
     /// The database failed or is unreachable.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -371,7 +428,7 @@ pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<i64, StoreError> {
         None => Ok(i64::MAX),
         Some(c) => c
             .parse::<i64>()
-            .map_err(|_| StoreError::Invalid(format!("invalid cursor `{c}`"))),
+            .map_err(|_| StoreError::InvalidCursor(c.to_string())),
     }
 }
 

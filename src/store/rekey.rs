@@ -374,7 +374,7 @@ mod tests {
         store.put_dkim_key(&second).await.expect("second");
         assert!(matches!(
             store.put_dkim_key(&first).await,
-            Err(crate::store::StoreError::Conflict(_))
+            Err(crate::store::StoreError::AlreadyExists(_))
         ));
 
         let new = Cipher::from_master_key(&Cipher::generate_master_key()).expect("new");

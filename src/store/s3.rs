@@ -87,58 +87,77 @@ impl S3BlobStore {
     pub async fn verify(&self) -> Result<(), BlobError> {
         // Listing first: some S3-compatible servers create a missing bucket on PUT instead of
         // answering NoSuchBucket, which would hide a typo in the bucket name.
-        self.store
+        if let Err(listing) = self
+            .store
             .list_with_delimiter(Some(&Path::from("mairust")))
             .await
-            .map_err(|e| self.explain(e))?;
+        {
+            // object_store keeps a failed listing's HTTP status to itself (it is `Generic`),
+            // but an object request on the same bucket answers with a typed one: ask it why.
+            let typed = match listing {
+                object_store::Error::Generic { .. } if !transport_failed(&listing) => {
+                    self.store.head(&Path::from(PROBE)).await.err()
+                }
+                _ => None,
+            };
+            return Err(self.explain(typed.as_ref().unwrap_or(&listing), &listing));
+        }
         let probe = Path::from(PROBE);
         self.store
             .put(&probe, PutPayload::from_static(b"mairust"))
             .await
-            .map_err(|e| self.explain(e))?;
-        self.store.head(&probe).await.map_err(|e| self.explain(e))?;
+            .map_err(|e| self.explain(&e, &e))?;
+        self.store
+            .head(&probe)
+            .await
+            .map_err(|e| self.explain(&e, &e))?;
         Ok(())
     }
 
-    fn explain(&self, e: object_store::Error) -> BlobError {
-        let text = e.to_string();
-        // The transport's cause (refused, DNS) sits deep in the source chain, not in Display.
-        let chain = format!("{e:?}");
-        // object_store types the status of object requests (404 is `NotFound`, 403
-        // `PermissionDenied`), but a failed listing is `Generic` and exposes neither its
-        // status nor S3's error code: for it only the text says which it was.
-        let hint =
-            if matches!(e, object_store::Error::NotFound { .. }) || text.contains("NoSuchBucket") {
+    /// Says what to fix, from the kind of `cause` (its variant, which object_store derives
+    /// from the HTTP status, or the transport failure under it), with `detail`'s text.
+    fn explain(&self, cause: &object_store::Error, detail: &object_store::Error) -> BlobError {
+        use object_store::Error as E;
+        let hint = match cause {
+            E::NotFound { .. } => {
                 format!("bucket `{}` does not exist; create it first", self.bucket)
-            } else if matches!(e, object_store::Error::PermissionDenied { .. })
-                || text.contains("403")
-                || text.contains("InvalidAccessKeyId")
-                || text.contains("SignatureDoesNotMatch")
-                || text.contains("AccessDenied")
-            {
+            }
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
                 "access denied: check S3_ACCESS_KEY and S3_SECRET_KEY".to_string()
-            } else if transport_failed(&e)
-            // Failures the HTTP client leaves `Unknown` are named only by their messages.
-            || ["onnect", "dns error", "timed out", "error sending request"]
-                .iter()
-                .any(|needle| chain.contains(needle))
-            {
+            }
+            _ if transport_failed(cause) => {
                 "the S3 endpoint is unreachable: check S3_ENDPOINT".to_string()
-            } else {
-                "S3 request failed".to_string()
-            };
-        BlobError::Backend(format!("{hint} ({text})"))
+            }
+            _ => "S3 request failed".to_string(),
+        };
+        BlobError::Backend(format!("{hint} ({detail})"))
     }
 }
 
-/// Whether the request never got an answer: the connection or the request timed out or was
-/// refused, as object_store's HTTP client reports it somewhere in the source chain.
+/// Whether the request never got an answer: the connection was refused or timed out, the
+/// name did not resolve, as object_store's HTTP client (or the socket error under it) types
+/// it somewhere in the source chain.
 fn transport_failed(e: &object_store::Error) -> bool {
     use object_store::client::{HttpError, HttpErrorKind};
+    use std::io::ErrorKind;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
-        if let Some(http) = c.downcast_ref::<HttpError>() {
-            return matches!(http.kind(), HttpErrorKind::Connect | HttpErrorKind::Timeout);
+        if let Some(http) = c.downcast_ref::<HttpError>()
+            && matches!(http.kind(), HttpErrorKind::Connect | HttpErrorKind::Timeout)
+        {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::TimedOut
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            )
+        {
+            return true;
         }
         cause = c.source();
     }
@@ -183,7 +202,7 @@ impl BlobStore for S3BlobStore {
             .head(&Path::from(PROBE))
             .await
             .map(|_| ())
-            .map_err(|e| self.explain(e))
+            .map_err(|e| self.explain(&e, &e))
     }
 }
 
@@ -217,25 +236,33 @@ mod tests {
             ..StorageOptions::default()
         })
         .expect("client");
-        let denied = store.explain(object_store::Error::PermissionDenied {
+        let explain = |e: object_store::Error| store.explain(&e, &e).to_string();
+        let denied = explain(object_store::Error::Unauthenticated {
             path: PROBE.into(),
             source: "refused".into(),
         });
-        assert!(denied.to_string().contains(": access denied"), "{denied}");
-        let missing = store.explain(object_store::Error::NotFound {
+        assert!(denied.contains(": access denied"), "{denied}");
+        let missing = explain(object_store::Error::NotFound {
             path: PROBE.into(),
             source: "gone".into(),
         });
         assert!(
-            missing
-                .to_string()
-                .contains(": bucket `mail` does not exist"),
+            missing.contains(": bucket `mail` does not exist"),
             "{missing}"
         );
-        let other = store.explain(object_store::Error::Generic {
+        let refused = explain(object_store::Error::Generic {
             store: "S3",
-            source: "odd answer".into(),
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
         });
-        assert!(other.to_string().contains(": S3 request failed"), "{other}");
+        assert!(
+            refused.contains(": the S3 endpoint is unreachable"),
+            "{refused}"
+        );
+        // The text is shown, never read: a message that merely mentions 403 is no denial.
+        let other = explain(object_store::Error::Generic {
+            store: "S3",
+            source: "odd answer mentioning 403 AccessDenied".into(),
+        });
+        assert!(other.contains(": S3 request failed"), "{other}");
     }
 }

@@ -6,8 +6,8 @@ use sqlx::any::AnyRow;
 use super::mailbox::flag;
 use super::{Dialect, SqlStore, Tx};
 use crate::store::{
-    AccountStore, Credentials, Domain, Millis, RecipientLookup, StoreError, TokenInfo, User,
-    UserChanges, WebSession, now_millis,
+    AccountStore, Credentials, Domain, Millis, RecipientLookup, Record, StoreError, TokenInfo,
+    User, UserChanges, WebSession, now_millis,
 };
 
 /// PostgreSQL advisory lock key serialising first-admin creation across replicas.
@@ -60,7 +60,7 @@ impl AccountStore for SqlStore {
         {
             Ok(_) => Ok(Domain { name, created_at }),
             Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict(format!("domain {name}")))
+                Err(StoreError::AlreadyExists(Record::Domain(name)))
             }
             Err(e) => Err(e.into()),
         }
@@ -91,16 +91,17 @@ impl AccountStore for SqlStore {
         .await?
         .try_get(0)?;
         if users > 0 {
-            return Err(StoreError::InUse(format!(
-                "domain {name} still has {users} user(s); delete them first"
-            )));
+            return Err(StoreError::DomainHasUsers {
+                domain: name,
+                users,
+            });
         }
         let done = sqlx::query("DELETE FROM domains WHERE name = $1")
             .bind(&name)
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("domain {name}")));
+            return Err(StoreError::NotFound(Record::Domain(name)));
         }
         tx.commit().await?;
         Ok(())
@@ -116,7 +117,7 @@ impl AccountStore for SqlStore {
         let email = email.trim().to_ascii_lowercase();
         let domain = domain_of(&email)
             .filter(|d| !d.is_empty())
-            .ok_or_else(|| StoreError::Invalid(format!("`{email}` is not an email address")))?;
+            .ok_or_else(|| StoreError::NotAnAddress(email.clone()))?;
         let domain_id: Option<i64> = sqlx::query("SELECT id FROM domains WHERE name = $1")
             .bind(domain)
             .fetch_optional(&self.pool)
@@ -124,9 +125,7 @@ impl AccountStore for SqlStore {
             .map(|r| r.try_get(0))
             .transpose()?;
         if domain_id.is_none() && !is_admin {
-            return Err(StoreError::Invalid(format!(
-                "domain {domain} is not hosted here; add it first"
-            )));
+            return Err(StoreError::DomainNotHosted(domain.to_string()));
         }
         let created_at = now_millis();
         let row = sqlx::query(&format!(
@@ -143,7 +142,9 @@ impl AccountStore for SqlStore {
         .await;
         match row {
             Ok(row) => Ok(user_from_row(&row)?),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("user {email}"))),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::AlreadyExists(Record::User(email)))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -180,7 +181,7 @@ impl AccountStore for SqlStore {
                 .bind(&email)
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or_else(|| StoreError::NotFound(format!("user {email}")))?
+                .ok_or_else(|| StoreError::NotFound(Record::User(email.to_string())))?
                 .try_get(0)?;
         // A token or session outliving a password change would keep a thief signed in.
         Self::revoke_credentials(&mut tx, id).await?;
@@ -211,7 +212,7 @@ impl AccountStore for SqlStore {
         .bind(&email)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| StoreError::NotFound(format!("user {email}")))?;
+        .ok_or_else(|| StoreError::NotFound(Record::User(email.to_string())))?;
         let user = user_from_row(&row)?;
         tx.commit().await?;
         self.recipients.clear();
@@ -225,7 +226,7 @@ impl AccountStore for SqlStore {
             .bind(&email)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("user {email}")))?
+            .ok_or_else(|| StoreError::NotFound(Record::User(email.to_string())))?
             .try_get(0)?;
         let message_ids: Vec<String> =
             sqlx::query("SELECT DISTINCT message_id FROM mailbox_entries WHERE user_id = $1")
@@ -390,7 +391,7 @@ impl AccountStore for SqlStore {
         .fetch_all(&mut *tx)
         .await?
         .first()
-        .ok_or_else(|| StoreError::Conflict("web session not stored".into()))?
+        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?
         .try_get(0)?;
         tx.commit().await?;
         Ok(id)

@@ -3,8 +3,8 @@
 use sqlx::Row;
 
 use super::SqlStore;
-use crate::store::StoreError;
 use crate::store::dkim_keys::{DkimKeyRecord, DkimKeyStore, signing_subset};
+use crate::store::{Record, StoreError};
 
 #[async_trait::async_trait]
 impl DkimKeyStore for SqlStore {
@@ -26,9 +26,12 @@ impl DkimKeyStore for SqlStore {
         self.signing_keys.clear();
         match result {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(
-                StoreError::Conflict(format!("DKIM selector {} of {}", key.selector, key.domain)),
-            ),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(StoreError::AlreadyExists(Record::DkimKey {
+                    domain: key.domain.clone(),
+                    selector: key.selector.clone(),
+                }))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -73,9 +76,10 @@ impl DkimKeyStore for SqlStore {
             .await?;
         self.signing_keys.clear();
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "DKIM selector {selector} of {domain}"
-            )));
+            return Err(StoreError::NotFound(Record::DkimKey {
+                domain: domain.to_ascii_lowercase(),
+                selector: selector.to_string(),
+            }));
         }
         Ok(())
     }

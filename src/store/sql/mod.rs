@@ -243,7 +243,7 @@ impl SqlStore {
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::of_url(&config.url).ok_or_else(|| {
-            StoreError::Invalid(format!(
+            StoreError::Unavailable(format!(
                 "database.url `{}` must start with sqlite:// or postgres://",
                 config.url
             ))
@@ -267,7 +267,7 @@ impl SqlStore {
             }
             Ok(Err(error)) => return Err(error.into()),
             Err(_) => {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::Unavailable(format!(
                     "no answer from the database within {}s",
                     CONNECT_TIMEOUT.as_secs()
                 )));
@@ -478,7 +478,7 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or_default();
     let path = sqlite_path(url).ok_or_else(|| {
-        StoreError::Invalid(format!(
+        StoreError::Unavailable(format!(
             "database.url `{url}` names no SQLite file; write sqlite:///absolute/path.db or sqlite://./relative.db"
         ))
     })?;
@@ -486,7 +486,7 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
         && !dir.as_os_str().is_empty()
     {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Invalid(format!(
+            StoreError::Unavailable(format!(
                 "cannot create database directory {}: {e}",
                 dir.display()
             ))
@@ -495,7 +495,7 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
     // New files are private (the process umask); existing ones left readable are fixed.
     for suffix in ["", "-wal", "-shm"] {
         crate::private::tighten(std::path::Path::new(&format!("{path}{suffix}")))
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     }
     Ok(if rest.contains("mode=") {
         url.to_string()

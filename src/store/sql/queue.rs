@@ -231,10 +231,10 @@ impl QueueStore for SqlStore {
                 .await?
                 .try_get(0)?;
         if stored != partitions.to_string() {
-            return Err(StoreError::Invalid(format!(
-                "queue.partitions is {partitions} but the database was created with {stored}; \
-                 the partition count cannot change once mail is queued"
-            )));
+            return Err(StoreError::PartitionCountChanged {
+                configured: partitions,
+                stored,
+            });
         }
         // A row per partition from the start, so the cluster view lists every partition,
         // owned or not. Epoch 0: the first acquisition makes it 1, as on an insert.
@@ -1275,7 +1275,7 @@ mod tests {
         store.ensure_partition_count(64).await.expect("same");
         assert!(matches!(
             store.ensure_partition_count(32).await,
-            Err(StoreError::Invalid(_))
+            Err(StoreError::PartitionCountChanged { configured: 32, .. })
         ));
     }
 }
