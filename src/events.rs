@@ -173,6 +173,15 @@ pub const METRICS: &[Metric] = &[
         ),
     ),
     metric(
+        "mairust_actor_mailbox_depth",
+        Gauge,
+        &["actor"],
+        (
+            None,
+            "Requests waiting in a bounded actor mailbox (or for a place in it), by actor",
+        ),
+    ),
+    metric(
         "mairust_api_requests_total",
         Counter,
         &["method", "status"],
@@ -525,19 +534,41 @@ impl InternalEvent for ActorRestarted {
     }
 }
 
-/// A partition queue exited other than by losing its lease; the next tick restarts it.
+/// The requests waiting in a bounded actor's mailbox, or for a place in it, changed.
+pub struct ActorMailboxDepth {
+    /// The actor's name.
+    pub actor: &'static str,
+    /// Requests waiting.
+    pub depth: usize,
+}
+
+impl InternalEvent for ActorMailboxDepth {
+    fn emit(self) {
+        metrics::gauge!("mairust_actor_mailbox_depth", "actor" => self.actor)
+            .set(self.depth as f64);
+    }
+}
+
+/// A partition queue failed; it is restarted after the backoff (the restart itself is an
+/// [`ActorRestarted`]).
 pub struct PartitionQueueExited<'a> {
     /// The partition.
     pub partition: u32,
     /// The exit reason.
     pub reason: &'a dyn fmt::Display,
+    /// The backoff before the restart.
+    pub restart_in: Duration,
 }
 
 impl InternalEvent for PartitionQueueExited<'_> {
     fn emit(self) {
-        metrics::counter!("mairust_actor_restarts_total", "actor" => "partition_queue")
-            .increment(1);
-        tracing::error!(target: QUEUE_MANAGER, partition = self.partition, reason = %self.reason, "partition queue exited; restarting at next tick");
+        tracing::error!(
+            target: QUEUE_MANAGER,
+            partition = self.partition,
+            reason = %self.reason,
+            restart_in_ms = self.restart_in.as_millis() as u64,
+            "partition queue exited; restarting after the backoff"
+        );
     }
 }
 

@@ -21,5 +21,6 @@ pub mod private;
 pub mod server;
 pub mod smtp;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod web;

@@ -8,8 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ractor::Actor;
 
-use crate::actors::storage_writer::WriterArgs;
-use crate::actors::{ChildSpec, RootSupervisor, StorageWriter, WriterHandle};
+use crate::actors::{ChildSpec, RootSupervisor, WriterHandle};
 use crate::api::{ApiServer, ApiServerArgs, ApiState};
 use crate::auth::{Authenticator, random_secret, verify_password_async};
 use crate::cluster::Cluster;
@@ -118,15 +117,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .await
         .context("cannot start the cluster endpoint")?;
-        queue.connect_cluster(cluster.clone(), stores.queue.clone());
+        let forwarder = queue.connect_cluster(cluster.clone(), stores.queue.clone());
         wait_for_peers(&config, &cluster).await;
-        Some(cluster)
+        Some((cluster, forwarder))
     } else {
         None
     };
+    // The forwarder runs until this function returns, after the partitions are released.
+    let (cluster, _forwarder) = cluster.unzip();
     // Stopped in reverse order: the API and the listeners first, then the queue (which drains
     // its partitions and releases their leases), the storage writer last.
-    let mut specs = vec![writer_spec(&config, &stores, &writer)];
+    let mut specs = vec![crate::actors::storage_writer::child_spec(
+        &stores,
+        config.database.max_batch,
+        &writer,
+    )];
 
     if config.server.has_role(Role::Queue) {
         let ctx = Arc::new(DeliveryContext {
@@ -279,7 +284,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining connections");
     let _ = shutdown_tx.send(true);
     crate::net::drain(&limits, DRAIN_TIMEOUT).await;
-    root.stop(Some("shutdown".into()));
+    root.stop(crate::actors::ExitReason::Shutdown.stop());
     let _ = root_handle.await;
     // Only now, with every lease released: the others see this node leave and take its
     // partitions at once.
@@ -402,26 +407,6 @@ fn purge_spec(config: &Config, stores: &Stores) -> ChildSpec {
                 sup,
             )
             .await?;
-            Ok(actor.get_cell())
-        }
-    })
-}
-
-fn writer_spec(config: &Config, stores: &Stores, writer: &WriterHandle) -> ChildSpec {
-    let store = stores.mailboxes.clone();
-    let blobs = stores.blobs.clone();
-    let max_batch = config.database.max_batch;
-    let writer = writer.clone();
-    ChildSpec::new("storage_writer", move |sup| {
-        let args = WriterArgs {
-            store: store.clone(),
-            blobs: blobs.clone(),
-            max_batch,
-        };
-        let writer = writer.clone();
-        async move {
-            let (actor, _) = Actor::spawn_linked(None, StorageWriter, args, sup).await?;
-            writer.set(actor.clone());
             Ok(actor.get_cell())
         }
     })

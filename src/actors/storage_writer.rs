@@ -21,13 +21,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::supervisor::ActorSlot;
+use super::supervisor::{ActorSlot, ChildSpec};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::events::{self, StorageBatchCommitted, StorageCommitTimedOut};
+use crate::events::{self, ActorMailboxDepth, StorageBatchCommitted, StorageCommitTimedOut};
 use crate::store::{
-    AcceptedMessage, BlobStore, EntryUpdate, Lease, MailboxStore, StoreError, WriteOp,
+    AcceptedMessage, BlobStore, EntryUpdate, Lease, MailboxStore, StoreError, Stores, WriteOp,
 };
 
 /// Where the writer answers a request: `Ok` once it is durable.
@@ -165,6 +165,52 @@ async fn flush(state: &mut WriterState) -> Result<(), ActorProcessingErr> {
     Ok(())
 }
 
+/// How the root supervisor builds (and rebuilds) the writer, publishing each new address to
+/// `writer`.
+pub fn child_spec(stores: &Stores, max_batch: usize, writer: &WriterHandle) -> ChildSpec {
+    let store = stores.mailboxes.clone();
+    let blobs = stores.blobs.clone();
+    let writer = writer.clone();
+    ChildSpec::new("storage_writer", move |sup| {
+        let args = WriterArgs {
+            store: store.clone(),
+            blobs: blobs.clone(),
+            max_batch,
+        };
+        let writer = writer.clone();
+        async move {
+            let (actor, _) = Actor::spawn_linked(None, StorageWriter, args, sup).await?;
+            writer.set(actor.clone());
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+/// One request counted in the writer's mailbox depth while it lives (also when its caller
+/// gives up and drops it).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        let depth = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        events::emit(ActorMailboxDepth {
+            actor: "storage_writer",
+            depth,
+        });
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let depth = self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) - 1;
+        events::emit(ActorMailboxDepth {
+            actor: "storage_writer",
+            depth,
+        });
+    }
+}
+
 /// The current writer's address; the supervisor replaces it when it restarts the writer, so
 /// holders of the handle never keep a dead address.
 #[derive(Clone)]
@@ -172,6 +218,8 @@ pub struct WriterHandle {
     slot: ActorSlot<WriterMsg>,
     /// Requests allowed in the writer's mailbox at once.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Requests waiting: in the mailbox, being committed, or for a slot.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
     timeout: Duration,
 }
 
@@ -182,6 +230,7 @@ impl WriterHandle {
         Self {
             slot: ActorSlot::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(max_pending.max(1))),
+            waiting: Arc::default(),
             timeout,
         }
     }
@@ -216,6 +265,7 @@ impl WriterHandle {
     }
 
     async fn write(&self, op: WriteOp) -> Result<(), CommitError> {
+        let _waiting = Waiting::enter(&self.waiting);
         let deadline = tokio::time::Instant::now() + self.timeout;
         let timed_out = CommitError::Timeout(self.timeout);
         let _slot = tokio::time::timeout_at(deadline, self.slots.acquire())
@@ -244,5 +294,140 @@ impl WriterHandle {
         writer
             .send_message(WriterMsg::InjectFault)
             .map_err(|_| CommitError::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::harness::Harness;
+    use crate::actors::{ExitReason, RootSupervisor};
+    use crate::store::sql::tests::accepted;
+
+    /// A writer on a fresh SQLite database (bodies inline), under a root supervisor under
+    /// the harness.
+    async fn writer() -> (tempfile::TempDir, Stores, WriterHandle, Harness) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = crate::config::Config::default();
+        config.database.url = format!("sqlite://{}/w.db", dir.path().display());
+        config.storage.options.path = dir.path().join("blobs");
+        let stores = Stores::open(&config).await.expect("stores");
+        let harness = Harness::new().await;
+        let handle = WriterHandle::new(Duration::from_secs(10), 64);
+        let specs = vec![child_spec(&stores, 100, &handle)];
+        Actor::spawn_linked(None, RootSupervisor, specs, harness.parent())
+            .await
+            .expect("root");
+        (dir, stores, handle, harness)
+    }
+
+    fn message(n: usize) -> AcceptedMessage {
+        let body = format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes();
+        let mut m = accepted(&format!("m{n:04}"), &crate::store::blob_key(&body));
+        m.size = body.len() as i64;
+        m.inline_body = Some(body.into());
+        m
+    }
+
+    #[tokio::test]
+    async fn concurrent_commits_are_all_durable_when_answered() {
+        let (_dir, stores, writer, harness) = writer().await;
+        let results = futures::future::join_all((0..40).map(|n| {
+            let writer = writer.clone();
+            async move { writer.commit(message(n)).await }
+        }))
+        .await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(stores.mailboxes.count_messages().await.expect("count"), 40);
+        harness.finish(0).await;
+    }
+
+    /// A writer that dies with a batch in hand answers none of it `Ok` (the callers retry,
+    /// the client still holds the message); it is restarted and commits again.
+    #[tokio::test]
+    async fn a_failing_writer_acknowledges_nothing_and_is_restarted() {
+        let (_dir, stores, writer, harness) = writer().await;
+        writer.commit(message(0)).await.expect("first");
+        writer.inject_fault().expect("fault");
+        let lost = writer.commit(message(1)).await;
+        assert!(matches!(lost, Err(CommitError::Unavailable)), "{lost:?}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match writer.commit(message(2)).await {
+                Ok(()) => break,
+                Err(CommitError::Unavailable) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "writer not restarted"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(stores.mailboxes.count_messages().await.expect("count"), 2);
+        // The root supervisor handled the failure: nothing reached the harness.
+        assert!(harness.exits().iter().all(|e| *e == ExitReason::Shutdown));
+        harness.finish(0).await;
+    }
+
+    /// Stands in for a writer whose database hangs: takes requests and never answers.
+    struct Hung(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Actor for Hung {
+        type Msg = WriterMsg;
+        type State = Vec<CommitReply>;
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<WriterMsg>,
+            _: (),
+        ) -> Result<Vec<CommitReply>, ActorProcessingErr> {
+            Ok(Vec::new())
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<WriterMsg>,
+            message: WriterMsg,
+            held: &mut Vec<CommitReply>,
+        ) -> Result<(), ActorProcessingErr> {
+            if let WriterMsg::Commit(_, reply) = message {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(reply);
+            }
+            Ok(())
+        }
+    }
+
+    /// Under the paused clock: a hung writer answers every caller `Timeout` after
+    /// `commit_timeout` (never silence, never `Ok`), and holds at most `max_pending` requests:
+    /// the others wait for a place and time out without entering its mailbox.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_writer_times_callers_out_and_takes_no_more_than_its_bound() {
+        let harness = Harness::new().await;
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (hung, _) = Actor::spawn_linked(None, Hung(received.clone()), (), harness.parent())
+            .await
+            .expect("hung writer");
+        let writer = WriterHandle::new(Duration::from_secs(10), 2);
+        writer.set(hung);
+        let started = tokio::time::Instant::now();
+        let results = futures::future::join_all((0..5).map(|n| {
+            let writer = writer.clone();
+            async move { writer.commit(message(n)).await }
+        }))
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(CommitError::Timeout(_)))),
+            "{results:?}"
+        );
+        assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(writer.waiting.load(std::sync::atomic::Ordering::SeqCst), 0);
+        harness.finish(0).await;
     }
 }

@@ -1,21 +1,21 @@
 //! The root supervisor.
 //!
 //! ractor stops a parent when a child exits unless the parent restarts it itself; this is the
-//! one place that does so. Each child is described by a [`ChildSpec`] whose `spawn` function
-//! builds it (and publishes its new address, if others send to it). A child that fails or
-//! stops on its own is restarted after an exponential backoff (100 ms doubling to 30 s, reset
-//! once a child has run for a minute), counted in `mairust_actor_restarts_total{actor}` and
+//! one place that does so for the top of the tree. Each child is described by a [`ChildSpec`]
+//! whose `spawn` function builds it (and publishes its new address, if others send to it). A
+//! child that fails or stops on its own is restarted under [`RestartPolicy::STANDARD`] and
 //! logged. Once the supervisor is stopping, children are not restarted.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
-use crate::events::{self, ActorRestarted};
+use super::exit::{ExitReason, child_exit};
+use super::restart::{RestartPolicy, Restarts};
 
 /// The current address of a supervised actor. The child's spawn function replaces it on every
 /// restart, so holders never keep a dead address.
@@ -42,18 +42,6 @@ impl<M: ractor::Message> ActorSlot<M> {
     /// The current address, if the actor has started.
     pub fn get(&self) -> Option<ActorRef<M>> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-/// The child and the reason, when `event` says a child stopped or failed (a normal stop
-/// without a reason reads "stopped").
-pub fn child_exit(event: SupervisionEvent) -> Option<(ActorCell, String)> {
-    match event {
-        SupervisionEvent::ActorFailed(cell, error) => Some((cell, error.to_string())),
-        SupervisionEvent::ActorTerminated(cell, _, reason) => {
-            Some((cell, reason.unwrap_or_else(|| "stopped".into())))
-        }
-        _ => None,
     }
 }
 
@@ -97,29 +85,13 @@ pub enum SupervisorMsg {
 /// The root of the actor tree.
 pub struct RootSupervisor;
 
-/// Restart bookkeeping for one child.
-struct ChildState {
-    started: Instant,
-    consecutive_failures: u32,
-}
-
 /// The supervisor's state.
 pub struct SupervisorState {
     specs: Vec<ChildSpec>,
     running: HashMap<ActorId, &'static str>,
-    children: HashMap<&'static str, ChildState>,
+    children: HashMap<&'static str, Restarts>,
     /// The current cell of each child, for the ordered shutdown.
     cells: HashMap<&'static str, ActorCell>,
-}
-
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-const STABLE_AFTER: Duration = Duration::from_secs(60);
-
-fn backoff(failures: u32) -> Duration {
-    BACKOFF_START
-        .saturating_mul(1u32 << failures.min(16))
-        .min(BACKOFF_MAX)
 }
 
 impl RootSupervisor {
@@ -131,11 +103,11 @@ impl RootSupervisor {
         let cell = (spec.spawn)(myself.get_cell()).await?;
         state.running.insert(cell.get_id(), spec.name);
         state.cells.insert(spec.name, cell.clone());
-        let child = state.children.entry(spec.name).or_insert(ChildState {
-            started: Instant::now(),
-            consecutive_failures: 0,
-        });
-        child.started = Instant::now();
+        state
+            .children
+            .entry(spec.name)
+            .or_insert_with(|| Restarts::new(RestartPolicy::STANDARD))
+            .started();
         tracing::debug!(actor = spec.name, "actor started");
         Ok(())
     }
@@ -148,16 +120,7 @@ impl RootSupervisor {
         let Some(child) = state.children.get_mut(name) else {
             return;
         };
-        if child.started.elapsed() >= STABLE_AFTER {
-            child.consecutive_failures = 0;
-        }
-        let delay = backoff(child.consecutive_failures);
-        child.consecutive_failures += 1;
-        events::emit(ActorRestarted {
-            actor: name,
-            delay,
-            attempt: child.consecutive_failures,
-        });
+        let delay = child.failed(name);
         myself.send_after(delay, move || SupervisorMsg::Restart(name));
     }
 }
@@ -218,7 +181,7 @@ impl Actor for RootSupervisor {
         let Some(name) = state.running.remove(&cell.get_id()) else {
             return Ok(());
         };
-        tracing::error!(actor = name, reason = %reason, "supervised actor exited");
+        tracing::error!(actor = name, %reason, "supervised actor exited");
         Self::schedule_restart(&myself, state, name);
         Ok(())
     }
@@ -236,13 +199,13 @@ impl Actor for RootSupervisor {
         state.running.clear();
         for spec in state.specs.iter().rev() {
             if let Some(cell) = state.cells.remove(spec.name) {
-                cell.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(30)))
+                cell.stop_and_wait(ExitReason::Shutdown.stop(), Some(Duration::from_secs(30)))
                     .await
                     .ok();
             }
         }
         myself
-            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .stop_children_and_wait(ExitReason::Shutdown.stop(), Some(Duration::from_secs(5)))
             .await;
         Ok(())
     }
@@ -251,7 +214,6 @@ impl Actor for RootSupervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct Flaky;
 
@@ -272,17 +234,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(0), Duration::from_millis(100));
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(3), Duration::from_millis(800));
-        assert_eq!(backoff(30), BACKOFF_MAX);
-    }
-
-    #[tokio::test]
-    async fn a_panicking_child_is_restarted() {
-        let starts = Arc::new(AtomicUsize::new(0));
+    /// Under the paused clock: each restart waits the policy's backoff, doubling while the
+    /// child keeps failing, and the tree leaves nothing running.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_child_is_restarted_after_a_growing_backoff() {
+        let harness = crate::actors::harness::Harness::new().await;
+        let starts: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>> = Arc::default();
         let current: Arc<std::sync::Mutex<Option<ActorRef<()>>>> = Arc::default();
         let spec = {
             let starts = starts.clone();
@@ -292,26 +249,34 @@ mod tests {
                 let current = current.clone();
                 async move {
                     let (actor, _) = Actor::spawn_linked(None, Flaky, (), sup).await?;
-                    starts.fetch_add(1, Ordering::SeqCst);
+                    starts
+                        .lock()
+                        .expect("lock")
+                        .push(tokio::time::Instant::now());
                     *current.lock().expect("lock") = Some(actor.clone());
                     Ok(actor.get_cell())
                 }
             })
         };
-        let (root, handle) = Actor::spawn(None, RootSupervisor, vec![spec])
+        Actor::spawn_linked(None, RootSupervisor, vec![spec], harness.parent())
             .await
             .expect("root starts");
-        assert_eq!(starts.load(Ordering::SeqCst), 1);
-        for round in 1..=2 {
+        for round in 1..=3 {
+            let failed_at = tokio::time::Instant::now();
             let child = current.lock().expect("lock").clone().expect("child");
             child.send_message(()).expect("send");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while starts.load(Ordering::SeqCst) <= round {
-                assert!(Instant::now() < deadline, "child was not restarted");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            while starts.lock().expect("lock").len() <= round {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            let restarted = starts.lock().expect("lock")[round];
+            let waited = restarted - failed_at;
+            let backoff = RestartPolicy::STANDARD.delay(round as u32 - 1);
+            assert!(
+                waited >= backoff && waited < backoff + Duration::from_millis(50),
+                "restart {round} after {waited:?}, backoff {backoff:?}"
+            );
         }
-        root.stop(None);
-        handle.await.expect("root stops");
+        // The supervisor handled every failure itself.
+        harness.finish(0).await;
     }
 }

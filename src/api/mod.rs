@@ -472,18 +472,10 @@ pub struct ApiServerArgs {
     pub others: Router<ApiState>,
 }
 
-/// Aborts the server task with the actor.
-pub struct ServerTask(tokio::task::JoinHandle<()>);
-
-impl Drop for ServerTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl Actor for ApiServer {
     type Msg = ApiServerMsg;
-    type State = ServerTask;
+    /// The serving task, aborted with the actor.
+    type State = crate::task::OwnedTask;
     type Arguments = ApiServerArgs;
 
     async fn pre_start(
@@ -503,7 +495,7 @@ impl Actor for ApiServer {
         tracing::info!(addr = %args.addr, rest_api = api, "API listening");
         let app = router(args.state, args.others);
         let mut shutdown = args.shutdown;
-        let task = tokio::spawn(async move {
+        let task = crate::task::OwnedTask::spawn(async move {
             // Connection info gives handlers the client address (for the failure throttle).
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let result = axum::serve(listener, app)
@@ -515,7 +507,7 @@ impl Actor for ApiServer {
                 let _ = myself.send_message(ApiServerMsg::Failed(e.to_string()));
             }
         });
-        Ok(ServerTask(task))
+        Ok(task)
     }
 
     async fn handle(

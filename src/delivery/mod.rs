@@ -19,3 +19,6 @@ pub use lease_deadline::LeaseDeadline;
 pub use ops::{QueueMsg, QueueOpError};
 pub use queue_handle::QueueHandle;
 pub use queue_manager::QueueManager;
+
+#[cfg(test)]
+mod actor_tests;

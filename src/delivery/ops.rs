@@ -26,6 +26,8 @@ pub enum QueueMsg {
     Handover(u32, String),
     /// A leaving node released the partition and offers it: take it now.
     Offered(u32),
+    /// A failed partition queue's restart backoff has passed: start it again.
+    Restart(u32),
     /// Make a row due now (through its partition's owner).
     Retry(u32, i64, RpcReplyPort<Result<(), QueueOpError>>),
     /// Cancel a row, optionally bouncing it.

@@ -14,6 +14,10 @@
 //! stopping partition waits for them (bounded), aborts the rest and records what they
 //! returned while it still holds the lease; dropping the state aborts whatever is left.
 //!
+//! Handlers never wait out a retry: recording results and the administrator's retry and
+//! cancel run as commit tasks of the partition's own (a second `JoinSet`), whose rows stay in
+//! `in_flight` until they end, so the actor keeps answering while the storage writer retries.
+//!
 //! No delivery starts, and no end of data is sent, past the lease's local deadline
 //! ([`LeaseDeadline`]): a node cut off from the database stops acting before its lease can
 //! expire and be taken over.
@@ -29,6 +33,7 @@ use tokio::time::Instant;
 use super::lease_deadline::LeaseDeadline;
 use super::ops::QueueOpError;
 use super::worker::{self as delivery, DeliveryContext, EntryResult, Outcome};
+use crate::actors::ExitReason;
 use crate::actors::storage_writer::CommitError;
 use crate::delivery::dsn::FailedRecipient;
 use crate::events::{
@@ -38,6 +43,7 @@ use crate::events::{
 use crate::store::{
     AcceptedMessage, Attempt, EntryUpdate, Lease, QueueEntry, QueueStatus, now_millis,
 };
+use crate::task::OwnedTask;
 
 /// Messages to a partition queue.
 pub enum PartitionMsg {
@@ -46,6 +52,8 @@ pub enum PartitionMsg {
     /// A delivery worker (this task, when known) is returning: collect the finished outputs
     /// of the partition's workers.
     WorkerDone(Option<tokio::task::Id>),
+    /// A commit task ended: release its rows.
+    Committed,
     /// Make a row due now.
     Retry(i64, RpcReplyPort<Result<(), QueueOpError>>),
     /// Cancel a row, bouncing it if asked.
@@ -71,6 +79,12 @@ pub struct PartitionArgs {
 /// What a delivery worker returns: its domain and every row's result.
 type WorkerOutput = (String, Vec<EntryResult>);
 
+/// What a commit task returns: the rows it held in `in_flight`, and whether to look for work.
+struct Committed {
+    rows: Vec<i64>,
+    wake: bool,
+}
+
 /// A partition actor's state.
 pub struct PartitionState {
     ctx: Arc<DeliveryContext>,
@@ -84,41 +98,13 @@ pub struct PartitionState {
     tasks: JoinSet<WorkerOutput>,
     /// Per running worker: its domain and rows, to release them even if it panicked.
     running: HashMap<tokio::task::Id, (String, Vec<i64>)>,
-    timer: Option<tokio::task::JoinHandle<()>>,
-    _poll: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for PartitionState {
-    fn drop(&mut self) {
-        if let Some(t) = self.timer.take() {
-            t.abort();
-        }
-        self._poll.abort();
-    }
-}
-
-/// Why a partition actor stopped by itself (ractor carries stop reasons as text; this type
-/// is the one place that text is written and read).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PartitionExit {
-    /// Another node took the lease over: the partition is no longer ours.
-    LeaseLost,
-}
-
-impl PartitionExit {
-    const LEASE_LOST: &'static str = "lease lost";
-
-    /// The stop reason given to ractor.
-    pub fn reason(self) -> String {
-        match self {
-            Self::LeaseLost => Self::LEASE_LOST.to_string(),
-        }
-    }
-
-    /// Reads a stop reason back; `None` for any other exit (a failure to restart from).
-    pub fn from_reason(reason: &str) -> Option<Self> {
-        (reason == Self::LEASE_LOST).then_some(Self::LeaseLost)
-    }
+    /// Results being recorded, and the administrator's retries and cancels; dropping the set
+    /// aborts them (the rows stay pending in the database).
+    commits: JoinSet<Committed>,
+    /// The next scheduled `Wake`.
+    timer: Option<OwnedTask>,
+    /// The backstop poll.
+    _poll: OwnedTask,
 }
 
 /// How long a stopping partition waits for its delivery workers to return their results.
@@ -349,7 +335,7 @@ fn recorder(
             match record(&ctx, &lease, &results).await {
                 Ok(()) => {}
                 Err(CommitError::LeaseLost(_)) => {
-                    partition.stop(Some(PartitionExit::LeaseLost.reason()));
+                    partition.stop(ExitReason::LeaseLost.stop());
                 }
                 Err(error) => {
                     // The rows stay pending and are retried: a duplicate is possible, a loss not.
@@ -474,58 +460,99 @@ impl PartitionQueue {
     }
 
     fn schedule(myself: &ActorRef<PartitionMsg>, state: &mut PartitionState, after: Duration) {
-        if let Some(t) = state.timer.take() {
-            t.abort();
-        }
         let me = myself.clone();
-        state.timer = Some(tokio::spawn(async move {
+        // Replacing the timer drops (aborts) the previous one.
+        state.timer = Some(OwnedTask::spawn(async move {
             tokio::time::sleep(after).await;
             let _ = me.send_message(PartitionMsg::Wake);
         }));
     }
 
-    /// Releases a finished (or failed) worker's domain slot and rows.
-    fn finished(state: &mut PartitionState, id: tokio::task::Id) {
-        let Some((domain, ids)) = state.running.remove(&id) else {
-            return;
+    /// Releases a finished (or failed) worker's domain slot; returns its rows.
+    fn finished(state: &mut PartitionState, id: tokio::task::Id) -> Vec<i64> {
+        let Some((domain, rows)) = state.running.remove(&id) else {
+            return Vec::new();
         };
-        for row in ids {
-            state.in_flight.remove(&row);
-        }
         if let Some(n) = state.workers.get_mut(&domain) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 state.workers.remove(&domain);
             }
         }
+        rows
     }
 
-    /// Takes every finished worker's output out of the JoinSet, releasing its slot and rows.
-    fn collect(state: &mut PartitionState) -> Vec<EntryResult> {
-        let mut results = Vec::new();
+    /// Takes every finished worker's output out of the JoinSet, releasing its slot. The rows
+    /// of a worker that returned stay in flight until their results are recorded; a failed
+    /// worker's are released at once.
+    fn collect(state: &mut PartitionState) -> (Vec<EntryResult>, Vec<i64>) {
+        let (mut results, mut rows) = (Vec::new(), Vec::new());
         while let Some(joined) = state.tasks.try_join_next_with_id() {
             match joined {
                 Ok((id, (_, r))) => {
-                    Self::finished(state, id);
+                    rows.extend(Self::finished(state, id));
                     results.extend(r);
                 }
                 Err(error) => {
                     // Its rows are still pending in the database: they are tried again.
                     tracing::error!(partition = state.lease.partition, %error, "delivery worker failed");
-                    Self::finished(state, error.id());
+                    for row in Self::finished(state, error.id()) {
+                        state.in_flight.remove(&row);
+                    }
                 }
             }
         }
-        results
+        (results, rows)
     }
 
-    /// A worker signalled: record whatever finished, then look for more work.
-    async fn worker_done(
+    /// Runs `commit` as a task of the partition's, holding `rows` in flight until it ends;
+    /// it signals `Committed` when done.
+    fn spawn_commit(
+        myself: &ActorRef<PartitionMsg>,
+        state: &mut PartitionState,
+        rows: Vec<i64>,
+        commit: impl std::future::Future<Output = bool> + Send + 'static,
+    ) {
+        state.in_flight.extend(rows.iter().copied());
+        let me = myself.clone();
+        state.commits.spawn(async move {
+            let wake = commit.await;
+            let _ = me.send_message(PartitionMsg::Committed);
+            Committed { rows, wake }
+        });
+    }
+
+    /// Commit tasks signalled: release the rows of those that ended, and look for work if one
+    /// asks for it (or failed, so its rows are due again).
+    async fn committed(myself: &ActorRef<PartitionMsg>, state: &mut PartitionState) {
+        let mut wake = false;
+        while let Some(joined) = state.commits.try_join_next() {
+            match joined {
+                Ok(done) => {
+                    for row in done.rows {
+                        state.in_flight.remove(&row);
+                    }
+                    wake |= done.wake;
+                }
+                Err(error) => {
+                    // Its rows stay in flight until the partition restarts; say so loudly.
+                    tracing::error!(partition = state.lease.partition, %error, "queue commit task failed");
+                }
+            }
+        }
+        if wake {
+            Self::wake(myself, state).await;
+        }
+    }
+
+    /// A worker signalled: record whatever finished (in a commit task), then look for more
+    /// work once that is done.
+    fn worker_done(
         myself: &ActorRef<PartitionMsg>,
         state: &mut PartitionState,
         worker: Option<tokio::task::Id>,
-    ) -> Result<(), ActorProcessingErr> {
-        let results = Self::collect(state);
+    ) {
+        let (results, rows) = Self::collect(state);
         if let Some(id) = worker
             && state.running.contains_key(&id)
         {
@@ -534,36 +561,40 @@ impl PartitionQueue {
                 PartitionMsg::WorkerDone(Some(id))
             });
         }
-        if results.is_empty() {
-            return Ok(());
+        if results.is_empty() && rows.is_empty() {
+            return;
         }
-        match record(&state.ctx, &state.lease, &results).await {
-            Ok(()) => {}
-            Err(CommitError::LeaseLost(_)) => {
-                myself.stop(Some(PartitionExit::LeaseLost.reason()));
-                return Ok(());
+        let (ctx, lease, me) = (state.ctx.clone(), state.lease.clone(), myself.clone());
+        Self::spawn_commit(myself, state, rows, async move {
+            match record(&ctx, &lease, &results).await {
+                Ok(()) => {}
+                Err(CommitError::LeaseLost(_)) => {
+                    me.stop(ExitReason::LeaseLost.stop());
+                    return false;
+                }
+                Err(error) => {
+                    // The rows stay pending and will be retried: a duplicate is possible, a
+                    // loss not.
+                    tracing::error!(partition = lease.partition, %error, "cannot record delivery results");
+                }
             }
-            Err(error) => {
-                // The rows stay pending and will be retried: a duplicate is possible, a loss not.
-                tracing::error!(partition = state.lease.partition, %error, "cannot record delivery results");
-            }
-        }
-        myself.send_message(PartitionMsg::Wake)?;
-        Ok(())
+            true
+        });
     }
 
-    async fn owned_pending(state: &PartitionState, id: i64) -> Result<QueueEntry, QueueOpError> {
-        if state.in_flight.contains(&id) {
-            return Err(QueueOpError::InFlight(id));
-        }
-        let entry = state
-            .ctx
+    /// A row of this partition that is still pending.
+    async fn owned_pending(
+        ctx: &DeliveryContext,
+        lease: &Lease,
+        id: i64,
+    ) -> Result<QueueEntry, QueueOpError> {
+        let entry = ctx
             .stores
             .queue
             .queue_entry(id)
             .await
             .map_err(|e| QueueOpError::Store(Arc::new(e)))?
-            .filter(|e| e.partition == state.lease.partition)
+            .filter(|e| e.partition == lease.partition)
             .ok_or(QueueOpError::NotFound(id))?;
         if !entry.status.is_pending() {
             return Err(QueueOpError::Finished(id, entry.status.as_str()));
@@ -571,8 +602,8 @@ impl PartitionQueue {
         Ok(entry)
     }
 
-    async fn retry(state: &PartitionState, id: i64) -> Result<(), QueueOpError> {
-        let entry = Self::owned_pending(state, id).await?;
+    async fn retry(ctx: &DeliveryContext, lease: &Lease, id: i64) -> Result<(), QueueOpError> {
+        let entry = Self::owned_pending(ctx, lease, id).await?;
         let update = EntryUpdate {
             id,
             status: entry.status,
@@ -581,13 +612,18 @@ impl PartitionQueue {
             last_error: entry.last_error,
             attempt: None,
         };
-        apply(&state.ctx, &state.lease, &[update], &[])
+        apply(ctx, lease, &[update], &[])
             .await
             .map_err(QueueOpError::Commit)
     }
 
-    async fn cancel(state: &PartitionState, id: i64, bounce: bool) -> Result<(), QueueOpError> {
-        let entry = Self::owned_pending(state, id).await?;
+    async fn cancel(
+        ctx: &DeliveryContext,
+        lease: &Lease,
+        id: i64,
+        bounce: bool,
+    ) -> Result<(), QueueOpError> {
+        let entry = Self::owned_pending(ctx, lease, id).await?;
         let reason = "delivery cancelled by the administrator".to_string();
         let update = EntryUpdate {
             id,
@@ -606,19 +642,48 @@ impl PartitionQueue {
                 remote_mta: None,
             }];
             // Not cancelled without its bounce: the administrator gets the error and retries.
-            let bounce = delivery::bounce(&state.ctx, &entry, &failed)
+            let bounce = delivery::bounce(ctx, &entry, &failed)
                 .await
                 .map_err(|e| QueueOpError::Bounce(Arc::new(e)))?;
             bounces.extend(bounce);
         }
-        apply(&state.ctx, &state.lease, &[update], &bounces)
+        apply(ctx, lease, &[update], &bounces)
             .await
             .map_err(QueueOpError::Commit)?;
         events::emit(BouncesQueued {
             count: bounces.len(),
         });
-        delivery::hint_bounces(&state.ctx, &bounces);
+        delivery::hint_bounces(ctx, &bounces);
         Ok(())
+    }
+
+    /// Runs the administrator's retry or cancel of row `id` as a commit task (the row is in
+    /// flight meanwhile, so no worker picks it up), answering `reply` when it ends.
+    fn operate(
+        myself: &ActorRef<PartitionMsg>,
+        state: &mut PartitionState,
+        id: i64,
+        cancel: Option<bool>,
+        reply: RpcReplyPort<Result<(), QueueOpError>>,
+    ) {
+        if state.in_flight.contains(&id) {
+            let _ = reply.send(Err(QueueOpError::InFlight(id)));
+            return;
+        }
+        let (ctx, lease, me) = (state.ctx.clone(), state.lease.clone(), myself.clone());
+        Self::spawn_commit(myself, state, vec![id], async move {
+            let result = match cancel {
+                None => Self::retry(&ctx, &lease, id).await,
+                Some(bounce) => Self::cancel(&ctx, &lease, id, bounce).await,
+            };
+            let (ok, lost) = (result.is_ok(), is_lease_lost(&result));
+            let _ = reply.send(result);
+            if lost {
+                me.stop(ExitReason::LeaseLost.stop());
+            }
+            // A retried row is due now.
+            ok && cancel.is_none()
+        });
     }
 }
 
@@ -637,7 +702,9 @@ impl Actor for PartitionQueue {
         args: PartitionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         // Hints can be lost (for example across nodes), so poll as a backstop.
-        let poll = myself.send_interval(args.ctx.config.queue.poll_interval, || PartitionMsg::Wake);
+        let poll = OwnedTask::adopt(
+            &myself.send_interval(args.ctx.config.queue.poll_interval, || PartitionMsg::Wake),
+        );
         myself.send_message(PartitionMsg::Wake)?;
         Ok(PartitionState {
             ctx: args.ctx,
@@ -648,6 +715,7 @@ impl Actor for PartitionQueue {
             workers: HashMap::new(),
             tasks: JoinSet::new(),
             running: HashMap::new(),
+            commits: JoinSet::new(),
             timer: None,
             _poll: poll,
         })
@@ -659,8 +727,19 @@ impl Actor for PartitionQueue {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let partition = state.lease.partition;
-        // Whatever finished before the stop and was not collected yet comes out here too.
-        let (outputs, lost) = drain(&mut state.tasks, DRAIN_TIMEOUT).await;
+        // Whatever finished before the stop and was not collected yet comes out here too, and
+        // the commits under way end (or are aborted, their rows left pending) meanwhile.
+        let ((outputs, lost), (_, commits_lost)) = tokio::join!(
+            drain(&mut state.tasks, DRAIN_TIMEOUT),
+            drain(&mut state.commits, DRAIN_TIMEOUT)
+        );
+        if commits_lost > 0 {
+            tracing::warn!(
+                partition,
+                commits = commits_lost,
+                "queue commits aborted at stop; their rows will be retried"
+            );
+        }
         if lost > 0 {
             tracing::warn!(
                 partition,
@@ -693,25 +772,11 @@ impl Actor for PartitionQueue {
                     .store(false, std::sync::atomic::Ordering::Release);
                 Self::wake(&myself, state).await
             }
-            PartitionMsg::WorkerDone(worker) => Self::worker_done(&myself, state, worker).await?,
-            PartitionMsg::Retry(id, reply) => {
-                let result = Self::retry(state, id).await;
-                let ok = result.is_ok();
-                let lost = is_lease_lost(&result);
-                let _ = reply.send(result);
-                if lost {
-                    myself.stop(Some(PartitionExit::LeaseLost.reason()));
-                } else if ok {
-                    Self::wake(&myself, state).await;
-                }
-            }
+            PartitionMsg::WorkerDone(worker) => Self::worker_done(&myself, state, worker),
+            PartitionMsg::Committed => Self::committed(&myself, state).await,
+            PartitionMsg::Retry(id, reply) => Self::operate(&myself, state, id, None, reply),
             PartitionMsg::Cancel(id, bounce, reply) => {
-                let result = Self::cancel(state, id, bounce).await;
-                let lost = is_lease_lost(&result);
-                let _ = reply.send(result);
-                if lost {
-                    myself.stop(Some(PartitionExit::LeaseLost.reason()));
-                }
+                Self::operate(&myself, state, id, Some(bounce), reply)
             }
         }
         Ok(())

@@ -16,6 +16,7 @@ use super::ops::{QueueMsg, QueueOpError};
 use crate::actors::supervisor::ActorSlot;
 use crate::cluster::{Cluster, ErrorKind, Request, RequestHandler, Response, assignment};
 use crate::store::{QueueStore, now_millis};
+use crate::task::OwnedTask;
 
 /// The current queue manager's address (replaced on restart) and the routes to other nodes.
 #[derive(Clone, Default)]
@@ -32,6 +33,8 @@ struct Remote {
     leases: Arc<dyn QueueStore>,
     /// Partitions hinted here that another node owns, waiting for the forwarder.
     pending: Hints,
+    /// Handovers to ask for (holder, partition), waiting for the forwarder.
+    handovers: Mutex<Vec<(String, u32)>>,
     wake: tokio::sync::Notify,
 }
 
@@ -68,18 +71,23 @@ impl QueueHandle {
     }
 
     /// Routes what this node does not own through `cluster`; `leases` tells who holds a
-    /// partition. Starts the task that forwards hints. Call once, inside the runtime.
-    pub fn connect_cluster(&self, cluster: Cluster, leases: Arc<dyn QueueStore>) {
+    /// partition. Returns the task that forwards hints and handover requests, which runs as
+    /// long as the caller holds it; `None` if a cluster was connected already.
+    pub fn connect_cluster(
+        &self,
+        cluster: Cluster,
+        leases: Arc<dyn QueueStore>,
+    ) -> Option<OwnedTask> {
         let remote = Remote {
             cluster,
             leases,
             pending: Hints::default(),
+            handovers: Mutex::default(),
             wake: tokio::sync::Notify::new(),
         };
-        if self.remote.set(remote).is_ok() {
-            let handle = self.clone();
-            tokio::spawn(async move { handle.forward_hints().await });
-        }
+        self.remote.set(remote).ok()?;
+        let handle = self.clone();
+        Some(OwnedTask::spawn(async move { handle.forward().await }))
     }
 
     /// Records the partitions this node's manager runs now (the manager calls it on change).
@@ -119,13 +127,29 @@ impl QueueHandle {
         self.hints.take()
     }
 
-    /// Sends hinted partitions to their desired owners, one request per owner and round.
-    async fn forward_hints(&self) {
+    /// Sends hinted partitions to their desired owners, one request per owner and round, and
+    /// the handover requests. The requests are this task's own: they stop with it.
+    async fn forward(&self) {
         let Some(remote) = self.remote.get() else {
             return;
         };
+        let mut requests = tokio::task::JoinSet::new();
         loop {
             remote.wake.notified().await;
+            while requests.try_join_next().is_some() {}
+            let handovers =
+                std::mem::take(&mut *remote.handovers.lock().unwrap_or_else(|e| e.into_inner()));
+            for (holder, partition) in handovers {
+                let cluster = remote.cluster.clone();
+                requests.spawn(async move {
+                    if let Err(error) = cluster
+                        .request(&holder, Request::Handover { partition })
+                        .await
+                    {
+                        tracing::debug!(node = %holder, partition, %error, "cannot ask for a partition handover");
+                    }
+                });
+            }
             let partitions = remote.pending.take();
             let members: Vec<String> = remote
                 .cluster
@@ -149,7 +173,7 @@ impl QueueHandle {
                     continue;
                 }
                 let cluster = remote.cluster.clone();
-                tokio::spawn(async move {
+                requests.spawn(async move {
                     let request = Request::Hint {
                         partitions: partitions.clone(),
                     };
@@ -276,16 +300,12 @@ impl QueueHandle {
         let Some(remote) = self.remote.get() else {
             return;
         };
-        let cluster = remote.cluster.clone();
-        let holder = holder.to_string();
-        tokio::spawn(async move {
-            if let Err(error) = cluster
-                .request(&holder, Request::Handover { partition })
-                .await
-            {
-                tracing::debug!(node = %holder, partition, %error, "cannot ask for a partition handover");
-            }
-        });
+        remote
+            .handovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((holder.to_string(), partition));
+        remote.wake.notify_one();
     }
 
     /// Offers a partition this leaving node has just released to the node that owns it once

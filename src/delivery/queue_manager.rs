@@ -21,8 +21,10 @@ use tokio::time::Instant;
 
 use super::lease_deadline::LeaseDeadline;
 use super::ops::{QueueMsg, QueueOpError};
-use super::partition::{PartitionArgs, PartitionExit, PartitionMsg, PartitionQueue};
+use super::partition::{PartitionArgs, PartitionMsg, PartitionQueue};
 use super::worker::DeliveryContext;
+use crate::actors::ExitReason;
+use crate::actors::restart::{RestartPolicy, Restarts};
 use crate::cluster::admission::Admission;
 use crate::cluster::{Member, assignment};
 use crate::events::{
@@ -30,6 +32,7 @@ use crate::events::{
     QueuePartitionDepth,
 };
 use crate::store::{Lease, LeaseGrant, QueueStatus};
+use crate::task::OwnedTask;
 
 /// The manager actor.
 pub struct QueueManager;
@@ -55,8 +58,14 @@ struct Owned {
     deadline: Arc<LeaseDeadline>,
     /// Being handed over: its actor is stopping and the lease is released after.
     draining: bool,
+    /// The task handing it over (stopping the actor, then releasing the lease).
+    handover: Option<OwnedTask>,
     /// Its actor failed: the next start re-adopts the lease with a new epoch first.
     failed: bool,
+    /// Its actor's failures, for the restart backoff.
+    restarts: Restarts,
+    /// Until it fires, the failed actor is not started again.
+    restart_timer: Option<OwnedTask>,
     /// Taken although another node should own it, because nobody held it for a while after
     /// its lease ended (its desired owner may be cut off from the database, or wrongly
     /// believed alive). Kept until that
@@ -75,7 +84,10 @@ impl Owned {
             wake_pending: Arc::default(),
             deadline,
             draining: false,
+            handover: None,
             failed: false,
+            restarts: Restarts::new(RestartPolicy::STANDARD),
+            restart_timer: None,
             orphan,
         }
     }
@@ -93,20 +105,12 @@ pub struct QueueManagerState {
     /// Unwanted partitions seen without a valid lease, and since when.
     unheld_since: HashMap<u32, Instant>,
     /// The pending `Acquire` message, and when it fires.
-    acquire_timer: Option<(Instant, tokio::task::JoinHandle<()>)>,
+    acquire_timer: Option<(Instant, OwnedTask)>,
     ticks: u64,
-    _members_watch: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for QueueManagerState {
-    fn drop(&mut self) {
-        if let Some((_, t)) = self.acquire_timer.take() {
-            t.abort();
-        }
-        if let Some(w) = self._members_watch.take() {
-            w.abort();
-        }
-    }
+    /// The periodic `Tick`.
+    _ticker: OwnedTask,
+    /// Forwards membership changes.
+    _members_watch: Option<OwnedTask>,
 }
 
 /// After a holder's lease ends, how long to wait before asking, so the database's clock has
@@ -216,7 +220,7 @@ impl QueueManager {
                 owned.deadline.clear();
                 tracing::warn!(partition, "partition lease lost; stopping its queue");
                 if let Some(actor) = owned.actor.take() {
-                    actor.stop(Some(PartitionExit::LeaseLost.reason()));
+                    actor.stop(ExitReason::LeaseLost.stop());
                 }
             }
             kept
@@ -309,11 +313,9 @@ impl QueueManager {
         {
             return;
         }
-        if let Some((_, timer)) = state.acquire_timer.take() {
-            timer.abort();
-        }
         let me = myself.clone();
-        let timer = tokio::spawn(async move {
+        // Replacing the timer drops (aborts) the previous one.
+        let timer = OwnedTask::spawn(async move {
             tokio::time::sleep_until(at).await;
             let _ = me.send_message(QueueMsg::Acquire);
         });
@@ -325,7 +327,13 @@ impl QueueManager {
         let ttl = ctx.config.queue.lease_ttl;
         let mut lost = Vec::new();
         for (partition, owned) in state.owned.iter_mut() {
-            if owned.actor.is_some() || owned.draining {
+            if owned.actor.is_some()
+                || owned.draining
+                || owned
+                    .restart_timer
+                    .as_ref()
+                    .is_some_and(|t| !t.is_finished())
+            {
                 continue;
             }
             if owned.failed {
@@ -353,6 +361,9 @@ impl QueueManager {
                 }
             }
             owned.actor = Self::start_partition(myself, &ctx, owned).await;
+            if owned.actor.is_some() {
+                owned.restarts.started();
+            }
         }
         for partition in lost {
             tracing::warn!(partition, "partition lease lost while its queue restarted");
@@ -400,10 +411,10 @@ impl QueueManager {
         let lease = owned.lease.clone();
         let ctx = state.ctx.clone();
         let me = myself.clone();
-        tokio::spawn(async move {
+        owned.handover = Some(OwnedTask::spawn(async move {
             if let Some(actor) = actor {
                 let _ = actor
-                    .stop_and_wait(Some("handover".into()), Some(STOP_TIMEOUT))
+                    .stop_and_wait(ExitReason::Handover.stop(), Some(STOP_TIMEOUT))
                     .await;
             }
             if let Err(error) = ctx.stores.queue.release_lease(&lease).await {
@@ -411,7 +422,7 @@ impl QueueManager {
                 tracing::warn!(partition = lease.partition, %error, "cannot release lease");
             }
             let _ = me.send_message(QueueMsg::Released(lease.partition, lease));
-        });
+        }));
     }
 
     /// Takes partitions that nobody has held for [`orphan_grace`] although their
@@ -551,7 +562,7 @@ impl Actor for QueueManager {
             .ensure_partition_count(args.ctx.config.queue.partitions)
             .await?;
         let period = (args.ctx.config.queue.lease_ttl / 3).max(Duration::from_millis(200));
-        myself.send_interval(period, || QueueMsg::Tick);
+        let ticker = OwnedTask::adopt(&myself.send_interval(period, || QueueMsg::Tick));
         let mut members = None;
         let mut watch_task = None;
         if let Some((mut view, mut admission)) = args.members {
@@ -567,7 +578,7 @@ impl Actor for QueueManager {
             members = Some(current(&mut view, &mut admission, &args.node_id));
             let me = myself.clone();
             let node_id = args.node_id.clone();
-            watch_task = Some(tokio::spawn(async move {
+            watch_task = Some(OwnedTask::spawn(async move {
                 loop {
                     let changed = tokio::select! {
                         changed = view.changed() => changed,
@@ -593,6 +604,7 @@ impl Actor for QueueManager {
             unheld_since: HashMap::new(),
             acquire_timer: None,
             ticks: 0,
+            _ticker: ticker,
             _members_watch: watch_task,
         })
     }
@@ -698,6 +710,12 @@ impl Actor for QueueManager {
                     Self::acquire(&myself, state).await;
                 }
             }
+            QueueMsg::Restart(partition) => {
+                if let Some(owned) = state.owned.get_mut(&partition) {
+                    owned.restart_timer = None;
+                    Self::start_missing(&myself, state).await;
+                }
+            }
             QueueMsg::Retry(partition, id, reply) => match Self::forward(state, partition) {
                 Ok(actor) => {
                     let _ = actor.send_message(PartitionMsg::Retry(id, reply));
@@ -721,11 +739,11 @@ impl Actor for QueueManager {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let Some((cell, reason)) = crate::actors::supervisor::child_exit(event) else {
+        let Some((cell, reason)) = crate::actors::exit::child_exit(event) else {
             return Ok(());
         };
         let Some(partition) = state
@@ -740,19 +758,32 @@ impl Actor for QueueManager {
         else {
             return Ok(());
         };
-        if PartitionExit::from_reason(&reason) == Some(PartitionExit::LeaseLost) {
-            // The next tick re-acquires it if it is free again.
-            state.owned.remove(&partition);
-            state.publish();
-        } else {
-            if let Some(owned) = state.owned.get_mut(&partition) {
+        match reason {
+            ExitReason::LeaseLost => {
+                // The next tick re-acquires it if it is free again.
+                state.owned.remove(&partition);
+                state.publish();
+            }
+            // Stopped by this manager, which took the actor out of `owned` first.
+            ExitReason::Shutdown | ExitReason::Handover => {}
+            ExitReason::Stopped | ExitReason::Failed(_) => {
+                let Some(owned) = state.owned.get_mut(&partition) else {
+                    return Ok(());
+                };
                 owned.actor = None;
                 owned.failed = true;
+                let delay = owned.restarts.failed("partition_queue");
+                events::emit(PartitionQueueExited {
+                    partition,
+                    reason: &reason,
+                    restart_in: delay,
+                });
+                let me = myself.clone();
+                owned.restart_timer = Some(OwnedTask::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = me.send_message(QueueMsg::Restart(partition));
+                }));
             }
-            events::emit(PartitionQueueExited {
-                partition,
-                reason: &reason,
-            });
         }
         Ok(())
     }
@@ -774,7 +805,7 @@ impl Actor for QueueManager {
         futures::future::join_all(owned.into_iter().map(|owned| async move {
             if let Some(actor) = &owned.actor {
                 let _ = actor
-                    .stop_and_wait(Some("shutdown".into()), Some(STOP_TIMEOUT))
+                    .stop_and_wait(ExitReason::Shutdown.stop(), Some(STOP_TIMEOUT))
                     .await;
             }
             match ctx.stores.queue.release_lease(&owned.lease).await {

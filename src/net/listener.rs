@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::limits::{ConnectionGuard, ConnectionLimits, LimitExceeded};
 use crate::events::{self, SmtpConnectionRefused, SmtpSessionFailed};
+use crate::task::OwnedTask;
 
 /// What a protocol plugs into a [`Listener`].
 pub trait Protocol: Send + Sync + 'static {
@@ -65,19 +66,10 @@ impl<P> Default for Listener<P> {
     }
 }
 
-/// Aborts the accept task when the listener's state goes away.
-struct AcceptTask(tokio::task::JoinHandle<()>);
-
-impl Drop for AcceptTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The listener's state.
 pub struct ListenerState<P> {
     protocol: Arc<P>,
-    _accept: AcceptTask,
+    _accept: OwnedTask,
 }
 
 async fn accept_loop<P: Protocol>(
@@ -87,6 +79,9 @@ async fn accept_loop<P: Protocol>(
     limits: Arc<ConnectionLimits>,
 ) {
     let mut backoff = Duration::from_millis(10);
+    // Refusals being written: owned here (they stop with the listener) and capped, so a
+    // flood costs at most this many sockets lingering for the refusal's few seconds.
+    let mut refusing = tokio::task::JoinSet::new();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -106,7 +101,10 @@ async fn accept_loop<P: Protocol>(
                             peer,
                             limit: &why,
                         });
-                        tokio::spawn(refuse(stream, protocol.refusal(why)));
+                        while refusing.try_join_next().is_some() {}
+                        if refusing.len() < MAX_REFUSALS_IN_FLIGHT {
+                            refusing.spawn(refuse(stream, protocol.refusal(why)));
+                        }
                     }
                 }
             }
@@ -119,6 +117,9 @@ async fn accept_loop<P: Protocol>(
         }
     }
 }
+
+/// Most refusals written at once; past that a refused socket is closed without a reply.
+const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 
 async fn refuse(mut stream: TcpStream, line: String) {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(line.as_bytes())).await;
@@ -143,7 +144,7 @@ impl<P: Protocol> Actor for Listener<P> {
             )
         })?;
         tracing::info!(listener = label, addr = %args.addr, "listener ready");
-        let task = tokio::spawn(accept_loop(
+        let accept = OwnedTask::spawn(accept_loop(
             listener,
             myself,
             args.protocol.clone(),
@@ -151,7 +152,7 @@ impl<P: Protocol> Actor for Listener<P> {
         ));
         Ok(ListenerState {
             protocol: args.protocol,
-            _accept: AcceptTask(task),
+            _accept: accept,
         })
     }
 

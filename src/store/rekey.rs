@@ -46,18 +46,9 @@ enum Held {
     File(std::fs::File),
     /// A server's lock: a task keeps the session (and so the lock) alive and takes it again
     /// on a new connection if the database restarted.
-    Session(AbortOnDrop),
+    Session(crate::task::OwnedTask),
     /// The rotation's lock, held on this connection for the command's short life.
     Connection(sqlx::AnyConnection),
-}
-
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The file of a `sqlite:` URL.
@@ -135,7 +126,7 @@ impl DatabaseLock {
                 _held: Held::Connection(conn),
             });
         }
-        let task = tokio::spawn(async move {
+        let task = crate::task::OwnedTask::spawn(async move {
             let mut conn = Some(conn);
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(10)).await;
@@ -163,7 +154,7 @@ impl DatabaseLock {
             }
         });
         Ok(Self {
-            _held: Held::Session(AbortOnDrop(task)),
+            _held: Held::Session(task),
         })
     }
 }

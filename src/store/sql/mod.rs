@@ -103,7 +103,7 @@ pub struct SqlStore {
     /// Recent lookups of DKIM signing keys: domain → its newest key, if any.
     signing_keys: Arc<recent::Recent<Vec<DkimKeyRecord>>>,
     /// SQLite only: the task that checkpoints the write-ahead log, stopped with the last clone.
-    _wal_checkpointer: Option<Arc<AbortOnDrop>>,
+    _wal_checkpointer: Option<Arc<crate::task::OwnedTask>>,
     /// Connections for the lease statements only: renewal must not queue behind the group
     /// commit, the API and the schedulers on the main pool, or a busy node would lose its
     /// leases while perfectly alive.
@@ -118,16 +118,6 @@ pub struct SqlStore {
 /// commits: an automatic checkpoint runs inside the commit that crosses 1,000 pages and holds
 /// up every message of its batch (with 2 KiB bodies in their rows, about every 1,500 messages).
 const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Aborts a task when dropped.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Checkpoints the write-ahead log of SQLite every [`WAL_CHECKPOINT_INTERVAL`], in `PASSIVE`
 /// mode: it copies what no reader still needs and never waits for, or blocks, a writer.
@@ -303,10 +293,8 @@ impl SqlStore {
             Some(TAKEOVER_LOCK_TIMEOUT),
         )
         .connect_lazy_with(options);
-        let wal_checkpointer = (dialect == Dialect::Sqlite).then(|| {
-            let task = tokio::spawn(checkpoint_wal(pool.clone()));
-            Arc::new(AbortOnDrop(task.abort_handle()))
-        });
+        let wal_checkpointer = (dialect == Dialect::Sqlite)
+            .then(|| Arc::new(crate::task::OwnedTask::spawn(checkpoint_wal(pool.clone()))));
         Ok(Self {
             pool,
             _wal_checkpointer: wal_checkpointer,
