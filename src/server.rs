@@ -96,6 +96,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     // One chain of checks on incoming mail, for SMTP and the API's send path alike.
     let checks = Arc::new(crate::inbound::checks::Checks::standard());
+    let recipients =
+        crate::inbound::recipients::Recipients::new(config.clone(), stores.accounts.clone());
     let faults = Arc::new(Faults::default());
     let limits = ConnectionLimits::new(
         config.smtp.max_connections,
@@ -174,6 +176,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let ctx = Arc::new(SmtpContext {
             config: config.clone(),
             stores: stores.clone(),
+            recipients: recipients.clone(),
             acceptor: acceptor.clone(),
             authenticator: authenticator.clone(),
             checks: checks.clone(),
@@ -233,6 +236,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             writer: writer.clone(),
             acceptor: acceptor.clone(),
             checks: checks.clone(),
+            recipients: recipients.clone(),
             queue: queue.clone(),
             faults: faults.clone(),
             authenticator: authenticator.clone(),

@@ -1032,8 +1032,13 @@ def test_postmaster_mailbox_is_configurable_and_real_users_keep_theirs(server):
     assert srv.send("postmaster", simple_message("bare"))[0] == 250
     assert srv.send(f"postmaster@{DOMAIN}", simple_message("at example"))[0] == 250
     assert srv.send("postmaster@other.test", simple_message("real one"))[0] == 250
+    # The send API resolves recipients the same way.
+    r = srv.api(BOB, USER_PASSWORD).post("/api/v1/send", json={
+        "from": BOB, "to": [f"postmaster@{DOMAIN}"], "subject": "through the API", "text": "hi"})
+    assert r.status_code == 202, r.text
     carol = srv.api(CAROL, USER_PASSWORD)
-    assert sorted(i["subject"] for i in carol.wait_messages(2)) == ["at example", "bare"]
+    assert sorted(i["subject"] for i in carol.wait_messages(3)) == [
+        "at example", "bare", "through the API"]
     real = srv.api("postmaster@other.test", USER_PASSWORD)
     assert [i["subject"] for i in real.wait_messages(1)] == ["real one"]
     assert srv.api().all_messages() == []

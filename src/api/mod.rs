@@ -54,6 +54,8 @@ pub struct ApiState {
     pub acceptor: Acceptor,
     /// The checks on a complete message, shared with SMTP.
     pub checks: Arc<crate::inbound::checks::Checks>,
+    /// Who each recipient of a sent message is.
+    pub recipients: crate::inbound::recipients::Recipients,
     /// The delivery queue's owner (for queue operations).
     pub queue: QueueHandle,
     /// Test-only fault hooks.

@@ -19,8 +19,9 @@ use super::limits;
 use crate::accounts::validate_email;
 use crate::inbound::checks::{Candidate, place};
 use crate::inbound::commit::Incoming;
+use crate::inbound::recipients::{Recipient, RecipientRefusal};
+use crate::store::LocalDelivery;
 use crate::store::new_id;
-use crate::store::{LocalDelivery, RecipientLookup};
 
 /// An attachment of a message to send.
 #[derive(Deserialize, ToSchema)]
@@ -259,28 +260,26 @@ pub async fn send(
     let mut remote = Vec::new();
     let mut delivered = Vec::new();
     for address in &envelope {
-        match accounts.lookup_recipient(address).await? {
-            RecipientLookup::Local {
-                user_id,
-                over_quota,
-            } => {
-                if over_quota {
-                    return Err(ApiError::new(
-                        StatusCode::INSUFFICIENT_STORAGE,
-                        "mailbox_full",
-                        format!("mailbox of {address} is full"),
-                    ));
-                }
+        // The API's callers are authenticated: they may send anywhere.
+        match state.recipients.resolve(address, true).await {
+            Ok(Recipient::Local(user_id)) => {
                 local.push(LocalDelivery::inbox(user_id));
                 delivered.push(address.clone());
             }
-            RecipientLookup::UnknownUser => {
-                state.unknown_recipients.record(caller.0.id);
-                return Err(ApiError::bad_request(format!(
-                    "{address} does not exist in its hosted domain"
-                )));
+            Ok(Recipient::Remote) => remote.push(address.clone()),
+            Err(full @ RecipientRefusal::MailboxFull(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "mailbox_full",
+                    full.to_string(),
+                ));
             }
-            RecipientLookup::NotHosted => remote.push(address.clone()),
+            Err(unknown @ RecipientRefusal::UnknownUser(_)) => {
+                state.unknown_recipients.record(caller.0.id);
+                return Err(ApiError::bad_request(unknown.to_string()));
+            }
+            Err(RecipientRefusal::Lookup(error)) => return Err(error.into()),
+            Err(other) => return Err(ApiError::unavailable(other)),
         }
     }
 

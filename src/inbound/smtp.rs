@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use super::checks::{self, Candidate, Checks};
 use super::commit::{AcceptError, Acceptor, Incoming};
+use super::recipients::{Recipient, RecipientRefusal, Recipients};
 use crate::auth::AuthError;
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -26,21 +27,11 @@ use crate::smtp::connection::{SessionActor, SessionArgs};
 use crate::smtp::policy::SessionPolicy;
 use crate::smtp::session::{Answer, AuthMechanism, Envelope, Reply};
 use crate::smtp::{ListenerKind, SessionContext};
-use crate::store::{LocalDelivery, Stores};
-use crate::store::{RecipientLookup, new_id};
+use crate::store::{LocalDelivery, Stores, new_id};
 
 /// A session's log lines, the driver's and the policy's, share the driver's target, so one
 /// filter directive (`mairust::smtp::connection=debug`) selects a connection's whole story.
 const LOG_TARGET: &str = "mairust::smtp::connection";
-
-/// Where an accepted recipient goes.
-#[derive(Debug, Clone, Copy)]
-enum Route {
-    /// A local user's mailbox.
-    Local(i64),
-    /// The delivery queue (authenticated submission only).
-    Remote,
-}
 
 /// What SMTP's policy needs from the rest of the process.
 pub struct SmtpContext {
@@ -48,6 +39,8 @@ pub struct SmtpContext {
     pub config: Arc<Config>,
     /// Metadata and blobs.
     pub stores: Stores,
+    /// Who each recipient is.
+    pub recipients: Recipients,
     /// The acceptance path (blob, group commit, queue hint).
     pub acceptor: Acceptor,
     /// Password checks, shared by all sessions and the API.
@@ -107,7 +100,7 @@ pub struct SmtpPolicy {
     /// The client is in `smtp.trusted_networks`: it may relay without AUTH.
     trusted: bool,
     /// The current transaction's accepted recipients, by lower-cased address.
-    recipients: HashMap<String, Route>,
+    recipients: HashMap<String, Recipient>,
 }
 
 fn reply(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Reply {
@@ -253,63 +246,18 @@ impl SmtpPolicy {
     }
 
     async fn check_recipient(&mut self, address: &str, authenticated: Option<&str>) -> Answer {
-        let lookup = self.ctx.stores.accounts.lookup_recipient(address).await;
-        let postmaster = match &lookup {
-            // RFC 5321 §4.5.1: bare <postmaster> and postmaster@ every hosted domain MUST be
-            // accepted; a real user of that name keeps their own mail.
-            Ok(RecipientLookup::NotHosted) => address.eq_ignore_ascii_case("postmaster"),
-            Ok(RecipientLookup::UnknownUser) => address
-                .split_once('@')
-                .is_some_and(|(local, _)| local.eq_ignore_ascii_case("postmaster")),
-            _ => false,
-        };
-        if postmaster {
-            return match self.postmaster_mailbox().await {
-                Ok(Some(user_id)) => {
-                    self.recipients
-                        .insert(address.to_ascii_lowercase(), Route::Local(user_id));
-                    Answer::Accept
-                }
-                Ok(None) => {
-                    tracing::error!(
-                        target: LOG_TARGET,
-                        recipient = address,
-                        "no mailbox for postmaster; set smtp.postmaster to a local user"
-                    );
-                    rejected(
-                        "temporary_failure",
-                        reply(
-                            451,
-                            (4, 3, 0),
-                            "Postmaster mailbox unavailable, try again later",
-                        ),
-                    )
-                }
-                Err(error) => {
-                    tracing::error!(target: LOG_TARGET, %error, "postmaster lookup failed");
-                    rejected(
-                        "temporary_failure",
-                        reply(451, (4, 3, 0), "Temporary lookup failure, try again later"),
-                    )
-                }
-            };
-        }
-        match lookup {
-            Ok(RecipientLookup::Local {
-                user_id,
-                over_quota,
-            }) => {
-                if over_quota {
-                    return rejected(
-                        "mailbox_full",
-                        reply(452, (4, 2, 2), format!("<{address}>: Mailbox full")),
-                    );
-                }
-                self.recipients
-                    .insert(address.to_ascii_lowercase(), Route::Local(user_id));
+        let may_relay =
+            (self.kind == ListenerKind::Submission && authenticated.is_some()) || self.trusted;
+        match self.ctx.recipients.resolve(address, may_relay).await {
+            Ok(route) => {
+                self.recipients.insert(address.to_ascii_lowercase(), route);
                 Answer::Accept
             }
-            Ok(RecipientLookup::UnknownUser) => rejected(
+            Err(RecipientRefusal::MailboxFull(_)) => rejected(
+                "mailbox_full",
+                reply(452, (4, 2, 2), format!("<{address}>: Mailbox full")),
+            ),
+            Err(RecipientRefusal::UnknownUser(_)) => rejected(
                 "unknown_user",
                 reply(
                     550,
@@ -317,19 +265,22 @@ impl SmtpPolicy {
                     format!("<{address}>: Recipient address rejected: User unknown"),
                 ),
             ),
-            Ok(RecipientLookup::NotHosted)
-                if (self.kind == ListenerKind::Submission && authenticated.is_some())
-                    || self.trusted =>
-            {
-                self.recipients
-                    .insert(address.to_ascii_lowercase(), Route::Remote);
-                Answer::Accept
-            }
-            Ok(RecipientLookup::NotHosted) => rejected(
+            Err(RecipientRefusal::RelayDenied(_)) => rejected(
                 "relay_denied",
                 reply(554, (5, 7, 1), format!("<{address}>: Relay access denied")),
             ),
-            Err(error) => {
+            Err(error @ RecipientRefusal::NoPostmaster) => {
+                tracing::error!(target: LOG_TARGET, recipient = address, %error);
+                rejected(
+                    "temporary_failure",
+                    reply(
+                        451,
+                        (4, 3, 0),
+                        "Postmaster mailbox unavailable, try again later",
+                    ),
+                )
+            }
+            Err(RecipientRefusal::Lookup(error)) => {
                 tracing::error!(target: LOG_TARGET, %error, "recipient lookup failed");
                 rejected(
                     "temporary_failure",
@@ -339,35 +290,13 @@ impl SmtpPolicy {
         }
     }
 
-    /// The user who receives mail to `postmaster`: `smtp.postmaster`, else `admin.email`, else
-    /// the oldest admin account.
-    async fn postmaster_mailbox(&self) -> Result<Option<i64>, crate::store::StoreError> {
-        let config = &self.ctx.config;
-        let accounts = self.ctx.stores.accounts.as_ref();
-        match config
-            .smtp
-            .postmaster
-            .as_ref()
-            .or(config.admin.email.as_ref())
-        {
-            Some(address) => Ok(accounts.credentials(address).await?.map(|c| c.user.id)),
-            None => Ok(accounts
-                .list_users()
-                .await?
-                .into_iter()
-                .filter(|u| u.is_admin)
-                .min_by_key(|u| (u.created_at, u.id))
-                .map(|u| u.id)),
-        }
-    }
-
     async fn accept(&mut self, envelope: Envelope, data: Vec<u8>) -> Answer {
         let mut local = Vec::new();
         let mut remote = Vec::new();
         for rcpt in &envelope.rcpt_to {
             match self.recipients.get(&rcpt.to_ascii_lowercase()) {
-                Some(Route::Local(user)) => local.push(LocalDelivery::inbox(*user)),
-                Some(Route::Remote) => remote.push(rcpt.clone()),
+                Some(Recipient::Local(user)) => local.push(LocalDelivery::inbox(*user)),
+                Some(Recipient::Remote) => remote.push(rcpt.clone()),
                 None => {}
             }
         }
