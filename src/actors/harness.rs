@@ -3,6 +3,13 @@
 //! the test if an actor failed (panicked or returned an error) without the test expecting it,
 //! if any actor of the tree is still running after its parent stopped, or if a task spawned
 //! during the test outlives it (a timer or a forwarder nobody owns).
+//!
+//! Actors backed by a real store run under tokio's paused clock with a [`ClockHold`]: SQLite
+//! answers from a thread of its own, and a paused clock left to jump ahead whenever the
+//! runtime waits would run every timer and timeout out before the answer came. Held, the
+//! clock moves only when the test calls `tokio::time::advance`, so each timing rule (a
+//! restart backoff, a lease deadline, a poll) is checked at the exact instant it should fire,
+//! while the store's work takes the real time it needs ([`real_sleep`], [`eventually`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +17,64 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, ActorStatus, SupervisionEvent};
 
 use super::exit::{ExitReason, child_exit};
+
+/// Keeps tokio's paused clock from jumping ahead while it lives: a running blocking task
+/// inhibits the runtime's auto-advance, so time moves only by `tokio::time::advance`.
+/// Create it first thing in a `start_paused` test, before anything waits.
+pub struct ClockHold {
+    /// Dropping it ends the blocking task.
+    _release: std::sync::mpsc::Sender<()>,
+}
+
+impl ClockHold {
+    /// Holds the clock until dropped.
+    pub fn hold() -> Self {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        // Ends when the sender is dropped.
+        tokio::task::spawn_blocking(move || {
+            let _ = released.recv();
+        });
+        Self { _release: release }
+    }
+}
+
+/// Waits `duration` of real time, whatever tokio's clock does (a blocking task also keeps a
+/// paused clock from jumping ahead meanwhile).
+pub async fn real_sleep(duration: Duration) {
+    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(duration)).await;
+}
+
+/// Waits (real time, at most 20 s) until `check` holds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for(what, || {
+        let checked = check();
+        async move { checked.await.then_some(()) }
+    })
+    .await
+}
+
+/// Waits (real time, at most 20 s) until `check` finds something, and returns it.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        real_sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// Records the exits of its children.
 struct Probe;
@@ -44,7 +109,7 @@ async fn settled_task_count() -> usize {
     let metrics = tokio::runtime::Handle::current().metrics();
     let mut last = metrics.num_alive_tasks();
     for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        real_sleep(Duration::from_millis(20)).await;
         let now = metrics.num_alive_tasks();
         if now == last {
             break;
@@ -132,7 +197,7 @@ impl Harness {
             if metrics.num_alive_tasks() <= self.tasks_before {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            real_sleep(Duration::from_millis(10)).await;
         }
         panic!(
             "{} task(s) outlived the actors that spawned them",

@@ -300,7 +300,7 @@ impl WriterHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::harness::Harness;
+    use crate::actors::harness::{ClockHold, Harness, real_sleep};
     use crate::actors::{ExitReason, RootSupervisor};
     use crate::store::sql::tests::accepted;
 
@@ -343,26 +343,35 @@ mod tests {
     }
 
     /// A writer that dies with a batch in hand answers none of it `Ok` (the callers retry,
-    /// the client still holds the message); it is restarted and commits again.
-    #[tokio::test]
-    async fn a_failing_writer_acknowledges_nothing_and_is_restarted() {
+    /// the client still holds the message); the root supervisor starts it again after the
+    /// restart policy's first backoff (100 ms, not a moment sooner), and it commits again.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_writer_acknowledges_nothing_and_is_restarted_after_the_backoff() {
+        let _clock = ClockHold::hold();
         let (_dir, stores, writer, harness) = writer().await;
         writer.commit(message(0)).await.expect("first");
         writer.inject_fault().expect("fault");
         let lost = writer.commit(message(1)).await;
         assert!(matches!(lost, Err(CommitError::Unavailable)), "{lost:?}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+
+        let backoff = crate::actors::restart::RestartPolicy::STANDARD.first;
+        tokio::time::advance(backoff - Duration::from_millis(1)).await;
+        real_sleep(Duration::from_millis(300)).await;
+        let early = writer.commit(message(2)).await;
+        assert!(
+            matches!(early, Err(CommitError::Unavailable)),
+            "restarted before its backoff: {early:?}"
+        );
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             match writer.commit(message(2)).await {
                 Ok(()) => break,
-                Err(CommitError::Unavailable) => {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "writer not restarted"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(CommitError::Unavailable) if std::time::Instant::now() < deadline => {
+                    real_sleep(Duration::from_millis(20)).await;
                 }
-                Err(other) => panic!("{other}"),
+                Err(other) => panic!("not committed after the restart: {other}"),
             }
         }
         assert_eq!(stores.mailboxes.count_messages().await.expect("count"), 2);

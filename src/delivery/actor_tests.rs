@@ -2,23 +2,24 @@
 //! real SQLite store and the real storage writer, under the actor harness (which fails a test
 //! on an actor that failed unexpectedly, or on an actor or task left running).
 //!
-//! They run on the real clock with short timers: SQLite answers from a thread of its own, and
-//! a paused clock, which jumps ahead whenever the runtime waits, would run every timeout out
-//! before the answer came. The timing rules themselves (restart backoff, commit timeouts,
-//! drains, lease deadlines) have paused-clock tests beside their code.
+//! They run under tokio's paused clock, held still (`ClockHold`): time moves only when a test
+//! advances it, so a restart backoff or a lease deadline is checked at the instant it should
+//! take effect, while SQLite takes the real time it needs (`eventually`, `real_sleep`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell};
+use ractor::{Actor, ActorCell, ActorRef};
+use tokio::time::Instant;
 
 use super::connection_cache::ConnectionCache;
-use super::partition::{PartitionArgs, PartitionQueue};
+use super::partition::{PartitionArgs, PartitionMsg, PartitionQueue};
 use super::queue_manager::{QueueManager, QueueManagerArgs};
 use super::routing::Router;
 use super::worker::{DeliveryContext, DestinationLimiter};
-use super::{LeaseDeadline, QueueHandle};
-use crate::actors::harness::Harness;
+use super::{LeaseDeadline, QueueHandle, QueueMsg, QueueOpError};
+use crate::actors::harness::{ClockHold, Harness, eventually, real_sleep, wait_for};
+use crate::actors::restart::RestartPolicy;
 use crate::actors::{ExitReason, StorageWriter, WriterHandle};
 use crate::config::Config;
 use crate::store::{
@@ -27,15 +28,21 @@ use crate::store::{
 
 const NODE: &str = "node-a";
 const PARTITIONS: u32 = 4;
+/// An address literal that is no address: delivery to it fails at once, for good.
+const UNROUTABLE: &str = "[no-such-address]";
 
-/// A queue on a fresh SQLite database, its storage writer running under the harness.
+/// A queue on a fresh SQLite database, its storage writer running under the harness, the
+/// clock held.
 struct Fixture {
+    _clock: ClockHold,
     _dir: tempfile::TempDir,
     ctx: Arc<DeliveryContext>,
     harness: Harness,
 }
 
 async fn fixture() -> Fixture {
+    // First, before anything waits on the store.
+    let clock = ClockHold::hold();
     crate::net::tls::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = Config::default();
@@ -79,6 +86,7 @@ async fn fixture() -> Fixture {
         config,
     });
     Fixture {
+        _clock: clock,
         _dir: dir,
         ctx,
         harness,
@@ -88,7 +96,7 @@ async fn fixture() -> Fixture {
 /// Queues one message from the null sender (so a failure needs no bounce) to `recipient` at
 /// an address literal that is no address: delivery fails at once, permanently.
 async fn queue_unroutable(ctx: &DeliveryContext) -> (u32, i64) {
-    let domain = "[no-such-address]";
+    let domain = UNROUTABLE;
     let partition = crate::store::partition_of(domain, PARTITIONS);
     let body = b"Subject: t\r\n\r\nx\r\n".to_vec();
     let id = crate::store::new_id();
@@ -126,22 +134,6 @@ async fn queue_unroutable(ctx: &DeliveryContext) -> (u32, i64) {
     (partition, row)
 }
 
-/// Waits (real time, bounded) until `check` holds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn status(ctx: &DeliveryContext, row: i64) -> Option<QueueStatus> {
     ctx.stores
         .queue
@@ -169,7 +161,7 @@ fn partitions_of(harness_child: &ActorCell) -> usize {
     harness_child.get_children().len()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_partition_records_a_permanent_failure_under_its_lease_and_stops_cleanly() {
     let f = fixture().await;
     let (partition, row) = queue_unroutable(&f.ctx).await;
@@ -205,7 +197,7 @@ async fn a_partition_records_a_permanent_failure_under_its_lease_and_stops_clean
     f.harness.finish(0).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_partition_refuses_to_retry_a_finished_row_and_keeps_serving() {
     let f = fixture().await;
     let (partition, row) = queue_unroutable(&f.ctx).await;
@@ -240,7 +232,7 @@ async fn a_partition_refuses_to_retry_a_finished_row_and_keeps_serving() {
     .await;
     let answer = actor
         .call(
-            |reply| super::partition::PartitionMsg::Retry(row, reply),
+            |reply| PartitionMsg::Retry(row, reply),
             Some(Duration::from_secs(10)),
         )
         .await
@@ -248,12 +240,12 @@ async fn a_partition_refuses_to_retry_a_finished_row_and_keeps_serving() {
         .success_or(())
         .expect("an answer");
     assert!(
-        matches!(answer, Err(super::QueueOpError::Finished(id, "failed")) if id == row),
+        matches!(answer, Err(QueueOpError::Finished(id, "failed")) if id == row),
         "{answer:?}"
     );
     let missing = actor
         .call(
-            |reply| super::partition::PartitionMsg::Cancel(row + 1000, false, reply),
+            |reply| PartitionMsg::Cancel(row + 1000, false, reply),
             Some(Duration::from_secs(10)),
         )
         .await
@@ -261,14 +253,43 @@ async fn a_partition_refuses_to_retry_a_finished_row_and_keeps_serving() {
         .success_or(())
         .expect("an answer");
     assert!(
-        matches!(missing, Err(super::QueueOpError::NotFound(_))),
+        matches!(missing, Err(QueueOpError::NotFound(_))),
         "{missing:?}"
     );
     f.harness.finish(0).await;
 }
 
-#[tokio::test]
-async fn the_manager_takes_every_partition_restarts_a_failed_one_and_releases_all_at_stop() {
+/// Whether the manager runs a queue for `partition` now: a queue operation on a row that
+/// does not exist reaches the partition's actor (not found there) or is refused by the
+/// manager (not owned). The answer comes after the manager handled everything before it.
+async fn runs(manager: &ActorRef<QueueMsg>, partition: u32) -> bool {
+    let answer = manager
+        .call(
+            |reply| QueueMsg::Retry(partition, -1, reply),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .expect("call")
+        .success_or(())
+        .expect("an answer");
+    match answer {
+        Err(QueueOpError::NotFound(_)) => true,
+        Err(QueueOpError::NotOwned(_)) => false,
+        other => panic!("unexpected answer: {other:?}"),
+    }
+}
+
+async fn epoch_of(ctx: &DeliveryContext, partition: u32) -> Option<i64> {
+    held_by(ctx, NODE)
+        .await
+        .into_iter()
+        .find(|(p, _)| *p == partition)
+        .map(|(_, epoch)| epoch)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_manager_restarts_a_failed_partition_after_a_growing_backoff_and_releases_all_at_stop()
+{
     let f = fixture().await;
     let (manager, _) = Actor::spawn_linked(
         None,
@@ -290,29 +311,59 @@ async fn the_manager_takes_every_partition_restarts_a_failed_one_and_releases_al
     })
     .await;
 
-    // Mail is delivered (here: failed for good) by the partition that owns its domain.
-    let (_, row) = queue_unroutable(&f.ctx).await;
+    // Mail is delivered (here: failed for good) by the partition that owns its domain, at
+    // once on the acceptor's hint: the clock stands still, so no poll finds it.
+    let (partition, row) = queue_unroutable(&f.ctx).await;
+    f.ctx.queue.hint(partition);
     eventually("the row fails", || async {
         status(&f.ctx, row).await == Some(QueueStatus::Failed)
     })
     .await;
 
-    // A partition queue that fails is restarted after the backoff, under a newer epoch so
-    // nothing of the failed one can write again.
-    let before = held_by(&f.ctx, NODE).await;
-    let victim = cell.get_children().into_iter().next().expect("a partition");
-    victim.stop(ExitReason::Failed("injected".into()).stop());
-    eventually("the failed partition runs again", || async {
-        partitions_of(&cell) == PARTITIONS as usize
-            && held_by(&f.ctx, NODE)
-                .await
-                .iter()
-                .any(|(p, epoch)| before.iter().any(|(bp, be)| bp == p && epoch > be))
-    })
-    .await;
+    // A partition queue that fails is started again after the restart policy's backoff, not
+    // a moment sooner, and under a newer epoch so nothing of the failed one can write again.
+    // Failing again soon after, it waits twice as long.
+    let mut victim = cell.get_children().into_iter().next().expect("a partition");
+    let mut failing = None;
+    for failures in 0..2 {
+        let backoff = RestartPolicy::STANDARD.delay(failures);
+        let children: Vec<_> = cell.get_children().iter().map(|c| c.get_id()).collect();
+        victim.stop(ExitReason::Failed("injected".into()).stop());
+        let partition = wait_for("the manager sees the failure", || async {
+            for p in 0..PARTITIONS {
+                if !runs(&manager, p).await {
+                    return Some(p);
+                }
+            }
+            None
+        })
+        .await;
+        assert!(failing.is_none_or(|p| p == partition));
+        failing = Some(partition);
+        let epoch = epoch_of(&f.ctx, partition).await.expect("still leased");
 
-    // A lease taken away (its epoch moved on) stops that partition; the manager adopts it
-    // again with a newer epoch and runs it.
+        tokio::time::advance(backoff - Duration::from_millis(1)).await;
+        real_sleep(Duration::from_millis(300)).await;
+        assert!(
+            !runs(&manager, partition).await,
+            "restarted before its backoff of {backoff:?}"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        eventually("the failed partition runs again", || async {
+            runs(&manager, partition).await
+        })
+        .await;
+        let renewed = epoch_of(&f.ctx, partition).await.expect("leased");
+        assert!(renewed > epoch, "epoch {renewed} after {epoch}");
+        victim = cell
+            .get_children()
+            .into_iter()
+            .find(|c| !children.contains(&c.get_id()))
+            .expect("the restarted partition");
+    }
+
+    // A lease taken away (its epoch moved on) stops that partition at the next renewal; the
+    // manager adopts it again with a newer epoch and runs it.
     let (partition, epoch) = held_by(&f.ctx, NODE).await[0];
     let moved = f
         .ctx
@@ -324,6 +375,8 @@ async fn the_manager_takes_every_partition_restarts_a_failed_one_and_releases_al
         .expect("held");
     assert!(moved.epoch > epoch);
     eventually("the partition is fenced and taken again", || async {
+        // Renewals come every third of the lease's TTL: let the clock run towards them.
+        tokio::time::advance(Duration::from_millis(50)).await;
         held_by(&f.ctx, NODE)
             .await
             .iter()
@@ -338,5 +391,78 @@ async fn the_manager_takes_every_partition_restarts_a_failed_one_and_releases_al
         .await
         .expect("manager stops");
     assert!(held_by(&f.ctx, NODE).await.is_empty());
+    f.harness.finish(0).await;
+}
+
+/// Past its local lease deadline a partition starts no delivery, however often it looks;
+/// once a renewal moves the deadline, its next look delivers.
+#[tokio::test(start_paused = true)]
+async fn a_partition_starts_no_delivery_past_its_lease_deadline_until_a_renewal() {
+    let f = fixture().await;
+    let partition = crate::store::partition_of(UNROUTABLE, PARTITIONS);
+    let LeaseGrant::Granted(lease) = f
+        .ctx
+        .stores
+        .queue
+        .acquire_lease(partition, NODE, Duration::from_secs(30))
+        .await
+        .expect("acquire")
+    else {
+        panic!("partition not free");
+    };
+    let ttl = f.ctx.config.queue.lease_ttl;
+    let deadline = Arc::new(LeaseDeadline::default());
+    deadline.renewed(Instant::now(), ttl);
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        PartitionQueue,
+        PartitionArgs {
+            ctx: f.ctx.clone(),
+            lease,
+            wake_pending: Arc::default(),
+            deadline: deadline.clone(),
+        },
+        f.harness.parent(),
+    )
+    .await
+    .expect("partition");
+    let barrier = || async {
+        let answer = actor
+            .call(
+                |reply| PartitionMsg::Cancel(-1, false, reply),
+                Some(Duration::from_secs(10)),
+            )
+            .await
+            .expect("call")
+            .success_or(())
+            .expect("an answer");
+        assert!(
+            matches!(answer, Err(QueueOpError::NotFound(_))),
+            "{answer:?}"
+        );
+    };
+    barrier().await;
+
+    let until = deadline.deadline().expect("a deadline");
+    tokio::time::advance(until - Instant::now()).await;
+    assert!(!deadline.is_valid());
+    let (_, row) = queue_unroutable(&f.ctx).await;
+    for _ in 0..10 {
+        tokio::time::advance(f.ctx.config.queue.poll_interval).await;
+        real_sleep(Duration::from_millis(50)).await;
+        barrier().await;
+        assert_eq!(
+            status(&f.ctx, row).await,
+            Some(QueueStatus::Queued),
+            "delivered past the lease deadline"
+        );
+    }
+
+    deadline.renewed(Instant::now(), ttl);
+    tokio::time::advance(f.ctx.config.queue.poll_interval).await;
+    eventually("the row is delivered (fails for good)", || async {
+        status(&f.ctx, row).await == Some(QueueStatus::Failed)
+    })
+    .await;
     f.harness.finish(0).await;
 }
