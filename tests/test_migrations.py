@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.policy
+import hashlib
 import json
 import signal
 import sqlite3
@@ -20,6 +21,7 @@ import pytest
 from conftest import (
     BIN,
     DOMAIN,
+    REPO,
     ServerStartError,
     USER_PASSWORD,
     clean_env,
@@ -257,3 +259,143 @@ def test_an_older_build_on_a_newer_schema_stops_at_once_saying_why(server):
     text = str(failed.value)
     assert "newer MaiRust" in text and "9999" in text, text
     assert took < 10, f"gave up after {took:.1f}s, not at once"
+
+
+# The last migration of the release before folders, UIDs and flags (0010).
+PREVIOUS_RELEASE = 9
+UPGRADE_TOKEN = "token-of-the-previous-release"
+
+
+def previous_release_migrations(dialect: str) -> list[tuple[int, str, bytes]]:
+    out = []
+    for path in sorted((REPO / "migrations" / dialect).glob("*.sql")):
+        version, _, name = path.stem.partition("_")
+        if int(version) <= PREVIOUS_RELEASE:
+            out.append((int(version), name.replace("_", " "), path.read_bytes()))
+    return out
+
+
+# A user with mail in INBOX (one read, one not), in Sent and in a folder of their own, as
+# the previous release stored it: `folder` and `seen` columns, no folders table.
+OLD_MAIL = [
+    # (entry id, message id, folder, seen, subject)
+    (11, "old-1", "INBOX", 1, "read before the upgrade"),
+    (12, "old-2", "INBOX", 0, "unread before the upgrade"),
+    (14, "old-3", "Sent", 1, "sent before the upgrade"),
+    (15, "old-4", "Projects/2025", 0, "filed before the upgrade"),
+]
+
+
+def old_rows_sql(now_ms: int) -> list[tuple[str, tuple]]:
+    token = hashlib.sha256(UPGRADE_TOKEN.encode()).hexdigest()
+    rows = [
+        ("INSERT INTO domains (id, name, created_at) VALUES (1, ?, ?)", (DOMAIN, now_ms)),
+        ("INSERT INTO users (id, email, domain_id, password_hash, is_admin, used_bytes, "
+         "created_at) VALUES (7, ?, 1, 'not-a-hash', 0, 0, ?)", (BOB, now_ms)),
+        ("INSERT INTO api_tokens (user_id, token_hash, name, created_at, expires_at) "
+         "VALUES (7, ?, 'upgrade', ?, ?)", (token, now_ms, now_ms + 86_400_000)),
+    ]
+    for entry, message, folder, seen, subject in OLD_MAIL:
+        body = f"From: a@remote.test\r\nTo: {BOB}\r\nSubject: {subject}\r\n\r\nold\r\n".encode()
+        rows.append((
+            "INSERT INTO messages (id, blob_key, size, received_at, envelope_from, from_addr, "
+            "to_addrs, cc_addrs, subject, date, message_id, has_attachments, body) "
+            "VALUES (?, ?, ?, ?, 'a@remote.test', 'a@remote.test', ?, '[]', ?, NULL, NULL, 0, ?)",
+            (message, "k-" + message, len(body), now_ms, json.dumps([BOB]), subject, body)))
+        rows.append((
+            "INSERT INTO mailbox_entries (id, user_id, message_id, folder, seen, created_at) "
+            "VALUES (?, 7, ?, ?, ?, ?)", (entry, message, folder, seen, now_ms)))
+    return rows
+
+
+def make_previous_release_sqlite(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT "
+                   "NOT NULL, installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success "
+                   "BOOLEAN NOT NULL, checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)")
+        for version, name, sql in previous_release_migrations("sqlite"):
+            db.executescript(sql.decode())
+            db.execute("INSERT INTO _sqlx_migrations (version, description, success, checksum, "
+                       "execution_time) VALUES (?, ?, 1, ?, 1)",
+                       (version, name, hashlib.sha384(sql).digest()))
+        for sql, params in old_rows_sql(int(time.time() * 1000)):
+            db.execute(sql, params)
+        db.commit()
+
+
+def make_previous_release_postgres(url: str) -> None:
+    def psql(sql: str) -> None:
+        subprocess.run(["psql", url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql], check=True,
+                       capture_output=True, timeout=60)
+
+    def literal(value) -> str:
+        if isinstance(value, bytes):
+            return f"'\\x{value.hex()}'::bytea"
+        if isinstance(value, int):
+            return str(value)
+        return "'" + str(value).replace("'", "''") + "'"
+
+    psql("CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, "
+         "installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, "
+         "checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL)")
+    for version, name, sql in previous_release_migrations("postgres"):
+        psql(sql.decode())
+        psql("INSERT INTO _sqlx_migrations (version, description, success, checksum, "
+             f"execution_time) VALUES ({version}, {literal(name)}, true, "
+             f"{literal(hashlib.sha384(sql).digest())}, 1)")
+    for sql, params in old_rows_sql(int(time.time() * 1000)):
+        for value in params:
+            sql = sql.replace("?", literal(value), 1)
+        psql(sql)
+    # The rows above name their ids; the release's own inserts moved the sequences past them.
+    for table in ("domains", "users", "api_tokens", "mailbox_entries"):
+        psql(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+             f"(SELECT MAX(id) FROM {table}))")
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_a_database_of_the_previous_release_upgrades_in_place(server, services, tmp_path, dialect):
+    """Folders, UIDs and flags arrive with a migration: every existing user gets the standard
+    folders, every message keeps its folder, id and read state and gets a UID in arrival
+    order, new mail is numbered after it, and `db export` carries the new tables."""
+    if dialect == "sqlite":
+        path = tmp_path / "old" / "mairust.db"
+        make_previous_release_sqlite(path)
+        overrides = {"database": {"url": f"sqlite://{path}"}}
+    else:
+        url = services.database()
+        make_previous_release_postgres(url)
+        overrides = {"database": {"url": url}}
+    srv = server(overrides)
+    api = srv.api(token=UPGRADE_TOKEN)
+
+    folders = {f["name"]: f for f in api.get("/api/v1/folders").json()["items"]}
+    assert list(folders)[:6] == ["INBOX", "Sent", "Drafts", "Junk", "Trash", "Archive"]
+    assert folders["Sent"]["special_use"] == "\\Sent"
+    counts = {name: (f["messages"], f["unseen"], f["uidnext"]) for name, f in folders.items()}
+    assert counts == {
+        "INBOX": (2, 1, 3), "Sent": (1, 0, 2), "Drafts": (0, 0, 1), "Junk": (0, 0, 1),
+        "Trash": (0, 0, 1), "Archive": (0, 0, 1), "Projects/2025": (1, 1, 2),
+    }
+    for entry, _, folder, seen, subject in OLD_MAIL:
+        listed = api.messages(folder=folder)["items"]
+        item = next(m for m in listed if m["id"] == str(entry))
+        assert (item["subject"], item["seen"]) == (subject, bool(seen))
+        raw = api.get(f"/api/v1/messages/{entry}/raw")
+        assert raw.status_code == 200 and f"Subject: {subject}".encode() in raw.content
+
+    # New mail is numbered after the old, and reading it is counted.
+    assert srv.send(BOB, simple_message("after the upgrade"))[0] == 250
+    inbox = api.messages(folder="INBOX")["items"]
+    assert [m["subject"] for m in inbox][0] == "after the upgrade"
+    assert int(inbox[0]["id"]) > max(e[0] for e in OLD_MAIL)
+    folders = {f["name"]: f for f in api.get("/api/v1/folders").json()["items"]}
+    assert (folders["INBOX"]["messages"], folders["INBOX"]["unseen"]) == (3, 2)
+    assert folders["INBOX"]["uidnext"] == 4
+
+    dump = tmp_path / "dump"
+    cli(srv, "db", "export", "--output", str(dump))
+    manifest = json.loads((dump / "manifest.json").read_text())
+    assert manifest["tables"]["folders"] >= 7 and manifest["tables"]["expunged"] == 0
+    assert manifest["tables"]["mailbox_entries"] == 5

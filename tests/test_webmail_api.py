@@ -254,3 +254,43 @@ def test_trace_shows_each_delivery_attempt(server, receiver, tmp_path):
     assert json.loads((dump / "manifest.json").read_text())["tables"]["delivery_attempts"] == 2
     rows = [json.loads(line) for line in (dump / "delivery_attempts.jsonl").read_text().splitlines()]
     assert [r["outcome"] for r in rows] == ["deferred", "delivered"], rows
+
+
+def test_folders_list_the_standard_folders_with_counts_that_follow_the_mail(server):
+    """Every user has INBOX, Sent, Drafts, Junk, Trash and Archive (with their RFC 6154 special
+    use), and the counts follow what arrives, what is read, what is sent and what is deleted."""
+    srv = server()
+    bob, carol = setup_domain_and_user(srv, users=("bob", "carol"))
+    api = srv.api(bob, USER_PASSWORD)
+
+    def folders() -> dict:
+        r = api.get("/api/v1/folders")
+        assert r.status_code == 200, r.text
+        return {f["name"]: f for f in r.json()["items"]}
+
+    start = folders()
+    assert list(start) == ["INBOX", "Sent", "Drafts", "Junk", "Trash", "Archive"]
+    assert [f["special_use"] for f in start.values()] == [
+        None, "\\Sent", "\\Drafts", "\\Junk", "\\Trash", "\\Archive"]
+    assert all((f["messages"], f["unseen"], f["uidnext"]) == (0, 0, 1) for f in start.values())
+
+    for i in range(3):
+        assert srv.send(bob, f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())[0] == 250
+    inbox = api.wait_messages(3)
+    r = api.patch(f"/api/v1/messages/{inbox[0]['id']}", json={"seen": True})
+    assert r.status_code == 200, r.text
+    r = api.post("/api/v1/send", json={"from": bob, "to": [carol], "subject": "s", "text": "t"})
+    assert r.status_code == 202, r.text
+    assert api.delete(f"/api/v1/messages/{inbox[1]['id']}").status_code == 204
+
+    now = folders()
+    assert (now["INBOX"]["messages"], now["INBOX"]["unseen"], now["INBOX"]["uidnext"]) == (2, 1, 4)
+    assert (now["Sent"]["messages"], now["Sent"]["unseen"]) == (1, 0)
+    assert now["INBOX"]["size"] > 0
+    assert now["INBOX"]["uidvalidity"] == start["INBOX"]["uidvalidity"]
+    assert now["INBOX"]["highestmodseq"] > start["INBOX"]["highestmodseq"]
+    assert [m["subject"] for m in api.messages(folder="Sent")["items"]] == ["s"]
+    # Another user's folders are their own.
+    carols = {f["name"]: f for f in srv.api(carol, USER_PASSWORD).get("/api/v1/folders").json()["items"]}
+    assert carols["INBOX"]["messages"] == 1
+    assert_error(srv.anon().get("/api/v1/folders"), 401)

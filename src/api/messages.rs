@@ -19,7 +19,8 @@ use crate::store::MailboxItem;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// `INBOX` (default), or `Sent`: what the caller sent through the send API.
+    /// A folder's name from `GET /api/v1/folders`; default `INBOX`. What the caller sent
+    /// through the send API is in `Sent`.
     pub folder: Option<String>,
     /// Page size; default 50, clamped to 1..=`api.max_page_size`.
     pub limit: Option<u32>,
@@ -135,6 +136,61 @@ async fn load(state: &ApiState, caller: &Caller, id: &str) -> ApiResult<(Mailbox
         .ok_or_else(|| ApiError::not_found(format!("message {id} not found")))?;
     let raw = state.stores.blobs.get(&item.blob_key).await?;
     Ok((item, raw))
+}
+
+/// One of the caller's folders (an IMAP mailbox).
+#[derive(Serialize, ToSchema)]
+pub struct FolderItem {
+    /// Its name; `/` separates levels. Pass it as `folder` to `GET /api/v1/messages`.
+    pub name: String,
+    /// `\Sent`, `\Drafts`, `\Junk`, `\Trash` or `\Archive` (RFC 6154); null for INBOX and
+    /// the user's own folders.
+    pub special_use: Option<String>,
+    /// Whether mail clients show it (IMAP subscription).
+    pub subscribed: bool,
+    /// Messages in it.
+    pub messages: i64,
+    /// Messages not read yet.
+    pub unseen: i64,
+    /// Their total size in bytes.
+    pub size: i64,
+    /// The folder's UIDVALIDITY (IMAP).
+    pub uidvalidity: i64,
+    /// The UID the next message in it will get (IMAP).
+    pub uidnext: i64,
+    /// The highest modification sequence in it (IMAP CONDSTORE).
+    pub highestmodseq: i64,
+}
+
+/// The caller's folders.
+#[derive(Serialize, ToSchema)]
+pub struct FolderList {
+    /// INBOX, Sent, Drafts, Junk, Trash and Archive first, then the user's own by name.
+    pub items: Vec<FolderItem>,
+}
+
+/// Lists the caller's folders with their counts.
+#[utoipa::path(get, path = "/api/v1/folders", tag = "messages",
+    responses((status = 200, body = FolderList), (status = 401, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn folders(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<FolderList>> {
+    let folders = state.stores.mailboxes.list_folders(caller.0.id).await?;
+    Ok(Json(FolderList {
+        items: folders
+            .into_iter()
+            .map(|f| FolderItem {
+                name: f.name,
+                special_use: f.special_use,
+                subscribed: f.subscribed,
+                messages: f.messages,
+                unseen: f.unseen,
+                size: f.size,
+                uidvalidity: f.uidvalidity,
+                uidnext: f.uidnext,
+                highestmodseq: f.highestmodseq,
+            })
+            .collect(),
+    }))
 }
 
 /// Lists the caller's messages, newest first.

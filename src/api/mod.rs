@@ -93,7 +93,7 @@ impl ApiState {
         admin::add_domain, admin::list_domains, admin::delete_domain, admin::create_dkim_key,
         admin::list_dkim_keys, admin::delete_dkim_key, admin::dns_records,
         admin::add_user, admin::list_users, admin::delete_user, admin::update_user, admin::set_password,
-        messages::list, messages::get, messages::raw, messages::html, messages::attachment, messages::patch, messages::delete,
+        messages::folders, messages::list, messages::get, messages::raw, messages::html, messages::attachment, messages::patch, messages::delete,
         send::send,
         queue::list, queue::get, queue::retry, queue::cancel,
         cluster::view,
@@ -406,6 +406,7 @@ pub fn router(state: ApiState, others: Router<ApiState>) -> Router {
             axum::routing::delete(admin::delete_user).patch(admin::update_user),
         )
         .route("/users/{email}/password", put(admin::set_password))
+        .route("/folders", get(messages::folders))
         .route("/messages", get(messages::list))
         .route(
             "/messages/{id}",

@@ -307,6 +307,61 @@ pub const INBOX: &str = "INBOX";
 /// The folder that keeps what a user sent through the API.
 pub const SENT: &str = "Sent";
 
+/// The folders every user has, with their special use (RFC 6154); `INBOX` has none.
+pub const STANDARD_FOLDERS: [(&str, Option<&str>); 6] = [
+    (INBOX, None),
+    (SENT, Some("\\Sent")),
+    ("Drafts", Some("\\Drafts")),
+    ("Junk", Some("\\Junk")),
+    ("Trash", Some("\\Trash")),
+    ("Archive", Some("\\Archive")),
+];
+
+/// The special use of a standard folder's name.
+pub fn special_use_of(name: &str) -> Option<&'static str> {
+    STANDARD_FOLDERS
+        .iter()
+        .find(|(standard, _)| *standard == name)
+        .and_then(|(_, special_use)| *special_use)
+}
+
+/// Message flags as stored: a bit each (RFC 9051 system flags).
+pub mod flags {
+    /// `\Seen`.
+    pub const SEEN: i64 = 1;
+    /// `\Answered`.
+    pub const ANSWERED: i64 = 2;
+    /// `\Flagged`.
+    pub const FLAGGED: i64 = 4;
+    /// `\Deleted`.
+    pub const DELETED: i64 = 8;
+    /// `\Draft`.
+    pub const DRAFT: i64 = 16;
+}
+
+/// One of a user's folders (an IMAP mailbox), with what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folder {
+    /// Its name; `/` separates levels.
+    pub name: String,
+    /// `\Sent`, `\Drafts`, `\Junk`, `\Trash` or `\Archive` (RFC 6154).
+    pub special_use: Option<String>,
+    /// Whether the user subscribed to it.
+    pub subscribed: bool,
+    /// The folder's UIDVALIDITY: UIDs are unique within it.
+    pub uidvalidity: i64,
+    /// The UID the next message will get.
+    pub uidnext: i64,
+    /// The highest modification sequence of anything in it (RFC 7162).
+    pub highestmodseq: i64,
+    /// Messages in it.
+    pub messages: i64,
+    /// Messages without `\Seen`.
+    pub unseen: i64,
+    /// Their total size in bytes.
+    pub size: i64,
+}
+
 /// One local copy of a message: the user whose mailbox receives it, the folder, and its flags
 /// on arrival. The inbound pipeline decides them per recipient.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -385,6 +440,8 @@ pub struct MailboxItem {
     pub id: i64,
     /// Folder name.
     pub folder: String,
+    /// Its UID in the folder.
+    pub uid: i64,
     /// Read flag.
     pub seen: bool,
     /// Body size in bytes.
@@ -535,6 +592,8 @@ pub trait MailboxStore: Send + Sync + 'static {
         keys: &[String],
         blobs: &dyn BlobStore,
     ) -> Result<usize, StoreError>;
+    /// A user's folders, by name, with their counts.
+    async fn list_folders(&self, user_id: i64) -> Result<Vec<Folder>, StoreError>;
     /// A page of a user's folder, newest first.
     async fn list_mailbox(
         &self,

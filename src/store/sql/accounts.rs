@@ -3,7 +3,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::mailbox::flag;
+use super::mailbox::{self, flag};
 use super::{Dialect, SqlStore, Tx};
 use crate::store::{
     AccountStore, Credentials, Domain, Millis, RecipientLookup, Record, StoreError, TokenInfo,
@@ -128,6 +128,7 @@ impl AccountStore for SqlStore {
             return Err(StoreError::DomainNotHosted(domain.to_string()));
         }
         let created_at = now_millis();
+        let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
             "INSERT INTO users (email, domain_id, password_hash, is_admin, quota_bytes, used_bytes, created_at) \
              VALUES ($1, $2, $3, $4, $5, 0, $6) RETURNING {USER_COLUMNS}"
@@ -138,15 +139,18 @@ impl AccountStore for SqlStore {
         .bind(flag(is_admin))
         .bind(quota_bytes)
         .bind(created_at)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await;
-        match row {
-            Ok(row) => Ok(user_from_row(&row)?),
+        let user = match row {
+            Ok(row) => user_from_row(&row)?,
             Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::AlreadyExists(Record::User(email)))
+                return Err(StoreError::AlreadyExists(Record::User(email)));
             }
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        mailbox::create_standard_folders(&mut tx, user.id).await?;
+        tx.commit().await?;
+        Ok(user)
     }
 
     async fn list_users(&self) -> Result<Vec<User>, StoreError> {
@@ -287,16 +291,18 @@ impl AccountStore for SqlStore {
             .await?
             .map(|r| r.try_get(0))
             .transpose()?;
-        sqlx::query(
+        let user_id: i64 = sqlx::query(
             "INSERT INTO users (email, domain_id, password_hash, is_admin, quota_bytes, used_bytes, created_at) \
-             VALUES ($1, $2, $3, 1, NULL, 0, $4)",
+             VALUES ($1, $2, $3, 1, NULL, 0, $4) RETURNING id",
         )
         .bind(&email)
         .bind(domain_id)
         .bind(password_hash)
         .bind(now_millis())
-        .execute(&mut *tx)
-        .await?;
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        mailbox::create_standard_folders(&mut tx, user_id).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -37,6 +37,28 @@ pub(super) async fn execute<T>(
     Ok(affected)
 }
 
+/// Like [`execute`], for statements that return rows (`RETURNING`): all of them, chunk after
+/// chunk.
+pub(super) async fn fetch<T>(
+    conn: &mut sqlx::AnyConnection,
+    statement: impl Fn(&str) -> String,
+    row: &str,
+    items: &[T],
+    bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    let width = parameters_in(row);
+    let mut out = Vec::new();
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| renumbered(row, i * width))
+            .collect();
+        let sql = statement(&rows.join(", "));
+        let query = chunk.iter().fold(sqlx::query(&sql), &bind);
+        out.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
 /// `INSERT INTO {table} ({columns}) VALUES ` followed by `row` once per item.
 pub(super) async fn insert<T>(
     conn: &mut sqlx::AnyConnection,

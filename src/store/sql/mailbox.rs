@@ -1,6 +1,6 @@
 //! Mailboxes and messages: the [`MailboxStore`] of [`SqlStore`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -8,12 +8,126 @@ use sqlx::any::AnyRow;
 use super::{Dialect, SqlStore, Tx, batch};
 use crate::store::blob::BlobStore;
 use crate::store::{
-    AcceptedMessage, MailboxItem, MailboxStore, MessageSummary, Millis, Page, RemoteRecipient,
-    StoreError, WriteOp,
+    AcceptedMessage, Folder, LocalDelivery, MailboxItem, MailboxStore, MessageSummary, Millis,
+    Page, RemoteRecipient, STANDARD_FOLDERS, StoreError, WriteOp, flags, now_millis,
+    special_use_of,
 };
 
-const MAILBOX_COLUMNS: &str = "e.id, e.folder, e.seen, e.created_at, m.size, m.blob_key, \
-     m.envelope_from, m.from_addr, m.to_addrs, m.cc_addrs, m.subject, m.date, m.message_id, m.has_attachments";
+const MAILBOX_COLUMNS: &str = "e.id, f.name AS folder, e.uid, e.flags, e.created_at, m.size, \
+     m.blob_key, m.envelope_from, m.from_addr, m.to_addrs, m.cc_addrs, m.subject, m.date, \
+     m.message_id, m.has_attachments";
+
+const MAILBOX_FROM: &str = "mailbox_entries e JOIN folders f ON f.id = e.folder_id \
+     JOIN messages m ON m.id = e.message_id";
+
+/// A new folder's UIDVALIDITY: the time in seconds, as Dovecot does (fits 32 bits until 2106,
+/// never 0).
+fn new_uidvalidity() -> i64 {
+    (now_millis() / 1000).clamp(1, i64::from(u32::MAX))
+}
+
+/// Creates those of the `(user, name)` folders that do not exist yet, each with a fresh
+/// UIDVALIDITY and, for a standard name, its special use.
+pub(crate) async fn ensure_folders(
+    conn: &mut sqlx::AnyConnection,
+    wanted: &[(i64, &str)],
+) -> Result<(), sqlx::Error> {
+    let (now, uidvalidity) = (now_millis(), new_uidvalidity());
+    let statement = |rows: &str| {
+        format!(
+            "INSERT INTO folders (user_id, name, special_use, uidvalidity, created_at) \
+             VALUES {rows} ON CONFLICT (user_id, name) DO NOTHING"
+        )
+    };
+    batch::execute(
+        conn,
+        statement,
+        "($1, $2, $3, $4, $5)",
+        wanted,
+        |q, &(user_id, name)| {
+            q.bind(user_id)
+                .bind(name)
+                .bind(special_use_of(name))
+                .bind(uidvalidity)
+                .bind(now)
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates the standard folders (INBOX, Sent, Drafts, Junk, Trash, Archive) of a new user.
+pub(crate) async fn create_standard_folders(
+    conn: &mut sqlx::AnyConnection,
+    user_id: i64,
+) -> Result<(), sqlx::Error> {
+    ensure_folders(conn, &STANDARD_FOLDERS.map(|(name, _)| (user_id, name))).await
+}
+
+/// Where new entries go, per `(user, folder)`: the folder's id, the first of the `count` UIDs
+/// reserved for them, and the modification sequence they get. The folders are created if
+/// missing and their rows stay locked until the commit, so UIDs become visible in the order
+/// they were given: a client never sees a UID below one it has seen.
+async fn allocate_uids(
+    conn: &mut sqlx::AnyConnection,
+    wanted: &[((i64, &str), i64)],
+) -> Result<HashMap<(i64, String), (i64, i64, i64)>, sqlx::Error> {
+    let folders: Vec<(i64, &str)> = wanted.iter().map(|&(folder, _)| folder).collect();
+    ensure_folders(conn, &folders).await?;
+    if conn.backend_name() == "PostgreSQL" {
+        // One locking order (by id) for every commit that takes several folders, so two
+        // concurrent commits wait for each other instead of deadlocking.
+        let lock = |rows: &str| {
+            format!(
+                "SELECT f.id FROM folders f JOIN (VALUES {rows}) AS v (user_id, name) \
+                 ON f.user_id = v.user_id AND f.name = v.name ORDER BY f.id FOR UPDATE OF f"
+            )
+        };
+        batch::fetch(conn, lock, "($1, $2)", &folders, |q, &(user_id, name)| {
+            q.bind(user_id).bind(name)
+        })
+        .await?;
+    }
+    let reserve = |rows: &str| {
+        format!(
+            "UPDATE folders SET uidnext = folders.uidnext + v.column3, \
+             highestmodseq = folders.highestmodseq + 1 FROM (VALUES {rows}) AS v \
+             WHERE folders.user_id = v.column1 AND folders.name = v.column2 \
+             RETURNING id, user_id, name, uidnext, highestmodseq"
+        )
+    };
+    let rows = batch::fetch(
+        conn,
+        reserve,
+        "($1, $2, $3)",
+        wanted,
+        |q, &((user_id, name), count)| q.bind(user_id).bind(name).bind(count),
+    )
+    .await?;
+    let counts: HashMap<(i64, &str), i64> = wanted.iter().copied().collect();
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let (id, user_id, name): (i64, i64, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (uidnext, modseq): (i64, i64) = (row.try_get(3)?, row.try_get(4)?);
+        let count = counts.get(&(user_id, name.as_str())).copied().unwrap_or(0);
+        out.insert((user_id, name), (id, uidnext - count, modseq));
+    }
+    Ok(out)
+}
+
+/// Moves `folder_id` to its next modification sequence and returns it (locking the folder's
+/// row until the commit, so changes in one folder are numbered in commit order).
+async fn next_modseq(tx: &mut Tx, folder_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query(
+        "UPDATE folders SET highestmodseq = highestmodseq + 1 WHERE id = $1 \
+         RETURNING highestmodseq",
+    )
+    .bind(folder_id)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get(0)
+}
 
 impl SqlStore {
     /// The body kept in the row of a message under `key`, as stored.
@@ -101,6 +215,17 @@ impl SqlStore {
     }
 }
 
+/// The folder of `user_id`'s entry `id`, if the user has it.
+async fn entry_folder(tx: &mut Tx, user_id: i64, id: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query("SELECT folder_id FROM mailbox_entries WHERE user_id = $1 AND id = $2")
+        .bind(user_id)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()
+}
+
 pub(super) fn flag(v: bool) -> i64 {
     i64::from(v)
 }
@@ -113,7 +238,8 @@ fn mailbox_item_from_row(row: &AnyRow) -> Result<MailboxItem, sqlx::Error> {
     Ok(MailboxItem {
         id: row.try_get("id")?,
         folder: row.try_get("folder")?,
-        seen: row.try_get::<i64, _>("seen")? != 0,
+        uid: row.try_get("uid")?,
+        seen: row.try_get::<i64, _>("flags")? & flags::SEEN != 0,
         size: row.try_get("size")?,
         received_at: row.try_get("created_at")?,
         blob_key: row.try_get("blob_key")?,
@@ -160,26 +286,45 @@ pub(crate) async fn insert_accepted(
         },
     )
     .await?;
-    // (message, user, folder, seen): every local copy, the submitter's Sent copy included, in
-    // the same commit as the message.
-    let entries: Vec<(&AcceptedMessage, i64, &str, bool)> = messages
+    // Every local copy, the submitter's Sent copy included, in the same commit as the
+    // message, each with its UID: no acknowledged message is ever without one.
+    let copies: Vec<(&AcceptedMessage, &LocalDelivery)> = messages
         .iter()
-        .flat_map(|&m| {
-            m.deliveries
-                .iter()
-                .map(move |d| (m, d.user_id, d.folder.as_str(), d.seen))
-        })
+        .flat_map(|&m| m.deliveries.iter().map(move |d| (m, d)))
         .collect();
+    let mut per_folder: BTreeMap<(i64, &str), i64> = BTreeMap::new();
+    for (_, d) in &copies {
+        *per_folder
+            .entry((d.user_id, d.folder.as_str()))
+            .or_default() += 1;
+    }
+    let wanted: Vec<((i64, &str), i64)> = per_folder.into_iter().collect();
+    let mut places = allocate_uids(conn, &wanted).await?;
+    let mut entries = Vec::with_capacity(copies.len());
+    for (m, d) in copies {
+        let Some((folder_id, next_uid, modseq)) = places.get_mut(&(d.user_id, d.folder.clone()))
+        else {
+            // The user was deleted meanwhile: the commit fails as before, by its reference.
+            return Err(StoreError::NotFound(crate::store::Record::User(
+                d.user_id.to_string(),
+            )));
+        };
+        let flags = if d.seen { flags::SEEN } else { 0 };
+        entries.push((m, d.user_id, *folder_id, *next_uid, *modseq, flags));
+        *next_uid += 1;
+    }
     batch::insert(
         conn,
-        "mailbox_entries (user_id, message_id, folder, seen, created_at)",
-        "($1, $2, $3, $4, $5)",
+        "mailbox_entries (user_id, folder_id, uid, modseq, flags, message_id, created_at)",
+        "($1, $2, $3, $4, $5, $6, $7)",
         &entries,
-        |q, &(m, user_id, folder, seen)| {
+        |q, &(m, user_id, folder_id, uid, modseq, flags)| {
             q.bind(user_id)
+                .bind(folder_id)
+                .bind(uid)
+                .bind(modseq)
+                .bind(flags)
                 .bind(&m.id)
-                .bind(folder)
-                .bind(flag(seen))
                 .bind(m.received_at)
         },
     )
@@ -209,10 +354,13 @@ pub(crate) async fn insert_accepted(
     Ok(())
 }
 
+/// A new mailbox entry: the message, its user, folder, UID, modification sequence and flags.
+type NewEntry<'a> = (&'a AcceptedMessage, i64, i64, i64, i64, i64);
+
 /// Counts new mailbox entries in their users' mailbox sizes: one row change per user.
 async fn add_usage(
     conn: &mut sqlx::AnyConnection,
-    entries: &[(&AcceptedMessage, i64, &str, bool)],
+    entries: &[NewEntry<'_>],
 ) -> Result<(), sqlx::Error> {
     let mut usage = std::collections::BTreeMap::<i64, i64>::new();
     for &(m, user_id, ..) in entries {
@@ -289,6 +437,47 @@ impl MailboxStore for SqlStore {
         Ok(deleted)
     }
 
+    async fn list_folders(&self, user_id: i64) -> Result<Vec<Folder>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT f.name, f.special_use, f.subscribed, f.uidvalidity, f.uidnext, \
+             f.highestmodseq, COUNT(e.id), \
+             CAST(COALESCE(SUM(CASE WHEN e.id IS NOT NULL AND (e.flags & 1) = 0 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(m.size), 0) AS BIGINT) \
+             FROM folders f LEFT JOIN mailbox_entries e ON e.folder_id = f.id \
+             LEFT JOIN messages m ON m.id = e.message_id WHERE f.user_id = $1 \
+             GROUP BY f.id, f.name, f.special_use, f.subscribed, f.uidvalidity, f.uidnext, \
+             f.highestmodseq",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut folders = rows
+            .iter()
+            .map(|row| {
+                Ok(Folder {
+                    name: row.try_get(0)?,
+                    special_use: row.try_get(1)?,
+                    subscribed: row.try_get::<i64, _>(2)? != 0,
+                    uidvalidity: row.try_get(3)?,
+                    uidnext: row.try_get(4)?,
+                    highestmodseq: row.try_get(5)?,
+                    messages: row.try_get(6)?,
+                    unseen: row.try_get(7)?,
+                    size: row.try_get(8)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        // The standard folders first, in their order, then the user's own by name.
+        let rank = |name: &str| {
+            STANDARD_FOLDERS
+                .iter()
+                .position(|(standard, _)| *standard == name)
+                .unwrap_or(STANDARD_FOLDERS.len())
+        };
+        folders.sort_by(|a, b| (rank(&a.name), &a.name).cmp(&(rank(&b.name), &b.name)));
+        Ok(folders)
+    }
+
     async fn list_mailbox(
         &self,
         user_id: i64,
@@ -298,8 +487,8 @@ impl MailboxStore for SqlStore {
     ) -> Result<Page<MailboxItem>, StoreError> {
         let before = crate::store::parse_cursor(cursor)?;
         let rows = sqlx::query(&format!(
-            "SELECT {MAILBOX_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
-             WHERE e.user_id = $1 AND e.folder = $2 AND e.id < $3 ORDER BY e.id DESC LIMIT $4"
+            "SELECT {MAILBOX_COLUMNS} FROM {MAILBOX_FROM} \
+             WHERE e.user_id = $1 AND f.name = $2 AND e.id < $3 ORDER BY e.id DESC LIMIT $4"
         ))
         .bind(user_id)
         .bind(folder)
@@ -320,8 +509,7 @@ impl MailboxStore for SqlStore {
         id: i64,
     ) -> Result<Option<MailboxItem>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {MAILBOX_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
-             WHERE e.user_id = $1 AND e.id = $2"
+            "SELECT {MAILBOX_COLUMNS} FROM {MAILBOX_FROM} WHERE e.user_id = $1 AND e.id = $2"
         ))
         .bind(user_id)
         .bind(id)
@@ -331,14 +519,23 @@ impl MailboxStore for SqlStore {
     }
 
     async fn set_seen(&self, user_id: i64, id: i64, seen: bool) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE mailbox_entries SET seen = $1 WHERE user_id = $2 AND id = $3")
-                .bind(flag(seen))
-                .bind(user_id)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() > 0)
+        let mut tx = self.begin().await?;
+        let Some(folder_id) = entry_folder(&mut tx, user_id, id).await? else {
+            return Ok(false);
+        };
+        let modseq = next_modseq(&mut tx, folder_id).await?;
+        // The message's own modification sequence moves only if its flags change (RFC 7162).
+        let flags = if seen { "flags | 1" } else { "flags & ~1" };
+        sqlx::query(&format!(
+            "UPDATE mailbox_entries SET flags = {flags}, modseq = $1 \
+             WHERE id = $2 AND flags <> ({flags})"
+        ))
+        .bind(modseq)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn delete_mailbox_item(
@@ -347,21 +544,30 @@ impl MailboxStore for SqlStore {
         id: i64,
     ) -> Result<Option<Vec<String>>, StoreError> {
         let mut tx = self.begin().await?;
-        let Some(row) = sqlx::query(
-            "SELECT e.message_id, m.size FROM mailbox_entries e JOIN messages m \
-             ON m.id = e.message_id WHERE e.user_id = $1 AND e.id = $2",
-        )
-        .bind(user_id)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
+        let Some(folder_id) = entry_folder(&mut tx, user_id, id).await? else {
             return Ok(None);
         };
+        // The folder first (its lock orders every change in it), then the entry.
+        let modseq = next_modseq(&mut tx, folder_id).await?;
+        let row = sqlx::query(
+            "SELECT e.message_id, m.size, e.uid FROM mailbox_entries e JOIN messages m \
+             ON m.id = e.message_id WHERE e.id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
         let message_id: String = row.try_get(0)?;
         let size: i64 = row.try_get(1)?;
+        let uid: i64 = row.try_get(2)?;
         sqlx::query("DELETE FROM mailbox_entries WHERE id = $1")
             .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        // Remembered so a resynchronising client learns that the UID vanished.
+        sqlx::query("INSERT INTO expunged (folder_id, uid, modseq) VALUES ($1, $2, $3)")
+            .bind(folder_id)
+            .bind(uid)
+            .bind(modseq)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
@@ -382,5 +588,202 @@ impl MailboxStore for SqlStore {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fs::FsBlobStore;
+    use crate::store::sql::test_sqlite;
+    use crate::store::sql::tests::accepted;
+    use crate::store::{AccountStore, SENT};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: SqlStore,
+        blobs: FsBlobStore,
+        alice: i64,
+        bob: i64,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_sqlite(dir.path(), "mb").await;
+        let blobs = FsBlobStore::open(&dir.path().join("blobs")).expect("fs");
+        store.add_domain("example.org").await.expect("domain");
+        let alice = store.add_user("alice@example.org", "x", false, None).await;
+        let bob = store.add_user("bob@example.org", "x", false, None).await;
+        Fixture {
+            alice: alice.expect("alice").id,
+            bob: bob.expect("bob").id,
+            _dir: dir,
+            store,
+            blobs,
+        }
+    }
+
+    /// Commits one batch: a message per `(user, folder)`, in order.
+    async fn deliver(f: &Fixture, copies: &[(i64, &str)]) {
+        let ops: Vec<WriteOp> = copies
+            .iter()
+            .map(|&(user_id, folder)| {
+                let id = crate::store::new_id();
+                let mut m = accepted(&id, &id);
+                m.inline_body = Some(bytes::Bytes::from_static(b"x\r\n"));
+                m.deliveries = vec![LocalDelivery {
+                    user_id,
+                    folder: folder.into(),
+                    seen: folder == SENT,
+                }];
+                WriteOp::Accept(m)
+            })
+            .collect();
+        let results = f.store.write_batch(&ops, &f.blobs).await.expect("commit");
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+
+    /// `(entry id, uid, seen)` of a folder, oldest first.
+    async fn entries(f: &Fixture, user_id: i64, folder: &str) -> Vec<(i64, i64, bool)> {
+        let page = f
+            .store
+            .list_mailbox(user_id, folder, 1000, None)
+            .await
+            .expect("list");
+        let mut out: Vec<_> = page.items.iter().map(|i| (i.id, i.uid, i.seen)).collect();
+        out.reverse();
+        out
+    }
+
+    async fn folder(f: &Fixture, user_id: i64, name: &str) -> Folder {
+        f.store
+            .list_folders(user_id)
+            .await
+            .expect("folders")
+            .into_iter()
+            .find(|folder| folder.name == name)
+            .expect("the folder")
+    }
+
+    #[tokio::test]
+    async fn a_new_user_has_the_standard_folders_with_their_special_use() {
+        let f = fixture().await;
+        let folders = f.store.list_folders(f.alice).await.expect("folders");
+        let names: Vec<(&str, Option<&str>)> = folders
+            .iter()
+            .map(|folder| (folder.name.as_str(), folder.special_use.as_deref()))
+            .collect();
+        assert_eq!(names, STANDARD_FOLDERS.to_vec());
+        for folder in &folders {
+            assert!(folder.subscribed);
+            assert!(folder.uidvalidity > 0 && folder.uidvalidity <= i64::from(u32::MAX));
+            assert_eq!((folder.uidnext, folder.messages, folder.unseen), (1, 0, 0));
+        }
+    }
+
+    /// UIDs ascend per folder in commit order, across batches and users, and an expunged
+    /// UID is never handed out again; the expunge leaves a tombstone with its modseq.
+    #[tokio::test]
+    async fn uids_ascend_per_folder_and_an_expunged_uid_is_never_reused() {
+        let f = fixture().await;
+        deliver(
+            &f,
+            &[(f.alice, "INBOX"), (f.bob, "INBOX"), (f.alice, "INBOX")],
+        )
+        .await;
+        deliver(&f, &[(f.alice, SENT), (f.alice, "INBOX"), (f.bob, "INBOX")]).await;
+        let inbox = entries(&f, f.alice, "INBOX").await;
+        let uids: Vec<i64> = inbox.iter().map(|e| e.1).collect();
+        assert_eq!(uids, [1, 2, 3]);
+        assert_eq!(entries(&f, f.bob, "INBOX").await.len(), 2);
+        assert_eq!(
+            entries(&f, f.alice, SENT).await,
+            [(inbox[2].0 - 1, 1, true)]
+        );
+        let before = folder(&f, f.alice, "INBOX").await;
+        assert_eq!((before.uidnext, before.messages, before.unseen), (4, 3, 3));
+
+        let last = inbox[2].0;
+        f.store
+            .delete_mailbox_item(f.alice, last)
+            .await
+            .expect("delete")
+            .expect("found");
+        deliver(&f, &[(f.alice, "INBOX")]).await;
+        let uids: Vec<i64> = entries(&f, f.alice, "INBOX")
+            .await
+            .iter()
+            .map(|e| e.1)
+            .collect();
+        assert_eq!(uids, [1, 2, 4]);
+        let after = folder(&f, f.alice, "INBOX").await;
+        assert_eq!(after.uidvalidity, before.uidvalidity);
+        assert!(after.highestmodseq > before.highestmodseq);
+        let tombstone: (i64, i64) = {
+            let row = sqlx::query("SELECT uid, modseq FROM expunged")
+                .fetch_one(f.store.pool())
+                .await
+                .expect("tombstone");
+            (
+                row.try_get(0).expect("uid"),
+                row.try_get(1).expect("modseq"),
+            )
+        };
+        assert_eq!(tombstone.0, 3);
+        assert!(tombstone.1 > before.highestmodseq && tombstone.1 < after.highestmodseq);
+    }
+
+    /// Reading a message sets `\Seen` and gives it the folder's next modseq; setting it again
+    /// changes nothing about the message.
+    #[tokio::test]
+    async fn a_flag_change_takes_the_next_modseq_and_a_no_op_keeps_it() {
+        let f = fixture().await;
+        deliver(&f, &[(f.alice, "INBOX"), (f.alice, "INBOX")]).await;
+        let (id, ..) = entries(&f, f.alice, "INBOX").await[0];
+        let modseq_of = |id: i64| {
+            let pool = f.store.pool().clone();
+            async move {
+                sqlx::query("SELECT modseq FROM mailbox_entries WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("entry")
+                    .try_get::<i64, _>(0)
+                    .expect("modseq")
+            }
+        };
+        let start = modseq_of(id).await;
+        assert!(f.store.set_seen(f.alice, id, true).await.expect("seen"));
+        let read = modseq_of(id).await;
+        assert!(read > start);
+        assert_eq!(read, folder(&f, f.alice, "INBOX").await.highestmodseq);
+        assert_eq!(folder(&f, f.alice, "INBOX").await.unseen, 1);
+        assert!(f.store.set_seen(f.alice, id, true).await.expect("again"));
+        assert_eq!(modseq_of(id).await, read);
+        assert!(f.store.set_seen(f.alice, id, false).await.expect("unseen"));
+        assert!(modseq_of(id).await > read);
+        // Another user's message is not there.
+        assert!(!f.store.set_seen(f.bob, id, true).await.expect("bob"));
+    }
+
+    /// Mail for a folder the user does not have yet creates it in the same commit.
+    #[tokio::test]
+    async fn a_delivery_to_a_new_folder_creates_it() {
+        let f = fixture().await;
+        deliver(&f, &[(f.bob, "Lists/rust")]).await;
+        let created = folder(&f, f.bob, "Lists/rust").await;
+        assert_eq!(
+            (created.uidnext, created.messages, created.special_use),
+            (2, 1, None)
+        );
+        let names: Vec<String> = f
+            .store
+            .list_folders(f.bob)
+            .await
+            .expect("folders")
+            .into_iter()
+            .map(|folder| folder.name)
+            .collect();
+        assert_eq!(names.last().map(String::as_str), Some("Lists/rust"));
     }
 }

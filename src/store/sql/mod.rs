@@ -625,7 +625,8 @@ pub(crate) mod tests {
         };
         let in_folder = |folder: &str| {
             format!(
-                "SELECT COUNT(*) FROM mailbox_entries WHERE user_id = $1 AND folder = '{folder}'"
+                "SELECT COUNT(*) FROM mailbox_entries e JOIN folders f ON f.id = e.folder_id \
+                 WHERE e.user_id = $1 AND f.name = '{folder}'"
             )
         };
         assert_eq!(count(in_folder("INBOX"), alice.id).await, 299);

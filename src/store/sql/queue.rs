@@ -578,8 +578,10 @@ impl QueueStore for SqlStore {
                 continue;
             };
             let local_recipients = sqlx::query_scalar(
+                // Every copy but a sender's own in Sent.
                 "SELECT DISTINCT u.email FROM mailbox_entries e JOIN users u ON u.id = e.user_id \
-                 WHERE e.message_id = $1 AND e.folder = 'INBOX' ORDER BY u.email",
+                 JOIN folders f ON f.id = e.folder_id WHERE e.message_id = $1 \
+                 AND (f.special_use IS NULL OR f.special_use <> '\\Sent') ORDER BY u.email",
             )
             .bind(&id)
             .fetch_all(self.pool())
