@@ -99,6 +99,9 @@ pub enum Role {
     Api,
     /// The web UI, and `/api` proxied to `web.api_url` when the api role runs elsewhere.
     Web,
+    /// Mail clients' access to their mailboxes: POP3 (and POP3S) today. Not in the default
+    /// list yet.
+    Imap,
 }
 
 /// `server` section.
@@ -115,6 +118,10 @@ pub struct ServerConfig {
     pub submission_port: u16,
     /// REST API, health and metrics port.
     pub api_port: u16,
+    /// POP3 port, with STLS (the imap role).
+    pub pop3_port: u16,
+    /// POP3S port: TLS from the first byte (the imap role).
+    pub pop3s_port: u16,
     /// Directory for generated state (the self-signed certificate).
     pub data_dir: PathBuf,
     /// Roles this process runs; default all.
@@ -134,6 +141,8 @@ impl Default for ServerConfig {
             smtp_port: 25,
             submission_port: 587,
             api_port: 8080,
+            pop3_port: 110,
+            pop3s_port: 995,
             data_dir: PathBuf::from("/var/lib/mairust"),
             roles: vec![Role::Smtp, Role::Queue, Role::Api, Role::Web],
             fault_injection: false,

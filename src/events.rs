@@ -68,6 +68,27 @@ use MetricKind::{Counter, Gauge, Histogram};
 /// Every metric the events below record.
 pub const METRICS: &[Metric] = &[
     metric(
+        "mairust_pop3_sessions_total",
+        Counter,
+        &["listener"],
+        (None, "POP3 sessions started, by listener (pop3, pop3s)"),
+    ),
+    metric(
+        "mairust_pop3_commands_total",
+        Counter,
+        &["command", "result"],
+        (
+            None,
+            "POP3 commands answered, by command and result (ok, err)",
+        ),
+    ),
+    metric(
+        "mairust_pop3_auth_failures_total",
+        Counter,
+        &[],
+        (None, "POP3 sign-ins refused for wrong credentials"),
+    ),
+    metric(
         "mairust_smtp_connections_total",
         Counter,
         &["listener"],
@@ -322,6 +343,48 @@ const QUEUE_MANAGER: &str = "mairust::delivery::queue_manager";
 const PARTITION: &str = "mairust::delivery::partition";
 
 // --- SMTP -------------------------------------------------------------------------------
+
+/// A POP3 session started.
+pub struct Pop3SessionOpened {
+    /// `pop3` or `pop3s`.
+    pub listener: &'static str,
+}
+
+impl InternalEvent for Pop3SessionOpened {
+    fn emit(self) {
+        metrics::counter!("mairust_pop3_sessions_total", "listener" => self.listener).increment(1);
+    }
+}
+
+/// A POP3 command was answered.
+pub struct Pop3Command {
+    /// The command (a known verb or `unknown`).
+    pub command: &'static str,
+    /// `ok` or `err`.
+    pub result: &'static str,
+}
+
+impl InternalEvent for Pop3Command {
+    fn emit(self) {
+        metrics::counter!("mairust_pop3_commands_total", "command" => self.command, "result" => self.result)
+            .increment(1);
+    }
+}
+
+/// A POP3 sign-in was refused for wrong credentials.
+pub struct Pop3AuthFailed<'a> {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The user name given.
+    pub user: &'a str,
+}
+
+impl InternalEvent for Pop3AuthFailed<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_pop3_auth_failures_total").increment(1);
+        tracing::warn!(target: "mairust::pop3::connection", peer = %self.peer, user = self.user, "POP3 sign-in failed");
+    }
+}
 
 /// A session started on a listener's accepted connection.
 pub struct SmtpConnectionOpened {

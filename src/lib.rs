@@ -17,6 +17,7 @@ pub mod events;
 pub mod inbound;
 pub mod message;
 pub mod net;
+pub mod pop3;
 pub mod private;
 pub mod server;
 pub mod smtp;

@@ -22,6 +22,7 @@ use crate::inbound::commit::Acceptor;
 use crate::inbound::smtp::{SmtpContext, SmtpProtocol};
 use crate::net::tls;
 use crate::net::{ConnectionLimits, Listener, ListenerArgs};
+use crate::pop3::{Pop3Context, Pop3Protocol};
 use crate::smtp::{Faults, ListenerKind, SessionContext};
 use crate::store::Stores;
 use crate::store::crypto::Cipher;
@@ -210,6 +211,41 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 async move {
                     let (actor, _) =
                         Actor::spawn_linked(None, Listener::<SmtpProtocol>::default(), args, sup)
+                            .await?;
+                    Ok(actor.get_cell())
+                }
+            }));
+        }
+    }
+
+    if config.server.has_role(Role::Imap) {
+        let cert = tls::ensure_certificate(&config)?;
+        let ctx = Arc::new(Pop3Context {
+            config: config.clone(),
+            stores: stores.clone(),
+            authenticator: authenticator.clone(),
+            tls: Some(tokio_rustls::TlsAcceptor::from(tls::server_config(&cert)?)),
+            shutdown: shutdown_rx.clone(),
+        });
+        for (name, implicit_tls, port) in [
+            ("pop3_listener", false, config.server.pop3_port),
+            ("pop3s_listener", true, config.server.pop3s_port),
+        ] {
+            let protocol = Arc::new(Pop3Protocol {
+                ctx: ctx.clone(),
+                implicit_tls,
+            });
+            let limits = limits.clone();
+            let addr = SocketAddr::new(config.server.bind, port);
+            specs.push(ChildSpec::new(name, move |sup| {
+                let args = ListenerArgs {
+                    protocol: protocol.clone(),
+                    limits: limits.clone(),
+                    addr,
+                };
+                async move {
+                    let (actor, _) =
+                        Actor::spawn_linked(None, Listener::<Pop3Protocol>::default(), args, sup)
                             .await?;
                     Ok(actor.get_cell())
                 }

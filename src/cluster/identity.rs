@@ -24,6 +24,8 @@ pub enum WireRole {
     Api,
     /// [`Role::Web`].
     Web,
+    /// [`Role::Imap`] (last: older members still decode the variants before it).
+    Imap,
 }
 
 impl From<Role> for WireRole {
@@ -33,6 +35,7 @@ impl From<Role> for WireRole {
             Role::Queue => Self::Queue,
             Role::Api => Self::Api,
             Role::Web => Self::Web,
+            Role::Imap => Self::Imap,
         }
     }
 }
@@ -44,6 +47,7 @@ impl From<WireRole> for Role {
             WireRole::Queue => Self::Queue,
             WireRole::Api => Self::Api,
             WireRole::Web => Self::Web,
+            WireRole::Imap => Self::Imap,
         }
     }
 }
