@@ -294,3 +294,62 @@ def test_folders_list_the_standard_folders_with_counts_that_follow_the_mail(serv
     carols = {f["name"]: f for f in srv.api(carol, USER_PASSWORD).get("/api/v1/folders").json()["items"]}
     assert carols["INBOX"]["messages"] == 1
     assert_error(srv.anon().get("/api/v1/folders"), 401)
+
+
+def test_folders_are_created_renamed_and_deleted_and_messages_move_and_take_flags(server):
+    """The REST side of the mailbox model: a user files mail into folders of their own, moves
+    a message to Junk (it keeps its id), stars it, empties the Trash, renames and deletes
+    folders; what cannot be done is a 4xx naming the problem."""
+    srv = server()
+    bob, carol = setup_domain_and_user(srv, users=("bob", "carol"))
+    api = srv.api(bob, USER_PASSWORD)
+    for i in range(3):
+        assert srv.send(bob, f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())[0] == 250
+    m0, m1, m2 = reversed(api.wait_messages(3))
+
+    def folders() -> dict:
+        return {f["name"]: f for f in api.get("/api/v1/folders").json()["items"]}
+
+    r = api.post("/api/v1/folders", json={"name": "Projects/2026"})
+    assert r.status_code == 201, r.text
+    assert (r.json()["name"], r.json()["messages"], r.json()["uidnext"]) == ("Projects/2026", 0, 1)
+    assert_error(api.post("/api/v1/folders", json={"name": "Projects/2026"}), 409)
+    assert_error(api.post("/api/v1/folders", json={"name": "inbox"}), 409)
+    assert "empty level" in assert_error(api.post("/api/v1/folders", json={"name": "a//b"}), 400)["message"]
+    assert_error(api.post("/api/v1/folders", json={"name": "x*"}), 400)
+
+    r = api.patch(f"/api/v1/messages/{m0['id']}", json={"folder": "Projects/2026"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["id"], r.json()["folder"]) == (m0["id"], "Projects/2026")
+    r = api.patch(f"/api/v1/messages/{m1['id']}", json={"folder": "Junk", "flagged": True})
+    assert (r.json()["folder"], r.json()["flagged"], r.json()["seen"]) == ("Junk", True, False)
+    assert_error(api.patch(f"/api/v1/messages/{m2['id']}", json={"folder": "Nowhere"}), 404)
+    assert_error(srv.api(carol, USER_PASSWORD).patch(
+        f"/api/v1/messages/{m2['id']}", json={"folder": "Junk"}), 404)
+    assert [m["id"] for m in api.messages(folder="Junk")["items"]] == [m1["id"]]
+    assert [m["subject"] for m in api.messages()["items"]] == ["m2"]
+
+    # Rename with what is inside, subscriptions, and the protected cases.
+    r = api.patch("/api/v1/folders/Projects%2F2026", json={"name": "Archive/2026", "subscribed": False})
+    assert r.status_code == 200, r.text
+    assert (r.json()["name"], r.json()["messages"], r.json()["subscribed"]) == ("Archive/2026", 1, False)
+    assert api.get(f"/api/v1/messages/{m0['id']}").status_code == 200
+    assert_error(api.patch("/api/v1/folders/INBOX", json={"name": "Old"}), 409)
+    assert_error(api.patch("/api/v1/folders/Nope", json={"subscribed": True}), 404)
+    assert "inside it" in assert_error(api.delete("/api/v1/folders/Archive"), 409)["message"]
+    assert_error(api.delete("/api/v1/folders/INBOX"), 409)
+
+    # Trash is emptied; a deleted folder takes its mail with it; usage follows.
+    assert api.patch(f"/api/v1/messages/{m2['id']}", json={"folder": "Trash"}).status_code == 200
+    used = srv.api().get("/api/v1/users").json()
+    used = next(u for u in (used["items"] if isinstance(used, dict) else used) if u["email"] == bob)
+    assert api.delete("/api/v1/folders/Trash/messages").status_code == 204
+    assert api.delete("/api/v1/folders/Archive%2F2026").status_code == 204
+    now = folders()
+    assert "Archive/2026" not in now and now["Trash"]["messages"] == 0
+    assert_error(api.get(f"/api/v1/messages/{m0['id']}"), 404)
+    assert_error(api.get(f"/api/v1/messages/{m2['id']}"), 404)
+    assert [m["id"] for m in api.messages(folder="Junk")["items"]] == [m1["id"]]
+    after = srv.api().get("/api/v1/users").json()
+    after = next(u for u in (after["items"] if isinstance(after, dict) else after) if u["email"] == bob)
+    assert after["used_bytes"] < used["used_bytes"]

@@ -160,8 +160,12 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             StoreError::NotFound(_) => Self::not_found(e.to_string()),
+            StoreError::FolderProtected(..) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             StoreError::NotAnAddress(_)
             | StoreError::DomainNotHosted(_)
+            | StoreError::InvalidFolderName(..)
             | StoreError::InvalidCursor(_) => Self::bad_request(e.to_string()),
             other => Self::unavailable(other),
         }

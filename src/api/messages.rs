@@ -12,7 +12,7 @@ use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::message::{self, AttachmentInfo};
-use crate::store::MailboxItem;
+use crate::store::{MailboxItem, flags};
 
 /// Query of `GET /api/v1/messages`.
 #[derive(Deserialize, IntoParams)]
@@ -46,6 +46,12 @@ pub struct MessageListItem {
     pub size: i64,
     /// Read flag.
     pub seen: bool,
+    /// Flagged (starred).
+    pub flagged: bool,
+    /// Answered.
+    pub answered: bool,
+    /// The folder it is in.
+    pub folder: String,
     /// Whether the message has attachments.
     pub has_attachments: bool,
 }
@@ -94,8 +100,14 @@ pub struct MessageDetail {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessagePatch {
-    /// New read flag.
+    /// New read flag (`\Seen`).
     pub seen: Option<bool>,
+    /// New flagged (starred) state (`\Flagged`).
+    pub flagged: Option<bool>,
+    /// New answered state (`\Answered`).
+    pub answered: Option<bool>,
+    /// Move the message to this folder (a name from `GET /api/v1/folders`); it keeps its id.
+    pub folder: Option<String>,
 }
 
 fn date_of(item: &MailboxItem) -> String {
@@ -118,6 +130,9 @@ fn list_item(item: MailboxItem) -> MessageListItem {
         subject: item.summary.subject,
         size,
         seen: item.seen,
+        flagged: item.flags & flags::FLAGGED != 0,
+        answered: item.flags & flags::ANSWERED != 0,
+        folder: item.folder,
         has_attachments: item.summary.has_attachments,
     }
 }
@@ -136,61 +151,6 @@ async fn load(state: &ApiState, caller: &Caller, id: &str) -> ApiResult<(Mailbox
         .ok_or_else(|| ApiError::not_found(format!("message {id} not found")))?;
     let raw = state.stores.blobs.get(&item.blob_key).await?;
     Ok((item, raw))
-}
-
-/// One of the caller's folders (an IMAP mailbox).
-#[derive(Serialize, ToSchema)]
-pub struct FolderItem {
-    /// Its name; `/` separates levels. Pass it as `folder` to `GET /api/v1/messages`.
-    pub name: String,
-    /// `\Sent`, `\Drafts`, `\Junk`, `\Trash` or `\Archive` (RFC 6154); null for INBOX and
-    /// the user's own folders.
-    pub special_use: Option<String>,
-    /// Whether mail clients show it (IMAP subscription).
-    pub subscribed: bool,
-    /// Messages in it.
-    pub messages: i64,
-    /// Messages not read yet.
-    pub unseen: i64,
-    /// Their total size in bytes.
-    pub size: i64,
-    /// The folder's UIDVALIDITY (IMAP).
-    pub uidvalidity: i64,
-    /// The UID the next message in it will get (IMAP).
-    pub uidnext: i64,
-    /// The highest modification sequence in it (IMAP CONDSTORE).
-    pub highestmodseq: i64,
-}
-
-/// The caller's folders.
-#[derive(Serialize, ToSchema)]
-pub struct FolderList {
-    /// INBOX, Sent, Drafts, Junk, Trash and Archive first, then the user's own by name.
-    pub items: Vec<FolderItem>,
-}
-
-/// Lists the caller's folders with their counts.
-#[utoipa::path(get, path = "/api/v1/folders", tag = "messages",
-    responses((status = 200, body = FolderList), (status = 401, body = ErrorBody)),
-    security(("basic" = []), ("bearer" = [])))]
-pub async fn folders(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<FolderList>> {
-    let folders = state.stores.mailboxes.list_folders(caller.0.id).await?;
-    Ok(Json(FolderList {
-        items: folders
-            .into_iter()
-            .map(|f| FolderItem {
-                name: f.name,
-                special_use: f.special_use,
-                subscribed: f.subscribed,
-                messages: f.messages,
-                unseen: f.unseen,
-                size: f.size,
-                uidvalidity: f.uidvalidity,
-                uidnext: f.uidnext,
-                highestmodseq: f.highestmodseq,
-            })
-            .collect(),
-    }))
 }
 
 /// Lists the caller's messages, newest first.
@@ -405,7 +365,7 @@ pub async fn attachment(
     Ok(response)
 }
 
-/// Updates flags.
+/// Updates flags, or moves the message to another folder.
 #[utoipa::path(patch, path = "/api/v1/messages/{id}", tag = "messages", request_body = MessagePatch,
     params(("id" = String, Path, description = "Message id")),
     responses((status = 200, body = MessageListItem), (status = 404, body = ErrorBody)),
@@ -417,14 +377,20 @@ pub async fn patch(
     ApiJson(body): ApiJson<MessagePatch>,
 ) -> ApiResult<Json<MessageListItem>> {
     let numeric = parse_id(&id)?;
-    if let Some(seen) = body.seen
-        && !state
-            .stores
-            .mailboxes
-            .set_seen(caller.0.id, numeric, seen)
-            .await?
-    {
-        return Err(ApiError::not_found(format!("message {id} not found")));
+    let mailboxes = &state.stores.mailboxes;
+    if let Some(folder) = &body.folder {
+        mailboxes.move_message(caller.0.id, numeric, folder).await?;
+    }
+    for (flag, on) in [
+        (flags::SEEN, body.seen),
+        (flags::FLAGGED, body.flagged),
+        (flags::ANSWERED, body.answered),
+    ] {
+        if let Some(on) = on
+            && !mailboxes.set_flag(caller.0.id, numeric, flag, on).await?
+        {
+            return Err(ApiError::not_found(format!("message {id} not found")));
+        }
     }
     let item = state
         .stores

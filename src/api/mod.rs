@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod error;
+pub mod folders;
 pub mod health;
 pub mod limits;
 pub mod messages;
@@ -93,7 +94,8 @@ impl ApiState {
         admin::add_domain, admin::list_domains, admin::delete_domain, admin::create_dkim_key,
         admin::list_dkim_keys, admin::delete_dkim_key, admin::dns_records,
         admin::add_user, admin::list_users, admin::delete_user, admin::update_user, admin::set_password,
-        messages::folders, messages::list, messages::get, messages::raw, messages::html, messages::attachment, messages::patch, messages::delete,
+        folders::list, folders::create, folders::update, folders::delete, folders::empty,
+        messages::list, messages::get, messages::raw, messages::html, messages::attachment, messages::patch, messages::delete,
         send::send,
         queue::list, queue::get, queue::retry, queue::cancel,
         cluster::view,
@@ -406,7 +408,15 @@ pub fn router(state: ApiState, others: Router<ApiState>) -> Router {
             axum::routing::delete(admin::delete_user).patch(admin::update_user),
         )
         .route("/users/{email}/password", put(admin::set_password))
-        .route("/folders", get(messages::folders))
+        .route("/folders", get(folders::list).post(folders::create))
+        .route(
+            "/folders/{name}",
+            axum::routing::patch(folders::update).delete(folders::delete),
+        )
+        .route(
+            "/folders/{name}/messages",
+            axum::routing::delete(folders::empty),
+        )
         .route("/messages", get(messages::list))
         .route(
             "/messages/{id}",

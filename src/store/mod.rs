@@ -55,6 +55,10 @@ pub enum Record {
     Domain(String),
     /// A user, by address.
     User(String),
+    /// One of a user's folders, by name.
+    Folder(String),
+    /// A message in a user's mailbox, by id.
+    Message(i64),
     /// A DKIM key, by domain and selector.
     DkimKey {
         /// The signing domain.
@@ -72,6 +76,8 @@ impl std::fmt::Display for Record {
             Record::DkimKey { domain, selector } => {
                 write!(f, "DKIM selector {selector} of {domain}")
             }
+            Record::Folder(name) => write!(f, "folder {name}"),
+            Record::Message(id) => write!(f, "message {id}"),
         }
     }
 }
@@ -102,6 +108,12 @@ pub enum StoreError {
     /// A user's domain must be hosted here first (only the bootstrap admin is exempt).
     #[error("domain {0} is not hosted here; add it first")]
     DomainNotHosted(String),
+    /// A folder name that cannot be used, and why.
+    #[error("folder name `{0}` {1}")]
+    InvalidFolderName(String, &'static str),
+    /// A folder that cannot be renamed or deleted, and why.
+    #[error("folder {0} {1}")]
+    FolderProtected(String, &'static str),
     /// A listing's cursor is not one a previous page returned.
     #[error("invalid cursor `{0}`: pass the next_cursor of the previous page")]
     InvalidCursor(String),
@@ -325,6 +337,39 @@ pub fn special_use_of(name: &str) -> Option<&'static str> {
         .and_then(|(_, special_use)| *special_use)
 }
 
+/// The longest folder name, in bytes.
+pub const MAX_FOLDER_NAME: usize = 200;
+
+/// `name` as stored if it can name a folder: `INBOX` in any case is INBOX (also as the
+/// first level), levels are separated by `/` and none is empty, and no control character or
+/// IMAP wildcard (`*`, `%`) appears. The error says what is wrong.
+pub fn folder_name(name: &str) -> Result<String, StoreError> {
+    let invalid = |why| Err(StoreError::InvalidFolderName(name.to_string(), why));
+    if name.is_empty() {
+        return invalid("is empty");
+    }
+    if name.len() > MAX_FOLDER_NAME {
+        return invalid("is longer than 200 bytes");
+    }
+    if name.split('/').any(str::is_empty) {
+        return invalid("has an empty level (a leading, trailing or doubled /)");
+    }
+    if name.chars().any(char::is_control) {
+        return invalid("contains a control character");
+    }
+    if name.contains(['*', '%']) {
+        return invalid("contains * or %, which mail clients use as wildcards");
+    }
+    let (first, rest) = name
+        .split_once('/')
+        .map_or((name, None), |(f, r)| (f, Some(r)));
+    Ok(match (first.eq_ignore_ascii_case(INBOX), rest) {
+        (true, None) => INBOX.to_string(),
+        (true, Some(rest)) => format!("{INBOX}/{rest}"),
+        (false, _) => name.to_string(),
+    })
+}
+
 /// Message flags as stored: a bit each (RFC 9051 system flags).
 pub mod flags {
     /// `\Seen`.
@@ -442,8 +487,10 @@ pub struct MailboxItem {
     pub folder: String,
     /// Its UID in the folder.
     pub uid: i64,
-    /// Read flag.
+    /// Read flag (the [`flags::SEEN`] bit of `flags`).
     pub seen: bool,
+    /// Its [`flags`].
+    pub flags: i64,
     /// Body size in bytes.
     pub size: i64,
     /// Acceptance time.
@@ -608,8 +655,34 @@ pub trait MailboxStore: Send + Sync + 'static {
         user_id: i64,
         id: i64,
     ) -> Result<Option<MailboxItem>, StoreError>;
-    /// Sets the read flag; false if there is no such message for this user.
-    async fn set_seen(&self, user_id: i64, id: i64, seen: bool) -> Result<bool, StoreError>;
+    /// Sets (`on`) or clears one of the [`flags`]; false if there is no such message for this
+    /// user.
+    async fn set_flag(
+        &self,
+        user_id: i64,
+        id: i64,
+        flag: i64,
+        on: bool,
+    ) -> Result<bool, StoreError>;
+    /// Creates a folder (the name as [`folder_name`] accepts it).
+    async fn create_folder(&self, user_id: i64, name: &str) -> Result<(), StoreError>;
+    /// Renames a folder and the folders inside it; their messages and UIDs go with them.
+    async fn rename_folder(&self, user_id: i64, from: &str, to: &str) -> Result<(), StoreError>;
+    /// Deletes a folder with its messages (not INBOX, not one with folders inside it);
+    /// returns blobs no longer referenced.
+    async fn delete_folder(&self, user_id: i64, name: &str) -> Result<Vec<String>, StoreError>;
+    /// Deletes every message of a folder; returns blobs no longer referenced.
+    async fn empty_folder(&self, user_id: i64, name: &str) -> Result<Vec<String>, StoreError>;
+    /// Subscribes to a folder or unsubscribes.
+    async fn set_subscribed(
+        &self,
+        user_id: i64,
+        name: &str,
+        subscribed: bool,
+    ) -> Result<(), StoreError>;
+    /// Moves a message to another folder: it keeps its id and gets the next UID there; its
+    /// old UID is expunged from the folder it left.
+    async fn move_message(&self, user_id: i64, id: i64, to: &str) -> Result<(), StoreError>;
     /// Deletes a message from a user's mailbox; `Some(keys)` lists blobs no longer referenced.
     async fn delete_mailbox_item(
         &self,

@@ -39,7 +39,7 @@ pub(super) fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
     })
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 

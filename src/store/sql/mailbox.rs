@@ -8,9 +8,9 @@ use sqlx::any::AnyRow;
 use super::{Dialect, SqlStore, Tx, batch};
 use crate::store::blob::BlobStore;
 use crate::store::{
-    AcceptedMessage, Folder, LocalDelivery, MailboxItem, MailboxStore, MessageSummary, Millis,
-    Page, RemoteRecipient, STANDARD_FOLDERS, StoreError, WriteOp, flags, now_millis,
-    special_use_of,
+    AcceptedMessage, Folder, INBOX, LocalDelivery, MailboxItem, MailboxStore, MessageSummary,
+    Millis, Page, Record, RemoteRecipient, STANDARD_FOLDERS, StoreError, WriteOp, flags,
+    folder_name, now_millis, special_use_of,
 };
 
 const MAILBOX_COLUMNS: &str = "e.id, f.name AS folder, e.uid, e.flags, e.created_at, m.size, \
@@ -39,19 +39,24 @@ pub(crate) async fn ensure_folders(
              VALUES {rows} ON CONFLICT (user_id, name) DO NOTHING"
         )
     };
-    batch::execute(
-        conn,
-        statement,
-        "($1, $2, $3, $4, $5)",
-        wanted,
-        |q, &(user_id, name)| {
-            q.bind(user_id)
-                .bind(name)
-                .bind(special_use_of(name))
-                .bind(uidvalidity)
-                .bind(now)
-        },
-    )
+    // Above every UIDVALIDITY the user has had: a folder deleted and made again within the
+    // same second still gets a new one, so no client mistakes its old UIDs for the new ones.
+    let greatest = if conn.backend_name() == "PostgreSQL" {
+        "GREATEST"
+    } else {
+        "MAX"
+    };
+    let row = format!(
+        "($1, $2, $3, {greatest}($4, COALESCE((SELECT MAX(f.uidvalidity) + 1 FROM folders f \
+         WHERE f.user_id = $1), 0)), $5)"
+    );
+    batch::execute(conn, statement, &row, wanted, |q, &(user_id, name)| {
+        q.bind(user_id)
+            .bind(name)
+            .bind(special_use_of(name))
+            .bind(uidvalidity)
+            .bind(now)
+    })
     .await?;
     Ok(())
 }
@@ -215,15 +220,84 @@ impl SqlStore {
     }
 }
 
-/// The folder of `user_id`'s entry `id`, if the user has it.
-async fn entry_folder(tx: &mut Tx, user_id: i64, id: i64) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query("SELECT folder_id FROM mailbox_entries WHERE user_id = $1 AND id = $2")
+/// The folder and UID of `user_id`'s entry `id`, if the user has it.
+async fn entry_place(
+    tx: &mut Tx,
+    user_id: i64,
+    id: i64,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT folder_id, uid FROM mailbox_entries WHERE user_id = $1 AND id = $2")
+            .bind(user_id)
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .transpose()
+}
+
+/// The id of `user_id`'s folder `name`.
+async fn folder_id(tx: &mut Tx, user_id: i64, name: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query("SELECT id FROM folders WHERE user_id = $1 AND name = $2")
         .bind(user_id)
-        .bind(id)
+        .bind(name)
         .fetch_optional(&mut **tx)
         .await?
         .map(|row| row.try_get(0))
         .transpose()
+}
+
+/// Removes every message of folder `folder_id` (its user's usage goes down by their size);
+/// with `tombstones`, their UIDs are recorded as expunged (a folder that stays). Returns the
+/// messages' ids, for [`SqlStore::delete_orphans`].
+async fn remove_all_entries(
+    tx: &mut Tx,
+    user_id: i64,
+    folder_id: i64,
+    tombstones: bool,
+) -> Result<Vec<String>, sqlx::Error> {
+    let modseq = next_modseq(tx, folder_id).await?;
+    let rows = sqlx::query(
+        "SELECT e.message_id, m.size FROM mailbox_entries e JOIN messages m \
+         ON m.id = e.message_id WHERE e.folder_id = $1",
+    )
+    .bind(folder_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut size = 0i64;
+    let mut message_ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        message_ids.push(row.try_get::<String, _>(0)?);
+        size = size.saturating_add(row.try_get(1)?);
+    }
+    if tombstones {
+        sqlx::query(
+            "INSERT INTO expunged (folder_id, uid, modseq) \
+             SELECT folder_id, uid, $1 FROM mailbox_entries WHERE folder_id = $2",
+        )
+        .bind(modseq)
+        .bind(folder_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("DELETE FROM mailbox_entries WHERE folder_id = $1")
+        .bind(folder_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE users SET used_bytes = CASE WHEN used_bytes > $1 THEN used_bytes - $1 ELSE 0 END \
+         WHERE id = $2",
+    )
+    .bind(size)
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
+    message_ids.sort();
+    message_ids.dedup();
+    Ok(message_ids)
 }
 
 pub(super) fn flag(v: bool) -> i64 {
@@ -240,6 +314,7 @@ fn mailbox_item_from_row(row: &AnyRow) -> Result<MailboxItem, sqlx::Error> {
         folder: row.try_get("folder")?,
         uid: row.try_get("uid")?,
         seen: row.try_get::<i64, _>("flags")? & flags::SEEN != 0,
+        flags: row.try_get("flags")?,
         size: row.try_get("size")?,
         received_at: row.try_get("created_at")?,
         blob_key: row.try_get("blob_key")?,
@@ -518,18 +593,25 @@ impl MailboxStore for SqlStore {
         Ok(row.as_ref().map(mailbox_item_from_row).transpose()?)
     }
 
-    async fn set_seen(&self, user_id: i64, id: i64, seen: bool) -> Result<bool, StoreError> {
+    async fn set_flag(
+        &self,
+        user_id: i64,
+        id: i64,
+        flag: i64,
+        on: bool,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        let Some(folder_id) = entry_folder(&mut tx, user_id, id).await? else {
+        let Some((folder_id, _)) = entry_place(&mut tx, user_id, id).await? else {
             return Ok(false);
         };
         let modseq = next_modseq(&mut tx, folder_id).await?;
         // The message's own modification sequence moves only if its flags change (RFC 7162).
-        let flags = if seen { "flags | 1" } else { "flags & ~1" };
+        let flags = if on { "(flags | $1)" } else { "(flags & ~$1)" };
         sqlx::query(&format!(
-            "UPDATE mailbox_entries SET flags = {flags}, modseq = $1 \
-             WHERE id = $2 AND flags <> ({flags})"
+            "UPDATE mailbox_entries SET flags = {flags}, modseq = $2 \
+             WHERE id = $3 AND flags <> {flags}"
         ))
+        .bind(flag)
         .bind(modseq)
         .bind(id)
         .execute(&mut *tx)
@@ -538,13 +620,186 @@ impl MailboxStore for SqlStore {
         Ok(true)
     }
 
+    async fn create_folder(&self, user_id: i64, name: &str) -> Result<(), StoreError> {
+        let name = folder_name(name)?;
+        let mut tx = self.begin().await?;
+        if folder_id(&mut tx, user_id, &name).await?.is_some() {
+            return Err(StoreError::AlreadyExists(Record::Folder(name)));
+        }
+        ensure_folders(&mut tx, &[(user_id, name.as_str())]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rename_folder(&self, user_id: i64, from: &str, to: &str) -> Result<(), StoreError> {
+        let (from, to) = (folder_name(from)?, folder_name(to)?);
+        if from == INBOX {
+            return Err(StoreError::FolderProtected(
+                from,
+                "cannot be renamed: new mail arrives there",
+            ));
+        }
+        if to == from || to.starts_with(&format!("{from}/")) {
+            return Err(StoreError::InvalidFolderName(
+                to,
+                "is the folder itself or inside it",
+            ));
+        }
+        let mut tx = self.begin().await?;
+        if folder_id(&mut tx, user_id, &from).await?.is_none() {
+            return Err(StoreError::NotFound(Record::Folder(from)));
+        }
+        if folder_id(&mut tx, user_id, &to).await?.is_some() {
+            return Err(StoreError::AlreadyExists(Record::Folder(to)));
+        }
+        // The folder and everything inside it; a name taken below the new one fails the
+        // unique key and changes nothing.
+        let prefix_chars = i64::try_from(from.chars().count()).unwrap_or(i64::MAX);
+        let renamed = sqlx::query(
+            "UPDATE folders SET name = $1 || substr(name, $2 + 1), special_use = NULL \
+             WHERE user_id = $3 AND (name = $4 OR substr(name, 1, $2 + 1) = $4 || '/')",
+        )
+        .bind(&to)
+        .bind(prefix_chars)
+        .bind(user_id)
+        .bind(&from)
+        .execute(&mut *tx)
+        .await;
+        match renamed {
+            Err(e) if super::accounts::is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists(Record::Folder(format!(
+                    "{to}/..."
+                ))));
+            }
+            other => other?,
+        };
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_folder(&self, user_id: i64, name: &str) -> Result<Vec<String>, StoreError> {
+        let name = folder_name(name)?;
+        if name == INBOX {
+            return Err(StoreError::FolderProtected(
+                name,
+                "cannot be deleted: new mail arrives there",
+            ));
+        }
+        let mut tx = self.begin().await?;
+        let Some(id) = folder_id(&mut tx, user_id, &name).await? else {
+            return Err(StoreError::NotFound(Record::Folder(name)));
+        };
+        let inside = sqlx::query(
+            "SELECT 1 FROM folders WHERE user_id = $1 AND substr(name, 1, $2) = $3 LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(i64::try_from(name.chars().count() + 1).unwrap_or(i64::MAX))
+        .bind(format!("{name}/"))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inside.is_some() {
+            return Err(StoreError::FolderProtected(
+                name,
+                "has folders inside it; delete or move them first",
+            ));
+        }
+        let message_ids = remove_all_entries(&mut tx, user_id, id, false).await?;
+        sqlx::query("DELETE FROM folders WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let keys = Self::delete_orphans(&mut tx, &message_ids).await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    async fn empty_folder(&self, user_id: i64, name: &str) -> Result<Vec<String>, StoreError> {
+        let name = folder_name(name)?;
+        let mut tx = self.begin().await?;
+        let Some(id) = folder_id(&mut tx, user_id, &name).await? else {
+            return Err(StoreError::NotFound(Record::Folder(name)));
+        };
+        let message_ids = remove_all_entries(&mut tx, user_id, id, true).await?;
+        let keys = Self::delete_orphans(&mut tx, &message_ids).await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    async fn set_subscribed(
+        &self,
+        user_id: i64,
+        name: &str,
+        subscribed: bool,
+    ) -> Result<(), StoreError> {
+        let name = folder_name(name)?;
+        let done =
+            sqlx::query("UPDATE folders SET subscribed = $1 WHERE user_id = $2 AND name = $3")
+                .bind(flag(subscribed))
+                .bind(user_id)
+                .bind(&name)
+                .execute(&self.pool)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(Record::Folder(name)));
+        }
+        Ok(())
+    }
+
+    async fn move_message(&self, user_id: i64, id: i64, to: &str) -> Result<(), StoreError> {
+        let to = folder_name(to)?;
+        let mut tx = self.begin().await?;
+        let Some((from_id, uid)) = entry_place(&mut tx, user_id, id).await? else {
+            return Err(StoreError::NotFound(Record::Message(id)));
+        };
+        let Some(to_id) = folder_id(&mut tx, user_id, &to).await? else {
+            return Err(StoreError::NotFound(Record::Folder(to)));
+        };
+        if to_id == from_id {
+            return Ok(());
+        }
+        if self.dialect == Dialect::Postgres {
+            // Both folders, in id order, like every commit that takes several.
+            sqlx::query("SELECT id FROM folders WHERE id IN ($1, $2) ORDER BY id FOR UPDATE")
+                .bind(from_id)
+                .bind(to_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        }
+        let left = next_modseq(&mut tx, from_id).await?;
+        sqlx::query("INSERT INTO expunged (folder_id, uid, modseq) VALUES ($1, $2, $3)")
+            .bind(from_id)
+            .bind(uid)
+            .bind(left)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(
+            "UPDATE folders SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 \
+             WHERE id = $1 RETURNING uidnext, highestmodseq",
+        )
+        .bind(to_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (uidnext, modseq): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        sqlx::query(
+            "UPDATE mailbox_entries SET folder_id = $1, uid = $2, modseq = $3 WHERE id = $4",
+        )
+        .bind(to_id)
+        .bind(uidnext - 1)
+        .bind(modseq)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn delete_mailbox_item(
         &self,
         user_id: i64,
         id: i64,
     ) -> Result<Option<Vec<String>>, StoreError> {
         let mut tx = self.begin().await?;
-        let Some(folder_id) = entry_folder(&mut tx, user_id, id).await? else {
+        let Some((folder_id, _)) = entry_place(&mut tx, user_id, id).await? else {
             return Ok(None);
         };
         // The folder first (its lock orders every change in it), then the entry.
@@ -753,17 +1008,37 @@ mod tests {
             }
         };
         let start = modseq_of(id).await;
-        assert!(f.store.set_seen(f.alice, id, true).await.expect("seen"));
+        assert!(
+            f.store
+                .set_flag(f.alice, id, flags::SEEN, true)
+                .await
+                .expect("seen")
+        );
         let read = modseq_of(id).await;
         assert!(read > start);
         assert_eq!(read, folder(&f, f.alice, "INBOX").await.highestmodseq);
         assert_eq!(folder(&f, f.alice, "INBOX").await.unseen, 1);
-        assert!(f.store.set_seen(f.alice, id, true).await.expect("again"));
+        assert!(
+            f.store
+                .set_flag(f.alice, id, flags::SEEN, true)
+                .await
+                .expect("again")
+        );
         assert_eq!(modseq_of(id).await, read);
-        assert!(f.store.set_seen(f.alice, id, false).await.expect("unseen"));
+        assert!(
+            f.store
+                .set_flag(f.alice, id, flags::SEEN, false)
+                .await
+                .expect("unseen")
+        );
         assert!(modseq_of(id).await > read);
         // Another user's message is not there.
-        assert!(!f.store.set_seen(f.bob, id, true).await.expect("bob"));
+        assert!(
+            !f.store
+                .set_flag(f.bob, id, flags::SEEN, true)
+                .await
+                .expect("bob")
+        );
     }
 
     /// Mail for a folder the user does not have yet creates it in the same commit.
@@ -785,5 +1060,174 @@ mod tests {
             .map(|folder| folder.name)
             .collect();
         assert_eq!(names.last().map(String::as_str), Some("Lists/rust"));
+    }
+
+    async fn tombstones(f: &Fixture) -> Vec<(i64, i64)> {
+        sqlx::query("SELECT folder_id, uid FROM expunged ORDER BY folder_id, uid")
+            .fetch_all(f.store.pool())
+            .await
+            .expect("tombstones")
+            .iter()
+            .map(|row| {
+                (
+                    row.try_get(0).expect("folder"),
+                    row.try_get(1).expect("uid"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn folder_names_are_checked_and_inbox_is_one_name_in_any_case() {
+        assert_eq!(folder_name("inbox").expect("inbox"), "INBOX");
+        assert_eq!(folder_name("Inbox/Lists").expect("child"), "INBOX/Lists");
+        assert_eq!(
+            folder_name("Projects/2026").expect("nested"),
+            "Projects/2026"
+        );
+        assert_eq!(folder_name("Inboxes").expect("other"), "Inboxes");
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "a\tb",
+            "a*",
+            "50%",
+            &"x".repeat(201),
+        ] {
+            assert!(
+                matches!(folder_name(bad), Err(StoreError::InvalidFolderName(..))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// A folder is created, renamed with what is inside it (messages and UIDs go along),
+    /// emptied (its UIDs expunged) and deleted; INBOX and a folder with folders inside it
+    /// are protected, and a name made again gets a new UIDVALIDITY.
+    #[tokio::test]
+    async fn folders_are_created_renamed_emptied_and_deleted() {
+        let f = fixture().await;
+        f.store
+            .create_folder(f.alice, "Projects")
+            .await
+            .expect("create");
+        f.store
+            .create_folder(f.alice, "Projects/2026")
+            .await
+            .expect("child");
+        assert!(
+            matches!(f.store.create_folder(f.alice, "projects").await, Ok(())),
+            "names are case-sensitive but INBOX"
+        );
+        assert!(matches!(
+            f.store.create_folder(f.alice, "inbox").await,
+            Err(StoreError::AlreadyExists(Record::Folder(name))) if name == "INBOX"
+        ));
+        deliver(
+            &f,
+            &[(f.alice, "Projects/2026"), (f.alice, "Projects/2026")],
+        )
+        .await;
+        let before = folder(&f, f.alice, "Projects/2026").await;
+
+        f.store
+            .rename_folder(f.alice, "Projects", "Work")
+            .await
+            .expect("rename");
+        let moved = folder(&f, f.alice, "Work/2026").await;
+        assert_eq!(
+            (moved.uidvalidity, moved.uidnext, moved.messages),
+            (before.uidvalidity, 3, 2)
+        );
+        assert!(!folder_exists(&f, "Projects/2026").await);
+        for (from, to) in [("INBOX", "Old"), ("Work", "Work/Inside"), ("Missing", "X")] {
+            assert!(
+                f.store.rename_folder(f.alice, from, to).await.is_err(),
+                "{from} -> {to}"
+            );
+        }
+        assert!(matches!(
+            f.store.rename_folder(f.alice, "Work", "projects").await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            f.store.delete_folder(f.alice, "Work").await,
+            Err(StoreError::FolderProtected(..))
+        ));
+        assert!(matches!(
+            f.store.delete_folder(f.alice, "INBOX").await,
+            Err(StoreError::FolderProtected(..))
+        ));
+
+        f.store
+            .empty_folder(f.alice, "Work/2026")
+            .await
+            .expect("empty");
+        let emptied = folder(&f, f.alice, "Work/2026").await;
+        assert_eq!((emptied.messages, emptied.uidnext), (0, 3));
+        assert_eq!(tombstones(&f).await.len(), 2);
+        assert_eq!(f.store.count_messages().await.expect("count"), 0);
+
+        f.store
+            .delete_folder(f.alice, "Work/2026")
+            .await
+            .expect("delete");
+        assert!(
+            tombstones(&f).await.is_empty(),
+            "they went with their folder"
+        );
+        f.store
+            .create_folder(f.alice, "Work/2026")
+            .await
+            .expect("again");
+        let again = folder(&f, f.alice, "Work/2026").await;
+        assert!(again.uidvalidity > before.uidvalidity, "a new UIDVALIDITY");
+        assert_eq!(again.uidnext, 1);
+    }
+
+    async fn folder_exists(f: &Fixture, name: &str) -> bool {
+        let folders = f.store.list_folders(f.alice).await.expect("folders");
+        folders.iter().any(|folder| folder.name == name)
+    }
+
+    /// A moved message keeps its id, takes the next UID of its new folder and leaves its old
+    /// UID expunged behind.
+    #[tokio::test]
+    async fn a_moved_message_keeps_its_id_and_gets_the_next_uid_there() {
+        let f = fixture().await;
+        deliver(
+            &f,
+            &[(f.alice, "INBOX"), (f.alice, "INBOX"), (f.alice, "Junk")],
+        )
+        .await;
+        let (id, uid, _) = entries(&f, f.alice, "INBOX").await[1];
+        f.store
+            .move_message(f.alice, id, "Junk")
+            .await
+            .expect("move");
+        let junk = entries(&f, f.alice, "Junk").await;
+        assert_eq!(junk.iter().find(|e| e.0 == id).map(|e| e.1), Some(2));
+        let inbox = folder(&f, f.alice, "INBOX").await;
+        assert_eq!((inbox.messages, inbox.uidnext), (1, 3));
+        let junk_id: i64 = sqlx::query("SELECT folder_id FROM mailbox_entries WHERE id = $1")
+            .bind(id)
+            .fetch_one(f.store.pool())
+            .await
+            .expect("entry")
+            .try_get(0)
+            .expect("folder");
+        let expunged = tombstones(&f).await;
+        assert_eq!(expunged.len(), 1);
+        assert!(expunged[0].0 != junk_id && expunged[0].1 == uid);
+        assert!(matches!(
+            f.store.move_message(f.alice, id, "Nowhere").await,
+            Err(StoreError::NotFound(Record::Folder(_)))
+        ));
+        assert!(matches!(
+            f.store.move_message(f.bob, id, "INBOX").await,
+            Err(StoreError::NotFound(Record::Message(_)))
+        ));
     }
 }
