@@ -615,3 +615,57 @@ def test_an_admin_manages_users_and_the_queue_and_a_user_changes_their_password(
     driver.find_element(By.LINK_TEXT, "Inbox").click()
     wait(driver, lambda d: "Undelivered Mail" in d.find_element(By.ID, "message-rows").text)
     assert csp_violations(driver) == []
+
+
+def folder_links(driver) -> list[str]:
+    """The folder list as seen (the unread count's words for screen readers left out)."""
+    return [a.text.split("\n")[0] for a in driver.find_elements(By.CSS_SELECTOR, "#folder-links a")]
+
+
+def test_folders_move_mail_and_empty_the_trash_in_chromium(server, browser):
+    """The folder list with unread counts, moving a message to Junk and on to the Trash (it
+    keeps its id), and emptying the Trash: what the page shows is what the API then says."""
+    srv = server()
+    setup_domain_and_user(srv)
+    for subject in ("Keep me", "Spammy offer"):
+        assert srv.send(BOB, simple_message(subject))[0] == 250
+    bob = srv.api(BOB, USER_PASSWORD)
+    driver = browser
+    driver.get(srv.base_url + "/")
+    sign_in(driver, BOB, USER_PASSWORD)
+    wait(driver, lambda d: folder_links(d) == ["Inbox (2)", "Sent", "Drafts", "Junk", "Trash", "Archive"])
+    current = driver.find_element(By.CSS_SELECTOR, "#folder-links a[aria-current=page]")
+    assert current.get_attribute("textContent") == "Inbox (2), 2 unread"
+    screenshot(driver, "folders")
+
+    open_row(driver, "Spammy offer")
+    visible(driver, "message-view")
+    message_id = driver.execute_script("return location.hash").split("/", 1)[1]
+    assert not driver.find_element(By.CSS_SELECTOR, "button[data-move=Junk]").get_attribute("hidden")
+    driver.find_element(By.CSS_SELECTOR, "button[data-move=Junk]").click()
+    status_says(driver, "Moved to Junk.")
+    wait(driver, lambda d: folder_links(d)[0] == "Inbox (1)")
+    assert bob.get(f"/api/v1/messages/{message_id}").json()["folder"] == "Junk"
+
+    driver.find_element(By.LINK_TEXT, "Junk").click()
+    wait(driver, lambda d: d.find_element(By.ID, "folder-title").text == "Junk")
+    open_row(driver, "Spammy offer")
+    visible(driver, "message-view")
+    assert driver.find_element(By.ID, "back").text == "Back to Junk"
+    assert not driver.find_element(By.CSS_SELECTOR, "button[data-move=Junk]").is_displayed()
+    driver.find_element(By.CSS_SELECTOR, "button[data-move=Trash]").click()
+    status_says(driver, "Moved to Trash.")
+
+    driver.find_element(By.LINK_TEXT, "Trash").click()
+    wait(driver, lambda d: d.find_element(By.ID, "folder-title").text == "Trash")
+    open_row(driver, "Spammy offer")
+    visible(driver, "message-view")
+    driver.find_element(By.ID, "back").click()
+    empty = visible(driver, "empty-folder")
+    empty.click()
+    accept_confirmation(driver)
+    status_says(driver, "Trash is empty.")
+    wait(driver, lambda d: d.find_element(By.ID, "empty").is_displayed())
+    assert bob.get(f"/api/v1/messages/{message_id}").status_code == 404
+    assert [m["subject"] for m in bob.messages()["items"]] == ["Keep me"]
+    assert csp_violations(driver) == []

@@ -12,6 +12,27 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody};
 use crate::store::{Folder, folder_name};
 
+/// A folder name as the API's schema describes it: levels separated by `/`, none empty, no
+/// control character, `*` or `%`, at most 200 characters: exactly what [`folder_name`]
+/// takes.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct FolderName(pub String);
+
+impl utoipa::PartialSchema for FolderName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(
+                "^[^\\u0000-\\u001f\\u007f-\\u009f*%/]+(/[^\\u0000-\\u001f\\u007f-\\u009f*%/]+)*$",
+            ))
+            .max_length(Some(crate::store::MAX_FOLDER_NAME))
+            .into()
+    }
+}
+
+impl ToSchema for FolderName {}
+
 /// One of the caller's folders (an IMAP mailbox).
 #[derive(Serialize, ToSchema)]
 pub struct FolderItem {
@@ -89,8 +110,8 @@ async fn listed(state: &ApiState, caller: &Caller, name: &str) -> ApiResult<Fold
 #[serde(deny_unknown_fields)]
 pub struct NewFolder {
     /// The name: levels separated by `/`, none empty, no control characters, `*` or `%`, at
-    /// most 200 bytes.
-    pub name: String,
+    /// most 200 characters.
+    pub name: FolderName,
 }
 
 /// Creates a folder.
@@ -106,11 +127,11 @@ pub async fn create(
     state
         .stores
         .mailboxes
-        .create_folder(caller.0.id, &body.name)
+        .create_folder(caller.0.id, &body.name.0)
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(listed(&state, &caller, &body.name).await?),
+        Json(listed(&state, &caller, &body.name.0).await?),
     ))
 }
 
@@ -119,14 +140,14 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct FolderPatch {
     /// A new name (the folders inside it move along). INBOX cannot be renamed.
-    pub name: Option<String>,
+    pub name: Option<FolderName>,
     /// Whether mail clients show it.
     pub subscribed: Option<bool>,
 }
 
 /// Renames a folder or changes its subscription.
 #[utoipa::path(patch, path = "/api/v1/folders/{name}", tag = "messages", request_body = FolderPatch,
-    params(("name" = String, Path, description = "Folder name, `/` written as %2F")),
+    params(("name" = FolderName, Path, description = "Folder name, `/` written as %2F")),
     responses((status = 200, body = FolderItem), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
@@ -138,7 +159,7 @@ pub async fn update(
 ) -> ApiResult<Json<FolderItem>> {
     let mailboxes = &state.stores.mailboxes;
     let mut current = name;
-    if let Some(new_name) = body.name {
+    if let Some(FolderName(new_name)) = body.name {
         mailboxes
             .rename_folder(caller.0.id, &current, &new_name)
             .await?;
@@ -154,7 +175,7 @@ pub async fn update(
 
 /// Deletes a folder and the messages in it (not INBOX, not a folder with folders inside).
 #[utoipa::path(delete, path = "/api/v1/folders/{name}", tag = "messages",
-    params(("name" = String, Path, description = "Folder name, `/` written as %2F")),
+    params(("name" = FolderName, Path, description = "Folder name, `/` written as %2F")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn delete(
@@ -173,7 +194,7 @@ pub async fn delete(
 
 /// Deletes every message in a folder (empties the Trash, for example).
 #[utoipa::path(delete, path = "/api/v1/folders/{name}/messages", tag = "messages",
-    params(("name" = String, Path, description = "Folder name, `/` written as %2F")),
+    params(("name" = FolderName, Path, description = "Folder name, `/` written as %2F")),
     responses((status = 204), (status = 404, body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn empty(

@@ -90,6 +90,12 @@ pub struct MessageDetail {
     pub attachments: Vec<AttachmentInfo>,
     /// Read flag.
     pub seen: bool,
+    /// Flagged (starred).
+    pub flagged: bool,
+    /// Answered.
+    pub answered: bool,
+    /// The folder it is in.
+    pub folder: String,
     /// Arrival time, RFC 3339.
     pub received_at: String,
     /// Size in bytes as stored.
@@ -107,7 +113,7 @@ pub struct MessagePatch {
     /// New answered state (`\Answered`).
     pub answered: Option<bool>,
     /// Move the message to this folder (a name from `GET /api/v1/folders`); it keeps its id.
-    pub folder: Option<String>,
+    pub folder: Option<super::folders::FolderName>,
 }
 
 fn date_of(item: &MailboxItem) -> String {
@@ -201,6 +207,9 @@ pub async fn get(
         html: content.html,
         attachments: content.attachments,
         seen: item.seen,
+        flagged: item.flags & flags::FLAGGED != 0,
+        answered: item.flags & flags::ANSWERED != 0,
+        folder: item.folder,
         size,
     }))
 }
@@ -378,7 +387,7 @@ pub async fn patch(
 ) -> ApiResult<Json<MessageListItem>> {
     let numeric = parse_id(&id)?;
     let mailboxes = &state.stores.mailboxes;
-    if let Some(folder) = &body.folder {
+    if let Some(super::folders::FolderName(folder)) = &body.folder {
         mailboxes.move_message(caller.0.id, numeric, folder).await?;
     }
     for (flag, on) in [

@@ -337,7 +337,7 @@ pub fn special_use_of(name: &str) -> Option<&'static str> {
         .and_then(|(_, special_use)| *special_use)
 }
 
-/// The longest folder name, in bytes.
+/// The longest folder name, in characters.
 pub const MAX_FOLDER_NAME: usize = 200;
 
 /// `name` as stored if it can name a folder: `INBOX` in any case is INBOX (also as the
@@ -348,8 +348,8 @@ pub fn folder_name(name: &str) -> Result<String, StoreError> {
     if name.is_empty() {
         return invalid("is empty");
     }
-    if name.len() > MAX_FOLDER_NAME {
-        return invalid("is longer than 200 bytes");
+    if name.chars().count() > MAX_FOLDER_NAME {
+        return invalid("is longer than 200 characters");
     }
     if name.split('/').any(str::is_empty) {
         return invalid("has an empty level (a leading, trailing or doubled /)");

@@ -3,7 +3,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::mailbox::{self, flag};
+use super::mailbox::{self, flag, is_unique_violation};
 use super::{Dialect, SqlStore, Tx};
 use crate::store::{
     AccountStore, Credentials, Domain, Millis, RecipientLookup, Record, StoreError, TokenInfo,
@@ -37,10 +37,6 @@ pub(super) fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
         used_bytes: row.try_get("used_bytes")?,
         created_at: row.try_get("created_at")?,
     })
-}
-
-pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 fn domain_of(email: &str) -> Option<&str> {

@@ -300,6 +300,11 @@ async fn remove_all_entries(
     Ok(message_ids)
 }
 
+/// Whether `e` is a unique key's refusal.
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
 pub(super) fn flag(v: bool) -> i64 {
     i64::from(v)
 }
@@ -639,10 +644,13 @@ impl MailboxStore for SqlStore {
                 "cannot be renamed: new mail arrives there",
             ));
         }
-        if to == from || to.starts_with(&format!("{from}/")) {
-            return Err(StoreError::InvalidFolderName(
-                to,
-                "is the folder itself or inside it",
+        if to == from {
+            return Ok(());
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(StoreError::FolderProtected(
+                from,
+                "cannot be moved inside itself",
             ));
         }
         let mut tx = self.begin().await?;
@@ -666,7 +674,7 @@ impl MailboxStore for SqlStore {
         .execute(&mut *tx)
         .await;
         match renamed {
-            Err(e) if super::accounts::is_unique_violation(&e) => {
+            Err(e) if is_unique_violation(&e) => {
                 return Err(StoreError::AlreadyExists(Record::Folder(format!(
                     "{to}/..."
                 ))));

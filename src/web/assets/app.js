@@ -21,6 +21,7 @@ async function route() {
   const hash = location.hash;
   if (hash.startsWith("#message/")) return openMessage(decodeURIComponent(hash.slice(9)));
   if (hash === "#sent") return loadFolder("Sent");
+  if (hash.startsWith("#folder/")) return loadFolder(decodeURIComponent(hash.slice(8)));
   if (hash === "#compose") return showCompose();
   if (hash === "#settings") return showSettings();
   // Plain users get the admin pages too, and with them the server's refusal.

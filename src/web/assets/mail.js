@@ -1,4 +1,4 @@
-// Webmail: the Inbox and Sent folders, reading a message, writing one, and the password page.
+// Webmail: the folders, reading a message, moving it, writing one, and the password page.
 
 import {
   API, $, api, cell, el, explain, fail, focusHeading, formatDate, formatSize, HttpError, Pages,
@@ -7,10 +7,44 @@ import {
 
 const PAGE_SIZE = 50;
 
-const FOLDERS = {
+const KNOWN = {
   INBOX: { hash: "#inbox", title: "Inbox", empty: "No mail yet.", who: "From" },
   Sent: { hash: "#sent", title: "Sent", empty: "Nothing sent yet. Write a message to see it here.", who: "To" },
+  Drafts: { title: "Drafts", who: "To" },
 };
+
+/** How a folder is shown: its link, title, what an empty one says, and who the list names. */
+function folderInfo(name) {
+  const known = KNOWN[name] || {};
+  return {
+    hash: known.hash || `#folder/${encodeURIComponent(name)}`,
+    title: known.title || name,
+    empty: known.empty || "This folder is empty.",
+    who: known.who || "From",
+  };
+}
+
+/** The folder list with unread counts; the shown folder is marked as the current page. */
+async function loadFolderLinks() {
+  let folders;
+  try {
+    folders = (await api("GET", "/folders")).items;
+  } catch (error) {
+    return fail(error);
+  }
+  const list = $("folder-links");
+  list.replaceChildren();
+  for (const folder of folders) {
+    const info = folderInfo(folder.name);
+    const link = el("a", { href: info.hash, text: info.title });
+    if (folder.unseen > 0) {
+      link.append(el("span", { text: ` (${folder.unseen})`, "aria-hidden": "true" }),
+        el("span", { class: "sr-only", text: `, ${folder.unseen} unread` }));
+    }
+    if (folder.name === shownFolder) link.setAttribute("aria-current", "page");
+    list.append(el("li", {}, link));
+  }
+}
 
 /** The folder on screen and where in it (set up by `initMail`). */
 let shownFolder = "INBOX";
@@ -29,8 +63,10 @@ export async function loadFolder(folder) {
     resetMailbox();
     shownFolder = folder;
   }
-  const info = FOLDERS[folder];
+  const info = folderInfo(folder);
   show("inbox-view");
+  $("folder-actions").hidden = folder !== "Trash";
+  loadFolderLinks();
   $("folder-title").textContent = info.title;
   $("who-column").textContent = info.who;
   $("empty").textContent = info.empty;
@@ -45,10 +81,11 @@ export async function loadFolder(folder) {
   const rows = $("message-rows");
   rows.replaceChildren();
   for (const item of page.items) {
-    const who = folder === "Sent" ? item.to.join(", ") : item.from;
+    const byRecipient = info.who === "To";
+    const who = byRecipient ? item.to.join(", ") : item.from;
     const subject = item.subject || "(no subject)";
     // Unread shows as a mark and words too, not only as bold type.
-    const from = cell(who || (folder === "Sent" ? "(no recipient)" : "(no sender)"), "from");
+    const from = cell(who || (byRecipient ? "(no recipient)" : "(no sender)"), "from");
     if (!item.seen) {
       from.prepend(el("span", { class: "unread-mark", "aria-hidden": "true", text: "●" }),
         el("span", { class: "sr-only", text: "Unread: " }));
@@ -76,13 +113,17 @@ export async function openMessage(id) {
   } catch (error) {
     if (error instanceof HttpError && error.status === 404) state.notice = "That message no longer exists.";
     else fail(error);
-    if (!(error instanceof HttpError && error.status === 401)) location.hash = FOLDERS[shownFolder].hash;
+    if (!(error instanceof HttpError && error.status === 401)) location.hash = folderInfo(shownFolder).hash;
     return;
   }
   current = msg;
   show("message-view");
-  $("back").href = FOLDERS[shownFolder].hash;
-  $("back").textContent = `Back to ${FOLDERS[shownFolder].title === "Inbox" ? "the inbox" : "Sent"}`;
+  const folder = msg.folder || shownFolder;
+  $("back").href = folderInfo(folder).hash;
+  $("back").textContent = `Back to ${folder === "INBOX" ? "the inbox" : folderInfo(folder).title}`;
+  for (const button of document.querySelectorAll("button[data-move]")) {
+    button.hidden = button.dataset.move === folder;
+  }
   $("msg-subject").textContent = msg.subject || "(no subject)";
   $("msg-from").textContent = msg.from;
   $("msg-to").textContent = msg.to.join(", ");
@@ -170,7 +211,31 @@ async function deleteMessage() {
     await api("DELETE", `/messages/${encodeURIComponent(current.id)}`);
     current = null;
     state.notice = "Message deleted.";
-    location.hash = FOLDERS[shownFolder].hash;
+    location.hash = folderInfo(shownFolder).hash;
+  } catch (error) {
+    fail(error);
+  }
+}
+
+async function moveMessage(to) {
+  if (!current) return;
+  try {
+    await api("PATCH", `/messages/${encodeURIComponent(current.id)}`, { folder: to });
+    current = null;
+    state.notice = `Moved to ${folderInfo(to).title}.`;
+    location.hash = folderInfo(shownFolder).hash;
+  } catch (error) {
+    fail(error);
+  }
+}
+
+async function emptyFolder() {
+  if (!confirm(`Delete every message in ${folderInfo(shownFolder).title} for good?`)) return;
+  try {
+    await api("DELETE", `/folders/${encodeURIComponent(shownFolder)}/messages`);
+    say(`${folderInfo(shownFolder).title} is empty.`);
+    pages.reset();
+    await loadFolder(shownFolder);
   } catch (error) {
     fail(error);
   }
@@ -291,6 +356,10 @@ async function changePassword(event, signedIn) {
 export function initMail(signedIn) {
   $("toggle-seen").addEventListener("click", toggleSeen);
   $("delete-message").addEventListener("click", deleteMessage);
+  for (const button of document.querySelectorAll("button[data-move]")) {
+    button.addEventListener("click", () => moveMessage(button.dataset.move));
+  }
+  $("empty-folder").addEventListener("click", emptyFolder);
   $("message-rows").addEventListener("click", (e) => openRow(e.target));
   $("message-rows").addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") {
