@@ -85,6 +85,17 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The web UI and its proxy to the API.
     pub web: WebConfig,
+    /// Mail submitted on the submission port.
+    pub submission: SubmissionConfig,
+}
+
+/// `submission` section.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmissionConfig {
+    /// Keep a copy of what a signed-in user submits in their Sent folder (for mail clients
+    /// that do not APPEND their own copy).
+    pub save_to_sent: bool,
 }
 
 /// A part of MaiRust that a process can run.

@@ -371,3 +371,28 @@ def test_allow_insecure_auth_option(server):
     # Port 25 still has no AUTH.
     with contextlib.closing(srv.smtp()) as s:
         assert "auth" not in s.esmtp_features
+
+
+def test_save_to_sent_keeps_a_read_copy_of_what_a_user_submits(server):
+    """Off by default (IMAP clients APPEND their own copy); on, the submitter finds what they
+    sent in Sent, read, as the recipient got it; mail on the MX port gets no copy."""
+    for save in (False, True):
+        srv = server({"submission": {"save_to_sent": save}})
+        setup_domain_and_user(srv, users=("bob", "carol"))
+        with contextlib.closing(srv.submission(BOB, USER_PASSWORD)) as s:
+            assert s.sendmail(BOB, [CAROL], own_message("submitted", to=CAROL)) == {}
+        assert srv.send(BOB, simple_message("from outside"))[0] == 250
+        bob = srv.api(BOB, USER_PASSWORD)
+        carol = srv.api(CAROL, USER_PASSWORD)
+        [received] = carol.wait_messages(1)
+        sent = bob.messages(folder="Sent")["items"]
+        assert [m["subject"] for m in bob.messages()["items"]] == ["from outside"]
+        if not save:
+            assert sent == []
+            continue
+        assert [(m["subject"], m["seen"]) for m in sent] == [("submitted", True)]
+        copy = bob.get(f"/api/v1/messages/{sent[0]['id']}/raw").content
+        original = carol.get(f"/api/v1/messages/{received['id']}/raw").content
+        assert copy == original
+        folders = {f["name"]: f for f in bob.get("/api/v1/folders").json()["items"]}
+        assert (folders["Sent"]["messages"], folders["Sent"]["unseen"]) == (1, 0)

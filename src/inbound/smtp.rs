@@ -101,6 +101,8 @@ pub struct SmtpPolicy {
     trusted: bool,
     /// The current transaction's accepted recipients, by lower-cased address.
     recipients: HashMap<String, Recipient>,
+    /// The user signed in with AUTH on this connection.
+    signed_in: Option<i64>,
 }
 
 fn reply(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Reply {
@@ -157,11 +159,12 @@ impl SmtpPolicy {
             kind,
             peer,
             recipients: HashMap::new(),
+            signed_in: None,
         }
     }
 
     async fn check_credentials(
-        &self,
+        &mut self,
         mechanism: AuthMechanism,
         username: &str,
         password: &str,
@@ -186,7 +189,8 @@ impl SmtpPolicy {
                 ));
             }
         };
-        if user.is_some() {
+        if let Some(user) = user {
+            self.signed_in = Some(user.id);
             tracing::info!(target: LOG_TARGET, peer = %self.peer, user = username, mechanism = ?mechanism, "SMTP AUTH succeeded");
             Answer::Auth(true)
         } else {
@@ -328,6 +332,13 @@ impl SmtpPolicy {
             }
         };
         checks::place(&mut local, &accepted.placements);
+        // For clients that do not keep their own copy (most APPEND it to Sent themselves).
+        if self.kind == ListenerKind::Submission
+            && self.ctx.config.submission.save_to_sent
+            && let Some(user) = self.signed_in
+        {
+            local.push(LocalDelivery::sent_copy(user));
+        }
         let started = Instant::now();
         let id = new_id();
         let single_recipient = match envelope.rcpt_to.as_slice() {
