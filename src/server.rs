@@ -21,7 +21,7 @@ use crate::delivery::{QueueHandle, QueueManager};
 use crate::inbound::commit::Acceptor;
 use crate::inbound::smtp::{SmtpContext, SmtpProtocol};
 use crate::net::tls;
-use crate::net::{ConnectionLimits, Listener, ListenerArgs};
+use crate::net::{ConnectionLimits, Listener, ListenerArgs, Protocol};
 use crate::pop3::{Pop3Context, Pop3Protocol};
 use crate::smtp::{Faults, ListenerKind, SessionContext};
 use crate::store::Stores;
@@ -196,25 +196,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 config.server.submission_port,
             ),
         ] {
-            let protocol = Arc::new(SmtpProtocol {
+            let protocol = SmtpProtocol {
                 ctx: ctx.clone(),
                 kind,
-            });
-            let limits = limits.clone();
+            };
             let addr = SocketAddr::new(config.server.bind, port);
-            specs.push(ChildSpec::new(name, move |sup| {
-                let args = ListenerArgs {
-                    protocol: protocol.clone(),
-                    limits: limits.clone(),
-                    addr,
-                };
-                async move {
-                    let (actor, _) =
-                        Actor::spawn_linked(None, Listener::<SmtpProtocol>::default(), args, sup)
-                            .await?;
-                    Ok(actor.get_cell())
-                }
-            }));
+            specs.push(listener_spec(name, protocol, &limits, addr));
         }
     }
 
@@ -231,25 +218,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             ("pop3_listener", false, config.server.pop3_port),
             ("pop3s_listener", true, config.server.pop3s_port),
         ] {
-            let protocol = Arc::new(Pop3Protocol {
+            let protocol = Pop3Protocol {
                 ctx: ctx.clone(),
                 implicit_tls,
-            });
-            let limits = limits.clone();
+            };
             let addr = SocketAddr::new(config.server.bind, port);
-            specs.push(ChildSpec::new(name, move |sup| {
-                let args = ListenerArgs {
-                    protocol: protocol.clone(),
-                    limits: limits.clone(),
-                    addr,
-                };
-                async move {
-                    let (actor, _) =
-                        Actor::spawn_linked(None, Listener::<Pop3Protocol>::default(), args, sup)
-                            .await?;
-                    Ok(actor.get_cell())
-                }
-            }));
+            specs.push(listener_spec(name, protocol, &limits, addr));
         }
     }
 
@@ -581,4 +555,27 @@ fn sync_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+/// The supervisor's spec of a listener serving `protocol` on `addr` (restarted, it binds
+/// again).
+fn listener_spec<P: Protocol>(
+    name: &'static str,
+    protocol: P,
+    limits: &Arc<ConnectionLimits>,
+    addr: SocketAddr,
+) -> ChildSpec {
+    let protocol = Arc::new(protocol);
+    let limits = limits.clone();
+    ChildSpec::new(name, move |sup| {
+        let args = ListenerArgs {
+            protocol: protocol.clone(),
+            limits: limits.clone(),
+            addr,
+        };
+        async move {
+            let (actor, _) = Actor::spawn_linked(None, Listener::<P>::default(), args, sup).await?;
+            Ok(actor.get_cell())
+        }
+    })
 }

@@ -156,6 +156,38 @@ async fn held_by(ctx: &DeliveryContext, owner: &str) -> Vec<(u32, i64)> {
         .collect()
 }
 
+/// A local lease deadline renewed now for `ttl`.
+fn trusted_for(ttl: Duration) -> Arc<LeaseDeadline> {
+    let deadline = Arc::new(LeaseDeadline::default());
+    deadline.renewed(Instant::now(), ttl);
+    deadline
+}
+
+/// Takes `partition`'s lease for this node and starts its queue under the harness, acting
+/// until `deadline`.
+async fn start_partition(
+    f: &Fixture,
+    partition: u32,
+    deadline: Arc<LeaseDeadline>,
+) -> ActorRef<PartitionMsg> {
+    let queue = &f.ctx.stores.queue;
+    let grant = queue.acquire_lease(partition, NODE, Duration::from_secs(30));
+    let lease = match grant.await.expect("acquire") {
+        LeaseGrant::Granted(lease) => lease,
+        held => panic!("partition {partition} not free: {held:?}"),
+    };
+    let args = PartitionArgs {
+        ctx: f.ctx.clone(),
+        lease,
+        wake_pending: Arc::default(),
+        deadline,
+    };
+    let (actor, _) = Actor::spawn_linked(None, PartitionQueue, args, f.harness.parent())
+        .await
+        .expect("partition");
+    actor
+}
+
 /// The partition actors under the manager (its children).
 fn partitions_of(harness_child: &ActorCell) -> usize {
     harness_child.get_children().len()
@@ -165,28 +197,7 @@ fn partitions_of(harness_child: &ActorCell) -> usize {
 async fn a_partition_records_a_permanent_failure_under_its_lease_and_stops_cleanly() {
     let f = fixture().await;
     let (partition, row) = queue_unroutable(&f.ctx).await;
-    let lease = match f
-        .ctx
-        .stores
-        .queue
-        .acquire_lease(partition, NODE, Duration::from_secs(30))
-        .await
-        .expect("acquire")
-    {
-        LeaseGrant::Granted(lease) => lease,
-        held => panic!("partition {partition} not free: {held:?}"),
-    };
-    let deadline = Arc::new(LeaseDeadline::default());
-    deadline.renewed(tokio::time::Instant::now(), Duration::from_secs(30));
-    let args = PartitionArgs {
-        ctx: f.ctx.clone(),
-        lease,
-        wake_pending: Arc::default(),
-        deadline,
-    };
-    Actor::spawn_linked(None, PartitionQueue, args, f.harness.parent())
-        .await
-        .expect("partition");
+    start_partition(&f, partition, trusted_for(Duration::from_secs(30))).await;
     eventually("the row fails", || async {
         status(&f.ctx, row).await == Some(QueueStatus::Failed)
     })
@@ -201,31 +212,7 @@ async fn a_partition_records_a_permanent_failure_under_its_lease_and_stops_clean
 async fn a_partition_refuses_to_retry_a_finished_row_and_keeps_serving() {
     let f = fixture().await;
     let (partition, row) = queue_unroutable(&f.ctx).await;
-    let LeaseGrant::Granted(lease) = f
-        .ctx
-        .stores
-        .queue
-        .acquire_lease(partition, NODE, Duration::from_secs(30))
-        .await
-        .expect("acquire")
-    else {
-        panic!("partition not free");
-    };
-    let deadline = Arc::new(LeaseDeadline::default());
-    deadline.renewed(tokio::time::Instant::now(), Duration::from_secs(30));
-    let (actor, _) = Actor::spawn_linked(
-        None,
-        PartitionQueue,
-        PartitionArgs {
-            ctx: f.ctx.clone(),
-            lease,
-            wake_pending: Arc::default(),
-            deadline,
-        },
-        f.harness.parent(),
-    )
-    .await
-    .expect("partition");
+    let actor = start_partition(&f, partition, trusted_for(Duration::from_secs(30))).await;
     eventually("the row fails", || async {
         status(&f.ctx, row).await == Some(QueueStatus::Failed)
     })
@@ -400,32 +387,9 @@ async fn the_manager_restarts_a_failed_partition_after_a_growing_backoff_and_rel
 async fn a_partition_starts_no_delivery_past_its_lease_deadline_until_a_renewal() {
     let f = fixture().await;
     let partition = crate::store::partition_of(UNROUTABLE, PARTITIONS);
-    let LeaseGrant::Granted(lease) = f
-        .ctx
-        .stores
-        .queue
-        .acquire_lease(partition, NODE, Duration::from_secs(30))
-        .await
-        .expect("acquire")
-    else {
-        panic!("partition not free");
-    };
     let ttl = f.ctx.config.queue.lease_ttl;
-    let deadline = Arc::new(LeaseDeadline::default());
-    deadline.renewed(Instant::now(), ttl);
-    let (actor, _) = Actor::spawn_linked(
-        None,
-        PartitionQueue,
-        PartitionArgs {
-            ctx: f.ctx.clone(),
-            lease,
-            wake_pending: Arc::default(),
-            deadline: deadline.clone(),
-        },
-        f.harness.parent(),
-    )
-    .await
-    .expect("partition");
+    let deadline = trusted_for(ttl);
+    let actor = start_partition(&f, partition, deadline.clone()).await;
     let barrier = || async {
         let answer = actor
             .call(

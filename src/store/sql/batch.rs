@@ -14,9 +14,24 @@ pub(super) fn parameter_list(first: usize, n: usize) -> String {
 /// A query on the `Any` driver.
 pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Runs `statement(rows)` for the items in chunks, where `rows` is `row` (parameters `$1`..`$k`)
-/// once per item, numbered on from copy to copy, and `bind` binds one item's parameters.
-/// Returns the rows affected in all.
+/// The statements for `items`: `statement(rows)` per chunk, where `rows` is `row`
+/// (parameters `$1`..`$k`) once per item, numbered on from copy to copy; with each, its chunk.
+fn statements<'i, T>(
+    statement: impl Fn(&str) -> String,
+    row: &str,
+    items: &'i [T],
+) -> impl Iterator<Item = (String, &'i [T])> {
+    let width = parameters_in(row);
+    items.chunks(ROWS_PER_STATEMENT).map(move |chunk| {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| renumbered(row, i * width))
+            .collect();
+        (statement(&rows.join(", ")), chunk)
+    })
+}
+
+/// Runs `statement(rows)` for the items in chunks (see [`statements`]); `bind` binds one
+/// item's parameters. Returns the rows affected in all.
 pub(super) async fn execute<T>(
     conn: &mut sqlx::AnyConnection,
     statement: impl Fn(&str) -> String,
@@ -24,13 +39,8 @@ pub(super) async fn execute<T>(
     items: &[T],
     bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
 ) -> Result<u64, sqlx::Error> {
-    let width = parameters_in(row);
     let mut affected = 0;
-    for chunk in items.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| renumbered(row, i * width))
-            .collect();
-        let sql = statement(&rows.join(", "));
+    for (sql, chunk) in statements(statement, row, items) {
         let query = chunk.iter().fold(sqlx::query(&sql), &bind);
         affected += query.execute(&mut *conn).await?.rows_affected();
     }
@@ -46,13 +56,8 @@ pub(super) async fn fetch<T>(
     items: &[T],
     bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
 ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
-    let width = parameters_in(row);
     let mut out = Vec::new();
-    for chunk in items.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| renumbered(row, i * width))
-            .collect();
-        let sql = statement(&rows.join(", "));
+    for (sql, chunk) in statements(statement, row, items) {
         let query = chunk.iter().fold(sqlx::query(&sql), &bind);
         out.extend(query.fetch_all(&mut *conn).await?);
     }
