@@ -126,6 +126,7 @@ fn drive(session: &mut ClientSession, out: &mut Vec<u8>, tally: &mut Tally) {
         };
         match event {
             ClientEvent::StartTls => session.tls_started(),
+            ClientEvent::ReadyToCommit { .. } => session.commit(),
             ClientEvent::TransactionDone { index, results } => {
                 assert_eq!(results.len(), tally.expected[index]);
                 tally.reported[index] += 1;

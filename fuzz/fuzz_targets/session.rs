@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         tls_available: flags & 0x02 != 0,
         allow_insecure_auth: flags & 0x04 != 0,
         vrfy_enabled: flags & 0x08 != 0,
+        trusted_client: flags & 0x80 != 0,
         max_message_size: if flags & 0x10 != 0 { 64 } else { 4096 },
         max_recipients: if flags & 0x20 != 0 { 1 } else { 100 },
         max_line_length: 512,

@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::session::{Action, MAX_LINE, Message, Session, SessionConfig, retrieved};
+use super::session::{Action, LineTooLong, Lines, Message, Session, SessionConfig, retrieved};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
 use crate::events::{self, Pop3AuthFailed, Pop3Command, Pop3SessionOpened};
@@ -131,7 +131,7 @@ struct Connection {
     peer: SocketAddr,
     user: Option<User>,
     /// Bytes read and not yet handled.
-    pending: Vec<u8>,
+    lines: Lines,
     _guard: ConnectionGuard,
 }
 
@@ -162,7 +162,7 @@ impl Connection {
             stream: Stream::Plain(args.stream),
             peer: args.peer,
             user: None,
-            pending: Vec::new(),
+            lines: Lines::default(),
             _guard: args._guard,
         }
     }
@@ -211,23 +211,22 @@ impl Connection {
         let mut shutdown = self.ctx.shutdown.clone();
         let mut buf = vec![0u8; 8192];
         loop {
-            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
+            loop {
+                let line = match self.lines.next_line() {
+                    Ok(Some(line)) => line,
+                    Ok(None) => break,
+                    Err(LineTooLong) => {
+                        self.send(b"-ERR Line too long; closing\r\n").await?;
+                        self.linger().await;
+                        return Ok(());
+                    }
+                };
                 let command = command_name(&line);
                 let action = session.command(&line);
                 if !self.act(&mut session, command, action).await? {
                     self.linger().await;
                     return Ok(());
                 }
-            }
-            if self.pending.len() > MAX_LINE {
-                self.send(b"-ERR Line too long; closing\r\n").await?;
-                self.linger().await;
-                return Ok(());
             }
             let read = tokio::select! {
                 read = tokio::time::timeout(IDLE_TIMEOUT, self.stream.read(&mut buf)) => read,
@@ -238,7 +237,7 @@ impl Connection {
             };
             match read {
                 Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => self.pending.extend_from_slice(&buf[..n]),
+                Ok(Ok(n)) => self.lines.push(&buf[..n]),
                 Ok(Err(error)) => return Err(error),
                 Err(_) => {
                     self.send(b"-ERR Autologout; idle for too long\r\n").await?;
@@ -267,7 +266,7 @@ impl Connection {
                         result: "ok",
                     });
                     // Whatever the client sent before the handshake was not protected.
-                    self.pending.clear();
+                    self.lines.clear();
                     self.start_tls().await?;
                     session.tls_started();
                     return Ok(true);

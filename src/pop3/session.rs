@@ -6,6 +6,45 @@
 
 use base64::Engine;
 
+/// Bytes from the client cut into command lines, however the network split them.
+#[derive(Debug, Default)]
+pub struct Lines {
+    pending: Vec<u8>,
+}
+
+/// A line longer than [`MAX_LINE`] arrived: the connection is to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineTooLong;
+
+impl Lines {
+    /// Adds bytes read from the connection.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// The next complete line without its CRLF (or bare LF), if one has arrived.
+    pub fn next_line(&mut self) -> Result<Option<Vec<u8>>, LineTooLong> {
+        match self.pending.iter().position(|&b| b == b'\n') {
+            Some(end) if end <= MAX_LINE + 1 => {
+                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                Ok(Some(line))
+            }
+            Some(_) => Err(LineTooLong),
+            None if self.pending.len() > MAX_LINE + 1 => Err(LineTooLong),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets what has not been handled (after STLS: it came before the handshake).
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+}
+
 /// What a session needs to know about its connection.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -557,6 +596,95 @@ mod tests {
         assert_eq!(s.command(b"QUIT"), Action::Update(vec![100, 102]));
         assert!(s.updated(0).starts_with("+OK"));
         assert!(s.updated(1).starts_with("-ERR [SYS/TEMP]"));
+    }
+
+    /// The whole dialogue for `input` cut into pieces of `split` bytes (0: at once), with
+    /// every password right and every message `RETR` able to send.
+    fn dialogue(input: &[u8], split: usize) -> Vec<String> {
+        let mut s = session(true);
+        let mut lines = Lines::default();
+        let mut out = Vec::new();
+        let pieces: Vec<&[u8]> = if split == 0 {
+            vec![input]
+        } else {
+            input.chunks(split).collect()
+        };
+        for piece in pieces {
+            lines.push(piece);
+            loop {
+                let line = match lines.next_line() {
+                    Ok(Some(line)) => line,
+                    Ok(None) => break,
+                    Err(LineTooLong) => {
+                        out.push("too long".into());
+                        return out;
+                    }
+                };
+                match s.command(&line) {
+                    Action::Authenticate { .. } => {
+                        let maildrop =
+                            vec![Message { id: 7, size: 10 }, Message { id: 8, size: 20 }];
+                        out.push(s.signed_in(maildrop));
+                    }
+                    Action::Retrieve { id, top } => out.push(format!("retrieve {id} {top:?}")),
+                    Action::Update(ids) => {
+                        out.push(format!("update {ids:?}"));
+                        return out;
+                    }
+                    Action::Close(text) => {
+                        out.push(text);
+                        return out;
+                    }
+                    Action::Send(text) | Action::StartTls(text) => out.push(text),
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// However the network splits the client's bytes, the dialogue is the same.
+        #[test]
+        fn any_split_of_the_input_gives_the_same_dialogue(
+            commands in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just("CAPA"), proptest::strategy::Just("USER bob@example.test"),
+                proptest::strategy::Just("PASS secret"), proptest::strategy::Just("STAT"),
+                proptest::strategy::Just("LIST"), proptest::strategy::Just("UIDL 2"),
+                proptest::strategy::Just("RETR 1"), proptest::strategy::Just("TOP 2 3"),
+                proptest::strategy::Just("DELE 1"), proptest::strategy::Just("RSET"),
+                proptest::strategy::Just("NOOP"), proptest::strategy::Just("XYZZY"),
+                proptest::strategy::Just("AUTH PLAIN"), proptest::strategy::Just("AGJvYgBzZWNyZXQ="),
+                proptest::strategy::Just("QUIT"),
+            ], 0..24),
+            bare_lf in proptest::bool::ANY,
+            split in 1usize..17,
+        ) {
+            let end = if bare_lf { "\n" } else { "\r\n" };
+            let input: Vec<u8> = commands.iter().flat_map(|c| format!("{c}{end}").into_bytes()).collect();
+            proptest::prop_assert_eq!(dialogue(&input, split), dialogue(&input, 0));
+        }
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_refused_wherever_it_is_cut() {
+        let long = vec![b'x'; MAX_LINE + 10];
+        for split in [1, 7, 4096, long.len()] {
+            let mut lines = Lines::default();
+            let mut verdict = Ok(None);
+            for piece in long.chunks(split) {
+                lines.push(piece);
+                verdict = lines.next_line();
+                if verdict.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(verdict, Err(LineTooLong), "split {split}");
+        }
+        let mut lines = Lines::default();
+        lines.push(b"NOOP\r\nSTAT\nrest");
+        assert_eq!(lines.next_line(), Ok(Some(b"NOOP".to_vec())));
+        assert_eq!(lines.next_line(), Ok(Some(b"STAT".to_vec())));
+        assert_eq!(lines.next_line(), Ok(None));
     }
 
     #[test]
