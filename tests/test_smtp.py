@@ -295,7 +295,7 @@ def test_seen_flag(mailsrv):
     r = api.patch(f"/api/v1/messages/{item['id']}", json={"seen": False})
     assert r.status_code == 200
     assert api.messages()["items"][0]["seen"] is False
-    assert_error(api.patch(f"/api/v1/messages/{item['id']}", json={"flagged": True}), 400)
+    assert_error(api.patch(f"/api/v1/messages/{item['id']}", json={"starred": True}), 400)
     assert_error(api.patch(f"/api/v1/messages/{item['id']}", json={"seen": "yes"}), 400)
 
 
