@@ -664,8 +664,9 @@ impl MailboxStore for SqlStore {
         // unique key and changes nothing.
         let prefix_chars = i64::try_from(from.chars().count()).unwrap_or(i64::MAX);
         let renamed = sqlx::query(
-            "UPDATE folders SET name = $1 || substr(name, $2 + 1), special_use = NULL \
-             WHERE user_id = $3 AND (name = $4 OR substr(name, 1, $2 + 1) = $4 || '/')",
+            "UPDATE folders SET name = $1 || substr(name, CAST($2 AS INTEGER) + 1), \
+             special_use = NULL WHERE user_id = $3 \
+             AND (name = $4 OR substr(name, 1, CAST($2 AS INTEGER) + 1) = $4 || '/')",
         )
         .bind(&to)
         .bind(prefix_chars)
@@ -698,7 +699,8 @@ impl MailboxStore for SqlStore {
             return Err(StoreError::NotFound(Record::Folder(name)));
         };
         let inside = sqlx::query(
-            "SELECT 1 FROM folders WHERE user_id = $1 AND substr(name, 1, $2) = $3 LIMIT 1",
+            "SELECT 1 FROM folders WHERE user_id = $1 AND substr(name, 1, CAST($2 AS INTEGER)) = $3 \
+             LIMIT 1",
         )
         .bind(user_id)
         .bind(i64::try_from(name.chars().count() + 1).unwrap_or(i64::MAX))
