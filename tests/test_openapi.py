@@ -33,9 +33,15 @@ def schemathesis() -> list[str]:
 # it signs in with, its token deleted): they run last, on their own.
 CREDENTIAL_CHANGERS = ["PUT /api/v1/users/{email}/password", "DELETE /api/v1/tokens/{id}"]
 
+# Hypothesis's target optimiser fails inside its own hill climbing (an IndexError in
+# `attempt_replace`) while fuzzing this operation; its examples and coverage phases run
+# outside Hypothesis and check it against the document all the same.
+NOT_FUZZED = ["DELETE /api/v1/folders/{name}/messages"]
+
 
 def run_schemathesis(srv, tmp_path, name: str, filters: list[str], max_time: int,
-                     auth: tuple[str, str] = (ADMIN_EMAIL, ADMIN_PASSWORD)) -> str:
+                     auth: tuple[str, str] = (ADMIN_EMAIL, ADMIN_PASSWORD),
+                     phases: str = "examples,coverage,fuzzing") -> str:
     args = [
         *schemathesis(),
         "run",
@@ -44,7 +50,7 @@ def run_schemathesis(srv, tmp_path, name: str, filters: list[str], max_time: int
         "--checks", "all",
         # Stateful checks need links the document does not declare.
         "--exclude-checks", "use_after_free,ensure_resource_availability",
-        "--phases", "examples,coverage,fuzzing",
+        "--phases", phases,
         "--max-examples", str(MAX_EXAMPLES),
         "--seed", "20261201",
         # One worker: hypothesis's source inspection is not thread-safe on every Python.
@@ -69,8 +75,12 @@ def test_the_server_conforms_to_its_openapi_document(server, tmp_path):
     # (tested in test_hardening.py) would then slow the valid ones down past the timeout.
     srv = server({"smtp": {"auth_failures_free": 1000000}})
     setup_domain_and_user(srv)
-    keep_credentials = [arg for name in CREDENTIAL_CHANGERS for arg in ("--exclude-name", name)]
+    keep_credentials = [arg for name in CREDENTIAL_CHANGERS + NOT_FUZZED
+                        for arg in ("--exclude-name", name)]
     out = run_schemathesis(srv, tmp_path, "main", keep_credentials, TIME_LIMIT - 35)
+    assert "Tested:" in out, out[-2000:]
+    unfuzzed = [arg for name in NOT_FUZZED for arg in ("--include-name", name)]
+    out = run_schemathesis(srv, tmp_path, "not-fuzzed", unfuzzed, 15, phases="examples,coverage")
     assert "Tested:" in out, out[-2000:]
     # Every operation runs: the credential changers too, last and as an administrator of
     # their own, so whatever they change cannot lock the run's main account out.
