@@ -8,8 +8,8 @@ import os
 import poplib
 import shutil
 import socket
-import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -171,3 +171,14 @@ def test_fetchmail_downloads_and_removes_the_mail(server, tmp_path):
     # BSMTP dot-stuffs again: the body line that starts with a dot arrives intact.
     assert b"\n..a line that starts with a dot" in got
     assert srv.api(bob, USER_PASSWORD).messages()["items"] == []
+
+
+def test_a_stalled_tls_handshake_loses_its_slot(server):
+    """A client that connects to POP3S and never starts TLS is dropped after 30 s instead of
+    holding one of its address's connection slots for good."""
+    srv = pop3_server(server)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", srv.pop3s_port), timeout=45) as s:
+        assert s.recv(1024) == b"", "the server closed the connection"
+    took = time.monotonic() - started
+    assert 25 < took < 40, took

@@ -21,6 +21,9 @@ use crate::store::{INBOX, Stores, User};
 /// How long a client may stay silent (RFC 1939's autologout timer: at least ten minutes).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
+/// How long a TLS handshake (POP3S, or after STLS) may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Messages listed per store query while the maildrop is read at sign-in.
 const LISTING_PAGE: u32 = 1000;
 
@@ -171,7 +174,10 @@ impl Connection {
         let (Some(acceptor), Some(tcp)) = (self.ctx.tls.clone(), self.stream.take_plain()) else {
             return Err(io::ErrorKind::Unsupported.into());
         };
-        let tls = acceptor.accept(tcp).await?;
+        // A client that stops in the middle of the handshake holds its slot no longer.
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         self.stream = Stream::Tls(Box::new(tls));
         Ok(())
     }
