@@ -122,12 +122,11 @@ fn date_of(item: &MailboxItem) -> String {
 
 /// The size of the message as `raw` serves it: the stored body and its `Return-Path:`.
 fn raw_size(item: &MailboxItem) -> i64 {
-    let line = message::return_path_line(&item.envelope_from).len();
-    item.size.saturating_add(i64::try_from(line).unwrap_or(0))
+    message::delivered_size(&item.envelope_from, item.size)
 }
 
 fn list_item(item: MailboxItem) -> MessageListItem {
-    let size = raw_size(&item);
+    let (size, seen) = (raw_size(&item), item.seen());
     MessageListItem {
         id: item.id.to_string(),
         date: date_of(&item),
@@ -135,7 +134,7 @@ fn list_item(item: MailboxItem) -> MessageListItem {
         to: item.summary.to,
         subject: item.summary.subject,
         size,
-        seen: item.seen,
+        seen,
         flagged: item.flags & flags::FLAGGED != 0,
         answered: item.flags & flags::ANSWERED != 0,
         folder: item.folder,
@@ -193,7 +192,7 @@ pub async fn get(
 ) -> ApiResult<Json<MessageDetail>> {
     let (item, raw) = load(&state, &caller, &id).await?;
     let content = message::content(&raw);
-    let size = raw_size(&item);
+    let (size, seen) = (raw_size(&item), item.seen());
     Ok(Json(MessageDetail {
         id: item.id.to_string(),
         date: date_of(&item),
@@ -206,7 +205,7 @@ pub async fn get(
         text: content.text,
         html: content.html,
         attachments: content.attachments,
-        seen: item.seen,
+        seen,
         flagged: item.flags & flags::FLAGGED != 0,
         answered: item.flags & flags::ANSWERED != 0,
         folder: item.folder,
@@ -225,8 +224,7 @@ pub async fn raw(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let (item, raw) = load(&state, &caller, &id).await?;
-    let mut out = message::return_path_line(&item.envelope_from).into_bytes();
-    out.extend_from_slice(&raw);
+    let out = message::as_delivered(&item.envelope_from, &raw);
     let mut response = ([(header::CONTENT_TYPE, "message/rfc822")], out).into_response();
     mark_untrusted(&mut response);
     Ok(response)
@@ -390,16 +388,24 @@ pub async fn patch(
     if let Some(super::folders::FolderName(folder)) = &body.folder {
         mailboxes.move_message(caller.0.id, numeric, folder).await?;
     }
+    let (mut add, mut remove) = (0, 0);
     for (flag, on) in [
         (flags::SEEN, body.seen),
         (flags::FLAGGED, body.flagged),
         (flags::ANSWERED, body.answered),
     ] {
-        if let Some(on) = on
-            && !mailboxes.set_flag(caller.0.id, numeric, flag, on).await?
-        {
-            return Err(ApiError::not_found(format!("message {id} not found")));
+        match on {
+            Some(true) => add |= flag,
+            Some(false) => remove |= flag,
+            None => {}
         }
+    }
+    if (add, remove) != (0, 0)
+        && !mailboxes
+            .set_flags(caller.0.id, numeric, add, remove)
+            .await?
+    {
+        return Err(ApiError::not_found(format!("message {id} not found")));
     }
     let item = state
         .stores

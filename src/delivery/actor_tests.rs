@@ -217,28 +217,15 @@ async fn a_partition_refuses_to_retry_a_finished_row_and_keeps_serving() {
         status(&f.ctx, row).await == Some(QueueStatus::Failed)
     })
     .await;
-    let answer = actor
-        .call(
-            |reply| PartitionMsg::Retry(row, reply),
-            Some(Duration::from_secs(10)),
-        )
-        .await
-        .expect("call")
-        .success_or(())
-        .expect("an answer");
+    let answer = ask(&actor, |reply| PartitionMsg::Retry(row, reply)).await;
     assert!(
         matches!(answer, Err(QueueOpError::Finished(id, "failed")) if id == row),
         "{answer:?}"
     );
-    let missing = actor
-        .call(
-            |reply| PartitionMsg::Cancel(row + 1000, false, reply),
-            Some(Duration::from_secs(10)),
-        )
-        .await
-        .expect("call")
-        .success_or(())
-        .expect("an answer");
+    let missing = ask(&actor, |reply| {
+        PartitionMsg::Cancel(row + 1000, false, reply)
+    })
+    .await;
     assert!(
         matches!(missing, Err(QueueOpError::NotFound(_))),
         "{missing:?}"
@@ -246,19 +233,25 @@ async fn a_partition_refuses_to_retry_a_finished_row_and_keeps_serving() {
     f.harness.finish(0).await;
 }
 
+/// Asks `actor` and waits for its answer (at most 10 s).
+async fn ask<M, T>(actor: &ActorRef<M>, message: impl FnOnce(ractor::RpcReplyPort<T>) -> M) -> T
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    actor
+        .call(message, Some(Duration::from_secs(10)))
+        .await
+        .expect("call")
+        .success_or(())
+        .expect("an answer")
+}
+
 /// Whether the manager runs a queue for `partition` now: a queue operation on a row that
 /// does not exist reaches the partition's actor (not found there) or is refused by the
 /// manager (not owned). The answer comes after the manager handled everything before it.
 async fn runs(manager: &ActorRef<QueueMsg>, partition: u32) -> bool {
-    let answer = manager
-        .call(
-            |reply| QueueMsg::Retry(partition, -1, reply),
-            Some(Duration::from_secs(10)),
-        )
-        .await
-        .expect("call")
-        .success_or(())
-        .expect("an answer");
+    let answer = ask(manager, |reply| QueueMsg::Retry(partition, -1, reply)).await;
     match answer {
         Err(QueueOpError::NotFound(_)) => true,
         Err(QueueOpError::NotOwned(_)) => false,
@@ -391,15 +384,7 @@ async fn a_partition_starts_no_delivery_past_its_lease_deadline_until_a_renewal(
     let deadline = trusted_for(ttl);
     let actor = start_partition(&f, partition, deadline.clone()).await;
     let barrier = || async {
-        let answer = actor
-            .call(
-                |reply| PartitionMsg::Cancel(-1, false, reply),
-                Some(Duration::from_secs(10)),
-            )
-            .await
-            .expect("call")
-            .success_or(())
-            .expect("an answer");
+        let answer = ask(&actor, |reply| PartitionMsg::Cancel(-1, false, reply)).await;
         assert!(
             matches!(answer, Err(QueueOpError::NotFound(_))),
             "{answer:?}"

@@ -460,12 +460,10 @@ impl PartitionQueue {
     }
 
     fn schedule(myself: &ActorRef<PartitionMsg>, state: &mut PartitionState, after: Duration) {
-        let me = myself.clone();
         // Replacing the timer drops (aborts) the previous one.
-        state.timer = Some(OwnedTask::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = me.send_message(PartitionMsg::Wake);
-        }));
+        state.timer = Some(OwnedTask::adopt(
+            &myself.send_after(after, || PartitionMsg::Wake),
+        ));
     }
 
     /// Releases a finished (or failed) worker's domain slot; returns its rows.

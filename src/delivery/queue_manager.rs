@@ -313,12 +313,9 @@ impl QueueManager {
         {
             return;
         }
-        let me = myself.clone();
         // Replacing the timer drops (aborts) the previous one.
-        let timer = OwnedTask::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            let _ = me.send_message(QueueMsg::Acquire);
-        });
+        let after = at.saturating_duration_since(Instant::now());
+        let timer = OwnedTask::adopt(&myself.send_after(after, || QueueMsg::Acquire));
         state.acquire_timer = Some((at, timer));
     }
 
@@ -778,11 +775,9 @@ impl Actor for QueueManager {
                     reason: &reason,
                     restart_in: delay,
                 });
-                let me = myself.clone();
-                owned.restart_timer = Some(OwnedTask::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = me.send_message(QueueMsg::Restart(partition));
-                }));
+                owned.restart_timer = Some(OwnedTask::adopt(
+                    &myself.send_after(delay, move || QueueMsg::Restart(partition)),
+                ));
             }
         }
         Ok(())

@@ -150,6 +150,20 @@ pub fn return_path_line(envelope_from: &str) -> String {
     format!("Return-Path: <{}>\r\n", sanitize(envelope_from))
 }
 
+/// A stored message as mail clients and the API get it: its `Return-Path:` line, then the
+/// stored bytes.
+pub fn as_delivered(envelope_from: &str, stored: &[u8]) -> Vec<u8> {
+    let mut out = return_path_line(envelope_from).into_bytes();
+    out.extend_from_slice(stored);
+    out
+}
+
+/// The length of [`as_delivered`] for a stored body of `size` bytes.
+pub fn delivered_size(envelope_from: &str, size: i64) -> i64 {
+    let line = return_path_line(envelope_from).len();
+    size.saturating_add(i64::try_from(line).unwrap_or(0))
+}
+
 /// What makes a header section unsafe to check, sign and send: readers would not agree on
 /// its fields, so a check could pass on fields other than those a recipient sees.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -15,6 +15,7 @@ use super::session::{Action, LineTooLong, Lines, Message, Session, SessionConfig
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
 use crate::events::{self, Pop3AuthFailed, Pop3Command, Pop3SessionOpened};
+use crate::message::{as_delivered, delivered_size};
 use crate::net::{ConnectionGuard, LimitExceeded, Protocol};
 use crate::store::{INBOX, Stores, User};
 
@@ -344,12 +345,9 @@ impl Connection {
                 .mailboxes
                 .list_mailbox(user_id, INBOX, LISTING_PAGE, cursor.as_deref())
                 .await?;
-            out.extend(page.items.iter().map(|item| {
-                Message {
-                    id: item.id,
-                    size: (crate::message::return_path_line(&item.envelope_from).len() as u64)
-                        .saturating_add(u64::try_from(item.size).unwrap_or(0)),
-                }
+            out.extend(page.items.iter().map(|item| Message {
+                id: item.id,
+                size: u64::try_from(delivered_size(&item.envelope_from, item.size)).unwrap_or(0),
             }));
             match page.next_cursor {
                 Some(next) => cursor = Some(next),
@@ -374,11 +372,7 @@ impl Connection {
             }
         };
         match stores.blobs.get(&item.blob_key).await {
-            Ok(body) => {
-                let mut raw = crate::message::return_path_line(&item.envelope_from).into_bytes();
-                raw.extend_from_slice(&body);
-                retrieved(&raw, top)
-            }
+            Ok(body) => retrieved(&as_delivered(&item.envelope_from, &body), top),
             Err(error) => {
                 tracing::error!(%error, id, "cannot read a POP3 message body");
                 b"-ERR [SYS/TEMP] Cannot read the message now; try again\r\n".to_vec()

@@ -487,8 +487,6 @@ pub struct MailboxItem {
     pub folder: String,
     /// Its UID in the folder.
     pub uid: i64,
-    /// Read flag (the [`flags::SEEN`] bit of `flags`).
-    pub seen: bool,
     /// Its [`flags`].
     pub flags: i64,
     /// Body size in bytes.
@@ -501,6 +499,13 @@ pub struct MailboxItem {
     pub envelope_from: String,
     /// Parsed header fields.
     pub summary: MessageSummary,
+}
+
+impl MailboxItem {
+    /// Whether it has been read (`\Seen`).
+    pub fn seen(&self) -> bool {
+        self.flags & flags::SEEN != 0
+    }
 }
 
 /// One page of a listing; `next_cursor` is set when more items follow.
@@ -655,14 +660,14 @@ pub trait MailboxStore: Send + Sync + 'static {
         user_id: i64,
         id: i64,
     ) -> Result<Option<MailboxItem>, StoreError>;
-    /// Sets (`on`) or clears one of the [`flags`]; false if there is no such message for this
-    /// user.
-    async fn set_flag(
+    /// Sets the [`flags`] in `add` and clears those in `remove`, as one change (one
+    /// modification sequence); false if there is no such message for this user.
+    async fn set_flags(
         &self,
         user_id: i64,
         id: i64,
-        flag: i64,
-        on: bool,
+        add: i64,
+        remove: i64,
     ) -> Result<bool, StoreError>;
     /// Creates a folder (the name as [`folder_name`] accepts it).
     async fn create_folder(&self, user_id: i64, name: &str) -> Result<(), StoreError>;

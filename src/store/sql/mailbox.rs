@@ -69,14 +69,15 @@ pub(crate) async fn create_standard_folders(
     ensure_folders(conn, &STANDARD_FOLDERS.map(|(name, _)| (user_id, name))).await
 }
 
-/// Where new entries go, per `(user, folder)`: the folder's id, the first of the `count` UIDs
-/// reserved for them, and the modification sequence they get. The folders are created if
-/// missing and their rows stay locked until the commit, so UIDs become visible in the order
-/// they were given: a client never sees a UID below one it has seen.
-async fn allocate_uids(
+/// Where new entries go, per `(user, folder)` of `wanted` (sorted by it, as a `BTreeMap`
+/// gives it): the folder's id, the first of the `count` UIDs reserved for them, and the
+/// modification sequence they get. The folders are created if missing and their rows stay
+/// locked until the commit, so UIDs become visible in the order they were given: a client
+/// never sees a UID below one it has seen.
+async fn allocate_uids<'a>(
     conn: &mut sqlx::AnyConnection,
-    wanted: &[((i64, &str), i64)],
-) -> Result<HashMap<(i64, String), (i64, i64, i64)>, sqlx::Error> {
+    wanted: &[((i64, &'a str), i64)],
+) -> Result<HashMap<(i64, &'a str), (i64, i64, i64)>, sqlx::Error> {
     let folders: Vec<(i64, &str)> = wanted.iter().map(|&(folder, _)| folder).collect();
     ensure_folders(conn, &folders).await?;
     if conn.backend_name() == "PostgreSQL" {
@@ -109,14 +110,17 @@ async fn allocate_uids(
         |q, &((user_id, name), count)| q.bind(user_id).bind(name).bind(count),
     )
     .await?;
-    let counts: HashMap<(i64, &str), i64> = wanted.iter().copied().collect();
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
         let (id, user_id, name): (i64, i64, String) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         let (uidnext, modseq): (i64, i64) = (row.try_get(3)?, row.try_get(4)?);
-        let count = counts.get(&(user_id, name.as_str())).copied().unwrap_or(0);
-        out.insert((user_id, name), (id, uidnext - count, modseq));
+        // Keyed by the caller's names, so looking a delivery up copies nothing.
+        let found = wanted.binary_search_by(|&((u, n), _)| (u, n).cmp(&(user_id, name.as_str())));
+        if let Ok(i) = found {
+            let ((user_id, name), count) = wanted[i];
+            out.insert((user_id, name), (id, uidnext - count, modseq));
+        }
     }
     Ok(out)
 }
@@ -318,7 +322,6 @@ fn mailbox_item_from_row(row: &AnyRow) -> Result<MailboxItem, sqlx::Error> {
         id: row.try_get("id")?,
         folder: row.try_get("folder")?,
         uid: row.try_get("uid")?,
-        seen: row.try_get::<i64, _>("flags")? & flags::SEEN != 0,
         flags: row.try_get("flags")?,
         size: row.try_get("size")?,
         received_at: row.try_get("created_at")?,
@@ -382,7 +385,7 @@ pub(crate) async fn insert_accepted(
     let mut places = allocate_uids(conn, &wanted).await?;
     let mut entries = Vec::with_capacity(copies.len());
     for (m, d) in copies {
-        let Some((folder_id, next_uid, modseq)) = places.get_mut(&(d.user_id, d.folder.clone()))
+        let Some((folder_id, next_uid, modseq)) = places.get_mut(&(d.user_id, d.folder.as_str()))
         else {
             // The user was deleted meanwhile: the commit fails as before, by its reference.
             return Err(StoreError::NotFound(crate::store::Record::User(
@@ -598,12 +601,12 @@ impl MailboxStore for SqlStore {
         Ok(row.as_ref().map(mailbox_item_from_row).transpose()?)
     }
 
-    async fn set_flag(
+    async fn set_flags(
         &self,
         user_id: i64,
         id: i64,
-        flag: i64,
-        on: bool,
+        add: i64,
+        remove: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         let Some((folder_id, _)) = entry_place(&mut tx, user_id, id).await? else {
@@ -611,12 +614,12 @@ impl MailboxStore for SqlStore {
         };
         let modseq = next_modseq(&mut tx, folder_id).await?;
         // The message's own modification sequence moves only if its flags change (RFC 7162).
-        let flags = if on { "(flags | $1)" } else { "(flags & ~$1)" };
-        sqlx::query(&format!(
-            "UPDATE mailbox_entries SET flags = {flags}, modseq = $2 \
-             WHERE id = $3 AND flags <> {flags}"
-        ))
-        .bind(flag)
+        sqlx::query(
+            "UPDATE mailbox_entries SET flags = (flags | $1) & ~$2, modseq = $3 \
+             WHERE id = $4 AND flags <> ((flags | $1) & ~$2)",
+        )
+        .bind(add)
+        .bind(remove)
         .bind(modseq)
         .bind(id)
         .execute(&mut *tx)
@@ -915,7 +918,7 @@ mod tests {
             .list_mailbox(user_id, folder, 1000, None)
             .await
             .expect("list");
-        let mut out: Vec<_> = page.items.iter().map(|i| (i.id, i.uid, i.seen)).collect();
+        let mut out: Vec<_> = page.items.iter().map(|i| (i.id, i.uid, i.seen())).collect();
         out.reverse();
         out
     }
@@ -1020,7 +1023,7 @@ mod tests {
         let start = modseq_of(id).await;
         assert!(
             f.store
-                .set_flag(f.alice, id, flags::SEEN, true)
+                .set_flags(f.alice, id, flags::SEEN, 0)
                 .await
                 .expect("seen")
         );
@@ -1030,14 +1033,14 @@ mod tests {
         assert_eq!(folder(&f, f.alice, "INBOX").await.unseen, 1);
         assert!(
             f.store
-                .set_flag(f.alice, id, flags::SEEN, true)
+                .set_flags(f.alice, id, flags::SEEN, 0)
                 .await
                 .expect("again")
         );
         assert_eq!(modseq_of(id).await, read);
         assert!(
             f.store
-                .set_flag(f.alice, id, flags::SEEN, false)
+                .set_flags(f.alice, id, 0, flags::SEEN)
                 .await
                 .expect("unseen")
         );
@@ -1045,7 +1048,7 @@ mod tests {
         // Another user's message is not there.
         assert!(
             !f.store
-                .set_flag(f.bob, id, flags::SEEN, true)
+                .set_flags(f.bob, id, flags::SEEN, 0)
                 .await
                 .expect("bob")
         );
