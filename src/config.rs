@@ -129,6 +129,10 @@ pub struct ServerConfig {
     pub submission_port: u16,
     /// REST API, health and metrics port.
     pub api_port: u16,
+    /// IMAP port, with STARTTLS (the imap role).
+    pub imap_port: u16,
+    /// IMAPS port: TLS from the first byte (the imap role).
+    pub imaps_port: u16,
     /// POP3 port, with STLS (the imap role).
     pub pop3_port: u16,
     /// POP3S port: TLS from the first byte (the imap role).
@@ -152,6 +156,8 @@ impl Default for ServerConfig {
             smtp_port: 25,
             submission_port: 587,
             api_port: 8080,
+            imap_port: 143,
+            imaps_port: 993,
             pop3_port: 110,
             pop3s_port: 995,
             data_dir: PathBuf::from("/var/lib/mairust"),

@@ -68,6 +68,27 @@ use MetricKind::{Counter, Gauge, Histogram};
 /// Every metric the events below record.
 pub const METRICS: &[Metric] = &[
     metric(
+        "mairust_imap_sessions_total",
+        Counter,
+        &["listener"],
+        (None, "IMAP sessions started, by listener (imap, imaps)"),
+    ),
+    metric(
+        "mairust_imap_commands_total",
+        Counter,
+        &["command", "result"],
+        (
+            None,
+            "IMAP commands answered, by command and result (ok, no, bad)",
+        ),
+    ),
+    metric(
+        "mairust_imap_auth_failures_total",
+        Counter,
+        &[],
+        (None, "IMAP sign-ins refused for wrong credentials"),
+    ),
+    metric(
         "mairust_pop3_sessions_total",
         Counter,
         &["listener"],
@@ -343,6 +364,48 @@ const QUEUE_MANAGER: &str = "mairust::delivery::queue_manager";
 const PARTITION: &str = "mairust::delivery::partition";
 
 // --- SMTP -------------------------------------------------------------------------------
+
+/// An IMAP session started.
+pub struct ImapSessionOpened {
+    /// `imap` or `imaps`.
+    pub listener: &'static str,
+}
+
+impl InternalEvent for ImapSessionOpened {
+    fn emit(self) {
+        metrics::counter!("mairust_imap_sessions_total", "listener" => self.listener).increment(1);
+    }
+}
+
+/// An IMAP command was answered.
+pub struct ImapCommand {
+    /// The command (a known name or `unknown`).
+    pub command: &'static str,
+    /// `ok`, `no` or `bad`.
+    pub result: &'static str,
+}
+
+impl InternalEvent for ImapCommand {
+    fn emit(self) {
+        metrics::counter!("mairust_imap_commands_total", "command" => self.command, "result" => self.result)
+            .increment(1);
+    }
+}
+
+/// An IMAP sign-in was refused for wrong credentials.
+pub struct ImapAuthFailed<'a> {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The user name given.
+    pub user: &'a str,
+}
+
+impl InternalEvent for ImapAuthFailed<'_> {
+    fn emit(self) {
+        metrics::counter!("mairust_imap_auth_failures_total").increment(1);
+        tracing::warn!(target: "mairust::imap::connection", peer = %self.peer, user = self.user, "IMAP sign-in failed");
+    }
+}
 
 /// A POP3 session started.
 pub struct Pop3SessionOpened {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod events;
+pub mod imap;
 pub mod inbound;
 pub mod message;
 pub mod net;

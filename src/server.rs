@@ -18,6 +18,7 @@ use crate::delivery::queue_manager::QueueManagerArgs;
 use crate::delivery::routing::Router;
 use crate::delivery::worker::{DeliveryContext, DestinationLimiter};
 use crate::delivery::{QueueHandle, QueueManager};
+use crate::imap::{ImapContext, ImapProtocol};
 use crate::inbound::commit::Acceptor;
 use crate::inbound::smtp::{SmtpContext, SmtpProtocol};
 use crate::net::tls;
@@ -207,11 +208,31 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     if config.server.has_role(Role::Imap) {
         let cert = tls::ensure_certificate(&config)?;
+        let tls_acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert)?);
+        let ctx = Arc::new(ImapContext {
+            config: config.clone(),
+            stores: stores.clone(),
+            authenticator: authenticator.clone(),
+            acceptor: acceptor.clone(),
+            tls: Some(tls_acceptor.clone()),
+            shutdown: shutdown_rx.clone(),
+        });
+        for (name, implicit_tls, port) in [
+            ("imap_listener", false, config.server.imap_port),
+            ("imaps_listener", true, config.server.imaps_port),
+        ] {
+            let protocol = ImapProtocol {
+                ctx: ctx.clone(),
+                implicit_tls,
+            };
+            let addr = SocketAddr::new(config.server.bind, port);
+            specs.push(listener_spec(name, protocol, &limits, addr));
+        }
         let ctx = Arc::new(Pop3Context {
             config: config.clone(),
             stores: stores.clone(),
             authenticator: authenticator.clone(),
-            tls: Some(tokio_rustls::TlsAcceptor::from(tls::server_config(&cert)?)),
+            tls: Some(tls_acceptor),
             shutdown: shutdown_rx.clone(),
         });
         for (name, implicit_tls, port) in [

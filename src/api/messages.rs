@@ -401,9 +401,10 @@ pub async fn patch(
         }
     }
     if (add, remove) != (0, 0)
-        && !mailboxes
-            .set_flags(caller.0.id, numeric, add, remove)
+        && mailboxes
+            .set_flags(caller.0.id, &[numeric], add, remove)
             .await?
+            == 0
     {
         return Err(ApiError::not_found(format!("message {id} not found")));
     }

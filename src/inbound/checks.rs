@@ -134,8 +134,10 @@ pub fn place(deliveries: &mut [LocalDelivery], placements: &[(i64, Placement)]) 
             if let Some(folder) = &placement.folder {
                 delivery.folder.clone_from(folder);
             }
-            if let Some(seen) = placement.seen {
-                delivery.seen = seen;
+            match placement.seen {
+                Some(true) => delivery.flags |= crate::store::flags::SEEN,
+                Some(false) => delivery.flags &= !crate::store::flags::SEEN,
+                None => {}
             }
         }
     }
@@ -258,8 +260,8 @@ mod tests {
         );
         assert_eq!(deliveries[0], LocalDelivery::inbox(1));
         assert_eq!(
-            (deliveries[1].folder.as_str(), deliveries[1].seen),
-            ("Junk", true)
+            (deliveries[1].folder.as_str(), deliveries[1].flags),
+            ("Junk", crate::store::flags::SEEN)
         );
     }
 }

@@ -415,8 +415,8 @@ pub struct LocalDelivery {
     pub user_id: i64,
     /// The folder, `INBOX` unless a rule says otherwise.
     pub folder: String,
-    /// Arrives read.
-    pub seen: bool,
+    /// Its [`flags`] on arrival (`\Seen` for a read copy).
+    pub flags: i64,
 }
 
 impl LocalDelivery {
@@ -425,7 +425,7 @@ impl LocalDelivery {
         Self {
             user_id,
             folder: INBOX.into(),
-            seen: false,
+            flags: 0,
         }
     }
 
@@ -434,7 +434,7 @@ impl LocalDelivery {
         Self {
             user_id,
             folder: SENT.into(),
-            seen: true,
+            flags: flags::SEEN,
         }
     }
 }
@@ -506,6 +506,47 @@ impl MailboxItem {
     pub fn seen(&self) -> bool {
         self.flags & flags::SEEN != 0
     }
+}
+
+/// One message of a folder as a mail client sees it (no parsed header fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderEntry {
+    /// Mailbox entry id (the API's message id).
+    pub id: i64,
+    /// Its UID in the folder.
+    pub uid: i64,
+    /// Its [`flags`].
+    pub flags: i64,
+    /// Its modification sequence (RFC 7162).
+    pub modseq: i64,
+    /// Body size in bytes.
+    pub size: i64,
+    /// Acceptance (or APPEND) time: the IMAP internal date.
+    pub received_at: Millis,
+    /// Blob key of the body.
+    pub blob_key: String,
+    /// The envelope sender (empty for the null sender), shown as `Return-Path:`.
+    pub envelope_from: String,
+}
+
+/// A folder's identity and version: what a client that has it selected compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FolderState {
+    /// UIDs are unique within it.
+    pub uidvalidity: i64,
+    /// The UID the next message will get.
+    pub uidnext: i64,
+    /// Moves with every change in the folder.
+    pub highestmodseq: i64,
+}
+
+/// A folder's messages in UID order, read in one snapshot with its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderContents {
+    /// The folder's state when its messages were read.
+    pub state: FolderState,
+    /// Its messages, by ascending UID.
+    pub entries: Vec<FolderEntry>,
 }
 
 /// One page of a listing; `next_cursor` is set when more items follow.
@@ -660,15 +701,39 @@ pub trait MailboxStore: Send + Sync + 'static {
         user_id: i64,
         id: i64,
     ) -> Result<Option<MailboxItem>, StoreError>;
-    /// Sets the [`flags`] in `add` and clears those in `remove`, as one change (one
-    /// modification sequence); false if there is no such message for this user.
+    /// Sets the [`flags`] in `add` and clears those in `remove` on the user's messages `ids`,
+    /// as one change (one modification sequence per folder); returns how many of `ids` the
+    /// user has (others are ignored).
     async fn set_flags(
         &self,
         user_id: i64,
-        id: i64,
+        ids: &[i64],
         add: i64,
         remove: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<usize, StoreError>;
+    /// A folder's state, if the user has the folder.
+    async fn folder_state(
+        &self,
+        user_id: i64,
+        name: &str,
+    ) -> Result<Option<FolderState>, StoreError>;
+    /// A folder's messages with its state, read in one snapshot; `None` if there is no such
+    /// folder.
+    async fn folder_contents(
+        &self,
+        user_id: i64,
+        name: &str,
+    ) -> Result<Option<FolderContents>, StoreError>;
+    /// Where the message accepted as `message_id` (an acceptance id) landed in the user's
+    /// mailbox: its folder's UIDVALIDITY and its UID.
+    async fn placed(
+        &self,
+        user_id: i64,
+        message_id: &str,
+    ) -> Result<Option<(i64, i64)>, StoreError>;
+    /// Copies a message into another folder (it counts again in the user's usage); returns
+    /// the copy's UID there.
+    async fn copy_message(&self, user_id: i64, id: i64, to: &str) -> Result<i64, StoreError>;
     /// Creates a folder (the name as [`folder_name`] accepts it).
     async fn create_folder(&self, user_id: i64, name: &str) -> Result<(), StoreError>;
     /// Renames a folder and the folders inside it; their messages and UIDs go with them.
@@ -685,9 +750,9 @@ pub trait MailboxStore: Send + Sync + 'static {
         name: &str,
         subscribed: bool,
     ) -> Result<(), StoreError>;
-    /// Moves a message to another folder: it keeps its id and gets the next UID there; its
-    /// old UID is expunged from the folder it left.
-    async fn move_message(&self, user_id: i64, id: i64, to: &str) -> Result<(), StoreError>;
+    /// Moves a message to another folder: it keeps its id and gets the next UID there (which
+    /// is returned); its old UID is expunged from the folder it left.
+    async fn move_message(&self, user_id: i64, id: i64, to: &str) -> Result<i64, StoreError>;
     /// Deletes a message from a user's mailbox; `Some(keys)` lists blobs no longer referenced.
     async fn delete_mailbox_item(
         &self,

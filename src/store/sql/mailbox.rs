@@ -8,9 +8,9 @@ use sqlx::any::AnyRow;
 use super::{Dialect, SqlStore, Tx, batch};
 use crate::store::blob::BlobStore;
 use crate::store::{
-    AcceptedMessage, Folder, INBOX, LocalDelivery, MailboxItem, MailboxStore, MessageSummary,
-    Millis, Page, Record, RemoteRecipient, STANDARD_FOLDERS, StoreError, WriteOp, flags,
-    folder_name, now_millis, special_use_of,
+    AcceptedMessage, Folder, FolderContents, FolderEntry, FolderState, INBOX, LocalDelivery,
+    MailboxItem, MailboxStore, MessageSummary, Millis, Page, Record, RemoteRecipient,
+    STANDARD_FOLDERS, StoreError, WriteOp, folder_name, now_millis, special_use_of,
 };
 
 const MAILBOX_COLUMNS: &str = "e.id, f.name AS folder, e.uid, e.flags, e.created_at, m.size, \
@@ -224,6 +224,27 @@ impl SqlStore {
     }
 }
 
+/// The next UID of folder `folder_id`, taken, with the modseq of the change.
+async fn take_uid(tx: &mut Tx, folder_id: i64) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE folders SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 \
+         WHERE id = $1 RETURNING uidnext, highestmodseq",
+    )
+    .bind(folder_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let (uidnext, modseq): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    Ok((uidnext - 1, modseq))
+}
+
+fn folder_state_from_row(row: &AnyRow, at: usize) -> Result<FolderState, sqlx::Error> {
+    Ok(FolderState {
+        uidvalidity: row.try_get(at)?,
+        uidnext: row.try_get(at + 1)?,
+        highestmodseq: row.try_get(at + 2)?,
+    })
+}
+
 /// The folder and UID of `user_id`'s entry `id`, if the user has it.
 async fn entry_place(
     tx: &mut Tx,
@@ -392,7 +413,7 @@ pub(crate) async fn insert_accepted(
                 d.user_id.to_string(),
             )));
         };
-        let flags = if d.seen { flags::SEEN } else { 0 };
+        let flags = d.flags;
         entries.push((m, d.user_id, *folder_id, *next_uid, *modseq, flags));
         *next_uid += 1;
     }
@@ -604,28 +625,168 @@ impl MailboxStore for SqlStore {
     async fn set_flags(
         &self,
         user_id: i64,
-        id: i64,
+        ids: &[i64],
         add: i64,
         remove: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<usize, StoreError> {
         let mut tx = self.begin().await?;
-        let Some((folder_id, _)) = entry_place(&mut tx, user_id, id).await? else {
-            return Ok(false);
-        };
-        let modseq = next_modseq(&mut tx, folder_id).await?;
-        // The message's own modification sequence moves only if its flags change (RFC 7162).
-        sqlx::query(
-            "UPDATE mailbox_entries SET flags = (flags | $1) & ~$2, modseq = $3 \
-             WHERE id = $4 AND flags <> ((flags | $1) & ~$2)",
+        // The messages by folder: each folder's change takes one modseq of its own.
+        let mut by_folder = BTreeMap::<i64, Vec<i64>>::new();
+        for chunk in ids.chunks(500) {
+            let placeholders = (2..chunk.len() + 2)
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT id, folder_id FROM mailbox_entries WHERE user_id = $1 AND id IN ({placeholders})"
+            );
+            let mut query = sqlx::query(&sql).bind(user_id);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                by_folder
+                    .entry(row.try_get(1)?)
+                    .or_default()
+                    .push(row.try_get(0)?);
+            }
+        }
+        let mut found = 0;
+        for (folder_id, ids) in by_folder {
+            found += ids.len();
+            let modseq = next_modseq(&mut tx, folder_id).await?;
+            for chunk in ids.chunks(500) {
+                let placeholders = (5..chunk.len() + 5)
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                // A message's own modification sequence moves only if its flags change
+                // (RFC 7162).
+                let sql = format!(
+                    "UPDATE mailbox_entries SET flags = (flags | $1) & ~$2, modseq = $3 \
+                     WHERE folder_id = $4 AND id IN ({placeholders}) \
+                     AND flags <> ((flags | $1) & ~$2)"
+                );
+                let mut query = sqlx::query(&sql)
+                    .bind(add)
+                    .bind(remove)
+                    .bind(modseq)
+                    .bind(folder_id);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn folder_state(
+        &self,
+        user_id: i64,
+        name: &str,
+    ) -> Result<Option<FolderState>, StoreError> {
+        let row = sqlx::query(
+            "SELECT uidvalidity, uidnext, highestmodseq FROM folders WHERE user_id = $1 AND name = $2",
         )
-        .bind(add)
-        .bind(remove)
+        .bind(user_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| folder_state_from_row(&row, 0)).transpose()?)
+    }
+
+    async fn folder_contents(
+        &self,
+        user_id: i64,
+        name: &str,
+    ) -> Result<Option<FolderContents>, StoreError> {
+        // One statement: the folder's state and its messages from one snapshot.
+        let rows = sqlx::query(
+            "SELECT f.uidvalidity, f.uidnext, f.highestmodseq, e.id, e.uid, e.flags, e.modseq, \
+             e.created_at, m.size, m.blob_key, m.envelope_from \
+             FROM folders f LEFT JOIN mailbox_entries e ON e.folder_id = f.id \
+             LEFT JOIN messages m ON m.id = e.message_id \
+             WHERE f.user_id = $1 AND f.name = $2 ORDER BY e.uid",
+        )
+        .bind(user_id)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let state = folder_state_from_row(first, 0)?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(id) = row.try_get::<Option<i64>, _>(3)? else {
+                continue;
+            };
+            entries.push(FolderEntry {
+                id,
+                uid: row.try_get(4)?,
+                flags: row.try_get(5)?,
+                modseq: row.try_get(6)?,
+                received_at: row.try_get(7)?,
+                size: row.try_get(8)?,
+                blob_key: row.try_get(9)?,
+                envelope_from: row.try_get(10)?,
+            });
+        }
+        Ok(Some(FolderContents { state, entries }))
+    }
+
+    async fn placed(
+        &self,
+        user_id: i64,
+        message_id: &str,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT f.uidvalidity, e.uid FROM mailbox_entries e JOIN folders f \
+             ON f.id = e.folder_id WHERE e.user_id = $1 AND e.message_id = $2 \
+             ORDER BY e.id DESC LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|row| -> Result<_, sqlx::Error> { Ok((row.try_get(0)?, row.try_get(1)?)) })
+            .transpose()?)
+    }
+
+    async fn copy_message(&self, user_id: i64, id: i64, to: &str) -> Result<i64, StoreError> {
+        let to = folder_name(to)?;
+        let mut tx = self.begin().await?;
+        if entry_place(&mut tx, user_id, id).await?.is_none() {
+            return Err(StoreError::NotFound(Record::Message(id)));
+        }
+        let Some(to_id) = folder_id(&mut tx, user_id, &to).await? else {
+            return Err(StoreError::NotFound(Record::Folder(to)));
+        };
+        let (uid, modseq) = take_uid(&mut tx, to_id).await?;
+        sqlx::query(
+            "INSERT INTO mailbox_entries (user_id, folder_id, uid, modseq, flags, keywords, \
+             message_id, created_at) SELECT user_id, $1, $2, $3, flags, keywords, message_id, \
+             created_at FROM mailbox_entries WHERE id = $4",
+        )
+        .bind(to_id)
+        .bind(uid)
         .bind(modseq)
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "UPDATE users SET used_bytes = used_bytes + (SELECT m.size FROM mailbox_entries e \
+             JOIN messages m ON m.id = e.message_id WHERE e.id = $1) WHERE id = $2",
+        )
+        .bind(id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(uid)
     }
 
     async fn create_folder(&self, user_id: i64, name: &str) -> Result<(), StoreError> {
@@ -758,7 +919,7 @@ impl MailboxStore for SqlStore {
         Ok(())
     }
 
-    async fn move_message(&self, user_id: i64, id: i64, to: &str) -> Result<(), StoreError> {
+    async fn move_message(&self, user_id: i64, id: i64, to: &str) -> Result<i64, StoreError> {
         let to = folder_name(to)?;
         let mut tx = self.begin().await?;
         let Some((from_id, uid)) = entry_place(&mut tx, user_id, id).await? else {
@@ -768,7 +929,7 @@ impl MailboxStore for SqlStore {
             return Err(StoreError::NotFound(Record::Folder(to)));
         };
         if to_id == from_id {
-            return Ok(());
+            return Ok(uid);
         }
         if self.dialect == Dialect::Postgres {
             // Both folders, in id order, like every commit that takes several.
@@ -785,25 +946,18 @@ impl MailboxStore for SqlStore {
             .bind(left)
             .execute(&mut *tx)
             .await?;
-        let row = sqlx::query(
-            "UPDATE folders SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 \
-             WHERE id = $1 RETURNING uidnext, highestmodseq",
-        )
-        .bind(to_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let (uidnext, modseq): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let (uid, modseq) = take_uid(&mut tx, to_id).await?;
         sqlx::query(
             "UPDATE mailbox_entries SET folder_id = $1, uid = $2, modseq = $3 WHERE id = $4",
         )
         .bind(to_id)
-        .bind(uidnext - 1)
+        .bind(uid)
         .bind(modseq)
         .bind(id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(uid)
     }
 
     async fn delete_mailbox_item(
@@ -862,6 +1016,7 @@ impl MailboxStore for SqlStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::flags;
     use crate::store::fs::FsBlobStore;
     use crate::store::sql::test_sqlite;
     use crate::store::sql::tests::accepted;
@@ -902,7 +1057,11 @@ mod tests {
                 m.deliveries = vec![LocalDelivery {
                     user_id,
                     folder: folder.into(),
-                    seen: folder == SENT,
+                    flags: if folder == SENT {
+                        crate::store::flags::SEEN
+                    } else {
+                        0
+                    },
                 }];
                 WriteOp::Accept(m)
             })
@@ -1023,9 +1182,10 @@ mod tests {
         let start = modseq_of(id).await;
         assert!(
             f.store
-                .set_flags(f.alice, id, flags::SEEN, 0)
+                .set_flags(f.alice, &[id], flags::SEEN, 0)
                 .await
                 .expect("seen")
+                == 1
         );
         let read = modseq_of(id).await;
         assert!(read > start);
@@ -1033,24 +1193,27 @@ mod tests {
         assert_eq!(folder(&f, f.alice, "INBOX").await.unseen, 1);
         assert!(
             f.store
-                .set_flags(f.alice, id, flags::SEEN, 0)
+                .set_flags(f.alice, &[id], flags::SEEN, 0)
                 .await
                 .expect("again")
+                == 1
         );
         assert_eq!(modseq_of(id).await, read);
         assert!(
             f.store
-                .set_flags(f.alice, id, 0, flags::SEEN)
+                .set_flags(f.alice, &[id], 0, flags::SEEN)
                 .await
                 .expect("unseen")
+                == 1
         );
         assert!(modseq_of(id).await > read);
         // Another user's message is not there.
-        assert!(
-            !f.store
-                .set_flags(f.bob, id, flags::SEEN, 0)
+        assert_eq!(
+            f.store
+                .set_flags(f.bob, &[id], flags::SEEN, 0)
                 .await
-                .expect("bob")
+                .expect("bob"),
+            0
         );
     }
 

@@ -1,0 +1,1830 @@
+//! The IMAP driver: one actor per connection owns the socket, the TLS handshake (IMAPS at
+//! once, or after STARTTLS), the idle timer and the stores; commands come whole from the
+//! [`Framer`], are parsed by imap-codec and answered here.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use imap_codec::CommandCodec;
+use imap_codec::decode::Decoder;
+use imap_codec::imap_types::auth::AuthMechanism;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::status::StatusDataItemName;
+use mail_parser::MessageParser;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::framing::{Frame, Framer, FramingError, Next};
+use super::render::{self, SectionSpec};
+use super::selected::{SYSTEM_FLAGS, Selected, flag_list};
+use super::utf7;
+use crate::auth::{AuthError, Authenticator};
+use crate::config::Config;
+use crate::events::{self, ImapAuthFailed, ImapCommand, ImapSessionOpened};
+use crate::inbound::commit::{Acceptor, Incoming};
+use crate::message::as_delivered;
+use crate::net::{ConnectionGuard, LimitExceeded, Protocol};
+use crate::store::{
+    FolderEntry, LocalDelivery, RecipientLookup, StoreError, Stores, User, flags, folder_name,
+};
+
+/// How long a client may stay silent outside IDLE (RFC 9051: at least 30 minutes).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long a TLS handshake (IMAPS, or after STARTTLS) may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often an idling client's folder is checked for changes (on every node alike, so a
+/// change made through any node reaches it within this).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// What IMAP sessions need from the rest of the process.
+pub struct ImapContext {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Mailboxes and bodies.
+    pub stores: Stores,
+    /// Password checks and their throttle, shared with SMTP AUTH, POP3 and the API.
+    pub authenticator: Arc<Authenticator>,
+    /// Makes APPENDed messages durable, as accepted mail is.
+    pub acceptor: Acceptor,
+    /// The server certificate, for IMAPS and STARTTLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Flips to true when the server shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// IMAP on one listener, for [`crate::net::Listener`].
+pub struct ImapProtocol {
+    /// Shared context.
+    pub ctx: Arc<ImapContext>,
+    /// IMAPS (TLS from the first byte) rather than IMAP with STARTTLS.
+    pub implicit_tls: bool,
+}
+
+impl Protocol for ImapProtocol {
+    type Session = ImapActor;
+
+    fn label(&self) -> &'static str {
+        if self.implicit_tls { "imaps" } else { "imap" }
+    }
+
+    fn refusal(&self, why: LimitExceeded) -> String {
+        let text = match why {
+            LimitExceeded::Total => "Too many connections, try again later",
+            LimitExceeded::PerIp => "Too many connections from your address, try again later",
+        };
+        format!("* BYE [UNAVAILABLE] {text}\r\n")
+    }
+
+    fn session(&self, stream: TcpStream, peer: SocketAddr, guard: ConnectionGuard) -> ImapArgs {
+        ImapArgs {
+            ctx: self.ctx.clone(),
+            implicit_tls: self.implicit_tls,
+            label: self.label(),
+            stream,
+            peer,
+            guard,
+        }
+    }
+}
+
+/// What an IMAP session actor is started with.
+pub struct ImapArgs {
+    ctx: Arc<ImapContext>,
+    implicit_tls: bool,
+    label: &'static str,
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// The connection's slot, freed when the session ends however it ends.
+    guard: ConnectionGuard,
+}
+
+/// One actor per connection; its only message runs the connection to its end.
+#[derive(Default)]
+pub struct ImapActor;
+
+impl Actor for ImapActor {
+    type Msg = ();
+    type State = Option<ImapArgs>;
+    type Arguments = ImapArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        args: ImapArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_message(())?;
+        Ok(Some(args))
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<()>,
+        _message: (),
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(args) = state.take() {
+            let peer = args.peer;
+            events::emit(ImapSessionOpened {
+                listener: args.label,
+            });
+            if let Err(error) = Connection::new(args).run().await {
+                tracing::debug!(%peer, %error, "IMAP connection ended with an error");
+            }
+        }
+        myself.stop(None);
+        Ok(())
+    }
+}
+
+type Stream = crate::net::stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// What a command handler leaves the connection to do.
+enum After {
+    /// Read the next command.
+    Continue,
+    /// Close the connection (LOGOUT, or an unrecoverable error).
+    Close,
+}
+
+/// A tagged completion: `OK`, `NO` or `BAD` with its text.
+struct Done {
+    status: &'static str,
+    text: String,
+}
+
+impl Done {
+    fn ok(text: impl Into<String>) -> Self {
+        Self {
+            status: "OK",
+            text: text.into(),
+        }
+    }
+    fn no(text: impl Into<String>) -> Self {
+        Self {
+            status: "NO",
+            text: text.into(),
+        }
+    }
+    fn bad(text: impl Into<String>) -> Self {
+        Self {
+            status: "BAD",
+            text: text.into(),
+        }
+    }
+}
+
+/// A store failure as the client sees it; the details go to the log.
+fn unavailable(error: &StoreError) -> Done {
+    match error {
+        StoreError::InvalidFolderName(..) => Done::no(format!("[CANNOT] {error}")),
+        StoreError::FolderProtected(..) => Done::no(format!("[CANNOT] {error}")),
+        StoreError::AlreadyExists(..) => Done::no(format!("[ALREADYEXISTS] {error}")),
+        StoreError::NotFound(..) => Done::no(format!("[NONEXISTENT] {error}")),
+        other => {
+            tracing::error!(error = %other, "IMAP command failed in the store");
+            Done::no("[UNAVAILABLE] The mailbox store cannot answer now; try again")
+        }
+    }
+}
+
+struct Connection {
+    ctx: Arc<ImapContext>,
+    implicit_tls: bool,
+    tls_active: bool,
+    stream: Stream,
+    peer: SocketAddr,
+    user: Option<User>,
+    selected: Option<Selected>,
+    framer: Framer,
+    /// Responses waiting to be written.
+    out: Vec<u8>,
+    _guard: ConnectionGuard,
+}
+
+/// The command's name for the metric: a known verb, or `unknown`.
+fn command_name(body: &CommandBody<'_>) -> &'static str {
+    body.name()
+}
+
+impl Connection {
+    fn new(args: ImapArgs) -> Self {
+        let max_literal = args.ctx.config.smtp.max_message_size as u64;
+        Self {
+            ctx: args.ctx,
+            implicit_tls: args.implicit_tls,
+            tls_active: args.implicit_tls,
+            stream: Stream::Plain(args.stream),
+            peer: args.peer,
+            user: None,
+            selected: None,
+            framer: Framer::new(max_literal),
+            out: Vec::new(),
+            _guard: args.guard,
+        }
+    }
+
+    fn capabilities(&self) -> String {
+        let mut caps = vec!["IMAP4rev1".to_string()];
+        if self.user.is_none() {
+            if !self.tls_active && self.ctx.tls.is_some() {
+                caps.push("STARTTLS".into());
+            }
+            if self.may_sign_in() {
+                caps.extend(["AUTH=PLAIN".into(), "AUTH=LOGIN".into(), "SASL-IR".into()]);
+            } else {
+                caps.push("LOGINDISABLED".into());
+            }
+        }
+        caps.extend(
+            [
+                "ID",
+                "ENABLE",
+                "IDLE",
+                "NAMESPACE",
+                "UIDPLUS",
+                "MOVE",
+                "UNSELECT",
+                "CHILDREN",
+                "LITERAL+",
+                "SPECIAL-USE",
+            ]
+            .map(String::from),
+        );
+        caps.push(format!(
+            "APPENDLIMIT={}",
+            self.ctx.config.smtp.max_message_size
+        ));
+        caps.join(" ")
+    }
+
+    fn may_sign_in(&self) -> bool {
+        self.tls_active || self.ctx.config.smtp.allow_insecure_auth
+    }
+
+    async fn start_tls(&mut self) -> io::Result<()> {
+        let (Some(acceptor), Some(tcp)) = (self.ctx.tls.clone(), self.stream.take_plain()) else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        self.stream = Stream::Tls(Box::new(tls));
+        self.tls_active = true;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.stream.flush().await
+    }
+
+    fn untagged(&mut self, line: &str) {
+        self.out.extend_from_slice(b"* ");
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn tagged(&mut self, tag: &str, done: &Done) {
+        self.out
+            .extend_from_slice(format!("{tag} {} {}\r\n", done.status, done.text).as_bytes());
+    }
+
+    /// Reads more input; `Ok(false)` at end of input, timeout or shutdown (having said BYE).
+    async fn read_more(&mut self, timeout: Duration) -> io::Result<bool> {
+        let mut buf = [0u8; 16 * 1024];
+        let mut shutdown = self.ctx.shutdown.clone();
+        let read = tokio::select! {
+            read = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => read,
+            _ = async { shutdown.wait_for(|down| *down).await.map(drop) } => {
+                self.untagged("BYE [UNAVAILABLE] Server shutting down; reconnect shortly");
+                self.flush().await?;
+                return Ok(false);
+            }
+        };
+        match read {
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(n)) => {
+                self.framer.push(&buf[..n]);
+                Ok(true)
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => {
+                self.untagged("BYE Autologout; idle for too long");
+                self.flush().await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The next plain line (an AUTHENTICATE response, IDLE's DONE); `None` if the client left.
+    async fn read_line(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            match self.framer.next_line() {
+                Ok(Some(line)) => return Ok(Some(line)),
+                Ok(None) => {}
+                Err(_) => return Ok(None),
+            }
+            if !self.read_more(IDLE_TIMEOUT).await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn run(mut self) -> io::Result<()> {
+        if self.implicit_tls {
+            self.start_tls().await?;
+        }
+        let greeting = format!(
+            "OK [CAPABILITY {}] {} MaiRust IMAP ready",
+            self.capabilities(),
+            self.ctx.config.server.hostname
+        );
+        self.untagged(&greeting);
+        self.flush().await?;
+        loop {
+            let next = match self.framer.next_frame() {
+                Ok(next) => next,
+                Err(error) => {
+                    let text = match error {
+                        FramingError::LineTooLong => "BYE Line too long; closing".to_string(),
+                        FramingError::LiteralTooLarge { limit, .. } => {
+                            format!("BYE [TOOBIG] Literal larger than {limit} bytes; closing")
+                        }
+                    };
+                    self.untagged(&text);
+                    self.flush().await?;
+                    return Ok(());
+                }
+            };
+            match next {
+                Next::More => {
+                    if !self.read_more(IDLE_TIMEOUT).await? {
+                        return Ok(());
+                    }
+                }
+                Next::Frame(Frame::Continue) => {
+                    self.out.extend_from_slice(b"+ Ready for literal data\r\n");
+                    self.flush().await?;
+                }
+                Next::Refused(refused) => {
+                    let done = Done::no(format!(
+                        "[TOOBIG] {} bytes is more than the limit of {}",
+                        refused.size, self.ctx.config.smtp.max_message_size
+                    ));
+                    self.tagged(&refused.tag, &done);
+                    self.flush().await?;
+                }
+                Next::Frame(Frame::Command(bytes)) => {
+                    let after = self.command(&bytes).await?;
+                    self.flush().await?;
+                    if let After::Close = after {
+                        let _ = self.stream.shutdown().await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, bytes: &[u8]) -> io::Result<After> {
+        let command = match CommandCodec::default().decode(bytes) {
+            Ok((_, command)) => command,
+            Err(_) => {
+                let tag = bytes
+                    .split(|&b| b == b' ' || b == b'\r')
+                    .next()
+                    .filter(|t| !t.is_empty() && t.iter().all(|&b| b.is_ascii_graphic()))
+                    .map_or_else(
+                        || "*".to_string(),
+                        |t| String::from_utf8_lossy(t).into_owned(),
+                    );
+                events::emit(ImapCommand {
+                    command: "unknown",
+                    result: "bad",
+                });
+                self.tagged(&tag, &Done::bad("Unknown command or invalid arguments"));
+                return Ok(After::Continue);
+            }
+        };
+        let name = command_name(&command.body);
+        let tag = command.tag.as_ref().to_string();
+        let (done, after) = self.dispatch(command).await?;
+        if done.status.is_empty() {
+            return Ok(after);
+        }
+        events::emit(ImapCommand {
+            command: name,
+            result: match done.status {
+                "OK" => "ok",
+                "NO" => "no",
+                _ => "bad",
+            },
+        });
+        self.tagged(&tag, &done);
+        Ok(after)
+    }
+
+    async fn dispatch(&mut self, command: Command<'_>) -> io::Result<(Done, After)> {
+        let signed_in = self.user.is_some();
+        let done = match command.body {
+            CommandBody::Capability => {
+                let caps = format!("CAPABILITY {}", self.capabilities());
+                self.untagged(&caps);
+                Done::ok("CAPABILITY completed")
+            }
+            CommandBody::Noop | CommandBody::Check => {
+                self.refresh().await;
+                Done::ok("NOOP completed")
+            }
+            CommandBody::Logout => {
+                self.untagged("BYE Logging out");
+                return Ok((Done::ok("LOGOUT completed"), After::Close));
+            }
+            CommandBody::Id { .. } => {
+                self.untagged("ID (\"name\" \"MaiRust\")");
+                Done::ok("ID completed")
+            }
+            CommandBody::StartTLS if self.tls_active => Done::bad("TLS is already active"),
+            CommandBody::StartTLS if self.ctx.tls.is_none() => Done::no("TLS is not available"),
+            CommandBody::StartTLS => {
+                self.tagged(command.tag.as_ref(), &Done::ok("Begin TLS negotiation now"));
+                self.flush().await?;
+                // Whatever the client sent before the handshake was not protected.
+                self.framer.clear();
+                self.start_tls().await?;
+                events::emit(ImapCommand {
+                    command: "STARTTLS",
+                    result: "ok",
+                });
+                return Ok((Done::silent(), After::Continue));
+            }
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } if signed_in => {
+                Done::bad("Already signed in")
+            }
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } if !self.may_sign_in() => {
+                Done::no("[PRIVACYREQUIRED] Use STARTTLS (or port 993) before signing in")
+            }
+            CommandBody::Login { username, password } => {
+                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let password = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                self.sign_in(&user, &password).await
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                let initial = initial_response.map(|r| r.declassify().to_vec());
+                match self.sasl(&mechanism, initial).await? {
+                    Some((user, password)) => self.sign_in(&user, &password).await,
+                    None => Done::bad("Authentication cancelled or malformed"),
+                }
+            }
+            _ if !signed_in => Done::bad("Sign in first"),
+            CommandBody::Enable { .. } => {
+                self.untagged("ENABLED");
+                Done::ok("ENABLE completed")
+            }
+            CommandBody::Namespace => {
+                self.untagged("NAMESPACE ((\"\" \"/\")) NIL NIL");
+                Done::ok("NAMESPACE completed")
+            }
+            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false).await,
+            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true).await,
+            CommandBody::Create { mailbox } => match self.folder(&mailbox) {
+                // A trailing delimiter only says that folders will be created inside.
+                Ok(name) => self.create(&name).await,
+                Err(done) => done,
+            },
+            CommandBody::Delete { mailbox } => match self.folder(&mailbox) {
+                Ok(name) => {
+                    if self.selected.as_ref().is_some_and(|s| s.name == name) {
+                        self.selected = None;
+                    }
+                    match self
+                        .ctx
+                        .stores
+                        .mailboxes
+                        .delete_folder(self.user_id(), &name)
+                        .await
+                    {
+                        Ok(orphans) => {
+                            self.ctx.stores.delete_blobs(&orphans).await;
+                            Done::ok("DELETE completed")
+                        }
+                        Err(e) => unavailable(&e),
+                    }
+                }
+                Err(done) => done,
+            },
+            CommandBody::Rename { from, to } => match (self.folder(&from), self.folder(&to)) {
+                (Ok(from), Ok(to)) => {
+                    match self
+                        .ctx
+                        .stores
+                        .mailboxes
+                        .rename_folder(self.user_id(), &from, &to)
+                        .await
+                    {
+                        Ok(()) => Done::ok("RENAME completed"),
+                        Err(e) => unavailable(&e),
+                    }
+                }
+                (Err(done), _) | (_, Err(done)) => done,
+            },
+            CommandBody::Subscribe { mailbox } | CommandBody::Unsubscribe { mailbox }
+                if self.folder(&mailbox).is_err() =>
+            {
+                self.folder(&mailbox)
+                    .err()
+                    .unwrap_or_else(|| Done::bad("invalid name"))
+            }
+            CommandBody::Subscribe { mailbox } => self.subscribe(&mailbox, true).await,
+            CommandBody::Unsubscribe { mailbox } => self.subscribe(&mailbox, false).await,
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&reference, &mailbox_wildcard, false).await,
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&reference, &mailbox_wildcard, true).await,
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => self.status(&mailbox, &item_names).await,
+            CommandBody::Append {
+                mailbox,
+                flags,
+                message,
+                ..
+            } => {
+                let data = match &message {
+                    LiteralOrLiteral8::Literal(l) => l.data().to_vec(),
+                    LiteralOrLiteral8::Literal8(l) => l.data.to_vec(),
+                };
+                self.append(&mailbox, &flags, data).await
+            }
+            CommandBody::Idle => return self.idle(command.tag.as_ref()).await,
+            _ if self.selected.is_none() => Done::bad("Select a mailbox first"),
+            CommandBody::Unselect => {
+                self.selected = None;
+                Done::ok("UNSELECT completed")
+            }
+            CommandBody::Close => {
+                if self.selected.as_ref().is_some_and(|s| !s.read_only) {
+                    let all = self.deleted_indexes(None);
+                    self.expunge(&all).await;
+                }
+                self.selected = None;
+                Done::ok("CLOSE completed")
+            }
+            CommandBody::Expunge => {
+                let doomed = self.deleted_indexes(None);
+                self.expunge_and_report(&doomed).await
+            }
+            CommandBody::ExpungeUid { sequence_set } => {
+                let doomed = self.deleted_indexes(Some(&sequence_set));
+                self.expunge_and_report(&doomed).await
+            }
+            CommandBody::Search { criteria, uid, .. } => self.search(criteria.as_ref(), uid).await,
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => self.fetch(&sequence_set, &macro_or_item_names, uid).await,
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => {
+                self.store(&sequence_set, &kind, &response, &flags, uid)
+                    .await
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, false).await,
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, true).await,
+            _ => Done::bad("Command not supported"),
+        };
+        Ok((done, After::Continue))
+    }
+
+    fn user_id(&self) -> i64 {
+        self.user.as_ref().map_or(0, |u| u.id)
+    }
+
+    /// A mailbox argument as a stored folder name (modified UTF-7 decoded, checked).
+    fn folder(&self, mailbox: &Mailbox<'_>) -> Result<String, Done> {
+        let raw = match mailbox {
+            Mailbox::Inbox => return Ok(crate::store::INBOX.to_string()),
+            Mailbox::Other(other) => String::from_utf8_lossy(other.as_ref()).into_owned(),
+        };
+        let decoded = utf7::decode(&raw)
+            .ok_or_else(|| Done::bad(format!("{raw:?} is not a valid modified UTF-7 name")))?;
+        let trimmed = decoded.strip_suffix('/').unwrap_or(&decoded);
+        folder_name(trimmed).map_err(|e| Done::no(format!("[CANNOT] {e}")))
+    }
+
+    async fn sign_in(&mut self, user: &str, password: &str) -> Done {
+        let checked = self
+            .ctx
+            .authenticator
+            .authenticate(self.peer.ip(), user, password)
+            .await;
+        match checked {
+            Ok(Some(account)) => {
+                tracing::info!(peer = %self.peer, user, "IMAP sign-in");
+                self.user = Some(account);
+                let caps = self.capabilities();
+                Done::ok(format!("[CAPABILITY {caps}] Signed in"))
+            }
+            Ok(None) => {
+                events::emit(ImapAuthFailed {
+                    peer: self.peer,
+                    user,
+                });
+                Done::no("[AUTHENTICATIONFAILED] Wrong user name or password")
+            }
+            Err(error @ AuthError::Busy) => {
+                tracing::warn!(peer = %self.peer, user, "IMAP sign-in refused: {error}");
+                Done::no("[UNAVAILABLE] Too many sign-in attempts in progress; try again shortly")
+            }
+            Err(error) => {
+                tracing::error!(peer = %self.peer, user, %error, "IMAP sign-in lookup failed");
+                Done::no("[UNAVAILABLE] Cannot check credentials now; try again")
+            }
+        }
+    }
+
+    /// Runs a SASL exchange; the user name and password, or `None` if cancelled or invalid.
+    async fn sasl(
+        &mut self,
+        mechanism: &AuthMechanism<'_>,
+        initial: Option<Vec<u8>>,
+    ) -> io::Result<Option<(String, String)>> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        match mechanism {
+            AuthMechanism::Plain => {
+                let response = match initial {
+                    Some(r) => r,
+                    None => {
+                        self.out.extend_from_slice(b"+ \r\n");
+                        self.flush().await?;
+                        match self.read_line().await? {
+                            Some(line) if line != b"*" => match b64.decode(&line) {
+                                Ok(r) => r,
+                                Err(_) => return Ok(None),
+                            },
+                            _ => return Ok(None),
+                        }
+                    }
+                };
+                let mut fields = response.split(|&b| b == 0);
+                let (_authz, user, password) = (fields.next(), fields.next(), fields.next());
+                Ok(match (user, password, fields.next()) {
+                    (Some(u), Some(p), None) => Some((
+                        String::from_utf8_lossy(u).into_owned(),
+                        String::from_utf8_lossy(p).into_owned(),
+                    )),
+                    _ => None,
+                })
+            }
+            AuthMechanism::Login => {
+                let mut answers = Vec::new();
+                let prompts: [&[u8]; 2] = [b"+ VXNlcm5hbWU6\r\n", b"+ UGFzc3dvcmQ6\r\n"];
+                for (i, prompt) in prompts.iter().enumerate() {
+                    let answer = match (i, &initial) {
+                        (0, Some(first)) => first.clone(),
+                        _ => {
+                            self.out.extend_from_slice(prompt);
+                            self.flush().await?;
+                            match self.read_line().await? {
+                                Some(line) if line != b"*" => match b64.decode(&line) {
+                                    Ok(r) => r,
+                                    Err(_) => return Ok(None),
+                                },
+                                _ => return Ok(None),
+                            }
+                        }
+                    };
+                    answers.push(String::from_utf8_lossy(&answer).into_owned());
+                }
+                let password = answers.pop().unwrap_or_default();
+                let user = answers.pop().unwrap_or_default();
+                Ok(Some((user, password)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn select(&mut self, mailbox: &Mailbox<'_>, read_only: bool) -> Done {
+        self.selected = None;
+        let name = match self.folder(mailbox) {
+            Ok(name) => name,
+            Err(done) => return done,
+        };
+        let contents = match self
+            .ctx
+            .stores
+            .mailboxes
+            .folder_contents(self.user_id(), &name)
+            .await
+        {
+            Ok(Some(contents)) => contents,
+            Ok(None) => return Done::no(format!("[NONEXISTENT] There is no folder {name:?}")),
+            Err(e) => return unavailable(&e),
+        };
+        let view = Selected::new(name, read_only, contents);
+        let all: Vec<&str> = SYSTEM_FLAGS.iter().map(|(n, _)| *n).collect();
+        self.untagged(&format!("FLAGS ({})", all.join(" ")));
+        if read_only {
+            self.untagged("OK [PERMANENTFLAGS ()] Read-only");
+        } else {
+            self.untagged(&format!("OK [PERMANENTFLAGS ({})] Flags", all.join(" ")));
+        }
+        self.untagged(&format!("{} EXISTS", view.entries.len()));
+        self.untagged("0 RECENT");
+        if let Some(first) = view.first_unseen() {
+            self.untagged(&format!("OK [UNSEEN {first}] First unseen"));
+        }
+        self.untagged(&format!(
+            "OK [UIDVALIDITY {}] UIDs valid",
+            view.state.uidvalidity
+        ));
+        self.untagged(&format!(
+            "OK [UIDNEXT {}] Predicted next UID",
+            view.state.uidnext
+        ));
+        self.selected = Some(view);
+        if read_only {
+            Done::ok("[READ-ONLY] EXAMINE completed")
+        } else {
+            Done::ok("[READ-WRITE] SELECT completed")
+        }
+    }
+
+    /// Brings the selected folder's view up to date, queueing what changed.
+    async fn refresh(&mut self) {
+        let Some(selected) = &self.selected else {
+            return;
+        };
+        let name = selected.name.clone();
+        let known = selected.state;
+        match self
+            .ctx
+            .stores
+            .mailboxes
+            .folder_state(self.user_id(), &name)
+            .await
+        {
+            Ok(Some(state)) if state == known => return,
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                // Deleted (or renamed) through another session.
+                self.untagged("BYE [NONEXISTENT] The selected folder no longer exists");
+                self.selected = None;
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot check the selected IMAP folder");
+                return;
+            }
+        }
+        match self
+            .ctx
+            .stores
+            .mailboxes
+            .folder_contents(self.user_id(), &name)
+            .await
+        {
+            Ok(Some(contents)) => {
+                if let Some(selected) = &mut self.selected {
+                    let updates = selected.refresh(contents);
+                    self.out.extend_from_slice(&updates);
+                }
+            }
+            Ok(None) => self.selected = None,
+            Err(error) => tracing::warn!(%error, "cannot read the selected IMAP folder"),
+        }
+    }
+
+    /// Creates a folder and the levels above it that are missing (RFC 9051 §6.3.4).
+    async fn create(&mut self, name: &str) -> Done {
+        let mailboxes = &self.ctx.stores.mailboxes;
+        let user_id = self.user_id();
+        for (at, _) in name.match_indices('/') {
+            match mailboxes.create_folder(user_id, &name[..at]).await {
+                Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return unavailable(&e),
+            }
+        }
+        match mailboxes.create_folder(user_id, name).await {
+            Ok(()) => Done::ok("CREATE completed"),
+            Err(e) => unavailable(&e),
+        }
+    }
+
+    async fn subscribe(&mut self, mailbox: &Mailbox<'_>, on: bool) -> Done {
+        let name = match self.folder(mailbox) {
+            Ok(name) => name,
+            Err(done) => return done,
+        };
+        match self
+            .ctx
+            .stores
+            .mailboxes
+            .set_subscribed(self.user_id(), &name, on)
+            .await
+        {
+            Ok(()) => Done::ok(if on {
+                "SUBSCRIBE completed"
+            } else {
+                "UNSUBSCRIBE completed"
+            }),
+            Err(e) => unavailable(&e),
+        }
+    }
+
+    async fn list(
+        &mut self,
+        reference: &Mailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        subscribed_only: bool,
+    ) -> Done {
+        let reference = match reference {
+            Mailbox::Inbox => "INBOX".to_string(),
+            Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+        };
+        let pattern = match pattern {
+            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+        };
+        let command = if subscribed_only { "LSUB" } else { "LIST" };
+        if pattern.is_empty() {
+            self.untagged(&format!("{command} (\\Noselect) \"/\" \"\""));
+            return Done::ok(format!("{command} completed"));
+        }
+        let full = utf7::decode(&format!("{reference}{pattern}")).unwrap_or_default();
+        let folders = match self.ctx.stores.mailboxes.list_folders(self.user_id()).await {
+            Ok(folders) => folders,
+            Err(e) => return unavailable(&e),
+        };
+        for folder in &folders {
+            if subscribed_only && !folder.subscribed {
+                continue;
+            }
+            let name = if folder.name == crate::store::INBOX {
+                "INBOX".to_string()
+            } else {
+                folder.name.clone()
+            };
+            if !wildcard_match(&full, &name) {
+                continue;
+            }
+            let children = folders
+                .iter()
+                .any(|f| f.name.len() > name.len() + 1 && f.name.starts_with(&format!("{name}/")));
+            let mut attributes = vec![if children {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            }];
+            if let Some(special) = folder.special_use.as_deref() {
+                attributes.push(special);
+            }
+            let mut line = format!("* {command} ({}) \"/\" ", attributes.join(" ")).into_bytes();
+            render::string(&mut line, utf7::encode(&name).as_bytes());
+            line.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(&line);
+        }
+        Done::ok(format!("{command} completed"))
+    }
+
+    async fn status(&mut self, mailbox: &Mailbox<'_>, items: &[StatusDataItemName]) -> Done {
+        let name = match self.folder(mailbox) {
+            Ok(name) => name,
+            Err(done) => return done,
+        };
+        let folders = match self.ctx.stores.mailboxes.list_folders(self.user_id()).await {
+            Ok(folders) => folders,
+            Err(e) => return unavailable(&e),
+        };
+        let Some(folder) = folders.iter().find(|f| f.name == name) else {
+            return Done::no(format!("[NONEXISTENT] There is no folder {name:?}"));
+        };
+        let mut values = Vec::new();
+        for item in items {
+            let (label, value) = match item {
+                StatusDataItemName::Messages => ("MESSAGES", folder.messages),
+                StatusDataItemName::Recent => ("RECENT", 0),
+                StatusDataItemName::UidNext => ("UIDNEXT", folder.uidnext),
+                StatusDataItemName::UidValidity => ("UIDVALIDITY", folder.uidvalidity),
+                StatusDataItemName::Unseen => ("UNSEEN", folder.unseen),
+                _ => continue,
+            };
+            values.push(format!("{label} {value}"));
+        }
+        let mut line = b"* STATUS ".to_vec();
+        render::string(&mut line, utf7::encode(&name).as_bytes());
+        line.extend_from_slice(format!(" ({})\r\n", values.join(" ")).as_bytes());
+        self.out.extend_from_slice(&line);
+        Done::ok("STATUS completed")
+    }
+
+    async fn append(
+        &mut self,
+        mailbox: &Mailbox<'_>,
+        flag_args: &[Flag<'_>],
+        data: Vec<u8>,
+    ) -> Done {
+        let name = match self.folder(mailbox) {
+            Ok(name) => name,
+            Err(done) => return done,
+        };
+        let Some(user) = self.user.clone() else {
+            return Done::bad("Sign in first");
+        };
+        let mailboxes = &self.ctx.stores.mailboxes;
+        match mailboxes.folder_state(user.id, &name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Done::no(format!("[TRYCREATE] There is no folder {name:?}")),
+            Err(e) => return unavailable(&e),
+        }
+        match self.ctx.stores.accounts.lookup_recipient(&user.email).await {
+            Ok(RecipientLookup::Local {
+                over_quota: true, ..
+            }) => return Done::no("[OVERQUOTA] The mailbox is full"),
+            Ok(_) => {}
+            Err(e) => return unavailable(&e),
+        }
+        if let Err(problem) = crate::message::check_header_section(&data) {
+            return Done::no(format!("[PARSE] {problem}"));
+        }
+        let id = crate::store::new_id();
+        let incoming = Incoming {
+            id: id.clone(),
+            envelope_from: String::new(),
+            deliveries: vec![LocalDelivery {
+                user_id: user.id,
+                folder: name.clone(),
+                flags: flag_bits(flag_args),
+            }],
+            remote_recipients: Vec::new(),
+            data,
+            sign_for: None,
+        };
+        if let Err(error) = self.ctx.acceptor.accept(incoming).await {
+            tracing::error!(%error, "cannot store an APPENDed message");
+            return Done::no("[UNAVAILABLE] Cannot store the message now; try again");
+        }
+        let placed = mailboxes.placed(user.id, &id).await;
+        if self.selected.as_ref().is_some_and(|s| s.name == name) {
+            self.refresh().await;
+        }
+        match placed {
+            Ok(Some((uidvalidity, uid))) => {
+                Done::ok(format!("[APPENDUID {uidvalidity} {uid}] APPEND completed"))
+            }
+            _ => Done::ok("APPEND completed"),
+        }
+    }
+
+    /// Indexes of the selected folder's `\Deleted` messages (within `uids` if given).
+    fn deleted_indexes(&self, uids: Option<&SequenceSet>) -> Vec<usize> {
+        let Some(selected) = &self.selected else {
+            return Vec::new();
+        };
+        let within = uids.map(|set| selected.resolve(set, true));
+        (0..selected.entries.len())
+            .filter(|i| selected.entries[*i].flags & flags::DELETED != 0)
+            .filter(|i| within.as_ref().is_none_or(|w| w.binary_search(i).is_ok()))
+            .collect()
+    }
+
+    /// Removes the messages at `indexes`; returns whether every one is gone.
+    async fn expunge(&mut self, indexes: &[usize]) -> bool {
+        let Some(selected) = &self.selected else {
+            return true;
+        };
+        let ids: Vec<i64> = indexes.iter().map(|&i| selected.entries[i].id).collect();
+        let stores = &self.ctx.stores;
+        let mut all = true;
+        for id in ids {
+            match stores
+                .mailboxes
+                .delete_mailbox_item(self.user_id(), id)
+                .await
+            {
+                Ok(Some(orphans)) => stores.delete_blobs(&orphans).await,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(%error, id, "cannot expunge an IMAP message");
+                    all = false;
+                }
+            }
+        }
+        all
+    }
+
+    async fn expunge_and_report(&mut self, doomed: &[usize]) -> Done {
+        if self.selected.as_ref().is_some_and(|s| s.read_only) {
+            return Done::no("[READ-ONLY] The folder is open read-only");
+        }
+        let all = self.expunge(doomed).await;
+        self.refresh().await;
+        if all {
+            Done::ok("EXPUNGE completed")
+        } else {
+            Done::no("[UNAVAILABLE] Some messages could not be expunged; try again")
+        }
+    }
+
+    /// A stored message's bytes as the client sees them (with its Return-Path).
+    async fn body_of(&self, entry: &FolderEntry) -> Result<Vec<u8>, Done> {
+        match self.ctx.stores.blobs.get(&entry.blob_key).await {
+            Ok(body) => Ok(as_delivered(&entry.envelope_from, &body)),
+            Err(error) => {
+                tracing::error!(%error, id = entry.id, "cannot read an IMAP message body");
+                Err(Done::no(
+                    "[UNAVAILABLE] Cannot read the message now; try again",
+                ))
+            }
+        }
+    }
+
+    async fn fetch(
+        &mut self,
+        set: &SequenceSet,
+        items: &MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+    ) -> Done {
+        let Some(selected) = &self.selected else {
+            return Done::bad("Select a mailbox first");
+        };
+        let mut names: Vec<MessageDataItemName<'_>> = match items {
+            MacroOrMessageDataItemNames::Macro(m) => m.expand(),
+            MacroOrMessageDataItemNames::MessageDataItemNames(n) => n.clone(),
+        };
+        if uid && !names.contains(&MessageDataItemName::Uid) {
+            names.insert(0, MessageDataItemName::Uid);
+        }
+        let needs_body = names.iter().any(|n| {
+            !matches!(
+                n,
+                MessageDataItemName::Uid
+                    | MessageDataItemName::Flags
+                    | MessageDataItemName::InternalDate
+                    | MessageDataItemName::Rfc822Size
+            )
+        });
+        let marks_seen = !selected.read_only
+            && names.iter().any(|n| {
+                matches!(
+                    n,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+        let indexes = selected.resolve(set, uid);
+        let entries: Vec<FolderEntry> = indexes
+            .iter()
+            .map(|&i| selected.entries[i].clone())
+            .collect();
+        // \Seen first, so the FETCH responses show it.
+        if marks_seen {
+            let unseen: Vec<i64> = entries
+                .iter()
+                .filter(|e| e.flags & flags::SEEN == 0)
+                .map(|e| e.id)
+                .collect();
+            if !unseen.is_empty() {
+                if let Err(e) = self
+                    .ctx
+                    .stores
+                    .mailboxes
+                    .set_flags(self.user_id(), &unseen, flags::SEEN, 0)
+                    .await
+                {
+                    return unavailable(&e);
+                }
+                if let Some(selected) = &mut self.selected {
+                    for &i in &indexes {
+                        selected.entries[i].flags |= flags::SEEN;
+                    }
+                }
+            }
+        }
+        for (&index, entry) in indexes.iter().zip(entries) {
+            let flags_now = self
+                .selected
+                .as_ref()
+                .map_or(entry.flags, |s| s.entries[index].flags);
+            let body = if needs_body {
+                match self.body_of(&entry).await {
+                    Ok(body) => Some(body),
+                    Err(done) => return done,
+                }
+            } else {
+                None
+            };
+            let parsed = body
+                .as_deref()
+                .and_then(|b| MessageParser::default().parse(b));
+            let mut line = format!("* {} FETCH (", index + 1).into_bytes();
+            for (i, name) in names.iter().enumerate() {
+                if i > 0 {
+                    line.push(b' ');
+                }
+                fetch_item(
+                    &mut line,
+                    name,
+                    &entry,
+                    flags_now,
+                    body.as_deref(),
+                    parsed.as_ref(),
+                );
+            }
+            line.extend_from_slice(b")\r\n");
+            self.out.extend_from_slice(&line);
+        }
+        Done::ok(if uid {
+            "UID FETCH completed"
+        } else {
+            "FETCH completed"
+        })
+    }
+
+    async fn store(
+        &mut self,
+        set: &SequenceSet,
+        kind: &StoreType,
+        response: &StoreResponse,
+        flag_args: &[Flag<'_>],
+        uid: bool,
+    ) -> Done {
+        let Some(selected) = &self.selected else {
+            return Done::bad("Select a mailbox first");
+        };
+        if selected.read_only {
+            return Done::no("[READ-ONLY] The folder is open read-only");
+        }
+        let bits = flag_bits(flag_args);
+        let all: i64 = SYSTEM_FLAGS.iter().map(|(_, b)| b).sum();
+        let (add, remove) = match kind {
+            StoreType::Add => (bits, 0),
+            StoreType::Remove => (0, bits),
+            StoreType::Replace => (bits, all & !bits),
+        };
+        let indexes = selected.resolve(set, uid);
+        let ids: Vec<i64> = indexes.iter().map(|&i| selected.entries[i].id).collect();
+        if let Err(e) = self
+            .ctx
+            .stores
+            .mailboxes
+            .set_flags(self.user_id(), &ids, add, remove)
+            .await
+        {
+            return unavailable(&e);
+        }
+        let Some(selected) = &mut self.selected else {
+            return Done::ok("STORE completed");
+        };
+        let mut lines = Vec::new();
+        for &i in &indexes {
+            let entry = &mut selected.entries[i];
+            entry.flags = (entry.flags | add) & !remove;
+            if matches!(response, StoreResponse::Answer) || uid {
+                let mut line = format!("* {} FETCH (FLAGS {}", i + 1, flag_list(entry.flags));
+                if uid {
+                    line.push_str(&format!(" UID {}", entry.uid));
+                }
+                line.push_str(")\r\n");
+                if matches!(response, StoreResponse::Answer) {
+                    lines.extend_from_slice(line.as_bytes());
+                }
+            }
+        }
+        self.out.extend_from_slice(&lines);
+        Done::ok("STORE completed")
+    }
+
+    async fn copy(
+        &mut self,
+        set: &SequenceSet,
+        mailbox: &Mailbox<'_>,
+        uid: bool,
+        moving: bool,
+    ) -> Done {
+        let to = match self.folder(mailbox) {
+            Ok(name) => name,
+            Err(done) => return done,
+        };
+        let Some(selected) = &self.selected else {
+            return Done::bad("Select a mailbox first");
+        };
+        if moving && selected.read_only {
+            return Done::no("[READ-ONLY] The folder is open read-only");
+        }
+        let user_id = self.user_id();
+        let mailboxes = &self.ctx.stores.mailboxes;
+        let target = match mailboxes.folder_state(user_id, &to).await {
+            Ok(Some(state)) => state,
+            Ok(None) => return Done::no(format!("[TRYCREATE] There is no folder {to:?}")),
+            Err(e) => return unavailable(&e),
+        };
+        let sources: Vec<(i64, i64)> = selected
+            .resolve(set, uid)
+            .into_iter()
+            .map(|i| (selected.entries[i].id, selected.entries[i].uid))
+            .collect();
+        if sources.is_empty() {
+            return Done::ok("Nothing to do");
+        }
+        let (mut from_uids, mut to_uids) = (Vec::new(), Vec::new());
+        for (id, old_uid) in sources {
+            let result = if moving {
+                mailboxes.move_message(user_id, id, &to).await
+            } else {
+                mailboxes.copy_message(user_id, id, &to).await
+            };
+            match result {
+                Ok(new_uid) => {
+                    from_uids.push(old_uid);
+                    to_uids.push(new_uid);
+                }
+                // Expunged meanwhile: nothing to copy.
+                Err(StoreError::NotFound(crate::store::Record::Message(_))) => {}
+                Err(e) => return unavailable(&e),
+            }
+        }
+        let code = format!(
+            "COPYUID {} {} {}",
+            target.uidvalidity,
+            uid_list(&from_uids),
+            uid_list(&to_uids)
+        );
+        if moving {
+            self.untagged(&format!("OK [{code}] Moved"));
+            self.refresh().await;
+            Done::ok("MOVE completed")
+        } else {
+            Done::ok(format!("[{code}] COPY completed"))
+        }
+    }
+
+    async fn search(&mut self, criteria: &[SearchKey<'_>], uid: bool) -> Done {
+        let Some(selected) = &self.selected else {
+            return Done::bad("Select a mailbox first");
+        };
+        let entries = selected.entries.clone();
+        let needs_body = criteria.iter().any(needs_message);
+        let mut hits = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let body = if needs_body {
+                match self.body_of(entry).await {
+                    Ok(body) => Some(body),
+                    Err(done) => return done,
+                }
+            } else {
+                None
+            };
+            let parsed = body
+                .as_deref()
+                .and_then(|b| MessageParser::default().parse(b));
+            let Some(selected) = &self.selected else {
+                break;
+            };
+            let ctx = Candidate {
+                selected,
+                index,
+                entry,
+                raw: body.as_deref(),
+                parsed: parsed.as_ref(),
+            };
+            if criteria.iter().all(|k| ctx.matches(k)) {
+                hits.push(if uid { entry.uid } else { index as i64 + 1 });
+            }
+        }
+        let list: Vec<String> = hits.iter().map(i64::to_string).collect();
+        if list.is_empty() {
+            self.untagged("SEARCH");
+        } else {
+            self.untagged(&format!("SEARCH {}", list.join(" ")));
+        }
+        Done::ok(if uid {
+            "UID SEARCH completed"
+        } else {
+            "SEARCH completed"
+        })
+    }
+
+    /// IDLE until DONE: changes to the selected folder are sent as they happen.
+    async fn idle(&mut self, tag: &str) -> io::Result<(Done, After)> {
+        self.out.extend_from_slice(b"+ idling\r\n");
+        self.flush().await?;
+        let deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            match self.framer.next_line() {
+                Ok(Some(line)) => {
+                    let done = if line.eq_ignore_ascii_case(b"DONE") {
+                        Done::ok("IDLE terminated")
+                    } else {
+                        Done::bad("Expected DONE")
+                    };
+                    return Ok((done, After::Continue));
+                }
+                Ok(None) => {}
+                Err(_) => return Ok((Done::bad("Line too long"), After::Close)),
+            }
+            let mut buf = [0u8; 1024];
+            tokio::select! {
+                read = self.stream.read(&mut buf) => match read? {
+                    0 => return Ok((Done::ok(""), After::Close)),
+                    n => self.framer.push(&buf[..n]),
+                },
+                _ = tokio::time::sleep(IDLE_POLL) => {
+                    self.refresh().await;
+                    if self.selected.is_none() && !self.out.is_empty() {
+                        self.flush().await?;
+                        return Ok((Done::no("The folder was deleted"), After::Close));
+                    }
+                    self.flush().await?;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.untagged("BYE Autologout; idle for too long");
+                    let _ = tag;
+                    return Ok((Done::ok("IDLE ended"), After::Close));
+                }
+                _ = async { shutdown.wait_for(|down| *down).await.map(drop) } => {
+                    self.untagged("BYE [UNAVAILABLE] Server shutting down; reconnect shortly");
+                    return Ok((Done::ok("IDLE ended"), After::Close));
+                }
+            }
+        }
+    }
+}
+
+impl Done {
+    /// A completion that is not sent (STARTTLS answered before its handshake).
+    fn silent() -> Self {
+        Self {
+            status: "",
+            text: String::new(),
+        }
+    }
+}
+
+/// The stored bits of the system flags in `args` (keywords are not kept).
+fn flag_bits(args: &[Flag<'_>]) -> i64 {
+    args.iter()
+        .map(|f| match f {
+            Flag::Seen => flags::SEEN,
+            Flag::Answered => flags::ANSWERED,
+            Flag::Flagged => flags::FLAGGED,
+            Flag::Deleted => flags::DELETED,
+            Flag::Draft => flags::DRAFT,
+            _ => 0,
+        })
+        .fold(0, |a, b| a | b)
+}
+
+/// UIDs as a sequence set, ranges joined (`3:5,9`).
+fn uid_list(uids: &[i64]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let mut j = i;
+        while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            uids[i].to_string()
+        } else {
+            format!("{}:{}", uids[i], uids[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+/// Whether `name` matches an IMAP LIST pattern: `*` matches anything, `%` anything but the
+/// hierarchy delimiter; INBOX matches in any case.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            Some(('%', rest)) => (0..=n.len())
+                .take_while(|&i| i == 0 || n[i - 1] != '/')
+                .any(|i| go(rest, &n[i..])),
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    let normalise = |s: &str| -> Vec<char> {
+        match s.get(..5) {
+            Some(first)
+                if first.eq_ignore_ascii_case("INBOX")
+                    && (s.len() == 5 || s[5..].starts_with('/')) =>
+            {
+                format!("INBOX{}", &s[5..]).chars().collect()
+            }
+            _ => s.chars().collect(),
+        }
+    };
+    go(&normalise(pattern), &normalise(name))
+}
+
+fn imap_date(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .format("%d-%b-%Y %H:%M:%S +0000")
+        .to_string()
+}
+
+fn section_spec<'a>(
+    section: &'a Option<Section<'_>>,
+    path: &'a mut Vec<u32>,
+    names: &'a mut Vec<String>,
+) -> SectionSpec<'a> {
+    let part = |p: &imap_codec::imap_types::fetch::Part, path: &mut Vec<u32>| {
+        path.extend(p.0.as_ref().iter().map(|n| n.get()));
+    };
+    match section {
+        None => SectionSpec::Whole,
+        Some(Section::Part(p)) => {
+            part(p, path);
+            SectionSpec::Part(path)
+        }
+        Some(Section::Header(p)) => {
+            let has = p.as_ref().map(|p| part(p, path)).is_some();
+            SectionSpec::Header(has.then_some(path.as_slice()))
+        }
+        Some(Section::Text(p)) => {
+            let has = p.as_ref().map(|p| part(p, path)).is_some();
+            SectionSpec::Text(has.then_some(path.as_slice()))
+        }
+        Some(Section::Mime(p)) => {
+            part(p, path);
+            SectionSpec::Mime(path)
+        }
+        Some(Section::HeaderFields(p, fields)) | Some(Section::HeaderFieldsNot(p, fields)) => {
+            let not = matches!(section, Some(Section::HeaderFieldsNot(..)));
+            let has = p.as_ref().map(|p| part(p, path)).is_some();
+            names.extend(
+                fields
+                    .as_ref()
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f.as_ref()).into_owned()),
+            );
+            SectionSpec::HeaderFields(has.then_some(path.as_slice()), names, not)
+        }
+    }
+}
+
+/// The section's name as FETCH echoes it, e.g. `1.HEADER.FIELDS (SUBJECT)`.
+fn section_label(section: &Option<Section<'_>>) -> String {
+    let part = |p: &imap_codec::imap_types::fetch::Part| {
+        p.0.as_ref()
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let prefixed = |p: &Option<imap_codec::imap_types::fetch::Part>, what: &str| match p {
+        Some(p) => format!("{}.{what}", part(p)),
+        None => what.to_string(),
+    };
+    match section {
+        None => String::new(),
+        Some(Section::Part(p)) => part(p),
+        Some(Section::Header(p)) => prefixed(p, "HEADER"),
+        Some(Section::Text(p)) => prefixed(p, "TEXT"),
+        Some(Section::Mime(p)) => format!("{}.MIME", part(p)),
+        Some(Section::HeaderFields(p, f)) | Some(Section::HeaderFieldsNot(p, f)) => {
+            let kind = if matches!(section, Some(Section::HeaderFieldsNot(..))) {
+                "HEADER.FIELDS.NOT"
+            } else {
+                "HEADER.FIELDS"
+            };
+            let names: Vec<String> = f
+                .as_ref()
+                .iter()
+                .map(|n| String::from_utf8_lossy(n.as_ref()).to_ascii_uppercase())
+                .collect();
+            format!("{} ({})", prefixed(p, kind), names.join(" "))
+        }
+    }
+}
+
+fn fetch_item(
+    out: &mut Vec<u8>,
+    name: &MessageDataItemName<'_>,
+    entry: &FolderEntry,
+    flags_now: i64,
+    raw: Option<&[u8]>,
+    parsed: Option<&mail_parser::Message<'_>>,
+) {
+    let raw = raw.unwrap_or_default();
+    let header_end = parsed
+        .and_then(|m| m.part(0))
+        .map_or(raw.len(), |p| p.raw_body_offset() as usize);
+    match name {
+        MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
+        MessageDataItemName::Flags => {
+            out.extend_from_slice(format!("FLAGS {}", flag_list(flags_now)).as_bytes());
+        }
+        MessageDataItemName::InternalDate => out.extend_from_slice(
+            format!("INTERNALDATE \"{}\"", imap_date(entry.received_at)).as_bytes(),
+        ),
+        MessageDataItemName::Rfc822Size => out.extend_from_slice(
+            format!(
+                "RFC822.SIZE {}",
+                crate::message::delivered_size(&entry.envelope_from, entry.size)
+            )
+            .as_bytes(),
+        ),
+        MessageDataItemName::Envelope => {
+            out.extend_from_slice(b"ENVELOPE ");
+            match parsed {
+                Some(m) => render::envelope(out, m),
+                None => out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"),
+            }
+        }
+        MessageDataItemName::BodyStructure | MessageDataItemName::Body => {
+            let extended = matches!(name, MessageDataItemName::BodyStructure);
+            out.extend_from_slice(if extended {
+                b"BODYSTRUCTURE "
+            } else {
+                b"BODY "
+            });
+            match parsed {
+                Some(m) => render::body_structure(out, m, extended),
+                None => out.extend_from_slice(
+                    format!("(\"text\" \"plain\" NIL NIL NIL \"7bit\" {} 0)", raw.len()).as_bytes(),
+                ),
+            }
+        }
+        MessageDataItemName::Rfc822 => {
+            out.extend_from_slice(b"RFC822 ");
+            render::literal(out, raw);
+        }
+        MessageDataItemName::Rfc822Header => {
+            out.extend_from_slice(b"RFC822.HEADER ");
+            render::literal(out, &raw[..header_end.min(raw.len())]);
+        }
+        MessageDataItemName::Rfc822Text => {
+            out.extend_from_slice(b"RFC822.TEXT ");
+            render::literal(out, &raw[header_end.min(raw.len())..]);
+        }
+        MessageDataItemName::BodyExt {
+            section, partial, ..
+        } => {
+            let (mut path, mut names) = (Vec::new(), Vec::new());
+            let spec = section_spec(section, &mut path, &mut names);
+            let bytes = parsed
+                .and_then(|m| render::section(m, &spec))
+                .or_else(|| matches!(spec, SectionSpec::Whole).then(|| raw.to_vec()))
+                .unwrap_or_default();
+            let label = section_label(section);
+            match partial {
+                Some((offset, length)) => {
+                    let start = (*offset as usize).min(bytes.len());
+                    let end = start.saturating_add(length.get() as usize).min(bytes.len());
+                    out.extend_from_slice(format!("BODY[{label}]<{offset}> ").as_bytes());
+                    render::literal(out, &bytes[start..end]);
+                }
+                None => {
+                    out.extend_from_slice(format!("BODY[{label}] ").as_bytes());
+                    render::literal(out, &bytes);
+                }
+            }
+        }
+        other => {
+            // BINARY and MODSEQ are not offered in CAPABILITY; answer in kind with nothing.
+            tracing::debug!(item = ?other, "unsupported FETCH item");
+            out.extend_from_slice(b"UID ");
+            out.extend_from_slice(entry.uid.to_string().as_bytes());
+        }
+    }
+}
+
+/// Whether a search key needs the message itself.
+fn needs_message(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::Bcc(_)
+        | SearchKey::Body(_)
+        | SearchKey::Cc(_)
+        | SearchKey::From(_)
+        | SearchKey::Header(..)
+        | SearchKey::SentBefore(_)
+        | SearchKey::SentOn(_)
+        | SearchKey::SentSince(_)
+        | SearchKey::Subject(_)
+        | SearchKey::Text(_)
+        | SearchKey::To(_) => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(needs_message),
+        SearchKey::Not(k) => needs_message(k),
+        SearchKey::Or(a, b) => needs_message(a) || needs_message(b),
+        _ => false,
+    }
+}
+
+/// One message tested against SEARCH keys.
+struct Candidate<'a> {
+    selected: &'a Selected,
+    index: usize,
+    entry: &'a FolderEntry,
+    raw: Option<&'a [u8]>,
+    parsed: Option<&'a mail_parser::Message<'a>>,
+}
+
+fn contains_ci(haystack: &str, needle: &[u8]) -> bool {
+    let needle = String::from_utf8_lossy(needle).to_lowercase();
+    haystack.to_lowercase().contains(&needle)
+}
+
+impl Candidate<'_> {
+    fn header(&self, name: &str) -> String {
+        let Some(raw) = self.raw else {
+            return String::new();
+        };
+        let Some(m) = self.parsed else {
+            return String::new();
+        };
+        let mut values = Vec::new();
+        for header in m.headers() {
+            if header.name().eq_ignore_ascii_case(name) {
+                let (start, end) = (header.offset_start() as usize, header.offset_end() as usize);
+                if let Some(bytes) = raw.get(start..end) {
+                    values.push(String::from_utf8_lossy(bytes).into_owned());
+                }
+                // Decoded text too, so encoded words match what the user sees.
+                if let Some(text) = header.value().as_text() {
+                    values.push(text.to_string());
+                }
+                if let mail_parser::HeaderValue::Address(a) = header.value() {
+                    for addr in a.iter() {
+                        values.push(format!(
+                            "{} <{}>",
+                            addr.name.as_deref().unwrap_or_default(),
+                            addr.address.as_deref().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+        values.join("\n")
+    }
+
+    fn sent_date(&self) -> Option<chrono::NaiveDate> {
+        let date = self.parsed?.date()?;
+        chrono::DateTime::from_timestamp(date.to_timestamp(), 0).map(|d| d.date_naive())
+    }
+
+    fn internal_date(&self) -> chrono::NaiveDate {
+        chrono::DateTime::from_timestamp_millis(self.entry.received_at)
+            .unwrap_or_default()
+            .date_naive()
+    }
+
+    fn text(&self) -> String {
+        let Some(m) = self.parsed else {
+            return String::new();
+        };
+        let mut text = String::new();
+        for i in 0..m.text_body_count() {
+            if let Some(t) = m.body_text(i) {
+                text.push_str(&t);
+                text.push('\n');
+            }
+        }
+        for i in 0..m.html_body_count() {
+            if let Some(t) = m.body_html(i) {
+                text.push_str(&t);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    fn matches(&self, key: &SearchKey<'_>) -> bool {
+        let f = self.entry.flags;
+        let size = crate::message::delivered_size(&self.entry.envelope_from, self.entry.size);
+        match key {
+            SearchKey::And(keys) => keys.as_ref().iter().all(|k| self.matches(k)),
+            SearchKey::Or(a, b) => self.matches(a) || self.matches(b),
+            SearchKey::Not(k) => !self.matches(k),
+            SearchKey::All => true,
+            SearchKey::SequenceSet(set) => self
+                .selected
+                .resolve(set, false)
+                .binary_search(&self.index)
+                .is_ok(),
+            SearchKey::Uid(set) => self
+                .selected
+                .resolve(set, true)
+                .binary_search(&self.index)
+                .is_ok(),
+            SearchKey::Answered => f & flags::ANSWERED != 0,
+            SearchKey::Unanswered => f & flags::ANSWERED == 0,
+            SearchKey::Deleted => f & flags::DELETED != 0,
+            SearchKey::Undeleted => f & flags::DELETED == 0,
+            SearchKey::Draft => f & flags::DRAFT != 0,
+            SearchKey::Undraft => f & flags::DRAFT == 0,
+            SearchKey::Flagged => f & flags::FLAGGED != 0,
+            SearchKey::Unflagged => f & flags::FLAGGED == 0,
+            SearchKey::Seen | SearchKey::Old => {
+                f & flags::SEEN != 0 || matches!(key, SearchKey::Old)
+            }
+            SearchKey::Unseen => f & flags::SEEN == 0,
+            SearchKey::New | SearchKey::Recent => false,
+            SearchKey::Keyword(_) => false,
+            SearchKey::Unkeyword(_) => true,
+            SearchKey::Larger(n) => size > i64::from(*n),
+            SearchKey::Smaller(n) => size < i64::from(*n),
+            SearchKey::Before(d) => self.internal_date() < *d.as_ref(),
+            SearchKey::On(d) => self.internal_date() == *d.as_ref(),
+            SearchKey::Since(d) => self.internal_date() >= *d.as_ref(),
+            SearchKey::SentBefore(d) => self.sent_date().is_some_and(|s| s < *d.as_ref()),
+            SearchKey::SentOn(d) => self.sent_date().is_some_and(|s| s == *d.as_ref()),
+            SearchKey::SentSince(d) => self.sent_date().is_some_and(|s| s >= *d.as_ref()),
+            SearchKey::From(s) => contains_ci(&self.header("From"), s.as_ref()),
+            SearchKey::To(s) => contains_ci(&self.header("To"), s.as_ref()),
+            SearchKey::Cc(s) => contains_ci(&self.header("Cc"), s.as_ref()),
+            SearchKey::Bcc(s) => contains_ci(&self.header("Bcc"), s.as_ref()),
+            SearchKey::Subject(s) => contains_ci(&self.header("Subject"), s.as_ref()),
+            SearchKey::Header(name, s) => {
+                let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+                let value = self.header(&name);
+                self.parsed.is_some_and(|m| {
+                    m.headers()
+                        .iter()
+                        .any(|h| h.name().eq_ignore_ascii_case(&name))
+                }) && contains_ci(&value, s.as_ref())
+            }
+            SearchKey::Body(s) => contains_ci(&self.text(), s.as_ref()),
+            SearchKey::Text(s) => {
+                let header_end = self
+                    .parsed
+                    .and_then(|m| m.part(0))
+                    .map_or(0, |p| p.raw_body_offset() as usize);
+                let header = self
+                    .raw
+                    .and_then(|r| r.get(..header_end))
+                    .map(|h| String::from_utf8_lossy(h).into_owned())
+                    .unwrap_or_default();
+                contains_ci(&header, s.as_ref()) || contains_ci(&self.text(), s.as_ref())
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_patterns() {
+        assert!(wildcard_match("*", "INBOX"));
+        assert!(wildcard_match("%", "Sent"));
+        assert!(!wildcard_match("%", "Work/2026"));
+        assert!(wildcard_match("Work/%", "Work/2026"));
+        assert!(wildcard_match("inbox", "INBOX"));
+        assert!(wildcard_match("W*6", "Work/2026"));
+        assert!(!wildcard_match("Sent", "Sent Items"));
+    }
+
+    #[test]
+    fn uid_lists_join_ranges() {
+        assert_eq!(uid_list(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
+        assert_eq!(uid_list(&[4]), "4");
+    }
+}

@@ -1,0 +1,213 @@
+"""IMAP and IMAPS (the imap role) with real clients: Python's imaplib as a mail client uses
+it (STARTTLS, sign-in, folders, FETCH, STORE, SEARCH, APPEND, COPY, MOVE, EXPUNGE), IDLE over
+a raw TLS socket, and the REST API and IMAP seeing each other's changes."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import socket
+import ssl
+import time
+
+import pytest
+
+from conftest import USER_PASSWORD, free_ports, insecure_tls, setup_domain_and_user
+
+
+def imap_server(server, **extra):
+    imap, imaps, pop3, pop3s = free_ports(4)
+    config = {"server": {"roles": ["smtp", "queue", "api", "imap"], "imap_port": imap,
+                         "imaps_port": imaps, "pop3_port": pop3, "pop3s_port": pop3s}}
+    for key, value in extra.items():
+        config.setdefault(key, {}).update(value)
+    srv = server(config)
+    srv.imap_port, srv.imaps_port = imap, imaps
+    return srv
+
+
+def deliver(srv, bob: str, n: int, subject: str = "imap") -> None:
+    for i in range(n):
+        body = f"Subject: {subject} {i}\r\nFrom: Alice <alice@remote.test>\r\nTo: {bob}\r\n\r\nbody {i}\r\n"
+        assert srv.send(bob, body.encode())[0] == 250
+
+
+def signed_in(srv, bob: str) -> imaplib.IMAP4_SSL:
+    imap = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps_port, ssl_context=insecure_tls(), timeout=10)
+    imap.login(bob, USER_PASSWORD)
+    return imap
+
+
+def ok(result):
+    typ, data = result
+    assert typ == "OK", (typ, data)
+    return data
+
+
+def test_a_client_signs_in_after_starttls_and_reads_flags_and_expunges(server):
+    srv = imap_server(server)
+    [bob] = setup_domain_and_user(srv)
+    deliver(srv, bob, 3)
+    api = srv.api(bob, USER_PASSWORD)
+    listed = list(reversed(api.wait_messages(3)))  # oldest first: sequence order
+
+    imap = imaplib.IMAP4("127.0.0.1", srv.imap_port, timeout=10)
+    caps = imap.capabilities
+    assert "STARTTLS" in caps and "LOGINDISABLED" in caps and "AUTH=PLAIN" not in caps
+    with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+        imap.login(bob, USER_PASSWORD)
+    imap.starttls(insecure_tls())
+    assert "AUTH=PLAIN" in imap.capabilities and "LOGINDISABLED" not in imap.capabilities
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        imap.login(bob, "wrong password")
+    ok(imap.login(bob, USER_PASSWORD))
+
+    folders = b"\n".join(ok(imap.list()))
+    for name, use in [(b"INBOX", None), (b"Sent", b"\\Sent"), (b"Drafts", b"\\Drafts"),
+                      (b"Junk", b"\\Junk"), (b"Trash", b"\\Trash"), (b"Archive", b"\\Archive")]:
+        line = next(l for l in folders.split(b"\n") if l.endswith(b'"/" ' + name) or l.endswith(b'"/" "' + name + b'"'))
+        assert use is None or use in line, line
+
+    count = ok(imap.select("INBOX"))
+    assert count == [b"3"]
+    assert re.match(rb"\d+", imap.untagged_responses["UIDVALIDITY"][0])
+    data = ok(imap.fetch("1:*", "(UID FLAGS RFC822.SIZE)"))
+    assert len(data) == 3 and all(b"FLAGS ()" in d for d in data), data
+    for n, message in enumerate(listed, start=1):
+        raw = api.get(f"/api/v1/messages/{message['id']}/raw").content
+        size = int(re.search(rb"RFC822.SIZE (\d+)", data[n - 1]).group(1))
+        assert size == len(raw), "RFC822.SIZE is the size of what BODY[] sends"
+        peeked = ok(imap.fetch(str(n), "(BODY.PEEK[])"))
+        assert peeked[0][1] == raw, "BODY[] is the message /raw serves"
+    assert not any(m["seen"] for m in api.messages()["items"]), "PEEK sets no \\Seen"
+
+    fetched = ok(imap.fetch("2", "(BODY[HEADER.FIELDS (SUBJECT)] ENVELOPE)"))
+    assert fetched[0][1] == b"Subject: imap 1\r\n\r\n"
+    assert b'"imap 1" (("Alice" NIL "alice" "remote.test"))' in fetched[1], fetched
+    assert [m for m in api.messages()["items"] if m["id"] == listed[1]["id"]][0]["seen"], \
+        "a non-PEEK BODY[] marks the message read, as the API shows"
+
+    ok(imap.store("1", "+FLAGS", "(\\Deleted \\Flagged)"))
+    expunged = ok(imap.expunge())
+    assert expunged == [b"1"]
+    assert len(api.messages()["items"]) == 2
+    assert imap.logout()[0] == "BYE"
+
+
+def test_append_copy_move_search_and_status(server):
+    srv = imap_server(server)
+    [bob] = setup_domain_and_user(srv)
+    deliver(srv, bob, 2, subject="hello")
+    deliver(srv, bob, 1, subject="invoice")
+    imap = signed_in(srv, bob)
+
+    draft = b"From: bob@example.test\r\nSubject: draft one\r\n\r\nnot yet\r\n"
+    typ, data = imap.append("Drafts", "(\\Draft \\Seen)", None, draft)
+    assert typ == "OK" and re.search(rb"\[APPENDUID \d+ 1\]", data[0]), data
+    ok(imap.select("Drafts"))
+    fetched = ok(imap.fetch("1", "(FLAGS BODY.PEEK[])"))
+    assert b"\\Draft" in fetched[0][0] and b"\\Seen" in fetched[0][0]
+    assert fetched[0][1].endswith(draft), "an APPENDed message keeps its bytes"
+    with pytest.raises(imaplib.IMAP4.error, match="TRYCREATE"):
+        typ, data = imap.append("Nowhere", None, None, draft)
+        if typ != "OK":
+            raise imaplib.IMAP4.error(data[0].decode())
+
+    ok(imap.select("INBOX"))
+    assert ok(imap.uid("SEARCH", None, "SUBJECT", "invoice")) == [b"3"]
+    assert ok(imap.search(None, "UNSEEN", "NOT", "SUBJECT", "invoice")) == [b"1 2"]
+    # (imaplib keeps a tagged reply's text only from its plain command call.)
+    typ, data = imap._simple_command("UID", "COPY", "1", "Archive")
+    assert typ == "OK" and re.search(rb"\[COPYUID \d+ 1 1\]", data[0]), data
+    ok(imap._simple_command("UID", "MOVE", "2:3", "Trash"))
+    assert imap.untagged_responses.get("EXPUNGE") == [b"3", b"2"], imap.untagged_responses
+    assert re.search(rb"COPYUID \d+ 2:3 1:2", imap.untagged_responses["OK"][-1])
+    status = ok(imap.status("INBOX", "(MESSAGES UNSEEN UIDNEXT)"))
+    assert b"MESSAGES 1" in status[0] and b"UIDNEXT 4" in status[0], status
+    status = ok(imap.status("Trash", "(MESSAGES)"))
+    assert b"MESSAGES 2" in status[0]
+    status = ok(imap.status("Archive", "(MESSAGES)"))
+    assert b"MESSAGES 1" in status[0]
+
+    ok(imap.create("Projects/2026"))
+    folders = b"\n".join(ok(imap.list('""', "Projects/%")))
+    assert b"Projects/2026" in folders
+    assert b"\\HasChildren" in b"\n".join(ok(imap.list('""', "Projects")))
+    ok(imap.rename("Projects/2026", "Projects/Done"))
+    ok(imap.delete("Projects/Done"))
+    with pytest.raises(imaplib.IMAP4.error, match="NONEXISTENT"):
+        typ, data = imap.select("Projects/Done")
+        if typ != "OK":
+            raise imaplib.IMAP4.error(data[0].decode())
+    # Names beyond ASCII travel in modified UTF-7.
+    ok(imap.create("&AMk-t&AOk-"))  # "Été"
+    api = srv.api(bob, USER_PASSWORD)
+    assert "Été" in [f["name"] for f in api.get("/api/v1/folders").json()["items"]]
+    imap.logout()
+
+
+def read_until(sock, pattern: bytes, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    got = b""
+    deadline = time.monotonic() + timeout
+    while pattern not in got:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {pattern!r} within {timeout}s; got {got!r}")
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"connection closed; got {got!r}")
+        got += chunk
+    return got
+
+
+def test_idle_reports_new_mail_and_changes_made_through_the_api(server):
+    srv = imap_server(server)
+    [bob] = setup_domain_and_user(srv)
+    deliver(srv, bob, 1)
+    api = srv.api(bob, USER_PASSWORD)
+    [first] = api.wait_messages(1)
+
+    raw = socket.create_connection(("127.0.0.1", srv.imaps_port), timeout=10)
+    sock = insecure_tls().wrap_socket(raw, server_hostname="mx.example.test")
+    read_until(sock, b"IMAP ready\r\n", 5)
+    sock.sendall(f"a LOGIN {bob} \"{USER_PASSWORD}\"\r\nb SELECT INBOX\r\nc IDLE\r\n".encode())
+    read_until(sock, b"+ idling\r\n", 5)
+
+    started = time.monotonic()
+    deliver(srv, bob, 1, subject="while idling")
+    read_until(sock, b"* 2 EXISTS\r\n", 3)
+    assert time.monotonic() - started < 2.0
+
+    r = api.patch(f"/api/v1/messages/{first['id']}", json={"seen": True, "flagged": True})
+    assert r.status_code == 200, r.text
+    read_until(sock, b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Seen))\r\n", 3)
+
+    sock.sendall(b"DONE\r\n")
+    read_until(sock, b"c OK IDLE terminated\r\n", 3)
+    sock.sendall(b"d LOGOUT\r\n")
+    read_until(sock, b"d OK", 3)
+    sock.close()
+
+
+def test_bad_input_gets_clear_answers(server):
+    srv = imap_server(server, smtp={"max_message_size": 1000})
+    [bob] = setup_domain_and_user(srv)
+    raw = socket.create_connection(("127.0.0.1", srv.imaps_port), timeout=10)
+    sock = insecure_tls().wrap_socket(raw, server_hostname="mx.example.test")
+    read_until(sock, b"IMAP ready\r\n", 5)
+    sock.sendall(b"a1 FROBNICATE\r\n")
+    read_until(sock, b"a1 BAD", 3)
+    sock.sendall(b"a2 SELECT INBOX\r\n")
+    read_until(sock, b"a2 BAD Sign in first", 3)
+    sock.sendall(f"a3 LOGIN {bob} \"{USER_PASSWORD}\"\r\n".encode())
+    read_until(sock, b"a3 OK", 3)
+    sock.sendall(b"a4 APPEND INBOX {5000}\r\n")
+    read_until(sock, b"a4 NO [TOOBIG]", 3)
+    sock.sendall(b"a5 FETCH 1 FLAGS\r\n")
+    read_until(sock, b"a5 BAD Select a mailbox first", 3)
+    sock.sendall(b"a6 APPEND INBOX {20}\r\n")
+    read_until(sock, b"+ ", 3)
+    sock.sendall(b"From: a@b\r\nFrom: c@d\r\n")
+    sock.sendall(b"\r\n")
+    read_until(sock, b"a6 NO", 3)
+    sock.close()
