@@ -210,4 +210,6 @@ def test_bad_input_gets_clear_answers(server):
     sock.sendall(b"From: a@b\r\nFrom: c@d\r\n")
     sock.sendall(b"\r\n")
     read_until(sock, b"a6 NO", 3)
+    sock.sendall(b"a7 SELECT INBOX\r\na8 FETCH 1:* (BINARY.PEEK[1])\r\n")
+    read_until(sock, b"a8 BAD", 3)
     sock.close()

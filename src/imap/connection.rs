@@ -579,7 +579,7 @@ impl Connection {
                 };
                 self.append(&mailbox, &flags, data).await
             }
-            CommandBody::Idle => return self.idle(command.tag.as_ref()).await,
+            CommandBody::Idle => return self.idle().await,
             _ if self.selected.is_none() => Done::bad("Select a mailbox first"),
             CommandBody::Unselect => {
                 self.selected = None;
@@ -1090,6 +1090,16 @@ impl Connection {
             MacroOrMessageDataItemNames::Macro(m) => m.expand(),
             MacroOrMessageDataItemNames::MessageDataItemNames(n) => n.clone(),
         };
+        if let Some(unsupported) = names.iter().find(|n| {
+            matches!(
+                n,
+                MessageDataItemName::Binary { .. }
+                    | MessageDataItemName::BinarySize { .. }
+                    | MessageDataItemName::ModSeq
+            )
+        }) {
+            return Done::bad(format!("{unsupported:?} is not supported (see CAPABILITY)"));
+        }
         if uid && !names.contains(&MessageDataItemName::Uid) {
             names.insert(0, MessageDataItemName::Uid);
         }
@@ -1345,7 +1355,7 @@ impl Connection {
     }
 
     /// IDLE until DONE: changes to the selected folder are sent as they happen.
-    async fn idle(&mut self, tag: &str) -> io::Result<(Done, After)> {
+    async fn idle(&mut self) -> io::Result<(Done, After)> {
         self.out.extend_from_slice(b"+ idling\r\n");
         self.flush().await?;
         let deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
@@ -1379,7 +1389,6 @@ impl Connection {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     self.untagged("BYE Autologout; idle for too long");
-                    let _ = tag;
                     return Ok((Done::ok("IDLE ended"), After::Close));
                 }
                 _ = async { shutdown.wait_for(|down| *down).await.map(drop) } => {
@@ -1626,12 +1635,10 @@ fn fetch_item(
                 }
             }
         }
-        other => {
-            // BINARY and MODSEQ are not offered in CAPABILITY; answer in kind with nothing.
-            tracing::debug!(item = ?other, "unsupported FETCH item");
-            out.extend_from_slice(b"UID ");
-            out.extend_from_slice(entry.uid.to_string().as_bytes());
-        }
+        // Refused before any response (see `fetch`).
+        MessageDataItemName::Binary { .. }
+        | MessageDataItemName::BinarySize { .. }
+        | MessageDataItemName::ModSeq => {}
     }
 }
 
