@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import imaplib
 import re
+import shutil
 import socket
+import subprocess
 import ssl
 import time
 
@@ -213,3 +215,86 @@ def test_bad_input_gets_clear_answers(server):
     sock.sendall(b"a7 SELECT INBOX\r\na8 FETCH 1:* (BINARY.PEEK[1])\r\n")
     read_until(sock, b"a8 BAD", 3)
     sock.close()
+
+
+def mbsync_config(srv, bob: str, root) -> str:
+    cert = srv.data_dir / "tls" / "cert.pem"
+    (root / "mail").mkdir(exist_ok=True)
+    config = root / "mbsyncrc"
+    config.write_text(f"""IMAPAccount mairust
+Host 127.0.0.1
+Port {srv.imaps_port}
+User {bob}
+Pass {USER_PASSWORD}
+SSLType IMAPS
+CertificateFile {cert}
+
+IMAPStore remote
+Account mairust
+
+MaildirStore local
+Path {root}/mail/
+Inbox {root}/mail/INBOX
+SubFolders Verbatim
+
+Channel all
+Far :remote:
+Near :local:
+Patterns *
+Create Both
+Expunge Both
+SyncState *
+""")
+    return str(config)
+
+
+def mbsync(config: str) -> str:
+    done = subprocess.run(["mbsync", "-c", config, "all"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"mbsync failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def maildir_files(folder) -> list:
+    return sorted([*(folder / "cur").iterdir(), *(folder / "new").iterdir()])
+
+
+@pytest.mark.skipif(shutil.which("mbsync") is None, reason="mbsync (Debian isync) is not installed")
+def test_mbsync_mirrors_the_mailbox_both_ways(server, tmp_path):
+    srv = imap_server(server)
+    [bob] = setup_domain_and_user(srv)
+    deliver(srv, bob, 3)
+    api = srv.api(bob, USER_PASSWORD)
+    listed = list(reversed(api.wait_messages(3)))
+    config = mbsync_config(srv, bob, tmp_path)
+
+    mbsync(config)
+    inbox = tmp_path / "mail" / "INBOX"
+    files = maildir_files(inbox)
+    assert len(files) == 3
+    raws = {api.get(f"/api/v1/messages/{m['id']}/raw").content for m in listed}
+    # mbsync adds its own X-TUID field to the copies it stores, with LF line ends.
+    local = {re.sub(rb"X-TUID: [^\r\n]*\r?\n", b"", f.read_bytes()).replace(b"\n", b"\r\n")
+             for f in files}
+    assert local == raws, "mbsync stores the bytes /raw serves"
+    for name in ["Sent", "Drafts", "Junk", "Trash", "Archive"]:
+        assert (tmp_path / "mail" / name / "cur").is_dir(), f"{name} mirrored"
+
+    # The user reads one message and deletes another locally, and saves a draft.
+    read, doomed = files[0], files[1]
+    read.rename(inbox / "cur" / (read.name.split(":2,")[0] + ":2,S"))
+    doomed.unlink()
+    drafts = tmp_path / "mail" / "Drafts"
+    (drafts / "cur" / "1700000000.1.local:2,DS").write_bytes(
+        b"From: bob@example.test\nSubject: from mbsync\n\ndraft body\n")
+    mbsync(config)
+    items = api.messages()["items"]
+    assert len(items) == 2, "the message deleted locally is gone from the server"
+    assert sum(m["seen"] for m in items) == 1, "the local read state reached the server"
+    drafts_listed = api.messages(folder="Drafts")["items"]
+    assert [m["subject"] for m in drafts_listed] == ["from mbsync"]
+
+    # Nothing changed: a third run changes nothing on either side.
+    before = sorted(p.name for p in inbox.rglob("*") if p.is_file())
+    mbsync(config)
+    assert sorted(p.name for p in inbox.rglob("*") if p.is_file()) == before
+    assert len(api.messages()["items"]) == 2
