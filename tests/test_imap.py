@@ -298,3 +298,85 @@ def test_mbsync_mirrors_the_mailbox_both_ways(server, tmp_path):
     mbsync(config)
     assert sorted(p.name for p in inbox.rglob("*") if p.is_file()) == before
     assert len(api.messages()["items"]) == 2
+
+
+class Raw:
+    """A raw IMAPS session: commands in, every line up to the tagged reply out."""
+
+    def __init__(self, srv, bob: str):
+        raw = socket.create_connection(("127.0.0.1", srv.imaps_port), timeout=10)
+        self.sock = insecure_tls().wrap_socket(raw, server_hostname="mx.example.test")
+        self.buf = read_until(self.sock, b"IMAP ready\r\n", 5)
+        self.n = 0
+        self.run(f'LOGIN {bob} "{USER_PASSWORD}"')
+
+    def run(self, command: str, expect: str = "OK") -> str:
+        self.n += 1
+        tag = f"t{self.n}"
+        self.sock.sendall(f"{tag} {command}\r\n".encode())
+        got = b""
+        deadline = time.monotonic() + 5
+        while not re.search(rb"(^|\r\n)" + tag.encode() + rb" [^\r\n]*\r\n$", got):
+            assert time.monotonic() < deadline, f"no reply to {command!r}; got {got!r}"
+            chunk = self.sock.recv(4096)
+            assert chunk, f"connection closed; got {got!r}"
+            got += chunk
+        text = got.decode()
+        last = text.rstrip("\r\n").split("\r\n")[-1]
+        assert last.startswith(f"{tag} {expect}"), text
+        return text
+
+
+def test_condstore_and_qresync_resynchronise_a_client(server):
+    srv = imap_server(server)
+    [bob] = setup_domain_and_user(srv)
+    deliver(srv, bob, 3)
+    api = srv.api(bob, USER_PASSWORD)
+    listed = list(reversed(api.wait_messages(3)))
+
+    first = Raw(srv, bob)
+    assert "CONDSTORE" in first.run("CAPABILITY") and "QRESYNC" in first.run("CAPABILITY")
+    assert "* ENABLED QRESYNC" in first.run("ENABLE QRESYNC")
+    selected = first.run("SELECT INBOX")
+    uidvalidity = int(re.search(r"UIDVALIDITY (\d+)", selected).group(1))
+    since = int(re.search(r"\[HIGHESTMODSEQ (\d+)\]", selected).group(1))
+
+    # Changes made elsewhere: read through the API, one deleted, one new.
+    assert api.patch(f"/api/v1/messages/{listed[0]['id']}", json={"seen": True}).status_code == 200
+    assert api.delete(f"/api/v1/messages/{listed[1]['id']}").status_code == 204
+    deliver(srv, bob, 1, subject="later")
+
+    # The open session hears of the expunge as VANISHED (QRESYNC), with MODSEQs.
+    noop = first.run("NOOP")
+    assert "* VANISHED 2\r\n" in noop and " EXPUNGE" not in noop, noop
+    assert re.search(r"\* 1 FETCH \(UID 1 FLAGS \(\\Seen\) MODSEQ \(\d+\)\)", noop), noop
+    assert "* 3 EXISTS" in noop, noop
+
+    # A client coming back with its old state learns exactly what changed.
+    second = Raw(srv, bob)
+    second.run("ENABLE QRESYNC")
+    resync = second.run(f"SELECT INBOX (QRESYNC ({uidvalidity} {since} 1:3))")
+    assert "* VANISHED (EARLIER) 2\r\n" in resync, resync
+    assert re.search(r"\* 1 FETCH \(UID 1 FLAGS \(\\Seen\) MODSEQ \(\d+\)\)", resync), resync
+    assert re.search(r"\* 3 FETCH \(UID 4 FLAGS \(\) MODSEQ \(\d+\)\)", resync), resync
+    assert "UID 3 " not in resync, "an unchanged message is not repeated"
+    fetched = second.run(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {since} VANISHED)")
+    assert "* VANISHED (EARLIER) 2\r\n" in fetched and "UID 3 " not in fetched, fetched
+
+    # STORE UNCHANGEDSINCE: a message changed after the client's modseq is left alone.
+    stale = second.run("UID STORE 1 (UNCHANGEDSINCE 1) +FLAGS (\\Flagged)")
+    assert "[MODIFIED 1]" in stale and "\\Flagged" not in stale, stale
+    now = int(re.search(r"UID 1 FLAGS \(\\Seen\) MODSEQ \((\d+)\)", resync).group(1))
+    stored = second.run(f"UID STORE 1 (UNCHANGEDSINCE {now}) +FLAGS.SILENT (\\Flagged)")
+    after = int(re.search(r"UID 1 FLAGS \(\\Flagged \\Seen\) MODSEQ \((\d+)\)", stored).group(1))
+    assert after > now and "MODIFIED" not in stored, stored
+    assert [m for m in api.messages()["items"] if m["id"] == listed[0]["id"]][0]["flagged"]
+
+    found = second.run(f"UID SEARCH MODSEQ {after}")
+    assert f"* SEARCH 1 (MODSEQ {after})" in found, found
+    found = second.run(f"UID SEARCH MODSEQ {now + 1}")
+    assert f"* SEARCH 1 4 (MODSEQ {after})" in found, "the new message changed after the read"
+    status = second.run("STATUS INBOX (HIGHESTMODSEQ MESSAGES)")
+    assert f"HIGHESTMODSEQ {after}" in status and "MESSAGES 3" in status, status
+    # Selecting another folder closes the first one explicitly.
+    assert "* OK [CLOSED]" in second.run("SELECT Sent")

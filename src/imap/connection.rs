@@ -12,12 +12,13 @@ use imap_codec::CommandCodec;
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::{FetchModifier, SelectParameter, StoreModifier};
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::search::SearchKey;
-use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::status::StatusDataItemName;
 use mail_parser::MessageParser;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -26,7 +27,7 @@ use tokio::net::TcpStream;
 
 use super::framing::{Frame, Framer, FramingError, Next};
 use super::render::{self, SectionSpec};
-use super::selected::{SYSTEM_FLAGS, Selected, flag_list};
+use super::selected::{Reporting, SYSTEM_FLAGS, Selected, flag_list, flags_response, uid_set};
 use super::utf7;
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
@@ -207,6 +208,8 @@ struct Connection {
     peer: SocketAddr,
     user: Option<User>,
     selected: Option<Selected>,
+    /// What ENABLE (or a command using it) switched on: CONDSTORE, QRESYNC.
+    reporting: Reporting,
     framer: Framer,
     /// Responses waiting to be written.
     out: Vec<u8>,
@@ -229,6 +232,7 @@ impl Connection {
             peer: args.peer,
             user: None,
             selected: None,
+            reporting: Reporting::default(),
             framer: Framer::new(max_literal),
             out: Vec::new(),
             _guard: args.guard,
@@ -259,6 +263,8 @@ impl Connection {
                 "CHILDREN",
                 "LITERAL+",
                 "SPECIAL-USE",
+                "CONDSTORE",
+                "QRESYNC",
             ]
             .map(String::from),
         );
@@ -495,16 +501,36 @@ impl Connection {
                 }
             }
             _ if !signed_in => Done::bad("Sign in first"),
-            CommandBody::Enable { .. } => {
-                self.untagged("ENABLED");
+            CommandBody::Enable { capabilities } => {
+                let mut enabled = Vec::new();
+                for capability in capabilities.as_ref() {
+                    let name = capability.to_string().to_ascii_uppercase();
+                    match name.as_str() {
+                        "CONDSTORE" => self.reporting.modseq = true,
+                        "QRESYNC" => {
+                            self.reporting.modseq = true;
+                            self.reporting.vanished = true;
+                        }
+                        _ => continue,
+                    }
+                    enabled.push(name);
+                }
+                let line = format!("ENABLED {}", enabled.join(" "));
+                self.untagged(line.trim_end());
                 Done::ok("ENABLE completed")
             }
             CommandBody::Namespace => {
                 self.untagged("NAMESPACE ((\"\" \"/\")) NIL NIL");
                 Done::ok("NAMESPACE completed")
             }
-            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false).await,
-            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true).await,
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => self.select(&mailbox, false, &parameters).await,
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => self.select(&mailbox, true, &parameters).await,
             CommandBody::Create { mailbox } => match self.folder(&mailbox) {
                 // A trailing delimiter only says that folders will be created inside.
                 Ok(name) => self.create(&name).await,
@@ -606,18 +632,29 @@ impl Connection {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
-            } => self.fetch(&sequence_set, &macro_or_item_names, uid).await,
+                modifiers,
+            } => {
+                self.fetch(&sequence_set, &macro_or_item_names, uid, &modifiers)
+                    .await
+            }
             CommandBody::Store {
                 sequence_set,
                 kind,
                 response,
                 flags,
                 uid,
-                ..
+                modifiers,
             } => {
-                self.store(&sequence_set, &kind, &response, &flags, uid)
-                    .await
+                let unchanged_since = modifiers.last().map(|m| match m {
+                    StoreModifier::UnchangedSince(v) => *v,
+                });
+                let change = FlagChange {
+                    kind: &kind,
+                    silent: matches!(response, StoreResponse::Silent),
+                    flags: &flags,
+                    unchanged_since,
+                };
+                self.store(&sequence_set, change, uid).await
             }
             CommandBody::Copy {
                 sequence_set,
@@ -742,19 +779,38 @@ impl Connection {
         }
     }
 
-    async fn select(&mut self, mailbox: &Mailbox<'_>, read_only: bool) -> Done {
-        self.selected = None;
+    async fn select(
+        &mut self,
+        mailbox: &Mailbox<'_>,
+        read_only: bool,
+        parameters: &[SelectParameter],
+    ) -> Done {
+        // QRESYNC: the client learns where one mailbox's responses end (RFC 7162 §3.2.11).
+        if self.selected.take().is_some() && self.reporting.vanished {
+            self.untagged("OK [CLOSED] Previous mailbox closed");
+        }
+        let mut resync = None;
+        for parameter in parameters {
+            match parameter {
+                SelectParameter::CondStore => self.reporting.modseq = true,
+                SelectParameter::QResync { .. } if !self.reporting.vanished => {
+                    return Done::bad("QRESYNC parameters need ENABLE QRESYNC first");
+                }
+                SelectParameter::QResync {
+                    uid_validity,
+                    mod_sequence_value,
+                    known_uids,
+                    ..
+                } => resync = Some((*uid_validity, *mod_sequence_value, known_uids.clone())),
+            }
+        }
         let name = match self.folder(mailbox) {
             Ok(name) => name,
             Err(done) => return done,
         };
-        let contents = match self
-            .ctx
-            .stores
-            .mailboxes
-            .folder_contents(self.user_id(), &name)
-            .await
-        {
+        let ctx = self.ctx.clone();
+        let mailboxes = &ctx.stores.mailboxes;
+        let contents = match mailboxes.folder_contents(self.user_id(), &name).await {
             Ok(Some(contents)) => contents,
             Ok(None) => return Done::no(format!("[NONEXISTENT] There is no folder {name:?}")),
             Err(e) => return unavailable(&e),
@@ -780,6 +836,40 @@ impl Connection {
             "OK [UIDNEXT {}] Predicted next UID",
             view.state.uidnext
         ));
+        self.untagged(&format!(
+            "OK [HIGHESTMODSEQ {}] Highest",
+            view.state.highestmodseq
+        ));
+        // QRESYNC: what vanished and what changed since the client's last state, if its UIDs
+        // are still valid.
+        if let Some((uidvalidity, since, known)) = resync
+            && i64::from(uidvalidity.get()) == view.state.uidvalidity
+        {
+            let since = i64::try_from(since.get()).unwrap_or(i64::MAX);
+            let gone = match mailboxes
+                .expunged_since(self.user_id(), &view.name, since)
+                .await
+            {
+                Ok(gone) => gone,
+                Err(e) => return unavailable(&e),
+            };
+            let gone: Vec<i64> = match &known {
+                Some(set) => gone
+                    .into_iter()
+                    .filter(|uid| in_uid_set(set, *uid))
+                    .collect(),
+                None => gone,
+            };
+            if !gone.is_empty() {
+                self.untagged(&format!("VANISHED (EARLIER) {}", uid_set(&gone)));
+            }
+            for (index, entry) in view.entries.iter().enumerate() {
+                if entry.modseq > since {
+                    let line = flags_response(index + 1, entry, self.reporting);
+                    self.out.extend_from_slice(line.as_bytes());
+                }
+            }
+        }
         self.selected = Some(view);
         if read_only {
             Done::ok("[READ-ONLY] EXAMINE completed")
@@ -824,7 +914,7 @@ impl Connection {
         {
             Ok(Some(contents)) => {
                 if let Some(selected) = &mut self.selected {
-                    let updates = selected.refresh(contents);
+                    let updates = selected.refresh(contents, self.reporting);
                     self.out.extend_from_slice(&updates);
                 }
             }
@@ -945,6 +1035,7 @@ impl Connection {
                 StatusDataItemName::UidNext => ("UIDNEXT", folder.uidnext),
                 StatusDataItemName::UidValidity => ("UIDVALIDITY", folder.uidvalidity),
                 StatusDataItemName::Unseen => ("UNSEEN", folder.unseen),
+                StatusDataItemName::HighestModSeq => ("HIGHESTMODSEQ", folder.highestmodseq),
                 _ => continue,
             };
             values.push(format!("{label} {value}"));
@@ -1077,11 +1168,41 @@ impl Connection {
         }
     }
 
+    /// Reads the folder again and takes the current flags and modseq of the messages at
+    /// `indexes` into the view (other changes wait for the next refresh).
+    async fn reload(&mut self, indexes: &[usize]) -> Result<(), Done> {
+        let Some(selected) = &self.selected else {
+            return Ok(());
+        };
+        let fresh = match self
+            .ctx
+            .stores
+            .mailboxes
+            .folder_contents(self.user_id(), &selected.name)
+            .await
+        {
+            Ok(Some(contents)) => contents.entries,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(unavailable(&e)),
+        };
+        if let Some(selected) = &mut self.selected {
+            for &i in indexes {
+                let uid = selected.entries[i].uid;
+                if let Ok(at) = fresh.binary_search_by_key(&uid, |e| e.uid) {
+                    selected.entries[i].flags = fresh[at].flags;
+                    selected.entries[i].modseq = fresh[at].modseq;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn fetch(
         &mut self,
         set: &SequenceSet,
         items: &MacroOrMessageDataItemNames<'_>,
         uid: bool,
+        modifiers: &[FetchModifier],
     ) -> Done {
         let Some(selected) = &self.selected else {
             return Done::bad("Select a mailbox first");
@@ -1093,15 +1214,39 @@ impl Connection {
         if let Some(unsupported) = names.iter().find(|n| {
             matches!(
                 n,
-                MessageDataItemName::Binary { .. }
-                    | MessageDataItemName::BinarySize { .. }
-                    | MessageDataItemName::ModSeq
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
             )
         }) {
             return Done::bad(format!("{unsupported:?} is not supported (see CAPABILITY)"));
         }
+        let mut changed_since = None;
+        let mut vanished = false;
+        for modifier in modifiers {
+            match modifier {
+                FetchModifier::ChangedSince(m) => {
+                    changed_since = Some(i64::try_from(m.get()).unwrap_or(i64::MAX));
+                }
+                FetchModifier::Vanished if !uid || !self.reporting.vanished => {
+                    return Done::bad("VANISHED needs UID FETCH and ENABLE QRESYNC");
+                }
+                FetchModifier::Vanished => vanished = true,
+            }
+        }
+        if vanished && changed_since.is_none() {
+            return Done::bad("VANISHED needs CHANGEDSINCE");
+        }
+        // Asking for a MODSEQ turns CONDSTORE on (RFC 7162 §3.1).
+        if changed_since.is_some() || names.contains(&MessageDataItemName::ModSeq) {
+            self.reporting.modseq = true;
+        }
         if uid && !names.contains(&MessageDataItemName::Uid) {
             names.insert(0, MessageDataItemName::Uid);
+        }
+        if self.reporting.modseq
+            && (changed_since.is_some() || names.contains(&MessageDataItemName::Flags))
+            && !names.contains(&MessageDataItemName::ModSeq)
+        {
+            names.push(MessageDataItemName::ModSeq);
         }
         let needs_body = names.iter().any(|n| {
             !matches!(
@@ -1110,6 +1255,7 @@ impl Connection {
                     | MessageDataItemName::Flags
                     | MessageDataItemName::InternalDate
                     | MessageDataItemName::Rfc822Size
+                    | MessageDataItemName::ModSeq
             )
         });
         let marks_seen = !selected.read_only
@@ -1121,15 +1267,37 @@ impl Connection {
                         | MessageDataItemName::Rfc822Text
                 )
             });
-        let indexes = selected.resolve(set, uid);
-        let entries: Vec<FolderEntry> = indexes
-            .iter()
-            .map(|&i| selected.entries[i].clone())
+        let indexes: Vec<usize> = selected
+            .resolve(set, uid)
+            .into_iter()
+            .filter(|&i| changed_since.is_none_or(|m| selected.entries[i].modseq > m))
             .collect();
+        if vanished && let Some(since) = changed_since {
+            let name = selected.name.clone();
+            match self
+                .ctx
+                .stores
+                .mailboxes
+                .expunged_since(self.user_id(), &name, since)
+                .await
+            {
+                Ok(gone) => {
+                    let gone: Vec<i64> = gone.into_iter().filter(|u| in_uid_set(set, *u)).collect();
+                    if !gone.is_empty() {
+                        self.untagged(&format!("VANISHED (EARLIER) {}", uid_set(&gone)));
+                    }
+                }
+                Err(e) => return unavailable(&e),
+            }
+        }
         // \Seen first, so the FETCH responses show it.
         if marks_seen {
-            let unseen: Vec<i64> = entries
+            let Some(selected) = &self.selected else {
+                return Done::bad("Select a mailbox first");
+            };
+            let unseen: Vec<i64> = indexes
                 .iter()
+                .map(|&i| &selected.entries[i])
                 .filter(|e| e.flags & flags::SEEN == 0)
                 .map(|e| e.id)
                 .collect();
@@ -1143,18 +1311,15 @@ impl Connection {
                 {
                     return unavailable(&e);
                 }
-                if let Some(selected) = &mut self.selected {
-                    for &i in &indexes {
-                        selected.entries[i].flags |= flags::SEEN;
-                    }
+                if let Err(done) = self.reload(&indexes).await {
+                    return done;
                 }
             }
         }
-        for (&index, entry) in indexes.iter().zip(entries) {
-            let flags_now = self
-                .selected
-                .as_ref()
-                .map_or(entry.flags, |s| s.entries[index].flags);
+        for &index in &indexes {
+            let Some(entry) = self.selected.as_ref().map(|s| s.entries[index].clone()) else {
+                break;
+            };
             let body = if needs_body {
                 match self.body_of(&entry).await {
                     Ok(body) => Some(body),
@@ -1171,14 +1336,7 @@ impl Connection {
                 if i > 0 {
                     line.push(b' ');
                 }
-                fetch_item(
-                    &mut line,
-                    name,
-                    &entry,
-                    flags_now,
-                    body.as_deref(),
-                    parsed.as_ref(),
-                );
+                fetch_item(&mut line, name, &entry, body.as_deref(), parsed.as_ref());
             }
             line.extend_from_slice(b")\r\n");
             self.out.extend_from_slice(&line);
@@ -1190,28 +1348,45 @@ impl Connection {
         })
     }
 
-    async fn store(
-        &mut self,
-        set: &SequenceSet,
-        kind: &StoreType,
-        response: &StoreResponse,
-        flag_args: &[Flag<'_>],
-        uid: bool,
-    ) -> Done {
+    async fn store(&mut self, set: &SequenceSet, change: FlagChange<'_, '_>, uid: bool) -> Done {
         let Some(selected) = &self.selected else {
             return Done::bad("Select a mailbox first");
         };
         if selected.read_only {
             return Done::no("[READ-ONLY] The folder is open read-only");
         }
-        let bits = flag_bits(flag_args);
+        let bits = flag_bits(change.flags);
         let all: i64 = SYSTEM_FLAGS.iter().map(|(_, b)| b).sum();
-        let (add, remove) = match kind {
+        let (add, remove) = match change.kind {
             StoreType::Add => (bits, 0),
             StoreType::Remove => (0, bits),
             StoreType::Replace => (bits, all & !bits),
         };
-        let indexes = selected.resolve(set, uid);
+        let mut indexes = selected.resolve(set, uid);
+        // UNCHANGEDSINCE: messages changed after the client's modseq are left alone and
+        // named in MODIFIED (RFC 7162 §3.1.3), judged on their current state.
+        let mut modified = Vec::new();
+        if let Some(limit) = change.unchanged_since {
+            self.reporting.modseq = true;
+            if let Err(done) = self.reload(&indexes).await {
+                return done;
+            }
+            let Some(selected) = &self.selected else {
+                return Done::bad("Select a mailbox first");
+            };
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            indexes.retain(|&i| {
+                let entry = &selected.entries[i];
+                let keep = entry.modseq <= limit;
+                if !keep {
+                    modified.push(if uid { entry.uid } else { i as i64 + 1 });
+                }
+                keep
+            });
+        }
+        let Some(selected) = &self.selected else {
+            return Done::bad("Select a mailbox first");
+        };
         let ids: Vec<i64> = indexes.iter().map(|&i| selected.entries[i].id).collect();
         if let Err(e) = self
             .ctx
@@ -1222,26 +1397,36 @@ impl Connection {
         {
             return unavailable(&e);
         }
-        let Some(selected) = &mut self.selected else {
-            return Done::ok("STORE completed");
-        };
-        let mut lines = Vec::new();
-        for &i in &indexes {
-            let entry = &mut selected.entries[i];
-            entry.flags = (entry.flags | add) & !remove;
-            if matches!(response, StoreResponse::Answer) || uid {
-                let mut line = format!("* {} FETCH (FLAGS {}", i + 1, flag_list(entry.flags));
-                if uid {
-                    line.push_str(&format!(" UID {}", entry.uid));
-                }
-                line.push_str(")\r\n");
-                if matches!(response, StoreResponse::Answer) {
-                    lines.extend_from_slice(line.as_bytes());
-                }
+        if self.reporting.modseq {
+            if let Err(done) = self.reload(&indexes).await {
+                return done;
+            }
+        } else if let Some(selected) = &mut self.selected {
+            for &i in &indexes {
+                let entry = &mut selected.entries[i];
+                entry.flags = (entry.flags | add) & !remove;
             }
         }
-        self.out.extend_from_slice(&lines);
-        Done::ok("STORE completed")
+        // With CONDSTORE on, the new MODSEQ is sent even for .SILENT (RFC 7162 §3.1.3).
+        if !change.silent || self.reporting.modseq {
+            let Some(selected) = &self.selected else {
+                return Done::ok("STORE completed");
+            };
+            let mut lines = String::new();
+            for &i in &indexes {
+                lines.push_str(&flags_response(i + 1, &selected.entries[i], self.reporting));
+            }
+            self.out.extend_from_slice(lines.as_bytes());
+        }
+        if modified.is_empty() {
+            Done::ok("STORE completed")
+        } else {
+            modified.sort_unstable();
+            Done::ok(format!(
+                "[MODIFIED {}] Some messages changed meanwhile",
+                uid_set(&modified)
+            ))
+        }
     }
 
     async fn copy(
@@ -1296,8 +1481,8 @@ impl Connection {
         let code = format!(
             "COPYUID {} {} {}",
             target.uidvalidity,
-            uid_list(&from_uids),
-            uid_list(&to_uids)
+            uid_set(&from_uids),
+            uid_set(&to_uids)
         );
         if moving {
             self.untagged(&format!("OK [{code}] Moved"));
@@ -1338,12 +1523,17 @@ impl Connection {
                 parsed: parsed.as_ref(),
             };
             if criteria.iter().all(|k| ctx.matches(k)) {
-                hits.push(if uid { entry.uid } else { index as i64 + 1 });
+                hits.push((if uid { entry.uid } else { index as i64 + 1 }, entry.modseq));
             }
         }
-        let list: Vec<String> = hits.iter().map(i64::to_string).collect();
+        let list: Vec<String> = hits.iter().map(|(n, _)| n.to_string()).collect();
         if list.is_empty() {
             self.untagged("SEARCH");
+        } else if criteria.iter().any(uses_modseq) {
+            // The highest modseq of the messages found (RFC 7162 §3.1.5).
+            self.reporting.modseq = true;
+            let highest = hits.iter().map(|(_, m)| *m).max().unwrap_or_default();
+            self.untagged(&format!("SEARCH {} (MODSEQ {highest})", list.join(" ")));
         } else {
             self.untagged(&format!("SEARCH {}", list.join(" ")));
         }
@@ -1410,6 +1600,29 @@ impl Done {
     }
 }
 
+/// What a STORE asks.
+struct FlagChange<'a, 'b> {
+    kind: &'a StoreType,
+    silent: bool,
+    flags: &'a [Flag<'b>],
+    unchanged_since: Option<u64>,
+}
+
+/// Whether `uid` is in a UID set (`*` is no bound: the largest UID in use is above it).
+fn in_uid_set(set: &SequenceSet, uid: i64) -> bool {
+    let value = |v: &SeqOrUid| match v {
+        SeqOrUid::Value(n) => i64::from(n.get()),
+        SeqOrUid::Asterisk => i64::MAX,
+    };
+    set.0.as_ref().iter().any(|s| match s {
+        Sequence::Single(v) => value(v) == uid,
+        Sequence::Range(a, b) => {
+            let (a, b) = (value(a), value(b));
+            a.min(b) <= uid && uid <= a.max(b)
+        }
+    })
+}
+
 /// The stored bits of the system flags in `args` (keywords are not kept).
 fn flag_bits(args: &[Flag<'_>]) -> i64 {
     args.iter()
@@ -1422,25 +1635,6 @@ fn flag_bits(args: &[Flag<'_>]) -> i64 {
             _ => 0,
         })
         .fold(0, |a, b| a | b)
-}
-
-/// UIDs as a sequence set, ranges joined (`3:5,9`).
-fn uid_list(uids: &[i64]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let mut j = i;
-        while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
-            j += 1;
-        }
-        parts.push(if i == j {
-            uids[i].to_string()
-        } else {
-            format!("{}:{}", uids[i], uids[j])
-        });
-        i = j + 1;
-    }
-    parts.join(",")
 }
 
 /// Whether `name` matches an IMAP LIST pattern: `*` matches anything, `%` anything but the
@@ -1556,7 +1750,6 @@ fn fetch_item(
     out: &mut Vec<u8>,
     name: &MessageDataItemName<'_>,
     entry: &FolderEntry,
-    flags_now: i64,
     raw: Option<&[u8]>,
     parsed: Option<&mail_parser::Message<'_>>,
 ) {
@@ -1567,7 +1760,7 @@ fn fetch_item(
     match name {
         MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
         MessageDataItemName::Flags => {
-            out.extend_from_slice(format!("FLAGS {}", flag_list(flags_now)).as_bytes());
+            out.extend_from_slice(format!("FLAGS {}", flag_list(entry.flags)).as_bytes());
         }
         MessageDataItemName::InternalDate => out.extend_from_slice(
             format!("INTERNALDATE \"{}\"", imap_date(entry.received_at)).as_bytes(),
@@ -1635,10 +1828,22 @@ fn fetch_item(
                 }
             }
         }
+        MessageDataItemName::ModSeq => {
+            out.extend_from_slice(format!("MODSEQ ({})", entry.modseq).as_bytes());
+        }
         // Refused before any response (see `fetch`).
-        MessageDataItemName::Binary { .. }
-        | MessageDataItemName::BinarySize { .. }
-        | MessageDataItemName::ModSeq => {}
+        MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {}
+    }
+}
+
+/// Whether a search uses MODSEQ.
+fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(uses_modseq),
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        _ => false,
     }
 }
 
@@ -1797,6 +2002,9 @@ impl Candidate<'_> {
                 }) && contains_ci(&value, s.as_ref())
             }
             SearchKey::Body(s) => contains_ci(&self.text(), s.as_ref()),
+            SearchKey::ModSequence { modseq, .. } => {
+                self.entry.modseq >= i64::try_from(*modseq).unwrap_or(i64::MAX)
+            }
             SearchKey::Text(s) => {
                 let header_end = self
                     .parsed
@@ -1809,7 +2017,6 @@ impl Candidate<'_> {
                     .unwrap_or_default();
                 contains_ci(&header, s.as_ref()) || contains_ci(&self.text(), s.as_ref())
             }
-            _ => false,
         }
     }
 }
@@ -1827,11 +2034,5 @@ mod tests {
         assert!(wildcard_match("inbox", "INBOX"));
         assert!(wildcard_match("W*6", "Work/2026"));
         assert!(!wildcard_match("Sent", "Sent Items"));
-    }
-
-    #[test]
-    fn uid_lists_join_ranges() {
-        assert_eq!(uid_list(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
-        assert_eq!(uid_list(&[4]), "4");
     }
 }

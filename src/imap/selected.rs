@@ -26,6 +26,48 @@ pub fn flag_list(bits: i64) -> String {
     format!("({})", names.join(" "))
 }
 
+/// What the client enabled that changes how changes are reported (RFC 7162).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reporting {
+    /// CONDSTORE: FETCH responses carry the message's MODSEQ.
+    pub modseq: bool,
+    /// QRESYNC: expunges are reported as `VANISHED` UID sets instead of EXPUNGE.
+    pub vanished: bool,
+}
+
+/// The untagged FETCH that tells a client a message's flags (and modseq).
+pub fn flags_response(seq: usize, entry: &FolderEntry, reporting: Reporting) -> String {
+    let mut line = format!(
+        "* {seq} FETCH (UID {} FLAGS {}",
+        entry.uid,
+        flag_list(entry.flags)
+    );
+    if reporting.modseq {
+        line.push_str(&format!(" MODSEQ ({})", entry.modseq));
+    }
+    line.push_str(")\r\n");
+    line
+}
+
+/// UIDs as a sequence set, runs joined (`3:5,9`).
+pub fn uid_set(uids: &[i64]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let mut j = i;
+        while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            uids[i].to_string()
+        } else {
+            format!("{}:{}", uids[i], uids[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
 /// A selected folder.
 #[derive(Debug)]
 pub struct Selected {
@@ -95,15 +137,24 @@ impl Selected {
     /// Takes the folder's new contents and returns the untagged responses that bring the
     /// client's view up to date: EXPUNGE (highest first, so no number shifts under the
     /// client), FETCH for changed flags, EXISTS for new mail.
-    pub fn refresh(&mut self, contents: FolderContents) -> Vec<u8> {
+    pub fn refresh(&mut self, contents: FolderContents, reporting: Reporting) -> Vec<u8> {
         let mut out = Vec::new();
         let new = contents.entries;
         let kept: BTreeSet<i64> = new.iter().map(|e| e.uid).collect();
+        let mut vanished = Vec::new();
         for index in (0..self.entries.len()).rev() {
             if !kept.contains(&self.entries[index].uid) {
-                out.extend_from_slice(format!("* {} EXPUNGE\r\n", index + 1).as_bytes());
+                if reporting.vanished {
+                    vanished.push(self.entries[index].uid);
+                } else {
+                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", index + 1).as_bytes());
+                }
                 self.entries.remove(index);
             }
+        }
+        if !vanished.is_empty() {
+            vanished.reverse();
+            out.extend_from_slice(format!("* VANISHED {}\r\n", uid_set(&vanished)).as_bytes());
         }
         let old_last = self.entries.last().map_or(0, |e| e.uid);
         let mut at = 0;
@@ -118,15 +169,7 @@ impl Selected {
                 && known.uid == entry.uid
             {
                 if known.flags != entry.flags {
-                    out.extend_from_slice(
-                        format!(
-                            "* {} FETCH (UID {} FLAGS {})\r\n",
-                            at + 1,
-                            entry.uid,
-                            flag_list(entry.flags)
-                        )
-                        .as_bytes(),
-                    );
+                    out.extend_from_slice(flags_response(at + 1, entry, reporting).as_bytes());
                 }
                 *known = entry.clone();
             }
@@ -205,11 +248,10 @@ mod tests {
             false,
             contents(vec![entry(1, 0), entry(2, 0), entry(3, 0), entry(4, 0)]),
         );
-        let out = view.refresh(contents(vec![
-            entry(1, 0),
-            entry(3, flags::SEEN),
-            entry(5, 0),
-        ]));
+        let out = view.refresh(
+            contents(vec![entry(1, 0), entry(3, flags::SEEN), entry(5, 0)]),
+            Reporting::default(),
+        );
         assert_eq!(
             String::from_utf8(out).expect("ascii"),
             "* 4 EXPUNGE\r\n* 2 EXPUNGE\r\n* 2 FETCH (UID 3 FLAGS (\\Seen))\r\n* 3 EXISTS\r\n"
@@ -218,6 +260,18 @@ mod tests {
             view.entries.iter().map(|e| e.uid).collect::<Vec<_>>(),
             vec![1, 3, 5]
         );
-        assert!(view.refresh(contents(view.entries.clone())).is_empty());
+        assert!(
+            view.refresh(contents(view.entries.clone()), Reporting::default())
+                .is_empty()
+        );
+        let reporting = Reporting {
+            modseq: true,
+            vanished: true,
+        };
+        let out = view.refresh(contents(vec![entry(5, flags::FLAGGED)]), reporting);
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "* VANISHED 1,3\r\n* 1 FETCH (UID 5 FLAGS (\\Flagged) MODSEQ (1))\r\n"
+        );
     }
 }

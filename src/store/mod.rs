@@ -724,6 +724,14 @@ pub trait MailboxStore: Send + Sync + 'static {
         user_id: i64,
         name: &str,
     ) -> Result<Option<FolderContents>, StoreError>;
+    /// UIDs expunged from a folder with a modification sequence above `modseq` (QRESYNC's
+    /// VANISHED), ascending.
+    async fn expunged_since(
+        &self,
+        user_id: i64,
+        name: &str,
+        modseq: i64,
+    ) -> Result<Vec<i64>, StoreError>;
     /// Where the message accepted as `message_id` (an acceptance id) landed in the user's
     /// mailbox: its folder's UIDVALIDITY and its UID.
     async fn placed(

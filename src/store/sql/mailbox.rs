@@ -737,6 +737,27 @@ impl MailboxStore for SqlStore {
         Ok(Some(FolderContents { state, entries }))
     }
 
+    async fn expunged_since(
+        &self,
+        user_id: i64,
+        name: &str,
+        modseq: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT x.uid FROM expunged x JOIN folders f ON f.id = x.folder_id \
+             WHERE f.user_id = $1 AND f.name = $2 AND x.modseq > $3 ORDER BY x.uid",
+        )
+        .bind(user_id)
+        .bind(name)
+        .bind(modseq)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
     async fn placed(
         &self,
         user_id: i64,
