@@ -161,7 +161,7 @@ impl Default for ServerConfig {
             pop3_port: 110,
             pop3s_port: 995,
             data_dir: PathBuf::from("/var/lib/mairust"),
-            roles: vec![Role::Smtp, Role::Queue, Role::Api, Role::Web],
+            roles: vec![Role::Smtp, Role::Queue, Role::Imap, Role::Api, Role::Web],
             fault_injection: false,
             startup_timeout: Duration::from_secs(60),
         }

@@ -206,6 +206,8 @@ def backend_config(root: Path) -> dict:
 def base_config(root: Path, ports: tuple[int, int, int]) -> dict:
     data = root / "data"
     backend = backend_config(root)
+    # The imap role is in the default roles: its listeners get free ports too.
+    imap, imaps, pop3, pop3s = free_ports(4)
     return {
         "server": {
             "hostname": HOSTNAME,
@@ -213,6 +215,10 @@ def base_config(root: Path, ports: tuple[int, int, int]) -> dict:
             "smtp_port": ports[0],
             "submission_port": ports[1],
             "api_port": ports[2],
+            "imap_port": imap,
+            "imaps_port": imaps,
+            "pop3_port": pop3,
+            "pop3s_port": pop3s,
             "data_dir": str(data),
         },
         "database": copy.deepcopy(backend["database"]),

@@ -14,6 +14,7 @@ reads a developer's docker/.env (`--env-file` names an empty file).
 
 from __future__ import annotations
 
+import imaplib
 import json
 import os
 import re
@@ -41,6 +42,7 @@ from conftest import (
     USER_PASSWORD,
     ApiClient,
     free_ports,
+    insecure_tls,
     simple_message,
 )
 
@@ -162,11 +164,15 @@ def subjects(bob: ApiClient) -> list[str]:
 
 
 def test_all_in_one_keeps_mail_across_down_and_up(project):
-    smtp, submission, api = free_ports(3)
+    smtp, submission, api, imap, imaps, pop3, pop3s = free_ports(7)
     p = project("compose.all-in-one.yml", {
         "PUBLISH_ADDRESS": "127.0.0.1",
         "SMTP_PORT": str(smtp),
         "SUBMISSION_PORT": str(submission),
+        "IMAP_PORT": str(imap),
+        "IMAPS_PORT": str(imaps),
+        "POP3_PORT": str(pop3),
+        "POP3S_PORT": str(pop3s),
         "API_PORT": str(api),
         "MAIL_HOSTNAME": MAIL_HOSTNAME,
         "MAIRUST_ADMIN_EMAIL": ADMIN_EMAIL,
@@ -184,6 +190,11 @@ def test_all_in_one_keeps_mail_across_down_and_up(project):
     bob = setup_mailbox(url)
     send(smtp, "before restart")
     assert subjects(bob) == ["before restart"]
+    # A mail client reads it over IMAPS, on the published port.
+    imap = imaplib.IMAP4_SSL("127.0.0.1", imaps, ssl_context=insecure_tls(), timeout=20)
+    imap.login(f"bob@{DOMAIN}", USER_PASSWORD)
+    assert imap.select("INBOX") == ("OK", [b"1"])
+    imap.logout()
     # MAIL_HOSTNAME from the environment (docker/.env) is the name in the greeting, not the
     # container's id.
     assert smtp_greeting(smtp) == f"{MAIL_HOSTNAME} ESMTP ready"

@@ -310,7 +310,7 @@ def test_cluster_compose_survives_a_killed_and_a_cut_off_core(tmp_path, docker_i
     cluster_config(config)
     (tmp_path / "override.yml").write_text(override(receiver_image, receiver_dir))
 
-    names = ["api", "web"] + [f"{c}-{k}" for c in CORES for k in ("smtp", "submission")]
+    names = ["api", "web"] + [f"{c}-{k}" for c in CORES for k in ("smtp", "submission", "imaps")]
     ports = dict(zip(names, free_ports(len(names))))
     net = free_subnet()
     env = {
@@ -333,6 +333,7 @@ def test_cluster_compose_survives_a_killed_and_a_cut_off_core(tmp_path, docker_i
         "WEB_PORT": str(ports["web"]),
         **{f"CORE{i + 1}_SMTP_PORT": str(ports[f"{c}-smtp"]) for i, c in enumerate(CORES)},
         **{f"CORE{i + 1}_SUBMISSION_PORT": str(ports[f"{c}-submission"]) for i, c in enumerate(CORES)},
+        **{f"CORE{i + 1}_IMAPS_PORT": str(ports[f"{c}-imaps"]) for i, c in enumerate(CORES)},
     }
     files = [DOCKER_DIR / "compose.cluster.yml", tmp_path / "override.yml"]
     # More override files (os.pathsep-separated), e.g. for other stand-in images.

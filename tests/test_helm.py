@@ -413,7 +413,7 @@ def test_cluster_secret_from_an_existing_secret(everything):
 
 def test_roles_ports_and_lease_ttl(spec):
     w = workloads(spec)
-    assert env_of(w["core"])["MAIRUST_SERVER__ROLES"]["value"] == "smtp,queue"
+    assert env_of(w["core"])["MAIRUST_SERVER__ROLES"]["value"] == "smtp,queue,imap"
     assert env_of(w["api"])["MAIRUST_SERVER__ROLES"]["value"] == "api"
     core_env = env_of(w["core"])
     assert core_env["MAIRUST_QUEUE__LEASE_TTL"]["value"] == "4s"
@@ -422,6 +422,9 @@ def test_roles_ports_and_lease_ttl(spec):
     assert core_env["MAIRUST_SERVER__API_PORT"]["value"] == "8080"
     assert container_port(w["core"], "smtp")["containerPort"] == 2525
     assert container_port(w["core"], "submission")["containerPort"] == 2587
+    for name, port in [("imap", 2143), ("imaps", 2993), ("pop3", 2110), ("pop3s", 2995)]:
+        assert core_env[f"MAIRUST_SERVER__{name.upper()}_PORT"]["value"] == str(port)
+        assert container_port(w["core"], name)["containerPort"] == port
     for name in ("core", "api", "web"):
         assert w[name]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 45
 
@@ -439,6 +442,8 @@ def test_smtp_and_api_services(spec, everything):
     ports = {p["name"]: p for p in smtp["spec"]["ports"]}
     assert (ports["smtp"]["port"], ports["smtp"]["targetPort"]) == (25, "smtp")
     assert (ports["submission"]["port"], ports["submission"]["targetPort"]) == (587, "submission")
+    for name, port in [("imap", 143), ("imaps", 993), ("pop3", 110), ("pop3s", 995)]:
+        assert (ports[name]["port"], ports[name]["targetPort"]) == (port, name)
     api = spec.get("Service", f"{FULLNAME}-api")
     assert [(p["port"], p["targetPort"]) for p in api["spec"]["ports"]] == [(8080, "http")]
     lb = everything.get("Service", f"{FULLNAME}-smtp")
@@ -540,7 +545,9 @@ def test_engine_accepts_the_rendered_configuration(variant, component, request, 
     assert cluster["enabled"] is True
     if component == "core":
         assert (cfg["server"]["smtp_port"], cfg["server"]["submission_port"]) == (2525, 2587)
-        assert cfg["server"]["roles"] == ["smtp", "queue"]
+        assert cfg["server"]["roles"] == ["smtp", "queue", "imap"]
+        assert (cfg["server"]["imap_port"], cfg["server"]["imaps_port"]) == (2143, 2993)
+        assert (cfg["server"]["pop3_port"], cfg["server"]["pop3s_port"]) == (2110, 2995)
         assert cfg["queue"]["lease_ttl"] == "4s"
     else:
         assert cfg["server"]["roles"] == ["api"]
@@ -818,7 +825,13 @@ def test_network_policy_admits_only_the_needed_traffic(defaults, spec, everythin
             # 25/587 to them before the policy sees the packets: 25 itself is never the port).
             ("core", 2525, "TCP"): everyone,
             ("core", 2587, "TCP"): everyone,
+            # IMAP, IMAPS, POP3, POP3S: mail clients, from anywhere.
+            ("core", 2143, "TCP"): everyone,
+            ("core", 2993, "TCP"): everyone,
+            ("core", 2110, "TCP"): everyone,
+            ("core", 2995, "TCP"): everyone,
             ("core", 25, "TCP"): set(),
+            ("core", 143, "TCP"): set(),
             # Health and /metrics of the cores: Prometheus (kubelet probes come from the node,
             # which a NetworkPolicy always lets through).
             ("core", 8080, "TCP"): {"prometheus"},

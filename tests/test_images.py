@@ -9,6 +9,7 @@ teardown, with its anonymous volumes.
 
 from __future__ import annotations
 
+import imaplib
 import json
 import smtplib
 import subprocess
@@ -29,8 +30,8 @@ ROLE_IMAGES = ("all-in-one", "core", "api", "web")
 # The deployment spec's targets (section 6.1), in MB as `docker images` counts them.
 SIZE_TARGET_MB = {"all-in-one": 500, "core": 100, "api": 100, "web": 50}
 EXPECTED_ROLES = {
-    "all-in-one": "smtp,queue,api,web",
-    "core": "smtp,queue",
+    "all-in-one": "smtp,queue,imap,api,web",
+    "core": "smtp,queue,imap",
     "api": "api",
     "web": "web",
 }
@@ -118,10 +119,11 @@ def test_image_defaults(docker_images):
             assert env["MAIRUST_SERVER__API_PORT"] == "80"
             assert "80/tcp" in config["ExposedPorts"]
         else:
-            # The binary's defaults (25, 587, 8080): a config file's ports are not overridden.
+            # The binary's defaults (25, 587, 143, ...): a config file's ports are not overridden.
             assert not any(k.endswith("_PORT") for k in env), env
         if name in ("all-in-one", "core"):
-            assert {"25/tcp", "587/tcp", "8080/tcp"} <= set(config["ExposedPorts"])
+            expected = {"25/tcp", "587/tcp", "143/tcp", "993/tcp", "110/tcp", "995/tcp", "8080/tcp"}
+            assert expected <= set(config["ExposedPorts"])
 
 
 def test_runtime_files(docker_images):
@@ -226,19 +228,21 @@ def test_the_quick_start_volume_keeps_the_data(docker_images, containers):
 
 
 def test_the_quick_start_command_gives_a_working_server(docker_images, containers):
-    """The README's `docker run --read-only -p 25:25 -p 587:587 -p 8080:8080
+    """The README's `docker run --read-only -p 25:25 -p 587:587 -p 993:993 -p 8080:8080
     -e MAIRUST_SERVER__HOSTNAME=... -v mairust_data:/var/lib/mairust mairust/all-in-one`, on free
     host ports: the greeting carries the host name, mail comes in on 25, the generated admin
     (admin@<that name>, its password from `mairust user initial-password`) adds a domain and a
-    user over the API on 8080, who signs in on 587 (STARTTLS) and reads the mail back."""
+    user over the API on 8080, who signs in on 587 (STARTTLS) and reads the mail back, and over
+    IMAPS on 993."""
     volume = f"mairust-img-{uuid.uuid4().hex[:8]}"
-    smtp, submission, api = free_ports(3)
+    smtp, submission, api, imaps = free_ports(4)
     hostname = "mail.quick.test"
     try:
         cid = containers(
             docker_images["all-in-one"], "--read-only", "--health-interval", "1s",
             "-p", f"127.0.0.1:{smtp}:25", "-p", f"127.0.0.1:{submission}:587",
-            "-p", f"127.0.0.1:{api}:8080", "-e", f"MAIRUST_SERVER__HOSTNAME={hostname}",
+            "-p", f"127.0.0.1:{api}:8080", "-p", f"127.0.0.1:{imaps}:993",
+            "-e", f"MAIRUST_SERVER__HOSTNAME={hostname}",
             "-v", f"{volume}:/var/lib/mairust",
         )
         wait_healthy(cid)
@@ -269,6 +273,10 @@ def test_the_quick_start_command_gives_a_working_server(docker_images, container
                 break
             time.sleep(0.2)
         assert [m["subject"] for m in items] == ["over 25"], items
+        imap = imaplib.IMAP4_SSL("127.0.0.1", imaps, ssl_context=insecure_tls(), timeout=20)
+        imap.login("bob@quick.test", "bob-password-123")
+        assert imap.select("INBOX") == ("OK", [b"1"])
+        imap.logout()
     finally:
         docker("rm", "-f", *containers.started, check=False)
         docker("volume", "rm", "-f", volume, check=False)
