@@ -38,6 +38,7 @@ from conftest import (
     assert_error,
     free_ports,
     free_udp_ports,
+    insecure_tls,
     metric_value,
     run_cli,
     setup_domain_and_user,
@@ -587,6 +588,41 @@ def test_sigterm_hands_the_partitions_over_within_a_second(cluster):
     cluster.wait_converged(survivors, timeout=10)
     srv.start(first=False)
     assert victim in cluster.wait_converged(cluster.ids).values()
+
+
+@needs_cluster
+def test_idle_on_one_node_sees_mail_another_node_accepted_within_a_second(cluster):
+    cluster.wait_converged(cluster.ids)
+    watcher, receiver = (cluster.nodes[i] for i in cluster.ids[:2])
+    bob = f"bob@{DOMAIN}"
+    raw = socket.create_connection(("127.0.0.1", watcher.config["server"]["imaps_port"]), timeout=10)
+    sock = insecure_tls().wrap_socket(raw, server_hostname="mx.example.test")
+
+    def until(pattern: bytes, timeout: float) -> bytes:
+        got, deadline = b"", time.monotonic() + timeout
+        sock.settimeout(timeout)
+        while pattern not in got:
+            assert time.monotonic() < deadline, f"no {pattern!r} within {timeout}s: {got!r}"
+            chunk = sock.recv(4096)
+            assert chunk, got
+            got += chunk
+        return got
+
+    until(b"IMAP ready\r\n", 5)
+    sock.sendall(f'a LOGIN {bob} "{USER_PASSWORD}"\r\nb SELECT INBOX\r\n'.encode())
+    selected = until(b"b OK", 5)
+    exists = int(re.search(rb"\* (\d+) EXISTS", selected).group(1))
+    sock.sendall(b"c IDLE\r\n")
+    until(b"+ idling\r\n", 5)
+    code, _ = receiver.send(bob, b"Subject: across the cluster\r\n\r\nhello\r\n")
+    accepted = time.monotonic()
+    assert code == 250
+    until(f"* {exists + 1} EXISTS\r\n".encode(), 5)
+    took = time.monotonic() - accepted
+    assert took <= 1.0, f"IDLE on another node heard of the new mail after {took:.2f}s"
+    sock.sendall(b"DONE\r\nd LOGOUT\r\n")
+    until(b"d OK", 5)
+    sock.close()
 
 
 def test_lease_rows_left_locked_by_a_dead_node_cost_the_survivors_none_of_their_own(cluster):
