@@ -380,3 +380,24 @@ def test_condstore_and_qresync_resynchronise_a_client(server):
     assert f"HIGHESTMODSEQ {after}" in status and "MESSAGES 3" in status, status
     # Selecting another folder closes the first one explicitly.
     assert "* OK [CLOSED]" in second.run("SELECT Sent")
+
+
+def test_a_clients_copy_of_what_save_to_sent_filed_is_not_stored_twice(server):
+    srv = imap_server(server, submission={"save_to_sent": True})
+    [bob] = setup_domain_and_user(srv)
+    message = (f"From: {bob}\r\nTo: carol@remote.test\r\nSubject: sent once\r\n"
+               f"Message-ID: <once@example.test>\r\n\r\nhello\r\n").encode()
+    with srv.submission(bob, USER_PASSWORD) as s:
+        assert s.sendmail(bob, ["carol@remote.test"], message) == {}
+    imap = signed_in(srv, bob)
+    # The client APPENDs its own copy to Sent, as Thunderbird does after sending.
+    typ, data = imap.append("Sent", "(\\Seen)", None, message)
+    assert typ == "OK" and b"APPENDUID" in data[0], data
+    assert ok(imap.select("Sent")) == [b"1"], "one copy in Sent"
+    # Another message (another Message-ID) and the same one in another folder are stored.
+    other = message.replace(b"<once@", b"<twice@")
+    ok(imap.append("Sent", None, None, other))
+    ok(imap.append("Drafts", None, None, message))
+    assert ok(imap.status("Sent", "(MESSAGES)"))[0].endswith(b"(MESSAGES 2)")
+    assert ok(imap.status("Drafts", "(MESSAGES)"))[0].endswith(b"(MESSAGES 1)")
+    imap.logout()

@@ -1076,6 +1076,25 @@ impl Connection {
         if let Err(problem) = crate::message::check_header_section(&data) {
             return Done::no(format!("[PARSE] {problem}"));
         }
+        // With submission.save_to_sent the server already filed what the client sent; the
+        // client's own copy of it (same Message-ID) is not stored twice.
+        if self.ctx.config.submission.save_to_sent
+            && name == crate::store::SENT
+            && let Some(header_id) = crate::message::summarize(&data).message_id
+        {
+            match mailboxes
+                .find_by_message_id(user.id, &name, &header_id)
+                .await
+            {
+                Ok(Some((uidvalidity, uid))) => {
+                    return Done::ok(format!(
+                        "[APPENDUID {uidvalidity} {uid}] Already saved when it was submitted"
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => return unavailable(&e),
+            }
+        }
         let id = crate::store::new_id();
         let incoming = Incoming {
             id: id.clone(),

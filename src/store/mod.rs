@@ -732,6 +732,14 @@ pub trait MailboxStore: Send + Sync + 'static {
         name: &str,
         modseq: i64,
     ) -> Result<Vec<i64>, StoreError>;
+    /// A message in the user's folder whose `Message-ID:` is `header_id`: its folder's
+    /// UIDVALIDITY and its UID (the latest if several).
+    async fn find_by_message_id(
+        &self,
+        user_id: i64,
+        folder: &str,
+        header_id: &str,
+    ) -> Result<Option<(i64, i64)>, StoreError>;
     /// Where the message accepted as `message_id` (an acceptance id) landed in the user's
     /// mailbox: its folder's UIDVALIDITY and its UID.
     async fn placed(

@@ -758,6 +758,28 @@ impl MailboxStore for SqlStore {
             .collect::<Result<_, _>>()?)
     }
 
+    async fn find_by_message_id(
+        &self,
+        user_id: i64,
+        folder: &str,
+        header_id: &str,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT f.uidvalidity, e.uid FROM mailbox_entries e JOIN folders f \
+             ON f.id = e.folder_id JOIN messages m ON m.id = e.message_id \
+             WHERE f.user_id = $1 AND f.name = $2 AND m.message_id = $3 \
+             ORDER BY e.uid DESC LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(folder)
+        .bind(header_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|row| -> Result<_, sqlx::Error> { Ok((row.try_get(0)?, row.try_get(1)?)) })
+            .transpose()?)
+    }
+
     async fn placed(
         &self,
         user_id: i64,
