@@ -1364,9 +1364,18 @@ mod tests {
         assert_eq!(c.server.smtp_port, 25);
         assert_eq!(c.server.submission_port, 587);
         assert_eq!(c.server.api_port, 8080);
+        assert_eq!(
+            (c.server.imap_port, c.server.imaps_port),
+            (143, 993),
+            "IMAP's registered ports"
+        );
+        assert_eq!((c.server.pop3_port, c.server.pop3s_port), (110, 995));
         assert_eq!(c.storage.backend, StorageBackend::Fs);
         assert_eq!(c.database.url, "sqlite:///var/lib/mairust/db/mairust.db");
-        assert_eq!(c.server.roles.len(), 4);
+        assert_eq!(
+            c.server.roles,
+            vec![Role::Smtp, Role::Queue, Role::Imap, Role::Api, Role::Web]
+        );
     }
 
     #[test]
