@@ -401,3 +401,34 @@ def test_a_clients_copy_of_what_save_to_sent_filed_is_not_stored_twice(server):
     assert ok(imap.status("Sent", "(MESSAGES)"))[0].endswith(b"(MESSAGES 2)")
     assert ok(imap.status("Drafts", "(MESSAGES)"))[0].endswith(b"(MESSAGES 1)")
     imap.logout()
+
+
+def test_quota_and_folder_size_are_reported_and_append_respects_the_quota(server):
+    srv = imap_server(server)
+    [bob] = setup_domain_and_user(srv, quota_bytes=4096)
+    [carol] = setup_domain_and_user(srv, domain="other.test", users=("carol",))
+    deliver(srv, bob, 2)
+    api = srv.api(bob, USER_PASSWORD)
+    sizes = [len(api.get(f"/api/v1/messages/{m['id']}/raw").content) for m in api.wait_messages(2)]
+    imap = signed_in(srv, bob)
+    assert "QUOTA" in imap.capabilities and "STATUS=SIZE" in imap.capabilities
+    typ, data = imap.getquotaroot("INBOX")
+    assert typ == "OK", data
+    roots, quotas = data
+    assert roots == [b'"INBOX" ""'], roots
+    used = int(re.search(rb"STORAGE (\d+) 4\)", quotas[0]).group(1))
+    assert used * 1024 >= sum(sizes) - 2 * 100 and used <= 4, (used, sizes)
+    status = ok(imap.status("INBOX", "(SIZE MESSAGES)"))[0]
+    # SIZE counts what FETCH sends; the stored bytes behind the quota lack the Return-Path.
+    assert f"SIZE {sum(sizes)}".encode() in status, (status, sizes)
+    # Filled to the quota: APPEND is refused, naming why.
+    big = b"Subject: big\r\n\r\n" + b"x" * 4000 + b"\r\n"
+    ok(imap.append("Drafts", None, None, big))
+    typ, data = imap.append("Drafts", None, None, big)
+    assert typ == "NO" and b"[OVERQUOTA]" in data[0], (typ, data)
+    imap.logout()
+    # Without a quota there is no quota root.
+    unlimited = signed_in(srv, carol)
+    typ, data = unlimited.getquotaroot("INBOX")
+    assert typ == "OK" and data[0] == [b'"INBOX"'], data
+    unlimited.logout()

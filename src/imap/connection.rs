@@ -265,6 +265,9 @@ impl Connection {
                 "SPECIAL-USE",
                 "CONDSTORE",
                 "QRESYNC",
+                "STATUS=SIZE",
+                "QUOTA",
+                "QUOTA=RES-STORAGE",
             ]
             .map(String::from),
         );
@@ -606,6 +609,15 @@ impl Connection {
                 self.append(&mailbox, &flags, data).await
             }
             CommandBody::Idle => return self.idle().await,
+            CommandBody::GetQuotaRoot { mailbox } => match self.folder(&mailbox) {
+                Ok(name) => self.quota(Some(&name)).await,
+                Err(done) => done,
+            },
+            CommandBody::GetQuota { root } if root.as_ref().is_empty() => self.quota(None).await,
+            CommandBody::GetQuota { .. } => Done::no("[NONEXISTENT] The only quota root is \"\""),
+            CommandBody::SetQuota { .. } => {
+                Done::no("[NOPERM] Quotas are set by an administrator (REST API)")
+            }
             _ if self.selected.is_none() => Done::bad("Select a mailbox first"),
             CommandBody::Unselect => {
                 self.selected = None;
@@ -939,6 +951,41 @@ impl Connection {
         }
     }
 
+    /// GETQUOTAROOT (with the folder) or GETQUOTA of the one root, `""`: the user's storage
+    /// quota in KiB (RFC 9208), from the current usage.
+    async fn quota(&mut self, folder: Option<&str>) -> Done {
+        let Some(email) = self.user.as_ref().map(|u| u.email.clone()) else {
+            return Done::bad("Sign in first");
+        };
+        let user = match self.ctx.stores.accounts.credentials(&email).await {
+            Ok(Some(credentials)) => credentials.user,
+            Ok(None) => return Done::no("[UNAVAILABLE] The account no longer exists"),
+            Err(e) => return unavailable(&e),
+        };
+        if let Some(name) = folder {
+            let mut line = b"* QUOTAROOT ".to_vec();
+            render::string(&mut line, utf7::encode(name).as_bytes());
+            if user.quota_bytes.is_some() {
+                line.extend_from_slice(b" \"\"");
+            }
+            line.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(&line);
+        }
+        match user.quota_bytes {
+            Some(limit) => {
+                let kib = |bytes: i64| bytes.max(0).saturating_add(1023) / 1024;
+                self.untagged(&format!(
+                    "QUOTA \"\" (STORAGE {} {})",
+                    kib(user.used_bytes),
+                    limit.max(0) / 1024
+                ));
+                Done::ok("GETQUOTA completed")
+            }
+            None if folder.is_some() => Done::ok("GETQUOTAROOT completed (no quota)"),
+            None => Done::no("[NONEXISTENT] This account has no quota"),
+        }
+    }
+
     async fn subscribe(&mut self, mailbox: &Mailbox<'_>, on: bool) -> Done {
         let name = match self.folder(mailbox) {
             Ok(name) => name,
@@ -1036,6 +1083,25 @@ impl Connection {
                 StatusDataItemName::UidValidity => ("UIDVALIDITY", folder.uidvalidity),
                 StatusDataItemName::Unseen => ("UNSEEN", folder.unseen),
                 StatusDataItemName::HighestModSeq => ("HIGHESTMODSEQ", folder.highestmodseq),
+                // What FETCH RFC822.SIZE adds up to (the Return-Path line included).
+                StatusDataItemName::Size => match self
+                    .ctx
+                    .stores
+                    .mailboxes
+                    .folder_contents(self.user_id(), &name)
+                    .await
+                {
+                    Ok(Some(contents)) => (
+                        "SIZE",
+                        contents
+                            .entries
+                            .iter()
+                            .map(|e| crate::message::delivered_size(&e.envelope_from, e.size))
+                            .sum(),
+                    ),
+                    Ok(None) => continue,
+                    Err(e) => return unavailable(&e),
+                },
                 _ => continue,
             };
             values.push(format!("{label} {value}"));
