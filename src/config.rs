@@ -87,6 +87,25 @@ pub struct Config {
     pub web: WebConfig,
     /// Mail submitted on the submission port.
     pub submission: SubmissionConfig,
+    /// Mail clients over IMAP.
+    pub imap: ImapConfig,
+}
+
+/// `imap` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapConfig {
+    /// IMAP connections one account may have open at once (every device and address
+    /// together); a sign-in beyond it is refused.
+    pub max_connections_per_user: usize,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_user: 20,
+        }
+    }
 }
 
 /// `submission` section.

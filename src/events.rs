@@ -83,6 +83,12 @@ pub const METRICS: &[Metric] = &[
         ),
     ),
     metric(
+        "mairust_imap_idle_sessions",
+        Gauge,
+        &[],
+        (None, "IMAP sessions in IDLE now"),
+    ),
+    metric(
         "mairust_imap_auth_failures_total",
         Counter,
         &[],
@@ -389,6 +395,23 @@ impl InternalEvent for ImapCommand {
     fn emit(self) {
         metrics::counter!("mairust_imap_commands_total", "command" => self.command, "result" => self.result)
             .increment(1);
+    }
+}
+
+/// An IMAP session started or ended IDLE.
+pub struct ImapIdle {
+    /// Started (true) or ended.
+    pub started: bool,
+}
+
+impl InternalEvent for ImapIdle {
+    fn emit(self) {
+        let gauge = metrics::gauge!("mairust_imap_idle_sessions");
+        if self.started {
+            gauge.increment(1.0);
+        } else {
+            gauge.decrement(1.0);
+        }
     }
 }
 

@@ -216,6 +216,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             acceptor: acceptor.clone(),
             tls: Some(tls_acceptor.clone()),
             shutdown: shutdown_rx.clone(),
+            sessions: crate::imap::connection::UserSessions::default(),
         });
         for (name, implicit_tls, port) in [
             ("imap_listener", false, config.server.imap_port),

@@ -174,6 +174,7 @@ def test_idle_reports_new_mail_and_changes_made_through_the_api(server):
     read_until(sock, b"IMAP ready\r\n", 5)
     sock.sendall(f"a LOGIN {bob} \"{USER_PASSWORD}\"\r\nb SELECT INBOX\r\nc IDLE\r\n".encode())
     read_until(sock, b"+ idling\r\n", 5)
+    assert srv.metric_value("mairust_imap_idle_sessions") == 1
 
     started = time.monotonic()
     deliver(srv, bob, 1, subject="while idling")
@@ -186,6 +187,7 @@ def test_idle_reports_new_mail_and_changes_made_through_the_api(server):
 
     sock.sendall(b"DONE\r\n")
     read_until(sock, b"c OK IDLE terminated\r\n", 3)
+    assert srv.metric_value("mairust_imap_idle_sessions") == 0
     sock.sendall(b"d LOGOUT\r\n")
     read_until(sock, b"d OK", 3)
     sock.close()
@@ -199,6 +201,8 @@ def test_bad_input_gets_clear_answers(server):
     read_until(sock, b"IMAP ready\r\n", 5)
     sock.sendall(b"a1 FROBNICATE\r\n")
     read_until(sock, b"a1 BAD", 3)
+    sock.sendall(b"a1b NOOP\r\n")
+    read_until(sock, b"a1b OK", 3)
     sock.sendall(b"a2 SELECT INBOX\r\n")
     read_until(sock, b"a2 BAD Sign in first", 3)
     sock.sendall(f"a3 LOGIN {bob} \"{USER_PASSWORD}\"\r\n".encode())
@@ -432,3 +436,25 @@ def test_quota_and_folder_size_are_reported_and_append_respects_the_quota(server
     typ, data = unlimited.getquotaroot("INBOX")
     assert typ == "OK" and data[0] == [b'"INBOX"'], data
     unlimited.logout()
+
+
+def test_strangers_and_greedy_accounts_are_cut_off(server):
+    srv = imap_server(server, imap={"max_connections_per_user": 2})
+    [bob] = setup_domain_and_user(srv)
+    # Three invalid commands in a row before sign-in end the connection.
+    raw = socket.create_connection(("127.0.0.1", srv.imaps_port), timeout=10)
+    sock = insecure_tls().wrap_socket(raw, server_hostname="mx.example.test")
+    read_until(sock, b"IMAP ready\r\n", 5)
+    sock.sendall(b"x1 HELO\r\nx2 EHLO\r\nx3 GET / HTTP/1.0\r\n")
+    got = read_until(sock, b"* BYE Too many invalid commands\r\n", 3)
+    assert got.count(b" BAD ") == 3
+    sock.settimeout(3)
+    assert sock.recv(100) == b"", "the server closed the connection"
+    # At most max_connections_per_user sessions of one account at once.
+    first, second = signed_in(srv, bob), signed_in(srv, bob)
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[LIMIT\]"):
+        signed_in(srv, bob)
+    first.logout()
+    third = signed_in(srv, bob)
+    third.logout()
+    second.logout()

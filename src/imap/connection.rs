@@ -31,7 +31,7 @@ use super::selected::{Reporting, SYSTEM_FLAGS, Selected, flag_list, flags_respon
 use super::utf7;
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
-use crate::events::{self, ImapAuthFailed, ImapCommand, ImapSessionOpened};
+use crate::events::{self, ImapAuthFailed, ImapCommand, ImapIdle, ImapSessionOpened};
 use crate::inbound::commit::{Acceptor, Incoming};
 use crate::message::as_delivered;
 use crate::net::{ConnectionGuard, LimitExceeded, Protocol};
@@ -63,7 +63,67 @@ pub struct ImapContext {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Flips to true when the server shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Open sessions per account on this node.
+    pub sessions: UserSessions,
 }
+
+/// Open IMAP sessions per account on this node, for `imap.max_connections_per_user`.
+#[derive(Debug, Default, Clone)]
+pub struct UserSessions(Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>);
+
+impl UserSessions {
+    /// A slot for one more session of `user`, or `None` if it has `limit` already.
+    fn enter(&self, user: i64, limit: usize) -> Option<UserSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(user).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(UserSlot {
+            sessions: self.clone(),
+            user,
+        })
+    }
+}
+
+/// One signed-in session's place in [`UserSessions`], given back when the session ends.
+#[derive(Debug)]
+struct UserSlot {
+    sessions: UserSessions,
+    user: i64,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut open = self.sessions.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Counts an IDLE in `mairust_imap_idle_sessions` while it lasts.
+struct Idling;
+
+impl Idling {
+    fn start() -> Self {
+        events::emit(ImapIdle { started: true });
+        Self
+    }
+}
+
+impl Drop for Idling {
+    fn drop(&mut self) {
+        events::emit(ImapIdle { started: false });
+    }
+}
+
+/// Bad commands in a row before sign-in that end the connection.
+const BAD_BEFORE_SIGN_IN: u32 = 3;
 
 /// IMAP on one listener, for [`crate::net::Listener`].
 pub struct ImapProtocol {
@@ -210,6 +270,10 @@ struct Connection {
     selected: Option<Selected>,
     /// What ENABLE (or a command using it) switched on: CONDSTORE, QRESYNC.
     reporting: Reporting,
+    /// The signed-in account's place among its open sessions.
+    slot: Option<UserSlot>,
+    /// Bad commands in a row before sign-in.
+    bad_in_a_row: u32,
     framer: Framer,
     /// Responses waiting to be written.
     out: Vec<u8>,
@@ -233,6 +297,8 @@ impl Connection {
             user: None,
             selected: None,
             reporting: Reporting::default(),
+            slot: None,
+            bad_in_a_row: 0,
             framer: Framer::new(max_literal),
             out: Vec::new(),
             _guard: args.guard,
@@ -427,7 +493,7 @@ impl Connection {
                     result: "bad",
                 });
                 self.tagged(&tag, &Done::bad("Unknown command or invalid arguments"));
-                return Ok(After::Continue);
+                return Ok(self.count_bad(true));
             }
         };
         let name = command_name(&command.body);
@@ -445,7 +511,24 @@ impl Connection {
             },
         });
         self.tagged(&tag, &done);
-        Ok(after)
+        if let After::Close = after {
+            return Ok(after);
+        }
+        Ok(self.count_bad(done.status == "BAD"))
+    }
+
+    /// Counts bad commands in a row before sign-in; the third ends the connection.
+    fn count_bad(&mut self, bad: bool) -> After {
+        if !bad || self.user.is_some() {
+            self.bad_in_a_row = 0;
+            return After::Continue;
+        }
+        self.bad_in_a_row += 1;
+        if self.bad_in_a_row >= BAD_BEFORE_SIGN_IN {
+            self.untagged("BYE Too many invalid commands");
+            return After::Close;
+        }
+        After::Continue
     }
 
     async fn dispatch(&mut self, command: Command<'_>) -> io::Result<(Done, After)> {
@@ -461,6 +544,8 @@ impl Connection {
                 Done::ok("NOOP completed")
             }
             CommandBody::Logout => {
+                // The account's slot is free before the client reads the reply.
+                self.slot = None;
                 self.untagged("BYE Logging out");
                 return Ok((Done::ok("LOGOUT completed"), After::Close));
             }
@@ -707,6 +792,14 @@ impl Connection {
             .await;
         match checked {
             Ok(Some(account)) => {
+                let limit = self.ctx.config.imap.max_connections_per_user;
+                let Some(slot) = self.ctx.sessions.enter(account.id, limit) else {
+                    tracing::warn!(peer = %self.peer, user, limit, "IMAP sign-in refused: too many sessions");
+                    return Done::no(format!(
+                        "[LIMIT] This account has {limit} IMAP connections open already; close some"
+                    ));
+                };
+                self.slot = Some(slot);
                 tracing::info!(peer = %self.peer, user, "IMAP sign-in");
                 self.user = Some(account);
                 let caps = self.capabilities();
@@ -1631,6 +1724,7 @@ impl Connection {
 
     /// IDLE until DONE: changes to the selected folder are sent as they happen.
     async fn idle(&mut self) -> io::Result<(Done, After)> {
+        let _idling = Idling::start();
         self.out.extend_from_slice(b"+ idling\r\n");
         self.flush().await?;
         let deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
