@@ -7,9 +7,11 @@ from __future__ import annotations
 import imaplib
 import re
 import shutil
+import smtplib
 import socket
-import subprocess
 import ssl
+import subprocess
+import threading
 import time
 
 import pytest
@@ -458,3 +460,82 @@ def test_strangers_and_greedy_accounts_are_cut_off(server):
     third = signed_in(srv, bob)
     third.logout()
     second.logout()
+
+
+def test_sigkill_while_clients_append_and_smtp_accepts_keeps_every_acknowledged_message(server):
+    srv = imap_server(server)
+    [bob] = setup_domain_and_user(srv)
+    appended: dict[str, int] = {}  # subject -> the UID APPENDUID gave
+    accepted: set[str] = set()
+    lock = threading.Lock()
+    killed = threading.Event()
+    failures: list[str] = []
+
+    def appender(n: int) -> None:
+        try:
+            imap = signed_in(srv, bob)
+            for i in range(5000):
+                subject = f"append-{n}-{i}"
+                body = f"Subject: {subject}\r\nMessage-ID: <{subject}@t>\r\n\r\n{'y' * 300}\r\n"
+                typ, data = imap.append("Drafts", None, None, body.encode())
+                if typ == "OK":
+                    uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+                    with lock:
+                        appended[subject] = uid
+        except (imaplib.IMAP4.abort, imaplib.IMAP4.error, OSError) as e:
+            if not killed.is_set():
+                failures.append(f"appender {n}: {e!r}")
+
+    def sender(n: int) -> None:
+        try:
+            with srv.smtp() as s:
+                for i in range(5000):
+                    subject = f"smtp-{n}-{i}"
+                    s.mail("alice@remote.test")
+                    s.rcpt(bob)
+                    if s.data(f"Subject: {subject}\r\n\r\nhello\r\n".encode())[0] == 250:
+                        with lock:
+                            accepted.add(subject)
+        except (OSError, smtplib.SMTPException) as e:
+            if not killed.is_set():
+                failures.append(f"sender {n}: {e!r}")
+
+    threads = [threading.Thread(target=appender, args=(n,), daemon=True) for n in range(4)]
+    threads += [threading.Thread(target=sender, args=(n,), daemon=True) for n in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with lock:
+            if len(appended) >= 40 and len(accepted) >= 20:
+                break
+        time.sleep(0.05)
+    killed.set()
+    srv.kill()
+    for t in threads:
+        t.join(timeout=30)
+    assert not failures, failures
+    with lock:
+        appended_now, accepted_now = dict(appended), set(accepted)
+    assert appended_now and accepted_now, "nothing was acknowledged before the kill"
+
+    srv.start(first=False)
+    imap = signed_in(srv, bob)
+    for folder, acknowledged in [("Drafts", set(appended_now)), ("INBOX", accepted_now)]:
+        ok(imap.select(folder))
+        fetched = ok(imap.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+        uids: dict[str, int] = {}
+        for item in fetched:
+            if not isinstance(item, tuple):
+                continue
+            uid = int(re.search(rb"UID (\d+)", item[0]).group(1))
+            subject = item[1].decode().split(":", 1)[1].strip()
+            assert subject not in uids, f"{subject} stored twice"
+            uids[subject] = uid
+        assert len(set(uids.values())) == len(uids), "a UID repeats"
+        missing = sorted(acknowledged - set(uids))
+        assert not missing, f"{len(missing)} acknowledged messages lost from {folder}: {missing[:5]}"
+        if folder == "Drafts":
+            moved = {s: (u, uids[s]) for s, u in appended_now.items() if uids[s] != u}
+            assert not moved, f"UIDs changed across the crash: {list(moved.items())[:5]}"
+    imap.logout()
