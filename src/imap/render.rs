@@ -184,10 +184,39 @@ fn disposition(out: &mut Vec<u8>, part: &MessagePart<'_>) {
     out.push(b')');
 }
 
-/// Lines of a body: a last line without its line break counts too (the CRLF before a
-/// boundary belongs to the boundary).
+/// Lines of a body, counted as Dovecot counts them: its line feeds (the CRLF before a
+/// boundary belongs to the boundary, so a last line without one does not count).
 fn lines(body: &[u8]) -> usize {
-    memchr::memchr_iter(b'\n', body).count() + usize::from(body.last().is_some_and(|&b| b != b'\n'))
+    memchr::memchr_iter(b'\n', body).count()
+}
+
+/// `offset` (as mail-parser gives it: from the start of the outermost message, also for the
+/// parts of an encapsulated one) relative to `message`'s own bytes.
+fn rel(message: &Message<'_>, offset: u32) -> usize {
+    let base = message.part(0).map_or(0, |p| p.raw_header_offset());
+    offset.saturating_sub(base) as usize
+}
+
+/// The bytes of `part` from `from` to `to` (offsets as mail-parser gives them).
+fn bytes<'m>(message: &'m Message<'_>, from: u32, to: u32) -> &'m [u8] {
+    message
+        .raw_message()
+        .get(rel(message, from)..rel(message, to))
+        .unwrap_or_default()
+}
+
+/// A MIME field of `part` as written (unfolded): Content-ID keeps its angle brackets and a
+/// description its encoded words, as clients expect them.
+fn raw_field(message: &Message<'_>, part: &MessagePart<'_>, name: &str) -> Option<String> {
+    let header = part
+        .headers
+        .iter()
+        .find(|h| h.name.as_str().eq_ignore_ascii_case(name))?;
+    let value = bytes(message, header.offset_start, header.offset_end);
+    let text = String::from_utf8_lossy(value)
+        .replace("\r\n", "")
+        .replace('\n', "");
+    Some(text.trim().to_string())
 }
 
 /// Appends BODYSTRUCTURE (`extended`) or BODY of `message`.
@@ -200,10 +229,7 @@ fn part_structure(out: &mut Vec<u8>, message: &Message<'_>, index: u32, extended
         out.extend_from_slice(b"NIL");
         return;
     };
-    let raw = message.raw_message();
-    let body = raw
-        .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)
-        .unwrap_or_default();
+    let body = bytes(message, part.raw_body_offset(), part.raw_end_offset());
     let (ctype, subtype) = part
         .content_type()
         .map(|c| {
@@ -243,9 +269,12 @@ fn part_structure(out: &mut Vec<u8>, message: &Message<'_>, index: u32, extended
     out.push(b' ');
     params(out, part, ctype == "text");
     out.push(b' ');
-    nstring(out, part.content_id());
+    nstring(out, raw_field(message, part, "Content-ID").as_deref());
     out.push(b' ');
-    nstring(out, part.content_description());
+    nstring(
+        out,
+        raw_field(message, part, "Content-Description").as_deref(),
+    );
     out.push(b' ');
     let encoding = part
         .content_transfer_encoding()
@@ -275,7 +304,7 @@ fn part_structure(out: &mut Vec<u8>, message: &Message<'_>, index: u32, extended
 /// Where a part number leads: the message holding the part, and the part's index in it.
 fn part_at<'m, 'x>(message: &'m Message<'x>, path: &[u32]) -> Option<(&'m Message<'x>, u32)> {
     let (mut current, mut index) = (message, 0u32);
-    for &n in path {
+    for (step, &n) in path.iter().enumerate() {
         let part = current.part(index)?;
         let nth = |children: &[u32]| children.get((n as usize).checked_sub(1)?).copied();
         match &part.body {
@@ -289,7 +318,9 @@ fn part_at<'m, 'x>(message: &'m Message<'x>, path: &[u32]) -> Option<(&'m Messag
                     _ => return None,
                 };
             }
-            _ if n == 1 && index == 0 => {}
+            // Part 1 of a message that is not multipart is its body; a leaf inside a
+            // multipart answers to `.1` as itself (as Dovecot does).
+            _ if n == 1 && (step == 0 || index != 0) => {}
             _ => return None,
         }
     }
@@ -310,7 +341,9 @@ fn message_at<'m, 'x>(message: &'m Message<'x>, path: Option<&[u32]>) -> Option<
 }
 
 fn header_block<'a>(message: &'a Message<'_>) -> &'a [u8] {
-    let end = message.part(0).map_or(0, |p| p.raw_body_offset() as usize);
+    let end = message
+        .part(0)
+        .map_or(0, |p| rel(message, p.raw_body_offset()));
     message.raw_message().get(..end).unwrap_or_default()
 }
 
@@ -347,17 +380,12 @@ pub fn section(message: &Message<'_>, spec: &SectionSpec<'_>) -> Option<Vec<u8>>
         SectionSpec::Part(path) => {
             let (holder, index) = part_at(message, path)?;
             let part = holder.part(index)?;
-            let raw = holder.raw_message();
-            raw.get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)
-                .map(<[u8]>::to_vec)
+            Some(bytes(holder, part.raw_body_offset(), part.raw_end_offset()).to_vec())
         }
         SectionSpec::Mime(path) => {
             let (holder, index) = part_at(message, path)?;
             let part = holder.part(index)?;
-            holder
-                .raw_message()
-                .get(part.raw_header_offset() as usize..part.raw_body_offset() as usize)
-                .map(<[u8]>::to_vec)
+            Some(bytes(holder, part.raw_header_offset(), part.raw_body_offset()).to_vec())
         }
     }
 }
@@ -426,7 +454,7 @@ Content-Disposition: attachment; filename=a.pdf\r\n\r\nAAAA\r\n--b--\r\n";
         body_structure(&mut out, &message, true);
         assert_eq!(
             text(out),
-            "((\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 12 2 NIL NIL NIL NIL)\
+            "((\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 12 1 NIL NIL NIL NIL)\
 (\"application\" \"pdf\" NIL NIL NIL \"base64\" 4 NIL (\"attachment\" (\"filename\" \"a.pdf\")) NIL NIL) \
 \"mixed\" (\"boundary\" \"b\") NIL NIL NIL)"
         );
