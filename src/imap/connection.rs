@@ -14,7 +14,7 @@ use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::command::{FetchModifier, SelectParameter, StoreModifier};
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
-use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
+use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::search::SearchKey;
@@ -25,9 +25,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::fetch::fetch_item;
 use super::framing::{Frame, Framer, FramingError, Next};
-use super::render::{self, SectionSpec};
-use super::selected::{Reporting, SYSTEM_FLAGS, Selected, flag_list, flags_response, uid_set};
+use super::render;
+use super::search::{Candidate, needs_message, uses_modseq};
+use super::selected::{Reporting, SYSTEM_FLAGS, Selected, flags_response, uid_set};
 use super::utf7;
 use crate::auth::{AuthError, Authenticator};
 use crate::config::Config;
@@ -238,6 +240,13 @@ impl Done {
             text: text.into(),
         }
     }
+    /// A completion that is not sent (STARTTLS answered before its handshake).
+    fn silent() -> Self {
+        Self {
+            status: "",
+            text: String::new(),
+        }
+    }
     fn bad(text: impl Into<String>) -> Self {
         Self {
             status: "BAD",
@@ -278,11 +287,6 @@ struct Connection {
     /// Responses waiting to be written.
     out: Vec<u8>,
     _guard: ConnectionGuard,
-}
-
-/// The command's name for the metric: a known verb, or `unknown`.
-fn command_name(body: &CommandBody<'_>) -> &'static str {
-    body.name()
 }
 
 impl Connection {
@@ -496,7 +500,7 @@ impl Connection {
                 return Ok(self.count_bad(true));
             }
         };
-        let name = command_name(&command.body);
+        let name = command.body.name();
         let tag = command.tag.as_ref().to_string();
         let (done, after) = self.dispatch(command).await?;
         if done.status.is_empty() {
@@ -1769,16 +1773,6 @@ impl Connection {
     }
 }
 
-impl Done {
-    /// A completion that is not sent (STARTTLS answered before its handshake).
-    fn silent() -> Self {
-        Self {
-            status: "",
-            text: String::new(),
-        }
-    }
-}
-
 /// What a STORE asks.
 struct FlagChange<'a, 'b> {
     kind: &'a StoreType,
@@ -1841,363 +1835,6 @@ pub fn wildcard_match(pattern: &str, name: &str) -> bool {
         }
     };
     go(&normalise(pattern), &normalise(name))
-}
-
-fn imap_date(millis: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .unwrap_or_default()
-        .format("%d-%b-%Y %H:%M:%S +0000")
-        .to_string()
-}
-
-fn section_spec<'a>(
-    section: &'a Option<Section<'_>>,
-    path: &'a mut Vec<u32>,
-    names: &'a mut Vec<String>,
-) -> SectionSpec<'a> {
-    let part = |p: &imap_codec::imap_types::fetch::Part, path: &mut Vec<u32>| {
-        path.extend(p.0.as_ref().iter().map(|n| n.get()));
-    };
-    match section {
-        None => SectionSpec::Whole,
-        Some(Section::Part(p)) => {
-            part(p, path);
-            SectionSpec::Part(path)
-        }
-        Some(Section::Header(p)) => {
-            let has = p.as_ref().map(|p| part(p, path)).is_some();
-            SectionSpec::Header(has.then_some(path.as_slice()))
-        }
-        Some(Section::Text(p)) => {
-            let has = p.as_ref().map(|p| part(p, path)).is_some();
-            SectionSpec::Text(has.then_some(path.as_slice()))
-        }
-        Some(Section::Mime(p)) => {
-            part(p, path);
-            SectionSpec::Mime(path)
-        }
-        Some(Section::HeaderFields(p, fields)) | Some(Section::HeaderFieldsNot(p, fields)) => {
-            let not = matches!(section, Some(Section::HeaderFieldsNot(..)));
-            let has = p.as_ref().map(|p| part(p, path)).is_some();
-            names.extend(
-                fields
-                    .as_ref()
-                    .iter()
-                    .map(|f| String::from_utf8_lossy(f.as_ref()).into_owned()),
-            );
-            SectionSpec::HeaderFields(has.then_some(path.as_slice()), names, not)
-        }
-    }
-}
-
-/// The section's name as FETCH echoes it, e.g. `1.HEADER.FIELDS (SUBJECT)`.
-fn section_label(section: &Option<Section<'_>>) -> String {
-    let part = |p: &imap_codec::imap_types::fetch::Part| {
-        p.0.as_ref()
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(".")
-    };
-    let prefixed = |p: &Option<imap_codec::imap_types::fetch::Part>, what: &str| match p {
-        Some(p) => format!("{}.{what}", part(p)),
-        None => what.to_string(),
-    };
-    match section {
-        None => String::new(),
-        Some(Section::Part(p)) => part(p),
-        Some(Section::Header(p)) => prefixed(p, "HEADER"),
-        Some(Section::Text(p)) => prefixed(p, "TEXT"),
-        Some(Section::Mime(p)) => format!("{}.MIME", part(p)),
-        Some(Section::HeaderFields(p, f)) | Some(Section::HeaderFieldsNot(p, f)) => {
-            let kind = if matches!(section, Some(Section::HeaderFieldsNot(..))) {
-                "HEADER.FIELDS.NOT"
-            } else {
-                "HEADER.FIELDS"
-            };
-            let names: Vec<String> = f
-                .as_ref()
-                .iter()
-                .map(|n| String::from_utf8_lossy(n.as_ref()).to_ascii_uppercase())
-                .collect();
-            format!("{} ({})", prefixed(p, kind), names.join(" "))
-        }
-    }
-}
-
-fn fetch_item(
-    out: &mut Vec<u8>,
-    name: &MessageDataItemName<'_>,
-    entry: &FolderEntry,
-    raw: Option<&[u8]>,
-    parsed: Option<&mail_parser::Message<'_>>,
-) {
-    let raw = raw.unwrap_or_default();
-    let header_end = parsed
-        .and_then(|m| m.part(0))
-        .map_or(raw.len(), |p| p.raw_body_offset() as usize);
-    match name {
-        MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
-        MessageDataItemName::Flags => {
-            out.extend_from_slice(format!("FLAGS {}", flag_list(entry.flags)).as_bytes());
-        }
-        MessageDataItemName::InternalDate => out.extend_from_slice(
-            format!("INTERNALDATE \"{}\"", imap_date(entry.received_at)).as_bytes(),
-        ),
-        MessageDataItemName::Rfc822Size => out.extend_from_slice(
-            format!(
-                "RFC822.SIZE {}",
-                crate::message::delivered_size(&entry.envelope_from, entry.size)
-            )
-            .as_bytes(),
-        ),
-        MessageDataItemName::Envelope => {
-            out.extend_from_slice(b"ENVELOPE ");
-            match parsed {
-                Some(m) => render::envelope(out, m),
-                None => out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"),
-            }
-        }
-        MessageDataItemName::BodyStructure | MessageDataItemName::Body => {
-            let extended = matches!(name, MessageDataItemName::BodyStructure);
-            out.extend_from_slice(if extended {
-                b"BODYSTRUCTURE "
-            } else {
-                b"BODY "
-            });
-            match parsed {
-                Some(m) => render::body_structure(out, m, extended),
-                None => out.extend_from_slice(
-                    format!("(\"text\" \"plain\" NIL NIL NIL \"7bit\" {} 0)", raw.len()).as_bytes(),
-                ),
-            }
-        }
-        MessageDataItemName::Rfc822 => {
-            out.extend_from_slice(b"RFC822 ");
-            render::literal(out, raw);
-        }
-        MessageDataItemName::Rfc822Header => {
-            out.extend_from_slice(b"RFC822.HEADER ");
-            render::literal(out, &raw[..header_end.min(raw.len())]);
-        }
-        MessageDataItemName::Rfc822Text => {
-            out.extend_from_slice(b"RFC822.TEXT ");
-            render::literal(out, &raw[header_end.min(raw.len())..]);
-        }
-        MessageDataItemName::BodyExt {
-            section, partial, ..
-        } => {
-            let (mut path, mut names) = (Vec::new(), Vec::new());
-            let spec = section_spec(section, &mut path, &mut names);
-            let bytes = parsed
-                .and_then(|m| render::section(m, &spec))
-                .or_else(|| matches!(spec, SectionSpec::Whole).then(|| raw.to_vec()))
-                .unwrap_or_default();
-            let label = section_label(section);
-            match partial {
-                Some((offset, length)) => {
-                    let start = (*offset as usize).min(bytes.len());
-                    let end = start.saturating_add(length.get() as usize).min(bytes.len());
-                    out.extend_from_slice(format!("BODY[{label}]<{offset}> ").as_bytes());
-                    render::literal(out, &bytes[start..end]);
-                }
-                None => {
-                    out.extend_from_slice(format!("BODY[{label}] ").as_bytes());
-                    render::literal(out, &bytes);
-                }
-            }
-        }
-        MessageDataItemName::ModSeq => {
-            out.extend_from_slice(format!("MODSEQ ({})", entry.modseq).as_bytes());
-        }
-        // Refused before any response (see `fetch`).
-        MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {}
-    }
-}
-
-/// Whether a search uses MODSEQ.
-fn uses_modseq(key: &SearchKey<'_>) -> bool {
-    match key {
-        SearchKey::ModSequence { .. } => true,
-        SearchKey::And(keys) => keys.as_ref().iter().any(uses_modseq),
-        SearchKey::Not(k) => uses_modseq(k),
-        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
-        _ => false,
-    }
-}
-
-/// Whether a search key needs the message itself.
-fn needs_message(key: &SearchKey<'_>) -> bool {
-    match key {
-        SearchKey::Bcc(_)
-        | SearchKey::Body(_)
-        | SearchKey::Cc(_)
-        | SearchKey::From(_)
-        | SearchKey::Header(..)
-        | SearchKey::SentBefore(_)
-        | SearchKey::SentOn(_)
-        | SearchKey::SentSince(_)
-        | SearchKey::Subject(_)
-        | SearchKey::Text(_)
-        | SearchKey::To(_) => true,
-        SearchKey::And(keys) => keys.as_ref().iter().any(needs_message),
-        SearchKey::Not(k) => needs_message(k),
-        SearchKey::Or(a, b) => needs_message(a) || needs_message(b),
-        _ => false,
-    }
-}
-
-/// One message tested against SEARCH keys.
-struct Candidate<'a> {
-    selected: &'a Selected,
-    index: usize,
-    entry: &'a FolderEntry,
-    raw: Option<&'a [u8]>,
-    parsed: Option<&'a mail_parser::Message<'a>>,
-}
-
-fn contains_ci(haystack: &str, needle: &[u8]) -> bool {
-    let needle = String::from_utf8_lossy(needle).to_lowercase();
-    haystack.to_lowercase().contains(&needle)
-}
-
-impl Candidate<'_> {
-    fn header(&self, name: &str) -> String {
-        let Some(raw) = self.raw else {
-            return String::new();
-        };
-        let Some(m) = self.parsed else {
-            return String::new();
-        };
-        let mut values = Vec::new();
-        for header in m.headers() {
-            if header.name().eq_ignore_ascii_case(name) {
-                let (start, end) = (header.offset_start() as usize, header.offset_end() as usize);
-                if let Some(bytes) = raw.get(start..end) {
-                    values.push(String::from_utf8_lossy(bytes).into_owned());
-                }
-                // Decoded text too, so encoded words match what the user sees.
-                if let Some(text) = header.value().as_text() {
-                    values.push(text.to_string());
-                }
-                if let mail_parser::HeaderValue::Address(a) = header.value() {
-                    for addr in a.iter() {
-                        values.push(format!(
-                            "{} <{}>",
-                            addr.name.as_deref().unwrap_or_default(),
-                            addr.address.as_deref().unwrap_or_default()
-                        ));
-                    }
-                }
-            }
-        }
-        values.join("\n")
-    }
-
-    fn sent_date(&self) -> Option<chrono::NaiveDate> {
-        let date = self.parsed?.date()?;
-        chrono::DateTime::from_timestamp(date.to_timestamp(), 0).map(|d| d.date_naive())
-    }
-
-    fn internal_date(&self) -> chrono::NaiveDate {
-        chrono::DateTime::from_timestamp_millis(self.entry.received_at)
-            .unwrap_or_default()
-            .date_naive()
-    }
-
-    fn text(&self) -> String {
-        let Some(m) = self.parsed else {
-            return String::new();
-        };
-        let mut text = String::new();
-        for i in 0..m.text_body_count() {
-            if let Some(t) = m.body_text(i) {
-                text.push_str(&t);
-                text.push('\n');
-            }
-        }
-        for i in 0..m.html_body_count() {
-            if let Some(t) = m.body_html(i) {
-                text.push_str(&t);
-                text.push('\n');
-            }
-        }
-        text
-    }
-
-    fn matches(&self, key: &SearchKey<'_>) -> bool {
-        let f = self.entry.flags;
-        let size = crate::message::delivered_size(&self.entry.envelope_from, self.entry.size);
-        match key {
-            SearchKey::And(keys) => keys.as_ref().iter().all(|k| self.matches(k)),
-            SearchKey::Or(a, b) => self.matches(a) || self.matches(b),
-            SearchKey::Not(k) => !self.matches(k),
-            SearchKey::All => true,
-            SearchKey::SequenceSet(set) => self
-                .selected
-                .resolve(set, false)
-                .binary_search(&self.index)
-                .is_ok(),
-            SearchKey::Uid(set) => self
-                .selected
-                .resolve(set, true)
-                .binary_search(&self.index)
-                .is_ok(),
-            SearchKey::Answered => f & flags::ANSWERED != 0,
-            SearchKey::Unanswered => f & flags::ANSWERED == 0,
-            SearchKey::Deleted => f & flags::DELETED != 0,
-            SearchKey::Undeleted => f & flags::DELETED == 0,
-            SearchKey::Draft => f & flags::DRAFT != 0,
-            SearchKey::Undraft => f & flags::DRAFT == 0,
-            SearchKey::Flagged => f & flags::FLAGGED != 0,
-            SearchKey::Unflagged => f & flags::FLAGGED == 0,
-            SearchKey::Seen | SearchKey::Old => {
-                f & flags::SEEN != 0 || matches!(key, SearchKey::Old)
-            }
-            SearchKey::Unseen => f & flags::SEEN == 0,
-            SearchKey::New | SearchKey::Recent => false,
-            SearchKey::Keyword(_) => false,
-            SearchKey::Unkeyword(_) => true,
-            SearchKey::Larger(n) => size > i64::from(*n),
-            SearchKey::Smaller(n) => size < i64::from(*n),
-            SearchKey::Before(d) => self.internal_date() < *d.as_ref(),
-            SearchKey::On(d) => self.internal_date() == *d.as_ref(),
-            SearchKey::Since(d) => self.internal_date() >= *d.as_ref(),
-            SearchKey::SentBefore(d) => self.sent_date().is_some_and(|s| s < *d.as_ref()),
-            SearchKey::SentOn(d) => self.sent_date().is_some_and(|s| s == *d.as_ref()),
-            SearchKey::SentSince(d) => self.sent_date().is_some_and(|s| s >= *d.as_ref()),
-            SearchKey::From(s) => contains_ci(&self.header("From"), s.as_ref()),
-            SearchKey::To(s) => contains_ci(&self.header("To"), s.as_ref()),
-            SearchKey::Cc(s) => contains_ci(&self.header("Cc"), s.as_ref()),
-            SearchKey::Bcc(s) => contains_ci(&self.header("Bcc"), s.as_ref()),
-            SearchKey::Subject(s) => contains_ci(&self.header("Subject"), s.as_ref()),
-            SearchKey::Header(name, s) => {
-                let name = String::from_utf8_lossy(name.as_ref()).into_owned();
-                let value = self.header(&name);
-                self.parsed.is_some_and(|m| {
-                    m.headers()
-                        .iter()
-                        .any(|h| h.name().eq_ignore_ascii_case(&name))
-                }) && contains_ci(&value, s.as_ref())
-            }
-            SearchKey::Body(s) => contains_ci(&self.text(), s.as_ref()),
-            SearchKey::ModSequence { modseq, .. } => {
-                self.entry.modseq >= i64::try_from(*modseq).unwrap_or(i64::MAX)
-            }
-            SearchKey::Text(s) => {
-                let header_end = self
-                    .parsed
-                    .and_then(|m| m.part(0))
-                    .map_or(0, |p| p.raw_body_offset() as usize);
-                let header = self
-                    .raw
-                    .and_then(|r| r.get(..header_end))
-                    .map(|h| String::from_utf8_lossy(h).into_owned())
-                    .unwrap_or_default();
-                contains_ci(&header, s.as_ref()) || contains_ci(&self.text(), s.as_ref())
-            }
-        }
-    }
 }
 
 #[cfg(test)]
