@@ -93,6 +93,9 @@ class MaiRust:
             f.write(
                 f"server: {{hostname: bench.test, bind: 127.0.0.1, smtp_port: {self.smtp_port}, "
                 f"submission_port: {self.submission_port}, api_port: {self.api_port}, "
+                # The imap role's listeners (a default role) on free ports too.
+                f"imap_port: {free_port()}, imaps_port: {free_port()}, pop3_port: {free_port()}, "
+                f"pop3s_port: {free_port()}, "
                 f"data_dir: {self.dir}/data}}\n"
                 + (
                     backend_yaml
