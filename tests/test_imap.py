@@ -539,3 +539,17 @@ def test_sigkill_while_clients_append_and_smtp_accepts_keeps_every_acknowledged_
             moved = {s: (u, uids[s]) for s, u in appended_now.items() if uids[s] != u}
             assert not moved, f"UIDs changed across the crash: {list(moved.items())[:5]}"
     imap.logout()
+
+
+def test_a_folder_deleted_under_a_session_ends_that_session(server):
+    srv = imap_server(server)
+    [bob] = setup_domain_and_user(srv)
+    watcher, other = Raw(srv, bob), Raw(srv, bob)
+    watcher.run("CREATE Projects")
+    watcher.run("SELECT Projects")
+    other.run("DELETE Projects")
+    out = watcher.run("NOOP")
+    assert "* BYE [NONEXISTENT]" in out, out
+    watcher.sock.settimeout(3)
+    assert watcher.sock.recv(100) == b"", "the session ended"
+    other.run("LOGOUT")

@@ -283,6 +283,8 @@ struct Connection {
     slot: Option<UserSlot>,
     /// Bad commands in a row before sign-in.
     bad_in_a_row: u32,
+    /// The session must end after this command (it said BYE).
+    closing: bool,
     framer: Framer,
     /// Responses waiting to be written.
     out: Vec<u8>,
@@ -303,6 +305,7 @@ impl Connection {
             reporting: Reporting::default(),
             slot: None,
             bad_in_a_row: 0,
+            closing: false,
             framer: Framer::new(max_literal),
             out: Vec::new(),
             _guard: args.guard,
@@ -502,7 +505,10 @@ impl Connection {
         };
         let name = command.body.name();
         let tag = command.tag.as_ref().to_string();
-        let (done, after) = self.dispatch(command).await?;
+        let (done, mut after) = self.dispatch(command).await?;
+        if self.closing {
+            after = After::Close;
+        }
         if done.status.is_empty() {
             return Ok(after);
         }
@@ -1004,9 +1010,11 @@ impl Connection {
             Ok(Some(state)) if state == known => return,
             Ok(Some(_)) => {}
             Ok(None) => {
-                // Deleted (or renamed) through another session.
+                // Deleted (or renamed) through another session: the session ends, as
+                // Dovecot's does, rather than go on with a view of nothing.
                 self.untagged("BYE [NONEXISTENT] The selected folder no longer exists");
                 self.selected = None;
+                self.closing = true;
                 return;
             }
             Err(error) => {
@@ -1754,9 +1762,9 @@ impl Connection {
                 },
                 _ = tokio::time::sleep(IDLE_POLL) => {
                     self.refresh().await;
-                    if self.selected.is_none() && !self.out.is_empty() {
+                    if self.closing {
                         self.flush().await?;
-                        return Ok((Done::no("The folder was deleted"), After::Close));
+                        return Ok((Done::silent(), After::Close));
                     }
                     self.flush().await?;
                 }
