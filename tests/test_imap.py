@@ -553,3 +553,25 @@ def test_a_folder_deleted_under_a_session_ends_that_session(server):
     watcher.sock.settimeout(3)
     assert watcher.sock.recv(100) == b"", "the session ended"
     other.run("LOGOUT")
+
+
+def test_list_extended_and_list_status(server):
+    srv = imap_server(server)
+    [bob] = setup_domain_and_user(srv)
+    deliver(srv, bob, 2)
+    client = Raw(srv, bob)
+    caps = client.run("CAPABILITY")
+    assert "LIST-EXTENDED" in caps and "LIST-STATUS" in caps
+    client.run("UNSUBSCRIBE Junk")
+    subscribed = client.run('LIST (SUBSCRIBED) "" "*"')
+    assert '* LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"' in subscribed, subscribed
+    assert "Junk" not in subscribed and "\\Subscribed \\Sent" in subscribed, subscribed
+    special = client.run('LIST (SPECIAL-USE) "" "*" RETURN (STATUS (MESSAGES UNSEEN))')
+    assert "INBOX" not in special and special.count("* LIST ") == 5, special
+    assert '* STATUS "Junk" (MESSAGES 0 UNSEEN 0)' in special, special
+    several = client.run('LIST "" ("INBOX" "Sent") RETURN (STATUS (MESSAGES UNSEEN))')
+    assert several.count("* LIST ") == 2, several
+    assert '* STATUS "INBOX" (MESSAGES 2 UNSEEN 2)' in several, several
+    lsub = client.run('LSUB "" "*"')
+    assert "Junk" not in lsub and "\\Subscribed" not in lsub, lsub
+    client.run('LIST (BOGUS) "" "*"', expect="BAD")

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 
 use super::fetch::fetch_item;
 use super::framing::{Frame, Framer, FramingError, Next};
+use super::list::{self, ListRequest, StatusItem};
 use super::render;
 use super::search::{Candidate, needs_message, uses_modseq};
 use super::selected::{Reporting, SYSTEM_FLAGS, Selected, flags_response, uid_set};
@@ -336,6 +337,8 @@ impl Connection {
                 "CHILDREN",
                 "LITERAL+",
                 "SPECIAL-USE",
+                "LIST-EXTENDED",
+                "LIST-STATUS",
                 "CONDSTORE",
                 "QRESYNC",
                 "STATUS=SIZE",
@@ -484,6 +487,25 @@ impl Connection {
     }
 
     async fn command(&mut self, bytes: &[u8]) -> io::Result<After> {
+        // LIST in every form (LIST-EXTENDED, LIST-STATUS) is parsed here; imap-codec knows
+        // only RFC 3501's.
+        if let Some((tag, request)) = list::parse(bytes) {
+            let done = if self.user.is_some() {
+                self.list(&request, false).await
+            } else {
+                Done::bad("Sign in first")
+            };
+            events::emit(ImapCommand {
+                command: "LIST",
+                result: match done.status {
+                    "OK" => "ok",
+                    "NO" => "no",
+                    _ => "bad",
+                },
+            });
+            self.tagged(&tag, &done);
+            return Ok(self.count_bad(done.status == "BAD"));
+        }
         let command = match CommandCodec::default().decode(bytes) {
             Ok((_, command)) => command,
             Err(_) => {
@@ -679,14 +701,21 @@ impl Connection {
             }
             CommandBody::Subscribe { mailbox } => self.subscribe(&mailbox, true).await,
             CommandBody::Unsubscribe { mailbox } => self.subscribe(&mailbox, false).await,
+            // LIST itself is parsed by `list::parse` (all its forms) before imap-codec.
             CommandBody::List {
                 reference,
                 mailbox_wildcard,
-            } => self.list(&reference, &mailbox_wildcard, false).await,
+            } => {
+                let request = basic_list(&reference, &mailbox_wildcard, false);
+                self.list(&request, false).await
+            }
             CommandBody::Lsub {
                 reference,
                 mailbox_wildcard,
-            } => self.list(&reference, &mailbox_wildcard, true).await,
+            } => {
+                let request = basic_list(&reference, &mailbox_wildcard, true);
+                self.list(&request, true).await
+            }
             CommandBody::Status {
                 mailbox,
                 item_names,
@@ -1112,59 +1141,79 @@ impl Connection {
         }
     }
 
-    async fn list(
-        &mut self,
-        reference: &Mailbox<'_>,
-        pattern: &ListMailbox<'_>,
-        subscribed_only: bool,
-    ) -> Done {
-        let reference = match reference {
-            Mailbox::Inbox => "INBOX".to_string(),
-            Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
-        };
-        let pattern = match pattern {
-            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
-            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
-        };
-        let command = if subscribed_only { "LSUB" } else { "LIST" };
-        if pattern.is_empty() {
+    async fn list(&mut self, request: &ListRequest, lsub: bool) -> Done {
+        let command = if lsub { "LSUB" } else { "LIST" };
+        // `LIST "" ""` asks for the hierarchy delimiter.
+        if request.patterns.iter().all(String::is_empty) {
             self.untagged(&format!("{command} (\\Noselect) \"/\" \"\""));
             return Done::ok(format!("{command} completed"));
         }
-        let full = utf7::decode(&format!("{reference}{pattern}")).unwrap_or_default();
+        let patterns: Vec<String> = request
+            .patterns
+            .iter()
+            .map(|p| utf7::decode(p).unwrap_or_default())
+            .collect();
+        let mut request = request.clone();
+        request.reference = utf7::decode(&request.reference).unwrap_or_default();
         let folders = match self.ctx.stores.mailboxes.list_folders(self.user_id()).await {
             Ok(folders) => folders,
             Err(e) => return unavailable(&e),
         };
-        for folder in &folders {
-            if subscribed_only && !folder.subscribed {
-                continue;
-            }
-            let name = if folder.name == crate::store::INBOX {
-                "INBOX".to_string()
-            } else {
-                folder.name.clone()
-            };
-            if !wildcard_match(&full, &name) {
-                continue;
-            }
-            let children = folders
-                .iter()
-                .any(|f| f.name.len() > name.len() + 1 && f.name.starts_with(&format!("{name}/")));
-            let mut attributes = vec![if children {
-                "\\HasChildren"
-            } else {
-                "\\HasNoChildren"
-            }];
-            if let Some(special) = folder.special_use.as_deref() {
-                attributes.push(special);
-            }
-            let mut line = format!("* {command} ({}) \"/\" ", attributes.join(" ")).into_bytes();
-            render::string(&mut line, utf7::encode(&name).as_bytes());
+        for listed in list::select(&request, &patterns, &folders) {
+            let attributes = listed.attributes.join(" ");
+            let mut line = format!("* {command} ({attributes}) \"/\" ").into_bytes();
+            render::string(&mut line, utf7::encode(&listed.folder.name).as_bytes());
             line.extend_from_slice(b"\r\n");
             self.out.extend_from_slice(&line);
+            if !request.status.is_empty() {
+                let folder = listed.folder.clone();
+                if let Err(done) = self.status_response(&folder, &request.status).await {
+                    return done;
+                }
+            }
         }
         Done::ok(format!("{command} completed"))
+    }
+
+    /// Queues a STATUS response for `folder`.
+    async fn status_response(
+        &mut self,
+        folder: &crate::store::Folder,
+        items: &[StatusItem],
+    ) -> Result<(), Done> {
+        let mut values = Vec::new();
+        for item in items {
+            let value = match item {
+                StatusItem::Messages => folder.messages,
+                StatusItem::Recent => 0,
+                StatusItem::UidNext => folder.uidnext,
+                StatusItem::UidValidity => folder.uidvalidity,
+                StatusItem::Unseen => folder.unseen,
+                StatusItem::HighestModSeq => folder.highestmodseq,
+                // What FETCH RFC822.SIZE adds up to (the Return-Path line included).
+                StatusItem::Size => match self
+                    .ctx
+                    .stores
+                    .mailboxes
+                    .folder_contents(self.user_id(), &folder.name)
+                    .await
+                {
+                    Ok(Some(contents)) => contents
+                        .entries
+                        .iter()
+                        .map(|e| crate::message::delivered_size(&e.envelope_from, e.size))
+                        .sum(),
+                    Ok(None) => continue,
+                    Err(e) => return Err(unavailable(&e)),
+                },
+            };
+            values.push(format!("{} {value}", item.name()));
+        }
+        let mut line = b"* STATUS ".to_vec();
+        render::string(&mut line, utf7::encode(&folder.name).as_bytes());
+        line.extend_from_slice(format!(" ({})\r\n", values.join(" ")).as_bytes());
+        self.out.extend_from_slice(&line);
+        Ok(())
     }
 
     async fn status(&mut self, mailbox: &Mailbox<'_>, items: &[StatusDataItemName]) -> Done {
@@ -1176,46 +1225,26 @@ impl Connection {
             Ok(folders) => folders,
             Err(e) => return unavailable(&e),
         };
-        let Some(folder) = folders.iter().find(|f| f.name == name) else {
+        let Some(folder) = folders.into_iter().find(|f| f.name == name) else {
             return Done::no(format!("[NONEXISTENT] There is no folder {name:?}"));
         };
-        let mut values = Vec::new();
-        for item in items {
-            let (label, value) = match item {
-                StatusDataItemName::Messages => ("MESSAGES", folder.messages),
-                StatusDataItemName::Recent => ("RECENT", 0),
-                StatusDataItemName::UidNext => ("UIDNEXT", folder.uidnext),
-                StatusDataItemName::UidValidity => ("UIDVALIDITY", folder.uidvalidity),
-                StatusDataItemName::Unseen => ("UNSEEN", folder.unseen),
-                StatusDataItemName::HighestModSeq => ("HIGHESTMODSEQ", folder.highestmodseq),
-                // What FETCH RFC822.SIZE adds up to (the Return-Path line included).
-                StatusDataItemName::Size => match self
-                    .ctx
-                    .stores
-                    .mailboxes
-                    .folder_contents(self.user_id(), &name)
-                    .await
-                {
-                    Ok(Some(contents)) => (
-                        "SIZE",
-                        contents
-                            .entries
-                            .iter()
-                            .map(|e| crate::message::delivered_size(&e.envelope_from, e.size))
-                            .sum(),
-                    ),
-                    Ok(None) => continue,
-                    Err(e) => return unavailable(&e),
-                },
-                _ => continue,
-            };
-            values.push(format!("{label} {value}"));
+        let items: Vec<StatusItem> = items
+            .iter()
+            .filter_map(|item| match item {
+                StatusDataItemName::Messages => Some(StatusItem::Messages),
+                StatusDataItemName::Recent => Some(StatusItem::Recent),
+                StatusDataItemName::UidNext => Some(StatusItem::UidNext),
+                StatusDataItemName::UidValidity => Some(StatusItem::UidValidity),
+                StatusDataItemName::Unseen => Some(StatusItem::Unseen),
+                StatusDataItemName::HighestModSeq => Some(StatusItem::HighestModSeq),
+                StatusDataItemName::Size => Some(StatusItem::Size),
+                _ => None,
+            })
+            .collect();
+        match self.status_response(&folder, &items).await {
+            Ok(()) => Done::ok("STATUS completed"),
+            Err(done) => done,
         }
-        let mut line = b"* STATUS ".to_vec();
-        render::string(&mut line, utf7::encode(&name).as_bytes());
-        line.extend_from_slice(format!(" ({})\r\n", values.join(" ")).as_bytes());
-        self.out.extend_from_slice(&line);
-        Done::ok("STATUS completed")
     }
 
     async fn append(
@@ -1818,45 +1847,20 @@ fn flag_bits(args: &[Flag<'_>]) -> i64 {
         .fold(0, |a, b| a | b)
 }
 
-/// Whether `name` matches an IMAP LIST pattern: `*` matches anything, `%` anything but the
-/// hierarchy delimiter; INBOX matches in any case.
-pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.split_first() {
-            None => n.is_empty(),
-            Some(('*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
-            Some(('%', rest)) => (0..=n.len())
-                .take_while(|&i| i == 0 || n[i - 1] != '/')
-                .any(|i| go(rest, &n[i..])),
-            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
-        }
-    }
-    let normalise = |s: &str| -> Vec<char> {
-        match s.get(..5) {
-            Some(first)
-                if first.eq_ignore_ascii_case("INBOX")
-                    && (s.len() == 5 || s[5..].starts_with('/')) =>
-            {
-                format!("INBOX{}", &s[5..]).chars().collect()
-            }
-            _ => s.chars().collect(),
-        }
+/// A LIST or LSUB in RFC 3501's form, as imap-codec parsed it.
+fn basic_list(reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) -> ListRequest {
+    let reference = match reference {
+        Mailbox::Inbox => crate::store::INBOX.to_string(),
+        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
     };
-    go(&normalise(pattern), &normalise(name))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn list_patterns() {
-        assert!(wildcard_match("*", "INBOX"));
-        assert!(wildcard_match("%", "Sent"));
-        assert!(!wildcard_match("%", "Work/2026"));
-        assert!(wildcard_match("Work/%", "Work/2026"));
-        assert!(wildcard_match("inbox", "INBOX"));
-        assert!(wildcard_match("W*6", "Work/2026"));
-        assert!(!wildcard_match("Sent", "Sent Items"));
+    let pattern = match pattern {
+        ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+        ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+    };
+    ListRequest {
+        reference,
+        patterns: vec![pattern],
+        subscribed_only: lsub,
+        ..ListRequest::default()
     }
 }

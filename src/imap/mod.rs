@@ -5,6 +5,7 @@
 pub mod connection;
 mod fetch;
 pub mod framing;
+pub mod list;
 pub mod render;
 mod search;
 pub mod selected;
