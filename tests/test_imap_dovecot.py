@@ -222,3 +222,80 @@ def test_fetch_answers_match_dovecot(server, dovecot):
             if mine != reference:
                 differences.append(f"message {seq} {item}:\n  MaiRust {mine!r}\n  Dovecot {reference!r}")
     assert not differences, "\n".join(differences)
+
+
+INTERIMAP = shutil.which("interimap")
+
+
+@pytest.mark.skipif(INTERIMAP is None, reason="interimap (Debian) is not installed")
+def test_interimap_keeps_dovecot_and_mairust_in_sync(server, dovecot, tmp_path):
+    """interimap, the strictest client (QRESYNC, LIST-EXTENDED, LIST-STATUS, UIDPLUS), syncs a
+    Dovecot account (local) with a MaiRust account (remote) both ways, twice."""
+    imap_port, imaps, pop3, pop3s = free_ports(4)
+    srv = server({"server": {"imap_port": imap_port, "imaps_port": imaps, "pop3_port": pop3,
+                             "pop3s_port": pop3s}})
+    [bob] = setup_domain_and_user(srv)
+    for i in range(3):
+        assert srv.send(bob, f"Subject: remote {i}\r\n\r\nfrom MaiRust\r\n".encode())[0] == 250
+    local = imaplib.IMAP4("127.0.0.1", dovecot, timeout=10)
+    local.login("bob@example.test", USER_PASSWORD)
+    assert local.append("INBOX", None, None, b"Subject: local 0\r\n\r\nfrom Dovecot\r\n")[0] == "OK"
+    config = tmp_path / "interimap.conf"
+    config.write_text(f"""database = {tmp_path}/interimap.db
+
+[local]
+type = imap
+host = 127.0.0.1
+port = {dovecot}
+STARTTLS = NO
+username = bob@example.test
+password = {USER_PASSWORD}
+
+[remote]
+type = imaps
+host = 127.0.0.1
+port = {imaps}
+username = {bob}
+password = {USER_PASSWORD}
+SSL_verify = NO
+""")
+
+    def sync() -> str:
+        done = subprocess.run([INTERIMAP, f"--config={config}"], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, f"interimap failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout + done.stderr
+
+    def subjects(imap, folder: str = "INBOX") -> list[str]:
+        assert imap.select(folder)[0] == "OK"
+        typ, data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        if data == [None]:
+            return []
+        return sorted(p[1].decode().split(":", 1)[1].strip() for p in data if isinstance(p, tuple))
+
+    sync()
+    ours = imaplib.IMAP4_SSL("127.0.0.1", imaps, ssl_context=insecure_tls(), timeout=10)
+    ours.login(bob, USER_PASSWORD)
+    both = ["local 0", "remote 0", "remote 1", "remote 2"]
+    assert subjects(ours) == both
+    assert subjects(local) == both
+    # Changes on either side after the first sync: a flag set locally, a message deleted on
+    # MaiRust, a new one on each side.
+    assert local.select("INBOX")[0] == "OK"
+    typ, [found] = local.uid("SEARCH", None, "SUBJECT", '"remote 1"')
+    assert found, "the first sync copied it to Dovecot"
+    local.uid("STORE", found.decode(), "+FLAGS", "(\\Flagged)")
+    assert ours.select("INBOX")[0] == "OK"
+    typ, [doomed] = ours.uid("SEARCH", None, "SUBJECT", '"remote 2"')
+    ours.uid("STORE", doomed.decode(), "+FLAGS", "(\\Deleted)")
+    ours.expunge()
+    assert local.append("INBOX", None, None, b"Subject: local 1\r\n\r\nlater\r\n")[0] == "OK"
+    assert srv.send(bob, b"Subject: remote 3\r\n\r\nlater\r\n")[0] == 250
+    sync()
+    after = ["local 0", "local 1", "remote 0", "remote 1", "remote 3"]
+    assert subjects(ours) == after
+    assert subjects(local) == after
+    typ, [flagged] = ours.uid("SEARCH", None, "FLAGGED")
+    assert flagged, "the flag set on Dovecot reached MaiRust"
+    ours.logout()
+    local.logout()
