@@ -575,3 +575,21 @@ def test_list_extended_and_list_status(server):
     lsub = client.run('LSUB "" "*"')
     assert "Junk" not in lsub and "\\Subscribed" not in lsub, lsub
     client.run('LIST (BOGUS) "" "*"', expect="BAD")
+
+
+def test_esearch_returns_what_was_asked(server):
+    srv = imap_server(server)
+    [bob] = setup_domain_and_user(srv)
+    deliver(srv, bob, 5)
+    client = Raw(srv, bob)
+    assert "ESEARCH" in client.run("CAPABILITY")
+    client.run("SELECT INBOX")
+    client.run("STORE 2 +FLAGS (\\Seen)")
+    out = client.run("UID SEARCH RETURN (MIN MAX COUNT ALL) UNSEEN")
+    assert '* ESEARCH (TAG "t5") UID MIN 1 MAX 5 COUNT 4 ALL 1,3:5\r\n' in out, out
+    out = client.run("SEARCH RETURN () SEEN")
+    assert '* ESEARCH (TAG "t6") ALL 2\r\n' in out, out
+    out = client.run("SEARCH RETURN (COUNT) SUBJECT nothing-like-this")
+    assert '* ESEARCH (TAG "t7") COUNT 0\r\n' in out, out
+    # A plain SEARCH after them answers as before.
+    assert "* SEARCH 2\r\n" in client.run("SEARCH SEEN")

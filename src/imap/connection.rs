@@ -29,7 +29,9 @@ use super::fetch::fetch_item;
 use super::framing::{Frame, Framer, FramingError, Next};
 use super::list::{self, ListRequest, StatusItem};
 use super::render;
-use super::search::{Candidate, needs_message, uses_modseq};
+use super::search::{
+    Candidate, Returns, esearch_response, needs_message, split_return, uses_modseq,
+};
 use super::selected::{Reporting, SYSTEM_FLAGS, Selected, flags_response, uid_set};
 use super::utf7;
 use crate::auth::{AuthError, Authenticator};
@@ -286,6 +288,8 @@ struct Connection {
     bad_in_a_row: u32,
     /// The session must end after this command (it said BYE).
     closing: bool,
+    /// The tag and RETURN options of the SEARCH being run, when it asked for ESEARCH.
+    esearch: Option<(String, Returns)>,
     framer: Framer,
     /// Responses waiting to be written.
     out: Vec<u8>,
@@ -307,6 +311,7 @@ impl Connection {
             slot: None,
             bad_in_a_row: 0,
             closing: false,
+            esearch: None,
             framer: Framer::new(max_literal),
             out: Vec::new(),
             _guard: args.guard,
@@ -339,6 +344,7 @@ impl Connection {
                 "SPECIAL-USE",
                 "LIST-EXTENDED",
                 "LIST-STATUS",
+                "ESEARCH",
                 "CONDSTORE",
                 "QRESYNC",
                 "STATUS=SIZE",
@@ -506,9 +512,21 @@ impl Connection {
             self.tagged(&tag, &done);
             return Ok(self.count_bad(done.status == "BAD"));
         }
+        // ESEARCH's RETURN (...) is split off before imap-codec sees the SEARCH.
+        let rewritten = split_return(bytes);
+        let bytes = match &rewritten {
+            Some((command, returns)) => {
+                let tag =
+                    String::from_utf8_lossy(bytes.split(|&b| b == b' ').next().unwrap_or_default());
+                self.esearch = Some((tag.into_owned(), returns.clone()));
+                command.as_slice()
+            }
+            None => bytes,
+        };
         let command = match CommandCodec::default().decode(bytes) {
             Ok((_, command)) => command,
             Err(_) => {
+                self.esearch = None;
                 let tag = bytes
                     .split(|&b| b == b' ' || b == b'\r')
                     .next()
@@ -528,6 +546,8 @@ impl Connection {
         let name = command.body.name();
         let tag = command.tag.as_ref().to_string();
         let (done, mut after) = self.dispatch(command).await?;
+        // Only the SEARCH it was split from may use it.
+        self.esearch = None;
         if self.closing {
             after = After::Close;
         }
@@ -1746,12 +1766,17 @@ impl Connection {
             }
         }
         let list: Vec<String> = hits.iter().map(|(n, _)| n.to_string()).collect();
-        if list.is_empty() {
+        let highest = hits.iter().map(|(_, m)| *m).max();
+        if let Some((tag, returns)) = self.esearch.take() {
+            let found: Vec<i64> = hits.iter().map(|(n, _)| *n).collect();
+            let modseq = highest.filter(|_| criteria.iter().any(uses_modseq));
+            self.untagged(&esearch_response(&tag, uid, &returns, &found, modseq));
+        } else if list.is_empty() {
             self.untagged("SEARCH");
         } else if criteria.iter().any(uses_modseq) {
             // The highest modseq of the messages found (RFC 7162 §3.1.5).
             self.reporting.modseq = true;
-            let highest = hits.iter().map(|(_, m)| *m).max().unwrap_or_default();
+            let highest = highest.unwrap_or_default();
             self.untagged(&format!("SEARCH {} (MODSEQ {highest})", list.join(" ")));
         } else {
             self.untagged(&format!("SEARCH {}", list.join(" ")));

@@ -196,3 +196,132 @@ impl Candidate<'_> {
         }
     }
 }
+
+/// What a SEARCH with `RETURN (...)` asks for (ESEARCH, RFC 4731).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Returns {
+    /// MIN: the lowest number found.
+    pub min: bool,
+    /// MAX: the highest.
+    pub max: bool,
+    /// ALL: every one, as a sequence set.
+    pub all: bool,
+    /// COUNT: how many.
+    pub count: bool,
+}
+
+/// Splits `RETURN (...)` off a `[UID] SEARCH` command (imap-codec does not parse it): the
+/// command without it, and what it asks to return. `None` if there is no RETURN, or it asks
+/// for something not offered (SAVE).
+pub fn split_return(command: &[u8]) -> Option<(Vec<u8>, Returns)> {
+    fn word<'a>(rest: &'a [u8], expected: &[u8]) -> Option<&'a [u8]> {
+        let head = rest.get(..expected.len())?;
+        head.eq_ignore_ascii_case(expected)
+            .then(|| &rest[expected.len()..])
+    }
+    let tag_end = command.iter().position(|&b| b == b' ')?;
+    let mut rest = &command[tag_end + 1..];
+    if let Some(after) = word(rest, b"UID ") {
+        rest = after;
+    }
+    rest = word(rest, b"SEARCH ")?;
+    let prefix = command.len() - rest.len();
+    let options = word(rest, b"RETURN (")?;
+    let close = options.iter().position(|&b| b == b')')?;
+    let after = options.get(close + 1..)?.strip_prefix(b" ")?;
+    let mut returns = Returns::default();
+    for option in options[..close]
+        .split(|&b| b == b' ')
+        .filter(|o| !o.is_empty())
+    {
+        match option.to_ascii_uppercase().as_slice() {
+            b"MIN" => returns.min = true,
+            b"MAX" => returns.max = true,
+            b"ALL" => returns.all = true,
+            b"COUNT" => returns.count = true,
+            _ => return None,
+        }
+    }
+    // RETURN () is RETURN (ALL).
+    if returns == Returns::default() {
+        returns.all = true;
+    }
+    let mut rewritten = command[..prefix].to_vec();
+    rewritten.extend_from_slice(after);
+    Some((rewritten, returns))
+}
+
+/// The ESEARCH response to `tag` for the numbers found (ascending), with the highest modseq
+/// of the messages found when the search used MODSEQ.
+pub fn esearch_response(
+    tag: &str,
+    uid: bool,
+    returns: &Returns,
+    found: &[i64],
+    modseq: Option<i64>,
+) -> String {
+    let mut line = format!("ESEARCH (TAG \"{tag}\")");
+    if uid {
+        line.push_str(" UID");
+    }
+    if let (Some(first), Some(last)) = (found.first(), found.last()) {
+        if returns.min {
+            line.push_str(&format!(" MIN {first}"));
+        }
+        if returns.max {
+            line.push_str(&format!(" MAX {last}"));
+        }
+    }
+    if returns.count {
+        line.push_str(&format!(" COUNT {}", found.len()));
+    }
+    if returns.all && !found.is_empty() {
+        line.push_str(&format!(" ALL {}", super::selected::uid_set(found)));
+    }
+    if let Some(modseq) = modseq.filter(|_| !found.is_empty()) {
+        line.push_str(&format!(" MODSEQ {modseq}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_options_are_split_off() {
+        let (rest, returns) =
+            split_return(b"a1 UID SEARCH RETURN (MIN COUNT) UNSEEN\r\n").expect("esearch");
+        assert_eq!(rest, b"a1 UID SEARCH UNSEEN\r\n");
+        assert_eq!(
+            returns,
+            Returns {
+                min: true,
+                count: true,
+                ..Returns::default()
+            }
+        );
+        let (_, all) = split_return(b"a2 search return () ALL\r\n").expect("empty");
+        assert!(all.all);
+        assert_eq!(split_return(b"a3 SEARCH UNSEEN\r\n"), None);
+        assert_eq!(split_return(b"a4 SEARCH RETURN (SAVE) ALL\r\n"), None);
+    }
+
+    #[test]
+    fn esearch_responses() {
+        let all = Returns {
+            min: true,
+            max: true,
+            all: true,
+            count: true,
+        };
+        assert_eq!(
+            esearch_response("t", true, &all, &[2, 3, 4, 9], None),
+            "ESEARCH (TAG \"t\") UID MIN 2 MAX 9 COUNT 4 ALL 2:4,9"
+        );
+        assert_eq!(
+            esearch_response("t", false, &all, &[], Some(5)),
+            "ESEARCH (TAG \"t\") COUNT 0"
+        );
+    }
+}
