@@ -88,14 +88,15 @@ class MaiRust:
     def __init__(self, binary, extra_yaml="", backend_yaml=None, env=None, wrapper=(), start_timeout=20.0):
         self.dir = tempfile.mkdtemp(prefix="mairust-bench-")
         self.smtp_port, self.submission_port, self.api_port = free_port(), free_port(), free_port()
+        self.imap_port = free_port()
         config = os.path.join(self.dir, "config.yaml")
         with open(config, "w") as f:
             f.write(
                 f"server: {{hostname: bench.test, bind: 127.0.0.1, smtp_port: {self.smtp_port}, "
                 f"submission_port: {self.submission_port}, api_port: {self.api_port}, "
                 # The imap role's listeners (a default role) on free ports too.
-                f"imap_port: {free_port()}, imaps_port: {free_port()}, pop3_port: {free_port()}, "
-                f"pop3s_port: {free_port()}, "
+                f"imap_port: {self.imap_port}, imaps_port: {free_port()}, "
+                f"pop3_port: {free_port()}, pop3s_port: {free_port()}, "
                 f"data_dir: {self.dir}/data}}\n"
                 + (
                     backend_yaml
@@ -333,3 +334,89 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                 except OSError:
                     pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+DOVECOT_CONF = """base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+default_login_user = dovenull
+default_internal_user = dovecot
+first_valid_uid = 8
+mail_location = maildir:{root}/mail/%u
+default_process_limit = {processes}
+default_client_limit = {clients}
+passdb {{
+  driver = passwd-file
+  args = {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=mail gid=mail home={root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service stats {{
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+protocol imap {{
+  mail_max_userip_connections = {clients}
+}}
+"""
+
+
+class Dovecot:
+    """A private Dovecot 2.3 (Debian dovecot-imapd) on loopback with one passwd-file user, in a
+    temporary directory its unprivileged users can reach. Needs root."""
+
+    def __init__(self, user, password, sessions=100):
+        binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
+        if not os.path.exists(binary):
+            raise SystemExit("dovecot not found: install Debian's dovecot-imapd package")
+        self.root = tempfile.mkdtemp(prefix="mairust-bench-dovecot-")
+        os.chmod(self.root, 0o755)
+        for d in ("run", "state", "mail", "home"):
+            os.makedirs(os.path.join(self.root, d))
+        for d in ("mail", "home", "state"):
+            os.chmod(os.path.join(self.root, d), 0o777)
+        with open(os.path.join(self.root, "passwd"), "w") as f:
+            f.write(f"{user}:{{PLAIN}}{password}\n")
+        os.chmod(os.path.join(self.root, "passwd"), 0o644)
+        self.port = free_port()
+        conf = os.path.join(self.root, "dovecot.conf")
+        with open(conf, "w") as f:
+            f.write(DOVECOT_CONF.format(root=self.root, port=self.port,
+                                        processes=sessions + 50, clients=sessions + 50))
+        self.proc = subprocess.Popen([binary, "-F", "-c", conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def pids(self):
+        """The master and every process under it (login, auth, imap)."""
+        out, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(child_pids(pid))
+        return out
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
