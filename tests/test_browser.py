@@ -54,7 +54,17 @@ def browser(tmp_path):
 
 
 def wait(driver, condition):
-    return WebDriverWait(driver, WAIT).until(condition)
+    # A list the page redraws meanwhile leaves stale elements behind: look again.
+    return WebDriverWait(driver, WAIT, ignored_exceptions=[StaleElementReferenceException]).until(condition)
+
+
+def click_link(driver, text):
+    """Clicks the link with this text, looking again if the page redrew it meanwhile (the
+    folder list redraws when its counts change)."""
+    def click(d):
+        d.find_element(By.LINK_TEXT, text).click()
+        return True
+    wait(driver, click)
 
 
 def visible(driver, element_id):
@@ -365,7 +375,7 @@ def test_the_admin_console_and_webmail_end_to_end_through_a_web_node(server, rec
     visible(driver, "new-domain").send_keys(DOMAIN, Keys.ENTER)
     wait(driver, lambda d: d.find_element(By.ID, "domain-title").text == DOMAIN)
     status_says(driver, f"Domain {DOMAIN} added")
-    assert driver.find_element(By.ID, "dkim-empty").is_displayed()
+    wait(driver, lambda d: d.find_element(By.ID, "dkim-empty").is_displayed())
     driver.find_element(By.ID, "dkim-selector").send_keys("ui1")
     click_button(driver, "dkim-form")
     status_says(driver, "DKIM key ui1 created")
@@ -612,7 +622,7 @@ def test_an_admin_manages_users_and_the_queue_and_a_user_changes_their_password(
     assert srv.api(BOB, "reset-by-admin-1").get("/api/v1/messages").status_code == 401
     assert srv.api(BOB, "my-new-password-9").get("/api/v1/messages").status_code == 200
     # Still signed in, with the new session.
-    driver.find_element(By.LINK_TEXT, "Inbox").click()
+    click_link(driver, "Inbox")
     wait(driver, lambda d: "Undelivered Mail" in d.find_element(By.ID, "message-rows").text)
     assert csp_violations(driver) == []
 
@@ -647,7 +657,7 @@ def test_folders_move_mail_and_empty_the_trash_in_chromium(server, browser):
     wait(driver, lambda d: folder_links(d)[0] == "Inbox (1)")
     assert bob.get(f"/api/v1/messages/{message_id}").json()["folder"] == "Junk"
 
-    driver.find_element(By.LINK_TEXT, "Junk").click()
+    click_link(driver, "Junk")
     wait(driver, lambda d: d.find_element(By.ID, "folder-title").text == "Junk")
     open_row(driver, "Spammy offer")
     visible(driver, "message-view")
@@ -656,7 +666,7 @@ def test_folders_move_mail_and_empty_the_trash_in_chromium(server, browser):
     driver.find_element(By.CSS_SELECTOR, "button[data-move=Trash]").click()
     status_says(driver, "Moved to Trash.")
 
-    driver.find_element(By.LINK_TEXT, "Trash").click()
+    click_link(driver, "Trash")
     wait(driver, lambda d: d.find_element(By.ID, "folder-title").text == "Trash")
     open_row(driver, "Spammy offer")
     visible(driver, "message-view")
