@@ -100,7 +100,7 @@ def main():
     servers = {}
     mairust = MaiRust(
         args.binary,
-        extra_yaml="smtp: {allow_insecure_auth: true}\n"
+        extra_yaml=f"smtp: {{allow_insecure_auth: true, max_connections_per_ip: {args.idle_sessions + 50}}}\n"
         f"imap: {{max_connections_per_user: {args.idle_sessions + 10}}}\n",
     )
     mairust.api("POST", "/api/v1/domains", {"name": "bench.test"})
