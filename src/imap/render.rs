@@ -138,23 +138,32 @@ pub fn envelope(out: &mut Vec<u8>, message: &Message<'_>) {
     out.push(b')');
 }
 
+/// Appends MIME parameters as `("name" "value" ...)`; false (nothing written) if there are none.
+fn attribute_list(out: &mut Vec<u8>, attributes: Option<&[mail_parser::Attribute<'_>]>) -> bool {
+    let Some(list) = attributes.filter(|l| !l.is_empty()) else {
+        return false;
+    };
+    out.push(b'(');
+    for (i, a) in list.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        string(out, a.name.as_bytes());
+        out.push(b' ');
+        header_text(out, Some(&a.value));
+    }
+    out.push(b')');
+    true
+}
+
 fn params(out: &mut Vec<u8>, part: &MessagePart<'_>, text_default: bool) {
     let attributes = part.content_type().and_then(|c| c.attributes());
-    match attributes {
-        Some(list) if !list.is_empty() => {
-            out.push(b'(');
-            for (i, a) in list.iter().enumerate() {
-                if i > 0 {
-                    out.push(b' ');
-                }
-                string(out, a.name.as_bytes());
-                out.push(b' ');
-                header_text(out, Some(&a.value));
-            }
-            out.push(b')');
-        }
-        _ if text_default => out.extend_from_slice(b"(\"charset\" \"us-ascii\")"),
-        _ => out.extend_from_slice(b"NIL"),
+    if !attribute_list(out, attributes) {
+        out.extend_from_slice(if text_default {
+            b"(\"charset\" \"us-ascii\")"
+        } else {
+            b"NIL"
+        });
     }
 }
 
@@ -166,20 +175,8 @@ fn disposition(out: &mut Vec<u8>, part: &MessagePart<'_>) {
     out.push(b'(');
     string(out, d.ctype().as_bytes());
     out.push(b' ');
-    match d.attributes() {
-        Some(list) if !list.is_empty() => {
-            out.push(b'(');
-            for (i, a) in list.iter().enumerate() {
-                if i > 0 {
-                    out.push(b' ');
-                }
-                string(out, a.name.as_bytes());
-                out.push(b' ');
-                header_text(out, Some(&a.value));
-            }
-            out.push(b')');
-        }
-        _ => out.extend_from_slice(b"NIL"),
+    if !attribute_list(out, d.attributes()) {
+        out.extend_from_slice(b"NIL");
     }
     out.push(b')');
 }
